@@ -1,0 +1,134 @@
+// Package episode defines the episode record: a time window over a cell's
+// streams together with its metadata, state and quality report.
+//
+// It is a leaf package of plain data types. ingest drives episodes through
+// their states, storage persists them, and sync exports and uploads them.
+// All times are int64 nanoseconds since the Unix epoch on the gateway clock.
+package episode
+
+// State is where an episode is in its life.
+type State string
+
+// Episode states.
+const (
+	Recording   State = "recording"
+	Closed      State = "closed"
+	Interrupted State = "interrupted"
+	Uploading   State = "uploading"
+	Uploaded    State = "uploaded"
+	Failed      State = "failed"
+	Quarantined State = "quarantined"
+)
+
+// Finished reports whether the episode has stopped recording, so that its
+// data and report no longer change.
+func (s State) Finished() bool { return s != Recording && s != "" }
+
+// Valid reports whether s is a known state.
+func (s State) Valid() bool {
+	switch s {
+	case Recording, Closed, Interrupted, Uploading, Uploaded, Failed, Quarantined:
+		return true
+	}
+	return false
+}
+
+// Episode is one recorded window over a cell's streams.
+type Episode struct {
+	// ID is a UUIDv7, so ids sort by creation time.
+	ID       string
+	Cell     string
+	Task     string
+	Operator string
+	Robot    string
+	Labels   map[string]string
+	// Priority episodes upload at once, ignoring upload windows.
+	Priority bool
+	// Trigger says what started the episode: "api", "mqtt", "rollover".
+	Trigger string
+	// StopReason says what ended it: "api", "mqtt", "max_duration",
+	// "idle_timeout", "shutdown", "crash".
+	StopReason string
+	// Start and Stop are the trigger times; Stop is 0 while recording.
+	Start int64
+	Stop  int64
+	// Preroll and Postroll widen the window: the episode covers
+	// [Start-Preroll, Stop+Postroll].
+	Preroll  int64
+	Postroll int64
+	// Streams are the stream ids of the cell at start.
+	Streams []string
+	// Previous and Next link episodes split by max-duration rollover.
+	Previous string
+	Next     string
+	State    State
+	// Reason explains a failed or quarantined state.
+	Reason string
+	// Quality is the per-stream report; final once the episode is finished.
+	Quality []StreamReport
+	// Created and Updated are gateway wall-clock times of the record.
+	Created int64
+	Updated int64
+}
+
+// Window returns the time range [from, to] the episode covers. While
+// recording (Stop == 0), to is the given now plus nothing: callers pass the
+// current aligned time.
+func (e Episode) Window(now int64) (from, to int64) {
+	stop := e.Stop
+	if stop == 0 {
+		return e.Start - e.Preroll, now
+	}
+	return e.Start - e.Preroll, stop + e.Postroll
+}
+
+// StreamReport is the quality report of one stream within an episode.
+type StreamReport struct {
+	Stream  string
+	Kind    string
+	Codec   string
+	Samples uint64
+	Bytes   uint64
+	// FirstT and LastT are the aligned times of the first and last sample.
+	FirstT int64
+	LastT  int64
+	// MeanRateHz is Samples over the covered span.
+	MeanRateHz float64
+	// Gaps counts discontinuities: places where data was lost (sequence or
+	// packet loss, dropped frames, reconnects), plus telemetry gaps longer
+	// than k times the expected period.
+	Gaps uint64
+	// Lost counts samples known lost inside the window.
+	Lost uint64
+	// Drops counts samples dropped at the gateway (full queue, frames before
+	// the first keyframe).
+	Drops uint64
+	// DecodeErrors counts samples flagged as undecodable.
+	DecodeErrors uint64
+	Clock        ClockReport
+	// AlignmentErrorBoundMs bounds |T - true capture time| for this stream.
+	AlignmentErrorBoundMs float64
+}
+
+// ClockReport gives a stream's clock-alignment figures.
+type ClockReport struct {
+	// Mode is "device" or "arrival".
+	Mode string
+	// OffsetNs is gateway time minus device time at the end of the window.
+	OffsetNs int64
+	// DriftPPM is the device clock's rate error relative to the gateway.
+	DriftPPM float64
+	// JitterNs is the residual jitter of the delay above the lower envelope.
+	JitterNs int64
+	// ErrorBoundNs bounds the alignment error.
+	ErrorBoundNs int64
+	// Events lists clock resets, jumps and mode switches in the window.
+	Events []ClockEvent
+}
+
+// ClockEvent is a notable change in a stream's clock.
+type ClockEvent struct {
+	T      int64
+	Kind   string
+	Detail string
+}
