@@ -41,10 +41,15 @@ type Sample struct {
 	RecvT int64
 	// Flags: keyframe, discontinuity, decode error.
 	Flags Flags
-	// Lost counts the samples (frames, messages) known to be lost
-	// immediately before this one; 0 if none or unknown. It is set together
-	// with Discontinuity, so gap accounting can be done from stored data.
+	// Lost counts units lost upstream immediately before this sample (RTP
+	// packets for video, messages where the source numbers them); 0 if none
+	// or unknown. Set together with Discontinuity, so that gap accounting
+	// can be done from stored data alone.
 	Lost uint32
+	// Dropped counts samples the gateway discarded immediately before this
+	// one: a full queue, or frames that could not be decoded until the next
+	// keyframe. Set together with Discontinuity.
+	Dropped uint32
 	// Payload holds the bytes of the sample. The receiver of a Sample owns
 	// it; producers must not reuse the slice.
 	Payload []byte
