@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -76,6 +77,10 @@ func (p *parser) parse(data []byte, baseDir string) *Config {
 	dec.KnownFields(true)
 	var probe Config
 	if err := dec.Decode(&probe); err != nil {
+		if errors.Is(err, io.EOF) {
+			p.addf("the file is empty")
+			return nil
+		}
 		var te *yaml.TypeError
 		if !errors.As(err, &te) {
 			p.addf("%s", strings.TrimPrefix(err.Error(), "yaml: "))

@@ -1,0 +1,232 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// noEnv is an environment with nothing in it but what the test names.
+func env(vars map[string]string) Env {
+	return func(k string) (string, bool) { v, ok := vars[k]; return v, ok }
+}
+
+func TestBadConfigs(t *testing.T) {
+	files, err := filepath.Glob("testdata/*.bad.yaml")
+	if err != nil || len(files) < 10 {
+		t.Fatalf("want at least 10 bad configs, got %d (%v)", len(files), err)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			first, _, _ := strings.Cut(string(data), "\n")
+			want, ok := strings.CutPrefix(first, "# want: ")
+			if !ok {
+				t.Fatalf("%s must start with a '# want: <error text>' line", f)
+			}
+			_, err = Parse(f, data, env(nil))
+			if err == nil {
+				t.Fatalf("Parse accepted a bad config; want error containing %q", want)
+			}
+			if !strings.Contains(err.Error(), want) {
+				t.Fatalf("error does not mention %q:\n%v", want, err)
+			}
+		})
+	}
+}
+
+func TestAllProblemsAtOnce(t *testing.T) {
+	data := []byte(`
+gateway: {id: "bad id!", site: s}
+storage: {sync_interval: 1h, colour: blue}
+devices:
+  - {id: cam, type: rtsp, url: "http://x/y", transport: carrier-pigeon}
+  - {id: cam, type: telepathy}
+cells:
+  - {id: c1, devices: [ghost]}
+`)
+	_, err := Parse("x.yaml", data, env(nil))
+	if err == nil {
+		t.Fatal("want error")
+	}
+	for _, want := range []string{
+		`line 3: unknown key "colour"`,
+		`gateway: id "bad id!" may use only`,
+		`storage.sync_interval: must be between 0 and 10s`,
+		`devices[cam].url: "http://x/y" is not an rtsp:// or rtsps:// URL`,
+		`devices[cam].transport: "carrier-pigeon" is not one of tcp, udp, auto`,
+		`devices[1]: duplicate device id "cam"`,
+		`devices[cam].type: "telepathy" is not one of rtsp, mqtt, whip`,
+		`cells[c1].devices: device "ghost" is not defined under devices`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing problem %q in:\n%v", want, err)
+		}
+	}
+}
+
+func TestSecretsNeverPrinted(t *testing.T) {
+	dir := t.TempDir()
+	creds := filepath.Join(dir, "creds")
+	if err := os.Mkdir(creds, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	const filePass, envPass, tokenVal = "file-pass-9f8e7d", "env-pass-1a2b3c", "tok-5551234"
+	if err := os.WriteFile(filepath.Join(creds, "cam-password"), []byte(filePass+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := []byte(`
+gateway: {id: gw1, site: plant}
+api: {token: "${TOKEN}"}
+brokers:
+  - {id: b1, url: "tcp://127.0.0.1:1883", username: u, password: "${MQTT_PASS}"}
+devices:
+  - {id: cam, type: rtsp, url: "rtsp://10.0.0.1/s", username: admin, password_file: cam-password}
+storage: {quota: "${QUOTA}"}
+`)
+	e := env(map[string]string{"TOKEN": tokenVal, "MQTT_PASS": envPass, "CREDENTIALS_DIRECTORY": creds, "QUOTA": "2GiB"})
+	cfg, err := Parse(filepath.Join(dir, "c.yaml"), data, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.Devices[0].Password.Value(); got != filePass {
+		t.Fatalf("file secret = %q", got)
+	}
+	if got := cfg.Brokers[0].Password.Value(); got != envPass {
+		t.Fatalf("env secret = %q", got)
+	}
+	if cfg.Storage.Quota != 2<<30 {
+		t.Fatalf("quota from env = %d", cfg.Storage.Quota)
+	}
+	out, err := cfg.Print()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []string{filePass, envPass, tokenVal} {
+		if strings.Contains(string(out), s) {
+			t.Fatalf("--print output leaks a secret:\n%s", out)
+		}
+	}
+	if !strings.Contains(string(out), "password: "+Redacted) || !strings.Contains(string(out), "password_file: cam-password") {
+		t.Fatalf("--print output should show redacted inline secrets and keep *_file keys:\n%s", out)
+	}
+	for _, s := range []string{cfg.Brokers[0].Password.String(), cfg.API.Token.GoString()} {
+		if strings.Contains(s, envPass) || strings.Contains(s, tokenVal) {
+			t.Fatalf("String/GoString leaks: %s", s)
+		}
+	}
+
+	// The printed config parses again to the same effective config, with
+	// inline secrets replaced by the redaction marker.
+	again, err := Parse(filepath.Join(dir, "c.yaml"), out, e)
+	if err != nil {
+		t.Fatalf("printed config does not parse: %v\n%s", err, out)
+	}
+	want := *cfg
+	want.API.Token = NewSecret(Redacted)
+	want.Brokers = append([]Broker(nil), cfg.Brokers...)
+	want.Brokers[0].Password = NewSecret(Redacted)
+	if !reflect.DeepEqual(&want, again) {
+		t.Fatalf("round trip differs:\nfirst  %+v\nsecond %+v", want, *again)
+	}
+}
+
+func TestSecretScrubbedFromErrors(t *testing.T) {
+	const pass = "s3cr3t-value-77"
+	data := []byte(`
+gateway: {id: gw1, site: plant}
+storage: {sync_interval: "${PASS}"}
+`)
+	_, err := Parse("c.yaml", data, env(map[string]string{"PASS": pass}))
+	if err == nil {
+		t.Fatal("want error")
+	}
+	if strings.Contains(err.Error(), pass) {
+		t.Fatalf("error leaks secret: %v", err)
+	}
+	if !strings.Contains(err.Error(), "line 3") {
+		t.Fatalf("error should still name the line: %v", err)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, err := Parse("c.yaml", []byte("gateway: {id: gw1, site: s}\n"+`
+brokers: [{id: b, url: "tcp://127.0.0.1:1883"}]
+devices:
+  - {id: cam, type: rtsp, url: "rtsp://10.0.0.1/s"}
+  - {id: arm, type: mqtt, broker: b, topics: ["arm/#"], time_field: t}
+cells: [{id: c1, devices: [cam, arm]}]
+`), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.API.Listen != "127.0.0.1:7480" || cfg.ShutdownTimeout != 10*time.Second || cfg.Storage.SyncInterval != 100*time.Millisecond {
+		t.Fatalf("defaults not applied: %+v", cfg)
+	}
+	if cfg.Devices[0].Stream != "c1/cam" || cfg.Devices[0].Transport != "tcp" || cfg.Devices[0].Clock != "rtcp" {
+		t.Fatalf("rtsp defaults: %+v", cfg.Devices[0])
+	}
+	if cfg.Devices[1].Clock != "payload" || cfg.Devices[1].TimeUnit != "ns" || cfg.Devices[1].MaxPayload != 16<<20 {
+		t.Fatalf("mqtt defaults: %+v", cfg.Devices[1])
+	}
+	if cfg.Brokers[0].ClientID != "episoded-gw1-b" {
+		t.Fatalf("client id default: %q", cfg.Brokers[0].ClientID)
+	}
+}
+
+// TestDefaultsDocumented keeps docs/CONFIG.md, the reference for users, in
+// step with defaults.go.
+func TestDefaultsDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/CONFIG.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg Config
+	cfg.ApplyDefaults()
+	for _, v := range []string{
+		cfg.Log.Level, cfg.Log.Format, cfg.ShutdownTimeout.String(), cfg.API.Listen, cfg.Storage.Dir,
+		cfg.Storage.SyncInterval.String(), cfg.Storage.MinFree.String(), cfg.Storage.FullPolicy,
+		cfg.Storage.Retention.String(), cfg.Storage.TimelineRetention.String(), DefaultKeepAlive.String(),
+		DefaultBackoffMin.String(), DefaultBackoffMax.String(), DefaultReadTimeout.String(),
+		DefaultMaxPayload.String(), DefaultPartSize.String(), DefaultRetryMin.String(), DefaultRetryMax.String(),
+		DefaultTimezone, DefaultPriorityLabel, DefaultSyncMode,
+	} {
+		if !strings.Contains(string(doc), "`"+v+"`") {
+			t.Errorf("docs/CONFIG.md does not mention the default `%s`", v)
+		}
+	}
+}
+
+func TestParseWindow(t *testing.T) {
+	for in, want := range map[string][2]int{"22:00-06:00": {1320, 360}, "00:00-24:00": {0, 1440}, "9:30 - 17:45": {570, 1065}} {
+		a, b, err := ParseWindow(in)
+		if err != nil || a != want[0] || b != want[1] {
+			t.Errorf("ParseWindow(%q) = %d, %d, %v", in, a, b, err)
+		}
+	}
+	for _, in := range []string{"", "22:00", "25:00-01:00", "10:00-10:00", "10:61-11:00"} {
+		if _, _, err := ParseWindow(in); err == nil {
+			t.Errorf("ParseWindow(%q) accepted", in)
+		}
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	for in, want := range map[string]ByteSize{"1024": 1024, "16MiB": 16 << 20, "5MB/s": 5e6, "1.5GiB": 3 << 29, "200 kb": 200e3} {
+		got, err := ParseByteSize(in)
+		if err != nil || got != want {
+			t.Errorf("ParseByteSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "MB", "-5MB", "12 parsecs"} {
+		if _, err := ParseByteSize(in); err == nil {
+			t.Errorf("ParseByteSize(%q) accepted", in)
+		}
+	}
+}
