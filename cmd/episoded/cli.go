@@ -1,0 +1,210 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/episoded/episoded/internal/buildinfo"
+	"github.com/episoded/episoded/internal/config"
+	"github.com/episoded/episoded/internal/daemon"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1 // the daemon failed to start or failed while running
+	exitUsage   = 2 // bad command line or invalid config
+)
+
+type command struct {
+	name    string
+	summary string
+	run     func(args []string, stdout, stderr io.Writer) int
+}
+
+func commands() []command {
+	return []command{
+		{"run", "run the daemon", cmdRun},
+		{"config", "check a config file (config check FILE [--print])", cmdConfig},
+		{"version", "print the version, commit and Go version", cmdVersion},
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "episoded records time-aligned camera, lidar and robot-telemetry episodes.\n\nUsage:\n  episoded <command> [flags]\n\nCommands:\n")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(w, "\nRun 'episoded <command> --help' for a command's flags.\n")
+}
+
+// Main runs the CLI and returns the process exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return exitUsage
+	}
+	switch args[0] {
+	case "-h", "--help", "help":
+		usage(stdout)
+		return exitOK
+	case "--version":
+		return cmdVersion(nil, stdout, stderr)
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return c.run(args[1:], stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "episoded: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return exitUsage
+}
+
+// newFlags returns a flag set whose --help prints usage to stdout and
+// whose errors go to stderr.
+func newFlags(name, synopsis string, stdout, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fs.SetOutput(stdout)
+		fmt.Fprintf(stdout, "Usage: episoded %s\n", synopsis)
+		fs.PrintDefaults()
+		fs.SetOutput(stderr)
+	}
+	return fs
+}
+
+// parse parses flags; ok is false when the command should return code.
+func parse(fs *flag.FlagSet, args []string) (code int, ok bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK, false
+		}
+		return exitUsage, false
+	}
+	return 0, true
+}
+
+func cmdVersion(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("version", "version [--json]", stdout, stderr)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	bi := buildinfo.Get()
+	if *asJSON {
+		b, _ := json.Marshal(bi)
+		fmt.Fprintln(stdout, string(b))
+		return exitOK
+	}
+	fmt.Fprintf(stdout, "episoded %s (commit %s, %s)\n", bi.Version, bi.Commit, bi.GoVersion)
+	return exitOK
+}
+
+func cmdConfig(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] != "check" {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			fmt.Fprintln(stdout, "Usage: episoded config check FILE [--print]")
+			return exitOK
+		}
+		fmt.Fprintln(stderr, "Usage: episoded config check FILE [--print]")
+		return exitUsage
+	}
+	fs := newFlags("config check", "config check FILE [--print]", stdout, stderr)
+	print := fs.Bool("print", false, "print the effective config, defaults filled in and secrets redacted")
+	if code, ok := parse(fs, interspersed(fs, args[1:])); !ok {
+		return code
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "episoded config check: need exactly one FILE")
+		return exitUsage
+	}
+	cfg, err := config.Load(fs.Arg(0))
+	if err != nil {
+		fmt.Fprintf(stderr, "episoded: %v\n", err)
+		return exitUsage
+	}
+	if *print {
+		out, err := cfg.Print()
+		if err != nil {
+			fmt.Fprintf(stderr, "episoded: %v\n", err)
+			return exitFailure
+		}
+		stdout.Write(out)
+		return exitOK
+	}
+	fmt.Fprintf(stdout, "%s: ok (%d devices, %d cells, %d brokers)\n", fs.Arg(0), len(cfg.Devices), len(cfg.Cells), len(cfg.Brokers))
+	return exitOK
+}
+
+// interspersed moves flags after positional arguments to the front, so
+// that `config check FILE --print` works as well as `--print FILE`.
+func interspersed(fs *flag.FlagSet, args []string) []string {
+	var flags, pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			pos = append(pos, args[i+1:]...)
+			break
+		}
+		if strings.HasPrefix(a, "-") && len(a) > 1 {
+			flags = append(flags, a)
+			name := strings.TrimLeft(a, "-")
+			if f := fs.Lookup(name); f != nil && !strings.Contains(name, "=") {
+				if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); !(ok && bf.IsBoolFlag()) && i+1 < len(args) {
+					i++
+					flags = append(flags, args[i])
+				}
+			}
+			continue
+		}
+		pos = append(pos, a)
+	}
+	return append(flags, pos...)
+}
+
+func cmdRun(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("run", "run --config FILE", stdout, stderr)
+	path := fs.String("config", "/etc/episoded/episoded.yaml", "config file")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "episoded: %s\n", oneLine(err))
+		return exitUsage
+	}
+	log := newLogger(cfg.Log, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := daemon.New(cfg, log, nil).Run(ctx); err != nil {
+		log.Error("episoded failed", "err", err)
+		fmt.Fprintf(stderr, "episoded: %s\n", oneLine(err))
+		return exitFailure
+	}
+	return exitOK
+}
+
+// oneLine folds a multi-line error into one line for stderr and journald.
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
