@@ -116,7 +116,7 @@ shutdown_timeout: 5s
 	sock, msgs := notifySocket(t)
 
 	cmd := exec.Command(bin, "run", "--config", cfg)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=400000")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -127,6 +127,7 @@ shutdown_timeout: 5s
 	t.Cleanup(func() { cmd.Process.Kill() })
 
 	waitMsg(t, msgs, "READY=1", 20*time.Second)
+	waitMsg(t, msgs, "WATCHDOG=1", 2*time.Second)
 	deadline := time.Now().Add(10 * time.Second)
 	for httpCode("http://"+addr+"/healthz") != 200 || httpCode("http://"+addr+"/readyz") != 200 {
 		if time.Now().After(deadline) {
