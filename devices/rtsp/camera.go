@@ -1,0 +1,514 @@
+package rtsp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/bluenviron/gortsplib/v4"
+	"github.com/bluenviron/gortsplib/v4/pkg/base"
+	"github.com/bluenviron/gortsplib/v4/pkg/description"
+	"github.com/bluenviron/gortsplib/v4/pkg/format"
+	"github.com/bluenviron/gortsplib/v4/pkg/liberrors"
+	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
+
+	"github.com/episoded/episoded/devices"
+	"github.com/episoded/episoded/internal/redact"
+	"github.com/episoded/episoded/sample"
+)
+
+// Sentinel errors, found with errors.Is on the errors in Status and logs.
+var (
+	// ErrUnauthorized: the camera answered 401 or 403.
+	ErrUnauthorized = errors.New("rtsp: unauthorized (check username and password)")
+	// ErrNoSupportedCodec: the SDP offers no H.264 or H.265 video.
+	ErrNoSupportedCodec = errors.New("rtsp: no H.264 or H.265 video in the session description")
+	// ErrNoFrames: no complete frame arrived within ReadTimeout.
+	ErrNoFrames = errors.New("rtsp: no frames within read timeout")
+	// ErrRunning: Run was called twice.
+	ErrRunning = errors.New("rtsp: already running")
+)
+
+// Error is a session failure. Its text has the URL redacted and any
+// credential scrubbed. It deliberately does not wrap the library's error,
+// whose text may carry a credential; Unwrap yields one of the sentinels, or
+// nil.
+type Error struct {
+	Op   string // "connect", "describe", "setup", "play", "read"
+	Msg  string // scrubbed
+	kind error
+}
+
+func (e *Error) Error() string { return "rtsp " + e.Op + ": " + e.Msg }
+
+// Unwrap returns the sentinel that classifies e, if any.
+func (e *Error) Unwrap() error { return e.kind }
+
+// Stats is a counters snapshot, for /v1/status.
+type Stats struct {
+	Codec         string  `json:"codec,omitempty"`
+	Frames        uint64  `json:"frames"`
+	Bytes         uint64  `json:"bytes"`
+	Keyframes     uint64  `json:"keyframes"`
+	DroppedFrames uint64  `json:"dropped_frames"`
+	QueueFull     uint64  `json:"queue_full"`
+	LostPackets   uint64  `json:"lost_packets"`
+	DecodeErrors  uint64  `json:"decode_errors"`
+	Reconnects    uint64  `json:"reconnects"`
+	FPS           float64 `json:"fps"`
+	Bitrate       float64 `json:"bitrate_bps"`
+}
+
+// counters are updated lock-free from the reader and writer goroutines.
+type counters struct {
+	frames, bytes, keyframes          atomic.Uint64
+	dropped, queueFull, lost          atomic.Uint64
+	decodeErrors                      atomic.Uint64
+	fpsBits, bitrateBits              atomic.Uint64 // math.Float64bits
+	codec                             atomic.Value  // string
+	lastFrame                         atomic.Int64  // unix ns of the last queued frame
+	sessionsWithData, sessionsStarted atomic.Uint64
+}
+
+// frame is one access unit queued for the sink.
+type frame struct {
+	payload     []byte
+	key         bool
+	srcT, recvT int64
+	lost        uint32
+	dropped     uint32
+	disc        bool
+	desc        *sample.Descriptor // non-nil: Describe before writing
+}
+
+// Camera records one RTSP camera. Create it with New and start it with Run.
+type Camera struct {
+	o       Options
+	u       *base.URL // with credentials, for the client only
+	source  string    // redacted
+	secrets []string
+	log     *slog.Logger
+	tracker *devices.Tracker
+	cnt     counters
+	running atomic.Bool
+}
+
+// New validates o and returns a Camera. It starts nothing; it registers the
+// camera's metrics on o.Registerer.
+func New(o Options) (*Camera, error) {
+	o.setDefaults()
+	if err := o.validate(); err != nil {
+		return nil, err
+	}
+	u, err := base.ParseURL(o.URL)
+	if err != nil { // validated above
+		return nil, fmt.Errorf("rtsp options: url %q: %w", redact.URL(o.URL), errors.New("invalid"))
+	}
+	var secrets []string
+	if u.User != nil {
+		if p, ok := u.User.Password(); ok {
+			secrets = append(secrets, p)
+		}
+	}
+	if o.Username != "" {
+		if o.Password != "" {
+			u.User = url.UserPassword(o.Username, o.Password)
+		} else {
+			u.User = url.User(o.Username)
+		}
+	} else if o.Password != "" {
+		if u.User == nil {
+			return nil, errors.New("rtsp options: password: set without username")
+		}
+		u.User = url.UserPassword(u.User.Username(), o.Password)
+	}
+	if o.Password != "" {
+		secrets = append(secrets, o.Password)
+	}
+	for _, s := range append([]string(nil), secrets...) {
+		secrets = append(secrets, url.PathEscape(s), url.QueryEscape(s))
+	}
+	// The credential-free form of the URL, for descriptors, logs and errors.
+	clean := *(*url.URL)(u)
+	clean.User = nil
+	source := clean.String()
+	if u.User != nil {
+		source = redact.URL((*url.URL)(u).String())
+	}
+	c := &Camera{
+		o:       o,
+		u:       u,
+		source:  source,
+		secrets: secrets,
+		log:     o.Logger.With("component", "devices.rtsp", "device", o.Device, "stream", o.Stream),
+		tracker: devices.NewTracker(o.Device, "rtsp", nil),
+	}
+	c.cnt.codec.Store("")
+	if err := c.register(o.Registerer); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Status returns the connection state. LastError never carries a credential.
+func (c *Camera) Status() devices.Status { return c.tracker.Status() }
+
+// Stats returns a snapshot of the camera's counters.
+func (c *Camera) Stats() Stats {
+	return Stats{
+		Codec:         c.cnt.codec.Load().(string),
+		Frames:        c.cnt.frames.Load(),
+		Bytes:         c.cnt.bytes.Load(),
+		Keyframes:     c.cnt.keyframes.Load(),
+		DroppedFrames: c.cnt.dropped.Load(),
+		QueueFull:     c.cnt.queueFull.Load(),
+		LostPackets:   c.cnt.lost.Load(),
+		DecodeErrors:  c.cnt.decodeErrors.Load(),
+		Reconnects:    c.tracker.Status().Reconnects,
+		FPS:           math.Float64frombits(c.cnt.fpsBits.Load()),
+		Bitrate:       math.Float64frombits(c.cnt.bitrateBits.Load()),
+	}
+}
+
+// Run records the camera into sink until ctx is cancelled, reconnecting
+// with backoff after every failure. It returns nil when ctx is cancelled,
+// after the queued frames have been written.
+func (c *Camera) Run(ctx context.Context, sink devices.Sink) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
+	queue := make(chan frame, c.o.QueueSize)
+	wdone := make(chan struct{})
+	go func() {
+		defer close(wdone)
+		c.writeLoop(sink, queue)
+	}()
+	c.log.Info("camera starting", "url", c.source, "transport", c.o.Transport, "clock", c.o.Clock)
+	err := devices.Supervise(ctx, c.tracker, c.o.Backoff, func(ctx context.Context, streaming func()) error {
+		err := c.session(ctx, queue, streaming)
+		if err != nil && ctx.Err() == nil {
+			c.log.Warn("camera session ended", "err", err)
+		}
+		return err
+	})
+	// Every session has returned, so its client is closed and no reader
+	// callback can send on queue any more.
+	close(queue)
+	<-wdone
+	c.log.Info("camera stopped", "frames", c.cnt.frames.Load(), "dropped", c.cnt.dropped.Load(),
+		"lost_packets", c.cnt.lost.Load())
+	return err
+}
+
+// scrub turns a library error into an *Error with no credential in it.
+func (c *Camera) scrub(op string, err error) error {
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	kind := error(nil)
+	var bad liberrors.ErrClientBadStatusCode
+	if errors.As(err, &bad) && (bad.Code == base.StatusUnauthorized || bad.Code == base.StatusForbidden) {
+		kind = ErrUnauthorized
+	}
+	msg := err.Error()
+	if full := (*url.URL)(c.u).String(); full != "" {
+		msg = strings.ReplaceAll(msg, full, c.source)
+	}
+	msg = redact.String(msg, c.secrets...)
+	if kind != nil {
+		msg = kind.Error() + ": " + msg
+	}
+	return &Error{Op: op, Msg: c.source + ": " + msg, kind: kind}
+}
+
+func (c *Camera) transport() *gortsplib.Transport {
+	var t gortsplib.Transport
+	switch c.o.Transport {
+	case "udp":
+		t = gortsplib.TransportUDP
+	case "auto":
+		return nil
+	default:
+		t = gortsplib.TransportTCP
+	}
+	return &t
+}
+
+// session is one connection: connect, describe, set up the video media,
+// play, and pump packets until an error, a read timeout or ctx.
+func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func()) error {
+	c.cnt.sessionsStarted.Add(1)
+	client := &gortsplib.Client{
+		Scheme:      c.u.Scheme,
+		Host:        c.u.Host,
+		ReadTimeout: c.o.ReadTimeout,
+		Transport:   c.transport(),
+		// Losses are counted from sequence gaps by the assembler, which
+		// sees the same packets; this only silences the default logger.
+		OnPacketsLost: func(uint64) {},
+		OnDecodeError: func(error) { c.cnt.decodeErrors.Add(1) },
+	}
+	if err := client.Start2(); err != nil {
+		return c.scrub("connect", err)
+	}
+	defer client.Close()
+	stop := context.AfterFunc(ctx, client.Close)
+	defer stop()
+
+	desc, _, err := client.Describe(c.u)
+	if err != nil {
+		return c.scrub("describe", err)
+	}
+	var (
+		h264f *format.H264
+		h265f *format.H265
+		cd    *codec
+		medi  *description.Media
+		forma format.Format
+		sdp   [][]byte
+		dec   func() (auDecoder, error)
+	)
+	if m := desc.FindFormat(&h264f); m != nil {
+		medi, forma, cd = m, h264f, codecH264
+		sps, pps := h264f.SafeParams()
+		sdp = [][]byte{sps, pps}
+		dec = func() (auDecoder, error) { return h264f.CreateDecoder() }
+	} else if m := desc.FindFormat(&h265f); m != nil {
+		medi, forma, cd = m, h265f, codecH265
+		vps, sps, pps := h265f.SafeParams()
+		sdp = [][]byte{vps, sps, pps}
+		dec = func() (auDecoder, error) { return h265f.CreateDecoder() }
+	} else {
+		var codecs []string
+		for _, m := range desc.Medias {
+			for _, f := range m.Formats {
+				codecs = append(codecs, f.Codec())
+			}
+		}
+		return &Error{Op: "describe", Msg: fmt.Sprintf("%s: %s (offered: %s)", c.source, ErrNoSupportedCodec.Error(),
+			strings.Join(codecs, ", ")), kind: ErrNoSupportedCodec}
+	}
+	c.cnt.codec.Store(string(cd.name))
+	if _, err := client.Setup(desc.BaseURL, medi, 0, 0); err != nil {
+		return c.scrub("setup", err)
+	}
+
+	reconnected := c.cnt.sessionsWithData.Load() > 0
+	firstData := make(chan struct{})
+	var gotData bool
+	// Sender reports are decoded here rather than with client.PacketNTP:
+	// gortsplib v4.16.2 reads the NTP fraction as nanoseconds instead of
+	// 1/2^32 s (RFC 3550 4), which is off by up to 3.3 s with real cameras.
+	var srMap atomic.Pointer[srMapping]
+	clockRate := int64(forma.ClockRate())
+	client.OnPacketRTCP(medi, func(p rtcp.Packet) {
+		if sr, ok := p.(*rtcp.SenderReport); ok {
+			srMap.Store(&srMapping{ssrc: sr.SSRC, ntp: ntpToUnixNano(sr.NTPTime), rtp: sr.RTPTime})
+		}
+	})
+	rtcpClock := c.o.Clock == "rtcp"
+	tmpl := sample.Descriptor{
+		Stream:  c.o.Stream,
+		Kind:    sample.KindVideo,
+		Codec:   cd.name,
+		Device:  c.o.Device,
+		Source:  c.source,
+		Clock:   sample.ClockDevice,
+		Latency: int64(c.o.Latency),
+	}
+	if !rtcpClock {
+		tmpl.Clock = sample.ClockArrival
+	}
+	var recvT int64
+	asm := newAssembler(cd, sdp, dec, &c.cnt, func(u unit) bool {
+		f := frame{payload: annexB(u.au), key: u.key, recvT: recvT, lost: u.lost, dropped: u.dropped, disc: u.disc}
+		if rtcpClock {
+			if m := srMap.Load(); m != nil && m.ssrc == u.ssrc {
+				f.srcT = m.at(u.ts, clockRate)
+			}
+		}
+		if u.params != nil {
+			d := tmpl
+			d.Params = u.params
+			f.desc = &d
+		}
+		select {
+		case queue <- f:
+		default:
+			return false
+		}
+		c.cnt.lastFrame.Store(recvT)
+		if !gotData {
+			gotData = true
+			c.cnt.sessionsWithData.Add(1)
+			close(firstData)
+		}
+		return true
+	})
+	if reconnected {
+		asm.pendDisc = true // the outage is one gap
+	}
+	client.OnPacketRTP(medi, forma, func(pkt *rtp.Packet) {
+		recvT = time.Now().UnixNano()
+		asm.push(pkt)
+	})
+
+	if _, err := client.Play(nil); err != nil {
+		return c.scrub("play", err)
+	}
+	c.log.Info("camera playing", "codec", cd.name, "transport", c.o.Transport)
+	started := time.Now()
+	c.cnt.lastFrame.Store(started.UnixNano())
+
+	waitErr := make(chan error, 1)
+	go func() { waitErr <- client.Wait() }()
+	tick := time.NewTicker(min(time.Second, c.o.ReadTimeout/4))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-waitErr:
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return c.scrub("read", err)
+		case <-firstData:
+			firstData = nil
+			streaming()
+		case now := <-tick.C:
+			if idle := now.Sub(time.Unix(0, c.cnt.lastFrame.Load())); idle > c.o.ReadTimeout {
+				return &Error{Op: "read", Msg: fmt.Sprintf("%s: %s (%v)", c.source, ErrNoFrames.Error(),
+					idle.Round(time.Millisecond)), kind: ErrNoFrames}
+			}
+		}
+	}
+}
+
+// writeLoop is the only goroutine that calls the sink. It drains queue
+// until it is closed.
+//
+// A frame the sink refuses (Describe or Write error) is dropped, and frames
+// are then dropped until the next keyframe; the next written sample carries
+// Discontinuity and the counts.
+func (c *Camera) writeLoop(sink devices.Sink, queue <-chan frame) {
+	var (
+		pendDesc              *sample.Descriptor
+		waitKey, disc         bool
+		pendLost, pendDropped uint32
+		sinkErrs              uint64
+	)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	last := time.Now()
+	lastFrames, lastBytes := c.cnt.frames.Load(), c.cnt.bytes.Load()
+	logEvery := 0
+	for {
+		var f frame
+		var ok bool
+		select {
+		case f, ok = <-queue:
+			if !ok {
+				return
+			}
+		case now := <-tick.C:
+			dt := now.Sub(last).Seconds()
+			fr, by := c.cnt.frames.Load(), c.cnt.bytes.Load()
+			if dt > 0 {
+				c.cnt.fpsBits.Store(math.Float64bits(float64(fr-lastFrames) / dt))
+				c.cnt.bitrateBits.Store(math.Float64bits(float64(by-lastBytes) * 8 / dt))
+			}
+			last, lastFrames, lastBytes = now, fr, by
+			if logEvery++; logEvery%60 == 0 {
+				s := c.Stats()
+				c.log.Debug("camera counters", "frames", s.Frames, "fps", s.FPS, "bitrate", s.Bitrate,
+					"dropped", s.DroppedFrames, "lost_packets", s.LostPackets, "decode_errors", s.DecodeErrors,
+					"sink_errors", sinkErrs)
+			}
+			continue
+		}
+		if f.desc != nil {
+			pendDesc = f.desc
+		}
+		drop := func(err error) {
+			pendLost += f.lost
+			pendDropped += f.dropped + 1
+			disc, waitKey = true, true
+			c.cnt.dropped.Add(1)
+			if sinkErrs++; sinkErrs == 1 || sinkErrs%100 == 0 {
+				c.log.Warn("sink refused frame; dropping until next keyframe", "err", err, "sink_errors", sinkErrs)
+			}
+		}
+		if waitKey && !f.key {
+			pendLost += f.lost
+			pendDropped += f.dropped + 1
+			c.cnt.dropped.Add(1)
+			continue
+		}
+		if pendDesc != nil {
+			if err := sink.Describe(*pendDesc); err != nil {
+				drop(fmt.Errorf("describe: %w", err))
+				continue
+			}
+			pendDesc = nil
+		}
+		s := sample.Sample{
+			Stream:  c.o.Stream,
+			SrcT:    f.srcT,
+			RecvT:   f.recvT,
+			Lost:    f.lost + pendLost,
+			Dropped: f.dropped + pendDropped,
+			Payload: f.payload,
+		}
+		if f.key {
+			s.Flags |= sample.Keyframe
+		}
+		if f.disc || disc || s.Lost > 0 || s.Dropped > 0 {
+			s.Flags |= sample.Discontinuity
+		}
+		if err := sink.Write(s, nil); err != nil {
+			drop(fmt.Errorf("write: %w", err))
+			continue
+		}
+		waitKey, disc, pendLost, pendDropped = false, false, 0, 0
+		c.cnt.frames.Add(1)
+		c.cnt.bytes.Add(uint64(len(f.payload)))
+		if f.key {
+			c.cnt.keyframes.Add(1)
+		}
+	}
+}
+
+// srMapping is the latest RTCP sender report: RTP time rtp of stream ssrc
+// was wall time ntp (ns since the Unix epoch).
+type srMapping struct {
+	ssrc uint32
+	ntp  int64
+	rtp  uint32
+}
+
+// at maps RTP timestamp ts to ns since the Unix epoch. Timestamps within
+// 2^31 ticks either side of the report are handled across wrap-around.
+func (m *srMapping) at(ts uint32, clockRate int64) int64 {
+	d := int64(int32(ts - m.rtp))
+	return m.ntp + d*1e9/clockRate
+}
+
+// ntpEpochOffset is the number of seconds from 1900-01-01 to 1970-01-01.
+const ntpEpochOffset = 2208988800
+
+// ntpToUnixNano converts a 64-bit NTP timestamp (32.32 fixed point seconds
+// since 1900) to ns since the Unix epoch.
+func ntpToUnixNano(v uint64) int64 {
+	secs := int64(v>>32) - ntpEpochOffset
+	frac := (v & 0xFFFFFFFF) * 1e9 >> 32
+	return secs*1e9 + int64(frac)
+}

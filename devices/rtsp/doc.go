@@ -1,0 +1,49 @@
+// Package rtsp records RTSP cameras (H.264 and H.265) as sample streams.
+//
+// A Camera is created with New (which validates and starts nothing) and runs
+// with Run(ctx, sink), which blocks until ctx is cancelled. Each connection
+// is one session under devices.Supervise: any error, a 401, an SDP without
+// H.264/H.265, or ReadTimeout without a complete frame ends the session, and
+// a fresh gortsplib client with fresh depacketizers reconnects after
+// exponential backoff with jitter. Status and Stats report the state.
+//
+// # Samples
+//
+// One access unit becomes one sample. The payload is Annex-B: every NAL unit
+// of the access unit, in order, each preceded by a 4-byte start code
+// (00 00 00 01), including any in-band parameter sets and SEI; the RTP
+// framing (STAP-A, FU-A, AP, FU) is removed. Keyframe is set for IDR (H.264)
+// or IRAP (H.265) access units. Parameter sets (SPS/PPS, and VPS for H.265)
+// are taken from the SDP and from the stream; the descriptor is sent with
+// sink.Describe before the first sample of every session and again whenever
+// a parameter set changes (one slot per kind: the last SPS, PPS, VPS seen).
+//
+// # Time
+//
+// RecvT is the arrival time of the packet that completed the access unit.
+// With clock "rtcp", SrcT is the access unit's RTP timestamp mapped through
+// the latest RTCP sender report (gortsplib's PacketNTP), as ns since the Unix
+// epoch; before the first sender report SrcT is 0 and the pipeline stamps
+// RecvT - Latency, switching when SrcT becomes non-zero. With clock
+// "arrival" SrcT is always 0. The descriptor carries Clock and Latency.
+//
+// # Loss and the queue
+//
+// gortsplib's reader goroutine only depacketizes and never blocks: access
+// units go through a bounded queue (QueueSize) to the Camera's own writer
+// goroutine, the only caller of the sink. Full-rule: when the queue is full
+// the access unit is dropped and counted, and every following unit is
+// dropped until the next keyframe.
+//
+// Invariants: no partial access unit is ever stored. An RTP sequence gap or
+// a depacketization error discards the unfinished unit and resumes at the
+// next packet that starts an access unit. The first sample stored after
+// connecting, after any loss and after any drop is a keyframe; everything
+// discarded before it is counted in that sample's Lost (RTP packets) and
+// Dropped (frames), with Discontinuity set. A reconnect is one gap: the
+// first sample of the new session has Discontinuity.
+//
+// Credentials (inline in the URL, or Username/Password) never reach logs,
+// errors, Status or descriptors: URLs are redacted and library error text is
+// scrubbed of the password.
+package rtsp
