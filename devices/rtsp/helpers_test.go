@@ -462,3 +462,22 @@ func (l *logBuffer) logger() *slog.Logger {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// splitAnnexB splits a sample payload at its 4-byte start codes.
+func splitAnnexB(t testing.TB, b []byte) [][]byte {
+	t.Helper()
+	var out [][]byte
+	for len(b) > 0 {
+		if len(b) < 4 || !bytes.Equal(b[:4], []byte{0, 0, 0, 1}) {
+			t.Fatalf("payload is not 4-byte-start-code Annex-B")
+		}
+		b = b[4:]
+		i := bytes.Index(b, []byte{0, 0, 0, 1})
+		if i < 0 {
+			i = len(b)
+		}
+		out = append(out, b[:i])
+		b = b[i:]
+	}
+	return out
+}
