@@ -1,0 +1,228 @@
+package storage
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/episoded/episoded/sample"
+)
+
+// keyOverhead approximates the bytes a sample costs beyond its payload
+// (key, record fields, memtable overhead), for pending-bytes accounting.
+const keyOverhead = 64
+
+// pending is everything queued for the next commit.
+type pending struct {
+	batch *pebble.Batch // inline samples, already encoded
+	large []largeEntry  // samples whose payload goes to a segment file
+	dones []func(error)
+	bytes int64
+	n     int
+}
+
+type largeEntry struct {
+	key     []byte
+	rec     sampleRec
+	payload []byte
+	stream  string
+	t       int64
+}
+
+func newPending() *pending { return &pending{} }
+
+var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
+
+// Append queues samples (Stream, Seq and T set by the caller) for the next
+// commit. done, if not nil, is called exactly once from the store's commit
+// goroutine: nil once every sample is durable, or the commit's error.
+// done is only called when Append returns nil.
+//
+// Append never does disk I/O. It blocks only when MaxPending bytes are
+// already queued (a slow disk or a Pebble write stall), for at most
+// AppendTimeout, and then returns ErrOverloaded. Under the reject-new
+// policy it returns ErrFull while the store is full.
+func (s *Store) Append(samples []sample.Sample, done func(error)) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if s.full.Load() {
+		s.m.rejected.Add(float64(len(samples)))
+		return ErrFull
+	}
+	var size int64
+	for i := range samples {
+		if err := checkStream(samples[i].Stream); err != nil {
+			return fmt.Errorf("append: %w", err)
+		}
+		size += int64(len(samples[i].Payload)) + keyOverhead
+	}
+	if size > s.opts.MaxPending {
+		return fmt.Errorf("append: %w: %d bytes in one call exceeds MaxPending %d", ErrInvalid, size, s.opts.MaxPending)
+	}
+
+	// Encode inline samples outside the lock. enc holds key/value pairs
+	// back to back; large samples are only referenced.
+	bufp := scratchPool.Get().(*[]byte)
+	enc := (*bufp)[:0]
+	type kv struct{ k0, k1, v1 int }
+	var kvs []kv
+	var large []largeEntry
+	for i := range samples {
+		sm := &samples[i]
+		rec := sampleRec{V: formatVersion, SrcT: sm.SrcT, RecvT: sm.RecvT, Flags: uint8(sm.Flags), Lost: sm.Lost, Dropped: sm.Dropped}
+		if s.opts.SegmentThreshold > 0 && len(sm.Payload) >= s.opts.SegmentThreshold {
+			large = append(large, largeEntry{
+				key: appendSampleKey(make([]byte, 0, sampleKeyLen(len(sm.Stream))), sm.Stream, sm.T, sm.Seq),
+				rec: rec, payload: sm.Payload, stream: sm.Stream, t: sm.T,
+			})
+			continue
+		}
+		rec.Payload = sm.Payload
+		k0 := len(enc)
+		enc = appendSampleKey(enc, sm.Stream, sm.T, sm.Seq)
+		k1 := len(enc)
+		var err error
+		enc, err = appendRecord(enc, &rec)
+		if err != nil {
+			*bufp = enc
+			scratchPool.Put(bufp)
+			return fmt.Errorf("append: encode sample %s seq %d: %w", sm.Stream, sm.Seq, err)
+		}
+		kvs = append(kvs, kv{k0, k1, len(enc)})
+	}
+
+	s.mu.Lock()
+	var timer *time.Timer
+	for s.mu.bytes+size > s.opts.MaxPending && !s.mu.stopped {
+		if timer == nil {
+			timer = time.NewTimer(s.opts.AppendTimeout)
+			defer timer.Stop()
+		}
+		freed := s.mu.freed
+		s.mu.Unlock()
+		s.kick(s.kickCommit)
+		select {
+		case <-freed:
+		case <-timer.C:
+			s.m.overloaded.Add(float64(len(samples)))
+			*bufp = enc
+			scratchPool.Put(bufp)
+			return ErrOverloaded
+		case <-s.closing:
+			*bufp = enc
+			scratchPool.Put(bufp)
+			return ErrClosed
+		}
+		s.mu.Lock()
+	}
+	if s.mu.stopped {
+		s.mu.Unlock()
+		*bufp = enc
+		scratchPool.Put(bufp)
+		return ErrClosed
+	}
+	p := s.mu.p
+	if len(kvs) > 0 {
+		if p.batch == nil {
+			p.batch = s.db.NewBatch()
+		}
+		for _, e := range kvs {
+			// Batch.Set copies key and value into the batch.
+			_ = p.batch.Set(enc[e.k0:e.k1], enc[e.k1:e.v1], nil)
+		}
+	}
+	p.large = append(p.large, large...)
+	if done != nil {
+		p.dones = append(p.dones, done)
+	}
+	p.bytes += size
+	p.n += len(samples)
+	s.mu.bytes += size
+	kick := p.bytes >= s.opts.CommitBytes
+	s.mu.Unlock()
+	*bufp = enc
+	scratchPool.Put(bufp)
+	s.m.pendingBytes.Add(float64(size))
+	if kick {
+		s.kick(s.kickCommit)
+	}
+	return nil
+}
+
+// kick wakes a worker without blocking: a kick already pending is enough.
+func (s *Store) kick(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// commit makes everything pending durable: payloads are written to
+// segment files and fdatasync'ed, then one Pebble batch holding the index
+// entries, inline samples and segment sizes is committed with fsync.
+// Callers hold commitMu.
+func (s *Store) commit() error {
+	s.mu.Lock()
+	p := s.mu.p
+	if p.n == 0 && len(p.dones) == 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.p = newPending()
+	s.mu.Unlock()
+
+	start := time.Now()
+	err := s.commitPending(p)
+	elapsed := time.Since(start)
+
+	s.mu.Lock()
+	s.mu.bytes -= p.bytes
+	close(s.mu.freed)
+	s.mu.freed = make(chan struct{})
+	s.mu.Unlock()
+	s.m.pendingBytes.Sub(float64(p.bytes))
+
+	if err != nil {
+		err = fmt.Errorf("commit %d samples: %w", p.n, err)
+		s.m.commitErrors.Inc()
+	} else {
+		s.m.commitSeconds.Observe(elapsed.Seconds())
+		s.m.samplesWritten.Add(float64(p.n))
+		s.m.bytesWritten.Add(float64(p.bytes))
+		if s.estimate.Add(p.bytes) > s.spaceSlack() {
+			s.kick(s.kickWatch)
+		}
+	}
+	for _, d := range p.dones {
+		d(err)
+	}
+	return err
+}
+
+func (s *Store) commitPending(p *pending) error {
+	b := p.batch
+	if b == nil {
+		b = s.db.NewBatch()
+	}
+	defer b.Close()
+	if len(p.large) > 0 {
+		s.segMu.Lock()
+		defer s.segMu.Unlock()
+		if err := s.writeSegmentsLocked(b, p.large); err != nil {
+			return err
+		}
+	}
+	if b.Empty() {
+		return nil
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return err
+	}
+	if len(p.large) > 0 {
+		s.segCommittedLocked()
+	}
+	return nil
+}

@@ -1,0 +1,105 @@
+// Package storage is episoded's durable store: every sample lands here as
+// a continuous per-stream timeline, episodes are windows over it, and
+// upload state lives next to them.
+//
+// # Layout
+//
+// A store is a directory holding a marker file EPISODED ("episoded-store",
+// "format N"), a Pebble database in db/ and segment files in seg/. Open
+// initialises a missing or empty directory, refuses a non-empty one without
+// the marker (ErrNotStore) and a store written by a newer format
+// (ErrNewerFormat). Pebble (github.com/cockroachdb/pebble/v2) runs at an
+// explicit FormatMajorVersion (FormatValueSeparation) with value separation
+// on (values of 1 KiB and more go to blob files).
+//
+// Records are CBOR (fxamacker/cbor/v2, core deterministic encoding), each
+// with a version field; timestamps are int64 ns, never CBOR time tags.
+// Keys, one prefix byte per record kind:
+//
+//	s stream 0x00 BE(t^signbit) BE(seq) -> sample record (inline payload or segment reference)
+//	d stream 0x00 BE(version)           -> stream descriptor version
+//	e episode-id                        -> episode (+ whether its data was evicted)
+//	u episode-id                        -> upload state
+//	g BE(segment-id)                    -> segment: stream, slice, min/max T, committed size
+//	m "format"                          -> store format record
+//
+// One stream's time range is one contiguous key range, so expiry is a
+// DeleteRange.
+//
+// # Large payloads: segment files
+//
+// Payloads of SegmentThreshold (4 KiB) or more — video frames, lidar — are
+// not written to Pebble: with Pebble alone every byte is written twice
+// (WAL, then flush), which caps 100 KB frames near half the disk's
+// bandwidth. They go to append-only segment files, one per stream per time
+// slice (SegmentSlice, 10 s, or SegmentMaxBytes, 64 MiB). Pebble holds the
+// index entry (stream, t, seq -> segment, offset, length, CRC-32C, flags)
+// and every small payload. See docs/benchmarks/storage.md for the numbers
+// behind this choice.
+//
+// # Lifecycle and durability
+//
+// Open starts nothing of ours. Run runs the commit loop and the space
+// watcher until its context is cancelled (or Close), then commits what is
+// pending and returns. Close stops Run, commits, and closes Pebble.
+//
+// Append only queues: inline samples are encoded into the pending Pebble
+// batch under a mutex; large payloads are referenced (the store owns the
+// slice). Every SyncInterval (100 ms), or as soon as CommitBytes (16 MiB)
+// are pending, the commit loop writes the queued payloads to their
+// segments, fdatasyncs every segment it touched (and the segment directory
+// when a segment was created), then commits one Pebble batch — the index
+// entries, the inline samples and the segments' new committed sizes — with
+// fsync. Only then are the producers' done callbacks called, from the
+// commit goroutine; MQTT acks wait for them.
+//
+// What a crash (process kill or power loss) can lose: exactly the samples
+// whose done callback had not yet been called with nil — at most
+// SyncInterval worth of samples plus the commit in flight (bounded by
+// MaxPending). A commit is atomic: after a restart each batch passed to
+// Append is either entirely present or entirely absent, and batches
+// committed later never survive without the ones committed before, so a
+// stream's seq has no holes up to its last durable sample (LastSample).
+// Segment bytes written by a commit that did not reach Pebble are
+// truncated on open; segment files no record references are removed.
+//
+// # Backpressure
+//
+// Queued bytes (pending plus the commit in flight) are bounded by
+// MaxPending. When the disk is slow or Pebble stalls writes (memtables or
+// L0 full), commits slow down, the queue fills and Append blocks for at
+// most AppendTimeout, then returns ErrOverloaded. Nothing is buffered
+// without limit.
+//
+// # Retention, quota, and what happens when full
+//
+// The space watcher runs every WatchInterval (and early when a burst of
+// writes may have crossed a limit). It measures the store (Pebble's disk
+// usage plus segment files) and the filesystem's free space (statfs), and
+// evicts in this order:
+//
+//  1. timeline no live episode covers, older than TimelineRetention (the
+//     pre-roll horizon) — always;
+//  2. uploaded episodes whose Updated is older than Retention, oldest
+//     first — always;
+//
+// then, only while over Quota or under MinFree:
+//
+//  2b. uploaded episodes still within Retention, oldest first (their data is
+//     safe in object storage; keeping them is not worth refusing new data);
+//  3. episodes not yet uploaded, per FullPolicy: "reject-new" (default)
+//     evicts none of them: the store stops accepting samples (Append
+//     returns ErrFull), sets episoded_storage_full to 1 and reports an
+//     alarm in Usage; "evict-oldest" evicts finished, not-uploaded
+//     episodes oldest first, logging a warning for each, and goes full only
+//     when none is left. Recording and uploading episodes are never evicted.
+//
+// An episode covers [Start-Preroll, Stop+Postroll] on each of its streams
+// (to the end of time while Stop is 0). Eviction deletes the uncovered index
+// ranges with DeleteRange, unlinks segments lying entirely inside them, and
+// compacts the ranges so that Pebble's space is reclaimed. An evicted
+// episode's record is kept; Evicted reports when and why its data went.
+// Small records (episodes, descriptors, upload state) are still accepted
+// while full, so uploads can finish and free space. MinFree keeps Pebble
+// away from ENOSPC, on which it would exit the process.
+package storage

@@ -1,0 +1,99 @@
+package storage
+
+import (
+	"errors"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/episoded/episoded/sample"
+)
+
+func testLogger(t testing.TB) *slog.Logger {
+	if testing.Verbose() {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+// openRunning opens a store in dir and runs it until the test ends.
+func openRunning(t testing.TB, opts Options) *Store {
+	t.Helper()
+	if opts.Logger == nil {
+		opts.Logger = testLogger(t)
+	}
+	if opts.MinFree == 0 {
+		opts.MinFree = -1
+	}
+	s, err := Open(opts)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+		if err := s.Close(); err != nil && !errors.Is(err, ErrClosed) {
+			t.Errorf("close: %v", err)
+		}
+	})
+	return s
+}
+
+// appendWait appends and waits until the samples are durable.
+func appendWait(t testing.TB, s *Store, samples []sample.Sample) {
+	t.Helper()
+	ch := make(chan error, 1)
+	if err := s.Append(samples, func(err error) { ch <- err }); err != nil {
+		t.Fatalf("append: %v", err)
+	}
+	select {
+	case err := <-ch:
+		if err != nil {
+			t.Fatalf("append: done: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("append: not durable after 30s")
+	}
+}
+
+// payloadFor returns a deterministic payload for (stream, seq) of size n.
+func payloadFor(stream string, seq uint64, n int) []byte {
+	p := make([]byte, n)
+	h := uint32(2166136261)
+	for _, c := range []byte(fmt.Sprintf("%s#%d", stream, seq)) {
+		h = (h ^ uint32(c)) * 16777619
+	}
+	for i := range p {
+		h ^= h << 13
+		h ^= h >> 17
+		h ^= h << 5
+		p[i] = byte(h)
+	}
+	return p
+}
+
+func collect(t testing.TB, seq func(func(sample.Sample, error) bool)) []sample.Sample {
+	t.Helper()
+	var out []sample.Sample
+	for sm, err := range seq {
+		if err != nil {
+			t.Fatalf("iterate: %v", err)
+		}
+		out = append(out, sm)
+	}
+	return out
+}
+
+type waitGroupErr struct {
+	sync.Mutex
+	errs []error
+}

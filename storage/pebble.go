@@ -1,0 +1,91 @@
+package storage
+
+import (
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/sstable"
+)
+
+// pebbleFormat is the Pebble on-disk format this build writes. It is set
+// explicitly (never FormatNewest) so that upgrading the library does not
+// silently ratchet the format of existing stores. FormatValueSeparation is
+// the first format that supports blob files.
+const pebbleFormat = pebble.FormatValueSeparation
+
+// pebbleOptions are tuned for a write-heavy mix: a steady stream of small
+// (100–500 B) telemetry records plus the index entries of large frames,
+// which live in segment files (see package doc). With SegmentThreshold < 0
+// large values go into Pebble itself and are separated into blob files.
+func (s *Store) pebbleOptions() *pebble.Options {
+	o := &pebble.Options{
+		FormatMajorVersion: pebbleFormat,
+		// 64 MiB memtables: ~1 s of the busiest expected mix before a
+		// flush, few L0 files. Up to 4 queued memtables (256 MiB) absorb a
+		// compaction hiccup before Pebble stalls writes; a stall makes
+		// Append block and then report ErrOverloaded.
+		MemTableSize:                64 << 20,
+		MemTableStopWritesThreshold: 4,
+		// Larger L0 files and a larger Lbase keep compaction write
+		// amplification down for an append-mostly, time-ordered keyspace.
+		L0CompactionThreshold: 4,
+		L0StopWritesThreshold: 24,
+		LBaseMaxBytes:         256 << 20,
+		// Smooth out sstable writes so that a flush does not stall WAL fsyncs.
+		BytesPerSync: 1 << 20,
+		CacheSize:    32 << 20,
+		MaxOpenFiles: 1024,
+		// Two cores on a typical gateway: at most two compactions.
+		CompactionConcurrencyRange: func() (int, int) { return 1, 2 },
+		// Reclaim space from DeleteRange promptly (eviction).
+		FlushDelayDeleteRange: 10 * time.Second,
+		Logger:                pebbleLogger{s.log.With("sub", "pebble")},
+		EventListener:         s.eventListener(),
+	}
+	o.TargetFileSizes[0] = 8 << 20
+	for i := range o.Levels {
+		// Fastest compression: telemetry JSON still compresses well, and
+		// incompressible frame data costs little CPU.
+		o.Levels[i].Compression = func() *sstable.CompressionProfile { return sstable.FastestCompression }
+		o.Levels[i].BlockSize = 32 << 10
+	}
+	o.Experimental.ValueSeparationPolicy = func() pebble.ValueSeparationPolicy {
+		return pebble.ValueSeparationPolicy{
+			Enabled: true,
+			// Small telemetry stays inline in sstables; anything from
+			// 1 KiB up (frames when SegmentThreshold < 0, mid-size
+			// messages) goes to blob files and is not rewritten by every
+			// compaction.
+			MinimumSize:           1024,
+			MaxBlobReferenceDepth: 10,
+			RewriteMinimumAge:     5 * time.Minute,
+			TargetGarbageRatio:    0.2,
+		}
+	}
+	return o
+}
+
+func (s *Store) eventListener() *pebble.EventListener {
+	var stallStart time.Time
+	return &pebble.EventListener{
+		BackgroundError: func(err error) { s.log.Error("pebble background error", "err", err) },
+		DataCorruption: func(info pebble.DataCorruptionInfo) {
+			s.log.Error("pebble data corruption", "info", info.String())
+		},
+		WriteStallBegin: func(info pebble.WriteStallBeginInfo) {
+			stallStart = time.Now()
+			s.m.stalls.Inc()
+			s.log.Warn("pebble write stall", "reason", info.Reason)
+		},
+		WriteStallEnd: func() {
+			if !stallStart.IsZero() {
+				s.m.stallSeconds.Add(time.Since(stallStart).Seconds())
+			}
+		},
+		CompactionEnd: func(info pebble.CompactionInfo) { s.m.compactions.Inc() },
+		FlushEnd:      func(info pebble.FlushInfo) { s.m.flushes.Inc() },
+		DiskSlow: func(info pebble.DiskSlowInfo) {
+			s.log.Warn("slow disk", "info", info.String())
+		},
+	}
+}

@@ -1,0 +1,253 @@
+package storage
+
+import (
+	"container/heap"
+	"errors"
+	"fmt"
+	"iter"
+	"slices"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/episoded/episoded/sample"
+)
+
+// CorruptError reports a record that could not be decoded. It matches
+// ErrCorrupt with errors.Is.
+type CorruptError struct {
+	Key []byte
+	Err error
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("storage: corrupt record: %s: %v", describeKey(e.Key), e.Err)
+}
+func (e *CorruptError) Unwrap() []error { return []error{ErrCorrupt, e.Err} }
+
+// decodeSample turns a sample key/value into a Sample. On error the
+// returned sample still carries Stream, T and Seq from the key.
+func (s *Store) decodeSample(key, value []byte, segs *segReader) (sample.Sample, error) {
+	stream, t, seq, ok := parseSampleKey(key)
+	sm := sample.Sample{Stream: stream, T: t, Seq: seq}
+	if !ok {
+		return sm, &CorruptError{Key: slices.Clone(key), Err: errors.New("malformed sample key")}
+	}
+	var rec sampleRec
+	if err := unmarshal(value, &rec); err != nil {
+		return sm, &CorruptError{Key: slices.Clone(key), Err: err}
+	}
+	sm.SrcT, sm.RecvT, sm.Flags, sm.Lost, sm.Dropped = rec.SrcT, rec.RecvT, sample.Flags(rec.Flags), rec.Lost, rec.Dropped
+	if rec.Seg != 0 {
+		p, err := segs.read(&rec)
+		if err != nil {
+			return sm, &CorruptError{Key: slices.Clone(key), Err: err}
+		}
+		sm.Payload = p
+	} else if rec.Payload != nil {
+		// unmarshal already copied the bytes out of Pebble's buffer.
+		sm.Payload = rec.Payload
+	}
+	return sm, nil
+}
+
+// Range yields the durable samples of stream with T in [from, to], ordered
+// by (T, Seq). A record that cannot be decoded is yielded as an error
+// (with Stream, T and Seq set from its key) and iteration goes on.
+func (s *Store) Range(stream string, from, to int64) iter.Seq2[sample.Sample, error] {
+	return func(yield func(sample.Sample, error) bool) {
+		if s.closed.Load() {
+			yield(sample.Sample{}, ErrClosed)
+			return
+		}
+		if err := checkStream(stream); err != nil {
+			yield(sample.Sample{}, err)
+			return
+		}
+		if from > to {
+			return
+		}
+		lo, hi := sampleRangeBounds(stream, from, to)
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+		if err != nil {
+			yield(sample.Sample{}, fmt.Errorf("range %s: %w", stream, err))
+			return
+		}
+		segs := &segReader{s: s}
+		defer segs.close()
+		defer it.Close()
+		for it.First(); it.Valid(); it.Next() {
+			v, err := it.ValueAndErr()
+			var sm sample.Sample
+			if err != nil {
+				err = &CorruptError{Key: slices.Clone(it.Key()), Err: err}
+			} else {
+				sm, err = s.decodeSample(it.Key(), v, segs)
+			}
+			if !yield(sm, err) {
+				return
+			}
+		}
+		if err := it.Error(); err != nil {
+			yield(sample.Sample{}, fmt.Errorf("range %s: %w", stream, err))
+		}
+	}
+}
+
+// mergeSrc is one stream's cursor in Merge.
+type mergeSrc struct {
+	next func() (sample.Sample, error, bool)
+	stop func()
+	cur  sample.Sample
+	err  error
+}
+
+type mergeHeap []*mergeSrc
+
+func (h mergeHeap) Len() int { return len(h) }
+func (h mergeHeap) Less(i, j int) bool {
+	a, b := &h[i].cur, &h[j].cur
+	if a.T != b.T {
+		return a.T < b.T
+	}
+	if a.Stream != b.Stream {
+		return a.Stream < b.Stream
+	}
+	return a.Seq < b.Seq
+}
+func (h mergeHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *mergeHeap) Push(x any)   { *h = append(*h, x.(*mergeSrc)) }
+func (h *mergeHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// Merge yields the samples of all streams with T in [from, to], ordered by
+// (T, Stream, Seq). Errors (such as a corrupt record) are yielded in place
+// and iteration goes on.
+func (s *Store) Merge(streams []string, from, to int64) iter.Seq2[sample.Sample, error] {
+	return func(yield func(sample.Sample, error) bool) {
+		streams := slices.Clone(streams)
+		slices.Sort(streams)
+		streams = slices.Compact(streams)
+		h := make(mergeHeap, 0, len(streams))
+		defer func() {
+			for _, src := range h {
+				src.stop()
+			}
+		}()
+		for _, st := range streams {
+			next, stop := iter.Pull2(s.Range(st, from, to))
+			src := &mergeSrc{stop: stop}
+			src.next = func() (sample.Sample, error, bool) { return next() }
+			var ok bool
+			if src.cur, src.err, ok = src.next(); ok {
+				h = append(h, src)
+			} else {
+				stop()
+			}
+		}
+		heap.Init(&h)
+		for len(h) > 0 {
+			src := h[0]
+			if !yield(src.cur, src.err) {
+				return
+			}
+			var ok bool
+			if src.cur, src.err, ok = src.next(); ok {
+				heap.Fix(&h, 0)
+			} else {
+				src.stop()
+				heap.Pop(&h)
+			}
+		}
+	}
+}
+
+// EpisodeSamples yields the samples of every stream of an episode over its
+// window, merged in (T, Stream, Seq) order. A recording episode's window
+// runs to the newest sample.
+func (s *Store) EpisodeSamples(id string) iter.Seq2[sample.Sample, error] {
+	return func(yield func(sample.Sample, error) bool) {
+		e, err := s.Episode(id)
+		if err != nil {
+			yield(sample.Sample{}, err)
+			return
+		}
+		from, to := e.Window(maxTime)
+		for sm, err := range s.Merge(e.Streams, from, to) {
+			if !yield(sm, err) {
+				return
+			}
+		}
+	}
+}
+
+// LastSample returns the durable sample of stream with the highest
+// (T, Seq), or ErrNotFound.
+func (s *Store) LastSample(stream string) (sample.Sample, error) {
+	if s.closed.Load() {
+		return sample.Sample{}, ErrClosed
+	}
+	if err := checkStream(stream); err != nil {
+		return sample.Sample{}, err
+	}
+	lo, hi := streamBounds(stream)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return sample.Sample{}, fmt.Errorf("last sample %s: %w", stream, err)
+	}
+	defer it.Close()
+	if !it.Last() {
+		if err := it.Error(); err != nil {
+			return sample.Sample{}, fmt.Errorf("last sample %s: %w", stream, err)
+		}
+		return sample.Sample{}, fmt.Errorf("last sample %s: %w", stream, ErrNotFound)
+	}
+	segs := &segReader{s: s}
+	defer segs.close()
+	v, err := it.ValueAndErr()
+	if err != nil {
+		return sample.Sample{}, fmt.Errorf("last sample %s: %w", stream, err)
+	}
+	return s.decodeSample(it.Key(), v, segs)
+}
+
+// Streams returns every stream that has a descriptor or samples, sorted.
+func (s *Store) Streams() ([]string, error) {
+	if s.closed.Load() {
+		return nil, ErrClosed
+	}
+	set := make(map[string]struct{})
+	for _, p := range []byte{pfxDesc, pfxSample} {
+		lo, hi := prefixBounds(p)
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+		if err != nil {
+			return nil, fmt.Errorf("list streams: %w", err)
+		}
+		for valid := it.First(); valid; {
+			k := it.Key()
+			end := slices.Index(k[1:], 0)
+			if end < 0 {
+				valid = it.Next()
+				continue
+			}
+			name := string(k[1 : 1+end])
+			set[name] = struct{}{}
+			// Skip to the next stream: prefix + name + 0x01.
+			next := append([]byte{p}, name...)
+			valid = it.SeekGE(append(next, 1))
+		}
+		err = it.Close()
+		if err != nil {
+			return nil, fmt.Errorf("list streams: %w", err)
+		}
+	}
+	out := make([]string, 0, len(set))
+	for k := range set {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out, nil
+}

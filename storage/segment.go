@@ -1,0 +1,357 @@
+package storage
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// segWriter is the open, append-only segment of one stream.
+type segWriter struct {
+	id     uint64
+	f      *os.File
+	bw     *bufio.Writer
+	size   int64 // bytes written, including the buffer
+	rec    segRec
+	closed bool
+}
+
+func (s *Store) segPath(id uint64) string {
+	return filepath.Join(s.segDir, fmt.Sprintf("%016x.seg", id))
+}
+
+func parseSegName(name string) (uint64, bool) {
+	hexID, ok := strings.CutSuffix(name, ".seg")
+	if !ok || len(hexID) != 16 {
+		return 0, false
+	}
+	id, err := strconv.ParseUint(hexID, 16, 64)
+	return id, err == nil
+}
+
+func floorDiv(a, b int64) int64 {
+	q := a / b
+	if (a%b != 0) && ((a < 0) != (b < 0)) {
+		q--
+	}
+	return q
+}
+
+// writeSegmentsLocked writes the large payloads to their streams' segments,
+// makes the segments durable and adds the index entries and segment sizes
+// to b. Called with segMu held; the caller commits b while still holding it.
+func (s *Store) writeSegmentsLocked(b *pebble.Batch, large []largeEntry) error {
+	if s.segMu.active == nil {
+		s.segMu.active = make(map[string]*segWriter)
+	}
+	touched := make(map[uint64]*segWriter)
+	var val []byte
+	for i := range large {
+		e := &large[i]
+		w, err := s.segmentForLocked(e.stream, e.t, touched)
+		if err != nil {
+			return err
+		}
+		off := w.size
+		if _, err := w.bw.Write(e.payload); err != nil {
+			s.abandonLocked(w)
+			return fmt.Errorf("write segment %d: %w", w.id, err)
+		}
+		w.size += int64(len(e.payload))
+		w.rec.MinT = min(w.rec.MinT, e.t)
+		w.rec.MaxT = max(w.rec.MaxT, e.t)
+		e.rec.Seg, e.rec.Off, e.rec.Len = w.id, off, uint32(len(e.payload))
+		e.rec.Sum = crc32.Checksum(e.payload, castagnoli)
+		val, _ = appendRecord(val[:0], &e.rec)
+		if err := b.Set(e.key, val, nil); err != nil {
+			return err
+		}
+	}
+	// Make every touched segment durable before the index that points into
+	// it. Segments are synced concurrently: the disk merges the flushes.
+	var wg sync.WaitGroup
+	errs := make([]error, 0, len(touched))
+	var errMu sync.Mutex
+	for _, w := range touched {
+		if w.closed {
+			continue // synced when it was rolled
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := w.flushSync(); err != nil {
+				errMu.Lock()
+				errs = append(errs, fmt.Errorf("sync segment %d: %w", w.id, err))
+				errMu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		for _, w := range touched {
+			s.abandonLocked(w)
+		}
+		return err
+	}
+	if s.segMu.created {
+		if err := syncDir(s.segDir); err != nil {
+			return fmt.Errorf("sync segment dir: %w", err)
+		}
+		s.segMu.created = false
+	}
+	for _, w := range touched {
+		rec := w.rec
+		rec.Size = w.size
+		v, err := marshal(&rec)
+		if err != nil {
+			return err
+		}
+		if err := b.Set(segKey(w.id), v, nil); err != nil {
+			return err
+		}
+	}
+	s.segMu.pendingTouched = touched
+	return nil
+}
+
+// segCommittedLocked publishes the sizes of the segments written by the
+// batch just committed.
+func (s *Store) segCommittedLocked() {
+	for id, w := range s.segMu.pendingTouched {
+		r := s.segMu.segs[id]
+		if r == nil {
+			r = &segRec{}
+			s.segMu.segs[id] = r
+		}
+		s.segMu.bytes += w.size - r.Size
+		*r = w.rec
+		r.Size = w.size
+	}
+	s.segMu.pendingTouched = nil
+}
+
+func (w *segWriter) flushSync() error {
+	if err := w.bw.Flush(); err != nil {
+		return err
+	}
+	return fdatasync(w.f)
+}
+
+func fdatasync(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return f.Sync()
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			serr = syscall.Fdatasync(int(fd))
+			if serr != syscall.EINTR {
+				return
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// segmentForLocked returns the open segment for a sample of stream at t,
+// rolling to a new segment when t enters a later time slice or the segment
+// is full. Out-of-order samples from an earlier slice go to the current
+// segment; MinT/MaxT keep the segment's true span.
+func (s *Store) segmentForLocked(stream string, t int64, touched map[uint64]*segWriter) (*segWriter, error) {
+	slice := floorDiv(t, int64(s.opts.SegmentSlice))
+	w := s.segMu.active[stream]
+	if w != nil && (slice > w.rec.Slice || w.size >= s.opts.SegmentMaxBytes) {
+		if err := w.flushSync(); err != nil {
+			s.abandonLocked(w)
+			return nil, fmt.Errorf("sync segment %d: %w", w.id, err)
+		}
+		w.f.Close()
+		w.closed = true
+		delete(s.segMu.active, stream)
+		w = nil
+	}
+	if w != nil {
+		touched[w.id] = w
+		return w, nil
+	}
+	id := s.segMu.nextID
+	s.segMu.nextID++
+	f, err := os.OpenFile(s.segPath(id), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("create segment: %w", err)
+	}
+	s.segMu.created = true
+	w = &segWriter{
+		id: id, f: f, bw: bufio.NewWriterSize(f, 1<<20),
+		rec: segRec{V: formatVersion, Stream: stream, Slice: slice, MinT: t, MaxT: t},
+	}
+	s.segMu.active[stream] = w
+	touched[id] = w
+	return w, nil
+}
+
+// abandonLocked closes a segment after a write error; the next sample of
+// the stream opens a new one. Bytes beyond the committed size are
+// truncated on the next open.
+func (s *Store) abandonLocked(w *segWriter) {
+	if !w.closed {
+		w.f.Close()
+		w.closed = true
+	}
+	if s.segMu.active[w.rec.Stream] == w {
+		delete(s.segMu.active, w.rec.Stream)
+	}
+}
+
+// sealLocked closes a stream's active segment (for eviction). Its data is
+// durable: commits hold segMu until their batch is committed.
+func (s *Store) sealLocked(stream string) {
+	if w := s.segMu.active[stream]; w != nil {
+		w.bw.Flush()
+		w.f.Close()
+		w.closed = true
+		delete(s.segMu.active, stream)
+	}
+}
+
+// recoverSegments loads segment records and reconciles the files: torn
+// tails beyond the committed size are truncated, files no record points to
+// (created by a commit that never reached Pebble) are removed.
+func (s *Store) recoverSegments() error {
+	if err := os.MkdirAll(s.segDir, 0o750); err != nil {
+		return err
+	}
+	s.segMu.segs = make(map[uint64]*segRec)
+	s.segMu.active = make(map[string]*segWriter)
+	lo, hi := prefixBounds(pfxSegment)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+	if err != nil {
+		return err
+	}
+	var maxID uint64
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		if len(k) != 9 {
+			continue
+		}
+		id := beUint64(k[1:])
+		var rec segRec
+		if err := unmarshal(it.Value(), &rec); err != nil {
+			it.Close()
+			return fmt.Errorf("%w: segment record %d: %v", ErrCorrupt, id, err)
+		}
+		s.segMu.segs[id] = &rec
+		maxID = max(maxID, id+1)
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(s.segDir)
+	if err != nil {
+		return err
+	}
+	seen := make(map[uint64]bool)
+	for _, e := range entries {
+		id, ok := parseSegName(e.Name())
+		if !ok {
+			continue
+		}
+		maxID = max(maxID, id+1)
+		path := filepath.Join(s.segDir, e.Name())
+		rec := s.segMu.segs[id]
+		if rec == nil {
+			s.log.Info("removing segment not referenced by the index (crash before commit)", "segment", e.Name())
+			if err := os.Remove(path); err != nil {
+				return err
+			}
+			continue
+		}
+		seen[id] = true
+		info, err := e.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case info.Size() > rec.Size:
+			s.log.Info("truncating torn segment tail", "segment", e.Name(), "size", info.Size(), "committed", rec.Size)
+			if err := os.Truncate(path, rec.Size); err != nil {
+				return err
+			}
+		case info.Size() < rec.Size:
+			s.log.Error("segment shorter than its committed size; samples in the missing tail will fail to read",
+				"segment", e.Name(), "size", info.Size(), "committed", rec.Size)
+		}
+	}
+	for id, rec := range s.segMu.segs {
+		if !seen[id] {
+			s.log.Error("segment file missing; its samples will fail to read", "segment", id, "stream", rec.Stream)
+		}
+		s.segMu.bytes += rec.Size
+	}
+	s.segMu.nextID = max(maxID, 1)
+	return syncDir(s.segDir)
+}
+
+func beUint64(b []byte) uint64 {
+	_ = b[7]
+	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
+		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
+}
+
+// segReader reads payloads for one iteration, caching open files.
+type segReader struct {
+	s     *Store
+	files map[uint64]*os.File
+}
+
+func (r *segReader) read(rec *sampleRec) ([]byte, error) {
+	if r.files == nil {
+		r.files = make(map[uint64]*os.File)
+	}
+	f := r.files[rec.Seg]
+	if f == nil {
+		var err error
+		f, err = os.Open(r.s.segPath(rec.Seg))
+		if err != nil {
+			return nil, fmt.Errorf("open segment %d: %w", rec.Seg, err)
+		}
+		if len(r.files) >= 16 {
+			r.close()
+			r.files = make(map[uint64]*os.File)
+		}
+		r.files[rec.Seg] = f
+	}
+	buf := make([]byte, rec.Len)
+	if _, err := f.ReadAt(buf, rec.Off); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("read segment %d at %d+%d: %w", rec.Seg, rec.Off, rec.Len, err)
+	}
+	if sum := crc32.Checksum(buf, castagnoli); sum != rec.Sum {
+		return nil, fmt.Errorf("%w: segment %d at %d+%d: checksum %08x, want %08x", ErrCorrupt, rec.Seg, rec.Off, rec.Len, sum, rec.Sum)
+	}
+	return buf, nil
+}
+
+func (r *segReader) close() {
+	for _, f := range r.files {
+		f.Close()
+	}
+	r.files = nil
+}
