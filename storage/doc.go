@@ -85,9 +85,10 @@
 //
 // then, only while over Quota or under MinFree:
 //
-//  2b. uploaded episodes still within Retention, oldest first (their data is
-//     safe in object storage; keeping them is not worth refusing new data);
-//  3. episodes not yet uploaded, per FullPolicy: "reject-new" (default)
+//  3. uploaded episodes still within Retention, oldest first: their data
+//     is safe in object storage, and keeping a local copy is not worth
+//     refusing new data (an addition to the order in the issue);
+//  4. episodes not yet uploaded, per FullPolicy: "reject-new" (default)
 //     evicts none of them: the store stops accepting samples (Append
 //     returns ErrFull), sets episoded_storage_full to 1 and reports an
 //     alarm in Usage; "evict-oldest" evicts finished, not-uploaded
