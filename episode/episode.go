@@ -105,7 +105,13 @@ type StreamReport struct {
 	Drops uint64
 	// DecodeErrors counts samples flagged as undecodable.
 	DecodeErrors uint64
-	Clock        ClockReport
+	// TimeGaps counts the Gaps found from timing alone: intervals longer
+	// than gap_factor times ExpectedPeriodNs (telemetry and point clouds).
+	TimeGaps uint64
+	// ExpectedPeriodNs is the stream's typical sample interval (a running
+	// median), 0 if unknown.
+	ExpectedPeriodNs int64
+	Clock            ClockReport
 	// AlignmentErrorBoundMs bounds |T - true capture time| for this stream.
 	AlignmentErrorBoundMs float64
 }

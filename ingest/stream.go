@@ -1,0 +1,191 @@
+package ingest
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/sample"
+)
+
+// StreamCounters are a stream's running totals since the Stream was made.
+type StreamCounters struct {
+	Samples uint64
+	Bytes   uint64
+	// Discontinuities counts samples flagged sample.Discontinuity.
+	Discontinuities uint64
+	// Lost and Dropped sum the samples' Lost and Dropped fields.
+	Lost    uint64
+	Dropped uint64
+	// DecodeErrors counts samples flagged sample.DecodeError.
+	DecodeErrors uint64
+	// ArrivalStamped counts samples stamped RecvT - latency (arrival mode,
+	// or device mode without SrcT yet).
+	ArrivalStamped uint64
+	// LastSeq, LastT and LastRecvT describe the last sample processed.
+	LastSeq   uint64
+	LastT     int64
+	LastRecvT int64
+}
+
+// ClockStatus is a stream's current clock figures, for status and metrics.
+type ClockStatus struct {
+	// Mode is "device" while device time maps the samples, else "arrival".
+	Mode      string
+	Converged bool
+	OffsetNs  int64
+	DriftPPM  float64
+	JitterNs  int64
+	// ErrorBoundNs bounds the alignment error of the last sample.
+	ErrorBoundNs int64
+	Jumps        uint64
+	Outliers     uint64
+}
+
+// Stream is the per-stream ingest pipeline: it numbers samples and stamps
+// their aligned time. It is on the hot path (tens of nanoseconds, no
+// allocation per sample); it is not safe for concurrent use.
+type Stream struct {
+	desc   sample.Descriptor
+	seq    uint64
+	clock  *Clock
+	device bool // the last sample was stamped from device time
+	c      StreamCounters
+}
+
+// NewStream returns the pipeline for the stream described by d. lastSeq is
+// the last sequence number stored for the stream (0 for a new stream), so
+// that numbering continues gaplessly after a restart. opts tune the clock
+// estimator used in device mode; the zero value means defaults.
+func NewStream(d sample.Descriptor, lastSeq uint64, opts ClockOptions) (*Stream, error) {
+	switch d.Clock {
+	case sample.ClockDevice, sample.ClockArrival:
+	default:
+		return nil, fmt.Errorf("ingest: stream %s: unknown clock mode %q", d.Stream, d.Clock)
+	}
+	if d.Latency < 0 {
+		return nil, fmt.Errorf("ingest: stream %s: negative latency %v", d.Stream, time.Duration(d.Latency))
+	}
+	c, err := NewClock(opts)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: stream %s: %w", d.Stream, err)
+	}
+	return &Stream{desc: d, seq: lastSeq, clock: c, c: StreamCounters{LastSeq: lastSeq}}, nil
+}
+
+// Descriptor returns the stream's current descriptor.
+func (s *Stream) Descriptor() sample.Descriptor { return s.desc }
+
+// SetDescriptor replaces the descriptor (new parameter sets, a new latency
+// or clock mode). Sequence numbers and the clock estimate carry on; a
+// change of clock mode is recorded as a clock event at time now.
+func (s *Stream) SetDescriptor(d sample.Descriptor, now int64) error {
+	switch d.Clock {
+	case sample.ClockDevice, sample.ClockArrival:
+	default:
+		return fmt.Errorf("ingest: stream %s: unknown clock mode %q", d.Stream, d.Clock)
+	}
+	if d.Clock != s.desc.Clock {
+		s.clock.addEvent(episode.ClockEvent{T: now, Kind: EventMode,
+			Detail: fmt.Sprintf("clock mode changed from %s to %s", s.desc.Clock, d.Clock)})
+	}
+	s.desc = d
+	return nil
+}
+
+// Process numbers one raw sample from the device and stamps its aligned
+// time: it sets Seq (gapless, continuing from lastSeq) and T, fills Stream
+// if empty, and updates the counters. SrcT, RecvT, Flags, Lost, Dropped and
+// Payload are read, never changed.
+//
+// Device-mode samples with SrcT != 0 go through the clock estimator;
+// arrival-mode samples, and device-mode samples without SrcT (RTSP before
+// the first RTCP sender report), are stamped RecvT - Latency. The switch
+// between the two in device mode is recorded as a clock event.
+func (s *Stream) Process(x *sample.Sample) {
+	s.seq++
+	x.Seq = s.seq
+	if x.Stream == "" {
+		x.Stream = s.desc.Stream
+	}
+	if s.desc.Clock == sample.ClockDevice && x.SrcT != 0 {
+		if !s.device {
+			s.device = true
+			if s.c.ArrivalStamped > 0 {
+				s.clock.addEvent(episode.ClockEvent{T: x.RecvT, Kind: EventDeviceTime,
+					Detail: "device time available; switched from arrival stamping to the device clock"})
+			}
+		}
+		x.T = s.clock.Align(x.SrcT, x.RecvT)
+	} else {
+		if s.device {
+			s.device = false
+			s.clock.addEvent(episode.ClockEvent{T: x.RecvT, Kind: EventArrivalTime,
+				Detail: "device time missing; stamping arrival time minus latency"})
+		}
+		x.T = x.RecvT - s.desc.Latency
+		s.c.ArrivalStamped++
+	}
+	c := &s.c
+	c.Samples++
+	c.Bytes += uint64(len(x.Payload))
+	if x.Flags&sample.Discontinuity != 0 {
+		c.Discontinuities++
+	}
+	if x.Flags&sample.DecodeError != 0 {
+		c.DecodeErrors++
+	}
+	c.Lost += uint64(x.Lost)
+	c.Dropped += uint64(x.Dropped)
+	c.LastSeq, c.LastT, c.LastRecvT = x.Seq, x.T, x.RecvT
+}
+
+// Counters returns the running totals.
+func (s *Stream) Counters() StreamCounters { return s.c }
+
+// LastSeq is the sequence number of the last sample processed.
+func (s *Stream) LastSeq() uint64 { return s.seq }
+
+// Clock returns the stream's estimator (for inspection; do not feed it).
+func (s *Stream) Clock() *Clock { return s.clock }
+
+// ClockStatus returns the current clock figures. In arrival stamping the
+// offset is minus the latency and the error bound is the configured
+// latency: the assumption is that the true delay lies in [0, 2·latency].
+func (s *Stream) ClockStatus() ClockStatus {
+	if !s.device {
+		return ClockStatus{Mode: string(sample.ClockArrival), OffsetNs: -s.desc.Latency, ErrorBoundNs: s.desc.Latency,
+			Jumps: s.clock.Jumps(), Outliers: s.clock.Outliers()}
+	}
+	c := s.clock
+	return ClockStatus{
+		Mode:         modeDevice,
+		Converged:    c.Converged(),
+		OffsetNs:     c.OffsetNs(),
+		DriftPPM:     c.DriftPPM(),
+		JitterNs:     c.JitterNs(),
+		ErrorBoundNs: c.LastBound(),
+		Jumps:        c.Jumps(),
+		Outliers:     c.Outliers(),
+	}
+}
+
+// ClockReport returns the figures for an episode's report: the current
+// figures and the clock events with from <= T <= to.
+func (s *Stream) ClockReport(from, to int64) episode.ClockReport {
+	st := s.ClockStatus()
+	return episode.ClockReport{
+		Mode:         st.Mode,
+		OffsetNs:     st.OffsetNs,
+		DriftPPM:     roundTo(st.DriftPPM, 3),
+		JitterNs:     st.JitterNs,
+		ErrorBoundNs: st.ErrorBoundNs,
+		Events:       s.clock.Events(from, to),
+	}
+}
+
+func roundTo(v float64, digits int) float64 {
+	p := math.Pow10(digits)
+	return math.Round(v*p) / p
+}
