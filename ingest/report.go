@@ -43,9 +43,14 @@ const (
 //     too, unless the later sample already carries Discontinuity. Intervals
 //     across a Discontinuity do not feed the median.
 //   - Clock: for device-clock streams the (SrcT, RecvT) pairs are fed to a
-//     fresh Clock; the figures are those at the last sample, and the bound
-//     is the largest per-sample bound in the window. Feed the samples of the
-//     preceding clock window with Warm first to start it converged. For
+//     fresh Clock; the figures (offset, drift, jitter, error bound) are
+//     those at the last sample. AlignmentErrorBoundMs is the largest
+//     per-sample bound while the estimate was converged (or over all
+//     samples if it never was); samples around a clock event listed in
+//     Events (a jump is held back and stamped at arrival, then the
+//     estimator re-converges) can be off by more, up to the jump threshold.
+//     Feed the samples of the preceding clock window with Warm first to
+//     start it converged. For
 //     arrival stamping the bound is the latency plus the arrival jitter (the
 //     mean absolute deviation of intervals from the expected period).
 //
@@ -72,7 +77,9 @@ type Report struct {
 
 	srcSeen     bool
 	arrivalSeen bool
-	maxBound    int64
+	maxBound    int64 // over all samples
+	maxConv     int64 // over samples aligned by a converged estimate
+	haveConv    bool
 	events      []episode.ClockEvent
 	override    *episode.ClockReport
 }
@@ -152,7 +159,12 @@ func (r *Report) Add(x *sample.Sample) {
 			evs := r.clock.events
 			r.event(evs[len(evs)-1])
 		}
-		r.maxBound = max(r.maxBound, r.clock.LastBound())
+		b := r.clock.LastBound()
+		r.maxBound = max(r.maxBound, b)
+		if r.clock.Converged() && !r.clock.lastHeld {
+			r.maxConv = max(r.maxConv, b)
+			r.haveConv = true
+		}
 	} else {
 		if r.desc.Clock == sample.ClockDevice && r.srcSeen {
 			r.event(episode.ClockEvent{T: x.T, Kind: EventArrivalTime,
@@ -161,6 +173,7 @@ func (r *Report) Add(x *sample.Sample) {
 		}
 		r.arrivalSeen = true
 		r.maxBound = max(r.maxBound, r.desc.Latency)
+		r.maxConv = max(r.maxConv, r.desc.Latency)
 	}
 }
 
@@ -259,10 +272,14 @@ func (r *Report) Result() episode.StreamReport {
 			OffsetNs:     c.OffsetNs(),
 			DriftPPM:     roundTo(c.DriftPPM(), 3),
 			JitterNs:     c.JitterNs(),
-			ErrorBoundNs: r.maxBound,
+			ErrorBoundNs: c.LastBound(),
 			Events:       slices.Clone(r.events),
 		}
-		out.AlignmentErrorBoundMs = float64(r.maxBound) / 1e6
+		bound := r.maxBound
+		if r.haveConv {
+			bound = r.maxConv
+		}
+		out.AlignmentErrorBoundMs = float64(bound) / 1e6
 	default:
 		// Arrival stamping, or device mode that never got device time.
 		bound := max(r.maxBound, r.desc.Latency) + jitter

@@ -1,0 +1,129 @@
+package ingest
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/episoded/episoded/sample"
+)
+
+func TestStreamArrival(t *testing.T) {
+	d := sample.Descriptor{Stream: "c1/joints", Kind: sample.KindTelemetry, Codec: sample.CodecJSON, Clock: sample.ClockArrival, Latency: int64(3 * time.Millisecond)}
+	s, err := NewStream(d, 41, ClockOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		x := sample.Sample{RecvT: t0 + int64(i)*int64(10*time.Millisecond), SrcT: 12345, Payload: []byte("abc")}
+		s.Process(&x)
+		if x.Seq != uint64(42+i) {
+			t.Fatalf("sample %d: seq %d, want %d (continuing from 41)", i, x.Seq, 42+i)
+		}
+		if x.Stream != "c1/joints" {
+			t.Fatalf("stream %q", x.Stream)
+		}
+		if x.T != x.RecvT-int64(3*time.Millisecond) {
+			t.Fatalf("T %d, want RecvT-latency %d (SrcT is ignored in arrival mode)", x.T, x.RecvT-int64(3*time.Millisecond))
+		}
+	}
+	st := s.ClockStatus()
+	if st.Mode != "arrival" || st.OffsetNs != -int64(3*time.Millisecond) || st.ErrorBoundNs != int64(3*time.Millisecond) {
+		t.Fatalf("clock status %+v", st)
+	}
+	if c := s.Counters(); c.Samples != 5 || c.Bytes != 15 || c.LastSeq != 46 || c.ArrivalStamped != 5 {
+		t.Fatalf("counters %+v", c)
+	}
+	if _, err := NewStream(sample.Descriptor{Stream: "x", Clock: "sundial"}, 0, ClockOptions{}); err == nil {
+		t.Fatal("unknown clock mode accepted")
+	}
+}
+
+func TestStreamCounters(t *testing.T) {
+	s, _ := NewStream(sample.Descriptor{Stream: "c1/cam", Clock: sample.ClockArrival}, 0, ClockOptions{})
+	in := []sample.Sample{
+		{RecvT: 1, Flags: sample.Keyframe, Payload: make([]byte, 100)},
+		{RecvT: 2, Flags: sample.Discontinuity, Lost: 7},
+		{RecvT: 3, Flags: sample.Discontinuity | sample.Keyframe, Dropped: 4, Lost: 1},
+		{RecvT: 4, Flags: sample.DecodeError, Payload: make([]byte, 10)},
+	}
+	for i := range in {
+		s.Process(&in[i])
+	}
+	c := s.Counters()
+	want := StreamCounters{Samples: 4, Bytes: 110, Discontinuities: 2, Lost: 8, Dropped: 4, DecodeErrors: 1, ArrivalStamped: 4, LastSeq: 4, LastT: 4, LastRecvT: 4}
+	if c != want {
+		t.Fatalf("counters\n got %+v\nwant %+v", c, want)
+	}
+}
+
+// TestStreamDeviceBeforeSenderReport: an RTSP stream in device mode has no
+// SrcT until the first RTCP sender report; it is stamped by arrival until
+// then, and the switch is a clock event. Losing device time again (a new
+// session) is an event too.
+func TestStreamDeviceBeforeSenderReport(t *testing.T) {
+	lat := int64(40 * time.Millisecond)
+	d := sample.Descriptor{Stream: "c1/cam", Kind: sample.KindVideo, Codec: sample.CodecH264, Clock: sample.ClockDevice, Latency: lat}
+	s, _ := NewStream(d, 0, ClockOptions{})
+	rng := rand.New(rand.NewPCG(7, 7))
+	sc := synthClock{rateHz: 30, dur: 60 * time.Second, offset: int64(1500 * time.Millisecond), driftPPM: 80}
+	data := sc.generate(rng)
+	const noSR = 90 // the first 3 s have no sender report
+	var worst float64
+	for i, o := range data {
+		x := sample.Sample{RecvT: o.recv, SrcT: o.src}
+		if i < noSR || (i >= 1500 && i < 1530) {
+			x.SrcT = 0
+		}
+		s.Process(&x)
+		if x.SrcT == 0 {
+			if x.T != x.RecvT-lat {
+				t.Fatalf("sample %d without SrcT: T=%d, want RecvT-latency", i, x.T)
+			}
+			if st := s.ClockStatus(); st.Mode != "arrival" {
+				t.Fatalf("sample %d: mode %q while stamping by arrival", i, st.Mode)
+			}
+			continue
+		}
+		if i > noSR+150 && (i < 1500 || i > 1530+150) {
+			worst = max(worst, math.Abs(float64(x.T-o.g)))
+		}
+	}
+	if worst > 2e6 {
+		t.Errorf("worst alignment error once converged %.3fms", worst/1e6)
+	}
+	evs := s.Clock().Events(math.MinInt64, math.MaxInt64)
+	kinds := []string{}
+	for _, e := range evs {
+		kinds = append(kinds, e.Kind)
+	}
+	want := []string{EventDeviceTime, EventArrivalTime, EventDeviceTime}
+	if len(kinds) != len(want) || kinds[0] != want[0] || kinds[1] != want[1] || kinds[2] != want[2] {
+		t.Fatalf("events %v, want %v", kinds, want)
+	}
+	if evs[0].T != data[noSR].recv {
+		t.Errorf("switch event at %d, want the first sample with SrcT (%d)", evs[0].T, data[noSR].recv)
+	}
+	st := s.ClockStatus()
+	if st.Mode != "device" || !st.Converged || math.Abs(st.DriftPPM-80) > 5 {
+		t.Fatalf("clock status %+v", st)
+	}
+	// The report for a window covers only events inside it.
+	if r := s.ClockReport(evs[1].T, math.MaxInt64); len(r.Events) != 2 || r.Mode != "device" || r.ErrorBoundNs <= 0 {
+		t.Fatalf("clock report %+v", r)
+	}
+	// A descriptor change of clock mode is an event; seq carries on.
+	last := s.LastSeq()
+	if err := s.SetDescriptor(sample.Descriptor{Stream: "c1/cam", Clock: sample.ClockArrival}, t0); err != nil {
+		t.Fatal(err)
+	}
+	x := sample.Sample{RecvT: t0 + 1, SrcT: 5}
+	s.Process(&x)
+	if x.Seq != last+1 || x.T != t0+1 {
+		t.Fatalf("after SetDescriptor: seq %d T %d", x.Seq, x.T)
+	}
+	if evs := s.Clock().Events(t0, t0); len(evs) != 1 || evs[0].Kind != EventMode {
+		t.Fatalf("mode change events %+v", evs)
+	}
+}
