@@ -1,0 +1,243 @@
+package webrtc
+
+import (
+	"bytes"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
+	"github.com/pion/rtp/codecs"
+	"github.com/pion/webrtc/v4"
+
+	"github.com/episoded/episoded/sample"
+)
+
+// publisher is a pion WHIP publisher that sends the test clip with its
+// own RTP timestamps and RTCP sender reports.
+type publisher struct {
+	t     testing.TB
+	pc    *webrtc.PeerConnection
+	track *webrtc.TrackLocalStaticRTP
+	ssrc  uint32
+	loc   string
+	pz    rtp.Packetizer
+	base  uint32    // RTP timestamp of frame 0
+	ntp0  time.Time // device time of frame 0
+}
+
+func newPublisher(t testing.TB, url string, ntp0 time.Time) *publisher {
+	t.Helper()
+	pc, err := peerAPI(t).NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pc.Close() })
+	track, err := webrtc.NewTrackLocalStaticRTP(webrtc.RTPCodecCapability{MimeType: webrtc.MimeTypeH264, ClockRate: 90000}, "video", "pub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sender, err := pc.AddTransceiverFromTrack(track, webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { // drain RTCP (PLIs)
+		for {
+			if _, _, err := sender.Sender().ReadRTCP(); err != nil {
+				return
+			}
+		}
+	}()
+	p := &publisher{t: t, pc: pc, track: track, base: 0xfffff000, ntp0: ntp0} // base wraps during the clip
+	p.loc = negotiate(t, pc, url)
+	waitConnected(t, pc)
+	p.ssrc = uint32(sender.Sender().GetParameters().Encodings[0].SSRC)
+	p.pz = rtp.NewPacketizer(1200, 96, p.ssrc, &codecs.H264Payloader{}, rtp.NewRandomSequencer(), 90000)
+	return p
+}
+
+// ntpTime converts t to a 32.32 NTP timestamp.
+func ntpTime(t time.Time) uint64 {
+	ns := t.UnixNano() + ntpEpochOffset*1e9
+	sec := uint64(ns / 1e9)
+	frac := (uint64(ns%1e9) << 32) / 1e9
+	return sec<<32 | frac
+}
+
+// rtpTS is frame i's RTP timestamp; devT its device time.
+func (p *publisher) rtpTS(i int) uint32   { return p.base + uint32(i*3000) }
+func (p *publisher) devT(i int) time.Time { return p.ntp0.Add(time.Duration(i) * time.Second / 30) }
+func (p *publisher) sendSR(i int) {
+	p.t.Helper()
+	if err := p.pc.WriteRTCP([]rtcp.Packet{&rtcp.SenderReport{SSRC: p.ssrc, NTPTime: ntpTime(p.devT(i)), RTPTime: p.rtpTS(i)}}); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// packets packetizes frame i (Annex-B) with pion's H.264 payloader.
+func (p *publisher) packets(i int, au [][]byte) []*rtp.Packet {
+	pkts := p.pz.Packetize(annexB(au), 3000)
+	for _, pk := range pkts {
+		pk.Timestamp = p.rtpTS(i)
+	}
+	return pkts
+}
+
+func (p *publisher) write(pkts []*rtp.Packet) {
+	p.t.Helper()
+	for _, pk := range pkts {
+		if err := p.track.WriteRTP(pk); err != nil {
+			p.t.Fatal(err)
+		}
+	}
+}
+
+var whipBase = sample.Descriptor{Stream: "cell1/cam-whip", Device: "cam-whip", Clock: sample.ClockDevice, Latency: int64(40 * time.Millisecond)}
+
+// The recorded samples match what the publisher sent: same access units
+// byte for byte (Annex-B), in order, first a keyframe, SrcT from the
+// sender reports within 1 ms, parameter sets in the descriptor.
+func TestWHIPRecordsClip(t *testing.T) {
+	ts := startServer(t, Options{}, nil, nil, whipBase)
+	// A device clock one hour ahead of the gateway, so SrcT cannot be
+	// mistaken for arrival time.
+	ntp0 := time.Now().Add(time.Hour).Truncate(time.Millisecond)
+	p := newPublisher(t, ts.url+"/whip/"+whipBase.Stream, ntp0)
+
+	// Send sender reports until the server has one, before any RTP.
+	waitFor(t, 5*time.Second, "a sender report at the server", func() bool {
+		p.sendSR(0)
+		time.Sleep(20 * time.Millisecond)
+		return ts.Stats().WHIP[0].SenderReports > 0
+	})
+
+	aus := clipAUs(t)
+	for i, au := range aus {
+		if i%30 == 15 {
+			p.sendSR(i)
+		}
+		p.write(p.packets(i, au))
+		time.Sleep(3 * time.Millisecond)
+	}
+	waitFor(t, 10*time.Second, "all frames in the sink", func() bool { return ts.sink.count() >= len(aus) })
+
+	descs, got := ts.sink.snapshot()
+	if len(got) != len(aus) {
+		t.Fatalf("recorded %d samples, want %d", len(got), len(aus))
+	}
+	for i, s := range got {
+		// pion's payloader drops AUD and filler NAL units; the clip has none.
+		want := annexB(stripNAL(aus[i], 9, 12))
+		if !bytes.Equal(s.Payload, want) {
+			t.Fatalf("sample %d: payload differs (%d bytes, NAL %v; want %d bytes, NAL %v)", i,
+				len(s.Payload), nalTypes(s.Payload), len(want), nalTypes(want))
+		}
+		if s.Stream != whipBase.Stream {
+			t.Fatalf("sample %d: stream %q", i, s.Stream)
+		}
+		if got, want := s.Flags.Has(sample.Keyframe), isKey(aus[i]); got != want {
+			t.Fatalf("sample %d: keyframe flag %v, want %v", i, got, want)
+		}
+		if s.Flags.Has(sample.Discontinuity) || s.Lost != 0 || s.Dropped != 0 {
+			t.Fatalf("sample %d: unexpected loss marks %+v", i, s.Flags)
+		}
+		if d := time.Duration(s.SrcT - p.devT(i).UnixNano()); d > time.Millisecond || d < -time.Millisecond {
+			t.Fatalf("sample %d: SrcT off by %v from the sender report's clock", i, d)
+		}
+		if s.RecvT == 0 || s.RecvT > time.Now().UnixNano() {
+			t.Fatalf("sample %d: RecvT %d", i, s.RecvT)
+		}
+	}
+	if !got[0].Flags.Has(sample.Keyframe) {
+		t.Fatal("first sample is not a keyframe")
+	}
+	if len(descs) == 0 {
+		t.Fatal("no Describe before the samples")
+	}
+	d := descs[0]
+	params := clipParams(t)
+	if d.Stream != whipBase.Stream || d.Device != whipBase.Device || d.Kind != sample.KindVideo ||
+		d.Codec != sample.CodecH264 || d.Clock != sample.ClockDevice || d.Latency != whipBase.Latency ||
+		len(d.Params) != 2 || !bytes.Equal(d.Params[0], params[0]) || !bytes.Equal(d.Params[1], params[1]) {
+		t.Fatalf("descriptor %+v", d)
+	}
+	st := ts.Stats().WHIP[0]
+	if !st.Publishing || st.Frames != uint64(len(aus)) || st.Keyframes != 4 || st.LostPackets != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+
+	// DELETE ends the session; the stream takes a new publisher, whose
+	// first sample is a keyframe marked as a discontinuity.
+	if code, body, _ := do(t, http.MethodDelete, ts.url+p.loc, "", ""); code != http.StatusOK {
+		t.Fatalf("DELETE %s = %d: %s", p.loc, code, body)
+	}
+	if st := ts.Stats(); st.WHIP[0].Publishing || len(st.Sessions) != 0 {
+		t.Fatalf("after DELETE: %+v", st)
+	}
+	if code, _, _ := do(t, http.MethodDelete, ts.url+p.loc, "", ""); code != http.StatusNotFound {
+		t.Fatalf("second DELETE = %d, want 404", code)
+	}
+	p2 := newPublisher(t, ts.url+"/whip/"+whipBase.Stream, ntp0)
+	waitFor(t, 5*time.Second, "a sender report from the second publisher", func() bool {
+		p2.sendSR(0)
+		time.Sleep(20 * time.Millisecond)
+		return ts.Stats().WHIP[0].SenderReports > 1
+	})
+	for i := 30; i < 35; i++ {
+		p2.write(p2.packets(i, aus[i]))
+	}
+	waitFor(t, 10*time.Second, "frames of the second session", func() bool { return ts.sink.count() >= len(aus)+5 })
+	_, got = ts.sink.snapshot()
+	first := got[len(aus)]
+	if !first.Flags.Has(sample.Keyframe) || !first.Flags.Has(sample.Discontinuity) {
+		t.Fatalf("first sample of the second session has flags %v, want keyframe and discontinuity", first.Flags)
+	}
+}
+
+// Loss accounting: a lost packet in the middle of a group drops the rest
+// of the group; the next keyframe carries Discontinuity, Lost and Dropped.
+func TestWHIPLoss(t *testing.T) {
+	ts := startServer(t, Options{}, nil, nil, whipBase)
+	p := newPublisher(t, ts.url+"/whip/"+whipBase.Stream, time.Now())
+	aus := clipAUs(t)
+	const lossAt = 10 // frame 10 loses one packet; frames 10..29 cannot be decoded
+	var lostPackets int
+	for i := 0; i < 60; i++ {
+		pkts := p.packets(i, aus[i])
+		if i == lossAt {
+			lostPackets = 1
+			pkts = pkts[1:] // sequence numbers were taken: a real gap
+		}
+		p.write(pkts)
+		time.Sleep(2 * time.Millisecond)
+	}
+	waitFor(t, 10*time.Second, "frames after the loss", func() bool { return ts.sink.count() >= 60-20 })
+	time.Sleep(100 * time.Millisecond)
+	_, got := ts.sink.snapshot()
+	if len(got) != 40 {
+		t.Fatalf("recorded %d samples, want 40 (frames 0-9 and 30-59)", len(got))
+	}
+	for i, s := range got {
+		src := i
+		if i >= lossAt {
+			src = i + 20
+		}
+		if !bytes.Equal(s.Payload, annexB(aus[src])) {
+			t.Fatalf("sample %d: not frame %d", i, src)
+		}
+		disc := s.Flags.Has(sample.Discontinuity)
+		if src == 30 {
+			if !disc || !s.Flags.Has(sample.Keyframe) || s.Lost != uint32(lostPackets) || s.Dropped != 20 {
+				t.Fatalf("frame 30: flags %v lost %d dropped %d; want keyframe+discontinuity, lost %d, dropped 20",
+					s.Flags, s.Lost, s.Dropped, lostPackets)
+			}
+		} else if disc {
+			t.Fatalf("frame %d marked as discontinuity", src)
+		}
+	}
+	st := ts.Stats().WHIP[0]
+	if st.LostPackets != 1 || st.DroppedFrames != 20 {
+		t.Fatalf("stats: lost %d dropped %d, want 1 and 20", st.LostPackets, st.DroppedFrames)
+	}
+}
