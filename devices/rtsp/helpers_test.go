@@ -481,3 +481,13 @@ func splitAnnexB(t testing.TB, b []byte) [][]byte {
 	}
 	return out
 }
+
+func (cl *clip) h264Decoder(t testing.TB) (auDecoder, error) {
+	f := &format.H264{PayloadTyp: 96, PacketizationMode: 1}
+	return f.CreateDecoder()
+}
+
+func (cl *clip) h265Decoder(t testing.TB) (auDecoder, error) {
+	f := &format.H265{PayloadTyp: 96}
+	return f.CreateDecoder()
+}
