@@ -8,8 +8,10 @@ import (
 	"github.com/pion/logging"
 )
 
-// pionLogs routes pion's logs to slog. pion's Info level is chatty
-// (per-candidate, per-state lines), so it goes to Debug; Trace is dropped.
+// pionLogs routes pion's logs to slog. pion is chatty: its Info and Warn
+// lines are routine per-session events ("failed to ping without candidate
+// pairs", "stream is already closed" on close), so they go to Debug, its
+// Errors to Warn; Trace is dropped. The server logs what matters itself.
 type pionLogs struct{ log *slog.Logger }
 
 func (f pionLogs) NewLogger(scope string) logging.LeveledLogger {
@@ -33,9 +35,9 @@ func (l pionLogger) Debugf(f string, a ...any) {
 }
 func (l pionLogger) Info(m string)            { l.logf(slog.LevelDebug, "%s", m) }
 func (l pionLogger) Infof(f string, a ...any) { l.logf(slog.LevelDebug, f, a...) }
-func (l pionLogger) Warn(m string)            { l.logf(slog.LevelWarn, "%s", m) }
-func (l pionLogger) Warnf(f string, a ...any) { l.logf(slog.LevelWarn, f, a...) }
-func (l pionLogger) Error(m string)           { l.logf(slog.LevelError, "%s", m) }
+func (l pionLogger) Warn(m string)            { l.logf(slog.LevelDebug, "%s", m) }
+func (l pionLogger) Warnf(f string, a ...any) { l.logf(slog.LevelDebug, f, a...) }
+func (l pionLogger) Error(m string)           { l.logf(slog.LevelWarn, "%s", m) }
 func (l pionLogger) Errorf(f string, a ...any) {
-	l.logf(slog.LevelError, f, a...)
+	l.logf(slog.LevelWarn, f, a...)
 }
