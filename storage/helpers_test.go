@@ -2,8 +2,8 @@ package storage
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"sync"
@@ -67,18 +67,19 @@ func appendWait(t testing.TB, s *Store, samples []sample.Sample) {
 
 // payloadFor returns a deterministic payload for (stream, seq) of size n.
 func payloadFor(stream string, seq uint64, n int) []byte {
-	p := make([]byte, n)
-	h := uint32(2166136261)
-	for _, c := range []byte(fmt.Sprintf("%s#%d", stream, seq)) {
-		h = (h ^ uint32(c)) * 16777619
+	p := make([]byte, n+8)
+	h := uint64(14695981039346656037)
+	for _, c := range []byte(stream) {
+		h = (h ^ uint64(c)) * 1099511628211
 	}
-	for i := range p {
+	h ^= seq * 0x9e3779b97f4a7c15
+	for i := 0; i < n; i += 8 {
 		h ^= h << 13
-		h ^= h >> 17
-		h ^= h << 5
-		p[i] = byte(h)
+		h ^= h >> 7
+		h ^= h << 17
+		binary.LittleEndian.PutUint64(p[i:], h)
 	}
-	return p
+	return p[:n:n]
 }
 
 func collect(t testing.TB, seq func(func(sample.Sample, error) bool)) []sample.Sample {

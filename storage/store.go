@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -269,6 +270,8 @@ func (s *Store) checkDir() error {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("open store %s: %w", s.dir, err)
 	}
+	// A leftover marker temp file means a crash during initialisation.
+	entries = slices.DeleteFunc(entries, func(e os.DirEntry) bool { return e.Name() == markerName+".tmp" })
 	if len(entries) > 0 {
 		return fmt.Errorf("open store %s: %w: directory is not empty and has no %s marker", s.dir, ErrNotStore, markerName)
 	}
