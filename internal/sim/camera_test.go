@@ -29,7 +29,7 @@ type session struct {
 	pkts    []gotPacket
 	srs     int
 	lost    uint64 // packets gortsplib reported lost
-	err     error // what ended it (nil: we closed it)
+	err     error  // what ended it (nil: we closed it)
 	forma   *format.H264
 	firstSR int // index of the first packet with NTP time, -1 if none
 }
