@@ -411,3 +411,26 @@ func equalAnnexB(a, b []byte) bool {
 	}
 	return true
 }
+
+var webrtcConfig = webrtc.Configuration{}
+
+// recvOffer returns a receive-only video offer from pc, with candidates.
+func recvOffer(t testing.TB, pc *webrtc.PeerConnection) string {
+	t.Helper()
+	if _, err := pc.AddTransceiverFromKind(webrtc.RTPCodecTypeVideo,
+		webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionRecvonly}); err != nil {
+		t.Fatal(err)
+	}
+	offer, err := pc.CreateOffer(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gathered := webrtc.GatheringCompletePromise(pc)
+	if err := pc.SetLocalDescription(offer); err != nil {
+		t.Fatal(err)
+	}
+	<-gathered
+	return pc.LocalDescription().SDP
+}
+
+func testNow() time.Time { return time.Now() }
