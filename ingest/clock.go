@@ -139,6 +139,10 @@ func (o ClockOptions) Validate() error {
 	return nil
 }
 
+// rebuildEvery is how often (in device time) a converged Clock rebuilds
+// its hull.
+const rebuildEvery = int64(500 * time.Millisecond)
+
 // pendCap is how many held-back samples a Clock remembers to re-seed itself
 // after a jump.
 const pendCap = 16
@@ -212,6 +216,9 @@ type Clock struct {
 	lastX     int64
 	lastRecv  int64
 	lastHeld  bool
+	lastBuild int64
+	builds    uint64
+	medResid  float64
 	samples   uint64
 	events    []episode.ClockEvent
 	evDropped uint64
@@ -304,7 +311,13 @@ func (c *Clock) Align(src, recv int64) int64 {
 		c.jitter += (max(r, 0) - c.jitter) / 64
 	}
 	c.insert(src, y)
-	if c.dirty {
+	// Rebuilding costs O(Buckets); once converged it is done at most every
+	// rebuildEvery of device time, so the cost is per second of stream,
+	// not per sample. In between, a new lowest point only tightens the
+	// envelope: the stale line stays below the data, and stamp never
+	// returns a time after arrival.
+	if c.dirty && (!c.converged || src-c.lastBuild >= rebuildEvery || src < c.lastBuild) {
+		c.lastBuild = src
 		c.rebuild()
 	}
 	return c.stamp(src, recv)
@@ -407,8 +420,13 @@ func (c *Clock) rebuild() {
 	var sumX float64
 	first, last := int64(0), int64(0)
 	nb := int64(len(c.buckets))
-	for k := c.newest - nb + 1; k <= c.newest; k++ {
-		b := c.slot(k)
+	k := c.newest - nb + 1
+	si := int(((k % nb) + nb) % nb)
+	for ; k <= c.newest; k++ {
+		b := &c.buckets[si]
+		if si++; si == len(c.buckets) {
+			si = 0
+		}
 		if b.n == 0 || b.id != k {
 			continue
 		}
@@ -489,8 +507,12 @@ func (c *Clock) rebuild() {
 		}
 	}
 	c.resid = rs
-	med := quickselect(rs, len(rs)/2)
-	c.env = max(low[nl-1], 4*(med/math.Ln2)/float64(len(pts)))
+	// The median moves slowly: refresh it every few rebuilds.
+	if c.builds%8 == 0 || !c.converged {
+		c.medResid = quickselect(rs, len(rs)/2)
+	}
+	c.builds++
+	c.env = max(low[nl-1], 4*(c.medResid/math.Ln2)/float64(len(pts)))
 	switch {
 	case fitted:
 		c.slopeUnc = min(8*c.env/float64(c.span)+1e-9, 2*c.maxSlope)
