@@ -324,13 +324,15 @@ func Build(t testing.TB, st *storage.Store, sp Spec) Fixture {
 		streams = append(streams, name)
 		n := int((sp.RawBytes + int64(sp.RawChunk) - 1) / int64(sp.RawChunk))
 		step := sp.Duration.Nanoseconds() / int64(n+1)
-		// Random bytes (incompressible, like video) but generated fast from a
-		// seeded stream of one random block, rotated per sample.
-		block := make([]byte, sp.RawChunk+4096)
-		_, _ = rand.Read(block)
+		// Random bytes (incompressible, like video) from a seeded ChaCha8
+		// stream: fast, and different for every episode id.
+		var seed [32]byte
+		copy(seed[:], sp.ID)
+		_, _ = rand.Read(seed[len(sp.ID)%32:])
+		cc := mrand.NewChaCha8(seed)
 		for i := 0; i < n; i++ {
 			p := make([]byte, sp.RawChunk)
-			copy(p, block[(i*131)%4096:])
+			_, _ = cc.Read(p)
 			binary.LittleEndian.PutUint64(p, uint64(i))
 			add(sample.Sample{Stream: name, T: start + int64(i)*step + 3_000, Payload: p})
 			if len(samples) >= 256 {

@@ -1,0 +1,77 @@
+package upload
+
+import (
+	"fmt"
+	"path"
+	"time"
+
+	"github.com/episoded/episoded/episode"
+)
+
+// Object names inside an episode's directory.
+const (
+	ObjectMCAP     = "episode.mcap"
+	ObjectManifest = "manifest.json"
+)
+
+// ManifestFormat identifies the layout of manifest.json.
+const ManifestFormat = "episoded.upload/v1"
+
+// Manifest is manifest.json: written last, it marks the episode's upload
+// as complete and lets the central pipeline check every object.
+type Manifest struct {
+	Format  string `json:"format"`
+	Episode string `json:"episode"`
+	Site    string `json:"site"`
+	Gateway string `json:"gateway"`
+	Cell    string `json:"cell"`
+	Task    string `json:"task,omitempty"`
+	Robot   string `json:"robot,omitempty"`
+	// Start and Stop are the episode's trigger times (ns since the epoch).
+	Start   int64             `json:"start_ns"`
+	Stop    int64             `json:"stop_ns"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	Objects []ManifestObject  `json:"objects"`
+	Counts  Counts            `json:"counts"`
+	// Quality is the episode's per-stream quality report.
+	Quality []episode.StreamReport `json:"quality"`
+	// Uploaded is the gateway wall-clock time the manifest was written.
+	Uploaded int64 `json:"uploaded_ns"`
+}
+
+// ManifestObject is one uploaded object.
+type ManifestObject struct {
+	Name   string `json:"name"`
+	Key    string `json:"key"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// Counts are the episode's sample counts from its quality report.
+type Counts struct {
+	Samples uint64            `json:"samples"`
+	Bytes   uint64            `json:"bytes"`
+	Streams map[string]uint64 `json:"streams"`
+}
+
+// Dir returns the object directory of an episode:
+// <prefix>/<site>/<gateway>/<yyyy>/<mm>/<dd>/<episode-id>, the date taken
+// from the episode start in UTC. An empty prefix is left out.
+func Dir(prefix, site, gateway string, e episode.Episode) string {
+	t := time.Unix(0, e.Start).UTC()
+	d := path.Join(site, gateway, fmt.Sprintf("%04d", t.Year()), fmt.Sprintf("%02d", int(t.Month())), fmt.Sprintf("%02d", t.Day()), e.ID)
+	if prefix != "" {
+		d = path.Join(prefix, d)
+	}
+	return d
+}
+
+func countsOf(e episode.Episode) Counts {
+	c := Counts{Streams: map[string]uint64{}}
+	for _, q := range e.Quality {
+		c.Samples += q.Samples
+		c.Bytes += q.Bytes
+		c.Streams[q.Stream] = q.Samples
+	}
+	return c
+}
