@@ -236,12 +236,17 @@ func (a *assembler) push(pkt *rtp.Packet) {
 	if a.haveSeq {
 		switch d := pkt.SequenceNumber - a.lastSeq; {
 		case d == 1:
-		case d == 0 || d >= 0x8000: // duplicate or late: already accounted
+		case d == 0: // duplicate
 			return
-		default:
+		case d < 0x8000:
 			lost := uint32(d - 1)
 			a.pendLost += lost
 			a.cnt.lost.Add(uint64(lost))
+			a.markGap()
+		default:
+			// Backwards: gortsplib has already reordered (UDP) or the
+			// transport is ordered (TCP), so the source's numbering
+			// jumped. A gap of unknown size.
 			a.markGap()
 		}
 	}

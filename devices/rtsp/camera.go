@@ -30,8 +30,8 @@ var (
 	ErrUnauthorized = errors.New("rtsp: unauthorized (check username and password)")
 	// ErrNoSupportedCodec: the SDP offers no H.264 or H.265 video.
 	ErrNoSupportedCodec = errors.New("rtsp: no H.264 or H.265 video in the session description")
-	// ErrNoFrames: no complete frame arrived within ReadTimeout.
-	ErrNoFrames = errors.New("rtsp: no frames within read timeout")
+	// ErrNoFrames: no RTP packet arrived within ReadTimeout.
+	ErrNoFrames = errors.New("rtsp: no RTP packets within read timeout")
 	// ErrRunning: Run was called twice.
 	ErrRunning = errors.New("rtsp: already running")
 )
@@ -73,7 +73,7 @@ type counters struct {
 	decodeErrors                      atomic.Uint64
 	fpsBits, bitrateBits              atomic.Uint64 // math.Float64bits
 	codec                             atomic.Value  // string
-	lastFrame                         atomic.Int64  // unix ns of the last queued frame
+	lastPacket                        atomic.Int64  // unix ns of the last RTP packet
 	sessionsWithData, sessionsStarted atomic.Uint64
 }
 
@@ -345,7 +345,6 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 		default:
 			return false
 		}
-		c.cnt.lastFrame.Store(recvT)
 		if !gotData {
 			gotData = true
 			c.cnt.sessionsWithData.Add(1)
@@ -358,6 +357,7 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 	}
 	client.OnPacketRTP(medi, forma, func(pkt *rtp.Packet) {
 		recvT = time.Now().UnixNano()
+		c.cnt.lastPacket.Store(recvT)
 		asm.push(pkt)
 	})
 
@@ -366,7 +366,7 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 	}
 	c.log.Info("camera playing", "codec", cd.name, "transport", c.o.Transport)
 	started := time.Now()
-	c.cnt.lastFrame.Store(started.UnixNano())
+	c.cnt.lastPacket.Store(started.UnixNano())
 
 	waitErr := make(chan error, 1)
 	go func() { waitErr <- client.Wait() }()
@@ -385,7 +385,7 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 			firstData = nil
 			streaming()
 		case now := <-tick.C:
-			if idle := now.Sub(time.Unix(0, c.cnt.lastFrame.Load())); idle > c.o.ReadTimeout {
+			if idle := now.Sub(time.Unix(0, c.cnt.lastPacket.Load())); idle > c.o.ReadTimeout {
 				return &Error{Op: "read", Msg: fmt.Sprintf("%s: %s (%v)", c.source, ErrNoFrames.Error(),
 					idle.Round(time.Millisecond)), kind: ErrNoFrames}
 			}

@@ -372,3 +372,36 @@ func TestOptionsValidate(t *testing.T) {
 		t.Errorf("second device on the same registry: %v", err)
 	}
 }
+
+// TestReadTimeoutReconnects: a server that keeps the connection alive with
+// RTCP but sends no RTP is a stalled camera; the session is restarted.
+func TestReadTimeoutReconnects(t *testing.T) {
+	cl := loadClip(t, sample.CodecH264)
+	srv := startServer(t, "", cl.desc, "", "")
+	cam, err := New(Options{Device: "stall", URL: srv.url("cam"), ReadTimeout: time.Second,
+		Backoff: devices.BackoffPolicy{Min: 50 * time.Millisecond, Max: 100 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop, done := runCamera(t, cam, newMemSink())
+	srv.waitPlay(t)
+	deadline := time.Now().Add(15 * time.Second)
+	for cam.Status().Reconnects < 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reconnect after a stall: %+v", cam.Status())
+		}
+		senderReport(t, srv.str(), cl, 0, t0) // RTCP only
+		time.Sleep(100 * time.Millisecond)
+	}
+	if st := cam.Status(); !strings.Contains(st.LastError, "no RTP packets within read timeout") {
+		t.Errorf("last error %q", st.LastError)
+	}
+	select {
+	case <-done:
+		t.Fatal("Run returned")
+	default:
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -3,7 +3,7 @@
 // A Camera is created with New (which validates and starts nothing) and runs
 // with Run(ctx, sink), which blocks until ctx is cancelled. Each connection
 // is one session under devices.Supervise: any error, a 401, an SDP without
-// H.264/H.265, or ReadTimeout without a complete frame ends the session, and
+// H.264/H.265, or ReadTimeout without an RTP packet ends the session, and
 // a fresh gortsplib client with fresh depacketizers reconnects after
 // exponential backoff with jitter. Status and Stats report the state.
 //

@@ -41,8 +41,8 @@ type Options struct {
 	// Latency is the configured capture-to-arrival delay used for arrival
 	// stamping (default 0).
 	Latency time.Duration
-	// ReadTimeout: a session that delivers no complete frame for this long
-	// is restarted (default 10s). It is also gortsplib's RTSP read timeout.
+	// ReadTimeout: a session that delivers no RTP packet for this long is
+	// restarted (default 10s). It is also gortsplib's RTSP read timeout.
 	ReadTimeout time.Duration
 	// Backoff is the reconnect policy (default 1s doubling to 30s, with
 	// jitter).
