@@ -98,7 +98,11 @@ var (
 // TriggerEvent is one trigger message the simulator published.
 type TriggerEvent struct {
 	Action string `json:"action"` // "start" or "stop"
-	T      int64  `json:"t"`      // true time of the publish, ns since the Unix epoch
+	// T is when the message was due (ns since the Unix epoch, true time):
+	// t0 + first + n·period, plus the on time for a stop.
+	T int64 `json:"t"`
+	// SentT is when the broker had taken it (ns since the Unix epoch).
+	SentT int64 `json:"sent_t"`
 }
 
 // trigger publishes the episode start/stop cycle.
@@ -126,14 +130,13 @@ func (g *trigger) run(ctx context.Context) {
 			if !sleepUntil(ctx, timer, ev.at) {
 				return
 			}
-			now := time.Now().UnixNano()
 			if err := g.s.broker.Publish(TopicTrigger, ev.body, false, *o.QoS); err != nil {
 				g.failed.Add(1)
 				continue
 			}
 			g.sent.Add(1)
 			g.mu.Lock()
-			g.mu.events.add(TriggerEvent{Action: ev.action, T: now}, 1024)
+			g.mu.events.add(TriggerEvent{Action: ev.action, T: ev.at, SentT: time.Now().UnixNano()}, 1024)
 			g.mu.Unlock()
 			g.s.log.Info("episode trigger", "action", ev.action)
 		}

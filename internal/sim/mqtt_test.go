@@ -220,8 +220,16 @@ func TestMQTTDevices(t *testing.T) {
 	if len(events) < len(trig) || events[0].Action != "start" || events[1].Action != "stop" {
 		t.Fatalf("Triggers() = %+v", events)
 	}
-	if d := events[1].T - events[0].T; d < int64(400*time.Millisecond) || d > int64(600*time.Millisecond) {
+	if d := events[1].T - events[0].T; d != int64(400*time.Millisecond) {
 		t.Errorf("episode lasted %v, want 400ms", time.Duration(d))
+	}
+	if events[0].T != t0+int64(500*time.Millisecond) || events[2].T != t0+int64(1500*time.Millisecond) {
+		t.Errorf("episodes start at t0%+d and t0%+d, want +500ms and +1.5s", events[0].T-t0, events[2].T-t0)
+	}
+	for _, e := range events {
+		if e.SentT < e.T {
+			t.Errorf("trigger %+v sent before it was due", e)
+		}
 	}
 
 	for _, m := range msgs {
