@@ -1,0 +1,162 @@
+// Package mqtt records robot telemetry (joint states, tool poses, I/O,
+// alarms) and lidar frames from MQTT brokers, with no message lost across
+// broker restarts and daemon crashes. It uses
+// github.com/eclipse/paho.mqtt.golang (MQTT 3.1.1).
+//
+// # Lifecycle
+//
+// NewBroker checks options and starts nothing. AddDevice and AddTrigger
+// are called before Run. Run(ctx, sink) blocks until ctx is cancelled; it
+// reconnects forever through devices.Supervise (one paho client per
+// connection attempt, paho's own auto-reconnect is off). Several devices
+// and triggers share the one connection per broker.
+//
+// Goroutines while running: paho's (reader, router, writer), one worker
+// that routes, decodes and writes to the sink in arrival order, and one
+// acker that sends acknowledgements.
+//
+// # No loss: QoS 1, persistent session, acknowledge when durable
+//
+//   - Every filter is subscribed at QoS 1 with CleanSession=false and a
+//     stable client id, so the broker queues messages while the daemon is
+//     away. Subscriptions are (re)made in paho's OnConnect handler on every
+//     connection; they carry no callback, and a default publish handler
+//     receives every message exactly once (including messages the broker
+//     resends before the subscription completes).
+//   - Acknowledgements are manual (SetAutoAckDisabled). A message is acked
+//     only after the sink's done callback reports its sample durable
+//     (devices.Sink.Write). A crash therefore loses nothing the broker has
+//     not been told is safe: unacknowledged messages are resent by the
+//     broker on the next connection (MQTT 3.1.1 §4.4), with the DUP flag.
+//   - Duplicates are possible and are the price of no loss: a sample that
+//     became durable but whose PUBACK did not reach the broker (crash,
+//     connection loss) is stored again when redelivered. They are counted
+//     (Stats.Redelivered counts DUP messages). When a reconnect finds the
+//     session present, messages of the old connection still queued here are
+//     dropped instead of stored, because the broker resends them.
+//   - Retained messages (re-sent by the broker on every resubscribe) are
+//     acknowledged and skipped: they are old state, not new samples.
+//   - Messages matching no device or trigger (for example a filter removed
+//     from the config but still in the persistent session) are acknowledged,
+//     counted as unmatched and dropped. To get rid of stale subscriptions,
+//     change the client id.
+//   - A topic matching several devices (or a device and a trigger) is
+//     delivered to each and acknowledged once all are done. Note that
+//     mosquitto sends one copy per matching subscription of a client
+//     (allow_duplicate_messages is true by default), so overlapping filters
+//     produce duplicate samples; avoid them.
+//
+// # Backpressure, the queue and its full-rule
+//
+// paho has no inbound buffer: socket reader, router and handler are chained
+// by unbuffered channels, and with OrderMatters (kept on, for per-topic
+// order) the handler runs on the router goroutine. If the handler blocked,
+// paho would stop reading the socket, so PINGRESPs would go unread and the
+// connection would time out. The handler therefore never blocks: it puts
+// the message on the broker's bounded queue (QueueSize) and returns.
+//
+// Backpressure is applied by withholding acknowledgements. The broker
+// sends at most its in-flight window of unacknowledged QoS 1 messages to a
+// client (mosquitto: max_inflight_messages, default 20, 0 = unlimited;
+// MQTT 5's Receive Maximum is not available in paho v1, which speaks
+// 3.1.1), then queues the rest on its side (mosquitto: max_queued_messages,
+// default 1000, after which it DROPS messages for the offline/slow client;
+// set it to 0 or large). When the sink is slow, acks stop, the window fills
+// and the broker holds the rest. Every message in our queue is
+// unacknowledged, so the queue never holds more than the window.
+//
+// Full-rule: if a message finds the queue full anyway (the broker's window
+// is larger than QueueSize), it is not acknowledged and is counted as
+// overflow. The broker then stops taking messages (they are refused, not
+// acknowledged), drops what is still queued, waits up to DrainTimeout for
+// the samples already in the sink to become durable and acknowledged, and
+// reconnects. The broker redelivers everything unacknowledged, in order, so
+// nothing is lost and each cycle makes progress. The same happens when the
+// sink refuses a sample or reports it failed to become durable.
+//
+// Sizing: throughput ≤ window / (time to durable). With storage syncing
+// every 100 ms, 50,000 msg/s needs a window of at least 5,000 and a queue
+// at least as large: set mosquitto max_inflight_messages between 5000 and
+// QueueSize (default 20000). With the mosquitto default of 20 a client
+// that acks on durability gets about 200 msg/s.
+//
+// # Shutdown
+//
+// On cancel, Run stops taking messages, waits up to DrainTimeout for the
+// samples already handed to the sink to become durable (the sink must keep
+// running meanwhile: stop devices before storage), acknowledges them,
+// disconnects cleanly and returns. Messages not yet handed to the sink are
+// left to the broker.
+//
+// # Payloads
+//
+// Each device has a Format:
+//
+//   - json: the payload must be valid JSON. With TimeField (a dotted path
+//     such as "header.stamp"; numeric elements index arrays) the value is
+//     read as a number in TimeUnit s, ms, us or ns (decimals are scaled
+//     exactly, without float64 rounding), as an RFC 3339 string when
+//     TimeUnit is rfc3339, or as a ROS stamp object {sec|secs,
+//     nanosec|nsec|nsecs}. The sample gets SrcT (ns) and the descriptor
+//     Clock device.
+//   - cbor: the same, on well-formed CBOR, decoded with limits on nesting
+//     (32), array length and map pairs (65536 each); tags 0 and 1 (RFC 3339
+//     and epoch time) are read as times.
+//   - raw: opaque bytes.
+//   - pointcloud: one lidar scan frame per message, see below.
+//
+// Without a time field, SrcT is 0 and the descriptor says Clock arrival
+// with the configured Latency; the ingest pipeline stamps RecvT − Latency.
+//
+// Bad input is kept: a payload that is not valid JSON or CBOR, lacks the
+// time field or has one of the wrong type is stored as it arrived, flagged
+// sample.DecodeError with SrcT 0, counted (decode_errors) and logged at
+// most once per 10 s per device. A payload over MaxPayload (default 16
+// MiB) is rejected: counted (oversize), logged, and acknowledged — were it
+// not acknowledged the broker would resend it on every connection forever,
+// and it could never be stored anyway.
+//
+// # Point clouds (lidar)
+//
+// A frame is a header of Layout.HeaderSize bytes followed by k points of
+// Layout.Stride bytes (k ≥ 0). TimeOffset ≥ 0 is the byte offset in the
+// header of a little-endian int64 capture time in ns since the Unix epoch
+// (it must fit in the header); -1 stamps frames on arrival. Each point has
+// Layout.Fields, each a name, a byte offset inside the point and a
+// little-endian type: uint8, int8, uint16, int16, uint32, int32, float32 or
+// float64 — the numeric types of foxglove.PointCloud, so export can write
+// it directly. Typical layouts:
+//
+//   - x, y, z float32 at 0, 4, 8 and intensity float32 at 12, stride 16;
+//   - Ouster/Velodyne style x, y, z, intensity float32 plus ring uint16
+//     and a per-point time offset uint32 or float32, stride 24 or 32;
+//   - x, y, z float64 at 0, 8, 16, stride 24.
+//
+// The layout goes into the stream descriptor (Kind pointcloud, Codec raw,
+// Descriptor.Layout). The frame is stored whole. A frame whose length is
+// not HeaderSize + k*Stride, or whose header time is not positive, is kept
+// with sample.DecodeError.
+//
+// # Streams
+//
+// The stream name comes from the device's template: {topic} is the full
+// topic, {1}, {2}, ... its levels counted from 1 (a missing level expands
+// to nothing). A stream is described to the sink before its first sample.
+// Its descriptor's Source is the topic when the template contains {topic},
+// else the topic filter that matched.
+//
+// # Triggers
+//
+// AddTrigger subscribes a per-cell trigger topic and calls fn(payload,
+// recvT) from the worker goroutine, never paho's; the message is
+// acknowledged after fn returns.
+//
+// # Metrics and status
+//
+// Prometheus metrics episoded_mqtt_* carry a broker label (and a device
+// label where per device): messages, bytes, decode errors, oversize, write
+// errors, acks pending, queue length, overflow, refused, unmatched,
+// retained skipped, redelivered, trigger messages, reconnects and connected.
+// Status returns the connection state for /v1/status. No password reaches a
+// log line, an error or a status field; URLs are redacted.
+package mqtt

@@ -1,0 +1,347 @@
+package mqtt
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/episoded/episoded/devices"
+	"github.com/episoded/episoded/internal/redact"
+	"github.com/episoded/episoded/sample"
+)
+
+// Defaults for BrokerOptions and DeviceOptions.
+const (
+	DefaultKeepAlive    = 30 * time.Second
+	DefaultQueueSize    = 20000
+	DefaultDrainTimeout = 5 * time.Second
+	DefaultMaxPayload   = 16 << 20
+	DefaultStream       = "{topic}"
+	DefaultFormat       = FormatJSON
+	DefaultTimeUnit     = "ns"
+)
+
+// Payload formats.
+const (
+	FormatJSON       = "json"
+	FormatCBOR       = "cbor"
+	FormatRaw        = "raw"
+	FormatPointCloud = "pointcloud"
+)
+
+// BrokerOptions configure one broker connection, shared by every device and
+// trigger added to the Broker.
+type BrokerOptions struct {
+	// ID names the broker in logs, metrics and status (required).
+	ID string
+	// URL is tcp://, mqtt://, ssl://, tls://, mqtts://, ws:// or wss://
+	// host:port (required). Credentials do not belong in the URL.
+	URL string
+	// ClientID must be stable across restarts so that the broker keeps the
+	// persistent session (and the QoS 1 messages queued for it) while the
+	// daemon is away. Default "episoded-<ID>"; the wiring derives it from
+	// the gateway id.
+	ClientID string
+	// Username and Password authenticate to the broker. The password never
+	// reaches a log line, an error or a status field.
+	Username, Password string
+	// KeepAlive is the MQTT keepalive (default 30s, at least 1s). A dead
+	// connection is detected within about 1.5× this.
+	KeepAlive time.Duration
+	// TLS applies to ssl://, tls://, mqtts:// and wss:// URLs.
+	TLS TLSOptions
+	// Backoff between reconnect attempts (devices.BackoffPolicy defaults).
+	Backoff devices.BackoffPolicy
+	// QueueSize bounds the messages received but not yet handed to the sink
+	// (default 20000). It must be at least the broker's in-flight window for
+	// this client (mosquitto max_inflight_messages), see the package doc.
+	QueueSize int
+	// DrainTimeout bounds how long a shutdown, or a reconnect this package
+	// asks for, waits for samples already handed to the sink to become
+	// durable so that their acknowledgements reach the broker (default 5s).
+	DrainTimeout time.Duration
+	// Logger is tagged with component=devices.mqtt and broker=ID; nil
+	// discards.
+	Logger *slog.Logger
+	// Registerer receives the broker's metrics; nil does not register.
+	Registerer prometheus.Registerer
+}
+
+// TLSOptions configure the TLS client. Files are read at every connection
+// attempt, so renewed certificates are picked up on the next reconnect.
+type TLSOptions struct {
+	// CAFile is a PEM bundle of trusted roots; empty uses the system pool.
+	CAFile string
+	// CertFile and KeyFile are a PEM client certificate and key (both or
+	// neither).
+	CertFile, KeyFile string
+	// InsecureSkipVerify turns off server certificate verification. Off by
+	// default; only for test rigs.
+	InsecureSkipVerify bool
+	// ServerName overrides the name checked in the server certificate;
+	// default the URL's host.
+	ServerName string
+}
+
+var brokerSchemes = map[string]bool{"tcp": true, "mqtt": true, "ssl": true, "tls": true, "mqtts": true, "ws": true, "wss": true}
+
+func (o BrokerOptions) withDefaults() BrokerOptions {
+	if o.ClientID == "" && o.ID != "" {
+		o.ClientID = "episoded-" + o.ID
+	}
+	if o.KeepAlive == 0 {
+		o.KeepAlive = DefaultKeepAlive
+	}
+	if o.QueueSize == 0 {
+		o.QueueSize = DefaultQueueSize
+	}
+	if o.DrainTimeout == 0 {
+		o.DrainTimeout = DefaultDrainTimeout
+	}
+	return o
+}
+
+// validate reports every problem at once. Messages never carry the
+// password, and the URL is redacted.
+func (o BrokerOptions) validate() error {
+	var errs []error
+	if o.ID == "" {
+		errs = append(errs, errors.New("id: is required"))
+	}
+	u, err := url.Parse(o.URL)
+	switch {
+	case o.URL == "":
+		errs = append(errs, errors.New("url: is required"))
+	case err != nil || u.Host == "":
+		errs = append(errs, fmt.Errorf("url: %q is not a broker URL such as tcp://host:1883", redact.URL(o.URL)))
+	case !brokerSchemes[u.Scheme]:
+		errs = append(errs, fmt.Errorf("url: scheme %q is not one of tcp, mqtt, ssl, tls, mqtts, ws, wss", u.Scheme))
+	}
+	if o.KeepAlive < time.Second {
+		errs = append(errs, fmt.Errorf("keepalive: %s is below 1s", o.KeepAlive))
+	}
+	if o.QueueSize < 1 {
+		errs = append(errs, fmt.Errorf("queue size: %d is not positive", o.QueueSize))
+	}
+	if o.DrainTimeout < 0 {
+		errs = append(errs, fmt.Errorf("drain timeout: %s is negative", o.DrainTimeout))
+	}
+	if (o.TLS.CertFile == "") != (o.TLS.KeyFile == "") {
+		errs = append(errs, errors.New("tls: cert file and key file go together"))
+	}
+	if o.TLS.hasFiles() {
+		if _, err := o.TLS.config(""); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (t TLSOptions) hasFiles() bool { return t.CAFile != "" || t.CertFile != "" }
+
+// config builds a tls.Config, reading the files now.
+func (t TLSOptions) config(host string) (*tls.Config, error) {
+	c := &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: t.InsecureSkipVerify, //nolint:gosec // opt-in, documented as test-only
+		ServerName:         host,
+	}
+	if t.ServerName != "" {
+		c.ServerName = t.ServerName
+	}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls: read ca file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls: ca file %s holds no PEM certificate", t.CAFile)
+		}
+		c.RootCAs = pool
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			// The error text names files, never key material.
+			return nil, fmt.Errorf("tls: load client certificate %s: %w", t.CertFile, err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
+
+// DeviceOptions configure one telemetry or lidar device on a broker.
+type DeviceOptions struct {
+	// Device is the configured device id (required, unique per broker).
+	Device string
+	// Topics are MQTT topic filters; + and # wildcards are allowed
+	// (required).
+	Topics []string
+	// Stream is the stream-name template: {topic} is the full topic, {1},
+	// {2}, ... are its levels, counted from 1. Default "{topic}".
+	Stream string
+	// Format is json (default), cbor, raw or pointcloud.
+	Format string
+	// TimeField is the dotted path of the device time in json and cbor
+	// payloads, such as "header.stamp". Empty stamps samples on arrival.
+	TimeField string
+	// TimeUnit of a numeric TimeField: s, ms, us, ns (default) or rfc3339
+	// for a string.
+	TimeUnit string
+	// Latency is subtracted from arrival time for samples stamped on
+	// arrival (no time field, or a payload whose time could not be read).
+	// It is recorded in the descriptor; the pipeline does the stamping.
+	Latency time.Duration
+	// MaxPayload rejects larger payloads (default 16 MiB).
+	MaxPayload int64
+	// Layout describes pointcloud frames (required for pointcloud).
+	Layout *sample.PointLayout
+	// TimeOffset is, for pointcloud, the byte offset in the frame header of
+	// a little-endian int64 capture time in ns since the Unix epoch, or -1
+	// to stamp frames on arrival. Note that 0 is a valid offset.
+	TimeOffset int
+}
+
+var timeUnits = map[string]int{"s": 9, "ms": 6, "us": 3, "ns": 0, "rfc3339": -1}
+
+var pointTypes = map[string]int{
+	"uint8": 1, "int8": 1, "uint16": 2, "int16": 2, "uint32": 4, "int32": 4,
+	"float32": 4, "float64": 8,
+}
+
+func (o DeviceOptions) withDefaults() DeviceOptions {
+	if o.Stream == "" {
+		o.Stream = DefaultStream
+	}
+	if o.Format == "" {
+		o.Format = DefaultFormat
+	}
+	if o.TimeField != "" && o.TimeUnit == "" {
+		o.TimeUnit = DefaultTimeUnit
+	}
+	if o.MaxPayload == 0 {
+		o.MaxPayload = DefaultMaxPayload
+	}
+	return o
+}
+
+// validate reports every problem at once; o has its defaults applied.
+func (o DeviceOptions) validate() error {
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	if o.Device == "" {
+		add("device: is required")
+	}
+	if len(o.Topics) == 0 {
+		add("topics: list at least one topic filter")
+	}
+	for _, t := range o.Topics {
+		if !validFilter(t) {
+			add("topics: %q is not a valid MQTT topic filter", t)
+		}
+	}
+	if _, err := parseTemplate(o.Stream); err != nil {
+		add("stream: %v", err)
+	}
+	switch o.Format {
+	case FormatJSON, FormatCBOR, FormatRaw, FormatPointCloud:
+	default:
+		add("format: %q is not one of json, cbor, raw, pointcloud", o.Format)
+	}
+	if o.TimeField != "" {
+		if o.Format != FormatJSON && o.Format != FormatCBOR {
+			add("time field: only json and cbor payloads have fields")
+		}
+		if _, ok := timeUnits[o.TimeUnit]; !ok {
+			add("time unit: %q is not one of s, ms, us, ns, rfc3339", o.TimeUnit)
+		}
+		for _, p := range strings.Split(o.TimeField, ".") {
+			if p == "" {
+				add("time field: %q has an empty path element", o.TimeField)
+				break
+			}
+		}
+	}
+	if o.Latency < 0 {
+		add("latency: %s is negative", o.Latency)
+	}
+	if o.MaxPayload < 1 {
+		add("max payload: %d is not positive", o.MaxPayload)
+	}
+	if o.Format != FormatPointCloud {
+		if o.Layout != nil {
+			add("layout: only format pointcloud has a layout")
+		}
+		return errors.Join(errs...)
+	}
+	l := o.Layout
+	if l == nil {
+		add("layout: format pointcloud needs a layout")
+		return errors.Join(errs...)
+	}
+	if l.Stride <= 0 || l.HeaderSize < 0 {
+		add("layout: stride must be positive and header size not negative")
+	}
+	if o.TimeOffset < -1 || (o.TimeOffset >= 0 && o.TimeOffset+8 > l.HeaderSize) {
+		add("time offset: the int64 time at %d does not fit in a %d-byte header (use -1 for arrival time)", o.TimeOffset, l.HeaderSize)
+	}
+	if len(l.Fields) == 0 {
+		add("layout: list at least one field")
+	}
+	for _, f := range l.Fields {
+		size, ok := pointTypes[f.Type]
+		switch {
+		case f.Name == "":
+			add("layout: every field needs a name")
+		case !ok:
+			add("layout: field %s: type %q is not one of uint8, int8, uint16, int16, uint32, int32, float32, float64", f.Name, f.Type)
+		case f.Offset < 0 || f.Offset+size > l.Stride:
+			add("layout: field %s: offset %d does not fit in stride %d", f.Name, f.Offset, l.Stride)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// descriptor returns the stream descriptor for stream, fed by topic.
+func (o DeviceOptions) descriptor(stream, source string) sample.Descriptor {
+	d := sample.Descriptor{
+		Stream:  stream,
+		Kind:    sample.KindTelemetry,
+		Device:  o.Device,
+		Source:  source,
+		Clock:   sample.ClockArrival,
+		Latency: int64(o.Latency),
+	}
+	switch o.Format {
+	case FormatJSON:
+		d.Codec = sample.CodecJSON
+	case FormatCBOR:
+		d.Codec = sample.CodecCBOR
+	default:
+		d.Codec = sample.CodecRaw
+	}
+	if o.TimeField != "" {
+		d.Clock = sample.ClockDevice
+	}
+	if o.Format == FormatPointCloud {
+		d.Kind = sample.KindPointCloud
+		if o.Layout != nil {
+			l := *o.Layout
+			l.Fields = append([]sample.PointField(nil), l.Fields...)
+			d.Layout = &l
+		}
+		if o.TimeOffset >= 0 {
+			d.Clock = sample.ClockDevice
+		}
+	}
+	return d
+}
