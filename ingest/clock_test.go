@@ -156,3 +156,63 @@ func TestClockGroundTruth(t *testing.T) {
 		}
 	}
 }
+
+// TestClockOutliers: isolated device-timestamp glitches (points far below
+// the envelope), isolated huge delays and a short congestion burst must
+// neither trigger a jump nor disturb the estimate.
+func TestClockOutliers(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 11))
+	sc := synthClock{rateHz: 100, dur: 90 * time.Second, offset: int64(300 * time.Millisecond), driftPPM: -60, loss: 0.01}
+	data := sc.generate(rng)
+	c, _ := NewClock(ClockOptions{})
+	var glitches uint64
+	var errs []float64
+	for i, o := range data {
+		src, recv := o.src, o.recv
+		switch {
+		case i > 1000 && i%997 == 0:
+			// The device stamped this one 50ms late: it looks 50ms below
+			// the envelope.
+			src += int64(50 * time.Millisecond)
+			glitches++
+		case i > 1000 && i%1499 == 0:
+			recv += int64(900 * time.Millisecond) // one very late sample
+		case i >= 5000 && i < 5030:
+			// 300ms of congestion: samples queue, then drain together.
+			recv = max(recv, data[5000].g+int64(300*time.Millisecond))
+		}
+		got := c.Align(src, recv)
+		if i > 500 && src == o.src && recv == o.recv {
+			errs = append(errs, math.Abs(float64(got-o.g)))
+		}
+	}
+	if c.Jumps() != 0 {
+		t.Fatalf("%d jumps detected on outliers: %+v", c.Jumps(), c.Events(math.MinInt64, math.MaxInt64))
+	}
+	if c.Outliers() != glitches {
+		t.Fatalf("%d outliers dropped, want the %d glitches", c.Outliers(), glitches)
+	}
+	if p := percentile(errs, 0.99); p > 1e6 {
+		t.Fatalf("p99 error %.3fms with outliers", p/1e6)
+	}
+	if math.Abs(c.DriftPPM()-sc.driftPPM) > 5 {
+		t.Fatalf("drift %.2f, truth %.2f", c.DriftPPM(), sc.driftPPM)
+	}
+}
+
+func TestClockOptionsValidate(t *testing.T) {
+	for _, o := range []ClockOptions{
+		{Window: time.Millisecond},
+		{Buckets: 3},
+		{MaxDriftPPM: -1},
+		{MinSpan: 2 * time.Minute},
+		{JumpConfirmSamples: 100},
+	} {
+		if _, err := NewClock(o); err == nil {
+			t.Errorf("options %+v accepted", o)
+		}
+	}
+	if _, err := NewClock(ClockOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
