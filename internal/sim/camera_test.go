@@ -191,8 +191,9 @@ func TestCameraPlaysClipOnCameraClock(t *testing.T) {
 	}
 	// Frames: identical to the clip, in order modulo the loop, RTP time
 	// +3000 per frame (uint32 arithmetic, so wrap-around is fine). The
-	// first group may be a partial frame (PLAY mid-frame): skip it.
-	frames = frames[1:]
+	// first and last groups may be partial (PLAY or Close mid-frame):
+	// skip them.
+	frames = frames[1 : len(frames)-1]
 	first := frames[0].clip
 	if first < 0 {
 		t.Fatal("first whole frame is not a clip frame")
