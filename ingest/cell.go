@@ -151,7 +151,8 @@ func (c *Cell) Observe(t int64) {
 }
 
 // Start begins an episode at now. It fails with ErrRecording if one is
-// recording (after timers due at now have fired).
+// recording (after timers due at now have fired). Transitions are returned
+// even with an error (timers that fired) and must be acted on.
 func (c *Cell) Start(now int64, r StartRequest) ([]Transition, error) {
 	if err := r.Validate(); err != nil {
 		return nil, fmt.Errorf("start episode on cell %s: %w", c.o.ID, err)
@@ -192,7 +193,8 @@ func (c *Cell) Start(now int64, r StartRequest) ([]Transition, error) {
 
 // Stop ends the recording episode at now with the given reason (StopAPI,
 // StopMQTT or StopShutdown). It fails with ErrNotRecording if none is
-// recording (after timers due at now have fired).
+// recording (after timers due at now have fired). As with Start,
+// transitions returned with an error must still be acted on.
 func (c *Cell) Stop(now int64, reason string) ([]Transition, error) {
 	switch reason {
 	case StopAPI, StopMQTT, StopShutdown:
