@@ -60,6 +60,10 @@ func TestBadInput(t *testing.T) {
 		Type: description.MediaTypeVideo, Formats: []format.Format{&format.MJPEG{}},
 	}}}
 	noCodec := startServer(t, "", mjpeg, "", "")
+	interleaved := &description.Session{Medias: []*description.Media{{
+		Type: description.MediaTypeVideo, Formats: []format.Format{&format.H264{PayloadTyp: 96, PacketizationMode: 2}},
+	}}}
+	mode2 := startServer(t, "", interleaved, "", "")
 	junk := junkServer(t)
 
 	for _, tc := range []struct {
@@ -75,7 +79,9 @@ func TestBadInput(t *testing.T) {
 		{name: "wrong-password-option", opts: Options{URL: auth.url("cam"), Username: "admin", Password: secret},
 			want: "unauthorized", sentinel: ErrUnauthorized},
 		{name: "no-supported-codec", opts: Options{URL: noCodec.url("cam")},
-			want: "no H.264 or H.265", sentinel: ErrNoSupportedCodec},
+			want: "no supported H.264 or H.265", sentinel: ErrNoSupportedCodec},
+		{name: "interleaved-h264", opts: Options{URL: mode2.url("cam")},
+			want: "PacketizationMode >= 2 is not supported", sentinel: ErrNoSupportedCodec},
 		{name: "garbage", opts: Options{URL: "rtsp://u:" + secret + "@" + junk + "/cam"}, want: "request timed out"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

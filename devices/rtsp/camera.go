@@ -18,6 +18,7 @@ import (
 	"github.com/bluenviron/gortsplib/v4/pkg/liberrors"
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/episoded/episoded/devices"
 	"github.com/episoded/episoded/internal/redact"
@@ -28,8 +29,9 @@ import (
 var (
 	// ErrUnauthorized: the camera answered 401 or 403.
 	ErrUnauthorized = errors.New("rtsp: unauthorized (check username and password)")
-	// ErrNoSupportedCodec: the SDP offers no H.264 or H.265 video.
-	ErrNoSupportedCodec = errors.New("rtsp: no H.264 or H.265 video in the session description")
+	// ErrNoSupportedCodec: the SDP offers no H.264 or H.265 video that can be
+	// depacketized (H.264 packetization-mode 2 and H.265 DONL are not).
+	ErrNoSupportedCodec = errors.New("rtsp: no supported H.264 or H.265 video in the session description")
 	// ErrNoFrames: no RTP packet arrived within ReadTimeout.
 	ErrNoFrames = errors.New("rtsp: no RTP packets within read timeout")
 	// ErrRunning: Run was called twice.
@@ -68,13 +70,13 @@ type Stats struct {
 
 // counters are updated lock-free from the reader and writer goroutines.
 type counters struct {
-	frames, bytes, keyframes          atomic.Uint64
-	dropped, queueFull, lost          atomic.Uint64
-	decodeErrors                      atomic.Uint64
-	fpsBits, bitrateBits              atomic.Uint64 // math.Float64bits
-	codec                             atomic.Value  // string
-	lastPacket                        atomic.Int64  // unix ns of the last RTP packet
-	sessionsWithData, sessionsStarted atomic.Uint64
+	frames, bytes, keyframes atomic.Uint64
+	dropped, queueFull, lost atomic.Uint64
+	decodeErrors             atomic.Uint64
+	fpsBits, bitrateBits     atomic.Uint64 // math.Float64bits
+	codec                    atomic.Value  // string
+	lastPacket               atomic.Int64  // unix ns of the last RTP packet
+	sessionsWithData         atomic.Uint64
 }
 
 // frame is one access unit queued for the sink.
@@ -98,6 +100,8 @@ type Camera struct {
 	tracker *devices.Tracker
 	cnt     counters
 	running atomic.Bool
+	reg     prometheus.Registerer
+	metrics []prometheus.Collector
 }
 
 // New validates o and returns a Camera. It starts nothing; it registers the
@@ -245,7 +249,6 @@ func (c *Camera) transport() *gortsplib.Transport {
 // session is one connection: connect, describe, set up the video media,
 // play, and pump packets until an error, a read timeout or ctx.
 func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func()) error {
-	c.cnt.sessionsStarted.Add(1)
 	client := &gortsplib.Client{
 		Scheme:      c.u.Scheme,
 		Host:        c.u.Host,
@@ -297,6 +300,11 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 			strings.Join(codecs, ", ")), kind: ErrNoSupportedCodec}
 	}
 	c.cnt.codec.Store(string(cd.name))
+	if _, err := dec(); err != nil {
+		// For example H.264 packetization-mode 2 or H.265 with DONL.
+		return &Error{Op: "describe", Msg: fmt.Sprintf("%s: %s: %s", c.source, ErrNoSupportedCodec.Error(),
+			redact.String(err.Error(), c.secrets...)), kind: ErrNoSupportedCodec}
+	}
 	if _, err := client.Setup(desc.BaseURL, medi, 0, 0); err != nil {
 		return c.scrub("setup", err)
 	}

@@ -362,11 +362,17 @@ func TestOptionsValidate(t *testing.T) {
 		t.Errorf("defaults: %+v", c.o)
 	}
 	reg := prometheus.NewRegistry()
-	if _, err := New(Options{Device: "d", URL: "rtsp://h/x", Registerer: reg}); err != nil {
+	first, err := New(Options{Device: "d", URL: "rtsp://h/x", Registerer: reg})
+	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := New(Options{Device: "d", URL: "rtsp://h/x", Registerer: reg}); err == nil {
 		t.Error("a second camera with the same device and stream registered its metrics")
+	}
+	first.Unregister()
+	first.Unregister()
+	if _, err := New(Options{Device: "d", URL: "rtsp://h/x", Registerer: reg}); err != nil {
+		t.Errorf("after Unregister: %v", err)
 	}
 	if _, err := New(Options{Device: "e", URL: "rtsp://h/x", Registerer: reg}); err != nil {
 		t.Errorf("second device on the same registry: %v", err)

@@ -54,5 +54,19 @@ func (c *Camera) register(r prometheus.Registerer) error {
 			return fmt.Errorf("register rtsp metrics for device %s: %w", c.o.Device, err)
 		}
 	}
+	c.reg, c.metrics = r, cs
 	return nil
+}
+
+// Unregister removes the camera's metrics from the Registerer given to New,
+// so that a camera with the same device and stream can be created again
+// (for example after a configuration reload). It is safe to call more than
+// once, and while Run is running.
+func (c *Camera) Unregister() {
+	if c.reg == nil {
+		return
+	}
+	for _, col := range c.metrics {
+		c.reg.Unregister(col)
+	}
 }
