@@ -141,6 +141,30 @@ func (s *Stream) Process(x *sample.Sample) {
 	c.LastSeq, c.LastT, c.LastRecvT = x.Seq, x.T, x.RecvT
 }
 
+// Unprocess takes back the last Process, for a sample that could not be
+// stored (storage full or overloaded): the next sample reuses its Seq, so
+// the stored seq stays gapless, and the counters forget it. The clock
+// estimator keeps the observation, which was a real one. It does nothing
+// unless x is the sample Process handled last.
+func (s *Stream) Unprocess(x *sample.Sample) {
+	if s.seq == 0 || x.Seq != s.seq {
+		return
+	}
+	s.seq--
+	c := &s.c
+	c.Samples--
+	c.Bytes -= uint64(len(x.Payload))
+	if x.Flags&sample.Discontinuity != 0 {
+		c.Discontinuities--
+	}
+	if x.Flags&sample.DecodeError != 0 {
+		c.DecodeErrors--
+	}
+	c.Lost -= uint64(x.Lost)
+	c.Dropped -= uint64(x.Dropped)
+	c.LastSeq = s.seq
+}
+
 // Counters returns the running totals.
 func (s *Stream) Counters() StreamCounters { return s.c }
 

@@ -127,3 +127,27 @@ func TestStreamDeviceBeforeSenderReport(t *testing.T) {
 		t.Fatalf("mode change events %+v", evs)
 	}
 }
+
+// TestStreamUnprocess: a sample storage refused is taken back, so the next
+// one reuses its seq and the counters forget it.
+func TestStreamUnprocess(t *testing.T) {
+	s, _ := NewStream(sample.Descriptor{Stream: "c1/cam", Clock: sample.ClockArrival}, 10, ClockOptions{})
+	a := sample.Sample{RecvT: 1, Payload: make([]byte, 5)}
+	s.Process(&a)
+	refused := sample.Sample{RecvT: 2, Flags: sample.Discontinuity | sample.DecodeError, Lost: 3, Dropped: 2, Payload: make([]byte, 7)}
+	s.Process(&refused)
+	s.Unprocess(&a) // not the last one: ignored
+	if s.LastSeq() != 12 {
+		t.Fatalf("Unprocess of an older sample changed seq to %d", s.LastSeq())
+	}
+	s.Unprocess(&refused)
+	next := sample.Sample{RecvT: 3}
+	s.Process(&next)
+	if next.Seq != 12 {
+		t.Fatalf("seq after a refused sample = %d, want 12 (gapless)", next.Seq)
+	}
+	c := s.Counters()
+	if c.Samples != 2 || c.Bytes != 5 || c.Discontinuities != 0 || c.DecodeErrors != 0 || c.Lost != 0 || c.Dropped != 0 || c.LastSeq != 12 {
+		t.Fatalf("counters after Unprocess: %+v", c)
+	}
+}
