@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"slices"
 	"syscall"
 	"time"
@@ -394,7 +395,25 @@ func (s *Store) Usage() Usage {
 	return s.refreshUsage()
 }
 
-func (s *Store) dbBytes() int64 { return int64(s.db.Metrics().DiskSpaceUsage()) }
+// dbBytes is the space Pebble's directory really occupies: allocated
+// blocks, which include WAL preallocation that Pebble's own
+// DiskSpaceUsage does not count.
+func (s *Store) dbBytes() int64 {
+	var n int64
+	dir := filepath.Join(s.dir, "db")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		s.log.Error("measure store", "dir", dir, "err", err)
+		return int64(s.db.Metrics().DiskSpaceUsage())
+	}
+	for _, e := range entries {
+		var st syscall.Stat_t
+		if syscall.Lstat(filepath.Join(dir, e.Name()), &st) == nil {
+			n += st.Blocks * 512
+		}
+	}
+	return n
+}
 
 func (s *Store) segBytes() int64 {
 	s.segMu.Lock()

@@ -20,11 +20,13 @@ const pebbleFormat = pebble.FormatValueSeparation
 func (s *Store) pebbleOptions() *pebble.Options {
 	o := &pebble.Options{
 		FormatMajorVersion: pebbleFormat,
-		// 64 MiB memtables: ~1 s of the busiest expected mix before a
-		// flush, few L0 files. Up to 4 queued memtables (256 MiB) absorb a
-		// compaction hiccup before Pebble stalls writes; a stall makes
-		// Append block and then report ErrOverloaded.
-		MemTableSize:                64 << 20,
+		// 32 MiB memtables (MemTableSize): ~0.5 s of 300k small records/s,
+		// several seconds of the usual mix, since frames go to segment
+		// files. Up to 4 queued memtables absorb a compaction hiccup
+		// before Pebble stalls writes; a stall makes Append block and then
+		// report ErrOverloaded. Bigger memtables cost disk: WAL files are
+		// preallocated to 110% of the memtable size and recycled.
+		MemTableSize:                uint64(s.opts.MemTableSize),
 		MemTableStopWritesThreshold: 4,
 		// Larger L0 files and a larger Lbase keep compaction write
 		// amplification down for an append-mostly, time-ordered keyspace.

@@ -77,6 +77,11 @@ type Options struct {
 	// Default 10s. SegmentMaxBytes rolls a segment earlier. Default 64 MiB.
 	SegmentSlice    time.Duration
 	SegmentMaxBytes int64
+	// MemTableSize is Pebble's memtable size. Default 32 MiB. Pebble
+	// preallocates each WAL file to 110% of it and keeps up to 5 used WAL
+	// files for recycling, so the store's fixed disk overhead is up to about
+	// 7 × 1.1 × MemTableSize; it counts against Quota.
+	MemTableSize int64
 	// WatchInterval is how often the space watcher runs. Default 1s.
 	WatchInterval time.Duration
 	Logger        *slog.Logger
@@ -118,6 +123,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.SegmentMaxBytes <= 0 {
 		o.SegmentMaxBytes = 64 << 20
+	}
+	if o.MemTableSize <= 0 {
+		o.MemTableSize = 32 << 20
 	}
 	if o.WatchInterval <= 0 {
 		o.WatchInterval = time.Second
