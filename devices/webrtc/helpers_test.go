@@ -35,6 +35,8 @@ type testServer struct {
 	*Server
 	url  string
 	sink *testSink
+	// stop cancels Run and waits for it to return; it is idempotent.
+	stop func()
 }
 
 func startServer(t testing.TB, o Options, hub *Hub, src episodeSource, whip ...sample.Descriptor) *testServer {
@@ -58,16 +60,22 @@ func startServer(t testing.TB, o Options, hub *Hub, src episodeSource, whip ...s
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx, sink) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Errorf("Run did not return within 20 s of cancel")
 			}
-		case <-time.After(20 * time.Second):
-			t.Errorf("Run did not return after cancel")
-		}
+		})
+	}
+	t.Cleanup(func() {
+		stop()
 		hs.Close()
 	})
 	// Run installs its state asynchronously; wait until POSTs are served.
@@ -76,7 +84,7 @@ func startServer(t testing.TB, o Options, hub *Hub, src episodeSource, whip ...s
 		defer s.mu.Unlock()
 		return s.mu.rs != nil
 	})
-	return &testServer{Server: s, url: hs.URL, sink: sink}
+	return &testServer{Server: s, url: hs.URL, sink: sink, stop: stop}
 }
 
 func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {

@@ -2,6 +2,7 @@ package webrtc
 
 import (
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -33,8 +34,10 @@ type hubStream struct {
 		sync.Mutex
 		desc *sample.Descriptor
 		// key is the last keyframe, with its descriptor.
-		key     *frameItem
-		viewers map[*viewer]struct{}
+		key *frameItem
+		// viewers is a slice, not a map: Publish walks it for every
+		// frame, and there are few viewers.
+		viewers []*viewer
 	}
 	published atomic.Uint64
 }
@@ -83,15 +86,18 @@ func (h *Hub) stream(id string, create bool) *hubStream {
 	defer h.mu.Unlock()
 	if st = h.mu.streams[id]; st == nil {
 		st = &hubStream{}
-		st.mu.viewers = map[*viewer]struct{}{}
 		h.mu.streams[id] = st
 	}
 	return st
 }
 
 // Publish hands one video sample of stream d.Stream to the stream's
-// viewers. It never blocks. Samples of other kinds are ignored. d is
-// copied only when it changes.
+// viewers. It never blocks. Samples of other kinds, and empty ones, are
+// ignored. d is copied only when it changes: a descriptor with the same
+// non-zero Version and Since as the last one is taken as unchanged
+// (storage assigns a new Version to every change); otherwise it is
+// compared in full. The hub only reads s.Payload, and keeps the last
+// keyframe's payload until the next keyframe.
 func (h *Hub) Publish(d sample.Descriptor, s sample.Sample) {
 	if d.Kind != sample.KindVideo || len(s.Payload) == 0 {
 		return
@@ -104,7 +110,8 @@ func (h *Hub) Publish(d sample.Descriptor, s sample.Sample) {
 	st.published.Add(1)
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.mu.desc == nil || st.mu.desc.Version != d.Version || !st.mu.desc.Equal(d) {
+	if cur := st.mu.desc; cur == nil || cur.Version != d.Version || cur.Since != d.Since ||
+		(d.Version == 0 && !cur.Equal(d)) {
 		dc := d
 		dc.Stream = id
 		st.mu.desc = &dc
@@ -115,7 +122,7 @@ func (h *Hub) Publish(d sample.Descriptor, s sample.Sample) {
 		k := it
 		st.mu.key = &k
 	}
-	for v := range st.mu.viewers {
+	for _, v := range st.mu.viewers {
 		if v.waitKey && !key {
 			if !v.startup {
 				v.drop()
@@ -182,7 +189,7 @@ func (h *Hub) subscribe(stream string, n int, onDrop func()) (*viewer, bool) {
 		v.ch <- *st.mu.key
 	}
 	v.waitKey, v.startup = true, true
-	st.mu.viewers[v] = struct{}{}
+	st.mu.viewers = append(st.mu.viewers, v)
 	return v, true
 }
 
@@ -193,7 +200,9 @@ func (h *Hub) unsubscribe(stream string, v *viewer) {
 		return
 	}
 	st.mu.Lock()
-	delete(st.mu.viewers, v)
+	if i := slices.Index(st.mu.viewers, v); i >= 0 {
+		st.mu.viewers = slices.Delete(st.mu.viewers, i, i+1)
+	}
 	st.mu.Unlock()
 }
 

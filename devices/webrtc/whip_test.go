@@ -3,6 +3,7 @@ package webrtc
 import (
 	"bytes"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ type publisher struct {
 	pz    rtp.Packetizer
 	base  uint32    // RTP timestamp of frame 0
 	ntp0  time.Time // device time of frame 0
+	plis  atomic.Int64
 }
 
 func newPublisher(t testing.TB, url string, ntp0 time.Time) *publisher {
@@ -42,14 +44,20 @@ func newPublisher(t testing.TB, url string, ntp0 time.Time) *publisher {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { // drain RTCP (PLIs)
+	p := &publisher{t: t, pc: pc, track: track, base: 0xfffff000, ntp0: ntp0} // base wraps during the clip
+	go func() {                                                               // read RTCP, counting keyframe requests
 		for {
-			if _, _, err := sender.Sender().ReadRTCP(); err != nil {
+			pkts, _, err := sender.Sender().ReadRTCP()
+			if err != nil {
 				return
+			}
+			for _, pk := range pkts {
+				if _, ok := pk.(*rtcp.PictureLossIndication); ok {
+					p.plis.Add(1)
+				}
 			}
 		}
 	}()
-	p := &publisher{t: t, pc: pc, track: track, base: 0xfffff000, ntp0: ntp0} // base wraps during the clip
 	p.loc = negotiate(t, pc, url)
 	waitConnected(t, pc)
 	p.ssrc = uint32(sender.Sender().GetParameters().Encodings[0].SSRC)
@@ -239,5 +247,43 @@ func TestWHIPLoss(t *testing.T) {
 	st := ts.Stats().WHIP[0]
 	if st.LostPackets != 1 || st.DroppedFrames != 20 {
 		t.Fatalf("stats: lost %d dropped %d, want 1 and 20", st.LostPackets, st.DroppedFrames)
+	}
+	// While frames were discarded, the server asked for a keyframe.
+	waitFor(t, 5*time.Second, "a PLI at the publisher", func() bool { return p.plis.Load() > 0 })
+}
+
+// Cancelling Run closes every open session (WHIP and WHEP), writes the
+// queued frames, and returns.
+func TestRunClosesSessions(t *testing.T) {
+	ts := startServer(t, Options{}, nil, nil, whipBase)
+	p := newPublisher(t, ts.url+"/whip/"+whipBase.Stream, time.Now())
+	aus := clipAUs(t)
+	for i := 0; i < 10; i++ {
+		p.write(p.packets(i, aus[i]))
+	}
+	d := liveDesc
+	d.Params = clipParams(t)
+	ts.Hub().Publish(d, clipSample(aus, 0, 1))
+	v, _, _ := newViewer(t, ts.url+"/whep/"+d.Stream)
+	waitConnected(t, v)
+	waitFor(t, 5*time.Second, "10 frames", func() bool { return ts.sink.count() >= 10 })
+	if n := len(ts.Stats().Sessions); n != 2 {
+		t.Fatalf("%d sessions open, want 2", n)
+	}
+	ts.stop()
+	if st := ts.Stats(); len(st.Sessions) != 0 || st.WHIP[0].Publishing {
+		t.Fatalf("after Run returned: %+v", st)
+	}
+	waitFor(t, 15*time.Second, "the publisher to see the connection close", func() bool {
+		s := p.pc.ConnectionState()
+		return s == webrtc.PeerConnectionStateClosed || s == webrtc.PeerConnectionStateFailed
+	})
+	pc, err := peerAPI(t).NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if code, _, _ := post(t, ts.url+"/whep/"+d.Stream, recvOffer(t, pc)); code != http.StatusServiceUnavailable {
+		t.Fatalf("POST after Run returned = %d, want 503", code)
 	}
 }
