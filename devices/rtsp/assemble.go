@@ -257,7 +257,9 @@ func (a *assembler) push(pkt *rtp.Packet) {
 			a.dropFrame(pkt.Timestamp)
 			return
 		}
-		a.resync, a.discarding = false, false
+		// discarding stays set: if this unit turns out to be the rest
+		// of the one being discarded, it is not counted twice.
+		a.resync = false
 		a.suspect = a.haveParamsInBand
 	}
 	if a.dec == nil {

@@ -203,71 +203,139 @@ func TestLossResumesAtKeyframe(t *testing.T) {
 		{name: "keyframe-middle", au: 60, pkt: 2, resume: 90},
 		{name: "keyframe-first-packet", au: 60, pkt: 0, resume: 90},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			cl := loadClip(t, sample.CodecH264)
-			tc.au = cl.multiPacketAU(t, tc.au)
-			tc.wantDropped, tc.wantLostPkts = uint32(tc.resume-tc.au), 1
-			srv := startServer(t, "", cl.desc, "", "")
-			sink := newMemSink()
-			cam, err := New(Options{Device: "cam3", URL: srv.url("cam")})
-			if err != nil {
-				t.Fatal(err)
-			}
-			runCamera(t, cam, sink)
-			srv.waitPlay(t)
-			for i := range cl.aus {
-				pkts := cl.packets(t, i, frameTS(i))
-				drop := -2
-				if i == tc.au {
-					if len(pkts) < 2 {
-						t.Fatalf("access unit %d has %d packets; the test needs a multi-packet unit", i, len(pkts))
+		for _, codec := range []sample.Codec{sample.CodecH264, sample.CodecH265} {
+			t.Run(string(codec)+"/"+tc.name, func(t *testing.T) {
+				cl := loadClip(t, codec)
+				tc.au = cl.multiPacketAU(t, tc.au)
+				tc.wantDropped, tc.wantLostPkts = uint32(tc.resume-tc.au), 1
+				srv := startServer(t, "", cl.desc, "", "")
+				sink := newMemSink()
+				cam, err := New(Options{Device: "cam3", URL: srv.url("cam")})
+				if err != nil {
+					t.Fatal(err)
+				}
+				runCamera(t, cam, sink)
+				srv.waitPlay(t)
+				for i := range cl.aus {
+					pkts := cl.packets(t, i, frameTS(i))
+					drop := -2
+					if i == tc.au {
+						if len(pkts) < 2 {
+							t.Fatalf("access unit %d has %d packets; the test needs a multi-packet unit", i, len(pkts))
+						}
+						drop = tc.pkt
+						if drop == -1 {
+							drop = len(pkts) - 1
+						}
 					}
-					drop = tc.pkt
-					if drop == -1 {
-						drop = len(pkts) - 1
+					for j, p := range pkts {
+						if j != drop {
+							srv.str().WritePacketRTP(cl.medi, p) //nolint:errcheck
+						}
+					}
+					time.Sleep(2 * time.Millisecond)
+				}
+				want := tc.au + (len(cl.aus) - tc.resume)
+				waitFor(t, 15*time.Second, "samples", func() bool { return sink.count() >= want })
+				time.Sleep(200 * time.Millisecond)
+				_, samples := sink.snapshot()
+				if len(samples) != want {
+					t.Fatalf("got %d samples, want %d", len(samples), want)
+				}
+				for k, s := range samples {
+					i := k
+					if k >= tc.au {
+						i = k - tc.au + tc.resume
+					}
+					if !bytes.Equal(s.Payload, annexBOf(cl.aus[i])) {
+						t.Fatalf("sample %d is not access unit %d", k, i)
+					}
+					gap := k == tc.au
+					if s.Flags.Has(sample.Discontinuity) != gap {
+						t.Errorf("sample %d (au %d): discontinuity %v", k, i, !gap)
+					}
+					if gap {
+						if !s.Flags.Has(sample.Keyframe) {
+							t.Errorf("first sample after the loss is not a keyframe")
+						}
+						if s.Lost != tc.wantLostPkts || s.Dropped != tc.wantDropped {
+							t.Errorf("first sample after the loss: lost %d dropped %d, want %d and %d",
+								s.Lost, s.Dropped, tc.wantLostPkts, tc.wantDropped)
+						}
 					}
 				}
-				for j, p := range pkts {
-					if j != drop {
-						srv.str().WritePacketRTP(cl.medi, p) //nolint:errcheck
-					}
+				st := cam.Stats()
+				if st.LostPackets != uint64(tc.wantLostPkts) || st.DroppedFrames != uint64(tc.wantDropped) {
+					t.Errorf("stats: %+v", st)
 				}
-				time.Sleep(2 * time.Millisecond)
-			}
-			want := tc.au + (len(cl.aus) - tc.resume)
-			waitFor(t, 15*time.Second, "samples", func() bool { return sink.count() >= want })
-			time.Sleep(200 * time.Millisecond)
-			_, samples := sink.snapshot()
-			if len(samples) != want {
-				t.Fatalf("got %d samples, want %d", len(samples), want)
-			}
-			for k, s := range samples {
-				i := k
-				if k >= tc.au {
-					i = k - tc.au + tc.resume
-				}
-				if !bytes.Equal(s.Payload, annexBOf(cl.aus[i])) {
-					t.Fatalf("sample %d is not access unit %d", k, i)
-				}
-				gap := k == tc.au
-				if s.Flags.Has(sample.Discontinuity) != gap {
-					t.Errorf("sample %d (au %d): discontinuity %v", k, i, !gap)
-				}
-				if gap {
-					if !s.Flags.Has(sample.Keyframe) {
-						t.Errorf("first sample after the loss is not a keyframe")
-					}
-					if s.Lost != tc.wantLostPkts || s.Dropped != tc.wantDropped {
-						t.Errorf("first sample after the loss: lost %d dropped %d, want %d and %d",
-							s.Lost, s.Dropped, tc.wantLostPkts, tc.wantDropped)
-					}
-				}
-			}
-			st := cam.Stats()
-			if st.LostPackets != uint64(tc.wantLostPkts) || st.DroppedFrames != uint64(tc.wantDropped) {
-				t.Errorf("stats: %+v", st)
-			}
-		})
+			})
+		}
+	}
+}
+
+// slowSink is a sink whose writes take a while, like storage under
+// backpressure.
+type slowSink struct {
+	*memSink
+	delay time.Duration
+}
+
+func (s slowSink) Write(x sample.Sample, done func(error)) error {
+	time.Sleep(s.delay)
+	return s.memSink.Write(x, done)
+}
+
+// TestSlowSinkAccountsForEveryFrame: with a tiny queue and a slow sink,
+// frames are dropped, but every published frame is either stored whole or
+// counted, and every stored run starts at a keyframe.
+func TestSlowSinkAccountsForEveryFrame(t *testing.T) {
+	cl := loadClip(t, sample.CodecH264)
+	srv := startServer(t, "", cl.desc, "", "")
+	sink := newMemSink()
+	cam, err := New(Options{Device: "slow", URL: srv.url("cam"), QueueSize: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCamera(t, cam, slowSink{sink, 20 * time.Millisecond})
+	srv.waitPlay(t)
+	for i := range cl.aus {
+		for _, p := range cl.packets(t, i, frameTS(i)) {
+			srv.str().WritePacketRTP(cl.medi, p) //nolint:errcheck
+		}
+		time.Sleep(time.Millisecond)
+	}
+	waitFor(t, 15*time.Second, "every frame accounted for", func() bool {
+		st := cam.Stats()
+		return st.Frames+st.DroppedFrames >= uint64(len(cl.aus))
+	})
+	time.Sleep(200 * time.Millisecond)
+	_, samples := sink.snapshot()
+	st := cam.Stats()
+	if st.Frames+st.DroppedFrames != uint64(len(cl.aus)) || st.QueueFull == 0 || st.LostPackets != 0 {
+		t.Fatalf("stats %+v: stored+dropped should be %d with some queue-full drops", st, len(cl.aus))
+	}
+	next, sumDropped := 0, uint64(0)
+	for k, s := range samples {
+		// Find which access unit this is; they must come in order.
+		i := next
+		for i < len(cl.aus) && !bytes.Equal(s.Payload, annexBOf(cl.aus[i])) {
+			i++
+		}
+		if i == len(cl.aus) {
+			t.Fatalf("sample %d is not a whole access unit after %d", k, next)
+		}
+		skipped := i - next
+		if skipped > 0 && (!s.Flags.Has(sample.Discontinuity) || !s.Flags.Has(sample.Keyframe) || int(s.Dropped) != skipped) {
+			t.Errorf("sample %d (au %d) after %d dropped frames: flags %b dropped %d", k, i, skipped, s.Flags, s.Dropped)
+		}
+		if skipped == 0 && s.Flags.Has(sample.Discontinuity) {
+			t.Errorf("sample %d (au %d): discontinuity without a gap", k, i)
+		}
+		sumDropped += uint64(s.Dropped)
+		next = i + 1
+	}
+	if sumDropped+uint64(len(cl.aus)-next) != st.DroppedFrames {
+		t.Errorf("dropped in samples %d + after the last %d != counted %d", sumDropped, len(cl.aus)-next, st.DroppedFrames)
 	}
 }
 
