@@ -195,10 +195,24 @@ func (c *Camera) Run(ctx context.Context, sink devices.Sink) error {
 		c.writeLoop(sink, queue)
 	}()
 	c.log.Info("camera starting", "url", c.source, "transport", c.o.Transport, "clock", c.o.Clock)
+	var lastErr string
+	repeats := 0
 	err := devices.Supervise(ctx, c.tracker, c.o.Backoff, func(ctx context.Context, streaming func()) error {
-		err := c.session(ctx, queue, streaming)
-		if err != nil && ctx.Err() == nil {
-			c.log.Warn("camera session ended", "err", err)
+		err := c.session(ctx, queue, func() {
+			lastErr, repeats = "", 0 // a session that streamed: log its end
+			streaming()
+		})
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		// A camera that stays down logs its error once at Warn, then
+		// at Debug, with a Warn reminder every 100 attempts.
+		if msg := err.Error(); msg != lastErr || repeats%100 == 99 {
+			c.log.Warn("camera session ended", "err", err, "repeats", repeats)
+			lastErr, repeats = msg, 0
+		} else {
+			repeats++
+			c.log.Debug("camera session ended", "err", err, "repeats", repeats)
 		}
 		return err
 	})
