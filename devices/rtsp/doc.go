@@ -26,6 +26,10 @@
 // epoch; before the first sender report SrcT is 0 and the pipeline stamps
 // RecvT - Latency, switching when SrcT becomes non-zero. With clock
 // "arrival" SrcT is always 0. The descriptor carries Clock and Latency.
+// Sender reports are decoded by this package, per RFC 3550 (the NTP
+// fraction is in 1/2^32 s): gortsplib v4.16.2's PacketNTP reads the fraction
+// as nanoseconds, which is wrong by up to 3.3 s against real cameras and
+// ffmpeg, so it is not used. A report applies only to the SSRC it names.
 //
 // # Loss and the queue
 //
@@ -41,7 +45,9 @@
 // connecting, after any loss and after any drop is a keyframe; everything
 // discarded before it is counted in that sample's Lost (RTP packets) and
 // Dropped (frames), with Discontinuity set. A reconnect is one gap: the
-// first sample of the new session has Discontinuity.
+// first sample of the new session has Discontinuity. When a stream carries
+// its parameter sets in band, a keyframe that arrives right after a gap
+// without them is taken to have lost its first packets and is dropped too.
 //
 // Credentials (inline in the URL, or Username/Password) never reach logs,
 // errors, Status or descriptors: URLs are redacted and library error text is
