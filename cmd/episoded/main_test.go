@@ -167,7 +167,7 @@ func TestStartFailures(t *testing.T) {
 		name, config, want string
 	}{
 		{"bad config", "gateway: {id: gw, site: s}\nstorage: {colour: blue}\n", `unknown key "colour"`},
-		{"unusable data dir", fmt.Sprintf("gateway: {id: gw, site: s}\napi: {listen: %q}\nstorage: {dir: %q}\n", freeAddr(t), filepath.Join(notADir, "data")), "data dir"},
+		{"unusable data dir", fmt.Sprintf("gateway: {id: gw, site: s}\napi: {listen: %q}\nstorage: {dir: %q}\n", freeAddr(t), filepath.Join(notADir, "data")), "open store"},
 		{"port in use", fmt.Sprintf("gateway: {id: gw, site: s}\napi: {listen: %q}\nstorage: {dir: %q}\n", busy.Addr(), filepath.Join(dir, "d2")), "listen on " + busy.Addr().String()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -19,16 +19,19 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/episoded/episoded/devices"
+	"github.com/episoded/episoded/devices/webrtc"
+	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/api"
 	"github.com/episoded/episoded/internal/buildinfo"
 	"github.com/episoded/episoded/internal/config"
+	"github.com/episoded/episoded/storage"
+	"github.com/episoded/episoded/sync/upload"
 )
 
 // Daemon is a configured episoded.
@@ -38,7 +41,19 @@ type Daemon struct {
 	reg    *prometheus.Registry
 	api    *api.Server
 	notify Notifier
-	comps  []component
+
+	store    *storage.Store
+	pipe     *pipeline
+	cells    *cells
+	rtc      *webrtc.Server
+	uploader *upload.Uploader // nil without a sync target
+	sources  []statusSource   // cameras and brokers, for /v1/status
+	// OnEpisode, if set before Run, is called after an episode closes and
+	// after it uploads (the demo prints them).
+	OnEpisode func(e episode.Episode)
+
+	comps       []component // in start order
+	deviceComps []component
 }
 
 // component is one long-running part of the daemon.
@@ -96,38 +111,133 @@ func (d *Daemon) Addr() string { return d.api.Addr() }
 // Run prepares, starts and runs the daemon until ctx is cancelled, then
 // stops it. It returns nil after a clean stop.
 func (d *Daemon) Run(ctx context.Context) error {
-	if err := d.prepare(); err != nil {
+	if err := d.prepare(ctx); err != nil {
 		return err
 	}
-	return d.runComponents(ctx)
+	err := d.runComponents(ctx)
+	// Storage committed what was pending when its Run returned.
+	if cerr := d.store.Close(); cerr != nil && err == nil {
+		err = fmt.Errorf("close store: %w", cerr)
+	}
+	return err
 }
 
-// prepare does everything that can fail fast, before anything runs.
-func (d *Daemon) prepare() error {
-	if err := prepareDataDir(d.cfg.Storage.Dir); err != nil {
+// prepare does everything that can fail fast, before anything runs, and
+// lists the components in start order: downstream first.
+func (d *Daemon) prepare(ctx context.Context) (err error) {
+	if d.store, err = openStore(d.cfg, d); err != nil {
 		return err
 	}
+	defer func() {
+		if err != nil {
+			d.store.Close()
+		}
+	}()
+	d.pipe = newPipeline(d.store, d.log, d.reg)
+	if d.cells, err = newCells(d.cfg, d.store, d.pipe, d.log, d.reg); err != nil {
+		return err
+	}
+	cellOf := deviceCells(d.cfg)
+	d.pipe.cellOf = func(device string) string { return cellOf[device] }
+	d.pipe.onStream = d.cells.addStream
+	d.pipe.observe = d.cells.observe
+	if err := d.knownStreams(cellOf); err != nil {
+		return err
+	}
+
+	hub := webrtc.NewHub(d.log)
+	d.pipe.live = hub
+	d.rtc, err = webrtc.NewServer(webrtc.Options{
+		Interfaces: d.cfg.API.WebRTC.Interfaces, UDPPort: d.cfg.API.WebRTC.UDPPort,
+		ErrNotFound: storage.ErrNotFound, Logger: d.log, Registerer: d.reg,
+	}, hub, d.store)
+	if err != nil {
+		return fmt.Errorf("webrtc: %w", err)
+	}
+	if err := d.buildUploader(); err != nil {
+		return err
+	}
+	d.cells.settled = func(e episode.Episode) {
+		if d.uploader != nil {
+			d.uploader.Wake()
+		}
+		if d.OnEpisode != nil {
+			d.OnEpisode(e)
+		}
+	}
+	if err := d.buildDevices(); err != nil {
+		return err
+	}
+	if err := d.cells.recover(ctx); err != nil {
+		return fmt.Errorf("recover episodes: %w", err)
+	}
+	d.routes()
+	d.statusSections()
 	if err := d.api.Listen(); err != nil {
 		return err
 	}
-	// Downstream first: the API runs last so it never serves a half-built
-	// daemon, and stops first.
-	d.comps = append(d.comps, component{name: "api", run: d.api.Run})
+
+	d.comps = append(d.comps, component{name: "storage", run: d.store.Run})
+	if d.uploader != nil && d.cfg.Sync.Mode == config.SyncDaemon {
+		d.comps = append(d.comps, component{name: "uploader", run: d.uploader.Run})
+	}
+	d.comps = append(d.comps,
+		component{name: "cells", run: d.cells.run},
+		component{name: "webrtc", run: func(ctx context.Context) error { return d.rtc.Run(ctx, d.pipe) }},
+		component{name: "api", run: d.api.Run},
+	)
+	d.comps = append(d.comps, d.deviceComps...)
 	return nil
 }
 
-// prepareDataDir makes sure the data directory exists and is writable.
-func prepareDataDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return fmt.Errorf("data dir: %w", err)
-	}
-	f, err := os.CreateTemp(dir, ".probe-*")
+// knownStreams tells the cells about streams stored before this start, so
+// episodes include templated MQTT streams before they reappear.
+func (d *Daemon) knownStreams(cellOf map[string]string) error {
+	streams, err := d.store.Streams()
 	if err != nil {
-		return fmt.Errorf("data dir %s is not writable: %w", dir, err)
+		return fmt.Errorf("list streams: %w", err)
 	}
-	name := f.Name()
-	f.Close()
-	return os.Remove(filepath.Clean(name))
+	for _, s := range streams {
+		desc, err := d.store.Descriptor(s)
+		if err != nil {
+			continue // samples without a descriptor: nothing to attribute
+		}
+		if cell := cellOf[desc.Device]; cell != "" {
+			d.cells.addStream(cell, s)
+		}
+	}
+	return nil
+}
+
+func (d *Daemon) onUploaded(e episode.Episode) {
+	if d.OnEpisode != nil {
+		d.OnEpisode(e)
+	}
+}
+
+// statusSections adds the daemon's parts to /v1/status.
+func (d *Daemon) statusSections() {
+	d.api.AddStatus("storage", func() any { return d.store.Usage() })
+	d.api.AddStatus("streams", func() any { return d.pipe.status() })
+	d.api.AddStatus("cells", func() any { return d.cells.status() })
+	d.api.AddStatus("devices", func() any {
+		out := make([]devices.Status, 0, len(d.sources))
+		for _, s := range d.sources {
+			out = append(out, s.Status())
+		}
+		return out
+	})
+	d.api.AddStatus("webrtc", func() any { return d.rtc.Stats() })
+	d.api.AddStatus("uploads", func() any {
+		if d.uploader == nil {
+			return nil
+		}
+		st, err := d.uploader.Status()
+		if err != nil {
+			return map[string]string{"error": err.Error()}
+		}
+		return st
+	})
 }
 
 type exit struct {

@@ -1,0 +1,303 @@
+package daemon
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/ingest"
+	"github.com/episoded/episoded/internal/api"
+	"github.com/episoded/episoded/internal/config"
+	"github.com/episoded/episoded/storage"
+	"github.com/episoded/episoded/sync/export"
+)
+
+// routes mounts the /v1 JSON API, the export download and WebRTC.
+//
+//	POST   /v1/cells/{cell}/episodes   start an episode: {"task","operator","robot","labels","priority"}; 409 if one is recording
+//	POST   /v1/episodes/{id}/stop      stop a recording episode; 409 if it is not recording
+//	GET    /v1/episodes                list: ?state=&cell=&since=&until=&label=k=v (times RFC 3339 or ns)
+//	GET    /v1/episodes/{id}           manifest and quality report
+//	DELETE /v1/episodes/{id}           delete an episode and the data only it covers; 409 while recording
+//	GET    /v1/episodes/{id}/export    the episode as MCAP
+//	POST   /v1/episodes/{id}/retry     requeue a quarantined or failed upload
+//	GET    /v1/uploads                 upload queue, window, backlog
+//	POST   /v1/sync/run                upload what is due now and return when idle (sync mode oneshot)
+func (d *Daemon) routes() {
+	a := d.api
+	a.HandleFunc("POST /v1/cells/{cell}/episodes", d.handleStart)
+	a.HandleFunc("POST /v1/episodes/{id}/stop", d.handleStop)
+	a.HandleFunc("GET /v1/episodes", d.handleList)
+	a.HandleFunc("GET /v1/episodes/{id}", d.handleShow)
+	a.HandleFunc("DELETE /v1/episodes/{id}", d.handleDelete)
+	attachments := map[string][]string{}
+	for _, c := range d.cfg.Cells {
+		attachments[c.ID] = c.Attachments
+	}
+	a.Handle("GET /v1/episodes/{id}/export", export.Handler(d.store, export.HandlerOptions{
+		Attachments: func(cell string) []string { return attachments[cell] },
+		Logger:      d.log,
+	}))
+	a.HandleFunc("POST /v1/episodes/{id}/retry", d.handleRetry)
+	a.HandleFunc("GET /v1/uploads", d.handleUploads)
+	a.HandleFunc("POST /v1/sync/run", d.handleSyncRun)
+	d.rtc.Mount(a.Handle)
+}
+
+// startRequest is the body of POST /v1/cells/{cell}/episodes.
+type startRequest struct {
+	Task     string            `json:"task"`
+	Operator string            `json:"operator"`
+	Robot    string            `json:"robot"`
+	Labels   map[string]string `json:"labels"`
+	Priority bool              `json:"priority"`
+}
+
+func (d *Daemon) handleStart(w http.ResponseWriter, r *http.Request) {
+	var req startRequest
+	if r.ContentLength != 0 {
+		dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+			api.WriteError(w, http.StatusBadRequest, "bad start request: "+err.Error())
+			return
+		}
+	}
+	sr := ingest.StartRequest{Task: req.Task, Operator: req.Operator, Robot: req.Robot, Labels: req.Labels, Priority: req.Priority, Trigger: ingest.TriggerAPI}
+	if err := sr.Validate(); err != nil {
+		api.WriteError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	e, err := d.cells.start(r.Context(), r.PathValue("cell"), sr)
+	if err != nil {
+		writeEpisodeError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusCreated, e)
+}
+
+func (d *Daemon) handleStop(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	e, err := d.store.Episode(id)
+	if err != nil {
+		writeEpisodeError(w, err)
+		return
+	}
+	if e.State != episode.Recording || e.Stop != 0 {
+		api.WriteError(w, http.StatusConflict, fmt.Sprintf("episode %s is not recording (state %s)", id, stateOf(e)))
+		return
+	}
+	e, err = d.cells.stop(r.Context(), e.Cell, id, ingest.StopAPI)
+	if err != nil {
+		writeEpisodeError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, e)
+}
+
+// stateOf names an episode's state, telling post-roll apart from recording.
+func stateOf(e episode.Episode) string {
+	if e.State == episode.Recording && e.Stop != 0 {
+		return "recording (post-roll)"
+	}
+	return string(e.State)
+}
+
+func writeEpisodeError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		api.WriteError(w, http.StatusNotFound, "episode not found")
+	case errors.Is(err, errUnknownCell):
+		api.WriteError(w, http.StatusNotFound, err.Error())
+	case errors.Is(err, ingest.ErrRecording), errors.Is(err, ingest.ErrNotRecording):
+		api.WriteError(w, http.StatusConflict, err.Error())
+	default:
+		api.WriteError(w, http.StatusInternalServerError, err.Error())
+	}
+}
+
+// episodeFilter selects episodes for GET /v1/episodes.
+type episodeFilter struct {
+	state, cell  string
+	since, until int64
+	labels       map[string]string
+}
+
+func parseFilter(q map[string][]string) (episodeFilter, error) {
+	f := episodeFilter{labels: map[string]string{}}
+	get := func(k string) string {
+		if v := q[k]; len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+	f.state, f.cell = get("state"), get("cell")
+	if f.state != "" && !episode.State(f.state).Valid() {
+		return f, fmt.Errorf("unknown state %q", f.state)
+	}
+	var err error
+	if f.since, err = parseTime(get("since")); err != nil {
+		return f, fmt.Errorf("since: %w", err)
+	}
+	if f.until, err = parseTime(get("until")); err != nil {
+		return f, fmt.Errorf("until: %w", err)
+	}
+	for _, l := range q["label"] {
+		k, v, _ := strings.Cut(l, "=")
+		f.labels[k] = v
+	}
+	return f, nil
+}
+
+// parseTime reads RFC 3339 or integer ns; "" is 0.
+func parseTime(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t.UnixNano(), nil
+	}
+	var ns int64
+	if _, err := fmt.Sscan(s, &ns); err != nil {
+		return 0, fmt.Errorf("%q is neither RFC 3339 nor ns since the epoch", s)
+	}
+	return ns, nil
+}
+
+func (f episodeFilter) match(e episode.Episode) bool {
+	if f.state != "" && string(e.State) != f.state || f.cell != "" && e.Cell != f.cell {
+		return false
+	}
+	if f.since != 0 && e.Start < f.since || f.until != 0 && e.Start > f.until {
+		return false
+	}
+	for k, v := range f.labels {
+		got, ok := e.Labels[k]
+		if !ok || (v != "" && got != v) {
+			return false
+		}
+	}
+	return true
+}
+
+func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) {
+	f, err := parseFilter(r.URL.Query())
+	if err != nil {
+		api.WriteError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	eps, err := d.store.Episodes()
+	if err != nil {
+		api.WriteError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	out := []episode.Episode{}
+	for _, e := range eps {
+		if f.match(e) {
+			out = append(out, e)
+		}
+	}
+	// Newest first.
+	slices.Reverse(out)
+	api.WriteJSON(w, http.StatusOK, out)
+}
+
+func (d *Daemon) handleShow(w http.ResponseWriter, r *http.Request) {
+	e, err := d.store.Episode(r.PathValue("id"))
+	if err != nil {
+		writeEpisodeError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, e)
+}
+
+func (d *Daemon) handleDelete(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	e, err := d.store.Episode(id)
+	if err != nil {
+		writeEpisodeError(w, err)
+		return
+	}
+	if e.State == episode.Recording || e.State == episode.Uploading {
+		api.WriteError(w, http.StatusConflict, fmt.Sprintf("episode %s is %s; stop it or wait for the upload first", id, stateOf(e)))
+		return
+	}
+	if err := d.store.DeleteEpisode(id); err != nil {
+		writeEpisodeError(w, err)
+		return
+	}
+	d.log.Info("episode deleted", "episode", id, "state", e.State)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (d *Daemon) handleRetry(w http.ResponseWriter, r *http.Request) {
+	if d.uploader == nil {
+		api.WriteError(w, http.StatusConflict, "no sync target is configured")
+		return
+	}
+	if err := d.uploader.Retry(r.PathValue("id")); err != nil {
+		writeEpisodeError(w, err)
+		return
+	}
+	e, err := d.store.Episode(r.PathValue("id"))
+	if err != nil {
+		writeEpisodeError(w, err)
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, e)
+}
+
+func (d *Daemon) handleUploads(w http.ResponseWriter, r *http.Request) {
+	if d.uploader == nil {
+		api.WriteJSON(w, http.StatusOK, map[string]any{"target": "", "queue": []any{}, "note": "no sync target is configured"})
+		return
+	}
+	st, err := d.uploader.Status()
+	if err != nil {
+		api.WriteError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, st)
+}
+
+func (d *Daemon) handleSyncRun(w http.ResponseWriter, r *http.Request) {
+	if d.uploader == nil {
+		api.WriteError(w, http.StatusConflict, "no sync target is configured")
+		return
+	}
+	if d.cfg.Sync.Mode == config.SyncDaemon {
+		// The daemon's own uploader is running: nudge it rather than run
+		// a second pass beside it.
+		d.uploader.Wake()
+		st, err := d.uploader.Status()
+		if err != nil {
+			api.WriteError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		api.WriteJSON(w, http.StatusAccepted, st)
+		return
+	}
+	err := d.uploader.RunOnce(r.Context())
+	st, serr := d.uploader.Status()
+	if serr != nil {
+		api.WriteError(w, http.StatusInternalServerError, serr.Error())
+		return
+	}
+	if err != nil {
+		api.WriteJSON(w, http.StatusBadGateway, map[string]any{"error": err.Error(), "status": st})
+		return
+	}
+	api.WriteJSON(w, http.StatusOK, st)
+}
+
+// sortBy sorts s by key.
+func sortBy[T any](s []T, key func(T) string) {
+	sort.Slice(s, func(i, j int) bool { return key(s[i]) < key(s[j]) })
+}
