@@ -104,6 +104,9 @@ type testSink struct {
 	mu      sync.Mutex
 	descs   []sample.Descriptor
 	samples []sample.Sample
+	calls   int
+	// refuse, if set, makes Write call number n (from 0) fail.
+	refuse func(n int) bool
 }
 
 func newTestSink() *testSink { return &testSink{} }
@@ -120,6 +123,12 @@ func (k *testSink) Write(s sample.Sample, done func(error)) error {
 		return errors.New("empty payload")
 	}
 	k.mu.Lock()
+	n := k.calls
+	k.calls++
+	if k.refuse != nil && k.refuse(n) {
+		k.mu.Unlock()
+		return errors.New("test sink: refused")
+	}
 	k.samples = append(k.samples, s)
 	k.mu.Unlock()
 	if done != nil {

@@ -259,12 +259,17 @@ func (wh *whipSession) writeLoop(sink devices.Sink) {
 		sinkErrs              uint64
 		lastErrLog            time.Time
 	)
-	refuse := func(f frame, err error) {
+	// drop discards f and everything up to the next keyframe; the next
+	// written sample carries Discontinuity and the counts.
+	drop := func(f frame) {
 		waitKey, disc = true, true
 		pendLost += f.lost
 		pendDropped += f.dropped + 1
 		ws.cnt.dropped.Add(1)
 		droppedM.Inc()
+	}
+	refuse := func(f frame, err error) {
+		drop(f)
 		sinkErrs++
 		if time.Since(lastErrLog) >= 10*time.Second {
 			lastErrLog = time.Now()
@@ -277,8 +282,7 @@ func (wh *whipSession) writeLoop(sink devices.Sink) {
 			pendDesc = f.desc
 		}
 		if waitKey && !f.key {
-			refuse(f, errors.New("waiting for a keyframe"))
-			sinkErrs-- // not a sink error
+			drop(f)
 			continue
 		}
 		if sink == nil {

@@ -287,3 +287,29 @@ func TestRunClosesSessions(t *testing.T) {
 		t.Fatalf("POST after Run returned = %d, want 503", code)
 	}
 }
+
+// Frames the sink refuses are dropped with everything up to the next
+// keyframe, which carries Discontinuity and the count.
+func TestWHIPSinkRefuses(t *testing.T) {
+	ts := startServer(t, Options{}, nil, nil, whipBase)
+	ts.sink.mu.Lock()
+	ts.sink.refuse = func(n int) bool { return n == 5 } // frame 5
+	ts.sink.mu.Unlock()
+	p := newPublisher(t, ts.url+"/whip/"+whipBase.Stream, time.Now())
+	aus := clipAUs(t)
+	for i := 0; i < 40; i++ {
+		p.write(p.packets(i, aus[i]))
+		time.Sleep(2 * time.Millisecond)
+	}
+	waitFor(t, 10*time.Second, "frames after the refusal", func() bool { return ts.sink.count() >= 15 })
+	time.Sleep(100 * time.Millisecond)
+	_, got := ts.sink.snapshot()
+	if len(got) != 15 { // frames 0-4 and 30-39
+		t.Fatalf("recorded %d samples, want 15", len(got))
+	}
+	k := got[5]
+	if !bytes.Equal(k.Payload, annexB(aus[30])) || !k.Flags.Has(sample.Keyframe|sample.Discontinuity) || k.Dropped != 25 || k.Lost != 0 {
+		t.Fatalf("sample after the refusal: flags %v dropped %d lost %d; want frame 30, keyframe+discontinuity, dropped 25",
+			k.Flags, k.Dropped, k.Lost)
+	}
+}
