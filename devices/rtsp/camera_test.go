@@ -479,3 +479,44 @@ func TestReadTimeoutReconnects(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestParameterSetChangeRedescribes: new in-band parameter sets are a new
+// descriptor version, declared before the first sample that uses them.
+func TestParameterSetChangeRedescribes(t *testing.T) {
+	cl := loadClip(t, sample.CodecH264)
+	srv := startServer(t, "", cl.desc, "", "")
+	sink := newMemSink()
+	cam, err := New(Options{Device: "cam5", URL: srv.url("cam")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCamera(t, cam, sink)
+	srv.waitPlay(t)
+	newPPS := append(append([]byte(nil), cl.params[1]...), 0x80)
+	for i := range 45 {
+		if i == 30 {
+			au := append([][]byte(nil), cl.aus[30]...)
+			for k, n := range au {
+				if n[0]&0x1f == 8 {
+					au[k] = newPPS
+				}
+			}
+			cl.aus[30] = au
+		}
+		for _, p := range cl.packets(t, i, frameTS(i)) {
+			srv.str().WritePacketRTP(cl.medi, p) //nolint:errcheck
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	waitFor(t, 10*time.Second, "45 samples", func() bool { return sink.count() >= 45 })
+	sink.mu.Lock()
+	descs, at := append([]sample.Descriptor(nil), sink.descs...), append([]int(nil), sink.descAt...)
+	sink.mu.Unlock()
+	if len(descs) != 2 || at[0] != 0 || at[1] != 30 {
+		t.Fatalf("%d descriptors before samples %v, want 2 before samples 0 and 30", len(descs), at)
+	}
+	if !bytes.Equal(descs[0].Params[1], cl.params[1]) || !bytes.Equal(descs[1].Params[1], newPPS) ||
+		!bytes.Equal(descs[1].Params[0], cl.params[0]) {
+		t.Errorf("parameter sets not versioned: %x / %x", descs[0].Params, descs[1].Params)
+	}
+}

@@ -39,6 +39,7 @@ func freeAddr(t testing.TB) string {
 type memSink struct {
 	mu      sync.Mutex
 	descs   []sample.Descriptor
+	descAt  []int // number of samples written before each Describe
 	samples []sample.Sample
 	discard bool // count only (benchmarks)
 	n       int
@@ -51,6 +52,7 @@ func newMemSink() *memSink { return &memSink{changed: make(chan struct{}, 1)} }
 func (s *memSink) Describe(d sample.Descriptor) error {
 	s.mu.Lock()
 	s.descs = append(s.descs, d)
+	s.descAt = append(s.descAt, len(s.samples))
 	s.mu.Unlock()
 	return nil
 }
