@@ -12,6 +12,7 @@ import (
 	"context"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/episoded/episoded/sample"
@@ -136,7 +137,8 @@ func (p BackoffPolicy) Delay(n int, r float64) time.Duration {
 	return d/2 + time.Duration(r*float64(d/2))
 }
 
-// Session is one connection attempt. It calls streaming() once data flows,
+// Session is one connection attempt. It calls streaming() once data flows
+// (from any goroutine; later calls are harmless),
 // and returns when the connection ends; it returns ctx.Err() (or nil) when
 // ctx is cancelled.
 type Session func(ctx context.Context, streaming func()) error
@@ -149,16 +151,17 @@ func Supervise(ctx context.Context, t *Tracker, p BackoffPolicy, session Session
 	attempt := 0
 	for {
 		t.Set(Connecting, nil)
-		var started time.Time
+		// streaming may be called from any goroutine of the session.
+		var started atomic.Int64
 		err := session(ctx, func() {
-			started = time.Now()
+			started.CompareAndSwap(0, time.Now().UnixNano())
 			t.Set(Streaming, nil)
 		})
 		if ctx.Err() != nil {
 			t.Set(Stopped, nil)
 			return nil
 		}
-		if !started.IsZero() && time.Since(started) >= p.StableAfter {
+		if s := started.Load(); s != 0 && time.Since(time.Unix(0, s)) >= p.StableAfter {
 			attempt = 0
 		}
 		wait := p.Delay(attempt, rand.Float64())

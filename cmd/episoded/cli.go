@@ -34,6 +34,10 @@ func commands() []command {
 	return []command{
 		{"run", "run the daemon", cmdRun},
 		{"config", "check a config file (config check FILE [--print])", cmdConfig},
+		{"status", "show a running daemon's devices, streams, cells and storage", cmdStatus},
+		{"episodes", "list, show, export or delete episodes (episodes list|show|export|delete)", cmdEpisodes},
+		{"sync", "upload what is due now, or show the upload queue (sync run|status)", cmdSync},
+		{"simulate", "run a simulated factory cell (RTSP cameras, MQTT robot, lidar, triggers)", cmdSimulate},
 		{"version", "print the version, commit and Go version", cmdVersion},
 	}
 }

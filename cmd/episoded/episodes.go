@@ -1,0 +1,297 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/episoded/episoded/episode"
+)
+
+func cmdEpisodes(args []string, stdout, stderr io.Writer) int {
+	const synopsis = "episodes list|show ID|export ID -o FILE|delete ID [flags]"
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+		w := stderr
+		if len(args) > 0 {
+			w = stdout
+		}
+		fmt.Fprintf(w, "Usage: episoded %s\n\n  list    list episodes, newest first\n  show    one episode with its quality report\n  export  download an episode as MCAP\n  delete  delete an episode and the data only it covers\n\nEach takes --api, --token-file, --config; list and show take -o json.\n", synopsis)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	sub, rest := args[0], args[1:]
+	fs := newFlags("episodes "+sub, "episodes "+sub+" [flags]", stdout, stderr)
+	cf := addClientFlags(fs)
+	var (
+		out               *string
+		state, cell, labl *string
+	)
+	switch sub {
+	case "list":
+		out = fs.String("o", "table", "output: table or json")
+		state = fs.String("state", "", "only episodes in this state")
+		cell = fs.String("cell", "", "only episodes of this cell")
+		labl = fs.String("label", "", "only episodes with this label (k or k=v)")
+	case "show", "delete":
+		out = fs.String("o", "text", "output: text or json")
+	case "export":
+		out = fs.String("o", "", "write the MCAP file here (required)")
+	default:
+		fmt.Fprintf(stderr, "episoded episodes: unknown subcommand %q\n", sub)
+		return exitUsage
+	}
+	if code, ok := parse(fs, interspersed(fs, rest)); !ok {
+		return code
+	}
+	c, err := cf.client()
+	if err != nil {
+		fmt.Fprintf(stderr, "episoded: %v\n", err)
+		return exitUsage
+	}
+	needID := sub != "list"
+	if needID && fs.NArg() != 1 || !needID && fs.NArg() != 0 {
+		fmt.Fprintf(stderr, "Usage: episoded %s\n", synopsis)
+		return exitUsage
+	}
+	switch sub {
+	case "list":
+		q := url.Values{}
+		for k, v := range map[string]string{"state": *state, "cell": *cell, "label": *labl} {
+			if v != "" {
+				q.Set(k, v)
+			}
+		}
+		var eps []episode.Episode
+		err = c.json("GET", "/v1/episodes?"+q.Encode(), nil, &eps)
+		if err == nil {
+			if *out == "json" {
+				printJSON(stdout, eps)
+			} else {
+				printEpisodeTable(stdout, eps)
+			}
+		}
+	case "show":
+		var e episode.Episode
+		err = c.json("GET", "/v1/episodes/"+url.PathEscape(fs.Arg(0)), nil, &e)
+		if err == nil {
+			if *out == "json" {
+				printJSON(stdout, e)
+			} else {
+				printEpisode(stdout, e)
+			}
+		}
+	case "delete":
+		err = c.json("DELETE", "/v1/episodes/"+url.PathEscape(fs.Arg(0)), nil, nil)
+		if err == nil {
+			fmt.Fprintf(stdout, "deleted %s\n", fs.Arg(0))
+		}
+	case "export":
+		if *out == "" {
+			fmt.Fprintln(stderr, "episoded episodes export: -o FILE is required")
+			return exitUsage
+		}
+		err = exportEpisode(c, fs.Arg(0), *out, stderr)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "episoded: %v\n", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func duration(e episode.Episode) string {
+	if e.Stop == 0 {
+		return "-"
+	}
+	return time.Duration(e.Stop - e.Start).Round(100 * time.Millisecond).String()
+}
+
+func stateName(e episode.Episode) string {
+	if e.State == episode.Recording && e.Stop != 0 {
+		return "recording (post-roll)"
+	}
+	return string(e.State)
+}
+
+// worstBound is the largest per-stream alignment error bound.
+func worstBound(e episode.Episode) string {
+	if len(e.Quality) == 0 {
+		return "-"
+	}
+	var b float64
+	for _, q := range e.Quality {
+		b = max(b, q.AlignmentErrorBoundMs)
+	}
+	return fmt.Sprintf("%.2f ms", b)
+}
+
+func printEpisodeTable(w io.Writer, eps []episode.Episode) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tCELL\tSTATE\tSTART\tDURATION\tTASK\tSAMPLES\tGAPS\tALIGN BOUND")
+	for _, e := range eps {
+		var n, gaps uint64
+		for _, q := range e.Quality {
+			n += q.Samples
+			gaps += q.Gaps
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", e.ID, e.Cell, stateName(e), fmtTime(e.Start), duration(e), e.Task, n, gaps, worstBound(e))
+	}
+	tw.Flush()
+}
+
+func printEpisode(w io.Writer, e episode.Episode) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	row := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
+		}
+	}
+	row("id", e.ID)
+	row("cell", e.Cell)
+	row("state", stateName(e))
+	row("reason", e.Reason)
+	row("task", e.Task)
+	row("operator", e.Operator)
+	row("robot", e.Robot)
+	for k, v := range e.Labels {
+		row("label "+k, v)
+	}
+	row("trigger", e.Trigger)
+	row("stop reason", e.StopReason)
+	row("start", fmtTime(e.Start))
+	row("stop", fmtTime(e.Stop))
+	row("duration", duration(e))
+	row("window", fmt.Sprintf("-%s / +%s", time.Duration(e.Preroll), time.Duration(e.Postroll)))
+	row("previous", e.Previous)
+	row("next", e.Next)
+	tw.Flush()
+	if len(e.Quality) == 0 {
+		fmt.Fprintln(w, "\nno quality report yet (the report is final when the episode closes)")
+		return
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "STREAM\tSAMPLES\tRATE\tBYTES\tGAPS\tLOST\tDROPS\tDECODE ERR\tCLOCK\tOFFSET\tDRIFT\tBOUND")
+	for _, q := range e.Quality {
+		fmt.Fprintf(tw, "%s\t%d\t%.1f Hz\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%.1f ppm\t%.2f ms\n",
+			q.Stream, q.Samples, q.MeanRateHz, fmtBytes(int64(q.Bytes)), q.Gaps, q.Lost, q.Drops, q.DecodeErrors,
+			q.Clock.Mode, time.Duration(q.Clock.OffsetNs).Round(time.Microsecond), q.Clock.DriftPPM, q.AlignmentErrorBoundMs)
+	}
+	tw.Flush()
+	for _, q := range e.Quality {
+		for _, ev := range q.Clock.Events {
+			fmt.Fprintf(w, "clock event %s %s: %s %s\n", q.Stream, fmtTime(ev.T), ev.Kind, ev.Detail)
+		}
+	}
+}
+
+// exportEpisode downloads an episode's MCAP to path through a temporary
+// file and an atomic rename, with a progress bar when stderr is a terminal.
+func exportEpisode(c *client, id, path string, stderr io.Writer) error {
+	var e episode.Episode
+	if err := c.json("GET", "/v1/episodes/"+url.PathEscape(id), nil, &e); err != nil {
+		return err
+	}
+	var estimate int64
+	for _, q := range e.Quality {
+		estimate += int64(q.Bytes)
+	}
+	resp, err := c.do("GET", "/v1/episodes/"+url.PathEscape(id)+"/export", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	var w io.Writer = tmp
+	var bar *progressBar
+	if isTerminal(stderr) {
+		bar = &progressBar{w: stderr, total: estimate, start: time.Now()}
+		w = io.MultiWriter(tmp, bar)
+	}
+	n, err := io.Copy(w, resp.Body)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("export %s: %w", id, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("export: %w", err)
+	}
+	if bar != nil {
+		bar.finish()
+	}
+	fmt.Fprintf(stderr, "exported %s to %s (%s)\n", id, path, fmtBytes(n))
+	return nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// progressBar draws "[=====>    ] 42% 12.3 MiB 8.1 MiB/s" on a terminal.
+// total is an estimate (payload bytes); the bar stops at 99% until done.
+type progressBar struct {
+	w     io.Writer
+	total int64
+	done  int64
+	start time.Time
+	last  time.Time
+}
+
+func (p *progressBar) Write(b []byte) (int, error) {
+	p.done += int64(len(b))
+	if time.Since(p.last) > 100*time.Millisecond {
+		p.last = time.Now()
+		p.draw(min(0.99, frac(p.done, p.total)))
+	}
+	return len(b), nil
+}
+
+func frac(a, b int64) float64 {
+	if b <= 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+func (p *progressBar) draw(f float64) {
+	const width = 30
+	n := int(f * width)
+	bar := make([]byte, width)
+	for i := range bar {
+		switch {
+		case i < n:
+			bar[i] = '='
+		case i == n:
+			bar[i] = '>'
+		default:
+			bar[i] = ' '
+		}
+	}
+	rate := float64(p.done) / max(time.Since(p.start).Seconds(), 0.001)
+	fmt.Fprintf(p.w, "\r[%s] %3.0f%% %s %s/s ", bar, f*100, fmtBytes(p.done), fmtBytes(int64(rate)))
+}
+
+func (p *progressBar) finish() {
+	p.draw(1)
+	fmt.Fprintln(p.w)
+}
