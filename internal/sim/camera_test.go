@@ -171,8 +171,9 @@ func TestCameraPlaysClipOnCameraClock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 4.5 s: longer than the 4 s clip, so the loop boundary is crossed.
-	ses, err := play(t, s.CameraURLs()[0], 4500*time.Millisecond)
+	// 5 s: the sim has just started, so this crosses the 4 s clip's loop
+	// boundary.
+	ses, err := play(t, s.CameraURLs()[0], 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +182,7 @@ func TestCameraPlaysClipOnCameraClock(t *testing.T) {
 	}
 	frames := ses.frames(t, clip)
 	if len(frames) < 120 {
-		t.Fatalf("got %d frames in 4.5 s, want at least 120", len(frames))
+		t.Fatalf("got %d frames in 5 s, want at least 120", len(frames))
 	}
 	// Packets: no sequence gaps.
 	for i := 1; i < len(ses.pkts); i++ {
@@ -222,7 +223,7 @@ func TestCameraPlaysClipOnCameraClock(t *testing.T) {
 		t.Fatalf("first packet with NTP time: %d (no early sender report)", ses.firstSR)
 	}
 	if ses.srs < 4 {
-		t.Errorf("%d sender reports in 4.5 s, want at least 4", ses.srs)
+		t.Errorf("%d sender reports in 5 s, want at least 4", ses.srs)
 	}
 	// NTP time is the camera clock: Truth finds each frame, and the true
 	// time maps back through the configured offset and drift.

@@ -90,9 +90,9 @@ func (p *publisher) stats() StreamStats {
 }
 
 // Trigger messages, exactly as published.
-var (
-	TriggerStart = []byte(`{"action":"start","task":"pick-and-place","operator":"sim","robot":"robot1","labels":{"sim":"true"}}`)
-	TriggerStop  = []byte(`{"action":"stop"}`)
+const (
+	TriggerStart = `{"action":"start","task":"pick-and-place","operator":"sim","robot":"robot1","labels":{"sim":"true"}}`
+	TriggerStop  = `{"action":"stop"}`
 )
 
 // TriggerEvent is one trigger message the simulator published.
@@ -125,12 +125,12 @@ func (g *trigger) run(ctx context.Context) {
 		for _, ev := range []struct {
 			at     int64
 			action string
-			body   []byte
+			body   string
 		}{{start, "start", TriggerStart}, {start + int64(o.TriggerOn), "stop", TriggerStop}} {
 			if !sleepUntil(ctx, timer, ev.at) {
 				return
 			}
-			if err := g.s.broker.Publish(TopicTrigger, ev.body, false, *o.QoS); err != nil {
+			if err := g.s.broker.Publish(TopicTrigger, []byte(ev.body), false, *o.QoS); err != nil {
 				g.failed.Add(1)
 				continue
 			}

@@ -204,7 +204,7 @@ func TestMQTTDevices(t *testing.T) {
 		if i%2 == 1 {
 			want = TriggerStop
 		}
-		if !bytes.Equal(m.payload, want) {
+		if string(m.payload) != want {
 			t.Fatalf("trigger #%d: %s, want %s", i, m.payload, want)
 		}
 	}
