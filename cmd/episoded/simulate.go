@@ -50,6 +50,10 @@ func cmdSimulate(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "episoded simulate: unexpected argument %q\n", fs.Arg(0))
 		return exitUsage
 	}
+	if *cameras < 1 {
+		fmt.Fprintf(stderr, "episoded simulate: --cameras %d: need at least 1\n", *cameras)
+		return exitUsage
+	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		fmt.Fprintf(stderr, "episoded simulate: --log-level: %v\n", err)

@@ -113,6 +113,7 @@ func TestSimulateBadFlags(t *testing.T) {
 		{"--outage", "cam5@1s+1s"},
 		{"--log-level", "loud"},
 		{"extra"},
+		{"--cameras", "0"},
 	} {
 		var out, errOut bytes.Buffer
 		if c := cmdSimulate(args, &out, &errOut); c != exitUsage {
