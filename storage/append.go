@@ -10,13 +10,20 @@ import (
 	"github.com/episoded/episoded/sample"
 )
 
+// maxBatchBytes caps one Pebble batch (see pending.batches).
+const maxBatchBytes = 4 << 20
+
 // keyOverhead approximates the bytes a sample costs beyond its payload
 // (key, record fields, memtable overhead), for pending-bytes accounting.
 const keyOverhead = 64
 
 // pending is everything queued for the next commit.
 type pending struct {
-	batch *pebble.Batch // inline samples, already encoded
+	// batches hold inline samples, already encoded, in Append order. A new
+	// batch starts once the current one reaches maxBatchBytes: Pebble turns
+	// a batch bigger than half a memtable into its own flushable, forcing a
+	// memtable rotation and flush on every commit.
+	batches []*pebble.Batch
 	large []largeEntry  // samples whose payload goes to a segment file
 	dones []func(error)
 	bytes int64
@@ -126,12 +133,14 @@ func (s *Store) Append(samples []sample.Sample, done func(error)) error {
 	}
 	p := s.mu.p
 	if len(kvs) > 0 {
-		if p.batch == nil {
-			p.batch = s.db.NewBatch()
+		if n := len(p.batches); n == 0 || p.batches[n-1].Len() >= maxBatchBytes {
+			// Preallocated: growing by doubling costs a copy of every byte.
+			p.batches = append(p.batches, s.db.NewBatchWithSize(maxBatchBytes+64<<10))
 		}
+		b := p.batches[len(p.batches)-1]
 		for _, e := range kvs {
 			// Batch.Set copies key and value into the batch.
-			_ = p.batch.Set(enc[e.k0:e.k1], enc[e.k1:e.v1], nil)
+			_ = b.Set(enc[e.k0:e.k1], enc[e.k1:e.v1], nil)
 		}
 	}
 	p.large = append(p.large, large...)
@@ -190,6 +199,9 @@ func (s *Store) commit() error {
 		s.m.commitErrors.Inc()
 	} else {
 		s.m.commitSeconds.Observe(elapsed.Seconds())
+		if s.commitHook != nil {
+			s.commitHook(elapsed)
+		}
 		s.m.samplesWritten.Add(float64(p.n))
 		s.m.bytesWritten.Add(float64(p.bytes))
 		if s.estimate.Add(p.bytes) > s.spaceSlack() {
@@ -203,23 +215,37 @@ func (s *Store) commit() error {
 }
 
 func (s *Store) commitPending(p *pending) error {
-	b := p.batch
-	if b == nil {
-		b = s.db.NewBatch()
-	}
-	defer b.Close()
+	defer func() {
+		for _, b := range p.batches {
+			b.Close()
+		}
+	}()
+	// Index entries of large payloads go in a batch of their own, last.
+	var last *pebble.Batch
 	if len(p.large) > 0 {
 		s.segMu.Lock()
 		defer s.segMu.Unlock()
-		if err := s.writeSegmentsLocked(b, p.large); err != nil {
+		last = s.db.NewBatch()
+		defer last.Close()
+		if err := s.writeSegmentsLocked(last, p.large); err != nil {
 			return err
 		}
 	}
-	if b.Empty() {
-		return nil
+	// Batches are committed in Append order; only the last one syncs the
+	// WAL, which makes all of them durable. A crash in between can leave
+	// a prefix of the batches, never a later batch without an earlier one.
+	batches := p.batches
+	if last != nil {
+		batches = append(batches[:len(batches):len(batches)], last)
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return err
+	for i, b := range batches {
+		opt := pebble.NoSync
+		if i == len(batches)-1 {
+			opt = pebble.Sync
+		}
+		if err := b.Commit(opt); err != nil {
+			return err
+		}
 	}
 	if len(p.large) > 0 {
 		s.segCommittedLocked()

@@ -176,8 +176,12 @@ type Store struct {
 	closed  atomic.Bool
 	full    atomic.Bool
 
-	running atomic.Bool
-	runDone chan struct{} // closed when Run returns; replaced per Run
+	// run tracks an active Run.
+	run struct {
+		sync.Mutex
+		active bool
+		done   chan struct{} // closed when the active Run returns
+	}
 
 	kickCommit chan struct{} // cap 1; full rule: a kick is already pending, drop
 	kickWatch  chan struct{} // cap 1; same rule
@@ -219,6 +223,10 @@ type Store struct {
 		u Usage
 	}
 	estimate atomic.Int64 // bytes written since the last space check
+
+	// commitHook, if set before Run, observes each commit's latency
+	// (benchmarks).
+	commitHook func(time.Duration)
 }
 
 const markerName = "EPISODED"
@@ -358,8 +366,11 @@ func (s *Store) Close() error {
 		return ErrClosed
 	}
 	close(s.closing)
-	if s.running.Load() {
-		<-s.runDone
+	s.run.Lock()
+	active, runDone := s.run.active, s.run.done
+	s.run.Unlock()
+	if active {
+		<-runDone
 	}
 	s.mu.Lock()
 	s.mu.stopped = true
@@ -393,12 +404,28 @@ func (s *Store) Run(ctx context.Context) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	if !s.running.CompareAndSwap(false, true) {
+	s.run.Lock()
+	if s.run.active {
+		s.run.Unlock()
 		return errors.New("storage: Run called twice")
 	}
-	s.runDone = make(chan struct{})
-	defer close(s.runDone)
-	defer s.running.Store(false)
+	s.run.active = true
+	runDone := make(chan struct{})
+	s.run.done = runDone
+	s.run.Unlock()
+	if s.closed.Load() { // Close raced with the start of Run
+		s.run.Lock()
+		s.run.active = false
+		s.run.Unlock()
+		close(runDone)
+		return ErrClosed
+	}
+	defer func() {
+		s.run.Lock()
+		s.run.active = false
+		s.run.Unlock()
+		close(runDone)
+	}()
 	s.mu.Lock()
 	s.mu.stopped = false
 	s.mu.Unlock()

@@ -435,3 +435,94 @@ func TestAppendBackpressureIsBounded(t *testing.T) {
 		t.Fatalf("nothing should be durable before a commit: %v", err)
 	}
 }
+
+// TestRunGoesFullOnQuota runs the real loop: the space watcher inside Run
+// must notice a quota crossed by a burst of writes and refuse new samples,
+// then accept them again once an uploaded episode can be evicted.
+func TestRunGoesFullOnQuota(t *testing.T) {
+	s := openRunning(t, Options{Dir: t.TempDir(), Quota: 24 << 20, MemTableSize: 2 << 20, SyncInterval: 5 * time.Millisecond,
+		WatchInterval: 20 * time.Millisecond, TimelineRetention: time.Hour})
+	base := time.Now().UnixNano()
+	if err := s.PutEpisode(episode.Episode{ID: "e1", Start: base, Stop: base + int64(time.Hour), Streams: []string{"c/v"}, State: episode.Closed}); err != nil {
+		t.Fatal(err)
+	}
+	var full bool
+	deadline := time.Now().Add(30 * time.Second)
+	seq := uint64(0)
+	for !full && time.Now().Before(deadline) {
+		seq++
+		err := s.Append([]sample.Sample{{Stream: "c/v", Seq: seq, T: base + int64(seq), Payload: payloadFor("v", seq, 100_000)}}, nil)
+		switch {
+		case errors.Is(err, ErrFull):
+			full = true
+		case errors.Is(err, ErrOverloaded):
+			time.Sleep(time.Millisecond)
+			seq--
+		case err != nil:
+			t.Fatal(err)
+		}
+		if seq%20 == 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if !full {
+		t.Fatalf("no ErrFull after %d MB with a 24 MiB quota", seq/10)
+	}
+	u := s.Usage()
+	if !u.Full || u.Bytes < 20<<20 {
+		t.Fatalf("usage %+v", u)
+	}
+	if info, _ := s.Evicted("e1"); info.At != 0 {
+		t.Fatal("reject-new evicted a closed, not uploaded episode")
+	}
+	t.Logf("full after %d frames, usage %d", seq, u.Bytes)
+	// Once the episode is uploaded, quota pressure evicts it and the
+	// store accepts samples again.
+	if err := s.PutEpisode(episode.Episode{ID: "e1", Start: base, Stop: base + int64(time.Hour), Streams: []string{"c/v"}, State: episode.Uploaded, Updated: time.Now().UnixNano()}); err != nil {
+		t.Fatal(err)
+	}
+	for time.Now().Before(deadline) && s.Usage().Full {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s.Usage().Full {
+		t.Fatal("still full after the uploaded episode became evictable")
+	}
+	if info, _ := s.Evicted("e1"); info.Reason != "quota_uploaded" {
+		t.Fatalf("e1 eviction: %+v", info)
+	}
+	seq++
+	appendWait(t, s, []sample.Sample{{Stream: "c/v", Seq: seq, T: base + int64(seq), Payload: []byte("ok")}})
+}
+
+func TestClosedStore(t *testing.T) {
+	s, err := Open(Options{Dir: t.TempDir(), MinFree: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append([]sample.Sample{{Stream: "", Seq: 2, T: 2}}, nil); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("empty stream: %v, want ErrInvalid", err)
+	}
+	if err := s.Append([]sample.Sample{{Stream: "c/a\x00b", Seq: 2, T: 2}}, nil); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("stream with NUL: %v, want ErrInvalid", err)
+	}
+	var got error
+	if err := s.Append([]sample.Sample{{Stream: "c/a", Seq: 1, T: 1, Payload: []byte("x")}}, func(err error) { got = err }); err != nil {
+		t.Fatal(err)
+	}
+	// Close commits what is pending even without Run.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got != nil {
+		t.Fatalf("done after Close: %v", got)
+	}
+	if err := s.Append([]sample.Sample{{Stream: "c/a", Seq: 2, T: 2}}, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("append after close: %v", err)
+	}
+	if _, err := s.Episode("x"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("episode after close: %v", err)
+	}
+	if err := s.Run(t.Context()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("run after close: %v", err)
+	}
+}

@@ -1,0 +1,234 @@
+package storage
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/episoded/episoded/sample"
+)
+
+// Benchmarks compare the store against a raw baseline measured in the same
+// run: sequential write(2) of the same bytes to one file on the same disk,
+// with fdatasync at the store's cadence (every SyncInterval or CommitBytes,
+// whichever comes first). See docs/benchmarks/storage.md.
+
+const (
+	benchSync   = 100 * time.Millisecond
+	benchCommit = 16 << 20
+)
+
+// resetPeakRSS resets VmHWM (Linux: writing 5 to clear_refs).
+func resetPeakRSS() { os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+
+// peakRSSMB returns VmHWM in MiB.
+func peakRSSMB() float64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+// rawBaseline writes n records of size bytes to one file, fdatasyncing at
+// the store's cadence, and returns MB/s.
+func rawBaseline(b *testing.B, n, size int) float64 {
+	b.Helper()
+	f, err := os.Create(filepath.Join(b.TempDir(), "raw"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	buf := payloadFor("raw", 1, size)
+	start := time.Now()
+	lastSync := start
+	var sinceSync int
+	for range n {
+		if _, err := f.Write(buf); err != nil {
+			b.Fatal(err)
+		}
+		sinceSync += size
+		if sinceSync >= benchCommit || time.Since(lastSync) >= benchSync {
+			if err := fdatasync(f); err != nil {
+				b.Fatal(err)
+			}
+			sinceSync, lastSync = 0, time.Now()
+		}
+	}
+	if err := fdatasync(f); err != nil {
+		b.Fatal(err)
+	}
+	return float64(n*size) / time.Since(start).Seconds() / 1e6
+}
+
+type benchResult struct {
+	mbps, recsPerSec, p99ms, writeAmp, rssMB, cpuUsPerRec float64
+}
+
+// cpuTime is the process's user+system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// runStoreBench appends n samples of size bytes round-robin over streams
+// from producers goroutines, one sample per Append call, and waits until
+// all are durable.
+func runStoreBench(b *testing.B, n, size, streams, producers, segThreshold int) benchResult {
+	b.Helper()
+	s, err := Open(Options{Dir: b.TempDir(), SyncInterval: benchSync, CommitBytes: benchCommit, MaxPending: 2 * benchCommit, SegmentThreshold: segThreshold,
+		TimelineRetention: time.Hour, Logger: testLogger(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var latMu sync.Mutex
+	var lats []time.Duration
+	s.commitHook = func(d time.Duration) { latMu.Lock(); lats = append(lats, d); latMu.Unlock() }
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- s.Run(ctx) }()
+
+	names := make([]string, streams)
+	for i := range names {
+		names[i] = "cell1/stream-" + strconv.Itoa(i)
+	}
+	payload := payloadFor("bench", 1, size)
+	var durable atomic.Int64
+	allDone := make(chan struct{})
+	done := func(err error) {
+		if err != nil {
+			b.Error(err)
+		}
+		if durable.Add(1) == int64(n) {
+			close(allDone)
+		}
+	}
+	base := time.Now().UnixNano()
+	resetPeakRSS()
+	b.ResetTimer()
+	start, cpu0 := time.Now(), cpuTime()
+	var wg sync.WaitGroup
+	per := n / producers
+	for p := range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cnt := per
+			if p == producers-1 {
+				cnt = n - per*(producers-1)
+			}
+			batch := make([]sample.Sample, 1)
+			for i := range cnt {
+				st := (p + i*producers) % streams
+				seq := uint64(p*per + i + 1)
+				// The store owns payloads; frames share one buffer here
+				// because nothing mutates it.
+				batch[0] = sample.Sample{Stream: names[st], Seq: seq, T: base + int64(seq)*1000, RecvT: base, Payload: payload}
+				for {
+					err := s.Append(batch, done)
+					if err == nil {
+						break
+					}
+					if err != ErrOverloaded {
+						b.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	<-allDone
+	elapsed, cpu := time.Since(start), cpuTime()-cpu0
+	b.StopTimer()
+	rss := peakRSSMB()
+	cancel()
+	<-runDone
+	// Flush the memtable so that write amplification counts the bytes a
+	// flush will write sooner or later.
+	s.db.Flush()
+	pm := s.db.Metrics()
+	tot := pm.Total()
+	segBytes := s.segBytes()
+	physical := float64(segBytes) + float64(pm.WAL.BytesWritten) +
+		float64(tot.TableBytesFlushed+tot.TableBytesCompacted+tot.BlobBytesFlushed+tot.BlobBytesCompacted)
+	logical := float64(n * size)
+	s.Close()
+	slices.Sort(lats)
+	var p99 time.Duration
+	if len(lats) > 0 {
+		p99 = lats[min(len(lats)-1, len(lats)*99/100)]
+	}
+	b.Logf("n=%d size=%d: %v, %d commits, segments %d MB, WAL %d MB, flushed+compacted %d MB",
+		n, size, elapsed, len(lats), segBytes>>20, pm.WAL.BytesWritten>>20,
+		(tot.TableBytesFlushed+tot.TableBytesCompacted+tot.BlobBytesFlushed+tot.BlobBytesCompacted)>>20)
+	return benchResult{
+		mbps:       logical / elapsed.Seconds() / 1e6,
+		recsPerSec: float64(n) / elapsed.Seconds(),
+		p99ms:      float64(p99) / 1e6,
+		writeAmp:   physical / logical,
+		rssMB:      rss,
+		// CPU per record, compactions included: on a shared machine
+		// records/s depends on the load, this does not.
+		cpuUsPerRec: float64(cpu.Microseconds()) / float64(n),
+	}
+}
+
+func reportBench(b *testing.B, r benchResult, raw float64) {
+	b.ReportMetric(r.mbps, "MB/s")
+	b.ReportMetric(raw, "raw-MB/s")
+	b.ReportMetric(r.mbps/raw, "x-raw")
+	b.ReportMetric(r.recsPerSec, "records/s")
+	b.ReportMetric(r.writeAmp, "write-amp")
+	b.ReportMetric(r.p99ms, "p99-commit-ms")
+	b.ReportMetric(r.rssMB, "peak-RSS-MB")
+	b.ReportMetric(r.cpuUsPerRec, "cpu-us/record")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkAppendFrames: 100 KB frames from 8 streams (segment files),
+// against raw write+fdatasync of the same bytes. b.N is the frame count;
+// use -benchtime=3000x or more.
+func BenchmarkAppendFrames(b *testing.B) {
+	n := max(b.N, 200)
+	raw := rawBaseline(b, n, 100_000)
+	r := runStoreBench(b, n, 100_000, 8, 8, 0)
+	reportBench(b, r, raw)
+}
+
+// BenchmarkAppendFramesPebbleOnly is the same with every payload in Pebble
+// (value separation, no segment files): the design the segments replace.
+func BenchmarkAppendFramesPebbleOnly(b *testing.B) {
+	n := max(b.N, 200)
+	raw := rawBaseline(b, n, 100_000)
+	r := runStoreBench(b, n, 100_000, 8, 8, -1)
+	reportBench(b, r, raw)
+}
+
+// BenchmarkAppendSmall: 200 B records from 50 streams, one record per
+// Append call from 4 producers. b.N is the record count; use
+// -benchtime=2000000x.
+func BenchmarkAppendSmall(b *testing.B) {
+	n := max(b.N, 10_000)
+	raw := rawBaseline(b, n, 200)
+	r := runStoreBench(b, n, 200, 50, 4, 0)
+	reportBench(b, r, raw)
+}
