@@ -24,10 +24,10 @@ type pending struct {
 	// a batch bigger than half a memtable into its own flushable, forcing a
 	// memtable rotation and flush on every commit.
 	batches []*pebble.Batch
-	large []largeEntry  // samples whose payload goes to a segment file
-	dones []func(error)
-	bytes int64
-	n     int
+	large   []largeEntry // samples whose payload goes to a segment file
+	dones   []func(error)
+	bytes   int64
+	n       int
 }
 
 type largeEntry struct {
