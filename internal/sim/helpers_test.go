@@ -55,3 +55,27 @@ func TestRunTwice(t *testing.T) {
 		t.Fatalf("second Run: %v, want ErrRunning", err)
 	}
 }
+
+func TestBeforeRun(t *testing.T) {
+	s, err := New(Options{RTSPAddr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := s.Truth("cell1/cam1", 1); ok {
+		t.Error("Truth before Run")
+	}
+	if s.T0() != 0 || s.RTSPAddr() != "127.0.0.1:0" || s.MQTTAddr() != DefaultMQTTAddr {
+		t.Errorf("T0 %d, addrs %s %s", s.T0(), s.RTSPAddr(), s.MQTTAddr())
+	}
+	if got := s.Streams(); len(got) != 2+3+1 || got[0] != "cell1/cam1" || got[2] != TopicJointStates || got[4] != StreamLidar {
+		t.Errorf("Streams() = %v", got)
+	}
+	if _, ok := s.Stats("cell1/nope"); ok {
+		t.Error("Stats of an unknown stream")
+	}
+	select {
+	case <-s.Ready():
+		t.Error("ready before Run")
+	default:
+	}
+}
