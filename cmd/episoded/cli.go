@@ -37,6 +37,7 @@ func commands() []command {
 		{"status", "show a running daemon's devices, streams, cells and storage", cmdStatus},
 		{"episodes", "list, show, export or delete episodes (episodes list|show|export|delete)", cmdEpisodes},
 		{"sync", "upload what is due now, or show the upload queue (sync run|status)", cmdSync},
+		{"demo", "run a simulated cell and record it, in one process (needs nothing else)", cmdDemo},
 		{"simulate", "run a simulated factory cell (RTSP cameras, MQTT robot, lidar, triggers)", cmdSimulate},
 		{"version", "print the version, commit and Go version", cmdVersion},
 	}

@@ -40,6 +40,9 @@ type cells struct {
 
 	byID  map[string]*cellState
 	order []string
+	// settleMargin delays the final report after the window ends, so that
+	// samples still in flight (device latency, the last commit) are in it.
+	settleMargin time.Duration
 
 	triggers *prometheus.CounterVec
 	episodes *prometheus.CounterVec
@@ -52,12 +55,15 @@ type cellState struct {
 	// streams are the cell's known streams: fixed ones from config, plus
 	// templated MQTT streams as they appear.
 	streams map[string]bool
+	// late holds settled episodes waiting out settleMargin.
+	late []episode.Episode
 }
 
 func newCells(cfg *config.Config, store *storage.Store, pipe *pipeline, log *slog.Logger, reg prometheus.Registerer) (*cells, error) {
 	c := &cells{
 		store: store, pipe: pipe, log: log.With("component", "cells"), now: time.Now,
-		byID: map[string]*cellState{},
+		settleMargin: time.Second + cfg.Storage.SyncInterval,
+		byID:         map[string]*cellState{},
 		triggers: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "episoded_episode_triggers_total",
 			Help: "Episode trigger messages and API calls, by cell, source and result.",
@@ -217,8 +223,29 @@ func (c *cells) tick(ctx context.Context) {
 		if err := c.applyLocked(ctx, cs, cs.sm.Tick(now)); err != nil {
 			c.log.Error("persist episode", "cell", id, "err", err)
 		}
+		if err := c.settleLateLocked(ctx, cs, now); err != nil {
+			c.log.Error("settle episode", "cell", id, "err", err)
+		}
 		cs.mu.Unlock()
 	}
+}
+
+// settleLateLocked settles the episodes whose margin has passed by now
+// (every one, if now is 0).
+func (c *cells) settleLateLocked(ctx context.Context, cs *cellState, now int64) error {
+	keep := cs.late[:0]
+	var errs []error
+	for _, e := range cs.late {
+		if now != 0 && now < e.Stop+e.Postroll+int64(c.settleMargin) {
+			keep = append(keep, e)
+			continue
+		}
+		if err := c.settle(ctx, cs, &e); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	cs.late = keep
+	return errors.Join(errs...)
 }
 
 // withStreamsLocked sets e.Streams to every stream the cell has known.
@@ -244,6 +271,10 @@ func (c *cells) applyLocked(ctx context.Context, cs *cellState, tr []ingest.Tran
 			e.State = episode.Recording
 			c.log.Info("episode stopped; capturing post-roll", "cell", e.Cell, "episode", e.ID, "reason", e.StopReason)
 		case ingest.Settled:
+			if c.now().UnixNano() < e.Stop+e.Postroll+int64(c.settleMargin) {
+				cs.late = append(cs.late, e)
+				continue
+			}
 			if err := c.settle(ctx, cs, &e); err != nil {
 				return err
 			}
@@ -388,6 +419,37 @@ func (c *cells) run(ctx context.Context) error {
 	}
 }
 
+// finish stops every recording episode now, waits for the longest
+// post-roll to be captured, and settles them.
+func (c *cells) finish(ctx context.Context) error {
+	var wait time.Duration
+	for _, id := range c.order {
+		cs := c.byID[id]
+		cs.mu.Lock()
+		if _, ok := cs.sm.Recording(); ok {
+			tr, err := cs.sm.Stop(c.now().UnixNano(), ingest.StopShutdown)
+			if perr := c.applyLocked(ctx, cs, tr); err == nil {
+				err = perr
+			}
+			if err != nil {
+				cs.mu.Unlock()
+				return err
+			}
+		}
+		if len(cs.sm.Pending()) > 0 {
+			wait = max(wait, cs.cfg.Postroll)
+		}
+		cs.mu.Unlock()
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(wait + c.settleMargin):
+	}
+	c.tick(ctx)
+	return nil
+}
+
 func (c *cells) shutdown() {
 	ctx := context.Background()
 	now := c.now().UnixNano()
@@ -402,6 +464,9 @@ func (c *cells) shutdown() {
 		far := now + int64(cs.cfg.Postroll) + 1
 		tr = append(tr, cs.sm.Tick(far)...)
 		if err := c.applyLocked(ctx, cs, tr); err != nil {
+			c.log.Error("close episodes at shutdown", "cell", id, "err", err)
+		}
+		if err := c.settleLateLocked(ctx, cs, 0); err != nil {
 			c.log.Error("close episodes at shutdown", "cell", id, "err", err)
 		}
 		cs.mu.Unlock()

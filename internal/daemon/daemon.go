@@ -54,6 +54,7 @@ type Daemon struct {
 
 	comps       []component // in start order
 	deviceComps []component
+	ready       chan struct{} // closed once every component has started
 }
 
 // component is one long-running part of the daemon.
@@ -88,7 +89,7 @@ func New(cfg *config.Config, log *slog.Logger, notify Notifier) *Daemon {
 	buildInfo.WithLabelValues(bi.Version, bi.Commit, bi.GoVersion).Set(1)
 	reg.MustRegister(buildInfo)
 
-	d := &Daemon{cfg: cfg, log: log, reg: reg, notify: notify}
+	d := &Daemon{cfg: cfg, log: log, reg: reg, notify: notify, ready: make(chan struct{})}
 	d.api = api.New(api.Options{
 		Listen:          cfg.API.Listen,
 		Token:           cfg.API.Token.Value(),
@@ -103,6 +104,39 @@ func New(cfg *config.Config, log *slog.Logger, notify Notifier) *Daemon {
 		},
 	})
 	return d
+}
+
+// Ready is closed once Run has started every component.
+func (d *Daemon) Ready() <-chan struct{} { return d.ready }
+
+// Finish stops every recording episode, waits for its post-roll, settles
+// it, and then waits until the uploader has uploaded everything due: what
+// `episoded demo --duration` does before it exits. Run must be running.
+func (d *Daemon) Finish(ctx context.Context) error {
+	<-d.ready
+	if err := d.cells.finish(ctx); err != nil {
+		return err
+	}
+	if d.uploader == nil || d.cfg.Sync.Mode != config.SyncDaemon {
+		return nil
+	}
+	d.uploader.Wake()
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		st, err := d.uploader.Status()
+		if err != nil {
+			return err
+		}
+		if len(st.Queue) == 0 && st.Active == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("uploads not finished: %d episodes queued: %w", len(st.Queue), ctx.Err())
+		case <-t.C:
+		}
+	}
 }
 
 // Addr returns the API's bound address once Run has prepared it.
@@ -260,6 +294,7 @@ func (d *Daemon) runComponents(ctx context.Context) error {
 		d.log.Debug("started", "component", c.name)
 	}
 	d.api.SetReady(true)
+	close(d.ready)
 	d.notify.Ready()
 	d.log.Info("episoded ready", "listen", d.api.Addr(), "gateway", d.cfg.Gateway.ID)
 
