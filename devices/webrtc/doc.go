@@ -28,7 +28,10 @@
 // reader never blocks: it hands units to the session's writer goroutine
 // (the only caller of the Sink) through a bounded queue, and when that is
 // full the unit and everything up to the next keyframe is dropped and
-// counted. There is no jitter buffer: a reordered packet counts as lost.
+// counted. After a sequence gap the reader NACKs the missing packet and
+// holds the following ones for up to ReorderWait (150 ms), so a
+// retransmission or a reordered packet is put back in place; only then is
+// the gap counted as loss.
 //
 // WHEP preview: the Hub is the live tap. The pipeline calls Publish for
 // every video sample; it never blocks. Each viewer has a bounded queue;

@@ -19,6 +19,9 @@ const (
 	DefaultReplayChunk = time.Second
 	// DefaultMaxSessions bounds WHIP plus WHEP sessions at once.
 	DefaultMaxSessions = 64
+	// DefaultReorderWait is how long WHIP ingest waits for a missing RTP
+	// packet (a NACKed retransmission or a reordered packet).
+	DefaultReorderWait = 150 * time.Millisecond
 )
 
 // Options configure a Server. Zero values take the documented defaults.
@@ -39,6 +42,11 @@ type Options struct {
 	// keyframe; a full viewer queue drops that viewer's frames until the
 	// next keyframe. Both are counted.
 	QueueSize int
+	// ReorderWait is how long WHIP ingest holds the packets after a
+	// sequence gap while the missing packet is NACKed and may still
+	// arrive (default 150ms); after it, the gap is loss. Negative turns
+	// NACKs and reordering off: every gap is loss at once.
+	ReorderWait time.Duration
 	// MaxSessions bounds concurrent WHIP and WHEP sessions (default 64);
 	// beyond it POST answers 503.
 	MaxSessions int
@@ -62,6 +70,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxSessions <= 0 {
 		o.MaxSessions = DefaultMaxSessions
+	}
+	if o.ReorderWait == 0 {
+		o.ReorderWait = DefaultReorderWait
 	}
 	if o.ReplayChunk <= 0 {
 		o.ReplayChunk = DefaultReplayChunk

@@ -20,6 +20,7 @@ import (
 
 	"github.com/pion/ice/v4"
 	"github.com/pion/interceptor"
+	"github.com/pion/interceptor/pkg/nack"
 	"github.com/pion/sdp/v3"
 	"github.com/pion/webrtc/v4"
 
@@ -94,8 +95,9 @@ type whipStream struct {
 	base sample.Descriptor
 	cnt  asmCounters
 	// frames, bytes and keyframes written to the sink; rtpBytes received;
-	// srs sender reports received.
-	frames, bytes, keyframes, rtpBytes, srs counter
+	// srs sender reports received; filledGaps sequence gaps closed by a
+	// retransmission or a reordered packet.
+	frames, bytes, keyframes, rtpBytes, srs, filledGaps counter
 	// sessions and active are guarded by Server.mu.
 	sessions uint64
 	active   *session
@@ -261,10 +263,10 @@ func (s *Server) buildAPIs() (whipAPI, whepAPI *webrtc.API, closeMux func(), err
 	}
 	build := func(receive bool) (*webrtc.API, error) {
 		m := &webrtc.MediaEngine{}
-		fb := []webrtc.RTCPFeedback{{Type: webrtc.TypeRTCPFBNACK, Parameter: "pli"}, {Type: webrtc.TypeRTCPFBCCM, Parameter: "fir"}}
-		if !receive {
-			// The sender answers NACKs (the responder interceptor).
-			fb = append(fb, webrtc.RTCPFeedback{Type: webrtc.TypeRTCPFBNACK})
+		fb := []webrtc.RTCPFeedback{{Type: webrtc.TypeRTCPFBCCM, Parameter: "fir"}}
+		nackOn := !receive || s.o.ReorderWait > 0
+		if !nackOn {
+			fb = append(fb, webrtc.RTCPFeedback{Type: webrtc.TypeRTCPFBNACK, Parameter: "pli"})
 		}
 		for i, p := range []string{"42e01f", "42001f", "4d001f", "640032"} {
 			err := m.RegisterCodec(webrtc.RTPCodecParameters{
@@ -283,8 +285,13 @@ func (s *Server) buildAPIs() (whipAPI, whepAPI *webrtc.API, closeMux func(), err
 		if err := webrtc.ConfigureRTCPReports(reg); err != nil {
 			return nil, fmt.Errorf("configure rtcp reports: %w", err)
 		}
-		if !receive {
-			if err := webrtc.ConfigureNack(m, reg); err != nil {
+		if nackOn {
+			// Adds the nack and nack-pli feedback. WHEP answers NACKs
+			// from viewers (responder); WHIP sends NACKs for gaps
+			// (generator) while the reorderer waits.
+			gen := []nack.GeneratorOption{nack.GeneratorInterval(20 * time.Millisecond),
+				nack.GeneratorMaxNacksPerPacket(5), nack.GeneratorLog(logs.NewLogger("nack"))}
+			if err := webrtc.ConfigureNackWithOptions(m, reg, gen); err != nil {
 				return nil, fmt.Errorf("configure nack: %w", err)
 			}
 		}
@@ -518,6 +525,9 @@ type WHIPStats struct {
 	Bytes         uint64 `json:"bytes"`
 	RTPBytes      uint64 `json:"rtp_bytes"`
 	SenderReports uint64 `json:"sender_reports"`
+	// RecoveredGaps counts sequence gaps closed by a retransmission
+	// (NACK) or a reordered packet before ReorderWait ran out.
+	RecoveredGaps uint64 `json:"recovered_gaps"`
 	DroppedFrames uint64 `json:"dropped_frames"`
 	QueueFull     uint64 `json:"queue_full"`
 	LostPackets   uint64 `json:"lost_packets"`
@@ -548,7 +558,7 @@ func (s *Server) Stats() Stats {
 		out.WHIP = append(out.WHIP, WHIPStats{
 			Stream: id, Device: ws.base.Device, Publishing: ws.active != nil, Sessions: ws.sessions,
 			Frames: ws.frames.Load(), Keyframes: ws.keyframes.Load(), Bytes: ws.bytes.Load(),
-			RTPBytes: ws.rtpBytes.Load(), SenderReports: ws.srs.Load(),
+			RTPBytes: ws.rtpBytes.Load(), SenderReports: ws.srs.Load(), RecoveredGaps: ws.filledGaps.Load(),
 			DroppedFrames: ws.cnt.dropped.Load(), QueueFull: ws.cnt.queueFull.Load(),
 			LostPackets: ws.cnt.lost.Load(), DecodeErrors: ws.cnt.decodeErrors.Load(),
 		})

@@ -2,20 +2,27 @@ package webrtc
 
 import (
 	"errors"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/pion/rtcp"
+	"github.com/pion/rtp"
 	"github.com/pion/webrtc/v4"
 
 	"github.com/episoded/episoded/devices"
 	"github.com/episoded/episoded/sample"
 )
 
-// pliInterval rate-limits keyframe requests to a WHIP publisher.
-const pliInterval = 500 * time.Millisecond
+const (
+	// pliInterval rate-limits keyframe requests to a WHIP publisher.
+	pliInterval = 500 * time.Millisecond
+	// reorderMaxHeld bounds the packets held after a gap (about 1 s of
+	// 4 Mbit/s video).
+	reorderMaxHeld = 512
+)
 
 // frame is one access unit queued for the sink.
 type frame struct {
@@ -217,12 +224,7 @@ func (wh *whipSession) readRTP(track *webrtc.TrackRemote) {
 		asm.pendDisc = true // the time between sessions is one gap
 	}
 	var lastPLI time.Time
-	for {
-		pkt, _, err := track.ReadRTP()
-		if err != nil {
-			return
-		}
-		recvT = time.Now().UnixNano()
+	handle := func(pkt *rtp.Packet) {
 		n := len(pkt.Payload)
 		ws.rtpBytes.Add(uint64(n))
 		recvBytes.Add(float64(n))
@@ -238,6 +240,27 @@ func (wh *whipSession) readRTP(track *webrtc.TrackRemote) {
 				_ = wh.ss.pc.WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: pkt.SSRC}})
 			}
 		}
+	}
+	ro := newReorderer(s.o.ReorderWait, reorderMaxHeld, &ws.filledGaps)
+	var deadline time.Time
+	for {
+		if dl := ro.deadline(); !dl.Equal(deadline) {
+			deadline = dl
+			_ = track.SetReadDeadline(dl)
+		}
+		pkt, _, err := track.ReadRTP()
+		now := time.Now()
+		recvT = now.UnixNano()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				ro.expire(now, handle)
+				continue
+			}
+			return
+		}
+		ro.push(pkt, now, handle)
+		ro.expire(now, handle)
 	}
 }
 

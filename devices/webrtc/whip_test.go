@@ -3,6 +3,8 @@ package webrtc
 import (
 	"bytes"
 	"net/http"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,6 +29,12 @@ type publisher struct {
 	base  uint32    // RTP timestamp of frame 0
 	ntp0  time.Time // device time of frame 0
 	plis  atomic.Int64
+	nacks atomic.Int64
+	// history keeps sent packets by sequence number, to answer NACKs
+	// when retransmit is set.
+	mu         sync.Mutex
+	history    map[uint16]*rtp.Packet
+	retransmit bool
 }
 
 func newPublisher(t testing.TB, url string, ntp0 time.Time) *publisher {
@@ -52,8 +60,12 @@ func newPublisher(t testing.TB, url string, ntp0 time.Time) *publisher {
 				return
 			}
 			for _, pk := range pkts {
-				if _, ok := pk.(*rtcp.PictureLossIndication); ok {
+				switch pk := pk.(type) {
+				case *rtcp.PictureLossIndication:
 					p.plis.Add(1)
+				case *rtcp.TransportLayerNack:
+					p.nacks.Add(1)
+					p.resend(pk)
 				}
 			}
 		}
@@ -92,8 +104,37 @@ func (p *publisher) packets(i int, au [][]byte) []*rtp.Packet {
 	return pkts
 }
 
+// resend answers a NACK from the history, if retransmit is on.
+func (p *publisher) resend(n *rtcp.TransportLayerNack) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.retransmit {
+		return
+	}
+	for _, pair := range n.Nacks {
+		for _, seq := range pair.PacketList() {
+			if pk := p.history[seq]; pk != nil {
+				_ = p.track.WriteRTP(pk)
+			}
+		}
+	}
+}
+
+// remember puts packets in the history without sending them.
+func (p *publisher) remember(pkts []*rtp.Packet) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.history == nil {
+		p.history = map[uint16]*rtp.Packet{}
+	}
+	for _, pk := range pkts {
+		p.history[pk.SequenceNumber] = pk
+	}
+}
+
 func (p *publisher) write(pkts []*rtp.Packet) {
 	p.t.Helper()
+	p.remember(pkts)
 	for _, pk := range pkts {
 		if err := p.track.WriteRTP(pk); err != nil {
 			p.t.Fatal(err)
@@ -311,5 +352,45 @@ func TestWHIPSinkRefuses(t *testing.T) {
 	if !bytes.Equal(k.Payload, annexB(aus[30])) || !k.Flags.Has(sample.Keyframe|sample.Discontinuity) || k.Dropped != 25 || k.Lost != 0 {
 		t.Fatalf("sample after the refusal: flags %v dropped %d lost %d; want frame 30, keyframe+discontinuity, dropped 25",
 			k.Flags, k.Dropped, k.Lost)
+	}
+}
+
+// A lost packet that the publisher retransmits on NACK, and packets that
+// arrive out of order, are put back in place: nothing is lost or dropped.
+func TestWHIPRetransmitAndReorder(t *testing.T) {
+	ts := startServer(t, Options{}, nil, nil, whipBase)
+	p := newPublisher(t, ts.url+"/whip/"+whipBase.Stream, time.Now())
+	p.mu.Lock()
+	p.retransmit = true
+	p.mu.Unlock()
+	aus := clipAUs(t)
+	for i := 0; i < 60; i++ {
+		pkts := p.packets(i, aus[i])
+		switch {
+		case i == 10 && len(pkts) > 1:
+			p.remember(pkts[:1]) // "lost": only a NACK brings it
+			pkts = pkts[1:]
+		case i == 20 || i == 30: // reversed (frame 30 is a keyframe in several packets)
+			slices.Reverse(pkts)
+		}
+		p.write(pkts)
+		time.Sleep(2 * time.Millisecond)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for ts.sink.count() < 60 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	_, got := ts.sink.snapshot()
+	if len(got) != 60 {
+		t.Fatalf("recorded %d frames, want 60; stats %+v; NACKs at the publisher %d", len(got), ts.Stats().WHIP[0], p.nacks.Load())
+	}
+	for i, s := range got {
+		if !bytes.Equal(s.Payload, annexB(aus[i])) || s.Flags.Has(sample.Discontinuity) {
+			t.Fatalf("sample %d: payload equal %v, flags %v", i, bytes.Equal(s.Payload, annexB(aus[i])), s.Flags)
+		}
+	}
+	st := ts.Stats().WHIP[0]
+	if st.LostPackets != 0 || st.DroppedFrames != 0 || st.RecoveredGaps < 3 || p.nacks.Load() == 0 {
+		t.Fatalf("stats %+v, nacks at the publisher %d; want no loss, >= 3 recovered gaps, a NACK", st, p.nacks.Load())
 	}
 }
