@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -183,6 +184,9 @@ func (d *Daemon) prepare(ctx context.Context) (err error) {
 	d.pipe.live = hub
 	d.rtc, err = webrtc.NewServer(webrtc.Options{
 		Interfaces: d.cfg.API.WebRTC.Interfaces, UDPPort: d.cfg.API.WebRTC.UDPPort,
+		// Loopback candidates only when asked for by name (tests, a
+		// dashboard opened on the gateway itself).
+		IncludeLoopback: slices.Contains(d.cfg.API.WebRTC.Interfaces, "lo"),
 		ErrNotFound: storage.ErrNotFound, Logger: d.log, Registerer: d.reg,
 	}, hub, d.store)
 	if err != nil {
