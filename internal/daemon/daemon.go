@@ -187,7 +187,7 @@ func (d *Daemon) prepare(ctx context.Context) (err error) {
 		// Loopback candidates only when asked for by name (tests, a
 		// dashboard opened on the gateway itself).
 		IncludeLoopback: slices.Contains(d.cfg.API.WebRTC.Interfaces, "lo"),
-		ErrNotFound: storage.ErrNotFound, Logger: d.log, Registerer: d.reg,
+		ErrNotFound:     storage.ErrNotFound, Logger: d.log, Registerer: d.reg,
 	}, hub, d.store)
 	if err != nil {
 		return fmt.Errorf("webrtc: %w", err)
