@@ -109,6 +109,11 @@ func writeSimConfig(s *sim.Sim, path, dataDir, uploadDir, listen string) error {
 		}
 		return p
 	}
+	// The dir target must exist (it may be an NFS mount the daemon should
+	// not create); for the simulated cell, create it.
+	if err := os.MkdirAll(uploadDir, 0o755); err != nil {
+		return fmt.Errorf("create upload dir: %w", err)
+	}
 	if err := os.WriteFile(path, []byte(s.Config(abs(dataDir), abs(uploadDir), listen)), 0o644); err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}

@@ -39,10 +39,11 @@ func (l *lockedBuffer) String() string {
 func TestSimulateStopsOnSIGINT(t *testing.T) {
 	var out, errOut lockedBuffer
 	cfgPath := filepath.Join(t.TempDir(), "sim.yaml")
+	uploadDir := filepath.Join(t.TempDir(), "upload")
 	code := make(chan int, 1)
 	go func() {
 		code <- cmdSimulate([]string{"--rtsp", "127.0.0.1:0", "--mqtt", "127.0.0.1:0", "--cameras", "3",
-			"--outage", "cam2@1h+1s", "--config", cfgPath, "--data-dir", t.TempDir(), "--upload-dir", t.TempDir()}, &out, &errOut)
+			"--outage", "cam2@1h+1s", "--config", cfgPath, "--data-dir", t.TempDir(), "--upload-dir", uploadDir}, &out, &errOut)
 	}()
 	mqttRE := regexp.MustCompile(`MQTT broker: tcp://(127\.0\.0\.1:\d+)`)
 	rtspRE := regexp.MustCompile(`rtsp://(127\.0\.0\.1:\d+)/cam3`)
@@ -84,6 +85,9 @@ func TestSimulateStopsOnSIGINT(t *testing.T) {
 	}
 	if cfg.Brokers[0].URL != "tcp://"+mqttAddr || len(cfg.Devices) != 6 {
 		t.Errorf("config: broker %s, %d devices", cfg.Brokers[0].URL, len(cfg.Devices))
+	}
+	if fi, err := os.Stat(cfg.Sync.Target.Path); err != nil || !fi.IsDir() || cfg.Sync.Target.Path != uploadDir {
+		t.Errorf("upload dir %s (want %s) not created: %v", cfg.Sync.Target.Path, uploadDir, err)
 	}
 
 	if err := syscall.Kill(os.Getpid(), syscall.SIGINT); err != nil {
