@@ -115,7 +115,10 @@ func coverage(live []episodeRec) map[string]spans {
 // the pre-roll horizon, plus extra on extraStreams, minus what live
 // episodes cover. Called with recMu held.
 func (s *Store) planLocked(live []episodeRec, now int64, extra spans, extraStreams []string) evictPlan {
+	// The horizon moves in steps of one segment slice, so that a pass
+	// every second does not write a range tombstone every second.
 	horizon := now - int64(s.opts.TimelineRetention)
+	horizon -= ((horizon % int64(s.opts.SegmentSlice)) + int64(s.opts.SegmentSlice)) % int64(s.opts.SegmentSlice)
 	prot := coverage(live)
 	streams, err := s.Streams()
 	if err != nil {
@@ -145,9 +148,11 @@ func (s *Store) planLocked(live []episodeRec, now int64, extra spans, extraStrea
 // applyPlanLocked deletes the plan's index ranges (only those holding
 // data, so idle passes leave no tombstones), unlinks the segments inside
 // them, commits b with everything else the caller put in it, and compacts
-// the deleted ranges so that Pebble's space is reclaimed. It returns the
-// segment bytes freed.
-func (s *Store) applyPlanLocked(b *pebble.Batch, plan evictPlan) (int64, error) {
+// the deleted ranges when compact is set (under pressure, or an explicit
+// delete) so that Pebble's space is reclaimed at once; otherwise Pebble's
+// own compactions drop the deleted data in time. It returns the segment
+// bytes freed.
+func (s *Store) applyPlanLocked(b *pebble.Batch, plan evictPlan, compactNow bool) (int64, error) {
 	type rng struct{ lo, hi []byte }
 	var compact []rng
 	for st, del := range plan.del {
@@ -205,6 +210,9 @@ func (s *Store) applyPlanLocked(b *pebble.Batch, plan evictPlan) (int64, error) 
 		}
 	}
 	s.segMu.Unlock()
+	if !compactNow {
+		compact = nil
+	}
 	for _, r := range compact {
 		if err := s.db.Compact(context.Background(), r.lo, r.hi, false); err != nil {
 			s.log.Warn("eviction: compact", "err", err)
@@ -262,9 +270,10 @@ func (s *Store) checkSpace() {
 			expired = append(expired, *r)
 		}
 	}
-	s.evictStep(recs, expired, now, "timeline")
-
 	u := s.refreshUsage()
+	s.evictStep(recs, expired, now, "timeline", s.pressure(u, false))
+
+	u = s.refreshUsage()
 	if !s.pressure(u, false) {
 		s.setFull(false, u)
 		return
@@ -300,7 +309,7 @@ func (s *Store) checkSpace() {
 			if step.reason == "quota_not_uploaded" {
 				s.log.Warn("evicting episode that was not uploaded (policy evict-oldest)", "episode", r.E.ID, "state", r.E.State)
 			}
-			s.evictStep(recs, []episodeRec{*r}, now, step.reason)
+			s.evictStep(recs, []episodeRec{*r}, now, step.reason, true)
 			u = s.refreshUsage()
 			if !s.pressure(u, true) {
 				s.setFull(false, u)
@@ -313,7 +322,7 @@ func (s *Store) checkSpace() {
 
 // evictStep deletes the data of the episodes in evict (already marked in
 // recs) and the uncovered timeline, and counts what it freed.
-func (s *Store) evictStep(recs, evict []episodeRec, now int64, reason string) {
+func (s *Store) evictStep(recs, evict []episodeRec, now int64, reason string, compact bool) {
 	var extra spans
 	var streams []string
 	for _, r := range evict {
@@ -326,7 +335,7 @@ func (s *Store) evictStep(recs, evict []episodeRec, now int64, reason string) {
 	before := s.dbBytes() + s.segBytes()
 	b := s.db.NewBatch()
 	defer b.Close()
-	if _, err := s.applyPlanLocked(b, plan); err != nil {
+	if _, err := s.applyPlanLocked(b, plan, compact); err != nil {
 		s.log.Error("eviction failed", "reason", reason, "err", err)
 		return
 	}

@@ -39,10 +39,10 @@ func (s *Store) pebbleOptions() *pebble.Options {
 		MaxOpenFiles: 1024,
 		// Two cores on a typical gateway: at most two compactions.
 		CompactionConcurrencyRange: func() (int, int) { return 1, 2 },
-		// Reclaim space from DeleteRange promptly (eviction).
-		FlushDelayDeleteRange: 10 * time.Second,
-		Logger:                pebbleLogger{s.log.With("sub", "pebble")},
-		EventListener:         s.eventListener(),
+		// Eviction compacts deleted ranges itself when space is needed;
+		// otherwise range tombstones flush with the memtable.
+		Logger:        pebbleLogger{s.log.With("sub", "pebble")},
+		EventListener: s.eventListener(),
 	}
 	o.TargetFileSizes[0] = 8 << 20
 	for i := range o.Levels {

@@ -274,7 +274,7 @@ func (s *Store) DeleteEpisode(id string) error {
 	defer b.Close()
 	_ = b.Delete(episodeKey(id), nil)
 	_ = b.Delete(uploadKey(id), nil)
-	freed, err := s.applyPlanLocked(b, plan)
+	freed, err := s.applyPlanLocked(b, plan, true)
 	if err != nil {
 		return fmt.Errorf("delete episode %s: %w", id, err)
 	}
