@@ -231,18 +231,31 @@ func startRatePublisher(m *mosquitto, topics []string, perSecond int) *ratePubli
 	p := &ratePublisher{stop: make(chan struct{}), errs: make(chan error, len(topics))}
 	per := perSecond / len(topics)
 	for _, topic := range topics {
-		cmd := exec.Command("mosquitto_pub", "-h", "127.0.0.1", "-p", fmt.Sprint(m.port), "-q", "1", "-t", topic, "-l")
+		cmd := exec.Command("stdbuf", "-oL", "mosquitto_pub", "-d", "-h", "127.0.0.1", "-p", fmt.Sprint(m.port), "-q", "1", "-t", topic, "-l")
 		stdin, err := cmd.StdinPipe()
 		if err != nil {
 			p.errs <- err
 			continue
 		}
-		out := &strings.Builder{}
-		cmd.Stdout, cmd.Stderr = out, out
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			p.errs <- err
+			continue
+		}
+		cmd.Stderr = cmd.Stdout
 		if err := cmd.Start(); err != nil {
 			p.errs <- err
 			continue
 		}
+		var acked atomic.Int64
+		go func() {
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				if strings.Contains(sc.Text(), "received PUBACK") {
+					acked.Add(1)
+				}
+			}
+		}()
 		p.wg.Go(func() {
 			w := bufio.NewWriter(stdin)
 			tick := time.NewTicker(10 * time.Millisecond)
@@ -253,9 +266,17 @@ func startRatePublisher(m *mosquitto, topics []string, perSecond int) *ratePubli
 				select {
 				case <-p.stop:
 					w.Flush()
+					// mosquitto_pub drops what it still queues at EOF:
+					// close stdin only once every line is acknowledged.
+					for deadline := time.Now().Add(30 * time.Second); acked.Load() < int64(seq) && time.Now().Before(deadline); {
+						time.Sleep(10 * time.Millisecond)
+					}
 					stdin.Close()
 					if err := cmd.Wait(); err != nil {
-						p.errs <- fmt.Errorf("mosquitto_pub %s: %v: %s", topic, err, out)
+						p.errs <- fmt.Errorf("mosquitto_pub %s: %v", topic, err)
+					}
+					if n := acked.Load(); n < int64(seq) {
+						p.errs <- fmt.Errorf("mosquitto_pub %s: %d of %d lines acknowledged by the broker", topic, n, seq)
 					}
 					return
 				case now := <-tick.C:

@@ -1,9 +1,11 @@
 package mqtt
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -11,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -143,15 +146,56 @@ func (m *mosquitto) logTail() string {
 }
 
 // pubLines publishes each line as one QoS 1 message with mosquitto_pub -l,
-// an independent publisher.
+// an independent publisher. mosquitto_pub drops messages still queued when
+// stdin reaches EOF, so stdin stays open until its debug output (-d) shows
+// a PUBACK for every line.
 func (m *mosquitto) pubLines(topic string, lines []string) error {
-	cmd := exec.Command("mosquitto_pub", "-h", "127.0.0.1", "-p", fmt.Sprint(m.port), "-q", "1", "-t", topic, "-l")
-	cmd.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
-	out, err := cmd.CombinedOutput()
+	// stdbuf: line-buffer the debug output, which goes to a pipe.
+	cmd := exec.Command("stdbuf", "-oL", "mosquitto_pub", "-d", "-h", "127.0.0.1", "-p", fmt.Sprint(m.port), "-q", "1", "-t", topic, "-l")
+	stdin, err := cmd.StdinPipe()
 	if err != nil {
-		return fmt.Errorf("mosquitto_pub -t %s: %v: %s", topic, err, out)
+		return err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("mosquitto_pub: %w", err)
+	}
+	go func() {
+		_, _ = io.WriteString(stdin, strings.Join(lines, "\n")+"\n")
+	}()
+	acked := waitPubacks(out, len(lines), 60*time.Second)
+	stdin.Close()
+	go func() { _, _ = io.Copy(io.Discard, out) }()
+	werr := cmd.Wait()
+	if acked < len(lines) {
+		return fmt.Errorf("mosquitto_pub -t %s: %d of %d messages acknowledged (exit: %v)", topic, acked, len(lines), werr)
 	}
 	return nil
+}
+
+// waitPubacks counts "received PUBACK" lines of mosquitto_pub -d output
+// until want are seen, the output ends, or timeout passes.
+func waitPubacks(out io.Reader, want int, timeout time.Duration) int {
+	var n atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "received PUBACK") && int(n.Add(1)) >= want {
+				return
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+	}
+	return int(n.Load())
 }
 
 // pubFile publishes one message with the bytes of payload (mosquitto_pub -f).
