@@ -19,9 +19,11 @@ build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/episoded ./cmd/episoded
 
 # Every package runs under the race detector: most are concurrent, and the
-# pure ones cost little extra.
+# pure ones cost little extra. The end-to-end test runs without it (see
+# internal/e2e/doc.go): its packages are race-tested on their own.
 test:
-	$(GO) test -race $(TEST_FLAGS) ./...
+	$(GO) test -race $(TEST_FLAGS) $$($(GO) list ./... | grep -v /internal/e2e)
+	$(GO) test $(TEST_FLAGS) ./internal/e2e/...
 
 # Unit tests only: skips the tests that need external components.
 test-short:

@@ -52,6 +52,8 @@ type Stream struct {
 	clock  *Clock
 	device bool // the last sample was stamped from device time
 	c      StreamCounters
+	// bounds holds the error bounds of device-mode samples as stamped.
+	bounds *boundHistory
 }
 
 // NewStream returns the pipeline for the stream described by d. lastSeq is
@@ -71,7 +73,7 @@ func NewStream(d sample.Descriptor, lastSeq uint64, opts ClockOptions) (*Stream,
 	if err != nil {
 		return nil, fmt.Errorf("ingest: stream %s: %w", d.Stream, err)
 	}
-	return &Stream{desc: d, seq: lastSeq, clock: c, c: StreamCounters{LastSeq: lastSeq}}, nil
+	return &Stream{desc: d, seq: lastSeq, clock: c, c: StreamCounters{LastSeq: lastSeq}, bounds: &boundHistory{}}, nil
 }
 
 // Descriptor returns the stream's current descriptor.
@@ -118,6 +120,7 @@ func (s *Stream) Process(x *sample.Sample) {
 			}
 		}
 		x.T = s.clock.Align(x.SrcT, x.RecvT)
+		s.bounds.add(x.T, s.clock.LastBound())
 	} else {
 		if s.device {
 			s.device = false
@@ -126,6 +129,11 @@ func (s *Stream) Process(x *sample.Sample) {
 		}
 		x.T = x.RecvT - s.desc.Latency
 		s.c.ArrivalStamped++
+		if s.desc.Clock == sample.ClockDevice {
+			// A device-clock stream without device time yet: its arrival
+			// stamp is off by the unknown network delay.
+			s.bounds.add(x.T, max(s.desc.Latency, int64(s.clock.o.JumpThreshold)))
+		}
 	}
 	c := &s.c
 	c.Samples++
@@ -163,6 +171,17 @@ func (s *Stream) Unprocess(x *sample.Sample) {
 	c.Lost -= uint64(x.Lost)
 	c.Dropped -= uint64(x.Dropped)
 	c.LastSeq = s.seq
+}
+
+// BoundOver returns the largest alignment error bound of the device-mode
+// samples this Stream stamped with T in [from, to], as stamped (so samples
+// stamped before the estimate converged count with their wide bounds), and
+// whether its history (the last hour) covers the range and holds any.
+func (s *Stream) BoundOver(from, to int64) (int64, bool) {
+	if s.desc.Clock != sample.ClockDevice {
+		return 0, false
+	}
+	return s.bounds.max(from, to)
 }
 
 // Counters returns the running totals.

@@ -151,3 +151,41 @@ func TestStreamUnprocess(t *testing.T) {
 		t.Fatalf("counters after Unprocess: %+v", c)
 	}
 }
+
+// TestStreamBoundOver: an episode's stated bound is the worst bound of the
+// samples it holds as they were stamped, including those stamped before
+// the estimate converged and those without device time yet.
+func TestStreamBoundOver(t *testing.T) {
+	d := sample.Descriptor{Stream: "c1/cam", Clock: sample.ClockDevice}
+	s, _ := NewStream(d, 0, ClockOptions{})
+	const period = int64(time.Second / 30)
+	base := t0
+	// Two samples before any device time, then 20 s of device time with a
+	// constant 1 ms delay.
+	for i := range 2 {
+		x := sample.Sample{RecvT: base + int64(i)*period}
+		s.Process(&x)
+	}
+	var lastT int64
+	for i := 2; i < 600; i++ {
+		src := base + int64(i)*period - 1_000_000_000 // device clock 1 s behind
+		x := sample.Sample{SrcT: src, RecvT: base + int64(i)*period + 1_000_000}
+		s.Process(&x)
+		lastT = x.T
+	}
+	early, ok := s.BoundOver(base, base+int64(time.Second))
+	if !ok || early < int64(50*time.Millisecond) {
+		t.Fatalf("bound over the first second = %v, %v; want a wide bound (arrival-stamped and unconverged samples)", time.Duration(early), ok)
+	}
+	late, ok := s.BoundOver(lastT-int64(5*time.Second), lastT)
+	if !ok || late <= 0 || late > int64(time.Millisecond) {
+		t.Fatalf("bound over the last 5 s = %v, %v; want a small positive bound once converged", time.Duration(late), ok)
+	}
+	if _, ok := s.BoundOver(base-int64(2*time.Hour), base); ok {
+		t.Fatal("a range older than the history must report not covered")
+	}
+	arr, _ := NewStream(sample.Descriptor{Stream: "a", Clock: sample.ClockArrival}, 0, ClockOptions{})
+	if _, ok := arr.BoundOver(0, 1); ok {
+		t.Fatal("arrival streams have no stamped-bound history")
+	}
+}

@@ -342,12 +342,23 @@ func (c *cells) report(ctx context.Context, gapFactor float64, e episode.Episode
 		if corrupt > 0 {
 			c.log.Warn("corrupt samples skipped in quality report", "episode", e.ID, "stream", stream, "count", corrupt)
 		}
+		// The live estimator stamped these samples: its figures, and the
+		// worst bound among the samples as stamped, are the ones that hold.
+		// (After a restart the live history is gone and the report keeps
+		// the figures re-derived from the stored samples.)
+		var bound int64
+		var haveBound bool
 		if st := c.pipe.stream(stream); st != nil && e.State != episode.Interrupted {
 			st.mu.Lock()
 			r.SetClock(st.proc.ClockReport(from, to))
+			bound, haveBound = st.proc.BoundOver(from, to)
 			st.mu.Unlock()
 		}
-		out = append(out, r.Result())
+		res := r.Result()
+		if haveBound {
+			res.AlignmentErrorBoundMs = max(res.AlignmentErrorBoundMs, float64(bound)/1e6)
+		}
+		out = append(out, res)
 	}
 	return out, nil
 }
