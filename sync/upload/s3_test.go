@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -29,6 +31,7 @@ func s3Options(t testing.TB, s *synctest.S3, endpoint string) upload.Options {
 		Site: "plant1", Gateway: "gw7", PartSize: 5 << 20, Concurrency: 2,
 		RetryMin: 50 * time.Millisecond, RetryMax: 300 * time.Millisecond,
 		StageDir: t.TempDir(),
+		Logger:   slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 }
 

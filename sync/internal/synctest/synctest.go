@@ -207,6 +207,34 @@ func Build(t testing.TB, st *storage.Store, sp Spec) Fixture {
 		}
 	}
 	rng := mrand.New(mrand.NewPCG(1, 2))
+	id := sp.ID
+	if id == "" {
+		id = fmt.Sprintf("0193a1b2-0000-7000-8000-%012d", rng.IntN(1e12))
+		sp.ID = id
+	}
+	// The episode record goes in first, so that storage never sees its
+	// samples as uncovered timeline (which it expires after a minute).
+	var planned []string
+	if sp.Video {
+		planned = append(planned, sp.Cell+"/cam-top", sp.Cell+"/cam-side")
+	}
+	if sp.Lidar {
+		planned = append(planned, sp.Cell+"/lidar")
+	}
+	if sp.Telemetry {
+		planned = append(planned, sp.Cell+"/robot1/joint_states", sp.Cell+"/robot1/status")
+	}
+	if sp.RawBytes > 0 {
+		planned = append(planned, sp.Cell+"/blob")
+	}
+	e := episode.Episode{
+		ID: id, Cell: sp.Cell, Task: "pick", Operator: "op7", Robot: "robot1", Labels: sp.Labels, Priority: sp.Priority,
+		Trigger: "api", StopReason: "api", Start: start, Stop: end, Streams: planned, State: sp.State,
+		Created: start, Updated: end,
+	}
+	if err := st.PutEpisode(e); err != nil {
+		t.Fatalf("put episode: %v", err)
+	}
 	if sp.Video {
 		for _, cam := range []struct {
 			name string
@@ -343,15 +371,7 @@ func Build(t testing.TB, st *storage.Store, sp Spec) Fixture {
 		quality = append(quality, episode.StreamReport{Stream: name, Kind: "telemetry", Codec: "raw", Samples: uint64(n), Bytes: uint64(n * sp.RawChunk)})
 	}
 	Append(t, st, samples)
-	id := sp.ID
-	if id == "" {
-		id = fmt.Sprintf("0193a1b2-0000-7000-8000-%012d", rng.IntN(1e12))
-	}
-	e := episode.Episode{
-		ID: id, Cell: sp.Cell, Task: "pick", Operator: "op7", Robot: "robot1", Labels: sp.Labels, Priority: sp.Priority,
-		Trigger: "api", StopReason: "api", Start: start, Stop: end, Streams: streams, State: sp.State,
-		Quality: quality, Created: start, Updated: end,
-	}
+	e.Streams, e.Quality = streams, quality
 	if err := st.PutEpisode(e); err != nil {
 		t.Fatalf("put episode: %v", err)
 	}
