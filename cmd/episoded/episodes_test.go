@@ -1,0 +1,232 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/sim"
+)
+
+// daemonProc is the episoded binary running against a simulated cell.
+type daemonProc struct {
+	t      *testing.T
+	cfg    string
+	addr   string
+	cmd    *exec.Cmd
+	stderr bytes.Buffer
+	exited chan error
+}
+
+func startDaemon(t *testing.T, cfg, addr string) *daemonProc {
+	t.Helper()
+	p := &daemonProc{t: t, cfg: cfg, addr: addr, exited: make(chan error, 1)}
+	p.cmd = exec.Command(bin, "run", "--config", cfg)
+	p.cmd.Stderr = &p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exited <- p.cmd.Wait() }()
+	t.Cleanup(func() { p.cmd.Process.Kill() })
+	deadline := time.Now().Add(20 * time.Second)
+	for httpCode("http://"+addr+"/readyz") != 200 {
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon not ready; stderr:\n%s", p.stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return p
+}
+
+func (p *daemonProc) api(method, path string, body any) (int, []byte) {
+	p.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, "http://"+p.addr+path, rd)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		p.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func (p *daemonProc) episode(id string) episode.Episode {
+	p.t.Helper()
+	code, b := p.api("GET", "/v1/episodes/"+id, nil)
+	var e episode.Episode
+	if code != 200 || json.Unmarshal(b, &e) != nil {
+		p.t.Fatalf("GET episode %s: %d %s", id, code, b)
+	}
+	return e
+}
+
+// cli runs the episoded CLI in-process against this daemon.
+func (p *daemonProc) cli(args ...string) (int, string, string) {
+	var out, errb bytes.Buffer
+	args = append(args, "--api", "http://"+p.addr)
+	code := Main(args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// TestEpisodesAPIAndCrash drives the episode API and CLI against a real
+// daemon recording the simulator, then kills the daemon mid-episode and
+// checks that the restarted daemon closes it as interrupted at its last
+// durable sample.
+func TestEpisodesAPIAndCrash(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the daemon against a simulated cell for ~30 s; skipped under -short")
+	}
+	s, err := sim.New(sim.Options{RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: 1, TriggerPeriod: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	<-s.Ready()
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	central := filepath.Join(dir, "central")
+	os.MkdirAll(central, 0o755)
+	cfg := writeFile(t, filepath.Join(dir, "c.yaml"), s.Config(filepath.Join(dir, "store"), central, addr))
+
+	d := startDaemon(t, cfg, addr)
+	if code, b := d.api("POST", "/v1/cells/nowhere/episodes", nil); code != 404 {
+		t.Fatalf("start on an unknown cell: %d %s", code, b)
+	}
+	if code, b := d.api("POST", "/v1/cells/cell1/episodes", map[string]any{"task": "pick", "bogus": 1}); code != 400 {
+		t.Fatalf("start with an unknown field: %d %s", code, b)
+	}
+	code, b := d.api("POST", "/v1/cells/cell1/episodes", map[string]any{"task": "pick", "operator": "ana", "labels": map[string]string{"shift": "a"}})
+	var e1 episode.Episode
+	if code != 201 || json.Unmarshal(b, &e1) != nil || e1.State != episode.Recording || e1.Task != "pick" {
+		t.Fatalf("start: %d %s", code, b)
+	}
+	if code, b := d.api("POST", "/v1/cells/cell1/episodes", map[string]any{"task": "again"}); code != 409 {
+		t.Fatalf("second start while recording: %d %s, want 409", code, b)
+	}
+	time.Sleep(2 * time.Second)
+	if code, b := d.api("POST", "/v1/episodes/"+e1.ID+"/stop", nil); code != 200 {
+		t.Fatalf("stop: %d %s", code, b)
+	}
+	if code, _ := d.api("POST", "/v1/episodes/"+e1.ID+"/stop", nil); code != 409 {
+		t.Fatalf("second stop: %d, want 409", code)
+	}
+	// Closed (and then uploaded to the dir target) once post-roll and the
+	// settle margin have passed.
+	deadline := time.Now().Add(15 * time.Second)
+	for e := d.episode(e1.ID); e.State == episode.Recording; e = d.episode(e1.ID) {
+		if time.Now().After(deadline) {
+			t.Fatalf("episode still recording after stop: %+v", e)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	got := d.episode(e1.ID)
+	if len(got.Quality) < 4 || got.StopReason != "api" {
+		t.Fatalf("closed episode: %+v", got)
+	}
+	for _, q := range got.Quality {
+		if q.Samples == 0 {
+			t.Errorf("stream %s has no samples in the report", q.Stream)
+		}
+	}
+
+	// Filters and the CLI.
+	code, b = d.api("GET", "/v1/episodes?label=shift=a", nil)
+	var list []episode.Episode
+	if code != 200 || json.Unmarshal(b, &list) != nil || len(list) != 1 || list[0].ID != e1.ID {
+		t.Fatalf("list by label: %d %s", code, b)
+	}
+	if code, b = d.api("GET", "/v1/episodes?label=shift=b", nil); code != 200 || strings.TrimSpace(string(b)) != "[]" {
+		t.Fatalf("list by another label: %d %s", code, b)
+	}
+	if code, _ = d.api("GET", "/v1/episodes?state=sleeping", nil); code != 400 {
+		t.Fatalf("list with a bad state: %d, want 400", code)
+	}
+	if c, out, errs := d.cli("episodes", "list"); c != 0 || !strings.Contains(out, e1.ID) || !strings.Contains(out, "pick") {
+		t.Fatalf("episodes list: %d %q %q", c, out, errs)
+	}
+	if c, out, errs := d.cli("episodes", "show", e1.ID); c != 0 || !strings.Contains(out, "cell1/cam1") || !strings.Contains(out, "BOUND") {
+		t.Fatalf("episodes show: %d %q %q", c, out, errs)
+	}
+	if c, out, _ := d.cli("episodes", "show", e1.ID, "-o", "json"); c != 0 || !json.Valid([]byte(out)) {
+		t.Fatalf("episodes show -o json: %d %q", c, out)
+	}
+	mcapPath := filepath.Join(dir, "e1.mcap")
+	if c, _, errs := d.cli("episodes", "export", e1.ID, "-o", mcapPath); c != 0 {
+		t.Fatalf("episodes export: %d %q", c, errs)
+	}
+	if head, err := os.ReadFile(mcapPath); err != nil || !bytes.HasPrefix(head, []byte("\x89MCAP0\r\n")) {
+		t.Fatalf("exported file is not MCAP: %v", err)
+	}
+	if c, _, errs := d.cli("episodes", "show", "no-such-episode"); c == 0 || !strings.Contains(errs, "404") {
+		t.Fatalf("show of an unknown episode: %d %q", c, errs)
+	}
+	if c, out, errs := d.cli("status"); c != 0 || !strings.Contains(out, "cell1/cam1") {
+		t.Fatalf("status: %d %q %q", c, out, errs)
+	}
+
+	// Delete: 409 while recording, then gone.
+	code, b = d.api("POST", "/v1/cells/cell1/episodes", map[string]any{"task": "crash"})
+	var e2 episode.Episode
+	if code != 201 || json.Unmarshal(b, &e2) != nil {
+		t.Fatalf("start e2: %d %s", code, b)
+	}
+	if code, _ := d.api("DELETE", "/v1/episodes/"+e2.ID, nil); code != 409 {
+		t.Fatalf("delete while recording: %d, want 409", code)
+	}
+	deadline = time.Now().Add(15 * time.Second)
+	for d.episode(e1.ID).State != episode.Uploaded {
+		if time.Now().After(deadline) {
+			t.Fatalf("e1 not uploaded: %+v", d.episode(e1.ID))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if c, out, errs := d.cli("episodes", "delete", e1.ID); c != 0 || !strings.Contains(out, "deleted") {
+		t.Fatalf("episodes delete: %d %q %q", c, out, errs)
+	}
+	if code, _ := d.api("GET", "/v1/episodes/"+e1.ID, nil); code != 404 {
+		t.Fatalf("deleted episode still there: %d", code)
+	}
+
+	// Crash mid-episode: SIGKILL, restart, and the episode is interrupted
+	// at its last durable sample.
+	time.Sleep(2 * time.Second)
+	killedAt := time.Now().UnixNano()
+	d.cmd.Process.Kill()
+	<-d.exited
+	d2 := startDaemon(t, cfg, addr)
+	got = d2.episode(e2.ID)
+	// Interrupted, and the uploader may already have taken it on.
+	if got.StopReason != "crash" || (got.State != episode.Interrupted && got.State != episode.Uploading && got.State != episode.Uploaded) {
+		t.Fatalf("after a crash the episode is %s (%s), want interrupted (crash)", got.State, got.StopReason)
+	}
+	if got.Stop <= got.Start || got.Stop > killedAt {
+		t.Fatalf("interrupted episode stops at %d; want after its start %d and before the kill %d", got.Stop, got.Start, killedAt)
+	}
+	if killedAt-got.Stop > int64(2*time.Second) {
+		t.Fatalf("interrupted %s before the kill: its last durable sample should be within the sync interval", time.Duration(killedAt-got.Stop))
+	}
+	if len(got.Quality) == 0 {
+		t.Fatal("interrupted episode has no quality report")
+	}
+	// The cell records again after the restart.
+	if code, b := d2.api("POST", "/v1/cells/cell1/episodes", nil); code != 201 {
+		t.Fatalf("start after restart: %d %s", code, b)
+	}
+}
