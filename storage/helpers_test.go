@@ -94,7 +94,30 @@ func collect(t testing.TB, seq func(func(sample.Sample, error) bool)) []sample.S
 	return out
 }
 
-type waitGroupErr struct {
-	sync.Mutex
-	errs []error
+// countHandler counts log records per message, for tests that want to see
+// which recovery paths ran.
+type countHandler struct {
+	mu     *sync.Mutex
+	counts map[string]int
+	attrs  []slog.Attr
+}
+
+func newCountHandler() *countHandler {
+	return &countHandler{mu: new(sync.Mutex), counts: make(map[string]int)}
+}
+
+func (h *countHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.counts[r.Message]++
+	h.mu.Unlock()
+	return nil
+}
+func (h *countHandler) WithAttrs(attrs []slog.Attr) slog.Handler { return h }
+func (h *countHandler) WithGroup(string) slog.Handler            { return h }
+
+func (h *countHandler) count(msg string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.counts[msg]
 }

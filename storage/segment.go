@@ -316,42 +316,63 @@ func beUint64(b []byte) uint64 {
 // segReader reads payloads for one iteration, caching open files.
 type segReader struct {
 	s     *Store
-	files map[uint64]*os.File
+	files map[uint64]segFile
+}
+
+type segFile struct {
+	f    *os.File
+	size int64
 }
 
 func (r *segReader) read(rec *sampleRec) ([]byte, error) {
 	if r.files == nil {
-		r.files = make(map[uint64]*os.File)
+		r.files = make(map[uint64]segFile)
 	}
-	f := r.files[rec.Seg]
-	if f == nil {
-		var err error
-		f, err = os.Open(r.s.segPath(rec.Seg))
+	sf, ok := r.files[rec.Seg]
+	if !ok {
+		f, err := os.Open(r.s.segPath(rec.Seg))
 		if err != nil {
 			return nil, fmt.Errorf("open segment %d: %w", rec.Seg, err)
 		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("stat segment %d: %w", rec.Seg, err)
+		}
 		if len(r.files) >= 16 {
 			r.close()
-			r.files = make(map[uint64]*os.File)
+			r.files = make(map[uint64]segFile)
 		}
-		r.files[rec.Seg] = f
+		sf = segFile{f, st.Size()}
+		r.files[rec.Seg] = sf
+	}
+	// Bound the read by the file before allocating: a corrupt length must
+	// not turn into a huge allocation.
+	if rec.Off < 0 || rec.Off+int64(rec.Len) > sf.size {
+		if st, err := sf.f.Stat(); err == nil { // the active segment grows
+			sf.size = st.Size()
+			r.files[rec.Seg] = sf
+		}
+		if rec.Off < 0 || rec.Off+int64(rec.Len) > sf.size {
+			return nil, fmt.Errorf("segment %d: range %d+%d beyond its %d bytes", rec.Seg, rec.Off, rec.Len, sf.size)
+		}
 	}
 	buf := make([]byte, rec.Len)
-	if _, err := f.ReadAt(buf, rec.Off); err != nil {
+	if _, err := sf.f.ReadAt(buf, rec.Off); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
 		}
 		return nil, fmt.Errorf("read segment %d at %d+%d: %w", rec.Seg, rec.Off, rec.Len, err)
 	}
 	if sum := crc32.Checksum(buf, castagnoli); sum != rec.Sum {
-		return nil, fmt.Errorf("%w: segment %d at %d+%d: checksum %08x, want %08x", ErrCorrupt, rec.Seg, rec.Off, rec.Len, sum, rec.Sum)
+		return nil, fmt.Errorf("checksum mismatch in segment %d at %d+%d: %08x, want %08x", rec.Seg, rec.Off, rec.Len, sum, rec.Sum)
 	}
 	return buf, nil
 }
 
 func (r *segReader) close() {
-	for _, f := range r.files {
-		f.Close()
+	for _, sf := range r.files {
+		sf.f.Close()
 	}
 	r.files = nil
 }
