@@ -33,8 +33,9 @@ type storeSink struct {
 	mu      sync.Mutex
 	seq     map[string]uint64
 	durable atomic.Uint64
-	// onDurable, if set, is called with each sample's RecvT when durable.
-	onDurable func(recvT int64)
+	// onDurableSample, if set, is called with each sample once durable,
+	// from the store's commit goroutine.
+	onDurableSample func(x sample.Sample)
 }
 
 func newStoreSink(st *storage.Store) *storeSink {
@@ -76,12 +77,11 @@ func (s *storeSink) Write(x sample.Sample, done func(error)) error {
 	if x.T == 0 {
 		x.T = x.RecvT
 	}
-	recv := x.RecvT
 	err := s.st.Append([]sample.Sample{x}, func(err error) {
 		if err == nil {
 			s.durable.Add(1)
-			if s.onDurable != nil {
-				s.onDurable(recv)
+			if s.onDurableSample != nil {
+				s.onDurableSample(x)
 			}
 		}
 		if done != nil {

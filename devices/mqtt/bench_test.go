@@ -1,0 +1,345 @@
+package mqtt
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	packets "github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/episoded/episoded/sample"
+)
+
+func cpuSelf() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkMQTTRecordVsMosquittoSub publishes ~200 B JSON telemetry at
+// QoS 1 as fast as mosquitto takes it (several publisher processes, see
+// TestBenchPublisherChild) and,
+// in the same run, consumes it with `mosquitto_sub -q 1` (the baseline,
+// output counted and discarded) and with a Broker recording into a real
+// storage.Store (acknowledging only once durable). It reports both message
+// rates, their ratio, the CPU ratio and the p99 delay to durable.
+//
+//	go test -run '^$' -bench BenchmarkMQTTRecordVsMosquittoSub -benchtime 1x ./devices/mqtt/
+//
+// EPISODED_BENCH_MSGS sets the total message count (default 300000),
+// EPISODED_BENCH_PUBS the number of publishers (default 3) and
+// EPISODED_BENCH_RATE a total publish rate in msg/s (default: unpaced).
+func BenchmarkMQTTRecordVsMosquittoSub(b *testing.B) {
+	needBin(b, mosquittoBin, "mosquitto_pub", "mosquitto_sub")
+	total, pubs := 300_000, 3
+	if v, err := strconv.Atoi(os.Getenv("EPISODED_BENCH_MSGS")); err == nil && v > 0 {
+		total = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("EPISODED_BENCH_PUBS")); err == nil && v > 0 {
+		pubs = v
+	}
+	rate := 0 // as fast as mosquitto takes it
+	if v, err := strconv.Atoi(os.Getenv("EPISODED_BENCH_RATE")); err == nil && v > 0 {
+		rate = v
+	}
+	per := total / pubs
+	total = per * pubs
+	for range b.N {
+		r := runMQTTBench(b, total, pubs, per, rate)
+		b.ReportMetric(r.subRate, "sub_msg/s")
+		b.ReportMetric(r.recvRate, "recv_msg/s")
+		b.ReportMetric(r.storedRate, "stored_msg/s")
+		b.ReportMetric(r.storedRate/r.subRate, "stored/sub")
+		b.ReportMetric(r.cpuOurs.Seconds(), "cpu_ours_s")
+		b.ReportMetric(r.cpuSub.Seconds(), "cpu_sub_s")
+		b.ReportMetric(r.cpuOurs.Seconds()/r.cpuSub.Seconds(), "cpu_ours/sub")
+		b.ReportMetric(r.p99Pub.Seconds()*1000, "p99_pub_to_durable_ms")
+		b.ReportMetric(r.p99Recv.Seconds()*1000, "p99_recv_to_durable_ms")
+		b.ReportMetric(float64(r.dups), "duplicates")
+	}
+}
+
+type benchResult struct {
+	subRate, recvRate, storedRate float64
+	cpuOurs, cpuSub               time.Duration
+	p99Pub, p99Recv               time.Duration
+	dups                          int
+}
+
+func runMQTTBench(b *testing.B, total, pubs, per, rate int) benchResult {
+	b.Helper()
+	// A window of 10000 unacknowledged messages per client: with a 100 ms
+	// storage commit, 50,000 msg/s needs at least 5,000 (see package doc).
+	m := startMosquitto(b, mosqConfig{inflight: 10000})
+
+	st, err := openTestStore(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	storeDone := make(chan error, 1)
+	go func() { storeDone <- st.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-storeDone
+		st.Close()
+	}()
+
+	br, err := NewBroker(BrokerOptions{ID: "bench", URL: m.url(), ClientID: "episoded-bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := br.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"bench/+"}, TimeField: "header.stamp"}); err != nil {
+		b.Fatal(err)
+	}
+	sink := newStoreSink(st)
+	var dmu sync.Mutex
+	pubDelays := make([]time.Duration, 0, total)
+	recvDelays := make([]time.Duration, 0, total)
+	var durable atomic.Int64
+	var tDurable atomic.Int64
+	sink.onDurableSample = func(x sample.Sample) {
+		now := time.Now().UnixNano()
+		if x.Stream == "bench/warmup" {
+			return
+		}
+		dmu.Lock()
+		pubDelays = append(pubDelays, time.Duration(now-x.SrcT))
+		recvDelays = append(recvDelays, time.Duration(now-x.RecvT))
+		dmu.Unlock()
+		if durable.Add(1) == int64(total) {
+			tDurable.Store(now)
+		}
+	}
+	brCtx, brCancel := context.WithCancel(ctx)
+	brDone := make(chan error, 1)
+	go func() { brDone <- br.Run(brCtx, sink) }()
+	defer func() { brCancel(); <-brDone }()
+
+	// Baseline: mosquitto_sub at QoS 1, output counted and dropped.
+	sub := exec.Command("mosquitto_sub", "-h", "127.0.0.1", "-p", fmt.Sprint(m.port), "-q", "1", "-t", "bench/+", "-i", "bench-sub")
+	subOut, err := sub.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := sub.Start(); err != nil {
+		b.Fatal(err)
+	}
+	var subCount atomic.Int64
+	var tSub atomic.Int64
+	go func() {
+		buf := make([]byte, 256<<10)
+		for {
+			n, err := subOut.Read(buf)
+			if c := int64(bytes.Count(buf[:n], []byte{'\n'})); c > 0 {
+				if subCount.Add(c) >= int64(total)+1 && tSub.Load() == 0 {
+					tSub.Store(time.Now().UnixNano())
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	waitFor(b, 10*time.Second, "broker subscription", func() bool { return br.Stats().Connected })
+	// Warm-up message: both consumers are subscribed once it arrived.
+	for subCount.Load() == 0 {
+		if err := exec.Command("mosquitto_pub", "-h", "127.0.0.1", "-p", fmt.Sprint(m.port), "-q", "1", "-t", "bench/warmup", "-m", `{"header":{"stamp":1}}`).Run(); err != nil {
+			b.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	subCount.Store(1) // count exactly one warm-up line, however many were sent
+	waitFor(b, 10*time.Second, "warm-up stored", func() bool { return br.Stats().AcksPending == 0 && br.Stats().Devices["robot"].Messages > 0 })
+	recvBase := br.Stats().Devices["robot"].Messages
+
+	// Publishers: one child process per topic (TestBenchPublisherChild).
+	var pubCmds []*exec.Cmd
+	var pubOut []*bytes.Buffer
+	cpu0 := cpuSelf()
+	mosqCPU0 := procCPU(m.cmd.Process.Pid)
+	t0 := time.Now()
+	for i := range pubs {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestBenchPublisherChild$")
+		cmd.Env = append(os.Environ(), benchPubEnv+"=1", fmt.Sprintf("ADDR=127.0.0.1:%d", m.port),
+			fmt.Sprintf("TOPIC=bench/robot%d", i), fmt.Sprintf("COUNT=%d", per), fmt.Sprintf("RATE=%d", rate/pubs))
+		out := &bytes.Buffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		pubCmds, pubOut = append(pubCmds, cmd), append(pubOut, out)
+	}
+	var tRecv int64
+	deadline := time.Now().Add(5 * time.Minute)
+	for (tSub.Load() == 0 || tDurable.Load() == 0) && time.Now().Before(deadline) {
+		if tRecv == 0 && br.Stats().Devices["robot"].Messages-recvBase >= uint64(total) {
+			tRecv = time.Now().UnixNano()
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cpuOurs := cpuSelf() - cpu0
+	cpuMosq := procCPU(m.cmd.Process.Pid) - mosqCPU0
+	if tRecv == 0 {
+		tRecv = time.Now().UnixNano()
+	}
+	if tSub.Load() == 0 || tDurable.Load() == 0 {
+		b.Fatalf("incomplete after 5 min: mosquitto_sub %d, durable %d of %d", subCount.Load()-1, durable.Load(), total)
+	}
+	var cpuPubs time.Duration
+	for i, cmd := range pubCmds {
+		if err := cmd.Wait(); err != nil {
+			b.Fatalf("publisher %d: %v: %s", i, err, pubOut[i])
+		}
+		cpuPubs += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
+	_ = sub.Process.Signal(syscall.SIGTERM)
+	_ = sub.Wait()
+	cpuSub := sub.ProcessState.UserTime() + sub.ProcessState.SystemTime()
+
+	dmu.Lock()
+	defer dmu.Unlock()
+	slices.Sort(pubDelays)
+	slices.Sort(recvDelays)
+	p99 := func(d []time.Duration) time.Duration { return d[len(d)*99/100] }
+	res := benchResult{
+		subRate:    float64(total) / (time.Duration(tSub.Load() - t0.UnixNano())).Seconds(),
+		recvRate:   float64(total) / (time.Duration(tRecv - t0.UnixNano())).Seconds(),
+		storedRate: float64(total) / (time.Duration(tDurable.Load() - t0.UnixNano())).Seconds(),
+		cpuOurs:    cpuOurs,
+		cpuSub:     cpuSub,
+		p99Pub:     p99(pubDelays),
+		p99Recv:    p99(recvDelays),
+		dups:       int(durable.Load()) - total,
+	}
+	st2 := br.Stats()
+	b.Logf("%d msgs, %d publishers: mosquitto_sub %.0f msg/s (%.2fs CPU); ours received %.0f msg/s, stored %.0f msg/s (%.2fs CPU); p99 publish→durable %s, receive→durable %s; overflow %d, redelivered %d; CPU mosquitto %.2fs, publishers %.2fs",
+		total, pubs, res.subRate, cpuSub.Seconds(), res.recvRate, res.storedRate, cpuOurs.Seconds(), res.p99Pub, res.p99Recv, st2.Overflow, st2.Redelivered,
+		cpuMosq.Seconds(), cpuPubs.Seconds())
+	return res
+}
+
+// procCPU returns the user+system CPU time of process pid from
+// /proc/pid/stat (clock ticks of 10 ms).
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the ")" of the command name: state is field 3; utime
+	// and stime are fields 14 and 15.
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+2:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+const benchPubEnv = "EPISODED_MQTT_BENCH_PUBLISHER"
+
+// TestBenchPublisherChild is the publisher of the benchmark, run as its own
+// process so that its CPU is not counted as ours. It speaks MQTT 3.1.1 with
+// paho's packet codec over one buffered TCP connection: QoS 1 PUBLISH
+// packets, at most 1000 unacknowledged, each stamped with the time it is
+// written (header.stamp), as fast as the broker takes them or at RATE msg/s.
+func TestBenchPublisherChild(t *testing.T) {
+	if os.Getenv(benchPubEnv) == "" {
+		t.Skip("helper process for BenchmarkMQTTRecordVsMosquittoSub")
+	}
+	addr, topic := os.Getenv("ADDR"), os.Getenv("TOPIC")
+	n, _ := strconv.Atoi(os.Getenv("COUNT"))
+	rate, _ := strconv.Atoi(os.Getenv("RATE"))
+	if err := benchPublish(addr, topic, n, rate); err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(2)
+	}
+	fmt.Println("DONE")
+	os.Exit(0)
+}
+
+func benchPublish(addr, topic string, n, rate int) error {
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	bw := bufio.NewWriterSize(conn, 64<<10)
+	br := bufio.NewReaderSize(conn, 64<<10)
+	cp := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
+	cp.ProtocolName, cp.ProtocolVersion, cp.CleanSession, cp.Keepalive = "MQTT", 4, true, 60
+	cp.ClientIdentifier = fmt.Sprintf("bench-pub-%d", os.Getpid())
+	if err := cp.Write(bw); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	if p, err := packets.ReadPacket(br); err != nil {
+		return err
+	} else if ca, ok := p.(*packets.ConnackPacket); !ok || ca.ReturnCode != 0 {
+		return fmt.Errorf("connect refused: %v", p)
+	}
+	const window = 1000
+	sem := make(chan struct{}, window)
+	done := make(chan error, 1)
+	go func() {
+		for acked := 0; acked < n; {
+			p, err := packets.ReadPacket(br)
+			if err != nil {
+				done <- err
+				return
+			}
+			if _, ok := p.(*packets.PubackPacket); ok {
+				<-sem
+				acked++
+			}
+		}
+		done <- nil
+	}()
+	start := time.Now()
+	var payload []byte
+	for i := range n {
+		select {
+		case sem <- struct{}{}:
+		default:
+			if err := bw.Flush(); err != nil {
+				return err
+			}
+			sem <- struct{}{}
+		}
+		if rate > 0 && i%50 == 0 {
+			if d := time.Duration(float64(i)/float64(rate)*float64(time.Second)) - time.Since(start); d > 0 {
+				if err := bw.Flush(); err != nil {
+					return err
+				}
+				time.Sleep(d)
+			}
+		}
+		payload = fmt.Appendf(payload[:0], `{"header":{"stamp":%d,"seq":%d,"frame":"%s"},"joint":[0.1234,0.2345,0.3456,1.4567,-2.5678,3.6789],"tool":{"x":0.51,"y":-0.22,"z":1.03},"io":255,"alarm":0}`,
+			time.Now().UnixNano(), i, topic)
+		pp := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
+		pp.Qos, pp.TopicName, pp.MessageID, pp.Payload = 1, topic, uint16(i%65535+1), payload
+		if err := pp.Write(bw); err != nil {
+			return err
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	return <-done
+}
