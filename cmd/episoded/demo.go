@@ -51,6 +51,9 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	s, err := sim.New(sim.Options{
 		RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: *cameras,
 		ClockOffset: 500 * time.Millisecond, ClockDriftPPM: 30, Jitter: 2 * time.Millisecond, Seed: 1,
+		// The first episode starts once the clock estimators have had a
+		// few seconds of evidence, so its pre-roll is aligned too.
+		TriggerFirst: 6 * time.Second,
 		Logger: log.With("component", "sim"),
 	})
 	if err != nil {
