@@ -17,7 +17,11 @@
 //
 // WHIP ingest: only streams added with AddWHIPStream are accepted, one
 // publisher each (a second gets 409 until the first session ends or is
-// DELETEd). RTP (H.264, RFC 6184) is assembled into access units by
+// DELETEd; a publisher that vanishes without DELETE holds the stream until
+// ICE fails, about 15 s). Publishing needs the API's bearer token when one
+// is configured (enforced by internal/api, like every mutating request);
+// without a token, anyone who can reach the API port may publish to a
+// configured WHIP stream, so keep the default loopback bind or set one. RTP (H.264, RFC 6184) is assembled into access units by
 // gortsplib's decoder, stored Annex-B with a Keyframe flag; SPS/PPS seen
 // in-band go into the Descriptor, which is re-described whenever they
 // change. The first sample after connect or after any loss is a keyframe;
