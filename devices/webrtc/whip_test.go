@@ -58,7 +58,7 @@ func newPublisher(t testing.TB, url string, ntp0 time.Time) *publisher {
 	// browsers, so a rare loopback drop under load is recovered; packets a
 	// test withholds are not in the history and stay lost.
 	p := &publisher{t: t, pc: pc, track: track, base: 0xfffff000, ntp0: ntp0, retransmit: true}
-	go func() {                                                               // read RTCP, counting keyframe requests
+	go func() { // read RTCP, counting keyframe requests
 		for {
 			pkts, _, err := sender.Sender().ReadRTCP()
 			if err != nil {
