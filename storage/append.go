@@ -45,7 +45,8 @@ var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return 
 // Append queues samples (Stream, Seq and T set by the caller) for the next
 // commit. done, if not nil, is called exactly once from the store's commit
 // goroutine: nil once every sample is durable, or the commit's error.
-// done is only called when Append returns nil.
+// done is only called when Append returns nil. It runs on the goroutine
+// that commits (Run's, or Close's) and must not block.
 //
 // Append never does disk I/O. It blocks only when MaxPending bytes are
 // already queued (a slow disk or a Pebble write stall), for at most

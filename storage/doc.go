@@ -37,6 +37,32 @@
 // and every small payload. See docs/benchmarks/storage.md for the numbers
 // behind this choice.
 //
+// # Pebble tuning
+//
+// The write mix is 50–500 KB frames (which go to segment files, so Pebble
+// sees only ~60 B index entries for them) plus 100–500 B telemetry records
+// at up to ~100k/s. Options (pebble.go):
+//
+//   - FormatMajorVersion FormatValueSeparation, explicit, so a library
+//     upgrade never ratchets the on-disk format by itself;
+//   - value separation on, MinimumSize 1 KiB: mid-size and (with
+//     SegmentThreshold < 0) large values go to blob files that compactions
+//     do not rewrite; 100–500 B telemetry stays inline;
+//   - 32 MiB memtables (MemTableSize), up to 4 queued before Pebble stalls
+//     writes; each commit is split into batches of at most 4 MiB, because
+//     a batch larger than half a memtable becomes its own flushable and
+//     forces a flush per commit;
+//   - L0 compaction at 4 files, stop at 24, Lbase 256 MiB, 8 MiB L0 files:
+//     fewer, larger compactions for an append-mostly, time-ordered keyspace;
+//   - fastest compression (telemetry JSON still shrinks, frames cost
+//     little), 32 KiB blocks, BytesPerSync 1 MiB, at most 2 concurrent
+//     compactions (gateways have two cores);
+//   - every commit is pebble.Sync: visibility implies durability.
+//
+// Pebble preallocates each WAL to 110% of the memtable and recycles up to
+// 5 of them, so an idle store occupies up to ~250 MB with the defaults; the
+// quota counts real allocated blocks, not Pebble's estimate.
+//
 // # Lifecycle and durability
 //
 // Open starts nothing of ours. Run runs the commit loop and the space

@@ -204,6 +204,7 @@ func (s *Store) applyPlanLocked(b *pebble.Batch, plan evictPlan, compactNow bool
 		r := s.segMu.segs[id]
 		delete(s.segMu.segs, id)
 		s.segMu.bytes -= r.Size
+		s.segStats.Store(segStats{s.segMu.bytes, len(s.segMu.segs)})
 		freed += r.Size
 		if err := os.Remove(s.segPath(id)); err != nil && !os.IsNotExist(err) {
 			s.log.Error("eviction: remove segment", "segment", id, "err", err)
@@ -424,17 +425,20 @@ func (s *Store) dbBytes() int64 {
 	return n
 }
 
+// segBytes reads the published segment totals; it never waits for a
+// commit (which holds segMu, possibly through a Pebble write stall).
 func (s *Store) segBytes() int64 {
-	s.segMu.Lock()
-	defer s.segMu.Unlock()
-	return s.segMu.bytes
+	if st := s.segStats.Load(); st != nil {
+		return st.(segStats).bytes
+	}
+	return 0
 }
 
 func (s *Store) refreshUsage() Usage {
 	u := Usage{DBBytes: s.dbBytes(), Quota: s.opts.Quota, MinFree: max(s.opts.MinFree, 0), Full: s.full.Load()}
-	s.segMu.Lock()
-	u.SegmentBytes, u.Segments = s.segMu.bytes, len(s.segMu.segs)
-	s.segMu.Unlock()
+	if st := s.segStats.Load(); st != nil {
+		u.SegmentBytes, u.Segments = st.(segStats).bytes, st.(segStats).count
+	}
 	u.Bytes = u.DBBytes + u.SegmentBytes
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(s.dir, &st); err == nil {

@@ -18,6 +18,13 @@ import (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// segStats are the segment totals, published for readers that must not
+// wait on segMu.
+type segStats struct {
+	bytes int64
+	count int
+}
+
 // segWriter is the open, append-only segment of one stream.
 type segWriter struct {
 	id     uint64
@@ -139,6 +146,7 @@ func (s *Store) segCommittedLocked() {
 		*r = w.rec
 		r.Size = w.size
 	}
+	s.segStats.Store(segStats{s.segMu.bytes, len(s.segMu.segs)})
 	s.segMu.pendingTouched = nil
 }
 
@@ -303,6 +311,7 @@ func (s *Store) recoverSegments() error {
 		}
 		s.segMu.bytes += rec.Size
 	}
+	s.segStats.Store(segStats{s.segMu.bytes, len(s.segMu.segs)})
 	s.segMu.nextID = max(maxID, 1)
 	return syncDir(s.segDir)
 }

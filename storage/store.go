@@ -213,6 +213,8 @@ type Store struct {
 		pendingTouched map[uint64]*segWriter
 	}
 
+	segStats atomic.Value // segStats, updated under segMu
+
 	// recMu serialises read-modify-write of small records (descriptors,
 	// episodes) and eviction decisions.
 	recMu sync.Mutex
