@@ -343,11 +343,12 @@ func (o *OutStream) WriteAccessUnit(media time.Duration, abs int64, au []byte) e
 	return nil
 }
 
-// ticks90k converts d to 90 kHz ticks without overflow.
+// ticks90k converts d (not negative) to 90 kHz ticks, rounded to the
+// nearest, without overflow.
 func ticks90k(d time.Duration) int64 {
 	const s = int64(time.Second)
 	n := int64(d)
-	return n/s*90000 + n%s*90000/s
+	return n/s*90000 + (n%s*90000+s/2)/s
 }
 
 // NTPTime encodes ns since the Unix epoch as a 64-bit NTP timestamp (RFC

@@ -70,8 +70,9 @@ const QoS = 1
 
 // Default option values.
 const (
-	DefaultReadAhead  = 4096
-	DefaultAckTimeout = 10 * time.Second
+	DefaultReadAhead      = 4096
+	DefaultReadAheadBytes = 64 << 20
+	DefaultAckTimeout     = 10 * time.Second
 )
 
 // ErrNothing: no selected stream can go to a configured sink.
@@ -94,8 +95,12 @@ type Options struct {
 	// clock starts (to print URLs or wait for viewers).
 	BeforeStart func(ctx context.Context, h Header) error
 	// ReadAhead bounds the samples read ahead of the schedule (default
-	// 4096). When full, reading waits: nothing is dropped.
-	ReadAhead int
+	// 4096), and ReadAheadBytes their payload bytes (default 64 MiB; one
+	// sample larger than that is still read). When full, reading waits:
+	// nothing is dropped. The clock starts once the read-ahead is full or
+	// the whole selection is read.
+	ReadAhead      int
+	ReadAheadBytes int64
 	// AckTimeout bounds the wait for the last MQTT acknowledgements
 	// (default 10s).
 	AckTimeout time.Duration
@@ -110,8 +115,8 @@ func (o Options) Validate() error {
 	if o.Rate < 0 || math.IsNaN(o.Rate) || math.IsInf(o.Rate, 0) {
 		errs = append(errs, fmt.Errorf("rate: %v is not a positive number", o.Rate))
 	}
-	if o.ReadAhead < 0 {
-		errs = append(errs, fmt.Errorf("read ahead: %d is negative", o.ReadAhead))
+	if o.ReadAhead < 0 || o.ReadAheadBytes < 0 {
+		errs = append(errs, fmt.Errorf("read ahead: %d samples, %d bytes: negative", o.ReadAhead, o.ReadAheadBytes))
 	}
 	if o.AckTimeout < 0 {
 		errs = append(errs, fmt.Errorf("ack timeout: %s is negative", o.AckTimeout))
@@ -128,6 +133,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ReadAhead == 0 {
 		o.ReadAhead = DefaultReadAhead
+	}
+	if o.ReadAheadBytes == 0 {
+		o.ReadAheadBytes = DefaultReadAheadBytes
 	}
 	if o.AckTimeout == 0 {
 		o.AckTimeout = DefaultAckTimeout
@@ -276,16 +284,46 @@ func (p *Player) Run(ctx context.Context, open Opener) (*Summary, error) {
 		}
 	}
 
-	// Reader: fills items ahead of the schedule, pass after pass.
+	// Reader: fills items ahead of the schedule, pass after pass, within
+	// ReadAhead samples and ReadAheadBytes of payload.
 	pctx, stop := context.WithCancel(ctx)
 	items := make(chan item, p.o.ReadAhead)
 	var (
 		curMu    sync.Mutex
 		curClose = closeFirst
 		wg       sync.WaitGroup
+		queued   atomic.Int64 // payload bytes in items
+		space    = make(chan struct{}, 1)
+		primed   = make(chan struct{}) // closed once the read-ahead is full or the first pass is read
+		primeOne sync.Once
 	)
+	prime := func() { primeOne.Do(func() { close(primed) }) }
+	put := func(it item) bool {
+		n := int64(len(it.s.Payload))
+		for q := queued.Load(); q > 0 && q+n > p.o.ReadAheadBytes; q = queued.Load() {
+			prime()
+			select {
+			case <-space:
+			case <-pctx.Done():
+				return false
+			}
+		}
+		queued.Add(n)
+		select {
+		case items <- it:
+		default:
+			prime()
+			select {
+			case items <- it:
+			case <-pctx.Done():
+				return false
+			}
+		}
+		return true
+	}
 	wg.Go(func() {
 		defer close(items)
+		defer prime()
 		seq, cl := first, closeFirst
 		for pass := int64(0); ; pass++ {
 			if pass > 0 {
@@ -295,10 +333,7 @@ func (p *Player) Run(ctx context.Context, open Opener) (*Summary, error) {
 					err = errors.New("the episode changed between passes")
 				}
 				if err != nil {
-					select {
-					case items <- item{pass: pass, end: true, err: fmt.Errorf("reopen for pass %d: %w", pass+1, err)}:
-					case <-pctx.Done():
-					}
+					put(item{pass: pass, end: true, err: fmt.Errorf("reopen for pass %d: %w", pass+1, err)})
 					return
 				}
 				seq, cl = s2, c2
@@ -313,19 +348,16 @@ func (p *Player) Run(ctx context.Context, open Opener) (*Summary, error) {
 					endErr = err
 					break
 				}
-				select {
-				case items <- item{pass: pass, s: s, err: err}:
-				case <-pctx.Done():
+				if !put(item{pass: pass, s: s, err: err}) {
 					cl()
 					return
 				}
 			}
 			cl()
-			select {
-			case items <- item{pass: pass, end: true, err: endErr}:
-			case <-pctx.Done():
+			if !put(item{pass: pass, end: true, err: endErr}) {
 				return
 			}
+			prime()
 			if endErr != nil || !p.o.Loop {
 				return
 			}
@@ -340,6 +372,12 @@ func (p *Player) Run(ctx context.Context, open Opener) (*Summary, error) {
 		}
 		wg.Wait()
 	}()
+	// Start the clock with the read-ahead full, so that reading the first
+	// samples does not delay them.
+	select {
+	case <-primed:
+	case <-ctx.Done():
+	}
 
 	span := max(h.To-h.From, int64(time.Millisecond))
 	hists := map[string]*histogram{SinkMQTT: {}, SinkRTSP: {}}
@@ -351,6 +389,13 @@ func (p *Player) Run(ctx context.Context, open Opener) (*Summary, error) {
 	lastPass := int64(-1)
 loop:
 	for it := range items {
+		if n := int64(len(it.s.Payload)); n > 0 {
+			queued.Add(-n)
+			select {
+			case space <- struct{}{}:
+			default:
+			}
+		}
 		if it.end {
 			sum.Passes = int(it.pass + 1)
 			if it.err != nil {
@@ -418,6 +463,7 @@ loop:
 		st.sent++
 	}
 	sum.Interrupted = ctx.Err() != nil
+	sum.Passes = max(sum.Passes, int(lastPass+1))
 	sum.Elapsed = clock.Now().Sub(t0)
 
 	// Wait for the acknowledgements of what was published.

@@ -1,0 +1,283 @@
+package replay
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/sample"
+)
+
+// fakeClock jumps to whatever time is slept until, so a schedule can be
+// checked exactly and instantly. Timing accuracy is measured with the real
+// clock elsewhere (TestReplayMQTT, BenchmarkReplayTiming).
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) SleepUntil(ctx context.Context, t time.Time) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.After(c.now) {
+		c.now = t
+	}
+	return nil
+}
+
+type sent struct {
+	topic   string
+	payload []byte
+	at      time.Time
+	media   time.Duration
+	abs     int64
+}
+
+// recorder stands in for the sinks in schedule tests: it records what the
+// player hands to the Publisher and VideoStream interfaces. The real sinks
+// (mosquitto, the RTSP server) are exercised in TestReplayMQTT and
+// TestReplayRTSP.
+type recorder struct {
+	clock *fakeClock
+	mu    sync.Mutex
+	msgs  []sent
+	video map[string][]sent
+	onPub func(n int)
+}
+
+func (r *recorder) Publish(topic string, qos byte, payload []byte, done func(error)) error {
+	r.mu.Lock()
+	r.msgs = append(r.msgs, sent{topic: topic, payload: payload, at: r.clock.Now()})
+	n := len(r.msgs)
+	r.mu.Unlock()
+	if qos != 1 {
+		return errors.New("qos is not 1")
+	}
+	done(nil)
+	if r.onPub != nil {
+		r.onPub(n)
+	}
+	return nil
+}
+
+type recVideo struct {
+	r      *recorder
+	stream string
+}
+
+func (v recVideo) WriteAccessUnit(media time.Duration, abs int64, au []byte) error {
+	v.r.mu.Lock()
+	defer v.r.mu.Unlock()
+	v.r.video[v.stream] = append(v.r.video[v.stream], sent{payload: au, at: v.r.clock.Now(), media: media, abs: abs})
+	return nil
+}
+
+func newRecorder() *recorder {
+	return &recorder{clock: &fakeClock{now: time.Unix(1_800_000_000, 0)}, video: map[string][]sent{}}
+}
+
+func (r *recorder) options(o Options) Options {
+	o.Clock = r.clock
+	o.MQTT = r
+	o.Video = func(stream string, d sample.Descriptor) (VideoStream, error) { return recVideo{r, stream}, nil }
+	return o
+}
+
+// At rate 2 every sample goes out at start + (T − From)/2, to its original
+// topic (the stream id for a templated stream), with its payload unchanged;
+// video gets media time T − From and absolute time T.
+func TestScheduleRateTopics(t *testing.T) {
+	st := openStore(t)
+	t0 := time.Now().Add(-time.Hour).UnixNano()
+	te := buildEpisode(t, st, epID, t0, time.Second, episode.Closed)
+	for _, prefix := range []string{"", "replay/"} {
+		r := newRecorder()
+		start := r.clock.Now()
+		p, err := New(r.options(Options{Rate: 2, TopicPrefix: prefix}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum, err := p.Run(context.Background(), StoreOpener(st, epID, Selection{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pre := ""
+		if prefix != "" {
+			pre = "replay/"
+		}
+		topics := map[string]string{sJoints: pre + topicJoints, sLidar: pre + topicLidar, sDoor: pre + sDoor}
+		byTopic := map[string][]sent{}
+		for _, m := range r.msgs {
+			byTopic[m.topic] = append(byTopic[m.topic], m)
+		}
+		if len(byTopic) != 3 {
+			t.Errorf("published on topics %v, want 3", keys(byTopic))
+		}
+		for stream, topic := range topics {
+			want := te.samples[stream]
+			got := byTopic[topic]
+			if len(got) != len(want) {
+				t.Fatalf("%s: %d messages on %s, want %d", stream, len(got), topic, len(want))
+			}
+			for i := range want {
+				if !bytes.Equal(got[i].payload, want[i].Payload) {
+					t.Fatalf("%s #%d: payload differs", stream, i)
+				}
+				if d := got[i].at.Sub(start); d != time.Duration((want[i].T-t0)/2) {
+					t.Fatalf("%s #%d sent at +%s, want +%s", stream, i, d, time.Duration((want[i].T-t0)/2))
+				}
+			}
+		}
+		vs := r.video[sCam]
+		if len(vs) != len(te.samples[sCam]) {
+			t.Fatalf("%d access units, want %d", len(vs), len(te.samples[sCam]))
+		}
+		for i, s := range te.samples[sCam] {
+			if !bytes.Equal(vs[i].payload, s.Payload) || vs[i].abs != s.T || vs[i].media != time.Duration(s.T-t0) ||
+				vs[i].at.Sub(start) != time.Duration((s.T-t0)/2) {
+				t.Fatalf("access unit %d: media %s abs %d at +%s", i, vs[i].media, vs[i].abs, vs[i].at.Sub(start))
+			}
+		}
+		if sum.Passes != 1 || sum.Interrupted || sum.Failed() {
+			t.Errorf("summary %+v", sum)
+		}
+		for _, ss := range sum.Streams {
+			want := uint64(len(te.samples[ss.Stream]))
+			if ss.Sent != want || (ss.Sink == SinkMQTT && ss.Acked != want) {
+				t.Errorf("%s: sent %d acked %d, want %d", ss.Stream, ss.Sent, ss.Acked, want)
+			}
+		}
+		if all := sum.Overall(); all.N != uint64(len(r.msgs)+len(vs)) || all.Max != 0 {
+			t.Errorf("timing %+v: want every sample, and zero error with a fake clock", all)
+		}
+	}
+}
+
+func keys[V any](m map[string]V) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// Loop replays [from, to] again and again, pass k shifted by k·(to − from);
+// cancelling stops it without an error.
+func TestScheduleLoopRange(t *testing.T) {
+	st := openStore(t)
+	t0 := time.Now().Add(-time.Hour).UnixNano()
+	te := buildEpisode(t, st, epID, t0, time.Second, episode.Closed)
+	r := newRecorder()
+	start := r.clock.Now()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var inRange []sample.Sample
+	for _, s := range te.samples[sJoints] {
+		if s.T >= t0+int64(200*time.Millisecond) && s.T <= t0+int64(600*time.Millisecond) {
+			inRange = append(inRange, s)
+		}
+	}
+	r.onPub = func(n int) {
+		if n == 3*len(inRange)+5 {
+			cancel()
+		}
+	}
+	o := r.options(Options{Loop: true})
+	o.Video = nil
+	p, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := p.Run(ctx, StoreOpener(st, epID, Selection{Streams: "cell1/robot1/*", From: 200 * time.Millisecond, To: 600 * time.Millisecond}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sum.Interrupted || sum.Passes != 4 {
+		t.Errorf("interrupted %v passes %d, want true, 4", sum.Interrupted, sum.Passes)
+	}
+	if len(r.msgs) != 3*len(inRange)+5 {
+		t.Fatalf("%d messages, want %d", len(r.msgs), 3*len(inRange)+5)
+	}
+	span := 400 * time.Millisecond
+	for i, m := range r.msgs {
+		pass, k := i/len(inRange), i%len(inRange)
+		s := inRange[k]
+		want := time.Duration(s.T-t0-int64(200*time.Millisecond)) + time.Duration(pass)*span
+		if m.at.Sub(start) != want || !bytes.Equal(m.payload, s.Payload) || m.topic != topicJoints {
+			t.Fatalf("message %d (pass %d): at +%s on %s, want +%s on %s", i, pass, m.at.Sub(start), m.topic, want, topicJoints)
+		}
+	}
+	for _, ss := range sum.Streams {
+		if ss.Stream != sJoints {
+			t.Errorf("stream %s in the summary, not selected", ss.Stream)
+		}
+	}
+}
+
+// Without a broker and a video server nothing can be replayed; with only a
+// broker, video is reported as not served.
+func TestScheduleSinksMissing(t *testing.T) {
+	st := openStore(t)
+	t0 := time.Now().Add(-time.Hour).UnixNano()
+	buildEpisode(t, st, epID, t0, 100*time.Millisecond, episode.Closed)
+	p, err := New(Options{Clock: &fakeClock{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Run(context.Background(), StoreOpener(st, epID, Selection{})); !errors.Is(err, ErrNothing) {
+		t.Errorf("no sinks: %v, want ErrNothing", err)
+	}
+	r := newRecorder()
+	o := r.options(Options{})
+	o.Video = nil
+	p, err = New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := p.Run(context.Background(), StoreOpener(st, epID, Selection{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ss := range sum.Streams {
+		if ss.Stream == sCam && (ss.Sink != "" || ss.Note != "video not served" || ss.Sent != 0) {
+			t.Errorf("camera: %+v", ss)
+		}
+	}
+	if _, err := New(Options{Rate: -1, TopicPrefix: "a/#"}); err == nil {
+		t.Error("bad options accepted")
+	}
+}
+
+func TestHistogram(t *testing.T) {
+	var h histogram
+	for i := 1; i <= 1000; i++ {
+		h.add(time.Duration(i) * 10 * time.Microsecond) // 10 µs .. 10 ms
+	}
+	h.add(-time.Millisecond) // counts as 0
+	h.add(3 * time.Second)
+	if got := h.quantile(0.5); got < 4990*time.Microsecond || got > 5010*time.Microsecond {
+		t.Errorf("p50 %s, want ~5ms", got)
+	}
+	if got := h.quantile(0.99); got < 9890*time.Microsecond || got > 9990*time.Microsecond {
+		t.Errorf("p99 %s, want ~9.9ms", got)
+	}
+	if got := h.quantile(1); got != 3*time.Second || h.max != 3*time.Second {
+		t.Errorf("p100 %s max %s, want 3s", got, h.max)
+	}
+	if h.n != 1002 {
+		t.Errorf("n %d", h.n)
+	}
+}
