@@ -451,3 +451,12 @@ func recvOffer(t testing.TB, pc *webrtc.PeerConnection) string {
 }
 
 func testNow() time.Time { return time.Now() }
+
+// newHTTPServer serves h on loopback until the test ends and returns its
+// base URL.
+func newHTTPServer(t testing.TB, h http.Handler) string {
+	t.Helper()
+	s := httptest.NewServer(h)
+	t.Cleanup(s.Close)
+	return s.URL
+}
