@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/replay"
+	"github.com/episoded/episoded/sample"
+	"github.com/episoded/episoded/storage"
+)
+
+const (
+	replayEp  = "0193a1b2-0000-7000-8000-0000000000c1"
+	replayRec = "0193a1b2-0000-7000-8000-0000000000c2"
+)
+
+// replayStore builds a store in a temp dir with a closed episode (100 Hz
+// JSON joint states on robots/r1/joint_states for 1 s) and a recording
+// one, and returns the open store and its directory.
+func replayStore(t *testing.T) (*storage.Store, string, []sample.Sample) {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := storage.Open(storage.Options{Dir: dir, MinFree: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- st.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		st.Close()
+	})
+	t0 := time.Now().Add(-time.Hour).UnixNano()
+	if _, err := st.PutDescriptor(sample.Descriptor{Stream: "cell1/robot1/joints", Kind: sample.KindTelemetry, Codec: sample.CodecJSON,
+		Device: "robot1", Source: "robots/r1/joint_states", Clock: sample.ClockArrival, Since: t0}); err != nil {
+		t.Fatal(err)
+	}
+	var ss []sample.Sample
+	for i := range 100 {
+		ts := t0 + int64(i)*int64(10*time.Millisecond)
+		ss = append(ss, sample.Sample{Stream: "cell1/robot1/joints", Seq: uint64(i + 1), T: ts, RecvT: ts,
+			Payload: fmt.Appendf(nil, `{"i":%d,"q":[0.1,0.2,%d]}`, i, i*i)})
+	}
+	durable := make(chan error, 1)
+	if err := st.Append(ss, func(err error) { durable <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-durable; err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range []episode.Episode{
+		{ID: replayEp, Cell: "cell1", Start: t0, Stop: t0 + int64(time.Second), Streams: []string{"cell1/robot1/joints"}, State: episode.Closed},
+		{ID: replayRec, Cell: "cell1", Start: t0 + int64(2*time.Second), Streams: []string{"cell1/robot1/joints"}, State: episode.Recording},
+	} {
+		if err := st.PutEpisode(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return st, dir, ss
+}
+
+// daemonStandIn serves the samples endpoint the way the daemon mounts it.
+func daemonStandIn(t *testing.T, st *storage.Store) string {
+	t.Helper()
+	mux := http.NewServeMux()
+	mux.Handle("GET /v1/episodes/{id}/samples", replay.SamplesHandler(st, nil))
+	ts := httptest.NewServer(mux)
+	t.Cleanup(ts.Close)
+	return ts.URL
+}
+
+func runReplay(args ...string) (code int, stdout, stderr string) {
+	var o, e bytes.Buffer
+	code = cmdReplay(args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+func TestReplayBadInput(t *testing.T) {
+	st, dir, _ := replayStore(t)
+	api := daemonStandIn(t, st)
+	noBroker := "tcp://127.0.0.1:" + strings.TrimPrefix(freeAddr(t), "127.0.0.1:")
+	notStore := t.TempDir()
+	cases := []struct {
+		name string
+		args []string
+		code int
+		msg  string
+	}{
+		{"no id", nil, exitUsage, "need exactly one episode ID"},
+		{"bad rate", []string{"--rate", "0", replayEp}, exitUsage, "--rate 0: must be positive"},
+		{"bad pattern", []string{"--streams", "[", replayEp}, exitUsage, "not a valid pattern"},
+		{"unknown episode (api)", []string{"--api", api, "nope"}, exitFailure, "episode nope not found"},
+		{"recording (api)", []string{"--api", api, replayRec}, exitFailure, "still recording"},
+		{"nothing selected (api)", []string{"--api", api, "--streams", "cell9/*", replayEp}, exitFailure, "no stream of episode"},
+		{"no daemon", []string{"--api", "http://" + freeAddr(t), replayEp}, exitFailure, "daemon not reachable"},
+		{"unreachable broker (api)", []string{"--api", api, "--mqtt", noBroker, replayEp}, exitFailure, "connect to MQTT broker " + noBroker},
+		{"not a store", []string{"--store", notStore, replayEp}, exitFailure, "not an episoded store"},
+	}
+	for _, c := range cases {
+		code, _, stderr := runReplay(c.args...)
+		if code != c.code || !strings.Contains(stderr, c.msg) {
+			t.Errorf("%s: exit %d, stderr %q; want exit %d and %q", c.name, code, stderr, c.code, c.msg)
+		}
+	}
+	if entries, _ := os.ReadDir(notStore); len(entries) != 0 {
+		t.Errorf("--store initialised a store in %s", notStore)
+	}
+
+	// Straight from the store once the daemon stand-in let go of it.
+	st.Close()
+	for _, c := range []struct {
+		name string
+		args []string
+		msg  string
+	}{
+		{"unknown episode (store)", []string{"--store", dir, "nope"}, "episode not found: nope"},
+		{"recording (store)", []string{"--store", dir, replayRec}, "still recording"},
+		{"unreachable broker (store)", []string{"--store", dir, "--mqtt", noBroker, replayEp}, "connect to MQTT broker"},
+	} {
+		code, _, stderr := runReplay(c.args...)
+		if code != exitFailure || !strings.Contains(stderr, c.msg) {
+			t.Errorf("%s: exit %d, stderr %q; want exit %d and %q", c.name, code, stderr, exitFailure, c.msg)
+		}
+	}
+}
+
+// startBroker runs mosquitto on a free loopback port.
+func startBroker(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("needs a real mosquitto broker; skipped under -short")
+	}
+	for _, b := range []string{"/usr/sbin/mosquitto", "mosquitto_sub"} {
+		if _, err := exec.LookPath(b); err != nil {
+			t.Fatalf("%s not found (apt-get install -y --no-install-recommends mosquitto mosquitto-clients): %v", b, err)
+		}
+	}
+	addr := freeAddr(t)
+	port := strings.TrimPrefix(addr, "127.0.0.1:")
+	conf := writeFile(t, filepath.Join(t.TempDir(), "mosquitto.conf"),
+		"listener "+port+" 127.0.0.1\nallow_anonymous true\nuser root\npersistence false\n")
+	cmd := exec.Command("/usr/sbin/mosquitto", "-c", conf)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			return "tcp://" + addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("mosquitto did not start")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The command replays through the daemon's API to a real mosquitto:
+// mosquitto_sub (an independent client) gets every message, in order,
+// with identical payloads, on the topic prefix; the JSON summary counts
+// them.
+func TestReplayCommandMQTT(t *testing.T) {
+	broker := startBroker(t)
+	st, _, stored := replayStore(t)
+	api := daemonStandIn(t, st)
+	port := broker[strings.LastIndexByte(broker, ':')+1:]
+	sub := exec.Command("mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-q", "1", "-t", "#", "-v", "-C", fmt.Sprint(len(stored)), "-W", "30")
+	var subOut bytes.Buffer
+	sub.Stdout = &subOut
+	subErr, _ := sub.StderrPipe()
+	if err := sub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go bufio.NewReader(subErr).WriteTo(os.Stderr)
+	time.Sleep(500 * time.Millisecond) // let mosquitto_sub subscribe
+
+	code, stdout, stderr := runReplay("--api", api, "--mqtt", broker, "--topic-prefix", "replay", "--rate", "4", "--json", replayEp)
+	if code != exitOK {
+		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout, stderr)
+	}
+	if err := sub.Wait(); err != nil {
+		t.Fatalf("mosquitto_sub: %v (got %q)", err, subOut.String())
+	}
+	lines := strings.Split(strings.TrimSpace(subOut.String()), "\n")
+	if len(lines) != len(stored) {
+		t.Fatalf("mosquitto_sub got %d messages, want %d", len(lines), len(stored))
+	}
+	for i, l := range lines {
+		if want := "replay/robots/r1/joint_states " + string(stored[i].Payload); l != want {
+			t.Fatalf("message %d: %q, want %q", i, l, want)
+		}
+	}
+	// The JSON summary follows the progress lines.
+	i := strings.Index(stdout, "{")
+	if i < 0 {
+		t.Fatalf("no JSON summary in %q", stdout)
+	}
+	var sum replay.Summary
+	if err := json.Unmarshal([]byte(stdout[i:]), &sum); err != nil {
+		t.Fatalf("summary: %v\n%s", err, stdout)
+	}
+	if len(sum.Streams) != 1 || sum.Streams[0].Sent != uint64(len(stored)) || sum.Streams[0].Acked != uint64(len(stored)) ||
+		sum.Streams[0].Target != "replay/robots/r1/joint_states" || sum.Rate != 4 || sum.Interrupted {
+		t.Errorf("summary %+v", sum)
+	}
+	if el := sum.Elapsed; el < 200*time.Millisecond || el > 2*time.Second {
+		t.Errorf("a 1 s episode at rate 4 took %s", el)
+	}
+	t.Logf("timing %+v", sum.Timing)
+}
