@@ -25,9 +25,11 @@ import (
 // stream's samples reach storage in seq order.
 //
 // When storage refuses a sample (full, or overloaded past its bounded
-// wait), the sample is dropped: its seq is taken back, the refusal is
-// counted, and the stream's next stored sample carries Discontinuity and the
-// dropped count, so the loss shows in the episode's quality report.
+// wait), its seq is taken back, the refusal is counted and logged (once per
+// burst), and Write returns the error to the device, which knows what the
+// loss means: a camera marks its next stored frame with Discontinuity and
+// the dropped count; an MQTT device withholds the acknowledgement so the
+// broker redelivers the message.
 type pipeline struct {
 	store *storage.Store
 	log   *slog.Logger
@@ -54,8 +56,7 @@ type pipeline struct {
 type streamState struct {
 	mu      sync.Mutex
 	proc    *ingest.Stream
-	cell    string
-	dropped uint32 // refused by storage since the last stored sample
+	cell string
 	// rejectLogged limits the refusal log to one line per burst.
 	rejectLogged time.Time
 }
@@ -128,20 +129,14 @@ func (p *pipeline) Write(s sample.Sample, done func(error)) error {
 		return fmt.Errorf("pipeline: stream %q was not described", s.Stream)
 	}
 	st.mu.Lock()
-	if st.dropped > 0 {
-		s.Flags |= sample.Discontinuity
-		s.Dropped += st.dropped
-	}
 	st.proc.Process(&s)
 	err := p.store.Append([]sample.Sample{s}, done)
 	if err != nil {
 		st.proc.Unprocess(&s)
-		st.dropped++
 		p.refusedLocked(st, s.Stream, err)
 		st.mu.Unlock()
 		return err
 	}
-	st.dropped = 0
 	desc := st.proc.Descriptor()
 	cell := st.cell
 	st.mu.Unlock()
@@ -166,7 +161,7 @@ func (p *pipeline) refusedLocked(st *streamState, stream string, err error) {
 	p.refused.WithLabelValues(stream, reason).Inc()
 	if now := p.now(); now.Sub(st.rejectLogged) > 10*time.Second {
 		st.rejectLogged = now
-		p.log.Warn("storage refused samples; they are dropped and counted as gaps", "stream", stream, "reason", reason, "err", err)
+		p.log.Warn("storage refused samples", "stream", stream, "reason", reason, "err", err)
 	}
 }
 
