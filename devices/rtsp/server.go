@@ -421,8 +421,13 @@ func (h *serverHandler) OnSessionClose(ctx *gortsplib.ServerHandlerOnSessionClos
 	}
 }
 
-// WaitPlayed blocks until every stream has been played at least once, or
-// ctx ends.
+// playGrace is how long WaitPlayed waits after the last PLAY: gortsplib
+// makes a session a reader of the stream just after OnPlay returns, so
+// units written at once could miss it.
+const playGrace = 50 * time.Millisecond
+
+// WaitPlayed blocks until every stream has been played at least once (and
+// the reader is active), or ctx ends.
 func WaitPlayed(ctx context.Context, streams ...*OutStream) error {
 	for _, o := range streams {
 		select {
@@ -431,5 +436,12 @@ func WaitPlayed(ctx context.Context, streams ...*OutStream) error {
 			return ctx.Err()
 		}
 	}
-	return nil
+	t := time.NewTimer(playGrace)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

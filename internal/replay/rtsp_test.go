@@ -172,7 +172,7 @@ func TestReplayRTSP(t *testing.T) {
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
-			return nil
+			return rtsp.WaitPlayed(ctx, outs...)
 		},
 	})
 	if err != nil {
@@ -271,4 +271,150 @@ func TestReplayRTSP(t *testing.T) {
 	tm := sum.Overall()
 	t.Logf("%d access units to 2 readers; %d sender reports; send timing error p50 %.3f ms p99 %.3f ms",
 		len(stored), stats.SenderReports, tm.P50, tm.P99)
+}
+
+// H.265: the SDP carries the descriptor's VPS, SPS and PPS, and a
+// gortsplib client receives the stored access units unchanged.
+func TestReplayRTSPH265(t *testing.T) {
+	aus, err := assets.H265AccessUnits()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vps, sps, pps []byte
+	for _, au := range aus {
+		for _, n := range au {
+			switch (n[0] >> 1) & 0x3f {
+			case 32:
+				vps = cmpOr(vps, n)
+			case 33:
+				sps = cmpOr(sps, n)
+			case 34:
+				pps = cmpOr(pps, n)
+			}
+		}
+	}
+	st := openStore(t)
+	t0 := time.Now().Add(-time.Hour).UnixNano()
+	d := sample.Descriptor{Stream: "cell2/cam-h265", Kind: sample.KindVideo, Codec: sample.CodecH265, Device: "cam",
+		Params: [][]byte{vps, sps, pps}, Since: t0}
+	if _, err := st.PutDescriptor(d); err != nil {
+		t.Fatal(err)
+	}
+	n := 45
+	var stored []sample.Sample
+	for i := range n {
+		stored = append(stored, sample.Sample{Stream: d.Stream, Seq: uint64(i + 1), T: t0 + int64(i)*int64(time.Second)/30, Payload: annexB(aus[i])})
+	}
+	durable := make(chan error, 1)
+	if err := st.Append(stored, func(err error) { durable <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-durable; err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutEpisode(episode.Episode{ID: epID, Cell: "cell2", Start: t0, Stop: t0 + int64(1500*time.Millisecond),
+		Streams: []string{d.Stream}, State: episode.Closed}); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := rtsp.NewServer(rtsp.ServerOptions{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+
+	type got struct {
+		vps, sps, pps []byte
+		aus           [][][]byte
+	}
+	var (
+		mu  sync.Mutex
+		g   got
+		out *rtsp.OutStream
+	)
+	p, err := New(Options{
+		Video: func(stream string, d sample.Descriptor) (VideoStream, error) {
+			o, err := srv.AddStream(stream, d)
+			out = o
+			return o, err
+		},
+		BeforeStart: func(ctx context.Context, h Header) error {
+			u, err := base.ParseURL(out.URL())
+			if err != nil {
+				return err
+			}
+			tcp := gortsplib.TransportTCP
+			c := &gortsplib.Client{Scheme: u.Scheme, Host: u.Host, Transport: &tcp}
+			if err := c.Start2(); err != nil {
+				return err
+			}
+			t.Cleanup(c.Close)
+			desc, _, err := c.Describe(u)
+			if err != nil {
+				return err
+			}
+			var forma *format.H265
+			medi := desc.FindFormat(&forma)
+			if medi == nil {
+				return fmt.Errorf("no H.265 in the SDP")
+			}
+			g.vps, g.sps, g.pps = forma.SafeParams()
+			dec, err := forma.CreateDecoder()
+			if err != nil {
+				return err
+			}
+			if _, err := c.Setup(desc.BaseURL, medi, 0, 0); err != nil {
+				return err
+			}
+			c.OnPacketRTP(medi, forma, func(pkt *rtp.Packet) {
+				if au, err := dec.Decode(pkt); err == nil {
+					mu.Lock()
+					g.aus = append(g.aus, au)
+					mu.Unlock()
+				}
+			})
+			if _, err := c.Play(nil); err != nil {
+				return err
+			}
+			return rtsp.WaitPlayed(ctx, out)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Run(context.Background(), StoreOpener(st, epID, Selection{})); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		mu.Lock()
+		k := len(g.aus)
+		mu.Unlock()
+		if k >= n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if string(g.vps) != string(vps) || string(g.sps) != string(sps) || string(g.pps) != string(pps) {
+		t.Error("SDP parameter sets differ from the descriptor's")
+	}
+	if len(g.aus) != n {
+		t.Fatalf("client got %d access units, want %d", len(g.aus), n)
+	}
+	for i := range n {
+		if !reflect.DeepEqual(g.aus[i], aus[i]) {
+			t.Fatalf("access unit %d differs", i)
+		}
+	}
+}
+
+func cmpOr(cur, n []byte) []byte {
+	if cur != nil {
+		return cur
+	}
+	return n
 }
