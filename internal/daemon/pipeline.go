@@ -54,8 +54,8 @@ type pipeline struct {
 }
 
 type streamState struct {
-	mu      sync.Mutex
-	proc    *ingest.Stream
+	mu   sync.Mutex
+	proc *ingest.Stream
 	cell string
 	// rejectLogged limits the refusal log to one line per burst.
 	rejectLogged time.Time
