@@ -117,3 +117,26 @@ func TestOptionsValidate(t *testing.T) {
 		t.Fatalf("NewServer with bad options: %v", err)
 	}
 }
+
+// With no usable interface, POST answers 500 with a hint instead of an
+// answer without candidates.
+func TestNoCandidates(t *testing.T) {
+	ts := startServer(t, Options{Interfaces: []string{"lo"}}, nil, nil, whipBase) // loopback not included
+	pc, err := peerAPI(t).NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if _, err := pc.AddTransceiverFromKind(webrtc.RTPCodecTypeVideo,
+		webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
+		t.Fatal(err)
+	}
+	offer, _ := pc.CreateOffer(nil)
+	code, body, _ := post(t, ts.url+"/whip/"+whipBase.Stream, offer.SDP)
+	if code != http.StatusInternalServerError || !strings.Contains(body, "no ICE host candidates") {
+		t.Fatalf("POST = %d %q, want 500 about candidates", code, body)
+	}
+	if st := ts.Stats(); len(st.Sessions) != 0 || st.WHIP[0].Publishing {
+		t.Fatalf("failed POST left state: %+v", st)
+	}
+}

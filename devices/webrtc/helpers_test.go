@@ -41,8 +41,10 @@ type testServer struct {
 
 func startServer(t testing.TB, o Options, hub *Hub, src episodeSource, whip ...sample.Descriptor) *testServer {
 	t.Helper()
-	o.Interfaces = []string{"lo"}
-	o.IncludeLoopback = true
+	if o.Interfaces == nil {
+		o.Interfaces = []string{"lo"}
+		o.IncludeLoopback = true
+	}
 	if o.Logger == nil {
 		o.Logger = testLogger()
 	}

@@ -464,6 +464,10 @@ func answer(ctx context.Context, pc *webrtc.PeerConnection, offer string) (strin
 	if ld == nil {
 		return "", errors.New("no local description after gathering")
 	}
+	if !strings.Contains(ld.SDP, "a=candidate:") {
+		return "", errorf(http.StatusInternalServerError,
+			"no ICE host candidates on the configured interfaces (check the webrtc interfaces setting; loopback needs IncludeLoopback)")
+	}
 	return ld.SDP, nil
 }
 
