@@ -142,6 +142,10 @@ func (c *bufferedConn) flusher() {
 func (c *bufferedConn) flushOnce(spare []byte) ([]byte, error) {
 	c.flushMu.Lock()
 	defer c.flushMu.Unlock()
+	return c.flushLocked(spare)
+}
+
+func (c *bufferedConn) flushLocked(spare []byte) ([]byte, error) {
 	c.mu.Lock()
 	if c.mu.err != nil || len(c.mu.buf) == 0 {
 		err := c.mu.err
@@ -159,6 +163,22 @@ func (c *bufferedConn) flushOnce(spare []byte) ([]byte, error) {
 	return out[:0], nil
 }
 
+// SetWriteDeadline and SetDeadline are serialized with the flusher's
+// writes: websocket connections keep the deadline in an unsynchronized
+// field.
+func (c *bufferedConn) SetWriteDeadline(t time.Time) error {
+	c.flushMu.Lock()
+	defer c.flushMu.Unlock()
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func (c *bufferedConn) SetDeadline(t time.Time) error {
+	if err := c.Conn.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
+}
+
 func (c *bufferedConn) fail(err error) {
 	c.mu.Lock()
 	if c.mu.err == nil {
@@ -169,17 +189,26 @@ func (c *bufferedConn) fail(err error) {
 	_ = c.Conn.Close()
 }
 
-// Close flushes pending writes (for at most closeTimeout) and closes.
+// Close flushes pending writes (for at most closeTimeout) and closes. If a
+// write is stuck for that long, the connection is closed under it.
 func (c *bufferedConn) Close() error {
-	var err error
 	c.once.Do(func() {
-		_ = c.Conn.SetWriteDeadline(time.Now().Add(closeTimeout))
-		_, _ = c.flushOnce(nil)
+		deadline := time.Now().Add(closeTimeout)
+		for !c.flushMu.TryLock() {
+			if time.Now().After(deadline) {
+				c.fail(errConnClosed)
+				close(c.done)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+		_ = c.Conn.SetWriteDeadline(deadline)
+		_, _ = c.flushLocked(nil)
+		c.flushMu.Unlock()
 		c.fail(errConnClosed)
 		close(c.done)
-		err = nil
 	})
-	return err
+	return nil
 }
 
 // nopStore is a paho.Store that keeps nothing. paho's store would let a

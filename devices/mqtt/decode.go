@@ -523,7 +523,10 @@ func scaleDecimal(lit string, exp10 int) (int64, error) {
 		neg = s[0] == '-'
 		s = s[1:]
 	}
-	mant, expPart, hasExp := strings.Cut(strings.ToLower(s), "e")
+	mant, expPart, hasExp := s, "", false
+	if i := strings.IndexAny(s, "eE"); i >= 0 {
+		mant, expPart, hasExp = s[:i], s[i+1:], true
+	}
 	intPart, frac, _ := strings.Cut(mant, ".")
 	digits := intPart + frac
 	if digits == "" || strings.Trim(digits, "0123456789") != "" {

@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.mqtt.golang/packets"
+
 	"github.com/episoded/episoded/sample"
 )
 
@@ -363,4 +365,61 @@ func (l *logBuf) String() string {
 func newTestLogger() (*slog.Logger, *logBuf) {
 	lb := &logBuf{}
 	return slog.New(slog.NewTextHandler(lb, &slog.HandlerOptions{Level: slog.LevelDebug})), lb
+}
+
+// testPublisher is a minimal QoS 1 publisher written with paho's packet
+// codec, for brokers where mosquitto_pub cannot be pointed (in-process).
+type testPublisher struct {
+	conn net.Conn
+	br   *bufio.Reader
+	id   uint16
+}
+
+func newTestPublisher(addr string) (*testPublisher, error) {
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	p := &testPublisher{conn: conn, br: bufio.NewReader(conn)}
+	cp := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
+	cp.ProtocolName, cp.ProtocolVersion, cp.CleanSession, cp.Keepalive = "MQTT", 4, true, 30
+	cp.ClientIdentifier = fmt.Sprintf("test-pub-%d", time.Now().UnixNano())
+	if err := cp.Write(conn); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	pk, err := packets.ReadPacket(p.br)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if ca, ok := pk.(*packets.ConnackPacket); !ok || ca.ReturnCode != 0 {
+		conn.Close()
+		return nil, fmt.Errorf("connect refused: %v", pk)
+	}
+	return p, nil
+}
+
+// publish sends one QoS 1 message and waits for its PUBACK.
+func (p *testPublisher) publish(topic string, payload []byte) error {
+	p.id = p.id%65535 + 1
+	pp := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
+	pp.Qos, pp.TopicName, pp.MessageID, pp.Payload = 1, topic, p.id, payload
+	if err := pp.Write(p.conn); err != nil {
+		return err
+	}
+	for {
+		pk, err := packets.ReadPacket(p.br)
+		if err != nil {
+			return err
+		}
+		if pa, ok := pk.(*packets.PubackPacket); ok && pa.MessageID == p.id {
+			return nil
+		}
+	}
+}
+
+func (p *testPublisher) close() {
+	_ = packets.NewControlPacket(packets.Disconnect).Write(p.conn)
+	p.conn.Close()
 }
