@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/episoded/episoded/sample"
 )
+
+var errSimulatedCrash = errors.New("storage: simulated crash (test)")
 
 // maxBatchBytes caps one Pebble batch (see pending.batches).
 const maxBatchBytes = 4 << 20
@@ -31,6 +34,7 @@ type pending struct {
 }
 
 type largeEntry struct {
+	batch   int // index in pending.batches of the Append's batch
 	key     []byte
 	rec     sampleRec
 	payload []byte
@@ -133,16 +137,21 @@ func (s *Store) Append(samples []sample.Sample, done func(error)) error {
 		return ErrClosed
 	}
 	p := s.mu.p
-	if len(kvs) > 0 {
-		if n := len(p.batches); n == 0 || p.batches[n-1].Len() >= maxBatchBytes {
-			// Preallocated: growing by doubling costs a copy of every byte.
-			p.batches = append(p.batches, s.db.NewBatchWithSize(maxBatchBytes+64<<10))
-		}
-		b := p.batches[len(p.batches)-1]
-		for _, e := range kvs {
-			// Batch.Set copies key and value into the batch.
-			_ = b.Set(enc[e.k0:e.k1], enc[e.k1:e.v1], nil)
-		}
+	// Every sample of one Append goes into one batch (inline records now,
+	// index entries of large payloads at commit), in Append order, so a
+	// crash keeps a prefix of the Appends: never a hole in a stream.
+	if n := len(p.batches); n == 0 || p.batches[n-1].Len() >= s.batchBytes {
+		// Preallocated: growing by doubling costs a copy of every byte.
+		p.batches = append(p.batches, s.db.NewBatchWithSize(s.batchBytes+64<<10))
+	}
+	bi := len(p.batches) - 1
+	b := p.batches[bi]
+	for _, e := range kvs {
+		// Batch.Set copies key and value into the batch.
+		_ = b.Set(enc[e.k0:e.k1], enc[e.k1:e.v1], nil)
+	}
+	for i := range large {
+		large[i].batch = bi
 	}
 	p.large = append(p.large, large...)
 	if done != nil {
@@ -221,27 +230,25 @@ func (s *Store) commitPending(p *pending) error {
 			b.Close()
 		}
 	}()
-	// Index entries of large payloads go in a batch of their own, last.
-	var last *pebble.Batch
+	if len(p.batches) == 0 {
+		return nil
+	}
 	if len(p.large) > 0 {
 		s.segMu.Lock()
 		defer s.segMu.Unlock()
-		last = s.db.NewBatch()
-		defer last.Close()
-		if err := s.writeSegmentsLocked(last, p.large); err != nil {
+		if err := s.writeSegmentsLocked(p.batches, p.large); err != nil {
 			return err
 		}
 	}
 	// Batches are committed in Append order; only the last one syncs the
 	// WAL, which makes all of them durable. A crash in between can leave
 	// a prefix of the batches, never a later batch without an earlier one.
-	batches := p.batches
-	if last != nil {
-		batches = append(batches[:len(batches):len(batches)], last)
-	}
-	for i, b := range batches {
+	for i, b := range p.batches {
+		if s.testCrashAfter > 0 && i == s.testCrashAfter {
+			return errSimulatedCrash
+		}
 		opt := pebble.NoSync
-		if i == len(batches)-1 {
+		if i == len(p.batches)-1 {
 			opt = pebble.Sync
 		}
 		if err := b.Commit(opt); err != nil {

@@ -27,6 +27,16 @@ var crashStreams = []struct {
 	size int
 }{
 	{"cell/cam0", 12_000}, {"cell/cam1", 5_000}, {"cell/tel0", 200}, {"cell/tel1", 300}, {"cell/tel2", 120},
+	// Sizes on both sides of the segment threshold: inline and segment
+	// samples interleave within one stream.
+	{"cell/mixed", -1},
+}
+
+func crashSize(stream int, seq uint64) int {
+	if n := crashStreams[stream].size; n >= 0 {
+		return n
+	}
+	return 1000 + int(seq*7919%8000)
 }
 
 func crashT(stream int, seq uint64) int64 {
@@ -50,6 +60,9 @@ func TestCrashChild(t *testing.T) {
 		fmt.Printf("OPENFAIL %v\n", err)
 		os.Exit(3)
 	}
+	// Small batches: most commits span several Pebble batches, so kills
+	// land between them.
+	s.batchBytes = 16 << 10
 	go s.Run(context.Background())
 	next := make([]uint64, len(crashStreams))
 	for i, st := range crashStreams {
@@ -72,7 +85,7 @@ func TestCrashChild(t *testing.T) {
 		batch := make([]sample.Sample, n)
 		for j := range batch {
 			seq := next[i] + uint64(j)
-			batch[j] = sample.Sample{Stream: st.name, Seq: seq, T: crashT(i, seq), RecvT: int64(seq), Payload: payloadFor(st.name, seq, st.size)}
+			batch[j] = sample.Sample{Stream: st.name, Seq: seq, T: crashT(i, seq), RecvT: int64(seq), Payload: payloadFor(st.name, seq, crashSize(i, seq))}
 		}
 		from, to := next[i], next[i]+uint64(n)-1
 		err := s.Append(batch, func(err error) {
@@ -204,7 +217,7 @@ func checkCrashStore(t *testing.T, dir string, round int, durable map[string]uin
 			if sm.Seq != want {
 				t.Fatalf("round %d: %s: seq %d after %d: hole in the timeline", round, st.name, sm.Seq, want-1)
 			}
-			if sm.T != crashT(i, sm.Seq) || sm.RecvT != int64(sm.Seq) || string(sm.Payload) != string(payloadFor(st.name, sm.Seq, st.size)) {
+			if sm.T != crashT(i, sm.Seq) || sm.RecvT != int64(sm.Seq) || string(sm.Payload) != string(payloadFor(st.name, sm.Seq, crashSize(i, sm.Seq))) {
 				t.Fatalf("round %d: %s seq %d: content differs from what was written", round, st.name, sm.Seq)
 			}
 			want++

@@ -185,7 +185,8 @@ func (s *Store) EpisodeSamples(id string) iter.Seq2[sample.Sample, error] {
 }
 
 // LastSample returns the durable sample of stream with the highest
-// (T, Seq), or ErrNotFound.
+// (T, Seq), or ErrNotFound. If that record is corrupt, the error comes with
+// Stream, T and Seq taken from its key, so seq numbering can still go on.
 func (s *Store) LastSample(stream string) (sample.Sample, error) {
 	if s.closed.Load() {
 		return sample.Sample{}, ErrClosed

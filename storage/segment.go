@@ -56,10 +56,13 @@ func floorDiv(a, b int64) int64 {
 	return q
 }
 
-// writeSegmentsLocked writes the large payloads to their streams' segments,
-// makes the segments durable and adds the index entries and segment sizes
-// to b. Called with segMu held; the caller commits b while still holding it.
-func (s *Store) writeSegmentsLocked(b *pebble.Batch, large []largeEntry) error {
+// writeSegmentsLocked writes the large payloads to their streams' segments
+// and makes the segments durable. Each index entry goes into its Append's
+// batch; the segments' new committed sizes go into the first batch, so
+// that no committed index entry ever points past a segment's committed
+// size (a size covering bytes no entry references yet is harmless). Called
+// with segMu held; the caller commits the batches while still holding it.
+func (s *Store) writeSegmentsLocked(batches []*pebble.Batch, large []largeEntry) error {
 	if s.segMu.active == nil {
 		s.segMu.active = make(map[string]*segWriter)
 	}
@@ -82,7 +85,7 @@ func (s *Store) writeSegmentsLocked(b *pebble.Batch, large []largeEntry) error {
 		e.rec.Seg, e.rec.Off, e.rec.Len = w.id, off, uint32(len(e.payload))
 		e.rec.Sum = crc32.Checksum(e.payload, castagnoli)
 		val, _ = appendRecord(val[:0], &e.rec)
-		if err := b.Set(e.key, val, nil); err != nil {
+		if err := batches[e.batch].Set(e.key, val, nil); err != nil {
 			return err
 		}
 	}
@@ -125,7 +128,7 @@ func (s *Store) writeSegmentsLocked(b *pebble.Batch, large []largeEntry) error {
 		if err != nil {
 			return err
 		}
-		if err := b.Set(segKey(w.id), v, nil); err != nil {
+		if err := batches[0].Set(segKey(w.id), v, nil); err != nil {
 			return err
 		}
 	}

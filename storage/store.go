@@ -226,6 +226,12 @@ type Store struct {
 	}
 	estimate atomic.Int64 // bytes written since the last space check
 
+	// batchBytes caps one Pebble batch (maxBatchBytes; tests lower it).
+	batchBytes int
+	// testCrashAfter > 0 makes a commit stop after that many Pebble
+	// batches, as a crash between them would (tests only).
+	testCrashAfter int
+
 	// commitHook, if set before Run, observes each commit's latency
 	// (benchmarks).
 	commitHook func(time.Duration)
@@ -248,6 +254,7 @@ func Open(opts Options) (*Store, error) {
 		closing:    make(chan struct{}),
 		kickCommit: make(chan struct{}, 1),
 		kickWatch:  make(chan struct{}, 1),
+		batchBytes: maxBatchBytes,
 	}
 	if err := s.checkDir(); err != nil {
 		return nil, err

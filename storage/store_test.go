@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"errors"
 	"math/rand/v2"
 	"os"
@@ -524,5 +525,39 @@ func TestClosedStore(t *testing.T) {
 	}
 	if err := s.Run(t.Context()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("run after close: %v", err)
+	}
+}
+
+func TestRunCommitsPendingOnCancel(t *testing.T) {
+	s, err := Open(Options{Dir: t.TempDir(), MinFree: -1, SyncInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- s.Run(ctx) }()
+	durable := make(chan error, 1)
+	if err := s.Append([]sample.Sample{{Stream: "c/a", Seq: 1, T: 1, Payload: []byte("x")}}, func(err error) { durable <- err }); err != nil {
+		t.Fatal(err)
+	}
+	// The sync interval is an hour: only the final commit can make it durable.
+	cancel()
+	if err := <-runErr; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-durable:
+		if err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatal("Run returned before the pending sample was durable")
+	}
+	if last, err := s.LastSample("c/a"); err != nil || last.Seq != 1 {
+		t.Fatalf("last sample: %+v %v", last, err)
+	}
+	if err := s.Append([]sample.Sample{{Stream: "c/a", Seq: 2, T: 2}}, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("append after Run returned: %v, want ErrClosed", err)
 	}
 }
