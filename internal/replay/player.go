@@ -507,6 +507,7 @@ func (p *Player) fill(sum *Summary, streams []*stream, hists map[string]*histogr
 		sum.Timing = append(sum.Timing, hh.timing(name))
 	}
 	sum.Timing = append(sum.Timing, all.timing("all"))
+	sum.all = all
 }
 
 // hasParamSets reports whether an Annex-B access unit carries an SPS

@@ -281,3 +281,74 @@ func TestHistogram(t *testing.T) {
 		t.Errorf("n %d", h.n)
 	}
 }
+
+// A keyframe without in-band parameter sets, after the descriptor changed,
+// is sent with the new version's sets in front (the SDP still carries the
+// first version's); other units go out unchanged.
+func TestScheduleParamsInserted(t *testing.T) {
+	st := openStore(t)
+	t0 := time.Now().Add(-time.Hour).UnixNano()
+	v1 := sample.Descriptor{Stream: sCam, Kind: sample.KindVideo, Codec: sample.CodecH264, Params: [][]byte{{0x67, 1}, {0x68, 1}}, Since: t0}
+	v2 := v1
+	v2.Params, v2.Since = [][]byte{{0x67, 2}, {0x68, 2}}, t0+int64(time.Second)
+	for _, d := range []sample.Descriptor{v1, v2} {
+		if _, err := st.PutDescriptor(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	idr := []byte{0, 0, 0, 1, 0x65, 0x88, 0x84}
+	withSPS := append([]byte{0, 0, 0, 1, 0x67, 3, 0, 0, 0, 1, 0x68, 3}, idr...)
+	p := []byte{0, 0, 0, 1, 0x41, 0x9a}
+	ss := []sample.Sample{
+		{T: t0, Flags: sample.Keyframe, Payload: idr},                                    // v1 in force: unchanged
+		{T: t0 + int64(500*time.Millisecond), Payload: p},                                // not a keyframe
+		{T: t0 + int64(1100*time.Millisecond), Flags: sample.Keyframe, Payload: idr},     // v2: gets v2's sets
+		{T: t0 + int64(1200*time.Millisecond), Payload: p},                               // unchanged
+		{T: t0 + int64(1300*time.Millisecond), Flags: sample.Keyframe, Payload: withSPS}, // has its own: unchanged
+	}
+	for i := range ss {
+		ss[i].Stream, ss[i].Seq = sCam, uint64(i+1)
+	}
+	durable := make(chan error, 1)
+	if err := st.Append(ss, func(err error) { durable <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-durable; err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutEpisode(episode.Episode{ID: epID, Start: t0, Stop: t0 + int64(2*time.Second), Streams: []string{sCam}, State: episode.Closed}); err != nil {
+		t.Fatal(err)
+	}
+	r := newRecorder()
+	var sdp sample.Descriptor
+	o := r.options(Options{})
+	o.MQTT = nil
+	o.Video = func(stream string, d sample.Descriptor) (VideoStream, error) {
+		sdp = d
+		return recVideo{r, stream}, nil
+	}
+	pl, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := pl.Run(context.Background(), StoreOpener(st, epID, Selection{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sdp.Version != 1 {
+		t.Errorf("SDP from descriptor version %d, want 1", sdp.Version)
+	}
+	got := r.video[sCam]
+	want := [][]byte{idr, p, append([]byte{0, 0, 0, 1, 0x67, 2, 0, 0, 0, 1, 0x68, 2}, idr...), p, withSPS}
+	if len(got) != len(want) {
+		t.Fatalf("%d units, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(got[i].payload, want[i]) {
+			t.Errorf("unit %d: % x, want % x", i, got[i].payload, want[i])
+		}
+	}
+	if sum.Streams[0].ParamsInserted != 1 {
+		t.Errorf("params inserted %d, want 1", sum.Streams[0].ParamsInserted)
+	}
+}

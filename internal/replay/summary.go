@@ -30,6 +30,8 @@ type Summary struct {
 	// rate; actual is when the sink's write (paho Publish, RTP packets
 	// queued to the RTSP readers) returned.
 	Timing []Timing `json:"timing"`
+
+	all *histogram // every sample's error (for the benchmark)
 }
 
 // StreamSummary is one stream's part of a replay.
