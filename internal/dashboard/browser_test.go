@@ -374,16 +374,15 @@ func TestDashboardInChromium(t *testing.T) {
 	b.waitFor("telemetry stream with a rate", `(() => { const r = `+rowJS("cell1/robot1/joint_states")+`;
 		return !!r && / \/s$/.test(r.children[4].textContent); })()`, 20*time.Second)
 	// The sim sends 30 frames/s and 200 joint states/s; the page's rates
-	// must be of that order (a wide band: this checks the arithmetic, not
-	// the machine's speed).
-	camRate := eval[string](b, rowJS(cam)+`.children[4].textContent`)
-	jointRate := eval[string](b, rowJS("cell1/robot1/joint_states")+`.children[4].textContent`)
-	var cr, jr float64
-	fmt.Sscanf(camRate, "%g", &cr)
-	fmt.Sscanf(jointRate, "%g", &jr)
-	if cr < 10 || cr > 60 || jr < 80 || jr > 400 {
-		t.Errorf("rates shown: camera %q (want about 30 /s), joint states %q (want about 200 /s)", camRate, jointRate)
+	// must settle at that order. This checks the arithmetic, not the
+	// machine: the band is wide, and while the daemon catches up after a
+	// start (bursty MQTT delivery under load) a rate may be above it for a
+	// while, so wait until both are inside.
+	inBand := func(stream string, lo, hi float64) string {
+		return fmt.Sprintf(`(() => { const v = parseFloat(%s.children[4].textContent); return v >= %g && v <= %g; })()`, rowJS(stream), lo, hi)
 	}
+	b.waitFor("camera rate about 30 /s", inBand(cam, 10, 60), 30*time.Second)
+	b.waitFor("joint-state rate about 200 /s", inBand("cell1/robot1/joint_states", 80, 400), 30*time.Second)
 	if got := eval[string](b, rowJS(cam)+`.children[5].textContent`); !strings.HasSuffix(got, "bit/s") || strings.HasPrefix(got, "0 ") {
 		t.Errorf("camera bitrate shown: %q", got)
 	}

@@ -433,14 +433,17 @@ function openPreview(stream) {
   const stats = h('span', { class: 'muted' });
   const server = h('span', { class: 'muted' });
   const close = h('button', { type: 'button', class: 'small', 'aria-label': 'close preview', onclick: () => closePreview(stream) }, '×');
+  // Shown when the session fails (daemon restarted, network gone, 404).
+  const retry = h('button', { type: 'button', class: 'small', hidden: true, onclick: () => { closePreview(stream); openPreview(stream); } }, 'Retry');
   const tile = h('figure', { class: 'preview', dataset: { stream } },
-    h('figcaption', {}, h('span', { class: 'mono' }, stream), st, close),
+    h('figcaption', {}, h('span', { class: 'mono' }, stream), st, retry, close),
     video,
     h('div', { class: 'preview-stats' }, stats, ' ', server));
   $('#previews').append(tile);
   const viewer = new WHEPViewer(stream, video, (s) => {
     st.textContent = s;
     st.className = 'pill ' + stateKind(s);
+    retry.hidden = s !== 'failed' && s !== 'disconnected' && s !== 'closed';
   });
   const timer = setInterval(() => {
     const q = video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality() : null;
@@ -451,6 +454,7 @@ function openPreview(stream) {
   viewer.start().catch((err) => {
     st.textContent = 'failed';
     st.className = 'pill bad';
+    retry.hidden = false;
     stats.textContent = err.message;
     if (err instanceof AuthError) showAuthPrompt('Preview ' + stream);
   });
