@@ -5,6 +5,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pion/webrtc/v4"
 
@@ -139,4 +140,31 @@ func TestNoCandidates(t *testing.T) {
 	if st := ts.Stats(); len(st.Sessions) != 0 || st.WHIP[0].Publishing {
 		t.Fatalf("failed POST left state: %+v", st)
 	}
+}
+
+// A publisher that POSTs and never connects does not hold the stream:
+// the session ends after the connect timeout.
+func TestConnectTimeout(t *testing.T) {
+	ts := startServer(t, Options{}, nil, nil, whipBase)
+	ts.connectTimeout.Store(int64(300 * time.Millisecond))
+	pc, err := peerAPI(t).NewPeerConnection(webrtc.Configuration{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if _, err := pc.AddTransceiverFromKind(webrtc.RTPCodecTypeVideo,
+		webrtc.RTPTransceiverInit{Direction: webrtc.RTPTransceiverDirectionSendonly}); err != nil {
+		t.Fatal(err)
+	}
+	offer, _ := pc.CreateOffer(nil) // no candidates, and the answer is never applied
+	if code, body, _ := post(t, ts.url+"/whip/"+whipBase.Stream, offer.SDP); code != http.StatusCreated {
+		t.Fatalf("POST = %d %s", code, body)
+	}
+	if !ts.Stats().WHIP[0].Publishing {
+		t.Fatal("stream not taken by the new session")
+	}
+	waitFor(t, 10*time.Second, "the unconnected session to end", func() bool {
+		st := ts.Stats()
+		return len(st.Sessions) == 0 && !st.WHIP[0].Publishing
+	})
 }

@@ -55,6 +55,9 @@ const (
 	// deleteWait is how long DELETE waits for the session to be torn
 	// down, so that a publisher may POST again right away.
 	deleteWait = 3 * time.Second
+	// connectTimeout ends a session whose peer has not connected (ICE and
+	// DTLS) this long after the answer.
+	connectTimeout = 30 * time.Second
 	// maxOfferSize bounds the SDP offer read from a request.
 	maxOfferSize = 1 << 20
 	// rtpPayloadMax keeps RTP packets below the usual 1280-byte path MTU
@@ -67,13 +70,15 @@ const (
 // session: handlers answer 503 until Run has started, and all sessions are
 // closed when Run's context is cancelled.
 type Server struct {
-	o       Options
-	log     *slog.Logger
-	hub     *Hub
-	src     episodeSource
-	met     *metrics
-	running atomic.Bool
-	mu      struct {
+	o   Options
+	log *slog.Logger
+	hub *Hub
+	src episodeSource
+	met *metrics
+	// connectTimeout is connectTimeout (ns); tests shorten it.
+	connectTimeout atomic.Int64
+	running        atomic.Bool
+	mu             struct {
 		sync.Mutex
 		rs       *runState // nil unless Run is serving
 		whip     map[string]*whipStream
@@ -132,6 +137,7 @@ func NewServer(o Options, hub *Hub, src episodeSource) (*Server, error) {
 		hub = NewHub(o.Logger)
 	}
 	s := &Server{o: o, log: o.Logger.With("component", "devices.webrtc"), hub: hub, src: src, met: newMetrics()}
+	s.connectTimeout.Store(int64(connectTimeout))
 	s.mu.whip = map[string]*whipStream{}
 	s.mu.sessions = map[string]*session{}
 	if err := s.met.register(o.Registerer); err != nil {
@@ -435,6 +441,23 @@ func (s *Server) watchState(ss *session, connected chan<- struct{}) {
 			ss.cancel()
 		}
 	})
+}
+
+// connectDeadline ends ss if its peer does not connect within
+// connectTimeout, so a client that POSTs and vanishes does not hold a
+// session (or a WHIP stream) for ever.
+func (s *Server) connectDeadline(ss *session, connected <-chan struct{}) {
+	wait := time.Duration(s.connectTimeout.Load())
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-connected:
+	case <-ss.ctx.Done():
+	case <-t.C:
+		s.log.Warn("webrtc peer did not connect; ending the session", "session", ss.id, "kind", ss.kind,
+			"stream", ss.stream, "after", wait)
+		ss.cancel()
+	}
 }
 
 // answer applies offer to pc and returns the answer once ICE gathering is

@@ -193,6 +193,7 @@ func (s *Server) HandleWHEP(w http.ResponseWriter, r *http.Request) {
 	writeAnswer(w, "/whep/sessions/"+ss.id, ans)
 	log := s.log.With("session", ss.id, "kind", kindWHEP, "stream", stream)
 	log.Info("whep session started", "remote", r.RemoteAddr)
+	go s.connectDeadline(ss, connected)
 	go func() {
 		defer s.closeSession(ss, rs)
 		err := s.serveLive(ss, out, connected)
@@ -320,6 +321,7 @@ func (s *Server) HandleWHEPReplay(w http.ResponseWriter, r *http.Request) {
 	writeAnswer(w, "/whep/sessions/"+ss.id, ans)
 	log := s.log.With("session", ss.id, "kind", kindReplay, "stream", stream, "episode", id)
 	log.Info("replay session started", "remote", r.RemoteAddr, "offset", offset)
+	go s.connectDeadline(ss, connected)
 	go func() {
 		defer s.closeSession(ss, rs)
 		err := s.serveReplay(ss, out, connected, descs, start, to)

@@ -125,7 +125,8 @@ func (s *Server) HandleWHIP(w http.ResponseWriter, r *http.Request) {
 	}
 	ss.pc = pc
 	ss.state.Store(int32(webrtc.PeerConnectionStateNew))
-	s.watchState(ss, nil)
+	connected := make(chan struct{})
+	s.watchState(ss, connected)
 	pc.OnTrack(func(track *webrtc.TrackRemote, recv *webrtc.RTPReceiver) {
 		if track.Kind() != webrtc.RTPCodecTypeVideo {
 			return
@@ -148,6 +149,7 @@ func (s *Server) HandleWHIP(w http.ResponseWriter, r *http.Request) {
 	}
 	writeAnswer(w, "/whip/sessions/"+ss.id, ans)
 	log.Info("whip session started", "remote", r.RemoteAddr)
+	go s.connectDeadline(ss, connected)
 	go func() {
 		<-ss.ctx.Done()
 		wh.teardown(rs)
