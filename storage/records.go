@@ -100,7 +100,7 @@ type segRec struct {
 	Size   int64  `cbor:"size"`
 }
 
-// versioned is implemented by every record so that decode can refuse
+// recVersion returns a decoded record's version, so that decode can refuse
 // records written by a newer format.
 func recVersion(v any) int {
 	switch r := v.(type) {
