@@ -33,6 +33,7 @@ const (
 	subscribeTimeout = 10 * time.Second
 	quiesceMillis    = 250
 	logEvery         = 10 * time.Second
+	statsLogEvery    = time.Minute
 	topicCacheMax    = 4096
 	// barrierFilter is never subscribed; unsubscribing it is a round trip.
 	barrierFilter = "episoded/internal/ack-barrier"
@@ -279,20 +280,48 @@ func (b *Broker) session(ctx context.Context, streaming func()) error {
 	b.connected.Store(true)
 	defer b.connected.Store(false)
 
-	select {
-	case <-ctx.Done():
-		b.shutdown(client, lost)
-		return nil
-	case err := <-lost:
-		b.log.Warn("mqtt connection lost", "err", b.cleanErr(err), "acks_pending", b.pending.Load())
-		return b.cleanErr(fmt.Errorf("connection lost: %w", err))
-	case <-b.redeliver:
-		drained := b.waitDrained(ctx, lost) && b.barrier(client)
-		b.log.Warn("mqtt reconnecting so that the broker redelivers unacknowledged messages",
-			"drained", drained, "acks_pending", b.pending.Load())
-		client.Disconnect(quiesceMillis)
-		return errRedeliver
+	tick := time.NewTicker(statsLogEvery)
+	defer tick.Stop()
+	prev := b.Stats()
+	for {
+		select {
+		case <-ctx.Done():
+			b.shutdown(client, lost)
+			return nil
+		case err := <-lost:
+			b.log.Warn("mqtt connection lost", "err", b.cleanErr(err), "acks_pending", b.pending.Load())
+			return b.cleanErr(fmt.Errorf("connection lost: %w", err))
+		case <-b.redeliver:
+			drained := b.waitDrained(ctx, lost) && b.barrier(client)
+			b.log.Warn("mqtt reconnecting so that the broker redelivers unacknowledged messages",
+				"drained", drained, "acks_pending", b.pending.Load())
+			client.Disconnect(quiesceMillis)
+			return errRedeliver
+		case <-tick.C:
+			prev = b.logCounts(prev)
+		}
 	}
+}
+
+// logCounts logs what happened since prev, once per statsLogEvery, when
+// anything did: the hot path counts, it does not log.
+func (b *Broker) logCounts(prev Stats) Stats {
+	cur := b.Stats()
+	var msgs, decodeErrs, oversize, writeErrs uint64
+	for id, d := range cur.Devices {
+		p := prev.Devices[id]
+		msgs += d.Messages - p.Messages
+		decodeErrs += d.DecodeErrors - p.DecodeErrors
+		oversize += d.Oversize - p.Oversize
+		writeErrs += d.WriteErrors - p.WriteErrors
+	}
+	if msgs+cur.Triggers-prev.Triggers+cur.Unmatched-prev.Unmatched > 0 {
+		b.log.Info("mqtt counts", "interval", statsLogEvery, "messages", msgs,
+			"decode_errors", decodeErrs, "oversize", oversize, "write_errors", writeErrs,
+			"triggers", cur.Triggers-prev.Triggers, "unmatched", cur.Unmatched-prev.Unmatched,
+			"redelivered", cur.Redelivered-prev.Redelivered, "acks_pending", cur.AcksPending, "queued", cur.Queued)
+	}
+	return cur
 }
 
 // shutdown stops taking messages, lets what is already in the sink become

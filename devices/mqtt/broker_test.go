@@ -159,7 +159,9 @@ func TestTelemetry10k(t *testing.T) {
 func TestBrokerRestart(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{persistence: true, inflight: 1000})
 	b, lb := newTestBroker(t, m.url(), "episoded-restart", func(o *BrokerOptions) {
-		o.Backoff = devices.BackoffPolicy{Min: 6 * time.Second, Max: 6 * time.Second}
+		// The first retry comes after 4-8 s: time to restart mosquitto and
+		// publish 500 messages while the daemon is still in backoff.
+		o.Backoff = devices.BackoffPolicy{Min: 8 * time.Second, Max: 8 * time.Second}
 	})
 	if err := b.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"r/+/state"}, TimeField: "header.stamp"}); err != nil {
 		t.Fatal(err)

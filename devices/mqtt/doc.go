@@ -80,6 +80,19 @@
 // QueueSize (default 20000). With the mosquitto default of 20 a client
 // that acks on durability gets about 200 msg/s.
 //
+// Memory: the queue and the samples in the sink are all unacknowledged, so
+// what this package holds is bounded by the broker's window times the
+// payload size (plus the store's own MaxPending, past which Append blocks
+// and the window fills). For large lidar frames keep that product in mind.
+//
+// QoS: messages are subscribed at QoS 1, but a publisher that sends at QoS 0
+// gets QoS 0 delivery (the broker downgrades); such messages have no ack and
+// can be lost in a crash. Publish telemetry at QoS 1.
+//
+// A sample the sink keeps refusing (for example a full store under the
+// reject-new policy) is redelivered after each reconnect, with backoff; the
+// broker holds the backlog meanwhile.
+//
 // # Shutdown
 //
 // On cancel, Run stops taking messages, waits up to DrainTimeout for the
