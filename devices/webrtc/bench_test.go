@@ -101,9 +101,9 @@ func BenchmarkHubPublish(b *testing.B) {
 	}
 }
 
-// BenchmarkWHIPAssemble measures WHIP's RTP-to-access-unit path
-// (assembly, keyframe and parameter-set tracking, Annex-B copy) on the
-// clip packetized by pion. The baseline, in the same run, is gortsplib's
+// BenchmarkWHIPAssemble measures WHIP's RTP-to-access-unit path (the
+// reorderer, assembly, keyframe and parameter-set tracking, Annex-B copy)
+// on the clip packetized by pion. The baseline, in the same run, is gortsplib's
 // bare rtph264.Decoder on the same packets.
 func BenchmarkWHIPAssemble(b *testing.B) {
 	aus := clipAUs(b)
@@ -143,6 +143,8 @@ func BenchmarkWHIPAssemble(b *testing.B) {
 		units++
 		return true
 	})
+	var filled counter
+	ro := newReorderer(DefaultReorderWait, reorderMaxHeld, &filled)
 	b.SetBytes(bytes)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -151,7 +153,7 @@ func BenchmarkWHIPAssemble(b *testing.B) {
 			q := *pk
 			q.SequenceNumber = pk.SequenceNumber + off
 			q.Timestamp = pk.Timestamp + uint32(i*len(aus)*3000)
-			asm.push(&q)
+			ro.push(&q, time.Now(), asm.push)
 		}
 	}
 	b.StopTimer()
