@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/episoded/episoded/assets"
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/replay"
 	"github.com/episoded/episoded/sample"
@@ -26,6 +27,7 @@ import (
 const (
 	replayEp  = "0193a1b2-0000-7000-8000-0000000000c1"
 	replayRec = "0193a1b2-0000-7000-8000-0000000000c2"
+	replayVid = "0193a1b2-0000-7000-8000-0000000000c3"
 )
 
 // replayStore builds a store in a temp dir with a closed episode (100 Hz
@@ -64,7 +66,32 @@ func replayStore(t *testing.T) (*storage.Store, string, []sample.Sample) {
 	if err := <-durable; err != nil {
 		t.Fatal(err)
 	}
+	// A camera: 60 frames of the clip, in a later episode of its own.
+	aus, err := assets.H264AccessUnits()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tv := t0 + int64(10*time.Second)
+	if _, err := st.PutDescriptor(sample.Descriptor{Stream: "cell1/cam1", Kind: sample.KindVideo, Codec: sample.CodecH264,
+		Device: "cam1", Params: [][]byte{aus[0][0], aus[0][1]}, Since: tv}); err != nil {
+		t.Fatal(err)
+	}
+	var vs []sample.Sample
+	for i := range 60 {
+		var b []byte
+		for _, n := range aus[i] {
+			b = append(append(b, 0, 0, 0, 1), n...)
+		}
+		vs = append(vs, sample.Sample{Stream: "cell1/cam1", Seq: uint64(i + 1), T: tv + int64(i)*int64(time.Second)/30, Payload: b})
+	}
+	if err := st.Append(vs, func(err error) { durable <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-durable; err != nil {
+		t.Fatal(err)
+	}
 	for _, e := range []episode.Episode{
+		{ID: replayVid, Cell: "cell1", Start: tv, Stop: tv + int64(2*time.Second), Streams: []string{"cell1/cam1"}, State: episode.Closed},
 		{ID: replayEp, Cell: "cell1", Start: t0, Stop: t0 + int64(time.Second), Streams: []string{"cell1/robot1/joints"}, State: episode.Closed},
 		{ID: replayRec, Cell: "cell1", Start: t0 + int64(2*time.Second), Streams: []string{"cell1/robot1/joints"}, State: episode.Recording},
 	} {
@@ -225,4 +252,93 @@ func TestReplayCommandMQTT(t *testing.T) {
 		t.Errorf("a 1 s episode at rate 4 took %s", el)
 	}
 	t.Logf("timing %+v", sum.Timing)
+}
+
+// The command serves a camera over RTSP from a store opened directly:
+// ffmpeg (an independent client) records the coded slices unchanged.
+func TestReplayCommandRTSP(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs ffmpeg; skipped under -short")
+	}
+	if _, err := exec.LookPath("ffmpeg"); err != nil {
+		t.Fatalf("ffmpeg not found (apt-get install -y --no-install-recommends ffmpeg): %v", err)
+	}
+	st, dir, _ := replayStore(t)
+	var want [][]byte
+	for s, err := range st.Range("cell1/cam1", 0, 1<<62) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range assets.SplitAnnexB(s.Payload) {
+			if typ := n[0] & 0x1f; typ == 1 || typ == 5 {
+				want = append(want, n)
+			}
+		}
+	}
+	st.Close()
+	addr := freeAddr(t)
+	type result struct {
+		code           int
+		stdout, stderr string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, o, e := runReplay("--store", dir, "--rtsp", addr, "--wait-readers", replayVid)
+		done <- result{code, o, e}
+	}()
+	// Wait for the server, then record with ffmpeg.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the RTSP server did not listen")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	out := filepath.Join(t.TempDir(), "out.h264")
+	ff := exec.Command("ffmpeg", "-hide_banner", "-loglevel", "error", "-rtsp_transport", "tcp",
+		"-i", "rtsp://"+addr+"/cell1/cam1", "-c", "copy", "-f", "h264", "-y", out)
+	ff.Stderr = os.Stderr
+	if err := ff.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatal("replay did not finish")
+	}
+	ffDone := make(chan error, 1)
+	go func() { ffDone <- ff.Wait() }()
+	select {
+	case <-ffDone:
+	case <-time.After(15 * time.Second):
+		_ = ff.Process.Signal(syscall.SIGINT)
+		<-ffDone
+	}
+	if r.code != exitOK || !strings.Contains(r.stdout, "serving rtsp://"+addr+"/cell1/cam1") {
+		t.Fatalf("exit %d\nstdout %s\nstderr %s", r.code, r.stdout, r.stderr)
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got [][]byte
+	for _, n := range assets.SplitAnnexB(b) {
+		if typ := n[0] & 0x1f; typ == 1 || typ == 5 {
+			got = append(got, n)
+		}
+	}
+	if len(got) != len(want) {
+		t.Fatalf("ffmpeg recorded %d slices, want %d\n%s", len(got), len(want), r.stdout)
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("slice %d differs", i)
+		}
+	}
+	t.Logf("summary:\n%s", r.stdout)
 }

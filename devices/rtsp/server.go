@@ -69,6 +69,10 @@ type ServerOptions struct {
 	// (default 4096). When a reader's queue is full gortsplib drops the
 	// packet for that reader.
 	WriteQueueSize int
+	// Linger is how long Close waits, when a stream has readers, before it
+	// ends their sessions, so that packets still in gortsplib's write
+	// queues reach them (default 500ms; negative: none).
+	Linger time.Duration
 	// Logger is tagged with component=devices.rtsp.server; nil discards.
 	Logger *slog.Logger
 }
@@ -100,6 +104,9 @@ func NewServer(o ServerOptions) (*Server, error) {
 	}
 	if o.WriteQueueSize == 0 {
 		o.WriteQueueSize = 4096
+	}
+	if o.Linger == 0 {
+		o.Linger = 500 * time.Millisecond
 	}
 	var errs []error
 	if _, _, err := net.SplitHostPort(o.Addr); err != nil {
@@ -161,12 +168,18 @@ func (s *Server) URL(path string) string {
 	return "rtsp://" + s.Addr() + "/" + strings.Trim(path, "/")
 }
 
-// Close closes every stream (ending its readers' sessions) and the server.
+// Close closes every stream (ending its readers' sessions, after Linger if
+// there are any) and the server.
 func (s *Server) Close() {
 	s.mu.Lock()
 	if s.mu.closed {
 		s.mu.Unlock()
 		return
+	}
+	if len(s.mu.readers) > 0 && s.o.Linger > 0 {
+		s.mu.Unlock()
+		time.Sleep(s.o.Linger)
+		s.mu.Lock()
 	}
 	s.mu.closed = true
 	streams := s.mu.streams

@@ -183,8 +183,7 @@ func TestReplayRTSP(t *testing.T) {
 		t.Fatal(err)
 	}
 	stats := outs[0].Stats()
-	time.Sleep(300 * time.Millisecond) // let the last packets reach the readers
-	srv.Close()                        // ends the sessions: both clients see the end
+	srv.Close() // lingers, then ends the sessions: both clients see the end
 	select {
 	case <-recEnd:
 	case <-time.After(10 * time.Second):
