@@ -13,7 +13,10 @@
 // ICE is LAN-only: host candidates (no STUN, no TURN), UDP over IPv4, no
 // mDNS, on the configured interfaces (default: all but loopback),
 // optionally all multiplexed on one UDP port. Answers are sent only after
-// candidate gathering completes (no trickle ICE; PATCH is not served).
+// candidate gathering completes (no trickle ICE; PATCH is not served). A
+// session whose peer has not connected 30 s after the answer is ended, as
+// is one whose connection fails (ICE: 5 s to disconnected, 10 s more to
+// failed).
 //
 // WHIP ingest: only streams added with AddWHIPStream are accepted, one
 // publisher each (a second gets 409 until the first session ends or is
