@@ -31,6 +31,7 @@ var (
 const (
 	connectTimeout   = 10 * time.Second
 	subscribeTimeout = 10 * time.Second
+	barrierTimeout   = 3 * time.Second
 	quiesceMillis    = 250
 	logEvery         = 10 * time.Second
 	statsLogEvery    = time.Minute
@@ -368,7 +369,7 @@ func (b *Broker) waitDrained(ctx context.Context, lost <-chan error) bool {
 // only after the preceding PUBACKs were applied.
 func (b *Broker) barrier(client paho.Client) bool {
 	tok := client.Unsubscribe(barrierFilter)
-	return tok.WaitTimeout(subscribeTimeout) && tok.Error() == nil
+	return tok.WaitTimeout(barrierTimeout) && tok.Error() == nil
 }
 
 func (b *Broker) clientOptions(gen uint64, lost, subscribed chan error) (*paho.ClientOptions, error) {
