@@ -36,6 +36,7 @@ func commands() []command {
 		{"config", "check a config file (config check FILE [--print])", cmdConfig},
 		{"status", "show a running daemon's devices, streams, cells and storage", cmdStatus},
 		{"episodes", "list, show, export or delete episodes (episodes list|show|export|delete)", cmdEpisodes},
+		{"replay", "replay an episode to MQTT and RTSP in real time (replay ID)", cmdReplay},
 		{"sync", "upload what is due now, or show the upload queue (sync run|status)", cmdSync},
 		{"demo", "run a simulated cell and record it, in one process (needs nothing else)", cmdDemo},
 		{"simulate", "run a simulated factory cell (RTSP cameras, MQTT robot, lidar, triggers)", cmdSimulate},

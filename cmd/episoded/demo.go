@@ -54,7 +54,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		// The first episode starts once the clock estimators have had a
 		// few seconds of evidence, so its pre-roll is aligned too.
 		TriggerFirst: 6 * time.Second,
-		Logger: log.With("component", "sim"),
+		Logger:       log.With("component", "sim"),
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "episoded demo: %v\n", err)

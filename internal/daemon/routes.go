@@ -15,6 +15,8 @@ import (
 	"github.com/episoded/episoded/ingest"
 	"github.com/episoded/episoded/internal/api"
 	"github.com/episoded/episoded/internal/config"
+	"github.com/episoded/episoded/internal/dashboard"
+	"github.com/episoded/episoded/internal/replay"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/export"
 )
@@ -30,6 +32,8 @@ import (
 //	POST   /v1/episodes/{id}/retry     requeue a quarantined or failed upload
 //	GET    /v1/uploads                 upload queue, window, backlog
 //	POST   /v1/sync/run                upload what is due now and return when idle (sync mode oneshot)
+//	GET    /v1/episodes/{id}/samples   the episode's raw samples, for `episoded replay`
+//	GET    /                           the dashboard
 func (d *Daemon) routes() {
 	a := d.api
 	a.HandleFunc("POST /v1/cells/{cell}/episodes", d.handleStart)
@@ -48,7 +52,9 @@ func (d *Daemon) routes() {
 	a.HandleFunc("POST /v1/episodes/{id}/retry", d.handleRetry)
 	a.HandleFunc("GET /v1/uploads", d.handleUploads)
 	a.HandleFunc("POST /v1/sync/run", d.handleSyncRun)
+	a.Handle("GET /v1/episodes/{id}/samples", replay.SamplesHandler(d.store, d.log))
 	d.rtc.Mount(a.Handle)
+	a.Handle("GET /", dashboard.Handler())
 }
 
 // startRequest is the body of POST /v1/cells/{cell}/episodes.
