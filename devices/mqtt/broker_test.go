@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -671,5 +672,44 @@ func TestBrokerOptions(t *testing.T) {
 	}
 	if err := b.AddDevice(DeviceOptions{Device: "e", Topics: []string{"b"}}); !errors.Is(err, ErrRunning) {
 		t.Fatalf("AddDevice after Run: %v", err)
+	}
+}
+
+// TestFanOut: a topic wanted by a device and a trigger reaches both, and the
+// message is acknowledged once, after both are done (nothing is redelivered
+// to the next session).
+func TestFanOut(t *testing.T) {
+	m := startMosquitto(t, mosqConfig{persistence: true, inflight: 20})
+	mk := func() (*Broker, *memSink, *atomic.Int64) {
+		b, _ := newTestBroker(t, m.url(), "episoded-fanout", nil)
+		var trig atomic.Int64
+		if err := b.AddDevice(DeviceOptions{Device: "events", Topics: []string{"cell1/events"}, Stream: "cell1/events"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.AddTrigger("cell1/events", func([]byte, int64) { trig.Add(1) }); err != nil {
+			t.Fatal(err)
+		}
+		return b, newMemSink(50 * time.Millisecond), &trig
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b, sink, trig := mk()
+	go sink.run(ctx)
+	stop := runBroker(t, b, sink)
+	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
+	if err := m.pubLines("cell1/events", []string{`{"action":"start"}`, `{"action":"stop"}`}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "both consumers", func() bool { return sink.count() == 2 && trig.Load() == 2 })
+	waitFor(t, 5*time.Second, "acks", func() bool { return b.Stats().AcksPending == 0 })
+	stop()
+
+	b2, sink2, trig2 := mk()
+	go sink2.run(ctx)
+	runBroker(t, b2, sink2)
+	waitFor(t, 10*time.Second, "second session", func() bool { return b2.Stats().Connected })
+	time.Sleep(500 * time.Millisecond)
+	if sink2.count() != 0 || trig2.Load() != 0 {
+		t.Fatalf("redelivered: %d samples, %d triggers", sink2.count(), trig2.Load())
 	}
 }
