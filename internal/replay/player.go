@@ -400,7 +400,7 @@ loop:
 			sum.Passes = int(it.pass + 1)
 			if it.err != nil {
 				runErr = fmt.Errorf("read samples: %w", it.err)
-				break
+				break loop
 			}
 			continue
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"sync"
 	"testing"
 	"time"
@@ -350,5 +351,41 @@ func TestScheduleParamsInserted(t *testing.T) {
 	}
 	if sum.Streams[0].ParamsInserted != 1 {
 		t.Errorf("params inserted %d, want 1", sum.Streams[0].ParamsInserted)
+	}
+}
+
+// A samples stream that breaks off mid-way ends the replay with an error
+// (after sending what arrived), never as a complete replay.
+func TestScheduleTruncatedSource(t *testing.T) {
+	var buf bytes.Buffer
+	enc := NewEncoder(&buf)
+	h := Header{Format: Format, Episode: episode.Episode{ID: "x", Start: 1000, Stop: 1000 + int64(time.Second), State: episode.Closed},
+		From: 1000, To: 1000 + int64(time.Second), Streams: []StreamInfo{{Stream: "a", Descriptors: []sample.Descriptor{
+			{Stream: "a", Version: 1, Kind: sample.KindTelemetry, Codec: sample.CodecJSON, Source: "t/a"}}}}}
+	if err := enc.Header(h); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if err := enc.Sample(sample.Sample{Stream: "a", Seq: uint64(i + 1), T: 1000 + int64(i)*1e6, Payload: []byte(`{}`)}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := enc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	cut := buf.Bytes()[:buf.Len()-3] // the last sample frame is incomplete, and no end frame
+	r := newRecorder()
+	p, err := New(r.options(Options{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := p.Run(context.Background(), ReaderOpener(func(context.Context) (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(cut)), nil
+	}))
+	if !errors.Is(err, ErrTruncated) {
+		t.Fatalf("err %v, want ErrTruncated", err)
+	}
+	if len(r.msgs) != 9 || sum.Streams[0].Sent != 9 || r.msgs[0].topic != "t/a" {
+		t.Errorf("%d messages sent, summary %+v; want the 9 complete ones on t/a", len(r.msgs), sum.Streams)
 	}
 }
