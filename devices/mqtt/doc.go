@@ -69,8 +69,11 @@
 // is larger than QueueSize), it is not acknowledged and is counted as
 // overflow. The broker then stops taking messages (they are refused, not
 // acknowledged), drops what is still queued, waits up to DrainTimeout for
-// the samples already in the sink to become durable and acknowledged, and
-// reconnects. The broker redelivers everything unacknowledged, in order, so
+// the samples already in the sink to become durable and acknowledged,
+// confirms with an UNSUBSCRIBE round trip (of a filter never subscribed)
+// that the broker has applied every PUBACK — closing a socket with unread
+// inbound data sends a TCP RST, on which the broker discards PUBACKs it has
+// not read — and reconnects. The broker redelivers everything unacknowledged, in order, so
 // nothing is lost and each cycle makes progress. The same happens when the
 // sink refuses a sample or reports it failed to become durable.
 //
@@ -98,7 +101,8 @@
 // On cancel, Run stops taking messages, waits up to DrainTimeout for the
 // samples already handed to the sink to become durable (the sink must keep
 // running meanwhile: stop devices before storage), acknowledges them,
-// disconnects cleanly and returns. Messages not yet handed to the sink are
+// confirms the acknowledgements with the same round trip, disconnects and
+// returns. Messages not yet handed to the sink are
 // left to the broker.
 //
 // # Payloads
