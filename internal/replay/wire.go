@@ -322,6 +322,9 @@ func SamplesHandler(src Source, log *slog.Logger) http.Handler {
 		w.Header().Set("Content-Type", ContentType)
 		w.Header().Set("Cache-Control", "no-store")
 		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodHead {
+			return
+		}
 		enc := NewEncoder(w)
 		fl, _ := w.(http.Flusher)
 		start := time.Now()
@@ -329,7 +332,6 @@ func SamplesHandler(src Source, log *slog.Logger) http.Handler {
 		if werr == nil && fl != nil {
 			fl.Flush()
 		}
-		var cause error
 		for s, err := range samples {
 			if werr != nil {
 				break
@@ -344,7 +346,7 @@ func SamplesHandler(src Source, log *slog.Logger) http.Handler {
 			werr = enc.Sample(s, err)
 		}
 		if werr == nil {
-			werr = enc.End(cause)
+			werr = enc.End(nil)
 		}
 		if werr != nil {
 			// The client went away or the connection broke; nothing more
