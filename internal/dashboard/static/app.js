@@ -121,7 +121,12 @@ async function pollEpisodes() {
   try {
     list = await getJSON('/v1/episodes');
   } catch (err) {
-    return; // the status poll reports connectivity
+    // The status poll reports connectivity; show other failures here.
+    if (err instanceof HTTPError) {
+      state.episodeRows.clear();
+      replaceRows($('#episodes tbody'), [], 'Episode list unavailable: ' + err.message, 10);
+    }
+    return;
   }
   renderEpisodes(Array.isArray(list) ? list.slice(0, MAX_EPISODES) : []);
   if (state.selected) {
