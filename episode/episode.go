@@ -36,39 +36,39 @@ func (s State) Valid() bool {
 // Episode is one recorded window over a cell's streams.
 type Episode struct {
 	// ID is a UUIDv7, so ids sort by creation time.
-	ID       string
-	Cell     string
-	Task     string
-	Operator string
-	Robot    string
-	Labels   map[string]string
+	ID       string            `json:"id"`
+	Cell     string            `json:"cell"`
+	Task     string            `json:"task,omitempty"`
+	Operator string            `json:"operator,omitempty"`
+	Robot    string            `json:"robot,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"`
 	// Priority episodes upload at once, ignoring upload windows.
-	Priority bool
+	Priority bool `json:"priority"`
 	// Trigger says what started the episode: "api", "mqtt", "rollover".
-	Trigger string
+	Trigger string `json:"trigger"`
 	// StopReason says what ended it: "api", "mqtt", "max_duration",
 	// "idle_timeout", "shutdown", "crash".
-	StopReason string
+	StopReason string `json:"stop_reason,omitempty"`
 	// Start and Stop are the trigger times; Stop is 0 while recording.
-	Start int64
-	Stop  int64
+	Start int64 `json:"start"`
+	Stop  int64 `json:"stop"`
 	// Preroll and Postroll widen the window: the episode covers
 	// [Start-Preroll, Stop+Postroll].
-	Preroll  int64
-	Postroll int64
+	Preroll  int64 `json:"preroll"`
+	Postroll int64 `json:"postroll"`
 	// Streams are the stream ids of the cell at start.
-	Streams []string
+	Streams []string `json:"streams"`
 	// Previous and Next link episodes split by max-duration rollover.
-	Previous string
-	Next     string
-	State    State
+	Previous string `json:"previous,omitempty"`
+	Next     string `json:"next,omitempty"`
+	State    State  `json:"state"`
 	// Reason explains a failed or quarantined state.
-	Reason string
+	Reason string `json:"reason,omitempty"`
 	// Quality is the per-stream report; final once the episode is finished.
-	Quality []StreamReport
+	Quality []StreamReport `json:"quality"`
 	// Created and Updated are gateway wall-clock times of the record.
-	Created int64
-	Updated int64
+	Created int64 `json:"created"`
+	Updated int64 `json:"updated"`
 }
 
 // Window returns the time range [from, to] the episode covers. While
@@ -84,57 +84,57 @@ func (e Episode) Window(now int64) (from, to int64) {
 
 // StreamReport is the quality report of one stream within an episode.
 type StreamReport struct {
-	Stream  string
-	Kind    string
-	Codec   string
-	Samples uint64
-	Bytes   uint64
+	Stream  string `json:"stream"`
+	Kind    string `json:"kind"`
+	Codec   string `json:"codec"`
+	Samples uint64 `json:"samples"`
+	Bytes   uint64 `json:"bytes"`
 	// FirstT and LastT are the aligned times of the first and last sample.
-	FirstT int64
-	LastT  int64
+	FirstT int64 `json:"first_t"`
+	LastT  int64 `json:"last_t"`
 	// MeanRateHz is Samples over the covered span.
-	MeanRateHz float64
+	MeanRateHz float64 `json:"mean_rate_hz"`
 	// Gaps counts discontinuities: places where data was lost (sequence or
 	// packet loss, dropped frames, reconnects), plus telemetry gaps longer
 	// than k times the expected period.
-	Gaps uint64
+	Gaps uint64 `json:"gaps"`
 	// Lost counts samples known lost inside the window.
-	Lost uint64
+	Lost uint64 `json:"lost"`
 	// Drops counts samples dropped at the gateway (full queue, frames before
 	// the first keyframe).
-	Drops uint64
+	Drops uint64 `json:"drops"`
 	// DecodeErrors counts samples flagged as undecodable.
-	DecodeErrors uint64
+	DecodeErrors uint64 `json:"decode_errors"`
 	// TimeGaps counts the Gaps found from timing alone: intervals longer
 	// than gap_factor times ExpectedPeriodNs (telemetry and point clouds).
-	TimeGaps uint64
+	TimeGaps uint64 `json:"time_gaps"`
 	// ExpectedPeriodNs is the stream's typical sample interval (a running
 	// median), 0 if unknown.
-	ExpectedPeriodNs int64
-	Clock            ClockReport
+	ExpectedPeriodNs int64       `json:"expected_period_ns"`
+	Clock            ClockReport `json:"clock"`
 	// AlignmentErrorBoundMs bounds |T - true capture time| for this stream.
-	AlignmentErrorBoundMs float64
+	AlignmentErrorBoundMs float64 `json:"alignment_error_bound_ms"`
 }
 
 // ClockReport gives a stream's clock-alignment figures.
 type ClockReport struct {
 	// Mode is "device" or "arrival".
-	Mode string
+	Mode string `json:"mode"`
 	// OffsetNs is gateway time minus device time at the end of the window.
-	OffsetNs int64
+	OffsetNs int64 `json:"offset_ns"`
 	// DriftPPM is the device clock's rate error relative to the gateway.
-	DriftPPM float64
+	DriftPPM float64 `json:"drift_ppm"`
 	// JitterNs is the residual jitter of the delay above the lower envelope.
-	JitterNs int64
+	JitterNs int64 `json:"jitter_ns"`
 	// ErrorBoundNs bounds the alignment error.
-	ErrorBoundNs int64
+	ErrorBoundNs int64 `json:"error_bound_ns"`
 	// Events lists clock resets, jumps and mode switches in the window.
-	Events []ClockEvent
+	Events []ClockEvent `json:"events,omitempty"`
 }
 
 // ClockEvent is a notable change in a stream's clock.
 type ClockEvent struct {
-	T      int64
-	Kind   string
-	Detail string
+	T      int64  `json:"t"`
+	Kind   string `json:"kind"`
+	Detail string `json:"detail,omitempty"`
 }

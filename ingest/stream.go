@@ -11,36 +11,36 @@ import (
 
 // StreamCounters are a stream's running totals since the Stream was made.
 type StreamCounters struct {
-	Samples uint64
-	Bytes   uint64
+	Samples uint64 `json:"samples"`
+	Bytes   uint64 `json:"bytes"`
 	// Discontinuities counts samples flagged sample.Discontinuity.
-	Discontinuities uint64
+	Discontinuities uint64 `json:"discontinuities"`
 	// Lost and Dropped sum the samples' Lost and Dropped fields.
-	Lost    uint64
-	Dropped uint64
+	Lost    uint64 `json:"lost"`
+	Dropped uint64 `json:"dropped"`
 	// DecodeErrors counts samples flagged sample.DecodeError.
-	DecodeErrors uint64
+	DecodeErrors uint64 `json:"decode_errors"`
 	// ArrivalStamped counts samples stamped RecvT - latency (arrival mode,
 	// or device mode without SrcT yet).
-	ArrivalStamped uint64
+	ArrivalStamped uint64 `json:"arrival_stamped"`
 	// LastSeq, LastT and LastRecvT describe the last sample processed.
-	LastSeq   uint64
-	LastT     int64
-	LastRecvT int64
+	LastSeq   uint64 `json:"last_seq"`
+	LastT     int64  `json:"last_t"`
+	LastRecvT int64  `json:"last_recv_t"`
 }
 
 // ClockStatus is a stream's current clock figures, for status and metrics.
 type ClockStatus struct {
 	// Mode is "device" while device time maps the samples, else "arrival".
-	Mode      string
-	Converged bool
-	OffsetNs  int64
-	DriftPPM  float64
-	JitterNs  int64
+	Mode      string  `json:"mode"`
+	Converged bool    `json:"converged"`
+	OffsetNs  int64   `json:"offset_ns"`
+	DriftPPM  float64 `json:"drift_ppm"`
+	JitterNs  int64   `json:"jitter_ns"`
 	// ErrorBoundNs bounds the alignment error of the last sample.
-	ErrorBoundNs int64
-	Jumps        uint64
-	Outliers     uint64
+	ErrorBoundNs int64  `json:"error_bound_ns"`
+	Jumps        uint64 `json:"jumps"`
+	Outliers     uint64 `json:"outliers"`
 }
 
 // Stream is the per-stream ingest pipeline: it numbers samples and stamps

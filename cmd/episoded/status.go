@@ -44,16 +44,26 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 			Reconnects              uint64
 		} `json:"devices"`
 		Streams []struct {
-			Stream   string
-			Counters struct{ Samples, Bytes, Discontinuities, Dropped, Lost, DecodeErrors uint64 }
-			Clock    struct {
-				Mode         string
-				ErrorBoundNs int64
-			}
+			Stream   string `json:"stream"`
+			Counters struct {
+				Samples         uint64 `json:"samples"`
+				Bytes           uint64 `json:"bytes"`
+				Discontinuities uint64 `json:"discontinuities"`
+				Dropped         uint64 `json:"dropped"`
+				Lost            uint64 `json:"lost"`
+				DecodeErrors    uint64 `json:"decode_errors"`
+			} `json:"counters"`
+			Clock struct {
+				Mode         string `json:"mode"`
+				ErrorBoundNs int64  `json:"error_bound_ns"`
+			} `json:"clock"`
 		} `json:"streams"`
 		Cells []struct {
-			Cell      string
-			Recording *struct{ ID, Task string }
+			Cell      string `json:"cell"`
+			Recording *struct {
+				ID   string `json:"id"`
+				Task string `json:"task"`
+			} `json:"recording"`
 		} `json:"cells"`
 	}
 	if err := json.Unmarshal(raw, &st); err != nil {

@@ -91,15 +91,21 @@ func (d *Daemon) buildDevices() error {
 		case config.DeviceMQTT:
 			do := mqtt.DeviceOptions{
 				Device: dev.ID, Topics: dev.Topics, Stream: dev.Stream, Format: dev.Format,
-				TimeField: dev.TimeField, TimeUnit: dev.TimeUnit, Latency: dev.Latency,
+				TimeUnit: dev.TimeUnit, Latency: dev.Latency,
 				MaxPayload: int64(dev.MaxPayload), TimeOffset: -1,
+			}
+			payloadClock := dev.Clock == "payload"
+			if payloadClock {
+				do.TimeField = dev.TimeField
 			}
 			if l := dev.Layout; l != nil {
 				do.Layout = &sample.PointLayout{HeaderSize: l.HeaderSize, Stride: l.Stride}
 				for _, f := range l.Fields {
 					do.Layout.Fields = append(do.Layout.Fields, sample.PointField{Name: f.Name, Offset: f.Offset, Type: f.Type})
 				}
-				do.TimeOffset = l.TimeOffset
+				if payloadClock {
+					do.TimeOffset = l.TimeOffset
+				}
 			}
 			if err := brokers[dev.Broker].AddDevice(do); err != nil {
 				return fmt.Errorf("device %s: %w", dev.ID, err)

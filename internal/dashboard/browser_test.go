@@ -90,7 +90,7 @@ func (c apiClient) recordingID(cell string) string {
 			if err := json.Unmarshal(x.Recording, &e); err != nil {
 				c.t.Fatalf("recording episode: %v", err)
 			}
-			id, _ := e["ID"].(string)
+			id, _ := e["id"].(string)
 			return id
 		}
 	}
@@ -459,8 +459,8 @@ func TestDashboardInChromium(t *testing.T) {
 		return !!r && /^(closed|uploading|uploaded)$/.test(r.children[3].textContent.trim()); })()`, 40*time.Second)
 	var e map[string]any
 	api.get("/v1/episodes/"+id, &e)
-	if e["Trigger"] != "api" || e["StopReason"] != "api" {
-		t.Errorf("episode %s: trigger %v, stop reason %v; want api, api", id, e["Trigger"], e["StopReason"])
+	if e["trigger"] != "api" || e["stop_reason"] != "api" {
+		t.Errorf("episode %s: trigger %v, stop reason %v; want api, api", id, e["trigger"], e["stop_reason"])
 	}
 
 	// Its quality report and export link.
