@@ -319,6 +319,10 @@ func TestRunClosesSessions(t *testing.T) {
 		t.Fatal("viewer got no frame")
 	}
 	waitFor(t, 5*time.Second, "10 frames", func() bool { return ts.sink.count() >= 10 })
+	// The viewer can hold a frame before the sender has counted its bytes.
+	waitFor(t, 5*time.Second, "sent bytes counted", func() bool {
+		return gather(t, reg)[`episoded_webrtc_sent_bytes_total{kind="whep"}`] > 0
+	})
 	if n := len(ts.Stats().Sessions); n != 2 {
 		t.Fatalf("%d sessions open, want 2", n)
 	}
