@@ -3,6 +3,8 @@ package upload_test
 import (
 	"context"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -93,5 +95,34 @@ func TestDirTargetMissingIsQuarantined(t *testing.T) {
 	}
 	if e := state(t, st, fx.Episode.ID); e.State != episode.Quarantined || !strings.Contains(e.Reason, "not-mounted") {
 		t.Fatalf("state %s reason %q", e.State, e.Reason)
+	}
+
+	// The HTTP handlers the daemon mounts.
+	mux := http.NewServeMux()
+	mux.Handle("GET /v1/uploads", u.StatusHandler())
+	mux.Handle("POST /v1/episodes/{id}/retry", u.RetryHandler())
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/v1/uploads")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stt upload.Status
+	if err := json.NewDecoder(resp.Body).Decode(&stt); err != nil || len(stt.Quarantined) != 1 || stt.Quarantined[0].Reason == "" {
+		t.Fatalf("GET /v1/uploads: %+v %v", stt, err)
+	}
+	resp.Body.Close()
+	for id, code := range map[string]int{fx.Episode.ID: http.StatusAccepted, "nope": http.StatusNotFound} {
+		resp, err := http.Post(srv.URL+"/v1/episodes/"+id+"/retry", "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != code {
+			t.Errorf("retry %s: %d, want %d", id, resp.StatusCode, code)
+		}
+	}
+	if e := state(t, st, fx.Episode.ID); e.State != episode.Closed {
+		t.Fatalf("after retry: %s", e.State)
 	}
 }

@@ -363,7 +363,6 @@ func (s *s3Target) multipart(ctx context.Context, f *os.File, obj *storage.Objec
 			if err != nil {
 				return fmt.Errorf("hash staged part %d: %w", num, err)
 			}
-			s.u.setActivePart(num)
 			part, err := s.core.PutObjectPart(gctx, s.bucket, obj.Key, obj.UploadID, num,
 				&limitedReader{ctx: gctx, u: s.u, r: io.NewSectionReader(f, off, l)}, l,
 				minio.PutObjectPartOptions{Md5Base64: base64.StdEncoding.EncodeToString(sum), DisableContentSha256: true})

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math"
 	mrand "math/rand/v2"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -431,7 +432,9 @@ func StartS3(t testing.TB) *S3 {
 func (s *S3) Start() {
 	s.t.Helper()
 	cmd := exec.Command(s.bin, "--port", s.Endpoint, "--access", s.Access, "--secret", s.Secret, "--quiet", "posix", s.Dir)
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	// versitygw prints a banner; keep it out of go test output (it would
+	// split benchmark result lines).
+	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {
 		s.t.Fatalf("start versitygw: %v", err)
 	}
