@@ -57,7 +57,8 @@
 //   - fastest compression (telemetry JSON still shrinks, frames cost
 //     little), 32 KiB blocks, BytesPerSync 1 MiB, at most 2 concurrent
 //     compactions (gateways have two cores);
-//   - every commit is pebble.Sync: visibility implies durability.
+//   - a commit's batches are applied in order and the last one syncs the
+//     WAL (one fsync per commit).
 //
 // Pebble preallocates each WAL to 110% of the memtable and recycles up to
 // 5 of them, so an idle store occupies up to ~250 MB with the defaults; the
@@ -74,20 +75,27 @@
 // slice). Every SyncInterval (100 ms), or as soon as CommitBytes (16 MiB)
 // are pending, the commit loop writes the queued payloads to their
 // segments, fdatasyncs every segment it touched (and the segment directory
-// when a segment was created), then commits one Pebble batch — the index
-// entries, the inline samples and the segments' new committed sizes — with
-// fsync. Only then are the producers' done callbacks called, from the
-// commit goroutine; MQTT acks wait for them.
+// when a segment was created), then applies the pending Pebble batches —
+// inline samples, index entries of the segment payloads, the segments' new
+// committed sizes — in Append order, the last one with a WAL fsync. Only
+// then are the producers' done callbacks called, from the commit goroutine
+// (Close's, for the final commit after Run); MQTT acks wait for them.
 //
 // What a crash (process kill or power loss) can lose: exactly the samples
 // whose done callback had not yet been called with nil — at most
 // SyncInterval worth of samples plus the commit in flight (bounded by
-// MaxPending). A commit is atomic: after a restart each batch passed to
-// Append is either entirely present or entirely absent, and batches
-// committed later never survive without the ones committed before, so a
-// stream's seq has no holes up to its last durable sample (LastSample).
-// Segment bytes written by a commit that did not reach Pebble are
-// truncated on open; segment files no record references are removed.
+// MaxPending). All samples of one Append call are in one Pebble batch, so
+// after a restart each Append is entirely present or entirely absent, and
+// what survives of the commit in flight is a prefix of its Appends in
+// queue order: a stream's seq has no holes up to its last sample
+// (LastSample). Segment bytes written by a commit that did not reach
+// Pebble are truncated on open; segment files no record references are
+// removed.
+//
+// Readers (Range, Merge, LastSample) can see the samples of the commit in
+// flight a few milliseconds before its fsync completes (Pebble makes a
+// batch visible before its WAL sync); the done callback is the durability
+// signal. After a restart everything visible is durable.
 //
 // # Backpressure
 //

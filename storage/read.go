@@ -50,7 +50,7 @@ func (s *Store) decodeSample(key, value []byte, segs *segReader) (sample.Sample,
 	return sm, nil
 }
 
-// Range yields the durable samples of stream with T in [from, to], ordered
+// Range yields the committed samples of stream with T in [from, to], ordered
 // by (T, Seq). A record that cannot be decoded is yielded as an error
 // (with Stream, T and Seq set from its key) and iteration goes on.
 func (s *Store) Range(stream string, from, to int64) iter.Seq2[sample.Sample, error] {
@@ -184,8 +184,10 @@ func (s *Store) EpisodeSamples(id string) iter.Seq2[sample.Sample, error] {
 	}
 }
 
-// LastSample returns the durable sample of stream with the highest
-// (T, Seq), or ErrNotFound. If that record is corrupt, the error comes with
+// LastSample returns the sample of stream with the highest (T, Seq), or
+// ErrNotFound. Right after Open (the use for continuing seq numbering and
+// closing interrupted episodes) it is durable; while Run is committing it
+// may be one of a commit whose fsync is still in flight. If that record is corrupt, the error comes with
 // Stream, T and Seq taken from its key, so seq numbering can still go on.
 func (s *Store) LastSample(stream string) (sample.Sample, error) {
 	if s.closed.Load() {
