@@ -367,7 +367,6 @@ func (u *Uploader) throttle(ctx context.Context, n int) error {
 // manifests, including parts that later failed).
 func (u *Uploader) Sent() int64 { return u.sent.Load() }
 
-
 func (u *Uploader) addDone(n int64) {
 	u.mu.Lock()
 	if u.mu.active != nil {
