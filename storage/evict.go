@@ -359,8 +359,8 @@ func (s *Store) evictStep(recs, evict []episodeRec, now int64, reason string, co
 func (s *Store) pressure(u Usage, relieving bool) bool {
 	quota, minFree := u.Quota, u.MinFree
 	if relieving || s.full.Load() {
-		quota -= quota / 20
-		minFree += minFree / 20
+		quota -= int64(float64(quota) * s.hysteresis)
+		minFree += int64(float64(minFree) * s.hysteresis)
 	}
 	return (quota > 0 && u.Bytes > quota) || (minFree > 0 && u.Free < minFree)
 }

@@ -226,6 +226,10 @@ type Store struct {
 	}
 	estimate atomic.Int64 // bytes written since the last space check
 
+	// hysteresis is how far below the limits eviction aims once under
+	// pressure (5%; tests with tiny quotas lower it).
+	hysteresis float64
+
 	// batchBytes caps one Pebble batch (maxBatchBytes; tests lower it).
 	batchBytes int
 	// testCrashAfter > 0 makes a commit stop after that many Pebble
@@ -255,6 +259,7 @@ func Open(opts Options) (*Store, error) {
 		kickCommit: make(chan struct{}, 1),
 		kickWatch:  make(chan struct{}, 1),
 		batchBytes: maxBatchBytes,
+		hysteresis: 0.05,
 	}
 	if err := s.checkDir(); err != nil {
 		return nil, err
