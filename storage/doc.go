@@ -108,8 +108,8 @@
 // # Retention, quota, and what happens when full
 //
 // The space watcher runs every WatchInterval (and early when a burst of
-// writes may have crossed a limit). It measures the store (Pebble's disk
-// usage plus segment files) and the filesystem's free space (statfs), and
+// writes may have crossed a limit). It measures the store (the blocks
+// allocated in Pebble's directory plus segment files) and the filesystem's free space (statfs), and
 // evicts in this order:
 //
 //  1. timeline no live episode covers, older than TimelineRetention (the
@@ -130,11 +130,14 @@
 //     when none is left. Recording and uploading episodes are never evicted.
 //
 // An episode covers [Start-Preroll, Stop+Postroll] on each of its streams
-// (to the end of time while Stop is 0). Eviction deletes the uncovered index
-// ranges with DeleteRange, unlinks segments lying entirely inside them, and
-// compacts the ranges so that Pebble's space is reclaimed. An evicted
-// episode's record is kept; Evicted reports when and why its data went.
-// Small records (episodes, descriptors, upload state) are still accepted
-// while full, so uploads can finish and free space. MinFree keeps Pebble
-// away from ENOSPC, on which it would exit the process.
+// (to the end of time while Stop is 0). Eviction deletes the uncovered
+// index ranges with DeleteRange and unlinks segments lying entirely inside
+// them. Under pressure, and for DeleteEpisode, it also compacts the deleted
+// ranges so that Pebble's space is reclaimed at once; otherwise Pebble's
+// own compactions drop the data. The horizon moves in SegmentSlice steps,
+// so an idle pass writes no tombstone. An evicted episode's record is kept;
+// Evicted reports when and why its data went. Small records (episodes,
+// descriptors, upload state) are still accepted while full, so uploads can
+// finish and free space. MinFree keeps Pebble away from ENOSPC, on which it
+// would exit the process.
 package storage
