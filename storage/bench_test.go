@@ -244,3 +244,58 @@ func BenchmarkAppendFramesPebbleOnly(b *testing.B) {
 func BenchmarkAppendSmall(b *testing.B) {
 	benchInterleaved(b, max(b.N, 30_000), 200, 50, 4, 0)
 }
+
+// benchRead fills a store with n samples of size bytes over streams, then
+// measures reading them all back through Merge (all streams, time order).
+func benchRead(b *testing.B, n, size, streams int) {
+	s := openRunning(b, Options{Dir: b.TempDir(), SyncInterval: benchSync, TimelineRetention: time.Hour, MinFree: -1})
+	base := time.Now().UnixNano()
+	names := make([]string, streams)
+	for i := range names {
+		names[i] = "cell1/stream-" + strconv.Itoa(i)
+	}
+	payload := payloadFor("bench", 1, size)
+	const per = 1000
+	for i := 0; i < n; i += per {
+		batch := make([]sample.Sample, 0, per)
+		for j := i; j < min(n, i+per); j++ {
+			batch = append(batch, sample.Sample{Stream: names[j%streams], Seq: uint64(j + 1), T: base + int64(j)*1000, Payload: payload})
+		}
+		for {
+			err := s.Append(batch, nil)
+			if err == nil {
+				break
+			}
+			if err != ErrOverloaded {
+				b.Fatal(err)
+			}
+		}
+	}
+	// Make the last samples durable and visible.
+	appendWait(b, s, []sample.Sample{{Stream: "cell1/end", Seq: 1, T: base, Payload: []byte("x")}})
+	b.ResetTimer()
+	start := time.Now()
+	got := 0
+	for _, err := range s.Merge(names, base, base+int64(n)*1000) {
+		if err != nil {
+			b.Fatal(err)
+		}
+		got++
+	}
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if got != n {
+		b.Fatalf("read %d samples, want %d", got, n)
+	}
+	b.ReportMetric(float64(n*size)/elapsed.Seconds()/1e6, "MB/s")
+	b.ReportMetric(float64(n)/elapsed.Seconds(), "records/s")
+	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkMergeFrames reads 100 KB frames of 8 streams back in time
+// order (segment reads). b.N is the frame count.
+func BenchmarkMergeFrames(b *testing.B) { benchRead(b, max(b.N, 100), 100_000, 8) }
+
+// BenchmarkMergeSmall reads 200 B records of 50 streams back in time
+// order (Pebble reads). b.N is the record count.
+func BenchmarkMergeSmall(b *testing.B) { benchRead(b, max(b.N, 1000), 200, 50) }
