@@ -108,6 +108,15 @@ func TestExportDeterministicAndComplete(t *testing.T) {
 		}
 		last = m.LogTime
 		counts[ch.Topic]++
+		if ch.Topic == "factory/cell1/robot1/status" { // CBOR on the wire, JSON in the file
+			var v map[string]any
+			if err := json.Unmarshal(m.Data, &v); err != nil || v["mode"] != "auto" || v["raw"] != "AQID" || ch.MessageEncoding != "json" {
+				t.Fatalf("converted CBOR message %q: %v", m.Data, err)
+			}
+		}
+		if ch.Topic == "factory/cell1/robot1/joint_states" && !json.Valid(m.Data) {
+			t.Fatalf("invalid JSON on %s: %q", ch.Topic, m.Data)
+		}
 		if schema != nil && schema.Name == export.SchemaCompressedVideo {
 			data, format, frameID := decodeVideo(t, schema, m.Data)
 			if frameID != ch.Topic {

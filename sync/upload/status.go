@@ -242,3 +242,4 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	return m
 }
+
