@@ -342,3 +342,68 @@ func TestReplayCommandRTSP(t *testing.T) {
 	}
 	t.Logf("summary:\n%s", r.stdout)
 }
+
+// Ctrl-C stops a looping replay: the binary prints the summary (marked
+// interrupted, more than one pass) and exits 0.
+func TestReplayCommandInterrupt(t *testing.T) {
+	broker := startBroker(t)
+	st, dir, stored := replayStore(t)
+	st.Close()
+	cmd := exec.Command(bin, "replay", "--store", dir, "--loop", "--mqtt", broker, replayEp)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	deadline := time.After(20 * time.Second)
+	for started := false; !started; {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("replay ended before starting: %s", stderr.String())
+			}
+			started = strings.HasPrefix(l, "replaying episode")
+		case <-deadline:
+			cmd.Process.Kill()
+			t.Fatal("replay did not start")
+		}
+	}
+	time.Sleep(1500 * time.Millisecond) // a 1 s episode: into the second pass
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	var rest []string
+	for l := range lines {
+		rest = append(rest, l)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v\n%s", err, stderr.String())
+	}
+	text := strings.Join(rest, "\n")
+	if !strings.Contains(text, "interrupted") || !strings.Contains(text, "2 pass(es)") {
+		t.Errorf("summary after Ctrl-C:\n%s", text)
+	}
+	// The joint states went out once fully and partly again.
+	for _, l := range rest {
+		if f := strings.Fields(l); len(f) >= 4 && f[0] == "cell1/robot1/joints" {
+			var sent int
+			fmt.Sscan(f[3], &sent)
+			if sent <= len(stored) || sent >= 2*len(stored) {
+				t.Errorf("sent %d after 1.5 passes of %d", sent, len(stored))
+			}
+		}
+	}
+	t.Logf("summary:\n%s", text)
+}
