@@ -90,6 +90,12 @@ type Store interface {
 	UploadState(episodeID string) (storage.UploadState, error)
 }
 
+// evictionChecker is implemented by *storage.Store; a store without it is
+// assumed to keep all data.
+type evictionChecker interface {
+	Evicted(id string) (storage.EvictionInfo, error)
+}
+
 // Target says where episodes go.
 type Target struct {
 	// Type is "s3" or "dir".
@@ -737,6 +743,13 @@ func (u *Uploader) process(ctx context.Context, e episode.Episode, prio bool) er
 	if !obj.Done {
 		if err := cont(); err != nil {
 			return err
+		}
+		// Never publish an episode whose data storage already evicted
+		// (evict-oldest policy): the export would be empty.
+		if ev, ok := u.store.(evictionChecker); ok {
+			if info, err := ev.Evicted(e.ID); err == nil && info.At != 0 {
+				return &failedError{err: fmt.Errorf("data evicted before upload: %s", info.Reason)}
+			}
 		}
 		if err := u.stage(ctx, e, obj, staged, save); err != nil {
 			return err
