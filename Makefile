@@ -9,7 +9,7 @@ COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -X $(PKG)/internal/buildinfo.Version=$(VERSION) -X $(PKG)/internal/buildinfo.Commit=$(COMMIT)
 TEST_FLAGS ?= -count=1 -timeout 25m
 BENCH    ?= .
-BENCHTIME ?= 1x
+BENCHTIME ?= 1s
 
 .PHONY: all build test test-short lint bench demo clean
 
