@@ -116,26 +116,12 @@ func (o BrokerOptions) validate() error {
 	if o.ID == "" {
 		errs = append(errs, errors.New("id: is required"))
 	}
-	u, err := url.Parse(o.URL)
-	switch {
-	case o.URL == "":
-		errs = append(errs, errors.New("url: is required"))
-	case err != nil || u.Host == "":
-		errs = append(errs, fmt.Errorf("url: %q is not a broker URL such as tcp://host:1883", redact.URL(o.URL)))
-	case !brokerSchemes[u.Scheme]:
-		errs = append(errs, fmt.Errorf("url: scheme %q is not one of tcp, mqtt, ssl, tls, mqtts, ws, wss", u.Scheme))
-	}
-	if o.KeepAlive < time.Second {
-		errs = append(errs, fmt.Errorf("keepalive: %s is below 1s", o.KeepAlive))
-	}
+	errs = append(errs, connProblems(o.URL, o.KeepAlive, o.TLS)...)
 	if o.QueueSize < 1 {
 		errs = append(errs, fmt.Errorf("queue size: %d is not positive", o.QueueSize))
 	}
 	if o.DrainTimeout < 0 {
 		errs = append(errs, fmt.Errorf("drain timeout: %s is negative", o.DrainTimeout))
-	}
-	if (o.TLS.CertFile == "") != (o.TLS.KeyFile == "") {
-		errs = append(errs, errors.New("tls: cert file and key file go together"))
 	}
 	if o.TLS.hasFiles() {
 		if _, err := o.TLS.config(""); err != nil {
@@ -344,4 +330,26 @@ func (o DeviceOptions) descriptor(stream, source string) sample.Descriptor {
 		}
 	}
 	return d
+}
+
+// connProblems checks what a broker connection and a publisher share: the
+// URL, the keepalive and the TLS file pairing.
+func connProblems(rawURL string, keepAlive time.Duration, tls TLSOptions) []error {
+	var errs []error
+	u, err := url.Parse(rawURL)
+	switch {
+	case rawURL == "":
+		errs = append(errs, errors.New("url: is required"))
+	case err != nil || u.Host == "":
+		errs = append(errs, fmt.Errorf("url: %q is not a broker URL such as tcp://host:1883", redact.URL(rawURL)))
+	case !brokerSchemes[u.Scheme]:
+		errs = append(errs, fmt.Errorf("url: scheme %q is not one of tcp, mqtt, ssl, tls, mqtts, ws, wss", u.Scheme))
+	}
+	if keepAlive < time.Second {
+		errs = append(errs, fmt.Errorf("keepalive: %s is below 1s", keepAlive))
+	}
+	if (tls.CertFile == "") != (tls.KeyFile == "") {
+		errs = append(errs, errors.New("tls: cert file and key file go together"))
+	}
+	return errs
 }

@@ -99,31 +99,17 @@ func NewPublisher(o PublisherOptions) (*Publisher, error) {
 	if o.ClientID == "" {
 		o.ClientID = fmt.Sprintf("episoded-pub-%08x", rand.Uint32())
 	}
-	var errs []error
-	u, err := url.Parse(o.URL)
-	switch {
-	case o.URL == "":
-		errs = append(errs, errors.New("url: is required"))
-	case err != nil || u.Host == "":
-		errs = append(errs, fmt.Errorf("url: %q is not a broker URL such as tcp://host:1883", redact.URL(o.URL)))
-	case !brokerSchemes[u.Scheme]:
-		errs = append(errs, fmt.Errorf("url: scheme %q is not one of tcp, mqtt, ssl, tls, mqtts, ws, wss", u.Scheme))
-	}
-	if o.KeepAlive < time.Second {
-		errs = append(errs, fmt.Errorf("keepalive: %s is below 1s", o.KeepAlive))
-	}
+	errs := connProblems(o.URL, o.KeepAlive, o.TLS)
 	if o.ConnectTimeout < 0 {
 		errs = append(errs, fmt.Errorf("connect timeout: %s is negative", o.ConnectTimeout))
 	}
 	if o.MaxInflight < 1 {
 		errs = append(errs, fmt.Errorf("max inflight: %d is not positive", o.MaxInflight))
 	}
-	if (o.TLS.CertFile == "") != (o.TLS.KeyFile == "") {
-		errs = append(errs, errors.New("tls: cert file and key file go together"))
-	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("mqtt publisher options: %w", err)
 	}
+	u, _ := url.Parse(o.URL) // checked by connProblems
 	if u.User != nil {
 		if o.Username == "" {
 			o.Username = u.User.Username()
