@@ -26,6 +26,8 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
+
+	"github.com/episoded/episoded/internal/h26x"
 )
 
 // FrameRate is the frame rate of both clips, in frames per second.
@@ -72,38 +74,7 @@ var ErrNoNALUs = errors.New("assets: no NAL units in stream")
 
 // SplitAnnexB splits an Annex-B byte stream into NAL units (without start
 // codes). The returned slices alias b.
-func SplitAnnexB(b []byte) [][]byte {
-	var nalus [][]byte
-	start := -1
-	i := 0
-	for i+2 < len(b) {
-		if b[i] == 0 && b[i+1] == 0 && b[i+2] == 1 {
-			if start >= 0 {
-				nalus = appendNALU(nalus, b[start:i])
-			}
-			i += 3
-			start = i
-			continue
-		}
-		i++
-	}
-	if start >= 0 {
-		nalus = appendNALU(nalus, b[start:])
-	}
-	return nalus
-}
-
-// appendNALU appends n without the trailing zero bytes that belong to the
-// next start code (00 00 00 01) or are trailing_zero_8bits.
-func appendNALU(nalus [][]byte, n []byte) [][]byte {
-	for len(n) > 0 && n[len(n)-1] == 0 {
-		n = n[:len(n)-1]
-	}
-	if len(n) == 0 {
-		return nalus
-	}
-	return append(nalus, n)
-}
+func SplitAnnexB(b []byte) [][]byte { return h26x.SplitAnnexB(b) }
 
 // AccessUnits groups the NAL units of an Annex-B stream into access units
 // (ITU-T H.264 7.4.1.2.3, H.265 7.4.2.4.4): a new access unit starts at an

@@ -9,6 +9,7 @@ import (
 	"github.com/bluenviron/mediacommon/v2/pkg/codecs/h265"
 	"github.com/pion/rtp"
 
+	"github.com/episoded/episoded/internal/h26x"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -29,7 +30,7 @@ type codec struct {
 
 var codecH264 = &codec{
 	name:         sample.CodecH264,
-	auStart:      h264AUStart,
+	auStart:      h26x.H264AUStart,
 	randomAccess: h264.IsRandomAccess,
 	paramSlot: func(n []byte) int {
 		switch h264.NALUType(n[0] & 0x1f) {
@@ -68,44 +69,7 @@ var codecH265 = &codec{
 	noPrevious: rtph265.ErrNonStartingPacketAndNoPrevious,
 }
 
-// h264AUStart reports whether an H.264 RTP payload (RFC 6184) begins an
-// access unit: an AUD, SEI or parameter set, or the first slice of a picture
-// (first_mb_in_slice == 0, coded as a leading 1 bit).
-func h264AUStart(p []byte) bool {
-	if len(p) < 2 {
-		return false
-	}
-	switch typ := p[0] & 0x1f; typ {
-	case 24: // STAP-A: 16-bit size, then the first NALU
-		if len(p) < 5 {
-			return false
-		}
-		size := int(p[1])<<8 | int(p[2])
-		if size < 2 || size > len(p)-3 {
-			return false
-		}
-		return h264TypeStarts(p[3]&0x1f, p[4])
-	case 28: // FU-A: start bit, then the original NALU type
-		if p[1]&0x80 == 0 || len(p) < 3 {
-			return false
-		}
-		return h264TypeStarts(p[1]&0x1f, p[2])
-	default:
-		return h264TypeStarts(typ, p[1])
-	}
-}
-
-func h264TypeStarts(typ, next byte) bool {
-	switch {
-	case typ >= 6 && typ <= 9: // SEI, SPS, PPS, AUD
-		return true
-	case typ == 1 || typ == 5: // slice: first_mb_in_slice == 0
-		return next&0x80 != 0
-	}
-	return false
-}
-
-// h265AUStart is h264AUStart for H.265 (RFC 7798, no DONL): VPS, SPS, PPS,
+// h265AUStart is h26x.H264AUStart for H.265 (RFC 7798, no DONL): VPS, SPS, PPS,
 // AUD, prefix SEI, or a slice with first_slice_segment_in_pic_flag.
 func h265AUStart(p []byte) bool {
 	if len(p) < 3 {
@@ -359,18 +323,4 @@ func (a *assembler) unit(au [][]byte, ts uint32) {
 	a.waitKey, a.describe = false, false
 	a.pendLost, a.pendDropped, a.pendDisc = 0, 0, false
 	a.discarding = false
-}
-
-// annexB joins an access unit's NAL units with 4-byte start codes.
-func annexB(au [][]byte) []byte {
-	n := 0
-	for _, nalu := range au {
-		n += 4 + len(nalu)
-	}
-	b := make([]byte, 0, n)
-	for _, nalu := range au {
-		b = append(b, 0, 0, 0, 1)
-		b = append(b, nalu...)
-	}
-	return b
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/pion/rtp"
 
+	"github.com/episoded/episoded/internal/h26x"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -35,7 +36,7 @@ func TestAUStart(t *testing.T) {
 		{"h265 fu start first slice", true, []byte{0x62, 0x01, 0x93, 0xaf}, true},
 		{"h265 fu middle", true, []byte{0x62, 0x01, 0x13, 0xaf}, false},
 	} {
-		f := h264AUStart
+		f := h26x.H264AUStart
 		if tc.hevc {
 			f = h265AUStart
 		}
@@ -126,7 +127,7 @@ func TestAssemblerQueueFullDropsUntilKeyframe(t *testing.T) {
 		if k >= 10 {
 			i = k + 20
 		}
-		if !bytes.Equal(annexB(u.au), annexB(cl.aus[i])) {
+		if !bytes.Equal(h26x.AnnexB(u.au), h26x.AnnexB(cl.aus[i])) {
 			t.Fatalf("unit %d is not access unit %d", k, i)
 		}
 	}

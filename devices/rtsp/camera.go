@@ -21,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/episoded/episoded/devices"
+	"github.com/episoded/episoded/internal/h26x"
 	"github.com/episoded/episoded/internal/redact"
 	"github.com/episoded/episoded/sample"
 )
@@ -351,7 +352,7 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 	}
 	var recvT int64
 	asm := newAssembler(cd, sdp, dec, &c.cnt, func(u unit) bool {
-		f := frame{payload: annexB(u.au), key: u.key, recvT: recvT, lost: u.lost, dropped: u.dropped, disc: u.disc}
+		f := frame{payload: h26x.AnnexB(u.au), key: u.key, recvT: recvT, lost: u.lost, dropped: u.dropped, disc: u.disc}
 		if rtcpClock {
 			if m := srMap.Load(); m != nil && m.ssrc == u.ssrc {
 				f.srcT = m.at(u.ts, clockRate)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/episoded/episoded/assets"
 	"github.com/episoded/episoded/devices"
+	"github.com/episoded/episoded/internal/h26x"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -439,7 +440,7 @@ func senderReport(t testing.TB, st *gortsplib.ServerStream, cl *clip, ts uint32,
 }
 
 // annexBOf is the expected sample payload for an access unit.
-func annexBOf(au [][]byte) []byte { return annexB(au) }
+func annexBOf(au [][]byte) []byte { return h26x.AnnexB(au) }
 
 // logBuffer is a slog handler target that tests can search.
 type logBuffer struct {

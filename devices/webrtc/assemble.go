@@ -6,6 +6,8 @@ import (
 	"github.com/bluenviron/gortsplib/v4/pkg/format/rtph264"
 	"github.com/bluenviron/mediacommon/v2/pkg/codecs/h264"
 	"github.com/pion/rtp"
+
+	"github.com/episoded/episoded/internal/h26x"
 )
 
 // unit is one assembled access unit on its way to the sink.
@@ -109,7 +111,7 @@ func (a *assembler) push(pkt *rtp.Packet) {
 	}
 
 	if a.resync {
-		if !h264AUStart(pkt.Payload) {
+		if !h26x.H264AUStart(pkt.Payload) {
 			a.dropFrame(pkt.Timestamp)
 			return
 		}
@@ -201,89 +203,13 @@ func (a *assembler) unit(au [][]byte, ts uint32) {
 	a.discarding = false
 }
 
-// h264AUStart reports whether an H.264 RTP payload (RFC 6184) begins an
-// access unit: an AUD, SEI or parameter set, or the first slice of a picture
-// (first_mb_in_slice == 0, coded as a leading 1 bit).
-func h264AUStart(p []byte) bool {
-	if len(p) < 2 {
-		return false
-	}
-	switch typ := p[0] & 0x1f; typ {
-	case 24: // STAP-A: 16-bit size, then the first NALU
-		if len(p) < 5 {
-			return false
-		}
-		size := int(p[1])<<8 | int(p[2])
-		if size < 2 || size > len(p)-3 {
-			return false
-		}
-		return h264TypeStarts(p[3]&0x1f, p[4])
-	case 28: // FU-A: start bit, then the original NALU type
-		if p[1]&0x80 == 0 || len(p) < 3 {
-			return false
-		}
-		return h264TypeStarts(p[1]&0x1f, p[2])
-	default:
-		return h264TypeStarts(typ, p[1])
-	}
-}
-
-func h264TypeStarts(typ, next byte) bool {
-	switch {
-	case typ >= 6 && typ <= 9: // SEI, SPS, PPS, AUD
-		return true
-	case typ == 1 || typ == 5: // slice: first_mb_in_slice == 0
-		return next&0x80 != 0
-	}
-	return false
-}
-
-// annexB joins an access unit's NAL units with 4-byte start codes.
-func annexB(au [][]byte) []byte {
-	n := 0
-	for _, nalu := range au {
-		n += 4 + len(nalu)
-	}
-	b := make([]byte, 0, n)
-	for _, nalu := range au {
-		b = append(b, 0, 0, 0, 1)
-		b = append(b, nalu...)
-	}
-	return b
-}
-
-// splitAnnexB splits an Annex-B access unit into NAL units (aliasing b).
-// Trailing zero bytes before a start code are not part of a NAL unit.
+// splitAnnexB splits an Annex-B access unit into NAL units (aliasing b);
+// bytes without any start code are taken as one bare NAL unit.
 func splitAnnexB(b []byte) [][]byte {
-	var nalus [][]byte
-	start := -1
-	for i := 0; i+2 < len(b); {
-		if b[i] == 0 && b[i+1] == 0 && b[i+2] == 1 {
-			if start >= 0 {
-				nalus = appendNALU(nalus, b[start:i])
-			}
-			i += 3
-			start = i
-			continue
-		}
-		i++
-	}
-	if start >= 0 {
-		nalus = appendNALU(nalus, b[start:])
-	} else if len(b) > 0 {
-		nalus = append(nalus, b) // no start code: one bare NAL unit
-	}
-	return nalus
-}
-
-func appendNALU(nalus [][]byte, n []byte) [][]byte {
-	for len(n) > 0 && n[len(n)-1] == 0 {
-		n = n[:len(n)-1]
-	}
-	if len(n) == 0 {
+	if nalus := h26x.SplitAnnexB(b); nalus != nil || len(b) == 0 {
 		return nalus
 	}
-	return append(nalus, n)
+	return [][]byte{b}
 }
 
 // withParams returns au with the parameter sets params in front if it is

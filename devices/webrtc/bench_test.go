@@ -10,6 +10,7 @@ import (
 	"github.com/pion/rtp"
 	"github.com/pion/rtp/codecs"
 
+	"github.com/episoded/episoded/internal/h26x"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -111,7 +112,7 @@ func BenchmarkWHIPAssemble(b *testing.B) {
 	var pkts []*rtp.Packet
 	var bytes int64
 	for i, au := range aus {
-		p := pz.Packetize(annexB(au), 3000)
+		p := pz.Packetize(h26x.AnnexB(au), 3000)
 		for _, pk := range p {
 			pk.Timestamp = uint32(i * 3000)
 			bytes += int64(len(pk.Payload))
@@ -139,7 +140,7 @@ func BenchmarkWHIPAssemble(b *testing.B) {
 	var cnt asmCounters
 	var units int
 	asm := newAssembler(&cnt, func(u unit) bool {
-		_ = annexB(u.au)
+		_ = h26x.AnnexB(u.au)
 		units++
 		return true
 	})

@@ -13,6 +13,7 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/episoded/episoded/devices"
+	"github.com/episoded/episoded/internal/h26x"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -204,7 +205,7 @@ func (wh *whipSession) readRTP(track *webrtc.TrackRemote) {
 	deviceClock := wh.base.Clock == sample.ClockDevice
 	var recvT int64
 	asm := newAssembler(&ws.cnt, func(u unit) bool {
-		f := frame{payload: annexB(u.au), key: u.key, recvT: recvT, lost: u.lost, dropped: u.dropped, disc: u.disc}
+		f := frame{payload: h26x.AnnexB(u.au), key: u.key, recvT: recvT, lost: u.lost, dropped: u.dropped, disc: u.disc}
 		if deviceClock {
 			if sr := wh.sr.Load(); sr != nil {
 				f.srcT = sr.unixNano(u.ts)

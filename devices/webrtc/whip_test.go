@@ -16,6 +16,7 @@ import (
 	"github.com/pion/webrtc/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/episoded/episoded/internal/h26x"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -102,7 +103,7 @@ func (p *publisher) sendSR(i int) {
 
 // packets packetizes frame i (Annex-B) with pion's H.264 payloader.
 func (p *publisher) packets(i int, au [][]byte) []*rtp.Packet {
-	pkts := p.pz.Packetize(annexB(au), 3000)
+	pkts := p.pz.Packetize(h26x.AnnexB(au), 3000)
 	for _, pk := range pkts {
 		pk.Timestamp = p.rtpTS(i)
 	}
@@ -182,7 +183,7 @@ func TestWHIPRecordsClip(t *testing.T) {
 	}
 	for i, s := range got {
 		// pion's payloader drops AUD and filler NAL units; the clip has none.
-		want := annexB(stripNAL(aus[i], 9, 12))
+		want := h26x.AnnexB(stripNAL(aus[i], 9, 12))
 		if !bytes.Equal(s.Payload, want) {
 			t.Fatalf("sample %d: payload differs (%d bytes, NAL %v; want %d bytes, NAL %v)", i,
 				len(s.Payload), nalTypes(s.Payload), len(want), nalTypes(want))
@@ -277,7 +278,7 @@ func TestWHIPLoss(t *testing.T) {
 		if i >= lossAt {
 			src = i + 20
 		}
-		if !bytes.Equal(s.Payload, annexB(aus[src])) {
+		if !bytes.Equal(s.Payload, h26x.AnnexB(aus[src])) {
 			t.Fatalf("sample %d: not frame %d", i, src)
 		}
 		disc := s.Flags.Has(sample.Discontinuity)
@@ -383,7 +384,7 @@ func TestWHIPSinkRefuses(t *testing.T) {
 		t.Fatalf("recorded %d samples, want 15", len(got))
 	}
 	k := got[5]
-	if !bytes.Equal(k.Payload, annexB(aus[30])) || !k.Flags.Has(sample.Keyframe|sample.Discontinuity) || k.Dropped != 25 || k.Lost != 0 {
+	if !bytes.Equal(k.Payload, h26x.AnnexB(aus[30])) || !k.Flags.Has(sample.Keyframe|sample.Discontinuity) || k.Dropped != 25 || k.Lost != 0 {
 		t.Fatalf("sample after the refusal: flags %v dropped %d lost %d; want frame 30, keyframe+discontinuity, dropped 25",
 			k.Flags, k.Dropped, k.Lost)
 	}
@@ -416,8 +417,8 @@ func TestWHIPRetransmitAndReorder(t *testing.T) {
 		t.Fatalf("recorded %d frames, want 60; stats %+v; NACKs at the publisher %d", len(got), ts.Stats().WHIP[0], p.nacks.Load())
 	}
 	for i, s := range got {
-		if !bytes.Equal(s.Payload, annexB(aus[i])) || s.Flags.Has(sample.Discontinuity) {
-			t.Fatalf("sample %d: payload equal %v, flags %v", i, bytes.Equal(s.Payload, annexB(aus[i])), s.Flags)
+		if !bytes.Equal(s.Payload, h26x.AnnexB(aus[i])) || s.Flags.Has(sample.Discontinuity) {
+			t.Fatalf("sample %d: payload equal %v, flags %v", i, bytes.Equal(s.Payload, h26x.AnnexB(aus[i])), s.Flags)
 		}
 	}
 	st := ts.Stats().WHIP[0]
