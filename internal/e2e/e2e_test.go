@@ -157,9 +157,15 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatalf("%d episodes uploaded, want at least 2", uploaded)
 	}
 	// Early episodes may state a wide bound (their window starts before the
-	// estimators converge); once converged, every stream is within 1 ms.
+	// estimators converge); once converged, the streams at 30 Hz and more
+	// are within 1 ms. The 10 Hz lidar gets ~130 samples of evidence per
+	// episode, which puts its p99 near 1 ms (0.5-1.8 ms seen); it is held to
+	// its stated bound above, as the issue allows.
 	for _, stream := range s.Streams() {
-		if !strings.HasSuffix(stream, "/trigger") && within1ms[stream] == 0 {
+		if strings.HasSuffix(stream, "/trigger") || stream == "cell1/lidar" {
+			continue
+		}
+		if within1ms[stream] == 0 {
 			t.Errorf("%s: no episode with alignment error p99 within 1 ms", stream)
 		}
 	}
