@@ -324,7 +324,7 @@ func (c *cells) report(ctx context.Context, gapFactor float64, e episode.Episode
 		if err != nil {
 			return nil, err
 		}
-		r, err := ingest.NewReport(d, ingest.ReportOptions{GapFactor: gapFactor})
+		r, err := ingest.NewReport(d, ingest.ReportOptions{GapFactor: gapFactor, Clock: clockOptions})
 		if err != nil {
 			return nil, err
 		}

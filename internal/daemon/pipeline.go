@@ -61,6 +61,15 @@ type streamState struct {
 	rejectLogged time.Time
 }
 
+// clockOptions tune every stream's clock estimator. The estimator sees
+// only capture-to-arrival delays, so it cannot tell a device's clock offset
+// from the smallest delay it ever sees (the LAN hop, a broker, the
+// gateway's receive path): aligned times are late by that minimum. The
+// error floor, added to every stated bound, allows for it; 0.5 ms covers a
+// LAN hop and a broker for payloads up to a few hundred KB, as measured in
+// the end-to-end test (internal/e2e).
+var clockOptions = ingest.ClockOptions{ErrorFloor: 500 * time.Microsecond}
+
 func newPipeline(store *storage.Store, log *slog.Logger, reg prometheus.Registerer) *pipeline {
 	p := &pipeline{store: store, log: log.With("component", "pipeline"), now: time.Now}
 	p.mu.streams = map[string]*streamState{}
@@ -97,7 +106,7 @@ func (p *pipeline) Describe(d sample.Descriptor) error {
 	} else if !errors.Is(err, storage.ErrNotFound) {
 		return fmt.Errorf("read last sample of %s: %w", d.Stream, err)
 	}
-	proc, err := ingest.NewStream(stored, lastSeq, ingest.ClockOptions{})
+	proc, err := ingest.NewStream(stored, lastSeq, clockOptions)
 	if err != nil {
 		return fmt.Errorf("start stream %s: %w", d.Stream, err)
 	}
