@@ -23,12 +23,19 @@ const sec = int64(time.Second)
 func duBytes(t testing.TB, dir string) int64 {
 	t.Helper()
 	var n int64
+	// Pebble deletes obsolete files in the background, so a file listed
+	// a moment ago may be gone: it takes no space.
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
 		var st syscall.Stat_t
-		if err := syscall.Lstat(path, &st); err != nil {
+		if err := syscall.Lstat(path, &st); errors.Is(err, fs.ErrNotExist) {
+			return nil
+		} else if err != nil {
 			return err
 		}
 		if !d.IsDir() {
