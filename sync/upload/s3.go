@@ -340,16 +340,16 @@ func (s *s3Target) multipart(ctx context.Context, f *os.File, obj *storage.Objec
 	for _, p := range obj.Parts {
 		done[p.Number] = true
 	}
-	var todo []int
+	var remaining []int // parts not yet uploaded
 	for i := 1; i <= n; i++ {
 		if !done[i] {
-			todo = append(todo, i)
+			remaining = append(remaining, i)
 		}
 	}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(s.conc)
-	for _, num := range todo {
+	for _, num := range remaining {
 		if err := cont(); err != nil {
 			_ = g.Wait()
 			return err
