@@ -146,6 +146,16 @@ func (d *Daemon) buildDevices() error {
 	return nil
 }
 
+// attachments returns the files a cell's exports carry (calibration, URDF).
+func (d *Daemon) attachments(cell string) []string {
+	for _, c := range d.cfg.Cells {
+		if c.ID == cell {
+			return c.Attachments
+		}
+	}
+	return nil
+}
+
 // buildUploader creates the uploader when a sync target is configured.
 func (d *Daemon) buildUploader() error {
 	y := d.cfg.Sync
@@ -153,10 +163,6 @@ func (d *Daemon) buildUploader() error {
 		return nil
 	}
 	t := y.Target
-	attachments := map[string][]string{}
-	for _, c := range d.cfg.Cells {
-		attachments[c.ID] = c.Attachments
-	}
 	u, err := upload.New(d.store, upload.Options{
 		Target: upload.Target{
 			Type: t.Type, Prefix: t.Prefix, Path: t.Path, Endpoint: t.Endpoint, Region: t.Region, Bucket: t.Bucket,
@@ -168,7 +174,7 @@ func (d *Daemon) buildUploader() error {
 		Bandwidth: int64(y.Bandwidth), Concurrency: y.Concurrency, PartSize: int64(y.PartSize),
 		RetryMin: y.Retry.Min, RetryMax: y.Retry.Max,
 		StageDir:    filepath.Join(d.cfg.Storage.Dir, "outbox"),
-		Attachments: func(cell string) []string { return attachments[cell] },
+		Attachments: d.attachments,
 		Logger:      d.log, Registerer: d.reg,
 		OnUploaded: d.onUploaded,
 	})

@@ -41,12 +41,8 @@ func (d *Daemon) routes() {
 	a.HandleFunc("GET /v1/episodes", d.handleList)
 	a.HandleFunc("GET /v1/episodes/{id}", d.handleShow)
 	a.HandleFunc("DELETE /v1/episodes/{id}", d.handleDelete)
-	attachments := map[string][]string{}
-	for _, c := range d.cfg.Cells {
-		attachments[c.ID] = c.Attachments
-	}
 	a.Handle("GET /v1/episodes/{id}/export", export.Handler(d.store, export.HandlerOptions{
-		Attachments: func(cell string) []string { return attachments[cell] },
+		Attachments: d.attachments,
 		Logger:      d.log,
 	}))
 	a.HandleFunc("POST /v1/episodes/{id}/retry", d.handleRetry)
@@ -265,12 +261,7 @@ func (d *Daemon) handleUploads(w http.ResponseWriter, r *http.Request) {
 		api.WriteJSON(w, http.StatusOK, map[string]any{"target": "", "queue": []any{}, "note": "no sync target is configured"})
 		return
 	}
-	st, err := d.uploader.Status()
-	if err != nil {
-		api.WriteError(w, http.StatusInternalServerError, err.Error())
-		return
-	}
-	api.WriteJSON(w, http.StatusOK, st)
+	d.uploader.StatusHandler().ServeHTTP(w, r)
 }
 
 func (d *Daemon) handleSyncRun(w http.ResponseWriter, r *http.Request) {

@@ -1,11 +1,10 @@
 package upload
 
 import (
-	"fmt"
 	"math/rand/v2"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/episoded/episoded/internal/config"
 )
 
 // Clock is the time source of the uploader: windows, backoff and the
@@ -25,29 +24,14 @@ func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) 
 // past midnight.
 type window struct{ start, end int }
 
-// parseWindow parses "HH:MM-HH:MM" (24:00 allowed as an end), the format of
-// config.ParseWindow, reimplemented so the uploader does not import config.
+// parseWindow parses "HH:MM-HH:MM" (24:00 allowed as an end) with
+// config.ParseWindow, so the config check and the uploader agree.
 func parseWindow(s string) (window, error) {
-	a, b, ok := strings.Cut(strings.TrimSpace(s), "-")
-	if !ok {
-		return window{}, fmt.Errorf("window %q is not HH:MM-HH:MM", s)
-	}
-	st, err1 := parseClock(a)
-	en, err2 := parseClock(b)
-	if err1 != nil || err2 != nil || st == en {
-		return window{}, fmt.Errorf("window %q is not HH:MM-HH:MM", s)
+	st, en, err := config.ParseWindow(s)
+	if err != nil {
+		return window{}, err
 	}
 	return window{st, en}, nil
-}
-
-func parseClock(s string) (int, error) {
-	h, m, ok := strings.Cut(strings.TrimSpace(s), ":")
-	hh, err1 := strconv.Atoi(h)
-	mm, err2 := strconv.Atoi(m)
-	if !ok || err1 != nil || err2 != nil || hh < 0 || mm < 0 || mm > 59 || hh > 24 || (hh == 24 && mm != 0) {
-		return 0, fmt.Errorf("bad clock time %q", s)
-	}
-	return hh*60 + mm, nil
 }
 
 func (w window) contains(min int) bool {
