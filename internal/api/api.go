@@ -46,6 +46,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/episoded/episoded/internal/redact"
 )
 
 // Options configures the server.
@@ -67,6 +69,8 @@ type Options struct {
 	TLS *TLSFiles
 	// MaxBody caps request bodies; default DefaultMaxBody.
 	MaxBody int64
+	// Scrubber, if set, masks credentials in /v1/status answers.
+	Scrubber *redact.Scrubber
 	// Gatherer serves /metrics; nil means prometheus.DefaultGatherer.
 	Gatherer prometheus.Gatherer
 	Logger   *slog.Logger
@@ -258,7 +262,17 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	for n, fn := range fns {
 		out[n] = fn()
 	}
-	WriteJSON(w, http.StatusOK, out)
+	b, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		WriteError(w, http.StatusInternalServerError, "encode status: "+err.Error())
+		return
+	}
+	// Status carries device errors and sources, which come from libraries
+	// that may quote a URL they were given: scrub the whole answer.
+	b = []byte(s.opts.Scrubber.Text(string(b)))
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(append(b, '\n'))
 }
 
 // WriteJSON writes v as JSON with the given status code.

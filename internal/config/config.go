@@ -47,14 +47,40 @@ type Log struct {
 }
 
 // API configures the HTTP server: probes, /metrics, /v1, WebRTC, dashboard.
+// docs/SECURITY.md says what each access setting protects.
 type API struct {
 	Listen string `yaml:"listen"`
-	// Token, when set, is required as a bearer token on mutating /v1
-	// endpoints and on WHIP ingest.
+	// Token is the admin token. When set, every /v1, /whip and /whep
+	// request needs a bearer token, reads included.
 	Token     Secret `yaml:"token,omitempty"`
 	TokenFile string `yaml:"token_file,omitempty"`
-	WebRTC    WebRTC `yaml:"webrtc"`
+	// ReadToken, optional, allows reads only: list, show, export, samples,
+	// status, uploads and WHEP viewing. It needs Token.
+	ReadToken     Secret `yaml:"read_token,omitempty"`
+	ReadTokenFile string `yaml:"read_token_file,omitempty"`
+	// MetricsOpen serves /metrics without a token.
+	MetricsOpen bool `yaml:"metrics_open,omitempty"`
+	// InsecureOpen allows a non-loopback listen address without a token.
+	InsecureOpen bool `yaml:"insecure_open,omitempty"`
+	// AllowedHosts are the host names (no port) the API answers to, besides
+	// IP literals, localhost and the listen host; others get 421.
+	AllowedHosts []string  `yaml:"allowed_hosts,omitempty"`
+	TLS          ServerTLS `yaml:"tls,omitempty"`
+	WebRTC       WebRTC    `yaml:"webrtc"`
 }
+
+// ServerTLS serves the API over HTTPS. The files are reloaded on SIGHUP and
+// when they change.
+type ServerTLS struct {
+	CertFile string `yaml:"cert_file,omitempty"`
+	KeyFile  string `yaml:"key_file,omitempty"`
+	// ClientCAFile, when set, requires every client to present a
+	// certificate signed by one of these CAs (mutual TLS).
+	ClientCAFile string `yaml:"client_ca_file,omitempty"`
+}
+
+// Enabled reports whether the API serves TLS.
+func (t ServerTLS) Enabled() bool { return t.CertFile != "" }
 
 // WebRTC configures ICE for WHIP ingest and WHEP preview. LAN only: host
 // candidates, no STUN or TURN.

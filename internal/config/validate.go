@@ -70,9 +70,7 @@ func (c *Config) problems() []string {
 	if c.ShutdownTimeout <= 0 {
 		p.addf("shutdown_timeout: must be positive")
 	}
-	if _, _, err := net.SplitHostPort(c.API.Listen); err != nil {
-		p.addf("api.listen: %q is not host:port", c.API.Listen)
-	}
+	c.apiAccessProblems(&p)
 	if c.API.WebRTC.UDPPort < 0 || c.API.WebRTC.UDPPort > 65535 {
 		p.addf("api.webrtc.udp_port: %d is out of range", c.API.WebRTC.UDPPort)
 	}
@@ -305,6 +303,8 @@ func (c *Config) syncProblems(p *problems) {
 	case TargetS3:
 		if u, err := url.Parse(t.Endpoint); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 			p.addf("sync.target.endpoint: %q is not an http:// or https:// URL", redactURL(t.Endpoint))
+		} else if u.User != nil {
+			p.addf("sync.target.endpoint: %q has credentials in it; put them in access_key and secret_key (or access_key_file and secret_key_file)", redactURL(t.Endpoint))
 		}
 		if t.Bucket == "" {
 			p.addf("sync.target.bucket: is required for an s3 target")
@@ -363,3 +363,45 @@ func parseClock(s string) (int, error) {
 }
 
 func redactURL(u string) string { return redact.URL(u) }
+
+// apiAccessProblems checks the API's access settings (docs/SECURITY.md).
+func (c *Config) apiAccessProblems(p *problems) {
+	a := c.API
+	host, _, err := net.SplitHostPort(a.Listen)
+	if err != nil {
+		p.addf("api.listen: %q is not host:port", a.Listen)
+		return
+	}
+	if a.ReadToken.IsSet() && !a.Token.IsSet() {
+		p.addf("api.read_token: needs api.token (the admin token) as well")
+	}
+	if a.ReadToken.IsSet() && a.ReadToken.Value() == a.Token.Value() {
+		p.addf("api.read_token: must differ from api.token")
+	}
+	if !a.Token.IsSet() && !a.InsecureOpen && !loopbackHost(host) {
+		p.addf("api.listen: %s is reachable from the network but no api.token is set; set api.token_file, or api.insecure_open: true to let anyone who reaches it read and control the daemon", a.Listen)
+	}
+	for _, h := range a.AllowedHosts {
+		if h == "" || strings.ContainsAny(h, ":/@ ") || strings.HasPrefix(h, "[") {
+			p.addf("api.allowed_hosts: %q is not a host name (no scheme, port or path)", h)
+		}
+	}
+	t := a.TLS
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		p.addf("api.tls: cert_file and key_file go together")
+	}
+	if t.ClientCAFile != "" && t.CertFile == "" {
+		p.addf("api.tls.client_ca_file: mutual TLS needs cert_file and key_file too")
+	}
+}
+
+// loopbackHost reports whether a listen host is reachable from this
+// machine only: localhost or a loopback IP. An empty host (all interfaces)
+// or any other name is not.
+func loopbackHost(h string) bool {
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}

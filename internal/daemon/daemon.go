@@ -31,6 +31,7 @@ import (
 	"github.com/episoded/episoded/internal/api"
 	"github.com/episoded/episoded/internal/buildinfo"
 	"github.com/episoded/episoded/internal/config"
+	"github.com/episoded/episoded/internal/redact"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/upload"
 )
@@ -91,9 +92,18 @@ func New(cfg *config.Config, log *slog.Logger, notify Notifier) *Daemon {
 	reg.MustRegister(buildInfo)
 
 	d := &Daemon{cfg: cfg, log: log, reg: reg, notify: notify, ready: make(chan struct{})}
+	var tlsFiles *api.TLSFiles
+	if t := cfg.API.TLS; t.Enabled() {
+		tlsFiles = &api.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile}
+	}
 	d.api = api.New(api.Options{
 		Listen:          cfg.API.Listen,
 		Token:           cfg.API.Token.Value(),
+		ReadToken:       cfg.API.ReadToken.Value(),
+		MetricsOpen:     cfg.API.MetricsOpen,
+		AllowedHosts:    cfg.API.AllowedHosts,
+		TLS:             tlsFiles,
+		Scrubber:        redact.NewScrubber(cfg.Secrets()...),
 		Gatherer:        reg,
 		Logger:          log,
 		ShutdownTimeout: cfg.ShutdownTimeout / 2,
@@ -142,6 +152,23 @@ func (d *Daemon) Finish(ctx context.Context) error {
 
 // Addr returns the API's bound address once Run has prepared it.
 func (d *Daemon) Addr() string { return d.api.Addr() }
+
+// URL returns the API's base URL (http:// or https://) once Run has
+// prepared it.
+func (d *Daemon) URL() string { return d.api.Scheme() + "://" + d.api.Addr() }
+
+// Reload is what SIGHUP does: reload the API's TLS certificate, key and
+// client CAs (a no-op without TLS). Nothing else is reloaded; a config
+// change needs a restart.
+func (d *Daemon) Reload() {
+	if !d.cfg.API.TLS.Enabled() {
+		d.log.Info("SIGHUP: nothing to reload (api.tls is not set); config changes need a restart")
+		return
+	}
+	if err := d.api.ReloadTLS(); err != nil {
+		d.log.Error("SIGHUP: reload TLS; still serving the previous certificate", "err", err)
+	}
+}
 
 // Run prepares, starts and runs the daemon until ctx is cancelled, then
 // stops it. It returns nil after a clean stop.
