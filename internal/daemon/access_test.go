@@ -316,6 +316,20 @@ func TestStartBodyLimit(t *testing.T) {
 	if got := call(t, d.URL(), row, "", nil); got != http.StatusRequestEntityTooLarge {
 		t.Errorf("start with a %d-byte body: %d, want 413", len(big), got)
 	}
+	// Without a declared length (chunked), the limit is hit while reading:
+	// still 413, on the JSON route and on a WHIP offer.
+	for _, r := range []accessRow{row, {"POST", "/whip/cell1/cam1", "application/sdp", "v=0\r\n" + strings.Repeat("a=x\r\n", api.DefaultMaxBody/5), codes{}}} {
+		req, _ := http.NewRequest(r.method, d.URL()+r.path, io.MultiReader(strings.NewReader(r.body)))
+		req.Header.Set("Content-Type", r.ctype)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Errorf("chunked %s %s over the limit: %s, want 413", r.method, r.path, res.Status)
+		}
+	}
 	for _, c := range d.cells.status() {
 		if c.Recording != nil {
 			t.Fatalf("an oversized request started episode %v", c.Recording)
