@@ -12,16 +12,15 @@ import (
 type Access int
 
 const (
-	// Open routes need no token: the probes and the dashboard's static
-	// files.
+	// Open routes need no token: the probes, and routes registered with
+	// HandleOpen (the dashboard's static files).
 	Open Access = iota
 	// Metrics is /metrics: like Read, unless Options.MetricsOpen.
 	Metrics
 	// Read routes take the read token or the admin token: every GET under
 	// /v1, /whep and /whip, and WHEP viewing (POST and DELETE under /whep).
 	Read
-	// Admin routes take only the admin token: everything else under /v1
-	// and /whip.
+	// Admin routes take only the admin token: every other method.
 	Admin
 )
 
@@ -39,18 +38,15 @@ func (a Access) String() string {
 
 // AccessOf classifies a request (or a route pattern's method and path) by
 // what it needs. An empty method (a pattern without one) is treated as the
-// most demanding.
+// most demanding. Nothing but the probes is Open by path: a route is open
+// only when registered with HandleOpen, so a new route needs a token by
+// default.
 func AccessOf(method, path string) Access {
 	switch path {
 	case "/healthz", "/readyz":
 		return Open
 	case "/metrics":
 		return Metrics
-	}
-	guarded := path == "/v1" || strings.HasPrefix(path, "/v1/") ||
-		strings.HasPrefix(path, "/whip/") || strings.HasPrefix(path, "/whep/")
-	if !guarded {
-		return Open
 	}
 	switch method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:
@@ -79,13 +75,22 @@ type Route struct {
 	Access Access
 }
 
-func parseRoute(pattern string) Route {
+func parseRoute(pattern string, open bool) Route {
 	r := Route{Pattern: pattern, Path: pattern}
 	if m, p, ok := strings.Cut(pattern, " "); ok {
 		r.Method, r.Path = m, strings.TrimSpace(p)
 	}
 	r.Access = AccessOf(r.Method, r.Path)
+	if open {
+		r.Access = Open
+	}
 	return r
+}
+
+// apiPath reports whether a request path is under /v1, /whip or /whep,
+// which no open route may serve.
+func apiPath(p string) bool {
+	return p == "/v1" || strings.HasPrefix(p, "/v1/") || strings.HasPrefix(p, "/whip/") || strings.HasPrefix(p, "/whep/")
 }
 
 // guard is the request filter in front of every route, in this order:
@@ -96,7 +101,10 @@ func parseRoute(pattern string) Route {
 //  3. Token (401 missing or wrong, 403 read token on an admin route).
 //  4. Body size (413).
 type guard struct {
-	o     *Options
+	o *Options
+	// open reports whether r is routed to a route registered with
+	// HandleOpen.
+	open  func(r *http.Request) bool
 	hosts map[string]bool
 	cop   *http.CrossOriginProtection
 	next  http.Handler
@@ -104,8 +112,8 @@ type guard struct {
 	read  []byte
 }
 
-func newGuard(o *Options, next http.Handler) *guard {
-	g := &guard{o: o, next: next, cop: http.NewCrossOriginProtection(), hosts: map[string]bool{"localhost": true}}
+func newGuard(o *Options, next http.Handler, open func(*http.Request) bool) *guard {
+	g := &guard{o: o, next: next, open: open, cop: http.NewCrossOriginProtection(), hosts: map[string]bool{"localhost": true}}
 	if h, _, err := net.SplitHostPort(o.Listen); err == nil && h != "" {
 		g.hosts[normHost(h)] = true
 	}
@@ -199,6 +207,9 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	need := AccessOf(r.Method, r.URL.Path)
+	if !apiPath(r.URL.Path) && g.open(r) {
+		need = Open
+	}
 	if need == Metrics {
 		need = Read
 		if g.o.MetricsOpen {

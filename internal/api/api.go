@@ -21,7 +21,9 @@
 //     included; 401 without a valid one. Options.ReadToken is accepted for
 //     Read routes (AccessOf): GETs and WHEP viewing; on an Admin route it
 //     gets 403. /metrics needs either token unless Options.MetricsOpen.
-//     /healthz, /readyz and the dashboard's static files are open. Without
+//     /healthz, /readyz and routes registered with HandleOpen (the
+//     dashboard's static files, never a /v1, /whip or /whep path) are
+//     open; any other route, whatever its path, needs a token. Without
 //     a token every route is open: config validation allows that only on a
 //     loopback listen address or with api.insecure_open.
 //   - Body: over Options.MaxBody gets 413. Handlers take JSON bodies only
@@ -93,6 +95,7 @@ type Server struct {
 		sync.Mutex
 		status map[string]func() any
 		routes []Route
+		open   map[string]bool // patterns registered with HandleOpen
 	}
 }
 
@@ -115,6 +118,7 @@ func New(o Options) *Server {
 	}
 	s := &Server{opts: o, log: o.Logger.With("component", "api"), mux: http.NewServeMux(), started: time.Now()}
 	s.mu.status = map[string]func() any{}
+	s.mu.open = map[string]bool{}
 	s.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -132,12 +136,30 @@ func New(o Options) *Server {
 
 // Handle registers a handler for a Go 1.22 mux pattern such as
 // "POST /v1/cells/{cell}/episodes". Call it before Run.
-// Its Access follows from the method and path (AccessOf).
-func (s *Server) Handle(pattern string, h http.Handler) {
+// Its Access follows from the method and path (AccessOf): a token is
+// needed unless it is a probe.
+func (s *Server) Handle(pattern string, h http.Handler) { s.handle(pattern, h, false) }
+
+// HandleOpen registers a route that needs no token even when one is
+// configured (the dashboard's static files). It still never serves a path
+// under /v1, /whip or /whep without one, and the Host and Origin checks
+// still apply.
+func (s *Server) HandleOpen(pattern string, h http.Handler) { s.handle(pattern, h, true) }
+
+func (s *Server) handle(pattern string, h http.Handler, open bool) {
 	s.mux.Handle(pattern, h)
 	s.mu.Lock()
-	s.mu.routes = append(s.mu.routes, parseRoute(pattern))
+	s.mu.routes = append(s.mu.routes, parseRoute(pattern, open))
+	s.mu.open[pattern] = open
 	s.mu.Unlock()
+}
+
+// routedOpen reports whether r goes to a route registered with HandleOpen.
+func (s *Server) routedOpen(r *http.Request) bool {
+	_, pattern := s.mux.Handler(r)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.open[pattern]
 }
 
 // HandleFunc is Handle for a function.
@@ -152,7 +174,7 @@ func (s *Server) Routes() []Route {
 
 // Handler returns the server's whole handler, filter included, for tests
 // that serve it themselves.
-func (s *Server) Handler() http.Handler { return newGuard(&s.opts, s.mux) }
+func (s *Server) Handler() http.Handler { return newGuard(&s.opts, s.mux, s.routedOpen) }
 
 // AddStatus adds a section to /v1/status; fn is called on every request and
 // must be safe for concurrent use.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -267,5 +268,28 @@ func TestHostAndOrigin(t *testing.T) {
 	}
 	if code := send(t, "GET", base+"/v1/things", evil, nil); code != 200 {
 		t.Errorf("cross-origin GET: %d, want 200 (a read changes nothing; the browser keeps the answer from the page)", code)
+	}
+}
+
+// TestOpenOnlyByRegistration: a route outside /v1 needs a token unless it
+// was registered with HandleOpen, and an open catch-all never opens an API
+// path.
+func TestOpenOnlyByRegistration(t *testing.T) {
+	o := Options{Listen: "127.0.0.1:0", Token: "let-me-in-123", Gatherer: prometheus.NewRegistry()}
+	s := New(o)
+	s.HandleFunc("GET /debug/thing", func(w http.ResponseWriter, r *http.Request) { WriteJSON(w, 200, "secret") })
+	s.HandleOpen("GET /", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { WriteJSON(w, 200, "page") }))
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	for path, want := range map[string]int{"/debug/thing": 401, "/": 200, "/app.js": 200, "/v1/unknown": 401, "/whep/x": 401} {
+		if code, _ := do(t, "GET", srv.URL+path, ""); code != want {
+			t.Errorf("GET %s without token: %d, want %d", path, code, want)
+		}
+	}
+	for _, r := range s.Routes() {
+		want := map[string]Access{"GET /healthz": Open, "GET /readyz": Open, "GET /metrics": Metrics, "GET /v1/status": Read, "GET /debug/thing": Read, "GET /": Open}[r.Pattern]
+		if r.Access != want {
+			t.Errorf("route %s: access %s, want %s", r.Pattern, r.Access, want)
+		}
 	}
 }

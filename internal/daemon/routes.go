@@ -48,7 +48,7 @@ func (d *Daemon) routes() {
 	a.HandleFunc("POST /v1/sync/run", d.handleSyncRun)
 	a.Handle("GET /v1/episodes/{id}/samples", replay.SamplesHandler(d.store, d.log))
 	d.rtc.Mount(a.Handle)
-	a.Handle("GET /", dashboard.Handler())
+	a.HandleOpen("GET /", dashboard.Handler())
 }
 
 // startRequest is the body of POST /v1/cells/{cell}/episodes.
