@@ -245,6 +245,12 @@ storage: {dir: %q, min_free: 1MiB}
 		t.Errorf("foreign Host over TLS: %d, want 421", code)
 	}
 
+	// The CLI finds the address, scheme, token and certificate in the
+	// daemon's config.
+	if out, err := exec.Command(bin, "status", "--config", cfg).CombinedOutput(); err != nil || !strings.Contains(string(out), "gw") {
+		t.Errorf("episoded status --config over TLS: %v\n%s", err, out)
+	}
+
 	// Rotation: the new pair is renamed over the old files; the next
 	// connection gets it, from the same process.
 	pid := p.cmd.Process.Pid
