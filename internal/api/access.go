@@ -2,7 +2,6 @@ package api
 
 import (
 	"crypto/subtle"
-	"errors"
 	"net"
 	"net/http"
 	"strings"
@@ -194,8 +193,8 @@ func (g *guard) role(r *http.Request) role {
 	return roleWrong
 }
 
-// errNoToken is the 401 message; it never echoes what was sent.
-var errNoToken = errors.New("missing or wrong bearer token (send Authorization: Bearer <api.token or api.read_token>)")
+// msgNoToken is the 401 message; it never echoes what was sent.
+const msgNoToken = "missing or wrong bearer token (send Authorization: Bearer <api.token or api.read_token>)"
 
 func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !probe(r.URL.Path) && !g.hostAllowed(r.Host) {
@@ -220,7 +219,7 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		switch ro := g.role(r); {
 		case ro == roleNone || ro == roleWrong:
 			w.Header().Set("WWW-Authenticate", `Bearer realm="episoded"`)
-			WriteError(w, http.StatusUnauthorized, errNoToken.Error())
+			WriteError(w, http.StatusUnauthorized, msgNoToken)
 			return
 		case need == Admin && ro != roleAdmin:
 			WriteError(w, http.StatusForbidden, "the read-only token cannot change anything: use api.token")
