@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/http"
 	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Access is what a route needs from the caller.
@@ -109,10 +111,13 @@ type guard struct {
 	next  http.Handler
 	admin []byte
 	read  []byte
+	// refused counts refused requests by reason: host, origin, token,
+	// role, body.
+	refused *prometheus.CounterVec
 }
 
-func newGuard(o *Options, next http.Handler, open func(*http.Request) bool) *guard {
-	g := &guard{o: o, next: next, open: open, cop: http.NewCrossOriginProtection(), hosts: map[string]bool{"localhost": true}}
+func newGuard(o *Options, next http.Handler, open func(*http.Request) bool, refused *prometheus.CounterVec) *guard {
+	g := &guard{o: o, next: next, open: open, refused: refused, cop: http.NewCrossOriginProtection(), hosts: map[string]bool{"localhost": true}}
 	if h, _, err := net.SplitHostPort(o.Listen); err == nil && h != "" {
 		g.hosts[normHost(h)] = true
 	}
@@ -198,10 +203,12 @@ const msgNoToken = "missing or wrong bearer token (send Authorization: Bearer <a
 
 func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !probe(r.URL.Path) && !g.hostAllowed(r.Host) {
+		g.refused.WithLabelValues("host").Inc()
 		WriteError(w, http.StatusMisdirectedRequest, "unknown host name: add it to api.allowed_hosts to serve it")
 		return
 	}
 	if err := g.cop.Check(r); err != nil {
+		g.refused.WithLabelValues("origin").Inc()
 		WriteError(w, http.StatusForbidden, "cross-origin request refused: a page from another site may not change this daemon")
 		return
 	}
@@ -218,15 +225,18 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if need != Open && g.admin != nil {
 		switch ro := g.role(r); {
 		case ro == roleNone || ro == roleWrong:
+			g.refused.WithLabelValues("token").Inc()
 			w.Header().Set("WWW-Authenticate", `Bearer realm="episoded"`)
 			WriteError(w, http.StatusUnauthorized, msgNoToken)
 			return
 		case need == Admin && ro != roleAdmin:
+			g.refused.WithLabelValues("role").Inc()
 			WriteError(w, http.StatusForbidden, "the read-only token cannot change anything: use api.token")
 			return
 		}
 	}
 	if max := g.o.MaxBody; r.ContentLength > max {
+		g.refused.WithLabelValues("body").Inc()
 		WriteError(w, http.StatusRequestEntityTooLarge, "request body too large")
 		return
 	}

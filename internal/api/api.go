@@ -75,6 +75,9 @@ type Options struct {
 	Scrubber *redact.Scrubber
 	// Gatherer serves /metrics; nil means prometheus.DefaultGatherer.
 	Gatherer prometheus.Gatherer
+	// Registerer takes the server's own metrics
+	// (episoded_api_refused_total); nil registers nothing.
+	Registerer prometheus.Registerer
 	Logger   *slog.Logger
 	// Info is static data merged into /v1/status (version, gateway id).
 	Info map[string]any
@@ -91,6 +94,7 @@ type Server struct {
 	started time.Time
 	ln      net.Listener
 	certs   *certs // nil without TLS
+	refused *prometheus.CounterVec
 	mu      struct {
 		sync.Mutex
 		status map[string]func() any
@@ -117,6 +121,13 @@ func New(o Options) *Server {
 		o.MaxBody = DefaultMaxBody
 	}
 	s := &Server{opts: o, log: o.Logger.With("component", "api"), mux: http.NewServeMux(), started: time.Now()}
+	s.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "episoded_api_refused_total",
+		Help: "API requests refused before reaching a route, by reason: host (421), origin (403 cross-site), token (401), role (403 read token), body (413).",
+	}, []string{"reason"})
+	if o.Registerer != nil {
+		o.Registerer.MustRegister(s.refused)
+	}
 	s.mu.status = map[string]func() any{}
 	s.mu.open = map[string]bool{}
 	s.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -174,7 +185,7 @@ func (s *Server) Routes() []Route {
 
 // Handler returns the server's whole handler, filter included, for tests
 // that serve it themselves.
-func (s *Server) Handler() http.Handler { return newGuard(&s.opts, s.mux, s.routedOpen) }
+func (s *Server) Handler() http.Handler { return newGuard(&s.opts, s.mux, s.routedOpen, s.refused) }
 
 // AddStatus adds a section to /v1/status; fn is called on every request and
 // must be safe for concurrent use.
@@ -300,6 +311,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 // WriteJSON writes v as JSON with the given status code.
 func WriteJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

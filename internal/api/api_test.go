@@ -18,7 +18,7 @@ func start(t *testing.T, o Options) (*Server, string) {
 	o.Listen = "127.0.0.1:0"
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewCounter(prometheus.CounterOpts{Name: "episoded_test_total"}))
-	o.Gatherer = reg
+	o.Gatherer, o.Registerer = reg, reg
 	s := New(o)
 	s.HandleFunc("POST /v1/things", func(w http.ResponseWriter, r *http.Request) { WriteJSON(w, 201, map[string]string{"ok": "yes"}) })
 	s.HandleFunc("GET /v1/things", func(w http.ResponseWriter, r *http.Request) { WriteJSON(w, 200, []string{}) })
@@ -121,8 +121,14 @@ func TestAuth(t *testing.T) {
 	if code, _ := do(t, "GET", base+"/metrics", ""); code != 401 {
 		t.Fatalf("GET /metrics without token = %d, want 401", code)
 	}
-	if code, _ := do(t, "GET", base+"/metrics", "just-looking-456"); code != 200 {
+	code, body := do(t, "GET", base+"/metrics", "just-looking-456")
+	if code != 200 {
 		t.Fatalf("GET /metrics with the read token = %d, want 200", code)
+	}
+	for _, want := range []string{`episoded_api_refused_total{reason="token"} 5`, `episoded_api_refused_total{reason="role"} 1`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s:\n%s", want, body)
+		}
 	}
 }
 

@@ -105,6 +105,7 @@ func New(cfg *config.Config, log *slog.Logger, notify Notifier) *Daemon {
 		TLS:             tlsFiles,
 		Scrubber:        redact.NewScrubber(cfg.Secrets()...),
 		Gatherer:        reg,
+		Registerer:      reg,
 		Logger:          log,
 		ShutdownTimeout: cfg.ShutdownTimeout / 2,
 		Info: map[string]any{
