@@ -78,7 +78,7 @@ type Options struct {
 	// Registerer takes the server's own metrics
 	// (episoded_api_refused_total); nil registers nothing.
 	Registerer prometheus.Registerer
-	Logger   *slog.Logger
+	Logger     *slog.Logger
 	// Info is static data merged into /v1/status (version, gateway id).
 	Info map[string]any
 	// ShutdownTimeout bounds the graceful shutdown; default 5s.
