@@ -65,6 +65,26 @@ function actionDone() {
   $('#auth-prompt').hidden = true;
 }
 
+// exportLink is a link to an episode's MCAP. A plain link cannot send the
+// token, so a click fetches the file with it and saves it.
+function exportLink(id, cls, text, hidden) {
+  const path = `/v1/episodes/${pathOf(id)}/export`;
+  return h('a', {
+    class: cls,
+    href: path,
+    download: `${id}.mcap`,
+    hidden: !!hidden,
+    onclick: async (ev) => {
+      ev.preventDefault();
+      try {
+        await download(path, `${id}.mcap`);
+      } catch (err) {
+        report('Export ' + shortID(id), err);
+      }
+    },
+  }, text);
+}
+
 // ---- polling --------------------------------------------------------------
 
 // every runs fn now and then ms after each run ends (no overlap). It
@@ -639,26 +659,6 @@ async function loadDetail(id) {
       : h('p', { class: 'muted' }, st === 'recording' ? 'The report is written when the episode closes.' : 'No quality report.'),
     h('div', { class: 'actions' }, ...actions)].filter(Boolean));
   box.hidden = false;
-}
-
-// exportLink is a link to an episode's MCAP. A plain link cannot send the
-// token, so a click fetches the file with it and saves it.
-function exportLink(id, cls, text, hidden) {
-  const path = `/v1/episodes/${pathOf(id)}/export`;
-  return h('a', {
-    class: cls,
-    href: path,
-    download: `${id}.mcap`,
-    hidden: !!hidden,
-    onclick: async (ev) => {
-      ev.preventDefault();
-      try {
-        await download(path, `${id}.mcap`);
-      } catch (err) {
-        report('Export ' + shortID(id), err);
-      }
-    },
-  }, text);
 }
 
 function renderSelected() {
