@@ -71,8 +71,9 @@ type Options struct {
 	TLS *TLSFiles
 	// MaxBody caps request bodies; default DefaultMaxBody.
 	MaxBody int64
-	// Scrubber, if set, masks credentials in /v1/status answers.
-	Scrubber *redact.Scrubber
+	// Secrets are credentials (values, or URLs holding them) masked in
+	// /v1/status answers, besides any URL userinfo.
+	Secrets []string
 	// Gatherer serves /metrics; nil means prometheus.DefaultGatherer.
 	Gatherer prometheus.Gatherer
 	// Registerer takes the server's own metrics
@@ -94,6 +95,7 @@ type Server struct {
 	started time.Time
 	ln      net.Listener
 	certs   *certs // nil without TLS
+	scrub   *redact.Scrubber
 	refused *prometheus.CounterVec
 	mu      struct {
 		sync.Mutex
@@ -120,7 +122,7 @@ func New(o Options) *Server {
 	if o.MaxBody <= 0 {
 		o.MaxBody = DefaultMaxBody
 	}
-	s := &Server{opts: o, log: o.Logger.With("component", "api"), mux: http.NewServeMux(), started: time.Now()}
+	s := &Server{opts: o, log: o.Logger.With("component", "api"), mux: http.NewServeMux(), started: time.Now(), scrub: redact.NewScrubber(o.Secrets...)}
 	s.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "episoded_api_refused_total",
 		Help: "API requests refused before reaching a route, by reason: host (421), origin (403 cross-site), token (401), role (403 read token), body (413).",
@@ -302,7 +304,7 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	// Status carries device errors and sources, which come from libraries
 	// that may quote a URL they were given: scrub the whole answer.
-	b = []byte(s.opts.Scrubber.Text(string(b)))
+	b = []byte(s.scrub.Text(string(b)))
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(append(b, '\n'))

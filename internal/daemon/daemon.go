@@ -31,7 +31,6 @@ import (
 	"github.com/episoded/episoded/internal/api"
 	"github.com/episoded/episoded/internal/buildinfo"
 	"github.com/episoded/episoded/internal/config"
-	"github.com/episoded/episoded/internal/redact"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/upload"
 )
@@ -103,7 +102,7 @@ func New(cfg *config.Config, log *slog.Logger, notify Notifier) *Daemon {
 		MetricsOpen:     cfg.API.MetricsOpen,
 		AllowedHosts:    cfg.API.AllowedHosts,
 		TLS:             tlsFiles,
-		Scrubber:        redact.NewScrubber(cfg.Secrets()...),
+		Secrets:         cfg.Secrets(),
 		Gatherer:        reg,
 		Registerer:      reg,
 		Logger:          log,
