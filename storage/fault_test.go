@@ -1,0 +1,235 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
+
+	"github.com/episoded/episoded/sample"
+)
+
+// faults injects errors into the store's file I/O (errorfs): on segment
+// writes or syncs while set, and once into a Pebble WAL write.
+type faults struct {
+	segWrite atomic.Pointer[error]
+	segSync  atomic.Pointer[error]
+	walOnce  atomic.Bool
+	injected atomic.Int64
+}
+
+func (f *faults) String() string { return "episoded test faults" }
+
+func (f *faults) MaybeError(op errorfs.Op) error {
+	if strings.Contains(op.Path, string(filepath.Separator)+"seg"+string(filepath.Separator)) {
+		var p *error
+		switch op.Kind {
+		case errorfs.OpFileWrite:
+			p = f.segWrite.Load()
+		case errorfs.OpFileSync, errorfs.OpFileSyncData:
+			p = f.segSync.Load()
+		}
+		if p != nil {
+			f.injected.Add(1)
+			return *p
+		}
+	}
+	if strings.HasSuffix(op.Path, ".log") && op.Kind == errorfs.OpFileWrite && f.walOnce.CompareAndSwap(true, false) {
+		f.injected.Add(1)
+		return syscall.ENOSPC
+	}
+	return nil
+}
+
+func errp(err error) *error { return &err }
+
+// TestFaultInjectionCommitPath injects ENOSPC and EIO into segment writes
+// and fsyncs, and ENOSPC into a Pebble WAL write, while a producer appends
+// camera frames (segment files) and telemetry (Pebble). It checks that
+// every failed commit is reported to the producer, that the store takes
+// samples again once the fault clears, that the WAL's ENOSPC is absorbed
+// by the ballast (no crash), and that after a reopen every sample
+// reported durable reads back byte for byte.
+func TestFaultInjectionCommitPath(t *testing.T) {
+	dir := t.TempDir()
+	inj := &faults{}
+	logs := newCountHandler()
+	opts := Options{
+		Dir: dir, FS: errorfs.Wrap(vfs.Default, inj), MinFree: -1, MemTableSize: 2 << 20,
+		SyncInterval: 5 * time.Millisecond, WatchInterval: 20 * time.Millisecond, TimelineRetention: 24 * time.Hour,
+		Logger: slog.New(logs),
+	}
+	s, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- s.Run(ctx) }()
+
+	// The producer: one 20 KB frame and one telemetry record per Append.
+	var (
+		mu       sync.Mutex
+		durable  = map[string][]uint64{}
+		nDurable atomic.Int64
+		nFailed  atomic.Int64
+		nRefused atomic.Int64
+	)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		base := time.Now().UnixNano()
+		for seq := uint64(1); ; seq++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			batch := []sample.Sample{
+				{Stream: "c/cam", Seq: seq, T: base + int64(seq)*int64(time.Millisecond), Payload: payloadFor("c/cam", seq, 20_000)},
+				{Stream: "c/tel", Seq: seq, T: base + int64(seq)*int64(time.Millisecond), Payload: payloadFor("c/tel", seq, 300)},
+			}
+			err := s.Append(batch, func(err error) {
+				if err != nil {
+					nFailed.Add(1)
+					return
+				}
+				mu.Lock()
+				durable["c/cam"] = append(durable["c/cam"], seq)
+				durable["c/tel"] = append(durable["c/tel"], seq)
+				mu.Unlock()
+				nDurable.Add(1)
+			})
+			switch {
+			case errors.Is(err, ErrFull):
+				nRefused.Add(1)
+				time.Sleep(time.Millisecond)
+			case errors.Is(err, ErrOverloaded):
+			case err != nil:
+				t.Errorf("append: %v", err)
+				return
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(60 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s (durable %d, failed %d, refused %d, injected %d, usage %+v)",
+					what, nDurable.Load(), nFailed.Load(), nRefused.Load(), inj.injected.Load(), s.Usage())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	moreDurable := func(what string, n int64) {
+		t.Helper()
+		target := nDurable.Load() + n
+		waitFor(what, func() bool { return nDurable.Load() >= target })
+	}
+
+	moreDurable("first durable commits", 50)
+
+	for _, c := range []struct {
+		name string
+		set  func()
+	}{
+		{"ENOSPC on segment write", func() { inj.segWrite.Store(errp(syscall.ENOSPC)) }},
+		{"EIO on segment write", func() { inj.segWrite.Store(errp(syscall.EIO)) }},
+		{"EIO on segment fsync", func() { inj.segSync.Store(errp(syscall.EIO)) }},
+		{"ENOSPC on segment fsync", func() { inj.segSync.Store(errp(syscall.ENOSPC)) }},
+	} {
+		failed, injected := nFailed.Load(), inj.injected.Load()
+		c.set()
+		waitFor(c.name+": failed commits", func() bool { return nFailed.Load() >= failed+3 && inj.injected.Load() > injected })
+		inj.segWrite.Store(nil)
+		inj.segSync.Store(nil)
+		moreDurable(c.name+": durable again after the fault cleared", 50)
+		t.Logf("%s: %d commits failed, %d appends refused so far", c.name, nFailed.Load()-failed, nRefused.Load())
+	}
+	if nRefused.Load() == 0 {
+		t.Error("ENOSPC on a segment never made the store refuse samples")
+	}
+	if n := logs.count("disk full (ENOSPC) on commit: refusing samples until space returns"); n == 0 {
+		t.Error("segment ENOSPC was not reported")
+	}
+
+	// ENOSPC on Pebble's WAL: the ballast goes, the write is retried and
+	// succeeds, samples are refused until the watcher sees space again and
+	// restores the ballast.
+	inj.walOnce.Store(true)
+	waitFor("the WAL's ENOSPC", func() bool { return !inj.walOnce.Load() })
+	waitFor("ballast released", func() bool {
+		return logs.count("disk full (ENOSPC): released the ballast for Pebble, refusing samples until space returns") > 0
+	})
+	waitFor("ballast restored", func() bool {
+		return logs.count("disk space is back: ballast restored, accepting samples") > 0
+	})
+	moreDurable("durable after the WAL's ENOSPC", 50)
+	if _, err := os.Stat(filepath.Join(dir, ballastName)); err != nil {
+		t.Errorf("ballast not restored: %v", err)
+	}
+	if u := s.Usage(); u.Full || len(u.Alarms) > 0 {
+		t.Errorf("store still alarmed after recovery: %+v", u)
+	}
+
+	close(stop)
+	wg.Wait()
+	cancel()
+	if err := <-runDone; err != nil {
+		t.Logf("run: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Logf("close: %v", err)
+	}
+
+	// Reopen without faults: every sample reported durable is there.
+	opts.FS, opts.Logger = nil, testLogger(t)
+	s, err = Open(opts)
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer s.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	for stream, seqs := range durable {
+		size := 20_000
+		if stream == "c/tel" {
+			size = 300
+		}
+		got := map[uint64][]byte{}
+		for sm, err := range s.Range(stream, 0, maxTime) {
+			if err != nil {
+				t.Fatalf("%s: read after reopen: %v", stream, err)
+			}
+			got[sm.Seq] = sm.Payload
+		}
+		for _, seq := range seqs {
+			p, ok := got[seq]
+			if !ok {
+				t.Fatalf("%s seq %d was reported durable but is lost", stream, seq)
+			}
+			if !bytes.Equal(p, payloadFor(stream, seq, size)) {
+				t.Fatalf("%s seq %d reads back different bytes", stream, seq)
+			}
+		}
+		t.Logf("%s: %d durable samples all present (%d stored)", stream, len(seqs), len(got))
+	}
+	if nFailed.Load() == 0 {
+		t.Fatal("no commit failed: the faults were not injected on the commit path")
+	}
+}
