@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math"
 	"os"
 	"path/filepath"
@@ -402,13 +403,24 @@ func (s *Store) setFull(full bool, u Usage) {
 	if s.full.Swap(full) == full {
 		return
 	}
+	// A store at its limit goes full and back as retention frees a little
+	// room: log the transitions at most once a minute, at debug level in
+	// between (the metric and the alarm follow every transition).
+	level := slog.LevelDebug
+	if now := time.Now().UnixNano(); now-s.fullLogged.Load() > int64(time.Minute) {
+		s.fullLogged.Store(now)
+		level = slog.LevelInfo
+		if full {
+			level = slog.LevelError
+		}
+	}
 	if full {
 		s.m.full.Set(1)
-		s.log.Error("storage full: refusing new samples (policy "+s.opts.FullPolicy+")",
-			"bytes", u.Bytes, "quota", u.Quota, "free", u.Free, "min_free", u.MinFree)
+		s.log.Log(context.Background(), level, "storage full: refusing new samples (policy "+s.opts.FullPolicy+")",
+			"bytes", u.Bytes, "quota", u.Quota, "free", u.Free, "min_free", u.MinFree, "room", u.Room)
 	} else {
 		s.m.full.Set(0)
-		s.log.Info("storage no longer full; accepting samples", "bytes", u.Bytes, "free", u.Free)
+		s.log.Log(context.Background(), level, "storage no longer full; accepting samples", "bytes", u.Bytes, "free", u.Free, "room", u.Room)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -78,63 +79,11 @@ func TestFaultInjectionCommitPath(t *testing.T) {
 	runDone := make(chan error, 1)
 	go func() { runDone <- s.Run(ctx) }()
 
-	// The producer: one 20 KB frame and one telemetry record per Append.
-	var (
-		mu       sync.Mutex
-		durable  = map[string][]uint64{}
-		nDurable atomic.Int64
-		nFailed  atomic.Int64
-		nRefused atomic.Int64
-	)
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		base := time.Now().UnixNano()
-		for seq := uint64(1); ; seq++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			batch := []sample.Sample{
-				{Stream: "c/cam", Seq: seq, T: base + int64(seq)*int64(time.Millisecond), Payload: payloadFor("c/cam", seq, 20_000)},
-				{Stream: "c/tel", Seq: seq, T: base + int64(seq)*int64(time.Millisecond), Payload: payloadFor("c/tel", seq, 300)},
-			}
-			err := s.Append(batch, func(err error) {
-				if err != nil {
-					nFailed.Add(1)
-					return
-				}
-				mu.Lock()
-				durable["c/cam"] = append(durable["c/cam"], seq)
-				durable["c/tel"] = append(durable["c/tel"], seq)
-				mu.Unlock()
-				nDurable.Add(1)
-			})
-			switch {
-			case errors.Is(err, ErrFull):
-				nRefused.Add(1)
-				time.Sleep(time.Millisecond)
-			case errors.Is(err, ErrOverloaded):
-			case err != nil:
-				t.Errorf("append: %v", err)
-				return
-			}
-			time.Sleep(200 * time.Microsecond)
-		}
-	}()
+	pr := startProducer(t, s)
+	nDurable, nFailed, nRefused := &pr.nDurable, &pr.nFailed, &pr.nRefused
 	waitFor := func(what string, cond func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(60 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s (durable %d, failed %d, refused %d, injected %d, usage %+v)",
-					what, nDurable.Load(), nFailed.Load(), nRefused.Load(), inj.injected.Load(), s.Usage())
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		pr.waitFor(what, func() string { return fmt.Sprintf("injected %d", inj.injected.Load()) }, cond)
 	}
 	moreDurable := func(what string, n int64) {
 		t.Helper()
@@ -187,8 +136,7 @@ func TestFaultInjectionCommitPath(t *testing.T) {
 		t.Errorf("store still alarmed after recovery: %+v", u)
 	}
 
-	close(stop)
-	wg.Wait()
+	pr.stop()
 	cancel()
 	if err := <-runDone; err != nil {
 		t.Logf("run: %v", err)
@@ -204,9 +152,95 @@ func TestFaultInjectionCommitPath(t *testing.T) {
 		t.Fatalf("reopen: %v", err)
 	}
 	defer s.Close()
-	mu.Lock()
-	defer mu.Unlock()
-	for stream, seqs := range durable {
+	pr.verify(s)
+	if nFailed.Load() == 0 {
+		t.Fatal("no commit failed: the faults were not injected on the commit path")
+	}
+}
+
+// producer appends one 20 KB camera frame (a segment payload) and one
+// telemetry record (inline) per call, as fast as the store takes them, and
+// remembers which samples were reported durable.
+type producer struct {
+	t        *testing.T
+	s        *Store
+	mu       sync.Mutex
+	durable  map[string][]uint64
+	nDurable atomic.Int64
+	nFailed  atomic.Int64
+	nRefused atomic.Int64
+	quit     chan struct{}
+	wg       sync.WaitGroup
+}
+
+func startProducer(t *testing.T, s *Store) *producer {
+	p := &producer{t: t, s: s, durable: map[string][]uint64{}, quit: make(chan struct{})}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		base := time.Now().UnixNano()
+		for seq := uint64(1); ; seq++ {
+			select {
+			case <-p.quit:
+				return
+			default:
+			}
+			batch := []sample.Sample{
+				{Stream: "c/cam", Seq: seq, T: base + int64(seq)*int64(time.Millisecond), Payload: payloadFor("c/cam", seq, 20_000)},
+				{Stream: "c/tel", Seq: seq, T: base + int64(seq)*int64(time.Millisecond), Payload: payloadFor("c/tel", seq, 300)},
+			}
+			err := s.Append(batch, func(err error) {
+				if err != nil {
+					p.nFailed.Add(1)
+					return
+				}
+				p.mu.Lock()
+				p.durable["c/cam"] = append(p.durable["c/cam"], seq)
+				p.durable["c/tel"] = append(p.durable["c/tel"], seq)
+				p.mu.Unlock()
+				p.nDurable.Add(1)
+			})
+			switch {
+			case errors.Is(err, ErrFull):
+				p.nRefused.Add(1)
+				time.Sleep(time.Millisecond)
+			case errors.Is(err, ErrOverloaded):
+			case err != nil:
+				t.Errorf("append: %v", err)
+				return
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}()
+	return p
+}
+
+func (p *producer) stop() {
+	close(p.quit)
+	p.wg.Wait()
+}
+
+// waitFor polls cond for up to 60 s; extra adds to the failure message.
+func (p *producer) waitFor(what string, extra func() string, cond func() bool) {
+	p.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			p.t.Fatalf("timed out waiting for %s (durable %d, failed %d, refused %d, %s, usage %+v)",
+				what, p.nDurable.Load(), p.nFailed.Load(), p.nRefused.Load(), extra(), p.s.Usage())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// verify checks that every sample reported durable reads back from s byte
+// for byte.
+func (p *producer) verify(s *Store) {
+	t := p.t
+	t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for stream, seqs := range p.durable {
 		size := 20_000
 		if stream == "c/tel" {
 			size = 300
@@ -219,17 +253,14 @@ func TestFaultInjectionCommitPath(t *testing.T) {
 			got[sm.Seq] = sm.Payload
 		}
 		for _, seq := range seqs {
-			p, ok := got[seq]
+			b, ok := got[seq]
 			if !ok {
 				t.Fatalf("%s seq %d was reported durable but is lost", stream, seq)
 			}
-			if !bytes.Equal(p, payloadFor(stream, seq, size)) {
+			if !bytes.Equal(b, payloadFor(stream, seq, size)) {
 				t.Fatalf("%s seq %d reads back different bytes", stream, seq)
 			}
 		}
 		t.Logf("%s: %d durable samples all present (%d stored)", stream, len(seqs), len(got))
-	}
-	if nFailed.Load() == 0 {
-		t.Fatal("no commit failed: the faults were not injected on the commit path")
 	}
 }

@@ -198,6 +198,8 @@ type Store struct {
 	failed atomic.Bool
 	// refused: Append refused samples for space since the last check.
 	refused atomic.Bool
+	// fullLogged is when (ns) a full/not-full transition was last logged.
+	fullLogged atomic.Int64
 	// bgErr is Pebble's last background error (string), cleared by the
 	// next successful flush or compaction.
 	bgErr atomic.Pointer[string]
