@@ -222,6 +222,7 @@ func (s *Store) applyPlanLocked(b *pebble.Batch, plan evictPlan, compactNow bool
 }
 
 func (s *Store) hasData(lo, hi []byte) (bool, error) {
+	s.watchIters.Add(1)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return false, err

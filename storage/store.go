@@ -198,6 +198,9 @@ type Store struct {
 	failed atomic.Bool
 	// refused: Append refused samples for space since the last check.
 	refused atomic.Bool
+	// watchIters counts the iterators eviction opened (tests check that an
+	// idle pass opens none, whatever the number of streams).
+	watchIters atomic.Int64
 	// fullLogged is when (ns) a full/not-full transition was last logged.
 	fullLogged atomic.Int64
 	// bgErr is Pebble's last background error (string), cleared by the
