@@ -346,12 +346,13 @@ func (s *Store) recoverSpace(u Usage) Usage {
 	return s.measure()
 }
 
-// settle publishes whether the store is full: out of room, out of disk
-// (ENOSPC), failed, or refusing samples near its limit since the last
-// pass.
+// settle publishes whether the store is full: at its limit (less room
+// than the slack between two checks: most samples are refused), out of
+// disk (ENOSPC), or failed. Append itself refuses by the room, not by this
+// flag.
 func (s *Store) settle(u Usage) {
-	refused := s.refused.Swap(false)
-	full := u.Room <= 0 || s.enospc.Load() || s.failed.Load() || (refused && u.Room < s.spaceSlack())
+	s.refused.Store(false)
+	full := u.Room < s.spaceSlack() || s.enospc.Load() || s.failed.Load()
 	s.setFull(full, u)
 }
 
