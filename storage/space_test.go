@@ -1,6 +1,8 @@
 package storage
 
 import (
+	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -30,5 +32,46 @@ func TestFixedOverheadTable(t *testing.T) {
 	}
 	if err := CheckQuota(50 << 20); err == nil {
 		t.Error("50MiB quota accepted")
+	}
+}
+
+// TestOpenRefusesLimitsThatCannotFit: a min_free or quota the filesystem
+// cannot hold is a start-up error naming the figures, not an instant
+// alarm.
+func TestOpenRefusesLimitsThatCannotFit(t *testing.T) {
+	dir := t.TempDir()
+	total, _, err := fsSize(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fsName := FormatSize(total)
+	for _, c := range []struct {
+		name string
+		opts Options
+		want string
+	}{
+		{"min_free", Options{MinFree: total + 1<<30}, "min_free " + FormatSize(total+1<<30) + " is larger than the " + fsName + " filesystem"},
+		{"quota", Options{MinFree: 1 << 30, Quota: total}, "quota " + fsName + " plus min_free 1GiB do not fit the " + fsName + " filesystem"},
+		{"tiny", Options{MinFree: total - 10<<20}, "leaves 10MiB after min_free"},
+	} {
+		c.opts.Dir = filepath.Join(dir, c.name)
+		s, err := Open(c.opts)
+		if err == nil {
+			s.Close()
+			t.Errorf("%s: opened", c.name)
+			continue
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %q, want it to say %q", c.name, err, c.want)
+		}
+	}
+	// min_free 0 is 0.
+	s, err := Open(Options{Dir: filepath.Join(dir, "zero"), MinFree: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if u := s.Usage(); u.MinFree != 0 || u.Room <= 0 {
+		t.Errorf("min_free 0: %+v", u)
 	}
 }
