@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -103,7 +104,7 @@ func FormatSize(n int64) string {
 	if i == 0 || f == float64(int64(f)) {
 		return strconv.FormatInt(int64(f), 10) + units[i]
 	}
-	return strconv.FormatFloat(f, 'f', 1, 64) + units[i]
+	return strings.TrimSuffix(strconv.FormatFloat(f, 'f', 1, 64), ".0") + units[i]
 }
 
 // fsSize returns the total and available bytes of the filesystem at dir.
@@ -119,7 +120,16 @@ func fsSize(dir string) (total, avail int64, err error) {
 // store lives on and picks the memtable size for the capacity left. Errors
 // are start-up errors that name the figures.
 func (s *Store) sizeForFilesystem() error {
-	total, _, err := fsSize(s.dir)
+	// The directory may not exist yet: measure its nearest ancestor, so
+	// that a store that cannot fit is refused before it is initialised.
+	dir := s.dir
+	for {
+		if _, err := os.Stat(dir); err == nil || filepath.Dir(dir) == dir {
+			break
+		}
+		dir = filepath.Dir(dir)
+	}
+	total, _, err := fsSize(dir)
 	if err != nil {
 		return fmt.Errorf("open store %s: statfs: %w", s.dir, err)
 	}

@@ -296,10 +296,10 @@ func Open(opts Options) (*Store, error) {
 		batchBytes: maxBatchBytes,
 		hysteresis: 0.05,
 	}
-	if err := s.checkDir(); err != nil {
+	if err := s.sizeForFilesystem(); err != nil {
 		return nil, err
 	}
-	if err := s.sizeForFilesystem(); err != nil {
+	if err := s.checkDir(); err != nil {
 		return nil, err
 	}
 	s.batchBytes = int(min(int64(maxBatchBytes), s.opts.MemTableSize/4))
