@@ -27,6 +27,7 @@ type faults struct {
 	segWrite atomic.Pointer[error]
 	segSync  atomic.Pointer[error]
 	walOnce  atomic.Bool
+	sstWrite atomic.Bool // EIO on every sstable write (flushes fail)
 	injected atomic.Int64
 }
 
@@ -45,6 +46,10 @@ func (f *faults) MaybeError(op errorfs.Op) error {
 			f.injected.Add(1)
 			return *p
 		}
+	}
+	if strings.HasSuffix(op.Path, ".sst") && op.Kind == errorfs.OpFileWrite && f.sstWrite.Load() {
+		f.injected.Add(1)
+		return syscall.EIO
 	}
 	if strings.HasSuffix(op.Path, ".log") && op.Kind == errorfs.OpFileWrite && f.walOnce.CompareAndSwap(true, false) {
 		f.injected.Add(1)
@@ -134,6 +139,26 @@ func TestFaultInjectionCommitPath(t *testing.T) {
 	}
 	if u := s.Usage(); u.Full || len(u.Alarms) > 0 {
 		t.Errorf("store still alarmed after recovery: %+v", u)
+	}
+
+	// A failing flush (EIO on sstable writes): Pebble's background error
+	// shows as an alarm; once the fault clears, the flush succeeds, the
+	// alarm goes and samples are durable again.
+	inj.sstWrite.Store(true)
+	s.db.AsyncFlush()
+	waitFor("the background error alarm", func() bool {
+		for _, a := range s.Usage().Alarms {
+			if strings.HasPrefix(a, "storage_background_error: ") {
+				return true
+			}
+		}
+		return false
+	})
+	inj.sstWrite.Store(false)
+	waitFor("the alarm cleared after a successful flush", func() bool { return len(s.Usage().Alarms) == 0 })
+	moreDurable("durable after the failed flush", 50)
+	if n := logs.count("pebble background error"); n == 0 {
+		t.Error("the failed flush was not logged")
 	}
 
 	pr.stop()
