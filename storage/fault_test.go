@@ -226,7 +226,7 @@ func startProducer(t *testing.T, s *Store) *producer {
 				p.nDurable.Add(1)
 			})
 			switch {
-			case errors.Is(err, ErrFull):
+			case errors.Is(err, ErrFull), errors.Is(err, ErrFailed):
 				p.nRefused.Add(1)
 				time.Sleep(time.Millisecond)
 			case errors.Is(err, ErrOverloaded):
