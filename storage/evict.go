@@ -510,7 +510,8 @@ func (s *Store) segBytes() int64 {
 }
 
 func (s *Store) refreshUsage() Usage {
-	u := Usage{Quota: s.opts.Quota, MinFree: s.opts.MinFree, Full: s.full.Load(), Overhead: overheadFor(s.opts.MemTableSize)}
+	u := Usage{Quota: s.opts.Quota, MinFree: s.opts.MinFree, Overhead: overheadFor(s.opts.MemTableSize),
+		Full: s.full.Load() || s.failed.Load() || s.enospc.Load()}
 	u.DBBytes, u.WALBytes = s.dbBytes()
 	u.BallastBytes = s.ballastBytes()
 	if st := s.segStats.Load(); st != nil {
