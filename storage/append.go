@@ -191,7 +191,6 @@ func (s *Store) Append(samples []sample.Sample, done func(error)) error {
 // asks the watcher to evict or re-measure.
 func (s *Store) refuse(n int) error {
 	s.m.rejected.Add(float64(n))
-	s.refused.Store(true)
 	if !s.full.Load() {
 		s.setFull(true, s.usageSnapshot())
 	}

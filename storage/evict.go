@@ -351,7 +351,6 @@ func (s *Store) recoverSpace(u Usage) Usage {
 // disk (ENOSPC), or failed. Append itself refuses by the room, not by this
 // flag.
 func (s *Store) settle(u Usage) {
-	s.refused.Store(false)
 	full := u.Room < s.spaceSlack() || s.enospc.Load() || s.failed.Load()
 	s.setFull(full, u)
 }

@@ -196,8 +196,6 @@ type Store struct {
 	enospc atomic.Bool
 	// failed: Pebble's commit path hit a fatal error (ErrFailed).
 	failed atomic.Bool
-	// refused: Append refused samples for space since the last check.
-	refused atomic.Bool
 	// watchIters counts the iterators eviction opened (tests check that an
 	// idle pass opens none, whatever the number of streams).
 	watchIters atomic.Int64
