@@ -101,8 +101,10 @@ type Storage struct {
 	SyncInterval time.Duration `yaml:"sync_interval"`
 	// Quota caps the store's size on disk; 0 means no quota.
 	Quota ByteSize `yaml:"quota"`
-	// MinFree is the free space kept on the filesystem.
-	MinFree ByteSize `yaml:"min_free"`
+	// MinFree is the free space kept on the filesystem: samples are refused
+	// before free space drops below it. Unset means DefaultMinFree; an
+	// explicit 0 means no floor (the store still refuses before ENOSPC).
+	MinFree *ByteSize `yaml:"min_free"`
 	// FullPolicy is what happens when only episodes not yet uploaded are
 	// left to evict: "reject-new" or "evict-oldest".
 	FullPolicy string `yaml:"full_policy"`

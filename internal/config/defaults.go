@@ -47,8 +47,9 @@ func (c *Config) ApplyDefaults() {
 	s := &c.Storage
 	setStr(&s.Dir, DefaultStorageDir)
 	setDur(&s.SyncInterval, DefaultSyncInterval)
-	if s.MinFree == 0 {
-		s.MinFree = DefaultMinFree
+	if s.MinFree == nil { // an explicit 0 stays 0
+		v := DefaultMinFree
+		s.MinFree = &v
 	}
 	setStr(&s.FullPolicy, DefaultFullPolicy)
 	setDur(&s.Retention, DefaultRetention)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/episoded/episoded/internal/redact"
+	"github.com/episoded/episoded/storage"
 )
 
 // Validate reports every problem in c at once; nil means valid. It expects
@@ -82,11 +83,11 @@ func (c *Config) problems() []string {
 	if s.SyncInterval <= 0 || s.SyncInterval > 10*time.Second {
 		p.addf("storage.sync_interval: must be between 0 and 10s (got %s)", s.SyncInterval)
 	}
-	if s.Quota < 0 || s.MinFree < 0 {
+	if s.Quota < 0 || (s.MinFree != nil && *s.MinFree < 0) {
 		p.addf("storage: quota and min_free must not be negative")
 	}
-	if s.Quota > 0 && s.Quota < 64<<20 {
-		p.addf("storage.quota: %s is too small (at least 64MiB)", s.Quota)
+	if err := storage.CheckQuota(int64(s.Quota)); err != nil {
+		p.addf("storage.quota: %v", err)
 	}
 	p.oneOf("storage.full_policy", s.FullPolicy, "reject-new", "evict-oldest")
 	p.nonNegative("storage.retention", s.Retention)

@@ -29,7 +29,7 @@ func openStore(cfg *config.Config, d *Daemon) (*storage.Store, error) {
 		Dir:               s.Dir,
 		SyncInterval:      s.SyncInterval,
 		Quota:             int64(s.Quota),
-		MinFree:           int64(s.MinFree),
+		MinFree:           int64(*s.MinFree),
 		FullPolicy:        s.FullPolicy,
 		Retention:         s.Retention,
 		TimelineRetention: s.TimelineRetention,
