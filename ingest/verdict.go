@@ -26,17 +26,6 @@ type QualityOptions struct {
 	Required []string
 }
 
-// ValidatePattern reports whether p is a valid required-stream pattern.
-func ValidatePattern(p string) error {
-	if p == "" {
-		return fmt.Errorf("empty stream pattern")
-	}
-	if _, err := path.Match(p, ""); err != nil {
-		return fmt.Errorf("stream pattern %q: %w", p, err)
-	}
-	return nil
-}
-
 // Judge gives the quality verdict of a finished episode from its per-stream
 // reports (e.Quality) and its streams (e.Streams). It is degraded when a
 // required stream has no samples, covers less of the window than
