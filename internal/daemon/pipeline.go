@@ -26,8 +26,9 @@ import (
 //
 // When storage refuses a sample (full, or overloaded past its bounded
 // wait), its seq is taken back, the refusal is counted and logged (once per
-// burst), and Write returns the error to the device, which knows what the
-// loss means: a camera marks its next stored frame with Discontinuity and
+// burst), the stream's next stored sample is flagged sample.Refused (so the
+// quality report accounts the gap to storage), and Write returns the error
+// to the device, which knows what the loss means: a camera marks its next stored frame with Discontinuity and
 // the dropped count; an MQTT device withholds the acknowledgement so the
 // broker redelivers the message.
 type pipeline struct {
@@ -59,6 +60,9 @@ type streamState struct {
 	cell string
 	// rejectLogged limits the refusal log to one line per burst.
 	rejectLogged time.Time
+	// refused: storage refused a sample since the last stored one; the
+	// next stored sample is flagged sample.Refused.
+	refused bool
 }
 
 // clockOptions tune every stream's clock estimator. The estimator sees
@@ -138,14 +142,19 @@ func (p *pipeline) Write(s sample.Sample, done func(error)) error {
 		return fmt.Errorf("pipeline: stream %q was not described", s.Stream)
 	}
 	st.mu.Lock()
+	if st.refused {
+		s.Flags |= sample.Refused
+	}
 	st.proc.Process(&s)
 	err := p.store.Append([]sample.Sample{s}, done)
 	if err != nil {
 		st.proc.Unprocess(&s)
+		st.refused = true
 		p.refusedLocked(st, s.Stream, err)
 		st.mu.Unlock()
 		return err
 	}
+	st.refused = false
 	desc := st.proc.Descriptor()
 	cell := st.cell
 	st.mu.Unlock()
