@@ -198,3 +198,18 @@ func TestJudge(t *testing.T) {
 		t.Fatalf("missing required: %+v", v)
 	}
 }
+
+// TestReportFewSamplesConfiguredRate: with a configured rate, a gap between
+// the only two samples of a window is found (no median is needed).
+func TestReportFewSamplesConfiguredRate(t *testing.T) {
+	const p = int64(100 * time.Millisecond)
+	d := sample.Descriptor{Stream: "c1/lidar", Kind: sample.KindPointCloud, Clock: sample.ClockArrival}
+	r, _ := NewReport(d, ReportOptions{From: t0, To: t0 + 20*p, Period: p})
+	for _, tm := range []int64{t0, t0 + 20*p} {
+		r.Add(&sample.Sample{T: tm, RecvT: tm})
+	}
+	rep := r.Result()
+	if rep.Gaps != 1 || rep.Expected != 20 || rep.Coverage != 0.1 || rep.GapList[0].From != t0 || rep.GapList[0].To != t0+20*p {
+		t.Fatalf("%+v", rep)
+	}
+}

@@ -421,9 +421,12 @@ func (r *Report) SetClock(c episode.ClockReport) {
 func (r *Report) Result() episode.StreamReport {
 	if r.nseed > 0 && r.nseed < gapSeed {
 		// Too few intervals for the seed phase: decide them with their own
-		// median once there are at least three.
+		// median once there are at least three, or with the configured
+		// period.
 		if r.nseed >= 3 {
 			r.median = medianOf(r.seed[:r.nseed])
+		}
+		if r.nseed >= 3 || r.o.Period > 0 {
 			for i, v := range r.seed[:r.nseed] {
 				r.classify(v, r.seedAt[i])
 			}
