@@ -219,6 +219,9 @@ func wait(ctx context.Context, done <-chan error) error {
 // start begins an episode on a cell and waits until it is stored.
 func (c *cells) start(ctx context.Context, cell string, r ingest.StartRequest) (episode.Episode, error) {
 	e, done, err := c.startAsync(cell, r)
+	if errors.Is(err, errUnknownCell) {
+		return episode.Episode{}, err // not counted: the label would be the caller's
+	}
 	if err == nil {
 		err = wait(ctx, done)
 	}
@@ -259,6 +262,9 @@ func (c *cells) startAsync(cell string, r ingest.StartRequest) (episode.Episode,
 // id is empty) and waits until that is stored.
 func (c *cells) stop(ctx context.Context, cell, id, reason string) (episode.Episode, error) {
 	e, done, err := c.stopAsync(cell, id, reason)
+	if errors.Is(err, errUnknownCell) {
+		return episode.Episode{}, err
+	}
 	if err == nil {
 		err = wait(ctx, done)
 	}
