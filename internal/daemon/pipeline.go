@@ -125,8 +125,8 @@ func (p *pipeline) Describe(d sample.Descriptor) error {
 	}
 	p.mu.streams[d.Stream] = st
 	p.mu.Unlock()
-	// Outside p.mu: the cells take their own lock, and hold it while
-	// reading stream state (lock order: cell, then pipeline).
+	// Outside p.mu and st.mu: the cells take their own lock. (The cells'
+	// worker takes a stream's lock, never under the cell's lock.)
 	if p.onStream != nil && st.cell != "" {
 		p.onStream(st.cell, d.Stream)
 	}
