@@ -396,3 +396,41 @@ func BenchmarkCloseWhileRecording(b *testing.B) {
 		b.ReportMetric(closeTook.Seconds()*1e3, "close_ms")
 	}
 }
+
+// TestStreamNeverSeen: a configured stream that never produced a sample
+// (no descriptor stored) is reported with no samples, one gap as long as
+// the window, and makes the episode degraded.
+func TestStreamNeverSeen(t *testing.T) {
+	r := newCloseRig(t, 1)
+	r.cells.devs["ghost"] = config.Device{ID: "ghost", Type: config.DeviceRTSP, Stream: "c1/ghost", Rate: 30}
+	r.cells.streamDev["c1/ghost"] = "ghost"
+	r.cells.addStream("c1", "c1/ghost")
+	r.runCells(t)
+	ctx := context.Background()
+	e, err := r.cells.start(ctx, "c1", ingest.StartRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := r.clock.at(0)
+	r.record(t, 2*time.Second, 10)
+	if _, err := r.cells.stop(ctx, "c1", e.ID, ingest.StopAPI); err != nil {
+		t.Fatal(err)
+	}
+	r.clock.advance(r.cells.settleMargin)
+	r.cells.tick()
+	got := r.waitState(t, e.ID, episode.Closed)
+	var ghost *episode.StreamReport
+	for i := range got.Quality {
+		if got.Quality[i].Stream == "c1/ghost" {
+			ghost = &got.Quality[i]
+		}
+	}
+	if ghost == nil || ghost.Samples != 0 || ghost.Coverage != 0 || ghost.Expected != 60 || ghost.Kind != "video" ||
+		len(ghost.GapList) != 1 || ghost.GapList[0].From != from || ghost.GapList[0].To != from+int64(2*time.Second) {
+		t.Fatalf("ghost stream report: %+v", ghost)
+	}
+	v := got.Verdict
+	if v == nil || v.Status != episode.QualityDegraded || len(v.Reasons) != 1 || v.Reasons[0].Stream != "c1/ghost" || v.Reasons[0].Code != episode.ReasonMissingStream {
+		t.Fatalf("verdict %+v", v)
+	}
+}
