@@ -434,3 +434,53 @@ func TestStreamNeverSeen(t *testing.T) {
 		t.Fatalf("verdict %+v", v)
 	}
 }
+
+// TestRefusedGap: after storage refused samples of a stream, the next
+// stored one is flagged Refused and the gap is accounted to
+// storage_rejected. (Storage's refusal is injected at the pipeline's
+// append seam: making a real store refuse on cue depends on its space
+// watcher's timing; storage's own tests cover when it refuses.)
+func TestRefusedGap(t *testing.T) {
+	r := newCloseRig(t, 1)
+	r.runCells(t)
+	realAppend := r.pipe.appendFn
+	var refuse atomic.Bool
+	r.pipe.appendFn = func(s []sample.Sample, done func(error)) error {
+		if refuse.Load() {
+			return storage.ErrFull
+		}
+		return realAppend(s, done)
+	}
+	ctx := context.Background()
+	e, err := r.cells.start(ctx, "c1", ingest.StartRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := r.clock.at(0)
+	const period = int64(time.Second) / 30
+	var wg sync.WaitGroup
+	for k := int64(0); k < 90; k++ {
+		refuse.Store(k >= 30 && k < 50)
+		wg.Add(1)
+		err := r.pipe.Write(sample.Sample{Stream: r.ids[0], RecvT: start + k*period, Payload: []byte{1}}, func(error) { wg.Done() })
+		if (err != nil) != (k >= 30 && k < 50) {
+			t.Fatalf("frame %d: %v", k, err)
+		}
+		if err != nil {
+			wg.Done()
+		}
+	}
+	wg.Wait()
+	r.clock.set(start + 90*period)
+	if _, err := r.cells.stop(ctx, "c1", e.ID, ingest.StopAPI); err != nil {
+		t.Fatal(err)
+	}
+	r.clock.advance(r.cells.settleMargin)
+	r.cells.tick()
+	got := r.waitState(t, e.ID, episode.Closed)
+	q := got.Quality[0]
+	if q.Samples != 70 || len(q.GapList) != 1 || q.GapList[0].Cause != episode.CauseStorageRejected ||
+		q.GapList[0].From != start+29*period || q.GapList[0].To != start+50*period {
+		t.Fatalf("report: %d samples, gaps %+v", q.Samples, q.GapList)
+	}
+}

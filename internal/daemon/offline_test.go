@@ -27,7 +27,7 @@ func TestOfflineLog(t *testing.T) {
 	poll(7, devices.Streaming, 6.8, 2)  // down and up between polls: [6, 6.8]
 	poll(8, devices.Connecting, 7.9, 3) // down again; Backoff's Since missed: from the previous poll
 	got := l.intervals("cam", 0, ns(100), ns(9))
-	want := []ingest.Interval{{ns(0), ns(1.5)}, {ns(3.2), ns(5.5)}, {ns(6), ns(6.8)}, {ns(7), ns(9)}}
+	want := []ingest.Interval{{From: ns(0), To: ns(1.5)}, {From: ns(3.2), To: ns(5.5)}, {From: ns(6), To: ns(6.8)}, {From: ns(7), To: ns(9)}}
 	if len(got) != len(want) {
 		t.Fatalf("intervals %v, want %v", got, want)
 	}

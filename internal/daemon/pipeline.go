@@ -33,7 +33,9 @@ import (
 // broker redelivers the message.
 type pipeline struct {
 	store *storage.Store
-	log   *slog.Logger
+	// appendFn is store.Append (a seam for tests of refusals).
+	appendFn func([]sample.Sample, func(error)) error
+	log      *slog.Logger
 	// live receives every video sample (the WHEP live tap); may be nil.
 	live interface {
 		Publish(d sample.Descriptor, s sample.Sample)
@@ -75,7 +77,7 @@ type streamState struct {
 var clockOptions = ingest.ClockOptions{ErrorFloor: 500 * time.Microsecond}
 
 func newPipeline(store *storage.Store, log *slog.Logger, reg prometheus.Registerer) *pipeline {
-	p := &pipeline{store: store, log: log.With("component", "pipeline"), now: time.Now}
+	p := &pipeline{store: store, appendFn: store.Append, log: log.With("component", "pipeline"), now: time.Now}
 	p.mu.streams = map[string]*streamState{}
 	p.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "episoded_pipeline_refused_samples_total",
@@ -146,7 +148,7 @@ func (p *pipeline) Write(s sample.Sample, done func(error)) error {
 		s.Flags |= sample.Refused
 	}
 	st.proc.Process(&s)
-	err := p.store.Append([]sample.Sample{s}, done)
+	err := p.appendFn([]sample.Sample{s}, done)
 	if err != nil {
 		st.proc.Unprocess(&s)
 		st.refused = true
