@@ -211,12 +211,17 @@ func printEpisode(w io.Writer, e episode.Episode) {
 			q.Clock.Mode, time.Duration(q.Clock.OffsetNs).Round(time.Microsecond), q.Clock.DriftPPM, q.AlignmentErrorBoundMs)
 	}
 	tw.Flush()
+	// At most maxGapLines gaps per stream here; -o json has them all.
+	const maxGapLines = 20
 	for _, q := range e.Quality {
-		for _, g := range q.GapList {
+		for i, g := range q.GapList {
+			if i == maxGapLines {
+				break
+			}
 			fmt.Fprintf(w, "gap %s %s +%s: %s\n", q.Stream, fmtTime(g.From), time.Duration(g.To-g.From).Round(time.Millisecond), g.Cause)
 		}
-		if q.GapsOmitted > 0 {
-			fmt.Fprintf(w, "gap %s: %d more not listed\n", q.Stream, q.GapsOmitted)
+		if more := q.Gaps - min(q.Gaps, maxGapLines); more > 0 {
+			fmt.Fprintf(w, "gap %s: %d more (-o json lists up to %d)\n", q.Stream, more, episode.MaxGapList)
 		}
 	}
 	for _, q := range e.Quality {
