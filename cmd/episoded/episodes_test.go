@@ -184,7 +184,8 @@ func TestEpisodesAPIAndCrash(t *testing.T) {
 	if c, out, errs := d.cli("episodes", "list"); c != 0 || !strings.Contains(out, e1.ID) || !strings.Contains(out, "pick") {
 		t.Fatalf("episodes list: %d %q %q", c, out, errs)
 	}
-	if c, out, errs := d.cli("episodes", "show", e1.ID); c != 0 || !strings.Contains(out, "cell1/cam1") || !strings.Contains(out, "BOUND") {
+	if c, out, errs := d.cli("episodes", "show", e1.ID); c != 0 || !strings.Contains(out, "cell1/cam1") || !strings.Contains(out, "BOUND") ||
+		!strings.Contains(out, "quality:") || !strings.Contains(out, "COVERAGE") {
 		t.Fatalf("episodes show: %d %q %q", c, out, errs)
 	}
 	if c, out, _ := d.cli("episodes", "show", e1.ID, "-o", "json"); c != 0 || !json.Valid([]byte(out)) {
