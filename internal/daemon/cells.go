@@ -456,6 +456,7 @@ func (c *cells) settleStep(cs *cellState, e episode.Episode) step {
 		if e.State == episode.Recording || e.State == "" {
 			e.State = episode.Closed
 		}
+		c.pollDevices() // connection states up to now
 		if err := c.finalReport(ctx, &cs.cfg, &e); err != nil {
 			return fmt.Errorf("quality report of %s: %w", e.ID, err)
 		}
