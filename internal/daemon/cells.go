@@ -178,6 +178,10 @@ func newCells(cfg *config.Config, store *storage.Store, pipe *pipeline, log *slo
 		}
 		c.byID[cc.ID] = cs
 		c.order = append(c.order, cc.ID)
+		// Both verdicts exist from the start, so that a rate or an alert
+		// on degraded episodes has a series to work on.
+		c.closed.WithLabelValues(cc.ID, episode.QualityOK)
+		c.closed.WithLabelValues(cc.ID, episode.QualityDegraded)
 	}
 	return c, nil
 }
