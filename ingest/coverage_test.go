@@ -213,3 +213,15 @@ func TestReportFewSamplesConfiguredRate(t *testing.T) {
 		t.Fatalf("%+v", rep)
 	}
 }
+
+// TestReportPriorPeriod: a stream silent for the whole window, with no
+// configured rate, is measured at the period learned before the window.
+func TestReportPriorPeriod(t *testing.T) {
+	const p = int64(time.Second) / 30
+	d := sample.Descriptor{Stream: "c1/cam", Kind: sample.KindVideo, Clock: sample.ClockArrival}
+	r, _ := NewReport(d, ReportOptions{From: t0, To: t0 + 300*p, PriorPeriod: p})
+	rep := r.Result()
+	if rep.Expected != 300 || rep.Coverage != 0 || rep.RateSource != "learned" || rep.Gaps != 1 {
+		t.Fatalf("%+v", rep)
+	}
+}

@@ -30,6 +30,10 @@ type ReportOptions struct {
 	// Period is the stream's nominal sample period in ns (1e9 / the
 	// configured rate); 0 learns it as the median interval.
 	Period int64
+	// PriorPeriod is a period learned before the window (the median
+	// interval of the samples just before it), used when Period is 0 and
+	// the window holds too few samples to learn one.
+	PriorPeriod int64
 	// Offline lists the intervals (gateway time, in time order) during
 	// which the stream's device was disconnected; a gap that overlaps one
 	// is accounted to device_offline.
@@ -128,8 +132,8 @@ func NewReport(d sample.Descriptor, o ReportOptions) (*Report, error) {
 	if o.GapFactor < 1 || math.IsNaN(o.GapFactor) {
 		return nil, fmt.Errorf("ingest: report %s: gap factor %v: must be at least 1", d.Stream, o.GapFactor)
 	}
-	if o.Period < 0 {
-		return nil, fmt.Errorf("ingest: report %s: period %d: must not be negative", d.Stream, o.Period)
+	if o.Period < 0 || o.PriorPeriod < 0 {
+		return nil, fmt.Errorf("ingest: report %s: period %d/%d: must not be negative", d.Stream, o.Period, o.PriorPeriod)
 	}
 	c, err := NewClock(o.Clock)
 	if err != nil {
@@ -257,10 +261,13 @@ func (r *Report) interval(iv int64, c gapCand) {
 // period is the period gaps are judged against: the configured one, else
 // the running median (0 while unknown).
 func (r *Report) period() int64 {
-	if r.o.Period > 0 {
+	switch {
+	case r.o.Period > 0:
 		return r.o.Period
+	case r.median > 0:
+		return r.median
 	}
-	return r.median
+	return r.o.PriorPeriod
 }
 
 func (r *Report) classify(iv int64, c gapCand) {
@@ -426,7 +433,7 @@ func (r *Report) Result() episode.StreamReport {
 		if r.nseed >= 3 {
 			r.median = medianOf(r.seed[:r.nseed])
 		}
-		if r.nseed >= 3 || r.o.Period > 0 {
+		if r.nseed >= 3 || r.o.Period > 0 || r.o.PriorPeriod > 0 {
 			for i, v := range r.seed[:r.nseed] {
 				r.classify(v, r.seedAt[i])
 			}

@@ -554,43 +554,83 @@ func (c *cells) report(ctx context.Context, gapFactor float64, e episode.Episode
 		if rate := c.devs[d.Device].Rate; rate > 0 {
 			o.Period = int64(math.Round(1e9 / rate))
 		}
-		r, err := ingest.NewReport(d, o)
+		res, err := c.streamReport(ctx, e, d, o)
 		if err != nil {
 			return nil, err
 		}
-		var corrupt int
-		for ie, err := range c.store.RangeIndex(stream, from, to) {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
+		if o.Period == 0 && res.ExpectedPeriodNs == 0 {
+			// Too few samples in the window to learn the rate: learn it
+			// from the samples just before the window.
+			if o.PriorPeriod = c.priorPeriod(ctx, d, from); o.PriorPeriod > 0 {
+				if res, err = c.streamReport(ctx, e, d, o); err != nil {
+					return nil, err
+				}
 			}
-			if err != nil {
-				corrupt++
-				continue
-			}
-			r.AddSized(&ie.Sample, ie.Size)
-		}
-		if corrupt > 0 {
-			c.log.Warn("corrupt samples skipped in quality report", "episode", e.ID, "stream", stream, "count", corrupt)
-		}
-		// The live estimator stamped these samples: its figures, and the
-		// worst bound among the samples as stamped, are the ones that hold.
-		// (After a restart the live history is gone and the report keeps
-		// the figures re-derived from the stored samples.)
-		var bound int64
-		var haveBound bool
-		if st := c.pipe.stream(stream); st != nil && e.State != episode.Interrupted {
-			st.mu.Lock()
-			r.SetClock(st.proc.ClockReport(from, to))
-			bound, haveBound = st.proc.BoundOver(from, to)
-			st.mu.Unlock()
-		}
-		res := r.Result()
-		if haveBound {
-			res.AlignmentErrorBoundMs = max(res.AlignmentErrorBoundMs, float64(bound)/1e6)
 		}
 		out = append(out, res)
 	}
 	return out, nil
+}
+
+// priorWindow is how far before an episode's window priorPeriod looks.
+const priorWindow = 10 * time.Second
+
+// priorPeriod is the median interval of stream's samples in the
+// priorWindow before from (0 if too few).
+func (c *cells) priorPeriod(ctx context.Context, d sample.Descriptor, from int64) int64 {
+	r, err := ingest.NewReport(d, ingest.ReportOptions{})
+	if err != nil {
+		return 0
+	}
+	for ie, err := range c.store.RangeIndex(d.Stream, from-int64(priorWindow), from-1) {
+		if ctx.Err() != nil {
+			return 0
+		}
+		if err == nil {
+			r.AddSized(&ie.Sample, ie.Size)
+		}
+	}
+	return r.Result().ExpectedPeriodNs
+}
+
+// streamReport builds one stream's report of e with o.
+func (c *cells) streamReport(ctx context.Context, e episode.Episode, d sample.Descriptor, o ingest.ReportOptions) (episode.StreamReport, error) {
+	from, to := o.From, o.To
+	r, err := ingest.NewReport(d, o)
+	if err != nil {
+		return episode.StreamReport{}, err
+	}
+	var corrupt int
+	for ie, err := range c.store.RangeIndex(d.Stream, from, to) {
+		if ctx.Err() != nil {
+			return episode.StreamReport{}, ctx.Err()
+		}
+		if err != nil {
+			corrupt++
+			continue
+		}
+		r.AddSized(&ie.Sample, ie.Size)
+	}
+	if corrupt > 0 {
+		c.log.Warn("corrupt samples skipped in quality report", "episode", e.ID, "stream", d.Stream, "count", corrupt)
+	}
+	// The live estimator stamped these samples: its figures, and the
+	// worst bound among the samples as stamped, are the ones that hold.
+	// (After a restart the live history is gone and the report keeps
+	// the figures re-derived from the stored samples.)
+	var bound int64
+	var haveBound bool
+	if st := c.pipe.stream(d.Stream); st != nil && e.State != episode.Interrupted {
+		st.mu.Lock()
+		r.SetClock(st.proc.ClockReport(from, to))
+		bound, haveBound = st.proc.BoundOver(from, to)
+		st.mu.Unlock()
+	}
+	res := r.Result()
+	if haveBound {
+		res.AlignmentErrorBoundMs = max(res.AlignmentErrorBoundMs, float64(bound)/1e6)
+	}
+	return res, nil
 }
 
 // recover closes what a crash or restart left recording, before devices

@@ -140,17 +140,18 @@ func TestOutagesRealCamera(t *testing.T) {
 			if !degradedFor(e, stream, c.reason) {
 				t.Errorf("verdict %+v, want degraded: %s of %s", e.Verdict, c.reason, stream)
 			}
+			// Expected: the window's 30 fps slots, within one sample (for
+			// the whole-episode outage, at the rate learned before it).
+			slots := float64(to-from) / float64(period)
+			if diff := float64(q.Expected) - slots; diff < -1 || diff > 1 {
+				t.Errorf("expected %d samples, the window has %.1f slots", q.Expected, slots)
+			}
 			if c.name == "whole" {
 				if q.Samples != 0 || q.Coverage != 0 || len(q.GapList) != 1 || q.GapList[0].From != from || q.GapList[0].To != to ||
 					q.GapList[0].Cause != episode.CauseDeviceOffline {
 					t.Errorf("whole-episode outage: %d samples, coverage %v, gaps %+v; want one device_offline gap over the window", q.Samples, q.Coverage, q.GapList)
 				}
 				return
-			}
-			// Expected: the window's 30 fps slots, within one sample.
-			slots := float64(to-from) / float64(period)
-			if diff := float64(q.Expected) - slots; diff < -1 || diff > 1 {
-				t.Errorf("expected %d samples, the window has %.1f slots", q.Expected, slots)
 			}
 			if want := float64(q.Samples) / float64(q.Expected); q.Coverage < want-1e-6 || q.Coverage > want+1e-6 {
 				t.Errorf("coverage %v, want %d/%d", q.Coverage, q.Samples, q.Expected)
