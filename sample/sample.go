@@ -21,6 +21,10 @@ const (
 	// DecodeError marks a payload that could not be decoded as its declared
 	// format. The bytes are kept as they arrived.
 	DecodeError
+	// Refused marks the first sample stored after storage refused samples of
+	// the same stream (full or overloaded); set by the pipeline, so that a
+	// gap ending at this sample is accounted to storage.
+	Refused
 )
 
 // Has reports whether all bits of g are set in f.

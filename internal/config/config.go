@@ -164,6 +164,10 @@ type Device struct {
 	// Latency is subtracted from arrival time for samples without device
 	// time.
 	Latency time.Duration `yaml:"latency"`
+	// Rate is the device's nominal sample rate in Hz (frames or messages
+	// per second, per stream), which coverage is measured against; 0 learns
+	// it from the data (the median interval).
+	Rate float64 `yaml:"rate,omitempty"`
 
 	// rtsp
 	URL          string        `yaml:"url,omitempty"`
@@ -221,10 +225,23 @@ type Cell struct {
 	// GapFactor: a telemetry gap longer than GapFactor times the stream's
 	// typical period counts as a gap.
 	GapFactor float64 `yaml:"gap_factor"`
+	// Quality holds the thresholds of the episode verdict.
+	Quality Quality `yaml:"quality"`
 	// Trigger is an optional MQTT topic carrying start/stop messages.
 	Trigger *Trigger `yaml:"trigger,omitempty"`
 	// Attachments are files (calibration, URDF) added to every export.
 	Attachments []string `yaml:"attachments,omitempty"`
+}
+
+// Quality holds a cell's quality thresholds: an episode is degraded when a
+// required stream covers less than MinCoverage of the window, or states an
+// alignment error bound above MaxAlignmentBound, or has no samples.
+type Quality struct {
+	MinCoverage       float64       `yaml:"min_coverage"`
+	MaxAlignmentBound time.Duration `yaml:"max_alignment_bound"`
+	// RequiredStreams are stream ids or patterns (path.Match: *, ?, [...]);
+	// empty means every stream of the cell.
+	RequiredStreams []string `yaml:"required_streams,omitempty"`
 }
 
 // Trigger is an MQTT topic carrying JSON start/stop messages for a cell.

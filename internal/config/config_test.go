@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -196,6 +197,7 @@ func TestDefaultsDocumented(t *testing.T) {
 		DefaultBackoffMin.String(), DefaultBackoffMax.String(), DefaultReadTimeout.String(),
 		DefaultMaxPayload.String(), DefaultPartSize.String(), DefaultRetryMin.String(), DefaultRetryMax.String(),
 		DefaultTimezone, DefaultPriorityLabel, DefaultSyncMode,
+		strconv.FormatFloat(DefaultMinCoverage, 'g', -1, 64), DefaultMaxAlignBound.String(),
 	} {
 		if !strings.Contains(string(doc), "`"+v+"`") {
 			t.Errorf("docs/CONFIG.md does not mention the default `%s`", v)

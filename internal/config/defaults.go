@@ -28,6 +28,8 @@ const (
 	DefaultMaxPayload        = ByteSize(16 << 20)
 	DefaultTimeUnit          = "ns"
 	DefaultGapFactor         = 3.0
+	DefaultMinCoverage       = 0.99
+	DefaultMaxAlignBound     = 5 * time.Millisecond
 	DefaultSyncMode          = SyncDaemon
 	DefaultTimezone          = "Local"
 	DefaultConcurrency       = 2
@@ -96,6 +98,11 @@ func (c *Config) ApplyDefaults() {
 		if c.Cells[i].GapFactor == 0 {
 			c.Cells[i].GapFactor = DefaultGapFactor
 		}
+		q := &c.Cells[i].Quality
+		if q.MinCoverage == 0 {
+			q.MinCoverage = DefaultMinCoverage
+		}
+		setDur(&q.MaxAlignmentBound, DefaultMaxAlignBound)
 	}
 
 	y := &c.Sync

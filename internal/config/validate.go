@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path"
 	"regexp"
 	"strconv"
 	"strings"
@@ -130,6 +131,9 @@ func (c *Config) problems() []string {
 		devices[d.ID] = d
 		where = fmt.Sprintf("devices[%s]", d.ID)
 		p.nonNegative(where+".latency", d.Latency)
+		if !(d.Rate >= 0 && d.Rate <= 1e6) {
+			p.addf("%s.rate: %v Hz is not between 0 (learn it) and 1000000", where, d.Rate)
+		}
 		switch d.Type {
 		case DeviceRTSP:
 			if u, err := url.Parse(d.URL); err != nil || u.Host == "" || (u.Scheme != "rtsp" && u.Scheme != "rtsps") {
@@ -191,6 +195,15 @@ func (c *Config) problems() []string {
 		}
 		if cell.GapFactor < 1 {
 			p.addf("%s.gap_factor: must be at least 1", where)
+		}
+		if q := cell.Quality; !(q.MinCoverage >= 0 && q.MinCoverage <= 1) {
+			p.addf("%s.quality.min_coverage: %v is not between 0 and 1", where, q.MinCoverage)
+		}
+		p.nonNegative(where+".quality.max_alignment_bound", cell.Quality.MaxAlignmentBound)
+		for _, pat := range cell.Quality.RequiredStreams {
+			if _, err := path.Match(pat, ""); err != nil || pat == "" {
+				p.addf("%s.quality.required_streams: %q is not a stream id or pattern", where, pat)
+			}
 		}
 		if t := cell.Trigger; t != nil {
 			if !brokers[t.Broker] {

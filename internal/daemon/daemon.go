@@ -233,6 +233,7 @@ func (d *Daemon) prepare(ctx context.Context) (err error) {
 	if err := d.buildDevices(); err != nil {
 		return err
 	}
+	d.cells.sources = d.deviceStatus
 	if err := d.cells.recover(ctx); err != nil {
 		return fmt.Errorf("recover episodes: %w", err)
 	}
@@ -285,13 +286,7 @@ func (d *Daemon) statusSections() {
 	d.api.AddStatus("storage", func() any { return d.store.Usage() })
 	d.api.AddStatus("streams", func() any { return d.pipe.status() })
 	d.api.AddStatus("cells", func() any { return d.cells.status() })
-	d.api.AddStatus("devices", func() any {
-		out := make([]devices.Status, 0, len(d.sources))
-		for _, s := range d.sources {
-			out = append(out, s.Status())
-		}
-		return out
-	})
+	d.api.AddStatus("devices", func() any { return d.deviceStatus() })
 	d.api.AddStatus("webrtc", func() any { return d.rtc.Stats() })
 	d.api.AddStatus("uploads", func() any {
 		if d.uploader == nil {
@@ -303,6 +298,15 @@ func (d *Daemon) statusSections() {
 		}
 		return st
 	})
+}
+
+// deviceStatus returns the connection state of every camera and broker.
+func (d *Daemon) deviceStatus() []devices.Status {
+	out := make([]devices.Status, 0, len(d.sources))
+	for _, s := range d.sources {
+		out = append(out, s.Status())
+	}
+	return out
 }
 
 type exit struct {

@@ -23,7 +23,7 @@ import (
 //
 //	POST   /v1/cells/{cell}/episodes   start an episode: {"task","operator","robot","labels","priority"}; 409 if one is recording
 //	POST   /v1/episodes/{id}/stop      stop a recording episode; 409 if it is not recording
-//	GET    /v1/episodes                list: ?state=&cell=&since=&until=&label=k=v (times RFC 3339 or ns)
+//	GET    /v1/episodes                list: ?state=&cell=&quality=&since=&until=&label=k=v (times RFC 3339 or ns; quality ok or degraded)
 //	GET    /v1/episodes/{id}           manifest and quality report
 //	DELETE /v1/episodes/{id}           delete an episode and the data only it covers; 409 while recording
 //	GET    /v1/episodes/{id}/export    the episode as MCAP
@@ -121,6 +121,7 @@ func writeEpisodeError(w http.ResponseWriter, err error) {
 // episodeFilter selects episodes for GET /v1/episodes.
 type episodeFilter struct {
 	state, cell  string
+	quality      string
 	since, until int64
 	labels       map[string]string
 }
@@ -136,6 +137,10 @@ func parseFilter(q map[string][]string) (episodeFilter, error) {
 	f.state, f.cell = get("state"), get("cell")
 	if f.state != "" && !episode.State(f.state).Valid() {
 		return f, fmt.Errorf("unknown state %q", f.state)
+	}
+	f.quality = get("quality")
+	if f.quality != "" && f.quality != episode.QualityOK && f.quality != episode.QualityDegraded {
+		return f, fmt.Errorf("unknown quality %q: want %s or %s", f.quality, episode.QualityOK, episode.QualityDegraded)
 	}
 	var err error
 	if f.since, err = parseTime(get("since")); err != nil {
@@ -168,6 +173,9 @@ func parseTime(s string) (int64, error) {
 
 func (f episodeFilter) match(e episode.Episode) bool {
 	if f.state != "" && string(e.State) != f.state || f.cell != "" && e.Cell != f.cell {
+		return false
+	}
+	if f.quality != "" && e.QualityStatus() != f.quality {
 		return false
 	}
 	if f.since != 0 && e.Start < f.since || f.until != 0 && e.Start > f.until {

@@ -495,6 +495,16 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Errorf("episode %s: trigger %v, stop reason %v; want api, api", id, e["trigger"], e["stop_reason"])
 	}
 
+	// Its verdict is shown in the list (degraded rows are marked).
+	if v, _ := e["verdict"].(map[string]any); v == nil {
+		t.Errorf("episode %s has no verdict: %v", id, e)
+	} else {
+		st, _ := v["status"].(string)
+		b.waitFor("the verdict in the list", `(() => { const td = `+row+`.querySelector('td[data-quality]');
+			return !!td && td.dataset.quality === `+jsString(st)+` && td.textContent.startsWith(`+jsString(st)+`) &&
+				`+row+`.classList.contains('degraded') === (`+jsString(st)+` === 'degraded'); })()`, 10*time.Second)
+	}
+
 	// Its quality report and export link.
 	b.do("open the details", 10*time.Second, chromedp.Click(chromedp.CSS(`button[data-action="details"][data-episode=`+jsString(id)+`]`)))
 	b.waitFor("the quality report", `(() => { const rows = [...document.querySelectorAll('#episode-detail table.quality tbody tr')];

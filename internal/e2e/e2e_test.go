@@ -146,6 +146,19 @@ func TestEndToEnd(t *testing.T) {
 						if long != 1 {
 							t.Errorf("cam1: the 3 s outage should be one gap of ~3 s; holes: %v", holes)
 						}
+						// The outage is on the record: the episode is
+						// degraded for cam1's coverage, and the gap is
+						// accounted to the camera being offline.
+						if !degradedFor(e, stream, episode.ReasonLowCoverage) {
+							t.Errorf("cam1 outage: verdict %+v, want degraded for low coverage of %s", e.Verdict, stream)
+						}
+						offline := false
+						for _, g := range q.GapList {
+							offline = offline || g.Cause == episode.CauseDeviceOffline && g.To-g.From >= int64(2500*time.Millisecond)
+						}
+						if !offline {
+							t.Errorf("cam1 outage: no device_offline gap of ~3 s in %+v", q.GapList)
+						}
 					}
 				} else {
 					checkTelemetry(t, stream, m, q, from, to)
@@ -189,6 +202,9 @@ func checkUpload(t *testing.T, central string, cfg *config.Config, e episode.Epi
 	}
 	if man.Episode != e.ID || len(man.Objects) == 0 || len(man.Quality) != len(e.Quality) {
 		t.Fatalf("manifest does not describe the episode: %+v", man)
+	}
+	if man.Verdict == nil || e.Verdict == nil || man.Verdict.Status != e.Verdict.Status || len(man.Verdict.Reasons) != len(e.Verdict.Reasons) {
+		t.Errorf("manifest verdict %+v, episode verdict %+v", man.Verdict, e.Verdict)
 	}
 	for _, o := range man.Objects {
 		b, err := os.ReadFile(filepath.Join(objDir, o.Name))
@@ -322,4 +338,18 @@ func checkTelemetry(t *testing.T, stream string, m []message, q episode.StreamRe
 	if q.Gaps != 0 || q.Lost != 0 || q.DecodeErrors != 0 {
 		t.Errorf("%s: report counts %d gaps, %d lost, %d decode errors; want none", stream, q.Gaps, q.Lost, q.DecodeErrors)
 	}
+}
+
+// degradedFor reports whether e's verdict is degraded with reason code for
+// stream.
+func degradedFor(e episode.Episode, stream, code string) bool {
+	if e.Verdict == nil || e.Verdict.Status != episode.QualityDegraded {
+		return false
+	}
+	for _, r := range e.Verdict.Reasons {
+		if r.Stream == stream && r.Code == code {
+			return true
+		}
+	}
+	return false
 }

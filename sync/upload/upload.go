@@ -777,6 +777,7 @@ func (u *Uploader) process(ctx context.Context, e episode.Episode, prio bool) er
 		Robot: e.Robot, Start: e.Start, Stop: e.Stop, Labels: e.Labels, Counts: countsOf(e), Quality: e.Quality,
 		Uploaded: u.clock.Now().UnixNano(),
 	}
+	man.Verdict = e.Verdict
 	if man.Quality == nil {
 		man.Quality = []episode.StreamReport{}
 	}

@@ -507,6 +507,15 @@ function closePreview(stream) {
 
 // ---- episodes -------------------------------------------------------------
 
+// verdictOf returns an episode's quality verdict: { status, reasons, title }.
+function verdictOf(e) {
+  const v = pick(e, 'Verdict');
+  if (!v) return null;
+  const reasons = pick(v, 'Reasons') || [];
+  const title = reasons.map((r) => `${pick(r, 'Stream')}: ${pick(r, 'Code')} – ${pick(r, 'Detail')}`).join('\n');
+  return { status: pick(v, 'Status'), reasons, title };
+}
+
 function qualitySummary(q) {
   if (!Array.isArray(q) || q.length === 0) return { text: '–', bad: false, bytes: null };
   let gaps = 0;
@@ -523,7 +532,10 @@ function qualitySummary(q) {
     bytes += Number(pick(r, 'Bytes') || 0);
     bound = Math.max(bound, Number(pick(r, 'AlignmentErrorBoundMs') || 0));
   }
+  let cov = 1;
+  for (const r of q) cov = Math.min(cov, Number(pick(r, 'Coverage') ?? 1));
   const parts = [plural(q.length, 'stream')];
+  if (cov < 1) parts.push(`coverage ≥${(cov * 100).toFixed(1)}%`);
   if (gaps) parts.push(`${gaps} gaps`);
   if (lost) parts.push(`${lost} lost`);
   if (drops) parts.push(`${drops} dropped`);
@@ -574,8 +586,12 @@ function renderEpisodes(list) {
     row.c.start.textContent = fmtTimeNs(start);
     row.c.dur.textContent = fmtDuration(((stop || Date.now() * 1e6) - start) / 1e9);
     row.c.size.textContent = q.bytes === null ? '–' : fmtBytes(q.bytes);
-    row.c.quality.textContent = q.text;
-    row.c.quality.classList.toggle('alert', q.bad);
+    const v = verdictOf(e);
+    row.c.quality.replaceChildren(...(v ? [pill(v.status, v.status === 'degraded' ? 'bad' : 'good'), ' '] : []), q.text);
+    row.c.quality.title = v ? v.title : '';
+    row.c.quality.dataset.quality = v ? v.status : '';
+    row.c.quality.classList.toggle('alert', q.bad || (v !== null && v.status === 'degraded'));
+    row.tr.classList.toggle('degraded', v !== null && v.status === 'degraded');
     row.exp.hidden = st === 'recording';
     row.tr.classList.toggle('selected', id === state.selected);
   }
@@ -617,13 +633,17 @@ async function loadDetail(id) {
   const post = Number(pick(e, 'Postroll') || 0);
   const labels = Object.entries(pick(e, 'Labels') || {}).map(([k, v]) => (v ? `${k}=${v}` : k)).join(', ');
   const q = (pick(e, 'Quality') || []).slice().sort((a, b) => String(pick(a, 'Stream')).localeCompare(String(pick(b, 'Stream'))));
+  const verdict = verdictOf(e);
   const qrows = q.map((r) => {
     const clk = pick(r, 'Clock') || {};
-    const bad = Number(pick(r, 'Lost') || 0) + Number(pick(r, 'DecodeErrors') || 0) > 0;
+    const bad = Number(pick(r, 'Lost') || 0) + Number(pick(r, 'DecodeErrors') || 0) > 0 ||
+      (verdict !== null && verdict.reasons.some((x) => pick(x, 'Stream') === pick(r, 'Stream')));
     return h('tr', { class: bad ? 'alert' : '' },
       h('td', { class: 'mono' }, pick(r, 'Stream')),
       h('td', {}, `${pick(r, 'Kind') || ''} · ${pick(r, 'Codec') || ''}`),
       h('td', { class: 'num' }, Number(pick(r, 'Samples') || 0).toLocaleString()),
+      h('td', { class: 'num' }, Number(pick(r, 'Expected') || 0).toLocaleString()),
+      h('td', { class: 'num' }, pick(r, 'Coverage') === undefined ? '–' : (Number(pick(r, 'Coverage')) * 100).toFixed(2) + '%'),
       h('td', { class: 'num' }, fmtRate(Number(pick(r, 'MeanRateHz')))),
       h('td', { class: 'num' }, fmtBytes(Number(pick(r, 'Bytes')))),
       h('td', { class: 'num' }, String(pick(r, 'Gaps') || 0)),
@@ -651,14 +671,34 @@ async function loadDetail(id) {
       h('dt', {}, 'Labels'), h('dd', {}, labels || '–'),
       h('dt', {}, 'Trigger'), h('dd', {}, `${pick(e, 'Trigger') || '–'}${pick(e, 'StopReason') ? ', stopped by ' + pick(e, 'StopReason') : ''}${pick(e, 'Priority') ? ', priority' : ''}`),
       h('dt', {}, 'Window'), h('dd', {}, `${fmtTimeNs(start)} – ${stop ? fmtTimeNs(stop) : 'now'} (${stop ? fmtDuration((stop - start) / 1e9) : 'recording'}), pre-roll ${fmtDuration(pre / 1e9)}, post-roll ${fmtDuration(post / 1e9)}`)),
-    h('h4', {}, 'Quality report'),
+    h('h4', {}, 'Quality report ', verdict ? pill(verdict.status, verdict.status === 'degraded' ? 'bad' : 'good') : null),
+    verdict && verdict.reasons.length
+      ? h('ul', { class: 'reasons' }, ...verdict.reasons.map((x) => h('li', { class: 'alert' }, h('span', { class: 'mono' }, pick(x, 'Stream')), ` ${pick(x, 'Code')}: ${pick(x, 'Detail')}`)))
+      : null,
+    gapList(q),
     q.length
       ? h('table', { class: 'quality' },
-        h('thead', {}, h('tr', {}, ...['Stream', 'Kind', 'Samples', 'Rate', 'Bytes', 'Gaps', 'Lost', 'Dropped', 'Decode err.', 'Clock', 'Offset', 'Drift ppm', 'Jitter', 'Align ≤'].map((t, i) => h('th', { class: i >= 2 && i !== 9 ? 'num' : '' }, t)))),
+        h('thead', {}, h('tr', {}, ...['Stream', 'Kind', 'Samples', 'Expected', 'Coverage', 'Rate', 'Bytes', 'Gaps', 'Lost', 'Dropped', 'Decode err.', 'Clock', 'Offset', 'Drift ppm', 'Jitter', 'Align ≤'].map((t, i) => h('th', { class: i >= 2 && i !== 11 ? 'num' : '' }, t)))),
         h('tbody', {}, ...qrows))
       : h('p', { class: 'muted' }, st === 'recording' ? 'The report is written when the episode closes.' : 'No quality report.'),
     h('div', { class: 'actions' }, ...actions)].filter(Boolean));
   box.hidden = false;
+}
+
+// gapList lists every stream's gaps with their causes (at most 50 shown).
+function gapList(q) {
+  const items = [];
+  for (const r of q) {
+    for (const g of pick(r, 'GapList') || []) {
+      const from = Number(pick(g, 'From'));
+      const to = Number(pick(g, 'To'));
+      items.push(h('li', {}, h('span', { class: 'mono' }, pick(r, 'Stream')), ` ${fmtTimeNs(from)} +${fmtDuration((to - from) / 1e9)} ${pick(g, 'Cause')}`));
+    }
+  }
+  if (items.length === 0) return null;
+  const shown = items.slice(0, 50);
+  if (items.length > shown.length) shown.push(h('li', { class: 'muted' }, `${items.length - shown.length} more`));
+  return h('details', { class: 'gaps' }, h('summary', {}, plural(items.length, 'gap')), h('ul', {}, ...shown));
 }
 
 function renderSelected() {
