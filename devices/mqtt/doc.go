@@ -172,6 +172,17 @@
 // Its descriptor's Source is the topic when the template contains {topic},
 // else the topic filter that matched.
 //
+// Limit: a device creates at most MaxStreams streams per run (default 256;
+// config max_streams). Without it a {topic} device on a wildcard filter
+// lets any publisher make the daemon hold state, status rows and metric
+// series for every topic it invents (20,000 topics in a second took RSS
+// from 52 MB to 1.5 GB). A message that would create one stream more is
+// refused before it is decoded: counted (episoded_mqtt_rejected_total
+// {reason="max_streams"}), logged at most once per 10 s, and acknowledged,
+// since the broker would otherwise redeliver it forever. Streams already
+// created keep recording. TestTopicFlood (cmd/episoded) floods the built
+// daemon with 20,000 topics through mosquitto and checks its peak RSS.
+//
 // # Triggers
 //
 // AddTrigger subscribes a per-cell trigger topic and calls fn(payload,
@@ -182,7 +193,7 @@
 //
 // Prometheus metrics episoded_mqtt_* carry a broker label (and a device
 // label where per device): messages, bytes, decode errors, oversize, write
-// errors, acks pending, queue length, overflow, refused, unmatched,
+// errors, rejected (by reason), streams, acks pending, queue length, overflow, refused, unmatched,
 // retained skipped, redelivered, trigger messages, reconnects and connected.
 // Status returns the connection state for /v1/status. No password reaches a
 // log line, an error or a status field; URLs are redacted.

@@ -154,6 +154,9 @@ type Device struct {
 	TimeField  string   `yaml:"time_field,omitempty"`  // dotted path, e.g. header.stamp
 	TimeUnit   string   `yaml:"time_unit,omitempty"`   // s, ms, us, ns, rfc3339
 	MaxPayload ByteSize `yaml:"max_payload,omitempty"` // default 16MiB
+	// MaxStreams bounds the streams one mqtt device creates (a {topic}
+	// template on a wildcard filter makes one per topic). Default 256.
+	MaxStreams int `yaml:"max_streams,omitempty"`
 	// Layout describes point-cloud payloads (format: pointcloud).
 	Layout *PointLayout `yaml:"layout,omitempty"`
 }

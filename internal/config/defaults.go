@@ -26,6 +26,7 @@ const (
 	DefaultMQTTFormat        = "json"
 	DefaultMQTTStream        = "{topic}"
 	DefaultMaxPayload        = ByteSize(16 << 20)
+	DefaultMaxStreams        = 256
 	DefaultTimeUnit          = "ns"
 	DefaultGapFactor         = 3.0
 	DefaultSyncMode          = SyncDaemon
@@ -79,6 +80,9 @@ func (c *Config) ApplyDefaults() {
 			setStr(&d.Format, DefaultMQTTFormat)
 			if d.MaxPayload == 0 {
 				d.MaxPayload = DefaultMaxPayload
+			}
+			if d.MaxStreams == 0 {
+				d.MaxStreams = DefaultMaxStreams
 			}
 			if d.Clock == "" {
 				d.Clock = "arrival"

@@ -12,6 +12,10 @@ import (
 	"github.com/episoded/episoded/internal/redact"
 )
 
+// maxStreamsLimit caps max_streams: every stream costs ingest state, a
+// status row and metric series.
+const maxStreamsLimit = 10000
+
 // Validate reports every problem in c at once; nil means valid. It expects
 // ApplyDefaults to have run.
 func (c *Config) Validate() error {
@@ -242,6 +246,9 @@ func (c *Config) mqttDeviceProblems(p *problems, where string, d *Device, broker
 	}
 	if d.MaxPayload <= 0 || d.MaxPayload > 256<<20 {
 		p.addf("%s.max_payload: must be between 1 byte and 256MiB", where)
+	}
+	if d.MaxStreams < 1 || d.MaxStreams > maxStreamsLimit {
+		p.addf("%s.max_streams: %d must be between 1 and %d", where, d.MaxStreams, maxStreamsLimit)
 	}
 	if d.Format != "pointcloud" {
 		if d.Layout != nil {

@@ -92,7 +92,7 @@ func (d *Daemon) buildDevices() error {
 			do := mqtt.DeviceOptions{
 				Device: dev.ID, Topics: dev.Topics, Stream: dev.Stream, Format: dev.Format,
 				TimeUnit: dev.TimeUnit, Latency: dev.Latency,
-				MaxPayload: int64(dev.MaxPayload), TimeOffset: -1,
+				MaxPayload: int64(dev.MaxPayload), MaxStreams: dev.MaxStreams, TimeOffset: -1,
 			}
 			payloadClock := dev.Clock == "payload"
 			if payloadClock {
