@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/episoded/episoded/devices"
+	"github.com/episoded/episoded/internal/config"
 	"github.com/episoded/episoded/internal/redact"
 	"github.com/episoded/episoded/sample"
 )
@@ -24,7 +25,7 @@ const (
 	DefaultQueueSize    = 20000
 	DefaultDrainTimeout = 5 * time.Second
 	DefaultMaxPayload   = 16 << 20
-	DefaultMaxStreams   = 256
+	DefaultMaxStreams   = config.DefaultMaxStreams
 	DefaultStream       = "{topic}"
 	DefaultFormat       = FormatJSON
 	DefaultTimeUnit     = "ns"

@@ -226,6 +226,10 @@ type Sync struct {
 	// PriorityLabel: episodes with this label (any value) upload at once.
 	PriorityLabel string  `yaml:"priority_label"`
 	Retry         Backoff `yaml:"retry"`
+	// MaxAttempts quarantines an episode after this many failed upload
+	// attempts in a row whose last failure the server reported (not an
+	// unreachable server). Default 10.
+	MaxAttempts int `yaml:"max_attempts"`
 }
 
 // Sync modes.

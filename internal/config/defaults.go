@@ -36,6 +36,9 @@ const (
 	DefaultPriorityLabel     = "priority"
 	DefaultRetryMin          = 5 * time.Second
 	DefaultRetryMax          = 10 * time.Minute
+	// DefaultMaxAttempts: with the default retry backoff (5s doubling to
+	// 10m) ten attempts span about half an hour.
+	DefaultMaxAttempts = 10
 )
 
 // ApplyDefaults fills every unset field with its default. It is idempotent.
@@ -112,6 +115,9 @@ func (c *Config) ApplyDefaults() {
 	}
 	setStr(&y.PriorityLabel, DefaultPriorityLabel)
 	y.Retry.applyDefaults(DefaultRetryMin, DefaultRetryMax)
+	if y.MaxAttempts == 0 {
+		y.MaxAttempts = DefaultMaxAttempts
+	}
 }
 
 // cellOf returns the id of the cell that lists device id, or "" if none.

@@ -336,6 +336,9 @@ func (c *Config) syncProblems(p *problems) {
 	if y.Bandwidth < 0 {
 		p.addf("sync.bandwidth: must not be negative")
 	}
+	if y.MaxAttempts < 1 {
+		p.addf("sync.max_attempts: %d must be at least 1", y.MaxAttempts)
+	}
 	if y.Concurrency < 1 || y.Concurrency > 64 {
 		p.addf("sync.concurrency: must be between 1 and 64")
 	}

@@ -172,7 +172,7 @@ func (d *Daemon) buildUploader() error {
 		Site: d.cfg.Gateway.Site, Gateway: d.cfg.Gateway.ID,
 		Windows: y.Windows, Timezone: y.Timezone, PriorityLabel: y.PriorityLabel,
 		Bandwidth: int64(y.Bandwidth), Concurrency: y.Concurrency, PartSize: int64(y.PartSize),
-		RetryMin: y.Retry.Min, RetryMax: y.Retry.Max,
+		RetryMin: y.Retry.Min, RetryMax: y.Retry.Max, MaxAttempts: y.MaxAttempts,
 		StageDir:    filepath.Join(d.cfg.Storage.Dir, "outbox"),
 		Attachments: d.attachments,
 		Logger:      d.log, Registerer: d.reg,
