@@ -39,11 +39,25 @@
 //
 // States: closed/interrupted -> uploading -> uploaded. Transient errors
 // (network, 5xx, timeouts) are retried with exponential backoff and jitter
-// (RetryMin..RetryMax) while the episode stays uploading. Terminal errors
-// (403, 400, NoSuchBucket, InvalidAccessKeyId, SignatureDoesNotMatch, a
-// missing or read-only target directory) quarantine the episode with the
-// reason; a local export failure (corrupt or evicted data) marks it
-// failed. The episode's data is kept in both cases; Retry requeues it.
+// (RetryMin..RetryMax) while the episode stays uploading; every failed
+// attempt is recorded: UploadState.Attempts and LastError (shown by
+// Status, `sync status` and the dashboard) and the episode's Reason
+// ("attempt 2 of 10 failed, retrying: <op>: <code>: HTTP <status>:
+// <server message>"). Terminal errors (403, 400, NoSuchBucket,
+// InvalidAccessKeyId, SignatureDoesNotMatch, non-standard 404s for an
+// unknown access key such as versitygw's XAdminUserNotFound, a missing or
+// read-only target directory) quarantine the episode at once with the
+// server's code and message. So do bucket-full and quota errors
+// (InsufficientStorage/507, XMinioStorageFull, QuotaExceeded, ...). An
+// error the server keeps giving (ServerError: a 500, an unknown code) is
+// retried MaxAttempts times in a row, then quarantines the episode with
+// it; failures to reach the server at all (connection refused, timeouts,
+// 502/503/504) are retried without limit, so that an outage of the
+// central store quarantines nothing. Quarantine aborts the episode's
+// unfinished multipart upload, so the server keeps no orphan parts (Retry
+// starts the object over). A local export failure (corrupt or evicted
+// data) marks the episode failed. The episode's data is kept in every
+// case; Retry requeues it.
 // Once uploaded, storage may evict its data under its retention rules.
 //
 // Windows (for example "22:00-06:00", in Timezone) are checked before
