@@ -80,7 +80,7 @@ func killLoops(t *testing.T) int {
 // process like `simulate` runs it apart from the daemon): the daemon (a
 // child process running a Broker and a real storage.Store) is SIGKILLed 50
 // times at random points while the simulator's inline client publishes
-// 1,000 QoS 1 msg/s on 4 topics, and restarted each time. Every message
+// 400 QoS 1 msg/s on 4 topics, and restarted each time. Every message
 // the broker accepted ends up stored; duplicates are counted. See the
 // package doc ("The embedded broker under SIGKILL") for the root cause of
 // the loss this test catches.
@@ -103,7 +103,7 @@ func TestEmbeddedBrokerDaemonCrash(t *testing.T) {
 	topics := []string{"crash/0", "crash/1", "crash/2", "crash/3"}
 
 	c := startChild(t, url, dir)
-	pub := startInlinePublisher(b, topics, 1000)
+	pub := startInlinePublisher(b, topics, 400)
 	kills := killLoops(t)
 	rnd := rand.New(rand.NewPCG(1, 2))
 	start := time.Now()
