@@ -56,7 +56,12 @@
 //
 // Issue 13 measured that, under 294 SIGKILLs of the recording daemon, this
 // broker lost 40 of 150,217 QoS 1 messages it had accepted from the
-// simulated devices (mosquitto lost none). The broker lost them, not the
+// simulated devices (mosquitto lost none). "Accepted" here means that the
+// inline client's Publish returned nil: the simulated devices publish
+// through mochi's inline client, in this process, so there is no PUBACK;
+// mochi treats the message as delivered to the broker, and hands it to
+// each QoS 1 subscriber's session (its in-flight map) before Publish
+// returns. The broker lost them, not the
 // daemon: TestEmbeddedBrokerDaemonCrash (devices/mqtt) records, through a
 // mochi hook, what the broker did with every message, and each missing
 // one had been sent once to the killed connection, never acknowledged,
