@@ -62,7 +62,8 @@ type Episode struct {
 	Previous string `json:"previous,omitempty"`
 	Next     string `json:"next,omitempty"`
 	State    State  `json:"state"`
-	// Reason explains a failed or quarantined state.
+	// Reason explains a failed or quarantined state, or, while an upload
+	// is being retried, why its last attempt failed.
 	Reason string `json:"reason,omitempty"`
 	// Quality is the per-stream report; final once the episode is finished.
 	Quality []StreamReport `json:"quality"`

@@ -186,6 +186,9 @@ type Device struct {
 	TimeField  string   `yaml:"time_field,omitempty"`  // dotted path, e.g. header.stamp
 	TimeUnit   string   `yaml:"time_unit,omitempty"`   // s, ms, us, ns, rfc3339
 	MaxPayload ByteSize `yaml:"max_payload,omitempty"` // default 16MiB
+	// MaxStreams bounds the streams one mqtt device creates (a {topic}
+	// template on a wildcard filter makes one per topic). Default 256.
+	MaxStreams int `yaml:"max_streams,omitempty"`
 	// Layout describes point-cloud payloads (format: pointcloud).
 	Layout *PointLayout `yaml:"layout,omitempty"`
 }
@@ -268,6 +271,10 @@ type Sync struct {
 	// PriorityLabel: episodes with this label (any value) upload at once.
 	PriorityLabel string  `yaml:"priority_label"`
 	Retry         Backoff `yaml:"retry"`
+	// MaxAttempts quarantines an episode after this many failed upload
+	// attempts in a row whose last failure the server reported (not an
+	// unreachable server). Default 10.
+	MaxAttempts int `yaml:"max_attempts"`
 }
 
 // Sync modes.

@@ -195,7 +195,7 @@ func TestDefaultsDocumented(t *testing.T) {
 		cfg.Storage.SyncInterval.String(), cfg.Storage.MinFree.String(), cfg.Storage.FullPolicy,
 		cfg.Storage.Retention.String(), cfg.Storage.TimelineRetention.String(), DefaultKeepAlive.String(),
 		DefaultBackoffMin.String(), DefaultBackoffMax.String(), DefaultReadTimeout.String(),
-		DefaultMaxPayload.String(), DefaultPartSize.String(), DefaultRetryMin.String(), DefaultRetryMax.String(),
+		DefaultMaxPayload.String(), strconv.Itoa(DefaultMaxStreams), strconv.Itoa(DefaultMaxAttempts), DefaultPartSize.String(), DefaultRetryMin.String(), DefaultRetryMax.String(),
 		DefaultTimezone, DefaultPriorityLabel, DefaultSyncMode,
 		strconv.FormatFloat(DefaultMinCoverage, 'g', -1, 64), DefaultMaxAlignBound.String(),
 	} {

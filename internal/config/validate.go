@@ -14,6 +14,10 @@ import (
 	"github.com/episoded/episoded/storage"
 )
 
+// maxStreamsLimit caps max_streams: every stream costs ingest state, a
+// status row and metric series.
+const maxStreamsLimit = 10000
+
 // Validate reports every problem in c at once; nil means valid. It expects
 // ApplyDefaults to have run.
 func (c *Config) Validate() error {
@@ -255,6 +259,9 @@ func (c *Config) mqttDeviceProblems(p *problems, where string, d *Device, broker
 	if d.MaxPayload <= 0 || d.MaxPayload > 256<<20 {
 		p.addf("%s.max_payload: must be between 1 byte and 256MiB", where)
 	}
+	if d.MaxStreams < 1 || d.MaxStreams > maxStreamsLimit {
+		p.addf("%s.max_streams: %d must be between 1 and %d", where, d.MaxStreams, maxStreamsLimit)
+	}
 	if d.Format != "pointcloud" {
 		if d.Layout != nil {
 			p.addf("%s.layout: only format pointcloud has a layout", where)
@@ -342,6 +349,9 @@ func (c *Config) syncProblems(p *problems) {
 	}
 	if y.Bandwidth < 0 {
 		p.addf("sync.bandwidth: must not be negative")
+	}
+	if y.MaxAttempts < 1 {
+		p.addf("sync.max_attempts: %d must be at least 1", y.MaxAttempts)
 	}
 	if y.Concurrency < 1 || y.Concurrency > 64 {
 		p.addf("sync.concurrency: must be between 1 and 64")

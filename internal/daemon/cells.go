@@ -779,7 +779,10 @@ func (c *cells) shutdown() {
 type cellStatus struct {
 	Cell      string           `json:"cell"`
 	Recording *episode.Episode `json:"recording,omitempty"`
-	Streams   []string         `json:"streams"`
+	// Streams lists at most statusMaxStreams stream ids, by name, of
+	// StreamsTotal.
+	Streams      []string `json:"streams"`
+	StreamsTotal int      `json:"streams_total"`
 }
 
 func (c *cells) status() []cellStatus {
@@ -797,6 +800,10 @@ func (c *cells) status() []cellStatus {
 		}
 		cs.mu.Unlock()
 		slices.Sort(st.Streams)
+		st.StreamsTotal = len(st.Streams)
+		if len(st.Streams) > statusMaxStreams {
+			st.Streams = st.Streams[:statusMaxStreams]
+		}
 		out = append(out, st)
 	}
 	return out

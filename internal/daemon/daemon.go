@@ -285,6 +285,8 @@ func (d *Daemon) onUploaded(e episode.Episode) {
 func (d *Daemon) statusSections() {
 	d.api.AddStatus("storage", func() any { return d.store.Usage() })
 	d.api.AddStatus("streams", func() any { return d.pipe.status() })
+	d.api.AddStatus("streams_total", func() any { return d.pipe.streamCount() })
+	d.api.AddStatus("streams_truncated", func() any { return d.pipe.streamCount() > statusMaxStreams })
 	d.api.AddStatus("cells", func() any { return d.cells.status() })
 	d.api.AddStatus("devices", func() any { return d.deviceStatus() })
 	d.api.AddStatus("webrtc", func() any { return d.rtc.Stats() })
