@@ -60,15 +60,16 @@ func (p *binProc) alive() bool {
 	return p.cmd.Process.Signal(syscall.Signal(0)) == nil
 }
 
-// waitUntil polls cond until it is true or fails the test after within.
-func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool, p *binProc) {
+// waitUntil polls cond until it holds, failing after within with the tail
+// of the daemon's log (log may be nil).
+func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool, log fmt.Stringer) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
 		if time.Now().After(deadline) {
 			msg := ""
-			if p != nil {
-				msg = "\nstderr:\n" + p.stderr.String()
+			if log != nil {
+				msg = "\nstderr:\n" + tail(log.String(), 3000)
 			}
 			t.Fatalf("%s: not within %s%s", what, within, msg)
 		}
@@ -94,7 +95,7 @@ func TestOpenListenRefused(t *testing.T) {
 	// With insecure_open it starts (and the Host check still applies).
 	cfg2 := writeFile(t, filepath.Join(dir, "c2.yaml"), fmt.Sprintf("gateway: {id: gw, site: s}\napi: {listen: %q, insecure_open: true}\nstorage: {dir: %q, min_free: 1MiB}\n", "0.0.0.0:"+strings.Split(freeAddr(t), ":")[1], filepath.Join(dir, "d2")))
 	p := runBinary(t, cfg2)
-	waitUntil(t, 30*time.Second, "episoded answers", func() bool { return p.stderr.String() != "" && strings.Contains(p.stderr.String(), "episoded ready") }, p)
+	waitUntil(t, 30*time.Second, "episoded answers", func() bool { return p.stderr.String() != "" && strings.Contains(p.stderr.String(), "episoded ready") }, p.stderr)
 }
 
 // openssl runs the openssl CLI (an independent implementation makes the
@@ -226,7 +227,7 @@ storage: {dir: %q, min_free: 1MiB}
 `, addr, cert, key, filepath.Join(dir, "data")))
 	p := runBinary(t, cfg)
 	caFile := filepath.Join(dir, "ca.pem")
-	waitUntil(t, 30*time.Second, "HTTPS healthz", func() bool { cn, _ := servedCN(addr, caFile, nil); return cn == "gen1" }, p)
+	waitUntil(t, 30*time.Second, "HTTPS healthz", func() bool { cn, _ := servedCN(addr, caFile, nil); return cn == "gen1" }, p.stderr)
 
 	base := "https://" + addr
 	if code := curl(t, "--cacert", caFile, "-H", "Authorization: Bearer tls-admin-token-1", base+"/v1/status"); code != 200 {
@@ -258,7 +259,7 @@ storage: {dir: %q, min_free: 1MiB}
 		b, _ := os.ReadFile(filepath.Join(dir, src))
 		replaceFile(t, dst, b)
 	}
-	waitUntil(t, 20*time.Second, "the rotated certificate is served", func() bool { cn, _ := servedCN(addr, caFile, nil); return cn == "gen2" }, p)
+	waitUntil(t, 20*time.Second, "the rotated certificate is served", func() bool { cn, _ := servedCN(addr, caFile, nil); return cn == "gen2" }, p.stderr)
 	if code := curl(t, "--cacert", caFile, "-H", "Authorization: Bearer tls-admin-token-1", base+"/v1/status"); code != 200 {
 		t.Errorf("curl after rotation: %d, want 200", code)
 	}
@@ -272,7 +273,7 @@ storage: {dir: %q, min_free: 1MiB}
 	}
 	b, _ = os.ReadFile(filepath.Join(dir, "gen1.key"))
 	replaceFile(t, key, b)
-	waitUntil(t, 20*time.Second, "the completed pair is served", func() bool { cn, _ := servedCN(addr, caFile, nil); return cn == "gen1" }, p)
+	waitUntil(t, 20*time.Second, "the completed pair is served", func() bool { cn, _ := servedCN(addr, caFile, nil); return cn == "gen1" }, p.stderr)
 
 	// SIGHUP reloads (and does not kill, as it would by default).
 	// Two reloads so far (gen2, then gen1 again); the log line of the
@@ -280,13 +281,13 @@ storage: {dir: %q, min_free: 1MiB}
 	const loads = 2
 	waitUntil(t, 10*time.Second, "two reloads logged", func() bool {
 		return strings.Count(p.stderr.String(), "tls certificate loaded") == loads
-	}, p)
+	}, p.stderr)
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	waitUntil(t, 10*time.Second, "SIGHUP reload logged", func() bool {
 		return strings.Count(p.stderr.String(), "tls certificate loaded") == loads+1
-	}, p)
+	}, p.stderr)
 	if !p.alive() || p.cmd.Process.Pid != pid {
 		t.Fatal("the daemon did not survive rotation and SIGHUP")
 	}
@@ -318,7 +319,7 @@ storage: {dir: %q, min_free: 1MiB}
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 30*time.Second, "mutual TLS healthz", func() bool { cn, _ := servedCN(addr, caFile, &client); return cn == "srv" }, p)
+	waitUntil(t, 30*time.Second, "mutual TLS healthz", func() bool { cn, _ := servedCN(addr, caFile, &client); return cn == "srv" }, p.stderr)
 	base := "https://" + addr
 	if _, err := servedCN(addr, caFile, nil); err == nil {
 		t.Error("a client without a certificate got through")
@@ -458,7 +459,7 @@ sync:
 	waitUntil(t, 60*time.Second, "cameras and broker failing with their errors in /v1/status", func() bool {
 		st := status()
 		return strings.Count(st, `"last_error"`) >= 3 && strings.Contains(st, "401")
-	}, p)
+	}, p.stderr)
 	st := status()
 	check("/v1/status", st)
 	req, _ := http.NewRequest("GET", "http://"+addr+"/v1/uploads", nil)

@@ -49,8 +49,8 @@ devices:
   - {id: flood, type: mqtt, broker: b1, topics: ["flood/#"], format: raw}
 `, addr, filepath.Join(dir, "data"), broker))
 	cmd := exec.Command(bin, "run", "--config", cfg)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	stderr := &lockedBuffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ devices:
 	base := "http://" + addr
 	waitUntil(t, 30*time.Second, "the daemon connected to mosquitto", func() bool {
 		return metric(base, `episoded_mqtt_connected{broker="b1"}`) == 1
-	}, &stderr)
+	}, stderr)
 	before := peakRSS(t, cmd.Process.Pid)
 
 	pub := paho.NewClient(paho.NewClientOptions().AddBroker(broker).SetClientID("flood-publisher").SetCleanSession(true))
@@ -97,7 +97,7 @@ devices:
 		status()
 		return metric(base, `episoded_mqtt_rejected_total{broker="b1",device="flood",reason="max_streams"}`) == topics-streams &&
 			metric(base, `episoded_mqtt_acks_pending{broker="b1"}`) == 0
-	}, &stderr)
+	}, stderr)
 	t.Logf("refusals counted after %s", time.Since(start).Round(time.Millisecond))
 
 	if n := metric(base, `episoded_mqtt_device_streams{broker="b1",device="flood"}`); n != streams {
@@ -176,16 +176,6 @@ func metric(base, series string) float64 {
 	return -1
 }
 
-func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool, stderr *bytes.Buffer) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %s: %s; daemon stderr:\n%s", within, what, tail(stderr.String(), 3000))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
 
 func tail(s string, n int) string {
 	if len(s) > n {
