@@ -176,7 +176,6 @@ func metric(base, series string) float64 {
 	return -1
 }
 
-
 func tail(s string, n int) string {
 	if len(s) > n {
 		return s[len(s)-n:]
