@@ -199,8 +199,8 @@ func (o ClockOptions) Validate() error {
 	if o.MaxEvents < 1 {
 		errs = append(errs, fmt.Errorf("max events %d: must be at least 1", o.MaxEvents))
 	}
-	if o.ReorderDepth < 0 || o.MaxResets < 1 || o.ResetWindow <= 0 || o.RateSpan < time.Second || o.Probation <= 0 {
-		errs = append(errs, errors.New("trust: reorder depth must not be negative, max resets at least 1, reset window and probation positive, rate span at least 1s"))
+	if o.ReorderDepth < 0 || o.MaxResets < 1 || o.MaxResets >= resetCap || o.ResetWindow <= 0 || o.RateSpan < time.Second || o.Probation <= 0 {
+		errs = append(errs, errors.New("trust: reorder depth must not be negative, max resets within [1, 15], reset window and probation positive, rate span at least 1s"))
 	}
 	if !(o.RateTolerance > 0 && o.RateTolerance < 1) || !(o.MaxHeldFraction > 0 && o.MaxHeldFraction <= 1) {
 		errs = append(errs, fmt.Errorf("trust: rate tolerance %v must be within (0, 1), max held fraction %v within (0, 1]", o.RateTolerance, o.MaxHeldFraction))

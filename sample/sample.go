@@ -21,6 +21,13 @@ const (
 	// DecodeError marks a payload that could not be decoded as its declared
 	// format. The bytes are kept as they arrived.
 	DecodeError
+	// ArrivalTime marks a sample of a device-clock stream whose T is its
+	// arrival time (minus the configured latency) rather than its device
+	// time mapped through the stream's clock estimate: its device time was
+	// held back (a wild value, a step not yet confirmed, no offset agreed
+	// yet), missing, or the stream's clock is on arrival fallback. Its error
+	// bound is the arrival bound.
+	ArrivalTime
 )
 
 // Has reports whether all bits of g are set in f.
