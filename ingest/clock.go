@@ -394,11 +394,21 @@ func (c *Clock) lineAt(x int64) float64 {
 // stamp maps src through the current line, never later than arrival.
 func (c *Clock) stamp(src, recv int64) int64 {
 	t := satSub(satAdd(src, satInt(c.lineAt(src))), int64(c.o.MinDelay))
-	return min(t, c.arrival(recv))
+	return min(t, satSub(recv, int64(c.o.MinDelay)))
 }
 
-// arrival is the stamp of a held-back sample.
-func (c *Clock) arrival(recv int64) int64 { return satSub(recv, int64(c.o.MinDelay)) }
+// arrival is the stamp of a held-back sample: its arrival time minus the
+// largest delay above the envelope seen in the window, that is the earliest
+// it can plausibly have been captured. Stamping it earlier than the truth,
+// never later, keeps the samples after it in order; its error is at most
+// arrivalBound. Before there is a window it is the arrival time itself.
+func (c *Clock) arrival(recv int64) int64 {
+	t := satSub(recv, int64(c.o.MinDelay))
+	if c.haveWindow() {
+		t = satSub(t, satSub(c.arrivalBound(), int64(c.o.ErrorFloor)))
+	}
+	return t
+}
 
 // Align feeds one observation (device time src, gateway arrival recv) and
 // returns the aligned gateway time of the sample. src should be non-zero
@@ -868,10 +878,19 @@ func (c *Clock) Bound(src int64) int64 {
 // above the envelope, at most the largest seen in the window (and at least
 // the jump threshold before there is a window).
 func (c *Clock) arrivalBound() int64 {
-	if !c.haveLine || c.count < int64(c.o.MinSamples) {
+	if !c.haveWindow() {
 		return int64(c.o.JumpThreshold)
 	}
 	return satInt(math.Ceil(float64(c.o.ErrorFloor) + 3*c.env + max(c.excess, 4*c.jitter)))
+}
+
+// haveWindow reports whether the delays above the envelope were measured.
+func (c *Clock) haveWindow() bool { return c.haveLine && c.count >= int64(c.o.MinSamples) }
+
+// fresh reports whether the line was drawn through too few samples after a
+// step to be tight (fewer than MinSamples since the reseed).
+func (c *Clock) fresh() bool {
+	return c.haveLine && c.jumps > 0 && c.count < int64(c.o.MinSamples)
 }
 
 // LastBound is the bound for the last sample passed to Align, as stamped

@@ -71,8 +71,13 @@ type Stream struct {
 	bounds *boundHistory
 	trust  trust
 	jit    arrivalJitter
+	// cad measures the stream's cadence: the typical interval between the
+	// device times of consecutive samples taken by the clock.
+	cad arrivalJitter
 	haveT  bool
 	lastT  int64 // the last aligned time stamped (T never decreases)
+	// lastRecv is the arrival time of the last sample.
+	lastRecv int64
 }
 
 // NewStream returns the pipeline for the stream described by d. lastSeq is
@@ -158,6 +163,9 @@ func (s *Stream) Process(x *sample.Sample) {
 		x.T = s.clock.Align(x.SrcT, x.RecvT)
 		bound = s.clock.LastBound()
 		held := s.clock.LastHeld()
+		if !held {
+			s.cad.add(x.SrcT)
+		}
 		if ev, ok := s.trust.observe(x.SrcT, x.RecvT, held, s.clock.Jumps() != jumps, s.clock); ok {
 			s.clock.quiet = false
 			s.clock.addEvent(ev)
@@ -169,6 +177,13 @@ func (s *Stream) Process(x *sample.Sample) {
 		case held:
 			arrival = true
 			s.c.ClockHeld++
+			x.T = s.heldStamp(x.RecvT, x.T)
+		case s.clock.fresh() && s.haveT && s.cad.period > 0:
+			// A line drawn through a few samples just after a step lies
+			// above the true envelope (their smallest delay), so T is
+			// late by up to the bound: follow the stream's cadence
+			// within it, so that T stays continuous across the step.
+			x.T = max(satSub(x.T, bound), min(x.T, s.cadence(x.RecvT)))
 		}
 	} else {
 		if s.device {
@@ -181,16 +196,23 @@ func (s *Stream) Process(x *sample.Sample) {
 		if !arrival {
 			s.c.ArrivalStamped++
 		}
-		// A device-clock stream without device time yet: its arrival
-		// stamp is off by the unknown network delay.
+		// A device-clock stream without device time: its arrival stamp is
+		// off by the unknown network delay. When the clock has measured
+		// the delays, the sample is stamped like a held-back one (the
+		// earliest it can have been captured), so that it does not push
+		// the samples after it.
 		bound = max(s.desc.Latency, int64(s.clock.o.JumpThreshold))
+		if arrival && s.clock.haveWindow() {
+			x.T = min(x.T, s.heldStamp(x.RecvT, s.clock.arrival(x.RecvT)))
+			bound = max(s.desc.Latency, s.clock.arrivalBound())
+		}
 	}
 	if s.haveT && x.T < s.lastT {
 		bound = satAdd(bound, s.lastT-x.T)
 		x.T = s.lastT
 		s.c.Reordered++
 	}
-	s.haveT, s.lastT = true, x.T
+	s.haveT, s.lastT, s.lastRecv = true, x.T, x.RecvT
 	if arrival {
 		x.Flags |= sample.ArrivalTime
 		s.c.ArrivalStamped++
@@ -212,16 +234,45 @@ func (s *Stream) Process(x *sample.Sample) {
 	c.LastSeq, c.LastT, c.LastRecvT = x.Seq, x.T, x.RecvT
 }
 
+// heldStamp is the aligned time of a sample whose device time is not used
+// while the clock has measured the delays: the previous sample's T plus
+// one typical period (the stream's cadence predicts its capture time; a
+// long arrival interval may be a delay as well as a loss, and early is
+// safe for order), kept within what its arrival allows: no
+// earlier than lo (arrival minus the largest delay measured, the earliest
+// it can have been captured) and no later than its arrival. So it neither
+// opens a hole in T nor pushes the samples after it; its error is within
+// the clock's arrival bound.
+func (s *Stream) heldStamp(recv, lo int64) int64 {
+	hi := satSub(recv, int64(s.clock.o.MinDelay))
+	if !s.haveT || s.cad.period <= 0 {
+		return lo
+	}
+	return max(lo, min(satAdd(s.lastT, s.cad.period), hi))
+}
+
+// cadence predicts a sample's T from the previous one: its T plus the
+// arrival interval in whole typical periods, rounded down (early is safe
+// for order: the samples after it are not pushed), at least one.
+func (s *Stream) cadence(recv int64) int64 {
+	p := s.cad.period
+	k := max(max(satSub(recv, s.lastRecv), 0)/p, 1)
+	return satAdd(s.lastT, k*p)
+}
+
 // fallbackBound is the error bound of arrival stamping on a device-clock
 // stream on arrival fallback: the configured latency (the assumed delay)
-// plus the measured arrival jitter plus the error floor; the jump
+// plus twice the measured arrival jitter plus the error floor; the jump
 // threshold until enough arrivals were measured.
 func (s *Stream) fallbackBound() int64 {
 	j, ok := s.jit.bound()
 	if !ok {
 		return max(s.desc.Latency, int64(s.clock.o.JumpThreshold))
 	}
-	return satAdd(satAdd(int64(s.clock.o.ErrorFloor), s.desc.Latency), j)
+	// Twice the largest recent deviation: a delay beyond the recent
+	// largest is rare but not impossible (for exponential delays, twice
+	// the largest of 64 is exceeded about once in 5000 samples).
+	return satAdd(satAdd(int64(s.clock.o.ErrorFloor), s.desc.Latency), 2*j)
 }
 
 // Unprocess takes back the last Process, for a sample that could not be
