@@ -73,9 +73,9 @@ type Stream struct {
 	jit    arrivalJitter
 	// cad measures the stream's cadence: the typical interval between the
 	// device times of consecutive samples taken by the clock.
-	cad arrivalJitter
-	haveT  bool
-	lastT  int64 // the last aligned time stamped (T never decreases)
+	cad   arrivalJitter
+	haveT bool
+	lastT int64 // the last aligned time stamped (T never decreases)
 	// lastRecv is the arrival time of the last sample.
 	lastRecv int64
 }
