@@ -308,7 +308,11 @@ type Clock struct {
 	lastT     int64   // the last aligned time returned
 	haveT     bool
 	lastHeld  bool
-	lastBnd   int64
+	lastCand  bool  // the last sample was a candidate held in a run (not confirmed)
+	lastHedge int64 // what its bound owes if its run turns out to be a step
+	lastBnd   int64 // the last bound, unless lazyBnd
+	lazyBnd   bool  // the last bound is Bound(lastBndX), computed on demand
+	lastBndX  int64
 	lastBuild int64
 	builds    uint64
 	medResid  float64
@@ -415,7 +419,7 @@ func (c *Clock) arrival(recv int64) int64 {
 // (zero means "no device time" to a Stream); any value is safe.
 func (c *Clock) Align(src, recv int64) int64 {
 	c.samples++
-	c.lastHeld = false
+	c.lastHeld, c.lastCand, c.lastHedge = false, false, 0
 	y := satSub(recv, src)
 	if !c.haveLine {
 		return c.acquire(src, y, recv)
@@ -444,7 +448,7 @@ func (c *Clock) Align(src, recv int64) int64 {
 		c.rebuild()
 	}
 	t := c.stamp(src, recv)
-	c.lastBnd = c.Bound(src)
+	c.lazyBnd, c.lastBndX = true, src
 	return c.done(t)
 }
 
@@ -465,11 +469,11 @@ func (c *Clock) acquire(src, y, recv int64) int64 {
 		c.acqN = 0
 		c.reseed(hs)
 		t := c.stamp(src, recv)
-		c.lastBnd = c.Bound(src)
+		c.lazyBnd, c.lastBndX = true, src
 		return c.done(t)
 	}
 	c.lastHeld = true
-	c.lastBnd = int64(c.o.JumpThreshold)
+	c.lazyBnd, c.lastBnd = false, int64(c.o.JumpThreshold)
 	return c.done(c.arrival(recv))
 }
 
@@ -501,15 +505,20 @@ func (c *Clock) candidate(src, y, recv int64, r float64) int64 {
 	if c.confirm() {
 		c.jump(recv)
 		t = c.stamp(src, recv)
-		c.lastBnd = c.Bound(src)
+		c.lazyBnd, c.lastBndX = true, src
 		return c.done(t)
 	}
 	c.lastHeld = h.arrival
+	c.lastCand = true
 	if h.arrival {
-		c.lastBnd = c.arrivalBound()
+		c.lazyBnd, c.lastBnd = false, c.arrivalBound()
 	} else {
-		// Late, or a step back smaller than the gap to the previous sample.
-		c.lastBnd = satAdd(c.Bound(c.lastX), satInt(r))
+		// Late (the line is right), or part of a step back smaller than
+		// the gap to the previous sample (then it is off by about r):
+		// which one only the next samples tell, so the bound is the
+		// line's and r is the hedge, owed only if a step is confirmed.
+		c.lazyBnd, c.lastBndX = true, c.lastX
+		c.lastHedge = satInt(r)
 	}
 	return c.done(t)
 }
@@ -895,12 +904,23 @@ func (c *Clock) fresh() bool {
 
 // LastBound is the bound for the last sample passed to Align, as stamped
 // (a held-back sample stamped at arrival gets the arrival bound).
-func (c *Clock) LastBound() int64 { return c.lastBnd }
+func (c *Clock) LastBound() int64 {
+	if c.lazyBnd {
+		return c.Bound(c.lastBndX)
+	}
+	return c.lastBnd
+}
 
 // LastHeld reports whether the last sample passed to Align was held back
 // (its device time disagreed with the estimate, or no offset was agreed
 // yet) and stamped at arrival.
 func (c *Clock) LastHeld() bool { return c.lastHeld }
+
+// LastCandidate reports whether the last sample lay off the envelope and
+// belongs to a run not (yet) confirmed as a step, and the hedge: what its
+// error would be if the run turns out to be a backward step (0 when it was
+// stamped from arrival anyway).
+func (c *Clock) LastCandidate() (bool, int64) { return c.lastCand, c.lastHedge }
 
 // LastStepNs is the signed size of the last confirmed step of the device
 // clock: positive when it stepped backward (samples arrived later than the

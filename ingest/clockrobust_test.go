@@ -165,6 +165,8 @@ func TestClockSteps(t *testing.T) {
 					detectedAt := -1
 					var maxIv int64
 					var worstAfter float64
+					type tErr struct{ t, err int64 }
+					var errs []tErr
 					for i, o := range data {
 						x := sample.Sample{SrcT: o.src, RecvT: o.recv}
 						jumps := s.Clock().Jumps()
@@ -187,6 +189,20 @@ func TestClockSteps(t *testing.T) {
 						if rel > jumpAt+int64(5*time.Second) {
 							worstAfter = max(worstAfter, math.Abs(float64(x.T-o.g)))
 						}
+						if rel > int64(5*time.Second) {
+							errs = append(errs, tErr{x.T, abs64(x.T - o.g)})
+						}
+					}
+					// The stated bounds, as the episode report reads them,
+					// cover every sample, the ones around the step too.
+					uncovered := 0
+					for _, e := range errs {
+						if b, ok := s.BoundOver(e.t, e.t); !ok || e.err > b {
+							uncovered++
+						}
+					}
+					if uncovered > len(errs)/1000 {
+						t.Errorf("%d of %d samples had an error above their stated bound", uncovered, len(errs))
 					}
 					if detectedAt < 0 || s.Clock().Jumps() != 1 {
 						t.Fatalf("%d jumps detected, want 1", s.Clock().Jumps())
@@ -393,4 +409,11 @@ func TestClockResetStorm(t *testing.T) {
 			}
 		})
 	}
+}
+
+func abs64(v int64) int64 {
+	if v < 0 {
+		return -v
+	}
+	return v
 }

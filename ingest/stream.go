@@ -78,6 +78,10 @@ type Stream struct {
 	lastT int64 // the last aligned time stamped (T never decreases)
 	// lastRecv is the arrival time of the last sample.
 	lastRecv int64
+	// hedges are the samples of a run above the envelope not yet
+	// confirmed as a step: their T and the bound they had if it is one.
+	hedges  [pendCap]struct{ t, b int64 }
+	nhedges int
 }
 
 // NewStream returns the pipeline for the stream described by d. lastSeq is
@@ -148,9 +152,11 @@ func (s *Stream) Process(x *sample.Sample) {
 	if x.Stream == "" {
 		x.Stream = s.desc.Stream
 	}
-	s.jit.add(x.RecvT)
+	if s.desc.Clock == sample.ClockDevice {
+		s.jit.add(x.RecvT)
+	}
 	var bound int64
-	arrival := false
+	arrival, jumped := false, false
 	if s.desc.Clock == sample.ClockDevice && x.SrcT != 0 {
 		if !s.device {
 			s.device = true
@@ -161,12 +167,13 @@ func (s *Stream) Process(x *sample.Sample) {
 		}
 		jumps := s.clock.Jumps()
 		x.T = s.clock.Align(x.SrcT, x.RecvT)
+		jumped = s.clock.Jumps() != jumps
 		bound = s.clock.LastBound()
 		held := s.clock.LastHeld()
 		if !held {
 			s.cad.add(x.SrcT)
 		}
-		if ev, ok := s.trust.observe(x.SrcT, x.RecvT, held, s.clock.Jumps() != jumps, s.clock); ok {
+		if ev, ok := s.trust.observe(x.SrcT, x.RecvT, held, jumped, s.clock); ok {
 			s.clock.quiet = false
 			s.clock.addEvent(ev)
 		}
@@ -219,6 +226,7 @@ func (s *Stream) Process(x *sample.Sample) {
 	}
 	if s.desc.Clock == sample.ClockDevice {
 		s.bounds.add(x.T, bound)
+		s.hedge(x.T, bound, jumped)
 	}
 	c := &s.c
 	c.Samples++
@@ -232,6 +240,30 @@ func (s *Stream) Process(x *sample.Sample) {
 	c.Lost += uint64(x.Lost)
 	c.Dropped += uint64(x.Dropped)
 	c.LastSeq, c.LastT, c.LastRecvT = x.Seq, x.T, x.RecvT
+}
+
+// hedge settles the bounds of samples stamped through the line while
+// they lay far above the envelope: late deliveries (then the line's bound
+// holds) or the start of a backward step (then they are off by about their
+// residual). When the run is confirmed as a step, the wider bounds are
+// recorded; when it ends otherwise, they are forgotten.
+func (s *Stream) hedge(t, bound int64, jumped bool) {
+	if jumped {
+		for _, h := range s.hedges[:s.nhedges] {
+			s.bounds.add(h.t, h.b)
+		}
+		s.nhedges = 0
+		return
+	}
+	cand, owed := s.clock.LastCandidate()
+	if !cand || s.trust.arrival {
+		s.nhedges = 0
+		return
+	}
+	if owed > 0 && s.nhedges < len(s.hedges) {
+		s.hedges[s.nhedges] = struct{ t, b int64 }{t, satAdd(bound, owed)}
+		s.nhedges++
+	}
 }
 
 // heldStamp is the aligned time of a sample whose device time is not used
