@@ -462,7 +462,7 @@ func (c *Clock) done(t int64) int64 {
 func (c *Clock) acquire(src, y, recv int64) int64 {
 	c.acqN++
 	c.push(held{x: src, y: y, recv: recv, arrival: true})
-	if k := c.o.JumpConfirmSamples; c.npend >= k && c.agree(k) {
+	if k := c.o.JumpConfirmSamples; c.npend >= k && c.agree(k) && c.paced() {
 		hs := c.lastPend(k)
 		// The samples before the agreeing ones never agreed with anything.
 		c.outliers += c.acqN - uint64(k)
@@ -553,29 +553,31 @@ func (c *Clock) confirm() bool {
 	if c.runN < k || c.npend < k || !c.agree(k) {
 		return false
 	}
-	if c.runSign > 0 {
-		// Above the envelope: a step back, unless the samples are a
-		// backlog draining (late deliveries arrive bunched while their
-		// device times advance). A step keeps the arrivals paced like the
-		// device clock.
-		// The span is taken over every sample of the run that agrees with
-		// the last one, so that it grows with the evidence.
-		last := c.pend[(c.pendHead+c.npend-1)%pendCap]
-		first := last
-		for i := c.npend - 2; i >= 0; i-- {
-			p := c.pend[(c.pendHead+i)%pendCap]
-			if d := satSub(p.y, last.y); d > int64(c.o.Agree) || d < -int64(c.o.Agree) {
-				break
-			}
-			first = p
+	// Above the envelope: a step back, unless the samples are a backlog
+	// draining (late deliveries arrive bunched while their device times
+	// advance). A step keeps the arrivals paced like the device clock.
+	return c.runSign < 0 || c.paced()
+}
+
+// paced reports whether the held-back samples that agree with the last
+// one arrived at about the pace of their device times (arrival span at
+// least half the device-time span): not a backlog delivered in a burst,
+// whose offsets are its queueing delay. The span is taken over every
+// sample that agrees with the last one, so that it grows with the
+// evidence.
+func (c *Clock) paced() bool {
+	last := c.pend[(c.pendHead+c.npend-1)%pendCap]
+	first := last
+	for i := c.npend - 2; i >= 0; i-- {
+		p := c.pend[(c.pendHead+i)%pendCap]
+		if d := satSub(p.y, last.y); d > int64(c.o.Agree) || d < -int64(c.o.Agree) {
+			break
 		}
-		srcSpan := satSub(last.x, first.x)
-		recvSpan := satSub(last.recv, first.recv)
-		if srcSpan <= 0 || recvSpan < srcSpan/2 {
-			return false
-		}
+		first = p
 	}
-	return true
+	srcSpan := satSub(last.x, first.x)
+	recvSpan := satSub(last.recv, first.recv)
+	return srcSpan > 0 && recvSpan >= srcSpan/2
 }
 
 func (c *Clock) lastPend(k int) []held {

@@ -417,3 +417,44 @@ func abs64(v int64) int64 {
 	}
 	return v
 }
+
+// TestClockStartsOnBacklog: a stream whose first samples are a backlog
+// delivered in one burst (an MQTT session's queued messages, a stalled
+// gateway) must not take the backlog's queueing delay as its first offset:
+// no step is recorded, no fallback, every sample's stated bound covers its
+// error once an offset is agreed, and after the first second every sample
+// is within 1 ms.
+func TestClockStartsOnBacklog(t *testing.T) {
+	for _, hz := range []float64{30, 200} {
+		t.Run(fmt.Sprintf("%gHz", hz), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(4, uint64(hz)))
+			data := synthClock{rateHz: hz, dur: 20 * time.Second, offset: int64(900 * time.Millisecond), driftPPM: -88}.generate(rng)
+			burst := data[0].g + int64(300*time.Millisecond)
+			d := sample.Descriptor{Stream: "c1/dev", Kind: sample.KindTelemetry, Clock: sample.ClockDevice}
+			s, _ := NewStream(d, 0, ClockOptions{})
+			var worst float64
+			uncovered := 0
+			agreed := false
+			for _, o := range data {
+				x := sample.Sample{SrcT: o.src, RecvT: max(o.recv, burst)}
+				s.Process(&x)
+				e := math.Abs(float64(x.T - o.g))
+				// Before the first offset is agreed, an arrival stamp can
+				// only assume a delay of at most the jump threshold; the
+				// backlog's is longer. From then on, bounds hold.
+				agreed = agreed || x.Flags&sample.ArrivalTime == 0
+				if b, _ := s.BoundOver(x.T, x.T); agreed && e > float64(b) {
+					uncovered++
+				}
+				if o.g-data[0].g > int64(time.Second) {
+					worst = max(worst, e)
+				}
+			}
+			st := s.ClockStatus()
+			t.Logf("worst after 1s %.1fµs, uncovered %d, jumps %d, held %d", worst/1e3, uncovered, st.Jumps, s.Counters().ClockHeld)
+			if st.Jumps != 0 || uncovered != 0 || worst > 1e6 || st.Source != SourceDevice {
+				t.Fatalf("jumps %d, %d samples above their bound, worst error after 1s %.3fms", st.Jumps, uncovered, worst/1e6)
+			}
+		})
+	}
+}

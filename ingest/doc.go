@@ -60,8 +60,13 @@
 // above the envelope in the window, arrival]. While the reseeded line
 // rests on fewer than 10 samples (it lies above the true envelope), T
 // follows the same cadence within the bound. So T stays continuous across
-// a step: a step is a clock event, never a gap. All timestamp arithmetic
-// saturates: no input overflows an offset, a stamp or a bound.
+// a step: a step is a clock event, never a gap. The first offset must
+// also come from paced samples, so a backlog delivered in a burst at
+// startup (its offsets are queueing delays) is not taken as the offset;
+// before the first offset is agreed, arrival stamps can only assume a
+// delay of at most the jump threshold (100 ms), which such a backlog can
+// exceed. All timestamp arithmetic saturates: no input overflows an
+// offset, a stamp or a bound.
 //
 // # Order: T never decreases per stream
 //
@@ -81,8 +86,9 @@
 // arrival time when: more than 3 resets (confirmed steps, or a device time
 // going back more than ReorderDepth, 200 ms, behind the previous accepted
 // one) happen within a minute (no reset storms); the clock's rate measured
-// over 4 s or more disagrees with arrival by more than 3 %; or more than
-// half of the last 16 samples were held back as wild. The stream is then
+// over 4 s or more disagrees with arrival by more than 3 %; more than
+// half of the last 16 samples were held back as wild; or no offset was
+// agreed for 2 s (and 16 samples). The stream is then
 // stamped RecvT − Latency, flagged ArrivalTime, with the bound: error floor
 // + latency + twice the largest recent deviation of arrival intervals from
 // whole cadence periods (the measured arrival jitter). This is a

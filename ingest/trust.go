@@ -22,6 +22,11 @@ const resetCap = 16
 // over.
 const heldWindow = 16
 
+// acquireTimeout is how long a device clock may go without any agreed
+// offset (with at least heldWindow samples) before the stream is put on
+// arrival time.
+const acquireTimeout = 2 * time.Second
+
 // trust decides whether a device-clock stream's source clock can be used
 // at all (issue: cameras whose RTP timestamps run at the wrong rate or step
 // back at every keyframe). It is fed every sample that carries device time,
@@ -33,7 +38,7 @@ const heldWindow = 16
 //   - the clock's rate, measured over RateSpan or more, disagrees with
 //     arrival by more than RateTolerance;
 //   - more than MaxHeldFraction of the last heldWindow samples were held
-//     back as wild.
+//     back as wild, or no offset was agreed for acquireTimeout.
 //
 // On arrival time the Clock keeps running (quietly) on the device times;
 // once it has been consistent (converged, nothing held, no reset, rate
@@ -53,6 +58,8 @@ type trust struct {
 
 	heldBits uint64 // 1 bit per recent sample, newest lowest
 	nbits    int
+	acqSince int64 // arrival of the first sample while acquiring, 0 if not
+	acqN     int
 
 	goodSince int64 // arrival of the first sample of the current consistent run
 	good      bool
@@ -65,11 +72,24 @@ func (u *trust) observe(src, recv int64, held, jumped bool, c *Clock) (episode.C
 		regressed = u.havePrev && src < satSub(u.prevSrc, int64(u.o.ReorderDepth))
 		u.havePrev, u.prevSrc = true, src
 	}
-	u.heldBits <<= 1
-	if held {
-		u.heldBits |= 1
+	// While the clock is still looking for its first agreed offset, every
+	// sample is held back, and a backlog delivered in a burst is held
+	// until samples arrive paced: that is not wildness. A clock that finds
+	// no offset for acquireTimeout is.
+	acquiring := !c.haveLine
+	switch {
+	case !acquiring:
+		u.acqSince = 0
+		u.heldBits <<= 1
+		if held {
+			u.heldBits |= 1
+		}
+		u.nbits = min(u.nbits+1, heldWindow)
+	case u.acqSince == 0:
+		u.acqSince, u.acqN = recv, 1
+	default:
+		u.acqN++
 	}
-	u.nbits = min(u.nbits+1, heldWindow)
 	rate, rateOK := c.RateError()
 	badRate := rateOK && c.SpanNs() >= int64(u.o.RateSpan) && math.Abs(rate) > u.o.RateTolerance
 
@@ -85,7 +105,7 @@ func (u *trust) observe(src, recv int64, held, jumped bool, c *Clock) (episode.C
 			return episode.ClockEvent{}, false
 		}
 		u.arrival, u.reason, u.good = false, "", false
-		u.nres, u.resHead, u.heldBits, u.nbits = 0, 0, 0, 0
+		u.nres, u.resHead, u.heldBits, u.nbits, u.acqSince = 0, 0, 0, 0, 0
 		return episode.ClockEvent{T: recv, Kind: EventTrusted,
 			Detail: fmt.Sprintf("device clock consistent for %v; back to device time", u.o.Probation)}, true
 	}
@@ -117,6 +137,9 @@ func (u *trust) observe(src, recv int64, held, jumped bool, c *Clock) (episode.C
 	}
 	if why == "" && badRate {
 		why = fmt.Sprintf("device clock rate differs from arrival by %.1f%% over %v", 100*math.Abs(rate), time.Duration(c.SpanNs()).Round(time.Millisecond))
+	}
+	if why == "" && acquiring && u.acqN >= heldWindow && satSub(recv, u.acqSince) >= int64(acquireTimeout) {
+		why = fmt.Sprintf("no %d consecutive device timestamps agreed on an offset for %v (%d samples)", c.o.JumpConfirmSamples, acquireTimeout, u.acqN)
 	}
 	if why == "" && u.nbits >= heldWindow {
 		if n := bits.OnesCount64(u.heldBits & (1<<heldWindow - 1)); float64(n) > u.o.MaxHeldFraction*heldWindow {
