@@ -226,6 +226,13 @@ type ClockReport struct {
 	ErrorBoundNs int64 `json:"error_bound_ns"`
 	// Events lists clock resets, jumps and mode switches in the window.
 	Events []ClockEvent `json:"events,omitempty"`
+	// ClockSource is where the stream's times came from at the end of the
+	// window: "device" (its device clock through the estimator) or
+	// "arrival" (arrival time). ClockSourceReason says why a stream is on
+	// arrival time: "configured", "no device time yet", or why its device
+	// clock was found unusable (also recorded as an event).
+	ClockSource       string `json:"clock_source,omitempty"`
+	ClockSourceReason string `json:"clock_source_reason,omitempty"`
 }
 
 // ClockEvent is a notable change in a stream's clock.

@@ -85,7 +85,7 @@ func newPipeline(store *storage.Store, log *slog.Logger, reg prometheus.Register
 		Help: "Samples storage refused (full or overloaded), by stream and reason.",
 	}, []string{"stream", "reason"})
 	if reg != nil {
-		reg.MustRegister(p.refused)
+		reg.MustRegister(p.refused, newStreamCollector(p))
 	}
 	return p
 }
