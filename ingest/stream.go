@@ -54,6 +54,8 @@ type Stream struct {
 	c      StreamCounters
 	// bounds holds the error bounds of device-mode samples as stamped.
 	bounds *boundHistory
+	// order keeps video in decode order (see decodeOrder).
+	order decodeOrder
 }
 
 // NewStream returns the pipeline for the stream described by d. lastSeq is
@@ -134,6 +136,9 @@ func (s *Stream) Process(x *sample.Sample) {
 			// stamp is off by the unknown network delay.
 			s.bounds.add(x.T, max(s.desc.Latency, int64(s.clock.o.JumpThreshold)))
 		}
+	}
+	if s.desc.Kind == sample.KindVideo {
+		s.order.apply(x)
 	}
 	c := &s.c
 	c.Samples++
