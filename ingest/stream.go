@@ -101,7 +101,9 @@ func (s *Stream) SetDescriptor(d sample.Descriptor, now int64) error {
 // Process numbers one raw sample from the device and stamps its aligned
 // time: it sets Seq (gapless, continuing from lastSeq) and T, fills Stream
 // if empty, and updates the counters. SrcT, RecvT, Flags, Lost, Dropped and
-// Payload are read, never changed.
+// Payload are read, never changed. For video, the stamp is the presentation
+// time and T becomes the decode time (see decodeOrder): T never decreases,
+// and T + PTSOffset is the stamped presentation time.
 //
 // Device-mode samples with SrcT != 0 go through the clock estimator;
 // arrival-mode samples, and device-mode samples without SrcT (RTSP before
