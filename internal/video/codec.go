@@ -237,3 +237,44 @@ func h265TypeStarts(typ, next byte) bool {
 	}
 	return false
 }
+
+// StartFilter drops the access units that a decoder starting at a keyframe
+// cannot decode: the RASL pictures (H.265 types 8 and 9) that follow a
+// starting CRA picture in decode order and reference pictures before it
+// (open GOP). H.264 keyframes are IDR pictures, after which everything
+// decodes. Feed it a stream's units in decode order from its first
+// keyframe; the zero value (with C set) is ready.
+type StartFilter struct {
+	C       *Codec
+	started bool
+	cra     bool // the stream started at a CRA and its leading pictures are being skipped
+}
+
+// Skip reports whether au is to be left out.
+func (f *StartFilter) Skip(au [][]byte) bool {
+	if f.C != H265 {
+		return false
+	}
+	if !f.started {
+		f.started = true
+		for _, n := range au {
+			if f.C.nalType(n) == int(h265.NALUType_CRA_NUT) {
+				f.cra = true
+			}
+		}
+		return false
+	}
+	if !f.cra {
+		return false
+	}
+	for _, n := range au {
+		switch t := f.C.nalType(n); {
+		case t == int(h265.NALUType_RASL_N) || t == int(h265.NALUType_RASL_R):
+			return true
+		case t >= 0 && t < 32:
+			f.cra = false // the first picture that is not RASL ends them
+			return false
+		}
+	}
+	return false
+}

@@ -65,6 +65,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 	"github.com/episoded/episoded/storage"
 )
@@ -208,6 +209,9 @@ type streamState struct {
 	rawID   uint16 // 0 until first needed
 	prefix  map[uint32][]byte
 	samples uint64
+	// start drops what a decoder starting at the first keyframe cannot
+	// decode (H.265 RASL pictures after a starting CRA).
+	start video.StartFilter
 }
 
 func (s *streamState) desc(t int64) *sample.Descriptor {
@@ -295,6 +299,28 @@ func planStarts(src Source, e episode.Episode) (Manifest, []*streamState, map[st
 			vs, err := src.VideoStart(name, from, to)
 			if err != nil {
 				return m, nil, nil, fmt.Errorf("find the first keyframe of %s: %w", name, err)
+			}
+			if vs.Found && last.Codec == sample.CodecH265 {
+				// Leading pictures of a starting CRA are left out too.
+				f := video.StartFilter{C: video.H265}
+				for x, err := range src.MergeFrom([]string{name}, map[string]sample.VideoStart{name: vs}, from, to) {
+					if err != nil {
+						continue
+					}
+					nalus, ok := video.SplitAU(x.Payload)
+					if !ok {
+						continue
+					}
+					if !f.Skip(nalus) {
+						if x.Seq != vs.Seq {
+							break
+						}
+						continue
+					}
+					if x.T >= from {
+						vs.Skipped++
+					}
+				}
 			}
 			starts[name] = vs
 			if vs.Found {
@@ -499,6 +525,12 @@ func Write(ctx context.Context, w io.Writer, src Source, id string, o Options) (
 		} else {
 			switch s.kind {
 			case kindVideo:
+				if s.start.C == nil {
+					s.start.C = video.CodecOf(d.Codec)
+				}
+				if nalus, ok := video.SplitAU(smp.Payload); ok && s.start.Skip(nalus) {
+					continue // counted in the manifest's video_left_out
+				}
 				var au []byte
 				var ok bool
 				au, ok = annexB(buf[:0], d.Codec, d.Params, smp.Payload, smp.Flags.Has(sample.Keyframe))
