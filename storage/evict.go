@@ -120,6 +120,7 @@ func (s *Store) planLocked(live []episodeRec, now int64, extra spans, extraStrea
 	horizon := now - int64(s.opts.TimelineRetention)
 	horizon -= ((horizon % int64(s.opts.SegmentSlice)) + int64(s.opts.SegmentSlice)) % int64(s.opts.SegmentSlice)
 	prot := coverage(live)
+	s.keepKeyframes(prot) // video: a window's pre-roll reaches back to its keyframe
 	streams, err := s.Streams()
 	if err != nil {
 		s.log.Error("eviction: list streams", "err", err)

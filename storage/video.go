@@ -100,3 +100,22 @@ func (s *Store) MergeFrom(streams []string, starts map[string]sample.VideoStart,
 		}
 	}
 }
+
+// keepKeyframes moves the start of every protected span of a video stream
+// back to the last keyframe at or before it (see VideoStart), so that
+// eviction of the uncovered timeline never removes the keyframe a covered
+// window's video starts at. Other streams are left as they are.
+func (s *Store) keepKeyframes(prot map[string]spans) {
+	for st, ss := range prot {
+		descs, err := s.Descriptors(st)
+		if err != nil || len(descs) == 0 || descs[len(descs)-1].Kind != sample.KindVideo {
+			continue
+		}
+		for i := range ss {
+			if vs, err := s.VideoStart(st, ss[i].from, ss[i].from); err == nil && vs.Found && vs.T < ss[i].from {
+				ss[i].from = vs.T
+			}
+		}
+		prot[st] = ss.normalize()
+	}
+}

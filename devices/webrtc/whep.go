@@ -246,8 +246,9 @@ func (s *Server) serveLive(ss *session, out *rtpOut, connected <-chan struct{}) 
 // window: 201 with the SDP answer and Location; 404 for an unknown episode
 // or a stream not in it; 400 for a bad offset or offer; 415 for H.265.
 //
-// Replay starts at the first keyframe at or after the offset and is paced
-// by the samples' T in real time. The session closes itself after the end
+// Replay starts at the last keyframe at or before the offset (or the first
+// after it if that one is gone) and is paced by the samples' T in real
+// time. The session closes itself after the end
 // of the window.
 func (s *Server) HandleWHEPReplay(w http.ResponseWriter, r *http.Request) {
 	id, stream := r.PathValue("id"), r.PathValue("stream")

@@ -22,6 +22,7 @@ import (
 	"github.com/episoded/episoded/assets"
 	"github.com/episoded/episoded/devices/rtsp"
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -302,7 +303,11 @@ func TestReplayRTSPH265(t *testing.T) {
 	n := 45
 	var stored []sample.Sample
 	for i := range n {
-		stored = append(stored, sample.Sample{Stream: d.Stream, Seq: uint64(i + 1), T: t0 + int64(i)*int64(time.Second)/30, Payload: annexB(aus[i])})
+		smp := sample.Sample{Stream: d.Stream, Seq: uint64(i + 1), T: t0 + int64(i)*int64(time.Second)/30, Payload: annexB(aus[i])}
+		if video.H265.IsKeyframe(aus[i]) {
+			smp.Flags = sample.Keyframe
+		}
+		stored = append(stored, smp)
 	}
 	durable := make(chan error, 1)
 	if err := st.Append(stored, func(err error) { durable <- err }); err != nil {

@@ -50,8 +50,8 @@ type StreamSummary struct {
 	Acked   uint64 `json:"acked,omitempty"`
 	Failed  uint64 `json:"failed,omitempty"`
 	Skipped uint64 `json:"skipped,omitempty"`
-	// ParamsInserted counts keyframes sent with the parameter sets of a
-	// newer descriptor version prepended (they lacked them in band).
+	// ParamsInserted counts keyframes sent with the parameter sets of the
+	// descriptor version in force prepended (they lacked them in band).
 	ParamsInserted uint64 `json:"params_inserted,omitempty"`
 	Error          string `json:"error,omitempty"`
 }
