@@ -104,8 +104,7 @@ func TestReplayRTSPStartsOnKeyframe(t *testing.T) {
 			}
 			defer srv.Close()
 			var (
-				mu  sync.Mutex
-				got [][][]byte
+				r   rtspReader
 				out *rtsp.OutStream
 			)
 			p, err := New(Options{
@@ -115,47 +114,7 @@ func TestReplayRTSPStartsOnKeyframe(t *testing.T) {
 					return o, err
 				},
 				BeforeStart: func(ctx context.Context, h Header) error {
-					u, err := base.ParseURL(out.URL())
-					if err != nil {
-						return err
-					}
-					tcp := gortsplib.TransportTCP
-					cl := &gortsplib.Client{Scheme: u.Scheme, Host: u.Host, Transport: &tcp}
-					if err := cl.Start2(); err != nil {
-						return err
-					}
-					t.Cleanup(cl.Close)
-					desc, _, err := cl.Describe(u)
-					if err != nil {
-						return err
-					}
-					var medi = desc.Medias[0]
-					forma := medi.Formats[0]
-					var dec interface {
-						Decode(*rtp.Packet) ([][]byte, error)
-					}
-					switch f := forma.(type) {
-					case *format.H264:
-						dec, err = f.CreateDecoder()
-					case *format.H265:
-						dec, err = f.CreateDecoder()
-					default:
-						return fmt.Errorf("format %T", forma)
-					}
-					if err != nil {
-						return err
-					}
-					if _, err := cl.Setup(desc.BaseURL, medi, 0, 0); err != nil {
-						return err
-					}
-					cl.OnPacketRTP(medi, forma, func(pkt *rtp.Packet) {
-						if au, err := dec.Decode(pkt); err == nil {
-							mu.Lock()
-							got = append(got, au)
-							mu.Unlock()
-						}
-					})
-					if _, err := cl.Play(nil); err != nil {
+					if err := r.play(t, out.URL()); err != nil {
 						return err
 					}
 					return rtsp.WaitPlayed(ctx, out)
@@ -167,18 +126,7 @@ func TestReplayRTSPStartsOnKeyframe(t *testing.T) {
 			if _, err := p.Run(context.Background(), StoreOpener(st, id, Selection{From: from})); err != nil {
 				t.Fatal(err)
 			}
-			deadline := time.Now().Add(10 * time.Second)
-			for {
-				mu.Lock()
-				k := len(got)
-				mu.Unlock()
-				if k >= want || time.Now().After(deadline) {
-					break
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-			mu.Lock()
-			defer mu.Unlock()
+			got := r.wait(want, 10*time.Second)
 			if len(got) != want {
 				t.Fatalf("client got %d access units, want %d (from the keyframe at frame %d before the start at %d)", len(got), want, key, mid)
 			}
@@ -192,4 +140,80 @@ func TestReplayRTSPStartsOnKeyframe(t *testing.T) {
 			}
 		})
 	}
+}
+
+// rtspReader is an independent RTSP reader (a gortsplib client over TCP)
+// that collects the access units of a served stream and the parameter sets
+// of its SDP.
+type rtspReader struct {
+	mu  sync.Mutex
+	sdp [][]byte // H.264 SPS, PPS; H.265 VPS, SPS, PPS
+	aus [][][]byte
+}
+
+// play connects to url, sets up its H.264 or H.265 media and plays it.
+func (r *rtspReader) play(t *testing.T, url string) error {
+	u, err := base.ParseURL(url)
+	if err != nil {
+		return err
+	}
+	tcp := gortsplib.TransportTCP
+	cl := &gortsplib.Client{Scheme: u.Scheme, Host: u.Host, Transport: &tcp}
+	if err := cl.Start2(); err != nil {
+		return err
+	}
+	t.Cleanup(cl.Close)
+	desc, _, err := cl.Describe(u)
+	if err != nil {
+		return err
+	}
+	medi := desc.Medias[0]
+	forma := medi.Formats[0]
+	var dec interface {
+		Decode(*rtp.Packet) ([][]byte, error)
+	}
+	switch f := forma.(type) {
+	case *format.H264:
+		sps, pps := f.SafeParams()
+		r.sdp = [][]byte{sps, pps}
+		dec, err = f.CreateDecoder()
+	case *format.H265:
+		vps, sps, pps := f.SafeParams()
+		r.sdp = [][]byte{vps, sps, pps}
+		dec, err = f.CreateDecoder()
+	default:
+		return fmt.Errorf("format %T", forma)
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := cl.Setup(desc.BaseURL, medi, 0, 0); err != nil {
+		return err
+	}
+	cl.OnPacketRTP(medi, forma, func(pkt *rtp.Packet) {
+		if au, err := dec.Decode(pkt); err == nil {
+			r.mu.Lock()
+			r.aus = append(r.aus, au)
+			r.mu.Unlock()
+		}
+	})
+	_, err = cl.Play(nil)
+	return err
+}
+
+// wait returns the access units received once there are n, or after d.
+func (r *rtspReader) wait(n int, d time.Duration) [][][]byte {
+	deadline := time.Now().Add(d)
+	for {
+		r.mu.Lock()
+		k := len(r.aus)
+		r.mu.Unlock()
+		if k >= n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([][][]byte(nil), r.aus...)
 }

@@ -180,6 +180,10 @@ type stream struct {
 	note   string
 	video  VideoStream
 	sdp    *sample.Descriptor // descriptor whose parameter sets the SDP carries
+	// start leaves out what a decoder starting at the first keyframe
+	// cannot decode (H.265 RASL pictures after a CRA), once per pass.
+	start     video.StartFilter
+	startPass int64
 
 	sent, skipped, failed, inserted uint64
 	acked, nacked                   atomic.Uint64
@@ -445,6 +449,13 @@ loop:
 			}
 		case SinkRTSP:
 			au := it.s.Payload
+			if st.start.C == nil || st.startPass != it.pass {
+				st.start, st.startPass = video.StartFilter{C: video.CodecOf(st.sdp.Codec)}, it.pass
+			}
+			if nalus, ok := video.SplitAU(au); ok && st.start.Skip(nalus) {
+				st.skipped++
+				continue
+			}
 			if it.s.Flags.Has(sample.Keyframe) {
 				// Every keyframe carries its parameter sets, so that a
 				// reader can start decoding at any of them.
