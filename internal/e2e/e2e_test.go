@@ -24,6 +24,7 @@ import (
 	"github.com/episoded/episoded/internal/daemon"
 	"github.com/episoded/episoded/internal/sim"
 	"github.com/episoded/episoded/storage"
+	"github.com/episoded/episoded/sync/export"
 	"github.com/episoded/episoded/sync/upload"
 )
 
@@ -111,7 +112,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 		uploaded++
 		t.Run(e.ID, func(t *testing.T) {
-			msgs := checkUpload(t, central, cfg, e)
+			msgs, leftOut := checkUpload(t, central, cfg, e)
 			from, to := e.Window(0)
 			quality := map[string]episode.StreamReport{}
 			for _, q := range e.Quality {
@@ -127,14 +128,28 @@ func TestEndToEnd(t *testing.T) {
 					t.Errorf("%s: no messages or no quality report", stream)
 					continue
 				}
-				if uint64(len(m)) != q.Samples {
+				cam := strings.Contains(stream, "cam")
+				if cam {
+					// Video starts at the keyframe at or before the
+					// window (pre-roll); frames inside the window that
+					// could not be decoded are left out and counted.
+					pre := 0
+					for pre < len(m) && m[pre].logT < from {
+						pre++
+					}
+					if n := uint64(len(m)-pre) + leftOut[stream]; n != q.Samples {
+						t.Errorf("%s: MCAP has %d messages in the window (+%d pre-roll, %d left out), the quality report %d samples",
+							stream, len(m)-pre, pre, leftOut[stream], q.Samples)
+					}
+					m = m[pre:]
+				} else if uint64(len(m)) != q.Samples {
 					t.Errorf("%s: MCAP has %d messages, the quality report %d samples", stream, len(m), q.Samples)
 				}
 				if p99 := checkAlignment(t, s, stream, m, q); p99 <= 1 {
 					within1ms[stream]++
 				}
-				if strings.Contains(stream, "cam") {
-					holes := checkVideo(t, stream, m, q, from, to)
+				if cam {
+					holes := checkVideo(t, stream, m, q, from, to, leftOut[stream])
 					if stream == "cell1/cam1" && from < outageStart && outageEnd < to {
 						sawOutage = true
 						long := 0
@@ -175,8 +190,9 @@ func TestEndToEnd(t *testing.T) {
 }
 
 // checkUpload verifies the uploaded objects against the manifest and
-// returns the MCAP's messages by stream, in log-time order.
-func checkUpload(t *testing.T, central string, cfg *config.Config, e episode.Episode) map[string][]message {
+// returns the MCAP's messages by stream, in log-time order, and the video
+// frames left out per stream (the MCAP manifest's video_left_out).
+func checkUpload(t *testing.T, central string, cfg *config.Config, e episode.Episode) (map[string][]message, map[string]uint64) {
 	t.Helper()
 	objDir := filepath.Join(central, filepath.FromSlash(upload.Dir(cfg.Sync.Target.Prefix, cfg.Gateway.Site, cfg.Gateway.ID, e)))
 	raw, err := os.ReadFile(filepath.Join(objDir, "manifest.json"))
@@ -209,6 +225,30 @@ func checkUpload(t *testing.T, central string, cfg *config.Config, e episode.Epi
 	if err != nil {
 		t.Fatal(err)
 	}
+	leftOut := map[string]uint64{}
+	info, err := r.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, idx := range info.MetadataIndexes {
+		md, err := r.GetMetadata(idx.Offset)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var man export.Manifest
+		if err := json.Unmarshal([]byte(md.Metadata["manifest"]), &man); err != nil {
+			t.Fatal(err)
+		}
+		for _, si := range man.Streams {
+			leftOut[si.Stream] = si.VideoLeftOut
+		}
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	if r, err = mcap.NewReader(f); err != nil {
+		t.Fatal(err)
+	}
 	it, err := r.Messages(mcap.UsingIndex(false))
 	if err != nil {
 		t.Fatal(err)
@@ -232,7 +272,7 @@ func checkUpload(t *testing.T, central string, cfg *config.Config, e episode.Epi
 	for _, m := range out {
 		sort.Slice(m, func(i, j int) bool { return m[i].logT < m[j].logT })
 	}
-	return out
+	return out, leftOut
 }
 
 // checkAlignment compares every aligned time with the simulator's ground
@@ -275,7 +315,7 @@ const framePeriod = int64(time.Second) / 30
 
 // checkVideo checks that every frame missing from the 30 fps grid is
 // counted as a gap in the quality report, and returns the holes' lengths.
-func checkVideo(t *testing.T, stream string, m []message, q episode.StreamReport, from, to int64) []int64 {
+func checkVideo(t *testing.T, stream string, m []message, q episode.StreamReport, from, to int64, leftOut uint64) []int64 {
 	t.Helper()
 	var holes []int64
 	var missing int64
@@ -296,7 +336,7 @@ func checkVideo(t *testing.T, stream string, m []message, q episode.StreamReport
 		t.Errorf("%s: %d frames missing but the report counts no loss or drops", stream, missing)
 	}
 	slots := (to-from)/framePeriod + 1
-	if got := int64(len(m)) + missing; got < slots-3 || got > slots+1 {
+	if got := int64(len(m)) + missing + int64(leftOut); got < slots-3 || got > slots+1 {
 		t.Errorf("%s: %d frames recorded + %d missing = %d, want the window's %d frame slots", stream, len(m), missing, got, slots)
 	}
 	t.Logf("%s: %d frames, %d missing in %d holes; report: %d gaps, %d lost packets, %d drops", stream, len(m), missing, len(holes), q.Gaps, q.Lost, q.Drops)
