@@ -325,9 +325,9 @@ func (o *OutStream) Stats() OutStreamStats {
 // Unix epoch) that sender reports map the RTP timestamp to. With no reader
 // the unit is discarded. Call from one goroutine.
 func (o *OutStream) WriteAccessUnit(media time.Duration, abs int64, au []byte) error {
-	var nalus h264.AnnexB // the Annex-B syntax is the same for H.265
-	if err := nalus.Unmarshal(au); err != nil {
-		return fmt.Errorf("rtsp server: stream %s: split access unit: %w", o.path, err)
+	nalus, ok := video.SplitAU(au)
+	if !ok {
+		return fmt.Errorf("rtsp server: stream %s: split access unit: not Annex-B", o.path)
 	}
 	pkts, err := o.enc.Encode(nalus)
 	if err != nil {

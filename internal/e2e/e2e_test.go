@@ -199,14 +199,14 @@ func checkUpload(t *testing.T, central string, cfg *config.Config, e episode.Epi
 	if err != nil {
 		t.Fatalf("manifest: %v", err)
 	}
-	var man upload.Manifest
-	if err := json.Unmarshal(raw, &man); err != nil {
+	var uman upload.Manifest
+	if err := json.Unmarshal(raw, &uman); err != nil {
 		t.Fatalf("manifest: %v", err)
 	}
-	if man.Episode != e.ID || len(man.Objects) == 0 || len(man.Quality) != len(e.Quality) {
-		t.Fatalf("manifest does not describe the episode: %+v", man)
+	if uman.Episode != e.ID || len(uman.Objects) == 0 || len(uman.Quality) != len(e.Quality) {
+		t.Fatalf("manifest does not describe the episode: %+v", uman)
 	}
-	for _, o := range man.Objects {
+	for _, o := range uman.Objects {
 		b, err := os.ReadFile(filepath.Join(objDir, o.Name))
 		if err != nil {
 			t.Fatal(err)
@@ -241,6 +241,15 @@ func checkUpload(t *testing.T, central string, cfg *config.Config, e episode.Epi
 		}
 		for _, si := range man.Streams {
 			leftOut[si.Stream] = si.VideoLeftOut
+			if si.Kind != "video" {
+				continue
+			}
+			// manifest.json states the same start as the MCAP.
+			i := slices.IndexFunc(uman.Video, func(v upload.VideoStart) bool { return v.Stream == si.Stream })
+			if si.VideoStart == nil || i < 0 || uman.Video[i].StartNs == nil || *uman.Video[i].StartNs != *si.VideoStart ||
+				uman.Video[i].LeftOut != si.VideoLeftOut {
+				t.Errorf("%s: video start in the MCAP %v, in manifest.json %+v", si.Stream, si.VideoStart, uman.Video)
+			}
 		}
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {

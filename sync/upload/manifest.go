@@ -35,6 +35,8 @@ type Manifest struct {
 	Counts  Counts            `json:"counts"`
 	// Quality is the episode's per-stream quality report.
 	Quality []episode.StreamReport `json:"quality"`
+	// Video states per camera where its video really starts.
+	Video []VideoStart `json:"video,omitempty"`
 	// Uploaded is the gateway wall-clock time the manifest was written.
 	Uploaded int64 `json:"uploaded_ns"`
 }
