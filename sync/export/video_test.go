@@ -325,8 +325,14 @@ type exportedFrame struct {
 }
 
 // readVideo reads the camera's video messages with the indexed reader, in
-// log-time order.
+// log-time order, and the manifest.
 func readVideo(t *testing.T, data []byte) ([]exportedFrame, export.Manifest) {
+	t.Helper()
+	return readVideoOf(t, data, camStream)
+}
+
+// readVideoOf reads topic's video messages ("" for none).
+func readVideoOf(t *testing.T, data []byte, topic string) ([]exportedFrame, export.Manifest) {
 	t.Helper()
 	rd, err := mcap.NewReader(bytes.NewReader(data))
 	if err != nil {
@@ -342,7 +348,7 @@ func readVideo(t *testing.T, data []byte) ([]exportedFrame, export.Manifest) {
 		if err != nil {
 			break
 		}
-		if ch.Topic != camStream || schema == nil {
+		if ch.Topic != topic || schema == nil {
 			continue
 		}
 		pres, payload := videoMessage(t, schema, msg.Data)
@@ -563,4 +569,119 @@ func TestVideoBFramesRecordedAndExported(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A window whose keyframe is gone (here: the stream's stored timeline
+// starts mid-GOP) starts at the first keyframe inside it; the frames left
+// out are counted in the manifest and the quality report.
+func TestVideoKeyframeGone(t *testing.T) {
+	aus, err := assets.H264AccessUnits()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []int
+	for i, au := range aus {
+		if video.H264.IsKeyframe(au) {
+			keys = append(keys, i)
+		}
+	}
+	if len(keys) < 2 || keys[0] != 0 {
+		t.Fatalf("clip keyframes at %v", keys)
+	}
+	st := synctest.OpenStore(t)
+	const cam = "cell1/cam-gone"
+	t0 := time.Now().Add(-time.Hour).UnixNano()
+	frame := int64(time.Second) / 30
+	params := [][]byte{aus[0][0], aus[0][1]}
+	if _, err := st.PutDescriptor(sample.Descriptor{Stream: cam, Kind: sample.KindVideo, Codec: sample.CodecH264,
+		Params: params, Clock: sample.ClockArrival, Since: t0}); err != nil {
+		t.Fatal(err)
+	}
+	first := keys[1] / 2 // stored from the middle of the first GOP
+	var ss []sample.Sample
+	for i := first; i < len(aus); i++ {
+		x := sample.Sample{Stream: cam, Seq: uint64(i + 1), T: t0 + int64(i)*frame, RecvT: t0 + int64(i)*frame, Payload: video.AnnexB(aus[i])}
+		if video.H264.IsKeyframe(aus[i]) {
+			x.Flags = sample.Keyframe
+		}
+		ss = append(ss, x)
+	}
+	done := make(chan error, 1)
+	if err := st.Append(ss, func(err error) { done <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	e := episode.Episode{ID: "ep-gone", Cell: "cell1", Start: ss[0].T, Stop: ss[len(ss)-1].T, Streams: []string{cam},
+		State: episode.Closed, Quality: []episode.StreamReport{{Stream: cam, Kind: "video", Codec: "h264", Samples: uint64(len(ss))}}}
+	if err := st.PutEpisode(e); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := exportBytes(t, st, e.ID, export.Options{})
+	rep := runNodeCheck(t, data)
+	if len(rep.Errors) > 0 {
+		t.Fatal(rep.Errors)
+	}
+	v := rep.Stream.Video[cam]
+	if v.First == nil || !v.First.Keyframe || !v.First.WithParams {
+		t.Fatalf("first frame: %+v", v.First)
+	}
+	leftOut := uint64(keys[1] - first)
+	if got := rep.Indexed.Counts[cam]; got != uint64(len(ss))-leftOut {
+		t.Fatalf("%d messages, want %d", got, uint64(len(ss))-leftOut)
+	}
+	_, man := readVideoOf(t, data, "")
+	m := man.Streams[0]
+	if m.VideoLeftOut != leftOut || m.VideoStart == nil || *m.VideoStart != t0+int64(keys[1])*frame {
+		t.Errorf("manifest: video start %v, left out %d; want the keyframe at %d and %d left out", m.VideoStart, m.VideoLeftOut, keys[1], leftOut)
+	}
+	rd, err := mcap.NewReader(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := rd.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, err := rd.GetMetadata(info.MetadataIndexes[0].Offset)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var q []episode.StreamReport
+	if err := json.Unmarshal([]byte(md.Metadata["quality"]), &q); err != nil {
+		t.Fatal(err)
+	}
+	if len(q) != 1 || q[0].VideoLeftOut != leftOut {
+		t.Errorf("quality report: %+v, want video_left_out %d", q, leftOut)
+	}
+	n, errs := ffmpegDecode(t, video.H264, videoStream(t, data))
+	if errs != "" || uint64(n) != uint64(len(ss))-leftOut {
+		t.Errorf("ffmpeg decoded %d frames, errors: %s", n, errs)
+	}
+}
+
+// videoStream concatenates the camera video messages of an export.
+func videoStream(t *testing.T, data []byte) []byte {
+	t.Helper()
+	rd, err := mcap.NewReader(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	it, err := rd.Messages(mcap.UsingIndex(true), mcap.InOrder(mcap.LogTimeOrder))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	for {
+		schema, _, msg, err := it.NextInto(nil)
+		if err != nil {
+			break
+		}
+		if schema != nil && schema.Name == export.SchemaCompressedVideo {
+			_, payload := videoMessage(t, schema, msg.Data)
+			out = append(out, payload...)
+		}
+	}
+	return out
 }
