@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -276,7 +277,18 @@ func checkUpload(t *testing.T, central string, cfg *config.Config, e episode.Epi
 			t.Errorf("undecodable messages on %s", ch.Topic)
 			continue
 		}
-		out[ch.Metadata["stream"]] = append(out[ch.Metadata["stream"]], message{int64(m.LogTime), int64(m.PublishTime)})
+		stream := ch.Metadata["stream"]
+		if strings.Contains(stream, "cam") && len(out[stream]) == 0 {
+			// The first frame of every camera is an IDR with its SPS
+			// and PPS in front (Annex-B inside the CompressedVideo).
+			sps := bytes.Index(m.Data, []byte{0, 0, 0, 1, 0x67})
+			pps := bytes.Index(m.Data, []byte{0, 0, 0, 1, 0x68})
+			idr := bytes.Index(m.Data, []byte{0, 0, 0, 1, 0x65})
+			if sps < 0 || pps < 0 || idr < 0 || idr < sps || idr < pps {
+				t.Errorf("%s: the first video message is not an IDR with SPS and PPS", stream)
+			}
+		}
+		out[stream] = append(out[stream], message{int64(m.LogTime), int64(m.PublishTime)})
 	}
 	for _, m := range out {
 		sort.Slice(m, func(i, j int) bool { return m[i].logT < m[j].logT })
