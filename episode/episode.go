@@ -141,8 +141,14 @@ type StreamReport struct {
 	// MissingNs is the total length of the gaps.
 	MissingNs int64       `json:"missing_ns"`
 	Clock     ClockReport `json:"clock"`
-	// AlignmentErrorBoundMs bounds |T - true capture time| for this stream.
+	// AlignmentErrorBoundMs bounds |T - true capture time| for this stream
+	// (for video: |T + PTSOffset - true capture time|, the presentation time).
 	AlignmentErrorBoundMs float64 `json:"alignment_error_bound_ms"`
+	// VideoLeftOut (video, set by export) counts the frames inside the
+	// window that no consumer gets because the keyframe they depend on was
+	// no longer stored: the video starts at the first keyframe inside the
+	// window instead.
+	VideoLeftOut uint64 `json:"video_left_out,omitempty"`
 }
 
 // MaxGapList caps StreamReport.GapList.

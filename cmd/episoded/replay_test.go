@@ -20,6 +20,7 @@ import (
 	"github.com/episoded/episoded/assets"
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/replay"
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 	"github.com/episoded/episoded/storage"
 )
@@ -82,7 +83,11 @@ func replayStore(t *testing.T) (*storage.Store, string, []sample.Sample) {
 		for _, n := range aus[i] {
 			b = append(append(b, 0, 0, 0, 1), n...)
 		}
-		vs = append(vs, sample.Sample{Stream: "cell1/cam1", Seq: uint64(i + 1), T: tv + int64(i)*int64(time.Second)/30, Payload: b})
+		x := sample.Sample{Stream: "cell1/cam1", Seq: uint64(i + 1), T: tv + int64(i)*int64(time.Second)/30, Payload: b}
+		if video.H264.IsKeyframe(aus[i]) {
+			x.Flags = sample.Keyframe // replay starts video at a keyframe
+		}
+		vs = append(vs, x)
 	}
 	if err := st.Append(vs, func(err error) { durable <- err }); err != nil {
 		t.Fatal(err)

@@ -38,6 +38,8 @@ type Manifest struct {
 	// Verdict is the episode's quality verdict (ok or degraded, and why);
 	// absent for episodes closed before verdicts existed.
 	Verdict *episode.Verdict `json:"verdict,omitempty"`
+	// Video states per camera where its video really starts.
+	Video []VideoStart `json:"video,omitempty"`
 	// Uploaded is the gateway wall-clock time the manifest was written.
 	Uploaded int64 `json:"uploaded_ns"`
 }

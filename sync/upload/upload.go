@@ -879,6 +879,9 @@ func (u *Uploader) process(ctx context.Context, e episode.Episode, prio bool) er
 	if man.Quality == nil {
 		man.Quality = []episode.StreamReport{}
 	}
+	if err := videoManifest(u.store, e, &man); err != nil {
+		return fmt.Errorf("manifest video starts: %w", err)
+	}
 	for _, o := range st.Objects {
 		if o.Key == manKey {
 			continue
