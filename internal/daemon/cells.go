@@ -37,6 +37,9 @@ type cells struct {
 	now   func() time.Time
 	// settled is called after an episode is closed (wake the uploader).
 	settled func(episode.Episode)
+	// timeSync, if set, reads the kernel's time-sync state as an episode
+	// closes (provenance).
+	timeSync func() *episode.TimeSync
 
 	byID  map[string]*cellState
 	order []string
@@ -299,6 +302,9 @@ func (c *cells) settle(ctx context.Context, cs *cellState, e *episode.Episode) e
 		return fmt.Errorf("quality report of %s: %w", e.ID, err)
 	}
 	e.Quality = q
+	if c.timeSync != nil {
+		e.TimeSync = c.timeSync()
+	}
 	e.Updated = c.now().UnixNano()
 	if err := c.store.PutEpisode(*e); err != nil {
 		return fmt.Errorf("store episode %s: %w", e.ID, err)
