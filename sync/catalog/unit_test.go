@@ -150,3 +150,63 @@ func TestCatalogDirTarget(t *testing.T) {
 		t.Fatalf("duckdb over the dir target: %v", n)
 	}
 }
+
+// The queries docs/CATALOG.md gives for DuckDB run as written.
+func TestDocsDuckDBQueries(t *testing.T) {
+	root := t.TempDir()
+	d := &bucket.Dir{Root: root}
+	start := time.Date(2026, 11, 20, 9, 0, 0, 0, time.UTC).UnixNano()
+	cov := 0.5
+	for i, status := range []string{"ok", "degraded", "degraded"} {
+		id := fmt.Sprintf("ep%d", i)
+		data, err := catalog.Encode([]catalog.Row{{ID: id, Gateway: "gw", Task: "pick-and-place", StartNs: start, StartTime: catalog.Micros(start),
+			QualityStatus: status, QualityReasons: []string{}, Coverage: &cov, Labels: map[string]string{},
+			Streams: []catalog.Stream{{Name: "cell1/cam-top", Kind: "video", AlignmentBoundMs: float64(3 * i)}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Put(context.Background(), catalog.Key("", "plantA", "gw", id, start), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	doc, err := os.ReadFile("../../docs/CATALOG.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The DuckDB block: the view, then each query.
+	block := string(doc)
+	block = block[strings.Index(block, "### DuckDB"):]
+	block = block[strings.Index(block, "```sql")+6:]
+	block = block[:strings.Index(block, "```")]
+	block = strings.ReplaceAll(block, "/data/central", root)
+	var stmts []string
+	for _, s := range strings.Split(block, ";") {
+		var lines []string
+		for _, l := range strings.Split(s, "\n") {
+			if !strings.HasPrefix(strings.TrimSpace(l), "--") {
+				lines = append(lines, l)
+			}
+		}
+		if s := strings.TrimSpace(strings.Join(lines, "\n")); s != "" {
+			stmts = append(stmts, s)
+		}
+	}
+	if len(stmts) != 5 {
+		t.Fatalf("%d statements in the DuckDB block", len(stmts))
+	}
+	results := map[int]string{}
+	for i := 1; i < len(stmts); i++ {
+		results[i] = fmt.Sprint(duck(t, stmts[0], strings.ReplaceAll(stmts[i], "current_date", "DATE '2026-11-23'")))
+	}
+	want := map[int]string{
+		1: "[map[episodes:3 hours:0 site:plantA task:pick-and-place]]",
+		2: "[map[gateway:gw id:ep0 manifest_key: start_time:2026-11-20 09:00:00+00]]",
+		3: "[map[camera:cell1/cam-top degraded:2]]",
+		4: "[map[alignment_bound_ms:6 clock_source: id:ep2 name:cell1/cam-top]]",
+	}
+	for i, w := range want {
+		if results[i] != w {
+			t.Errorf("docs query %d:\n%s\ngot  %s\nwant %s", i, stmts[i], results[i], w)
+		}
+	}
+}
