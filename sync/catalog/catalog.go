@@ -86,9 +86,10 @@ type Row struct {
 	// QualityStatus is the episode verdict ("ok" or "degraded"); empty if
 	// the recorder gave none. QualityReasons say why it is degraded.
 	QualityStatus  string   `parquet:"quality_status"`
-	QualityReasons []string `parquet:"quality_reasons,list"`
-	// Coverage is the fraction of the episode window covered by data over
-	// all streams (0..1); null when the recorder did not measure it.
+	QualityReasons []Reason `parquet:"quality_reasons,list"`
+	// Coverage is the worst stream's coverage: the smallest fraction of
+	// its expected samples any stream delivered (0..1); null when the
+	// recorder did not measure it.
 	Coverage *float64 `parquet:"coverage,optional"`
 	Streams  []Stream `parquet:"streams,list"`
 	// Bytes is the total size of the episode's objects (manifest excluded).
@@ -102,6 +103,14 @@ type Row struct {
 	// for an unsigned manifest.
 	SigningKeyID string `parquet:"signing_key_id"`
 	UploadedAt   int64  `parquet:"uploaded_at,timestamp(microsecond)"`
+}
+
+// Reason is one reason for a degraded verdict.
+type Reason struct {
+	Stream string `parquet:"stream"`
+	// Code is missing_stream, low_coverage or alignment_bound.
+	Code   string `parquet:"code"`
+	Detail string `parquet:"detail"`
 }
 
 // Stream is one stream of an episode.

@@ -160,7 +160,8 @@ func TestDocsDuckDBQueries(t *testing.T) {
 	for i, status := range []string{"ok", "degraded", "degraded"} {
 		id := fmt.Sprintf("ep%d", i)
 		data, err := catalog.Encode([]catalog.Row{{ID: id, Gateway: "gw", Task: "pick-and-place", StartNs: start, StartTime: catalog.Micros(start),
-			QualityStatus: status, QualityReasons: []string{}, Coverage: &cov, Labels: map[string]string{},
+			QualityStatus: status, Coverage: &cov,
+			QualityReasons: []catalog.Reason{{Stream: "cell1/cam-top", Code: "low_coverage", Detail: "coverage 0.5 < 0.95"}}, Labels: map[string]string{},
 			Streams: []catalog.Stream{{Name: "cell1/cam-top", Kind: "video", AlignmentBoundMs: float64(3 * i)}}}})
 		if err != nil {
 			t.Fatal(err)

@@ -47,7 +47,7 @@ func CatalogRow(m Manifest, manKey string, manifest []byte) catalog.Row {
 		Labels:    m.Labels,
 		StartTime: catalog.Micros(m.Start), EndTime: catalog.Micros(m.Stop), StartNs: m.Start, EndNs: m.Stop,
 		DurationS:      float64(m.Stop-m.Start) / 1e9,
-		QualityReasons: []string{},
+		QualityReasons: []catalog.Reason{},
 		Streams:        []catalog.Stream{},
 		Objects:        []string{},
 		ManifestKey:    manKey, ManifestSHA256: hex.EncodeToString(sum[:]),
