@@ -243,13 +243,16 @@ func cmdKey(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "episoded: %s\n", oneLine(err))
 		return exitUsage
 	}
-	k, created, err := signing.Load(cfg.Storage.Dir, os.Getenv("CREDENTIALS_DIRECTORY"))
+	// key show never generates the key: the daemon does on its first
+	// start, once the store directory is initialised.
+	k, err := signing.Find(cfg.Storage.Dir, os.Getenv("CREDENTIALS_DIRECTORY"))
+	if errors.Is(err, signing.ErrNoKey) {
+		fmt.Fprintf(stderr, "episoded: %v: it is generated when the daemon first starts, or provide one with LoadCredential=%s:FILE\n", err, signing.FileName)
+		return exitFailure
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "episoded: %v\n", err)
 		return exitFailure
-	}
-	if created {
-		fmt.Fprintf(stderr, "episoded: generated a new signing key in %s\n", k.Path)
 	}
 	if *asJSON {
 		printJSON(stdout, map[string]string{"key_id": k.ID, "public_key": k.PublicString(), "algorithm": signing.Alg, "path": k.Path, "gateway": cfg.Gateway.ID})

@@ -40,9 +40,25 @@ func TestKeyShowAndVerifyCLI(t *testing.T) {
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	cfg := writeFile(t, filepath.Join(dir, "episoded.yaml"), fmt.Sprintf("gateway: {id: gw-cli, site: lab}\nstorage: {dir: %q}\n", data))
-	code, show1, stderr := runBin(t, nil, "key", "show", "--config", cfg)
-	if code != 0 || !strings.Contains(stderr, "generated") {
-		t.Fatalf("key show: %d %q %q", code, show1, stderr)
+	// Before the daemon first started there is no key, and key show does
+	// not make one (storage refuses a non-empty directory that is not yet
+	// a store).
+	code, _, stderr := runBin(t, nil, "key", "show", "--config", cfg)
+	if code != exitFailure || !strings.Contains(stderr, "no key yet") || !strings.Contains(stderr, "LoadCredential=signing.key") {
+		t.Fatalf("key show before the first start: %d %q", code, stderr)
+	}
+	if _, err := os.Stat(data); !os.IsNotExist(err) {
+		t.Fatalf("key show created %s: %v", data, err)
+	}
+	// The daemon generates it on its first start (sync run opens the store
+	// and builds the uploader, as run does).
+	cfgSync := writeFile(t, filepath.Join(dir, "sync.yaml"), fmt.Sprintf("gateway: {id: gw-cli, site: lab}\nstorage: {dir: %q}\nsync: {mode: oneshot, target: {type: dir, path: %q}}\n", data, t.TempDir()))
+	if code, out, stderr := runBin(t, nil, "sync", "run", "--config", cfgSync, "--api", "http://"+freeAddr(t)); code != 0 {
+		t.Fatalf("sync run: %d %s %s", code, out, stderr)
+	}
+	code, show1, _ := runBin(t, nil, "key", "show", "--config", cfg)
+	if code != 0 {
+		t.Fatalf("key show: %d %q", code, show1)
 	}
 	code, show2, _ := runBin(t, nil, "key", "show", "--config", cfg)
 	if code != 0 || show1 != show2 || !strings.HasPrefix(show1, "ed25519:") || !strings.HasSuffix(show1, " gw-cli\n") {

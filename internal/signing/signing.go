@@ -5,8 +5,9 @@
 // `openssl genpkey -algorithm ed25519` writes). Load looks for it in
 // $CREDENTIALS_DIRECTORY/signing.key first (systemd
 // `LoadCredential=signing.key:/etc/episoded/signing.key`), then in the state
-// directory (storage.dir)/signing.key, and generates the latter, mode 0600,
-// when neither exists. The key id is "ed25519:" followed by the first 16
+// directory (storage.dir)/signing.key, and the daemon generates the latter,
+// mode 0600, on start (after the store is initialised: storage refuses a
+// non-empty directory that is not yet a store) when neither exists. The key id is "ed25519:" followed by the first 16
 // hex digits of the sha256 of the raw public key.
 //
 // Signature. A signed document is a JSON object with a member "signature":
@@ -88,6 +89,25 @@ func Load(stateDir, credDir string) (k *Key, created bool, err error) {
 	}
 	k, err = generate(p)
 	return k, err == nil, err
+}
+
+// ErrNoKey is returned by Find when there is no key yet.
+var ErrNoKey = errors.New("signing: no key yet")
+
+// Find returns the key Load would use without ever generating one.
+func Find(stateDir, credDir string) (*Key, error) {
+	if credDir != "" {
+		p := filepath.Join(credDir, FileName)
+		if _, err := os.Stat(p); err == nil {
+			return readKey(p)
+		}
+	}
+	p := filepath.Join(stateDir, FileName)
+	k, err := readKey(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w in %s", ErrNoKey, p)
+	}
+	return k, err
 }
 
 func readKey(path string) (*Key, error) {
