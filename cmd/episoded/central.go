@@ -93,6 +93,7 @@ func cmdCatalog(args []string, stdout, stderr io.Writer) int {
 	before := fs.String("before", "", "compact days before this date (YYYY-MM-DD, UTC); required")
 	grace := fs.Duration("grace", 48*time.Hour, "never touch days that end less than this long ago (gateways may still write them)")
 	maxRows := fs.Int("max-rows", 500_000, "rows per compacted file")
+	conc := fs.Int("concurrency", 16, "objects read or deleted at once")
 	if code, ok := parse(fs, args[1:]); !ok {
 		return code
 	}
@@ -112,7 +113,7 @@ func cmdCatalog(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	res, err := catalog.Compact(ctx, b, catalog.CompactOptions{Prefix: prefix, Before: day, Grace: *grace, MaxRows: *maxRows})
+	res, err := catalog.Compact(ctx, b, catalog.CompactOptions{Prefix: prefix, Before: day, Grace: *grace, MaxRows: *maxRows, Concurrency: *conc})
 	if !res.Cutoff.IsZero() && res.Cutoff.Before(day) {
 		fmt.Fprintf(stdout, "grace period %s: only days before %s are compacted\n", *grace, res.Cutoff.Format(time.DateOnly))
 	}

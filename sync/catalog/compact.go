@@ -11,7 +11,10 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/episoded/episoded/sync/bucket"
 )
@@ -32,7 +35,10 @@ type CompactOptions struct {
 	MaxRows int
 	// MinFiles: a partition with fewer files is left alone; default 2.
 	MinFiles int
-	Logger   *slog.Logger
+	// Concurrency is the number of objects read or deleted at once;
+	// default 16.
+	Concurrency int
+	Logger      *slog.Logger
 }
 
 // PartitionResult is what Compact did to one partition.
@@ -67,6 +73,9 @@ func Compact(ctx context.Context, b bucket.Bucket, o CompactOptions) (CompactRes
 	}
 	if o.MinFiles <= 0 {
 		o.MinFiles = 2
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 16
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -133,19 +142,34 @@ func compactPartition(ctx context.Context, b bucket.Bucket, dir string, in []buc
 		pr.Skipped = fmt.Sprintf("%d file(s), nothing to merge", len(in))
 		return pr, nil
 	}
-	// Read every input; the newest upload of an id wins.
-	byID := map[string]Row{}
+	// Read every input (Concurrency at a time); the newest upload of an
+	// id wins.
 	h := sha256.New()
 	for _, ob := range in {
 		fmt.Fprintf(h, "%s\x00%d\n", ob.Key, ob.Size)
-		data, err := bucket.ReadAll(ctx, b, ob.Key)
-		if err != nil {
-			return pr, fmt.Errorf("read %s: %w", ob.Key, err)
-		}
-		rows, err := Decode(data)
-		if err != nil {
-			return pr, fmt.Errorf("%s: %w", ob.Key, err)
-		}
+	}
+	decoded := make([][]Row, len(in))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(o.Concurrency)
+	for i, ob := range in {
+		g.Go(func() error {
+			data, err := bucket.ReadAll(gctx, b, ob.Key)
+			if err != nil {
+				return fmt.Errorf("read %s: %w", ob.Key, err)
+			}
+			rows, err := Decode(data)
+			if err != nil {
+				return fmt.Errorf("%s: %w", ob.Key, err)
+			}
+			decoded[i] = rows
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return pr, err
+	}
+	byID := map[string]Row{}
+	for _, rows := range decoded {
 		for _, r := range rows {
 			if old, ok := byID[r.ID]; ok {
 				pr.Dupes++
@@ -190,14 +214,22 @@ func compactPartition(ctx context.Context, b bucket.Bucket, dir string, in []buc
 		pr.Outputs = append(pr.Outputs, key)
 		outSet[key] = true
 	}
+	g, gctx = errgroup.WithContext(ctx)
+	g.SetLimit(o.Concurrency)
+	var deleted atomic.Int64
 	for _, ob := range in {
 		if outSet[ob.Key] {
 			continue
 		}
-		if err := b.Delete(ctx, ob.Key); err != nil {
-			return pr, err
-		}
-		pr.Deleted++
+		g.Go(func() error {
+			if err := b.Delete(gctx, ob.Key); err != nil {
+				return err
+			}
+			deleted.Add(1)
+			return nil
+		})
 	}
-	return pr, nil
+	err := g.Wait()
+	pr.Deleted = int(deleted.Load())
+	return pr, err
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,14 +22,18 @@ import (
 // killed half way through its deletions would leave things.
 type crashingBucket struct {
 	bucket.Bucket
-	n int
+	mu sync.Mutex
+	n  int
 }
 
 func (c *crashingBucket) Delete(ctx context.Context, key string) error {
+	c.mu.Lock()
 	if c.n == 0 {
+		c.mu.Unlock()
 		return errors.New("killed")
 	}
 	c.n--
+	c.mu.Unlock()
 	return c.Bucket.Delete(ctx, key)
 }
 
