@@ -71,6 +71,10 @@ type Episode struct {
 	// set when the final report is built; nil while recording and for
 	// episodes closed by an older version.
 	Verdict *Verdict `json:"verdict,omitempty"`
+	// TimeSync is the gateway's kernel time-sync state when the episode
+	// closed (nil if it was not read, e.g. an episode recovered after a
+	// crash); the upload manifest's provenance carries it.
+	TimeSync *TimeSync `json:"time_sync,omitempty"`
 	// Created and Updated are gateway wall-clock times of the record.
 	Created int64 `json:"created"`
 	Updated int64 `json:"updated"`
@@ -246,4 +250,29 @@ type ClockEvent struct {
 	T      int64  `json:"t"`
 	Kind   string `json:"kind"`
 	Detail string `json:"detail,omitempty"`
+}
+
+// TimeSync is the gateway clock's synchronisation state as the kernel
+// reports it (adjtimex(2)): whether NTP/PTP discipline holds the clock, and
+// the kernel's estimated and maximum error.
+type TimeSync struct {
+	// Synchronized is false when the kernel says the clock is not
+	// synchronised (clock state TIME_ERROR or status STA_UNSYNC).
+	Synchronized bool `json:"synchronized"`
+	// State is the adjtimex return value by name: TIME_OK, TIME_INS,
+	// TIME_DEL, TIME_OOP, TIME_WAIT or TIME_ERROR.
+	State string `json:"state"`
+	// Status is the raw timex status word (STA_* bits).
+	Status int32 `json:"status"`
+	// EstErrorUs and MaxErrorUs are the kernel's estimated and maximum
+	// error in microseconds.
+	EstErrorUs int64 `json:"est_error_us"`
+	MaxErrorUs int64 `json:"max_error_us"`
+	// OffsetNs is the current offset the discipline is slewing out.
+	OffsetNs int64 `json:"offset_ns"`
+	// ReadAt is the gateway wall-clock time of the reading (ns), and
+	// ReadWhen says when it was taken: "close" (as the episode closed) or
+	// "upload" (no reading was kept, so it was taken at upload).
+	ReadAt   int64  `json:"read_at_ns"`
+	ReadWhen string `json:"read_when"`
 }

@@ -48,6 +48,9 @@ type cells struct {
 	now   func() time.Time
 	// settled is called after an episode is closed (wake the uploader).
 	settled func(episode.Episode)
+	// timeSync, if set, reads the kernel's time-sync state as an episode
+	// closes (provenance).
+	timeSync func() *episode.TimeSync
 
 	byID  map[string]*cellState
 	order []string
@@ -463,6 +466,9 @@ func (c *cells) settleStep(cs *cellState, e episode.Episode) step {
 		c.pollDevices() // connection states up to now
 		if err := c.finalReport(ctx, &cs.cfg, &e); err != nil {
 			return fmt.Errorf("quality report of %s: %w", e.ID, err)
+		}
+		if c.timeSync != nil {
+			e.TimeSync = c.timeSync()
 		}
 		e.Updated = c.now().UnixNano()
 		if err := c.store.PutEpisode(e); err != nil {

@@ -31,6 +31,7 @@ import (
 	"github.com/episoded/episoded/internal/api"
 	"github.com/episoded/episoded/internal/buildinfo"
 	"github.com/episoded/episoded/internal/config"
+	"github.com/episoded/episoded/internal/signing"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/upload"
 )
@@ -48,6 +49,7 @@ type Daemon struct {
 	cells    *cells
 	rtc      *webrtc.Server
 	uploader *upload.Uploader // nil without a sync target
+	key      *signing.Key     // the gateway's manifest signing key
 	sources  []statusSource   // cameras and brokers, for /v1/status
 	// OnEpisode, if set before Run, is called after an episode closes and
 	// after it uploads (the demo prints them).
@@ -219,6 +221,7 @@ func (d *Daemon) prepare(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("webrtc: %w", err)
 	}
+	d.cells.timeSync = d.readTimeSync
 	if err := d.buildUploader(); err != nil {
 		return err
 	}

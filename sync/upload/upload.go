@@ -32,7 +32,9 @@
 // checked against it; the completed object is verified with a HEAD (size,
 // and the multipart MD5 ETag where the server uses that scheme). Then
 // manifest.json (sha256 and size of every object, counts, quality report,
-// gateway identity) is written last, as the commit marker.
+// gateway identity, provenance, Ed25519 signature) is written last, as the
+// commit marker, and then the episode's catalog row (sync/catalog) next to
+// the other rows of its site and day; see catalog.go.
 //
 // Layout: <prefix>/<site>/<gateway>/<yyyy>/<mm>/<dd>/<episode-id>/
 // episode.mcap and manifest.json, the date from the episode start in UTC.
@@ -95,6 +97,7 @@ import (
 
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
+	"github.com/episoded/episoded/internal/provenance"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/export"
 )
@@ -186,6 +189,10 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// OnUploaded, if set, is called after an episode reached uploaded.
 	OnUploaded func(episode.Episode)
+	// Signer, if set, signs every manifest (see internal/signing).
+	Signer Signer
+	// Provenance, if set, gives the manifest's provenance block.
+	Provenance func(episode.Episode) *provenance.Provenance
 }
 
 func (o *Options) setDefaults() {
@@ -805,6 +812,10 @@ func (u *Uploader) process(ctx context.Context, e episode.Episode, prio bool) er
 	if ok, err := u.manifestMatches(ctx, manKey, st); err != nil {
 		return err
 	} else if ok {
+		// A crash between manifest and catalog row leaves the row to write.
+		if err := u.ensureCatalog(ctx, manKey); err != nil {
+			return err
+		}
 		u.log.Info("episode already on target", "episode", e.ID, "manifest", manKey)
 		u.m.episodes.WithLabelValues("already_uploaded").Inc()
 		return u.finish(e, st, true)
@@ -872,10 +883,13 @@ func (u *Uploader) process(ctx context.Context, e episode.Episode, prio bool) er
 	// The manifest goes last: it is the commit marker.
 	man := Manifest{
 		Format: ManifestFormat, Episode: e.ID, Site: u.o.Site, Gateway: u.o.Gateway, Cell: e.Cell, Task: e.Task,
-		Robot: e.Robot, Start: e.Start, Stop: e.Stop, Labels: e.Labels, Counts: countsOf(e), Quality: e.Quality,
+		Robot: e.Robot, Operator: e.Operator, Start: e.Start, Stop: e.Stop, Labels: e.Labels, Counts: countsOf(e), Quality: e.Quality,
 		Uploaded: u.clock.Now().UnixNano(),
 	}
 	man.Verdict = e.Verdict
+	if u.o.Provenance != nil {
+		man.Provenance = u.o.Provenance(e)
+	}
 	if man.Quality == nil {
 		man.Quality = []episode.StreamReport{}
 	}
@@ -888,16 +902,18 @@ func (u *Uploader) process(ctx context.Context, e episode.Episode, prio bool) er
 		}
 		man.Objects = append(man.Objects, ManifestObject{Name: filepath.Base(o.Key), Key: o.Key, Size: o.Size, SHA256: o.SHA256})
 	}
-	data, err := json.MarshalIndent(man, "", "  ")
+	data, err := u.encodeManifest(&man)
 	if err != nil {
-		return fmt.Errorf("encode manifest: %w", err)
+		return err
 	}
-	data = append(data, '\n')
 	if err := u.target.putBytes(ctx, manKey, data, "application/json"); err != nil {
 		return err
 	}
 	if info, err := u.target.stat(ctx, manKey); err != nil || info.Size != int64(len(data)) {
 		return fmt.Errorf("verify %s: size %d, want %d (%v)", manKey, info.Size, len(data), err)
+	}
+	if err := u.writeCatalog(ctx, man, manKey, data, false); err != nil {
+		return err
 	}
 	return u.finish(e, st, false)
 }
