@@ -38,6 +38,7 @@ func commands() []command {
 		{"episodes", "list, show, export or delete episodes (episodes list|show|export|delete)", cmdEpisodes},
 		{"replay", "replay an episode to MQTT and RTSP in real time (replay ID)", cmdReplay},
 		{"sync", "upload what is due now, or show the upload queue (sync run|status)", cmdSync},
+		{"dataset", "build a LeRobot v3.0 training dataset from episodes (dataset build)", cmdDataset},
 		{"demo", "run a simulated cell and record it, in one process (needs nothing else)", cmdDemo},
 		{"simulate", "run a simulated factory cell (RTSP cameras, MQTT robot, lidar, triggers)", cmdSimulate},
 		{"version", "print the version, commit and Go version", cmdVersion},
