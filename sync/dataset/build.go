@@ -379,6 +379,8 @@ func (b *builder) addSegment(ctx context.Context, rec *epRec, res *gridResult, s
 	fps := b.m.FPS
 	ti := b.taskIndex(rec.task)
 	rec.from = int64(len(b.rows))
+	sg = b.trimForRemux(res, sg)
+	rec.length = sg.n
 	// Video first: it can fail (no ffmpeg) before any row is added.
 	for ci, c := range b.m.Cameras {
 		key := CameraKey(c.Name)
@@ -488,6 +490,39 @@ func (b *builder) addSegment(ctx context.Context, rec *epRec, res *gridResult, s
 		rec.stats[f.key] = computeStats(rows, f.shape[0])
 	}
 	return nil
+}
+
+// trimForRemux drops up to maxTrim trailing rows when that lets a camera
+// be copied rather than re-encoded: with B-frames, the frames of the last
+// rows can be split in decode order by a frame that belongs to the row
+// after the segment's end.
+func (b *builder) trimForRemux(res *gridResult, sg segment) segment {
+	const maxTrim = 8
+	n := sg.n
+	for ci, cs := range res.cams {
+		if _, _, ok := cs.remuxable(sg.frames[ci]); ok {
+			continue
+		}
+		for k := sg.n - 1; k >= max(1, sg.n-maxTrim); k-- {
+			if _, _, ok := cs.remuxable(sg.frames[ci][:k]); ok {
+				n = min(n, k)
+				break
+			}
+		}
+	}
+	if n == sg.n {
+		return sg
+	}
+	b.sum.DroppedRows += sg.n - n
+	sg.n = n
+	sg.state, sg.act = sg.state[:n], sg.act[:n]
+	for i := range sg.offsets {
+		sg.offsets[i] = sg.offsets[i][:n]
+	}
+	for i := range sg.frames {
+		sg.frames[i], sg.repeated[i] = sg.frames[i][:n], sg.repeated[i][:n]
+	}
+	return sg
 }
 
 func numeric(v any) []float64 {

@@ -1,0 +1,175 @@
+package dataset_test
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/episoded/episoded/sync/dataset"
+	"github.com/episoded/episoded/sync/dataset/datasetcheck"
+)
+
+const t0 = int64(1_795_000_000_000_000_000)
+
+const period = int64(1e9) / 30
+
+func joints(start int64, seconds int) telemetry {
+	tl := telemetry{topic: "cell1/robot/joint_states"}
+	for i := 0; i < seconds*100+1; i++ {
+		ts := start + int64(i)*10_000_000 + 1_234_567
+		tl.t = append(tl.t, ts)
+		x := float64(i) / 100
+		tl.msgs = append(tl.msgs, map[string]any{"position": []float64{x, -x, 2 * x}, "grip": i%200 < 100})
+	}
+	return tl
+}
+
+func testMapping(t *testing.T, missing string, cams ...string) *dataset.Mapping {
+	t.Helper()
+	y := "fps: 30\nrobot_type: test\nmissing: " + missing + "\ncodec: h264\nstate:\n  - topic: cell1/robot/joint_states\n    field: position\n    interpolate: linear\n  - topic: cell1/robot/joint_states\n    field: grip\naction:\n  next_state: true\ncameras:\n"
+	for _, c := range cams {
+		y += "  - stream: cell1/" + c + "\n    name: " + c + "\n"
+	}
+	m, err := dataset.ParseMapping([]byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// frames stamps access units at start + (i+ptsOff)·period plus jitter,
+// leaving out decode indices in [cutFrom, cutTo).
+func frames(aus [][]byte, ptsOff []int, start int64, jitter int64, seed uint64, cutFrom, cutTo int) []camFrame {
+	r := rand.New(rand.NewPCG(seed, 1))
+	var out []camFrame
+	for i, au := range aus {
+		if i >= cutFrom && i < cutTo {
+			continue
+		}
+		j := int64(0)
+		if jitter > 0 {
+			j = r.Int64N(2*jitter+1) - jitter
+		}
+		off := 0
+		if ptsOff != nil {
+			off = ptsOff[i]
+		}
+		dts := start + int64(i)*period + j
+		out = append(out, camFrame{dts: dts, pts: start + int64(i+off)*period + j, au: au})
+	}
+	return out
+}
+
+func build(t *testing.T, src, out string, m *dataset.Mapping) dataset.Summary {
+	t.Helper()
+	sum, err := dataset.Build(context.Background(), dataset.DirSource{Root: src}, dataset.Options{Out: out, Mapping: m, Version: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("summary:\n%s", sum)
+	return sum
+}
+
+// TestCameraOutageAndJitter: a camera with ±12 ms jitter and a 2 s outage
+// cannot be remuxed (rows in the outage repeat the last frame), so it is
+// re-encoded with ffmpeg; a gap-free camera beside it is remuxed. Both
+// must load as LeRobot loads them. The split and drop-episode policies
+// take the same input.
+func TestCameraOutageAndJitter(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs ffmpeg, node and PyAV; skipped under -short")
+	}
+	aus, _, _ := ffmpegClip(t, 8, 0, 30)
+	src := t.TempDir()
+	// The outage removes decode frames 90..149: two whole GOPs, so the
+	// camera resumes on a keyframe as a real one does after a reconnect.
+	fakeEpisode(t, src, "ep1", "stack", t0, []telemetry{joints(t0, 8)}, map[string][]camFrame{
+		"cell1/clean":  frames(aus, nil, t0, 1_000_000, 1, 0, 0),
+		"cell1/jitter": frames(aus, nil, t0, 12_000_000, 2, 90, 150),
+	})
+
+	t.Run("fill-previous", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "ds")
+		sum := build(t, src, out, testMapping(t, dataset.PolicyFillPrevious, "clean", "jitter"))
+		if sum.Remuxed != 1 || sum.Reencoded != 1 {
+			t.Errorf("remuxed %d, re-encoded %d; want 1 and 1", sum.Remuxed, sum.Reencoded)
+		}
+		if sum.RepeatedFrames < 55 || sum.FilledRows < 55 || sum.MissingRows != sum.FilledRows {
+			t.Errorf("a 2 s outage at 30 fps: %d repeated frames, %d filled of %d missing rows; want about 60", sum.RepeatedFrames, sum.FilledRows, sum.MissingRows)
+		}
+		rep := datasetcheck.Run(t, out)
+		if rep.Episodes != 1 || rep.Frames < 235 {
+			t.Errorf("%d episodes, %d rows", rep.Episodes, rep.Frames)
+		}
+	})
+	t.Run("split", func(t *testing.T) {
+		out := filepath.Join(t.TempDir(), "ds")
+		sum := build(t, src, out, testMapping(t, dataset.PolicySplit, "clean", "jitter"))
+		if sum.DroppedRows < 55 || sum.RepeatedFrames != 0 {
+			t.Errorf("split: %d rows left out, %d repeated frames", sum.DroppedRows, sum.RepeatedFrames)
+		}
+		rep := datasetcheck.Run(t, out)
+		if rep.Episodes != 2 {
+			t.Errorf("split made %d episodes, want 2", rep.Episodes)
+		}
+	})
+	t.Run("drop-episode", func(t *testing.T) {
+		src2 := t.TempDir()
+		fakeEpisode(t, src2, "ep0", "stack", t0-100e9, []telemetry{joints(t0-100e9, 4)}, map[string][]camFrame{
+			"cell1/clean":  frames(aus[:120], nil, t0-100e9, 0, 3, 0, 0),
+			"cell1/jitter": frames(aus[:120], nil, t0-100e9, 0, 4, 0, 0),
+		})
+		os.Rename(filepath.Join(src, "ep1"), filepath.Join(src2, "ep1"))
+		defer os.Rename(filepath.Join(src2, "ep1"), filepath.Join(src, "ep1"))
+		out := filepath.Join(t.TempDir(), "ds")
+		sum := build(t, src2, out, testMapping(t, dataset.PolicyDropEpisode, "clean", "jitter"))
+		if sum.Dropped != 1 || len(sum.DroppedEpisodes) != 1 || !strings.Contains(sum.DroppedEpisodes[0], "ep1") {
+			t.Errorf("drop-episode: %+v", sum)
+		}
+		rep := datasetcheck.Run(t, out)
+		if rep.Episodes != 1 {
+			t.Errorf("%d episodes, want the clean one only", rep.Episodes)
+		}
+	})
+	t.Run("no-ffmpeg", func(t *testing.T) {
+		t.Setenv("PATH", t.TempDir())
+		_, err := dataset.Build(context.Background(), dataset.DirSource{Root: src},
+			dataset.Options{Out: filepath.Join(t.TempDir(), "ds"), Mapping: testMapping(t, dataset.PolicyFillPrevious, "clean", "jitter")})
+		if !errors.Is(err, dataset.ErrNoFFmpeg) || !strings.Contains(err.Error(), "cell1/jitter") {
+			t.Fatalf("without ffmpeg: %v; want ErrNoFFmpeg naming the camera", err)
+		}
+	})
+}
+
+// TestBFrameCamera: a camera whose stream has B-frames (ffmpeg libx264
+// -bf 2), delivered in decode order with presentation timestamps, is
+// remuxed with composition offsets; with a gap it is re-encoded. PyAV must
+// find every row's frame at its timestamp.
+func TestBFrameCamera(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs ffmpeg, node and PyAV; skipped under -short")
+	}
+	aus, off, _ := ffmpegClip(t, 6, 2, 30)
+	reordered := false
+	for _, o := range off {
+		reordered = reordered || o < 0
+	}
+	if !reordered {
+		t.Fatal("ffmpeg made no B-frames")
+	}
+	src := t.TempDir()
+	fakeEpisode(t, src, "ep1", "pick", t0, []telemetry{joints(t0, 6)}, map[string][]camFrame{
+		"cell1/bf":    frames(aus, off, t0, 0, 1, 0, 0),
+		"cell1/bfgap": frames(aus, off, t0, 0, 2, 60, 90),
+	})
+	out := filepath.Join(t.TempDir(), "ds")
+	sum := build(t, src, out, testMapping(t, dataset.PolicyFillPrevious, "bf", "bfgap"))
+	if sum.Remuxed != 1 || sum.Reencoded != 1 {
+		t.Errorf("remuxed %d, re-encoded %d; want 1 and 1", sum.Remuxed, sum.Reencoded)
+	}
+	datasetcheck.Run(t, out)
+}
