@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,8 +30,12 @@ func joints(start int64, seconds int) telemetry {
 }
 
 func testMapping(t *testing.T, missing string, cams ...string) *dataset.Mapping {
+	return testMappingCodec(t, missing, "h264", cams...)
+}
+
+func testMappingCodec(t *testing.T, missing, codec string, cams ...string) *dataset.Mapping {
 	t.Helper()
-	y := "fps: 30\nrobot_type: test\nmissing: " + missing + "\ncodec: h264\nstate:\n  - topic: cell1/robot/joint_states\n    field: position\n    interpolate: linear\n  - topic: cell1/robot/joint_states\n    field: grip\naction:\n  next_state: true\ncameras:\n"
+	y := "fps: 30\nrobot_type: test\nmissing: " + missing + "\ncodec: " + codec + "\nstate:\n  - topic: cell1/robot/joint_states\n    field: position\n    interpolate: linear\n  - topic: cell1/robot/joint_states\n    field: grip\naction:\n  next_state: true\ncameras:\n"
 	for _, c := range cams {
 		y += "  - stream: cell1/" + c + "\n    name: " + c + "\n"
 	}
@@ -104,6 +109,21 @@ func TestCameraOutageAndJitter(t *testing.T) {
 		rep := datasetcheck.Run(t, out)
 		if rep.Episodes != 1 || rep.Frames < 235 {
 			t.Errorf("%d episodes, %d rows", rep.Episodes, rep.Frames)
+		}
+	})
+	t.Run("av1", func(t *testing.T) {
+		if out, _ := exec.Command("ffmpeg", "-hide_banner", "-encoders").Output(); !strings.Contains(string(out), " libsvtav1 ") {
+			t.Skip("this ffmpeg has no libsvtav1; the H.264 re-encode is tested above")
+		}
+		out := filepath.Join(t.TempDir(), "ds")
+		sum := build(t, src, out, testMappingCodec(t, dataset.PolicyFillPrevious, "auto", "clean", "jitter"))
+		if sum.Reencoded != 1 {
+			t.Errorf("re-encoded %d", sum.Reencoded)
+		}
+		datasetcheck.Run(t, out)
+		info, err := os.ReadFile(filepath.Join(out, "meta", "info.json"))
+		if err != nil || !strings.Contains(string(info), `"video.codec": "av1"`) {
+			t.Errorf("info.json does not name av1 for the re-encoded camera: %v", err)
 		}
 	})
 	t.Run("split", func(t *testing.T) {
