@@ -15,6 +15,7 @@ import (
 	"github.com/episoded/episoded/internal/config"
 	"github.com/episoded/episoded/internal/daemon"
 	"github.com/episoded/episoded/internal/sim"
+	"github.com/episoded/episoded/sync/dataset"
 	"github.com/episoded/episoded/sync/dataset/datasetcheck"
 )
 
@@ -234,4 +235,40 @@ func fmtInt(n int) string {
 		b = append([]byte{byte('0' + n%10)}, b...)
 	}
 	return string(b)
+}
+
+// TestExampleMappings loads every dataset mapping in configs/.
+func TestExampleMappings(t *testing.T) {
+	files, _ := filepath.Glob("../../configs/dataset-*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no example mapping in configs/")
+	}
+	for _, f := range files {
+		if _, err := dataset.LoadMapping(f); err != nil {
+			t.Errorf("%v", err)
+		}
+	}
+}
+
+// TestDatasetUsage: bad command lines are usage errors with a message.
+func TestDatasetUsage(t *testing.T) {
+	mp := mappingPath(t)
+	bad := writeFile(t, filepath.Join(t.TempDir(), "bad.yaml"), "fps: 0\nmissing: sometimes\nstate: []\n")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--map", mp}, "--out and --map are required"},
+		{[]string{"--out", t.TempDir(), "--map", bad}, "fps: must be 1..1000"},
+		{[]string{"--out", t.TempDir(), "--map", bad}, `missing: "sometimes" is not fill-previous, split or drop-episode`},
+		{[]string{"--out", t.TempDir(), "--map", mp, "--from", "/nonexistent"}, "is not a directory"},
+		{[]string{"--out", t.TempDir(), "--map", mp, "--from", "s3://bucket/p"}, "needs --s3-endpoint"},
+		{[]string{"--out", t.TempDir(), "--map", mp, "--quality", "great"}, "want ok or degraded"},
+	} {
+		t.Setenv("AWS_ENDPOINT_URL", "")
+		_, errs, code := build(t, tc.args...)
+		if code != exitUsage || !strings.Contains(errs, tc.want) {
+			t.Errorf("%v: exit %d, %q; want exit 2 and %q", tc.args, code, errs, tc.want)
+		}
+	}
 }
