@@ -41,7 +41,7 @@ type telemetry struct {
 // cameras that the recorder cannot produce on demand: jitter, outages,
 // B-frames with presentation times. This is a fake of the export, written
 // here because the export has no way to take such input.
-func fakeEpisode(t *testing.T, root, id, task string, start int64, tel []telemetry, cams map[string][]camFrame) {
+func fakeEpisode(t testing.TB, root, id, task string, start int64, tel []telemetry, cams map[string][]camFrame) {
 	t.Helper()
 	dir := filepath.Join(root, id)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
