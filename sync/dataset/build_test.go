@@ -193,3 +193,61 @@ func TestBFrameCamera(t *testing.T) {
 	}
 	datasetcheck.Run(t, out)
 }
+
+// TestQualityFilterAndAppend: --quality ok leaves degraded episodes out;
+// the episodes table carries id, verdict, coverage; a later build over
+// more episodes appends only the new ones, and gives the same files as
+// building once.
+func TestQualityFilterAndAppend(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs ffmpeg, node and PyAV; skipped under -short")
+	}
+	aus, _, _ := ffmpegClip(t, 2, 0, 30)
+	src := t.TempDir()
+	for i, v := range []string{"ok", "degraded", "ok"} {
+		start := t0 + int64(i)*100e9
+		id := "ep" + string(rune('1'+i))
+		fakeEpisodeVerdict(t, src, id, "task "+v, v, start, []telemetry{joints(start, 2)}, map[string][]camFrame{
+			"cell1/cam": frames(aus, nil, start, 0, uint64(i), 0, 0),
+		})
+	}
+	m := testMapping(t, dataset.PolicyFillPrevious, "cam")
+	out := filepath.Join(t.TempDir(), "ds")
+	sum, err := dataset.Build(context.Background(), dataset.DirSource{Root: src}, dataset.Options{Out: out, Mapping: m, Quality: "ok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Added != 2 || sum.Filtered != 1 {
+		t.Fatalf("--quality ok: %+v", sum)
+	}
+	rep := datasetcheck.Run(t, out)
+	if len(rep.Tasks) != 1 || rep.Tasks[0] != "task ok" {
+		t.Errorf("tasks %v", rep.Tasks)
+	}
+
+	// Build once over everything, and in two steps: same bytes.
+	once := filepath.Join(t.TempDir(), "once")
+	build(t, src, once, m)
+	inc := filepath.Join(t.TempDir(), "inc")
+	build(t, filepath.Join(src, "ep1"), inc, m)
+	sum = build(t, src, inc, m)
+	if sum.Added != 2 || sum.AlreadyPresent != 1 || sum.Episodes != 3 {
+		t.Errorf("append: %+v", sum)
+	}
+	datasetcheck.Run(t, inc)
+	a, b := treeHash(t, once), treeHash(t, inc)
+	if len(a) != len(b) {
+		t.Errorf("%d files appending, %d building once", len(b), len(a))
+	}
+	for k, v := range a {
+		if b[k] != v {
+			t.Errorf("%s differs between appending and building once", k)
+		}
+	}
+	info, _ := os.ReadFile(filepath.Join(once, "meta", "info.json"))
+	for _, want := range []string{`"total_tasks": 2`, `"source_episodes": [`, `"ep2"`} {
+		if !strings.Contains(string(info), want) {
+			t.Errorf("info.json lacks %s", want)
+		}
+	}
+}

@@ -43,6 +43,14 @@ type telemetry struct {
 // here because the export has no way to take such input.
 func fakeEpisode(t testing.TB, root, id, task string, start int64, tel []telemetry, cams map[string][]camFrame) {
 	t.Helper()
+	fakeEpisodeVerdict(t, root, id, task, "", start, tel, cams)
+}
+
+// fakeEpisodeVerdict is fakeEpisode with a quality verdict ("ok",
+// "degraded") in the episode metadata record and manifest.json, as the
+// export and upload write it.
+func fakeEpisodeVerdict(t testing.TB, root, id, task, verdict string, start int64, tel []telemetry, cams map[string][]camFrame) {
+	t.Helper()
 	dir := filepath.Join(root, id)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -61,7 +69,11 @@ func fakeEpisode(t testing.TB, root, id, task string, start int64, tel []telemet
 	must(w.WriteHeader(&mcap.Header{Library: export.Library}))
 	man := export.Manifest{Format: export.ManifestFormat, ID: id, Cell: "cell1", Task: task, Start: start}
 	mj, _ := json.Marshal(man)
-	must(w.WriteMetadata(&mcap.Metadata{Name: "episode", Metadata: map[string]string{"manifest": string(mj), "quality": "[]"}}))
+	meta := map[string]string{"manifest": string(mj), "quality": "[]"}
+	if verdict != "" {
+		meta["verdict"] = `{"status":"` + verdict + `"}`
+	}
+	must(w.WriteMetadata(&mcap.Metadata{Name: "episode", Metadata: meta}))
 	must(w.WriteSchema(&mcap.Schema{ID: 1, Name: export.SchemaCompressedVideo, Encoding: "protobuf", Data: export.CompressedVideoSchema()}))
 	type msg struct {
 		ch   uint16
@@ -100,6 +112,9 @@ func fakeEpisode(t testing.TB, root, id, task string, start int64, tel []telemet
 	mf := upload.Manifest{Format: upload.ManifestFormat, Episode: id, Site: "s", Gateway: "g", Cell: "cell1", Task: task, Start: start,
 		Objects: []upload.ManifestObject{{Name: upload.ObjectMCAP, Key: id + "/" + upload.ObjectMCAP, Size: int64(buf.Len()), SHA256: hex.EncodeToString(sum[:])}}}
 	b, _ := json.Marshal(mf)
+	if verdict != "" { // the manifest's verdict field (added with quality verdicts)
+		b = append(b[:len(b)-1], []byte(`,"verdict":{"status":"`+verdict+`"}}`)...)
+	}
 	must(os.WriteFile(filepath.Join(dir, upload.ObjectManifest), b, 0o644))
 }
 

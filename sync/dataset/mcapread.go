@@ -74,6 +74,14 @@ func ReadEpisode(r io.Reader, topics, cameras map[string]bool) (*Episode, error)
 			return fmt.Errorf("episode manifest: %w", err)
 		}
 		haveManifest = true
+		if v := md.Metadata["verdict"]; v != "" {
+			var vd struct {
+				Status string `json:"status"`
+			}
+			if err := json.Unmarshal([]byte(v), &vd); err == nil {
+				ep.QualityStatus = vd.Status
+			}
+		}
 		if q := md.Metadata["quality"]; q != "" {
 			if err := json.Unmarshal([]byte(q), &ep.Quality); err != nil {
 				// A newer quality layout (an object with a verdict) is
@@ -83,7 +91,10 @@ func ReadEpisode(r io.Reader, topics, cameras map[string]bool) (*Episode, error)
 					Streams []episode.StreamReport `json:"streams"`
 				}
 				if json.Unmarshal([]byte(q), &v) == nil {
-					ep.QualityStatus, ep.Quality = v.Status, v.Streams
+					ep.Quality = v.Streams
+					if ep.QualityStatus == "" {
+						ep.QualityStatus = v.Status
+					}
 				}
 			}
 		}
@@ -144,8 +155,7 @@ func ReadEpisode(r io.Reader, topics, cameras map[string]bool) (*Episode, error)
 	return ep, nil
 }
 
-// qualityStatusOf reads a verdict from the manifest's labels, if any
-// ("quality" label); "" when unknown.
+// qualityStatusOf falls back to a "quality" label; "" when unknown.
 func qualityStatusOf(m export.Manifest) string { return m.Labels["quality"] }
 
 // decodeCompressedVideo decodes foxglove.CompressedVideo: timestamp (1),

@@ -83,7 +83,7 @@ func (r Ref) fetch(ctx context.Context, dir string) (string, error) {
 // refFromManifest makes a Ref from an upload manifest; get opens an
 // object by its key (relative to the manifest's directory for dir
 // sources, the bucket for S3).
-func refFromManifest(m upload.Manifest, where string, get func(ctx context.Context, obj upload.ManifestObject) (io.ReadCloser, error)) (Ref, error) {
+func refFromManifest(m upload.Manifest, verdict, where string, get func(ctx context.Context, obj upload.ManifestObject) (io.ReadCloser, error)) (Ref, error) {
 	if m.Format != upload.ManifestFormat {
 		return Ref{}, fmt.Errorf("%s: manifest format %q is not %s", where, m.Format, upload.ManifestFormat)
 	}
@@ -96,14 +96,25 @@ func refFromManifest(m upload.Manifest, where string, get func(ctx context.Conte
 		}
 		obj := o
 		return Ref{ID: m.Episode, Start: m.Start, Task: m.Task, Where: o.Key, SHA256: o.SHA256, Size: o.Size,
-			Quality: manifestQuality(m),
+			Quality: verdict,
 			open:    func(ctx context.Context) (io.ReadCloser, error) { return get(ctx, obj) }}, nil
 	}
 	return Ref{}, fmt.Errorf("%s: manifest lists no %s", where, upload.ObjectMCAP)
 }
 
-// manifestQuality reads the verdict from a manifest when it has one.
-func manifestQuality(m upload.Manifest) string { return m.Labels["quality"] }
+// verdictOf reads the quality verdict's status from a manifest.json or an
+// episode record ({"verdict": {"status": "ok"}}); "" when it has none.
+func verdictOf(b []byte) string {
+	var v struct {
+		Verdict *struct {
+			Status string `json:"status"`
+		} `json:"verdict"`
+	}
+	if json.Unmarshal(b, &v) != nil || v.Verdict == nil {
+		return ""
+	}
+	return v.Verdict.Status
+}
 
 // DirSource reads uploaded episodes below a directory (a dir target's
 // root or any part of it): every manifest.json found, with the
@@ -129,7 +140,7 @@ func (s DirSource) List(ctx context.Context) ([]Ref, error) {
 			return fmt.Errorf("%s: %w", p, err)
 		}
 		dir := filepath.Dir(p)
-		ref, err := refFromManifest(m, p, func(_ context.Context, o upload.ManifestObject) (io.ReadCloser, error) {
+		ref, err := refFromManifest(m, verdictOf(b), p, func(_ context.Context, o upload.ManifestObject) (io.ReadCloser, error) {
 			return os.Open(filepath.Join(dir, filepath.FromSlash(path.Base(o.Key))))
 		})
 		if err != nil {
@@ -197,13 +208,16 @@ func (s S3Source) List(ctx context.Context) ([]Ref, error) {
 		if err != nil {
 			return nil, fmt.Errorf("get s3://%s/%s: %w", s.Bucket, obj.Key, err)
 		}
-		var m upload.Manifest
-		err = json.NewDecoder(o).Decode(&m)
+		b, err := io.ReadAll(io.LimitReader(o, 64<<20))
 		o.Close()
+		var m upload.Manifest
+		if err == nil {
+			err = json.Unmarshal(b, &m)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("s3://%s/%s: %w", s.Bucket, obj.Key, err)
 		}
-		ref, err := refFromManifest(m, "s3://"+s.Bucket+"/"+obj.Key, func(ctx context.Context, mo upload.ManifestObject) (io.ReadCloser, error) {
+		ref, err := refFromManifest(m, verdictOf(b), "s3://"+s.Bucket+"/"+obj.Key, func(ctx context.Context, mo upload.ManifestObject) (io.ReadCloser, error) {
 			return cl.GetObject(ctx, s.Bucket, mo.Key, minio.GetObjectOptions{})
 		})
 		if err != nil {
@@ -255,20 +269,19 @@ func (s APISource) get(ctx context.Context, p string) (*http.Response, error) {
 
 // List implements Source.
 func (s APISource) List(ctx context.Context) ([]Ref, error) {
-	var eps []episode.Episode
+	var raws []json.RawMessage
 	if len(s.IDs) > 0 {
 		for _, id := range s.IDs {
 			resp, err := s.get(ctx, "/v1/episodes/"+url.PathEscape(id))
 			if err != nil {
 				return nil, err
 			}
-			var e episode.Episode
-			err = json.NewDecoder(resp.Body).Decode(&e)
+			b, err := io.ReadAll(resp.Body)
 			resp.Body.Close()
 			if err != nil {
 				return nil, fmt.Errorf("episode %s: %w", id, err)
 			}
-			eps = append(eps, e)
+			raws = append(raws, b)
 		}
 	} else {
 		q := url.Values{}
@@ -284,14 +297,18 @@ func (s APISource) List(ctx context.Context) ([]Ref, error) {
 		if err != nil {
 			return nil, err
 		}
-		err = json.NewDecoder(resp.Body).Decode(&eps)
+		err = json.NewDecoder(resp.Body).Decode(&raws)
 		resp.Body.Close()
 		if err != nil {
 			return nil, fmt.Errorf("list episodes: %w", err)
 		}
 	}
 	var refs []Ref
-	for _, e := range eps {
+	for _, raw := range raws {
+		var e episode.Episode
+		if err := json.Unmarshal(raw, &e); err != nil {
+			return nil, fmt.Errorf("list episodes: %w", err)
+		}
 		if !e.State.Finished() || e.Stop == 0 {
 			continue
 		}
@@ -300,7 +317,7 @@ func (s APISource) List(ctx context.Context) ([]Ref, error) {
 		}
 		id := e.ID
 		refs = append(refs, Ref{ID: id, Start: e.Start, Task: e.Task, Where: s.Base + "/v1/episodes/" + id + "/export",
-			Quality: e.Labels["quality"],
+			Quality: verdictOf(raw),
 			open: func(ctx context.Context) (io.ReadCloser, error) {
 				resp, err := s.get(ctx, "/v1/episodes/"+url.PathEscape(id)+"/export")
 				if err != nil {
