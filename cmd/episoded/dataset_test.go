@@ -145,6 +145,21 @@ func TestDatasetFromDemo(t *testing.T) {
 		if len(rep.Tasks) != 1 || rep.Tasks[0] != "pick-and-place" {
 			t.Errorf("tasks %v, want the episodes' task", rep.Tasks)
 		}
+		// Fidelity: every camera frame within half a frame of its row, no
+		// frame repeated (the demo cameras have no gaps: remuxed), the
+		// joints interpolated (offset 0) and the gripper within 20 ms.
+		for _, cam := range []string{"cam1", "cam2"} {
+			r := rep.Ranges["fidelity.offset_ms.images."+cam]
+			if r.Min < -16.7 || r.Max > 16.7 || r.Max-r.Min < 0.01 {
+				t.Errorf("%s frame offsets [%v, %v] ms", cam, r.Min, r.Max)
+			}
+			if n := rep.Ranges["fidelity.repeated.images."+cam].Trues; n != 0 {
+				t.Errorf("%s: %d repeated frames", cam, n)
+			}
+		}
+		if r, ok := rep.Ranges["fidelity.offset_ms.cell1.gripper.state"]; !ok || r.Min < -20 || r.Max > 20 {
+			t.Errorf("gripper offsets %+v (present %v)", r, ok)
+		}
 	})
 
 	t.Run("from-api", func(t *testing.T) {

@@ -24,6 +24,12 @@ type Report struct {
 	Episodes int      `json:"episodes"`
 	Frames   int      `json:"frames"`
 	Tasks    []string `json:"tasks"`
+	// Ranges gives min, max and the count of true values of every scalar
+	// column.
+	Ranges map[string]struct {
+		Min, Max float64
+		Trues    int
+	} `json:"ranges"`
 	Videos   []struct {
 		File    string    `json:"file"`
 		Key     string    `json:"key"`

@@ -213,7 +213,20 @@ async function main() {
       if (f.dtype !== 'video' && s.count && s.count[0] !== info.total_frames) fail(`stats.json ${k}.count ${s.count} != total_frames`)
     }
   }
-  const report = { ok: problems.length === 0, problems: problems.slice(0, 50), episodes: eps.length, frames: rows.length, tasks: tasks.map((t) => t.task), fps, videos }
+  // Range of every scalar column, for tests to judge fidelity columns.
+  const ranges = {}
+  for (const k of nonVideo) {
+    if (!(feats[k].shape.length === 1 && feats[k].shape[0] === 1) || k === 'observation.state' || k === 'action') continue
+    let lo = Infinity, hi = -Infinity, trues = 0
+    for (const r of rows) {
+      const v = typeof r[k] === 'boolean' ? (r[k] ? 1 : 0) : Number(r[k])
+      if (v < lo) lo = v
+      if (v > hi) hi = v
+      if (r[k] === true) trues++
+    }
+    ranges[k] = { min: lo, max: hi, trues }
+  }
+  const report = { ok: problems.length === 0, ranges, problems: problems.slice(0, 50), episodes: eps.length, frames: rows.length, tasks: tasks.map((t) => t.task), fps, videos }
   process.stdout.write(JSON.stringify(report, (k, v) => typeof v === 'bigint' ? Number(v) : v))
   process.exit(problems.length ? 1 : 0)
 }
