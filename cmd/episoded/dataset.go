@@ -45,7 +45,7 @@ func cmdDataset(args []string, stdout, stderr io.Writer) int {
 	task := fs.String("task", "", "daemon episodes of this task")
 	since := fs.String("since", "", "daemon episodes starting at or after (RFC 3339 or ns)")
 	until := fs.String("until", "", "daemon episodes starting at or before (RFC 3339 or ns)")
-	noProgress := fs.Bool("no-progress", false, "no progress bar")
+	noProgress := fs.Bool("no-progress", false, "no progress bar (there is none unless stderr is a terminal)")
 	cf := addClientFlags(fs)
 	if code, ok := parse(fs, interspersed(fs, args[1:])); !ok {
 		return code
@@ -94,10 +94,17 @@ func cmdDataset(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	o := dataset.Options{Out: *out, Mapping: m, Version: buildinfo.Get().Version, Quality: *quality}
-	if !*noProgress {
-		o.Progress = stderr
+	drawn := false
+	if !*noProgress && isTerminal(stderr) {
+		o.Progress = func(p dataset.Progress) {
+			drawn = true
+			drawBar(stderr, frac(int64(p.Done), int64(max(p.Total, 1))), fmt.Sprintf("%d/%d episodes, %d rows", p.Done, p.Total, p.Rows))
+		}
 	}
 	sum, err := dataset.Build(ctx, src, o)
+	if drawn {
+		fmt.Fprintln(stderr)
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "episoded dataset build: %s\n", oneLine(err))
 		if errors.Is(err, dataset.ErrTampered) || errors.Is(err, dataset.ErrNoFFmpeg) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -30,9 +29,16 @@ type Options struct {
 	Version string
 	// Quality, if "ok", takes only episodes whose verdict is ok.
 	Quality string
-	// Progress, if set, receives a progress bar (carriage returns).
-	Progress io.Writer
+	// Progress, if set, is called before the first episode and after each
+	// one, from Build's goroutine.
+	Progress func(Progress)
 	Logger   *slog.Logger
+}
+
+// Progress says how far a build is.
+type Progress struct {
+	Done, Total int // source episodes
+	Rows        int // rows made so far
 }
 
 // Summary reports what a build did.
@@ -183,15 +189,9 @@ func Build(ctx context.Context, src Source, o Options) (Summary, error) {
 			return b.sum, err
 		}
 		if err := b.addEpisode(ctx, r); err != nil {
-			if b.o.Progress != nil {
-				fmt.Fprintln(b.o.Progress)
-			}
 			return b.sum, err
 		}
 		b.progress(i+1, len(todo))
-	}
-	if b.o.Progress != nil && len(todo) > 0 {
-		fmt.Fprintln(b.o.Progress)
 	}
 	if b.lay == nil {
 		b.sum.Warnings = append(b.sum.Warnings, "no episode to build from; nothing written")
@@ -205,12 +205,9 @@ func Build(ctx context.Context, src Source, o Options) (Summary, error) {
 }
 
 func (b *builder) progress(done, total int) {
-	if b.o.Progress == nil || total == 0 {
-		return
+	if b.o.Progress != nil {
+		b.o.Progress(Progress{Done: done, Total: total, Rows: b.sum.NewRows})
 	}
-	const width = 30
-	fill := done * width / total
-	fmt.Fprintf(b.o.Progress, "\r[%s%s] %d/%d episodes  %d rows", strings.Repeat("=", fill), strings.Repeat(" ", width-fill), done, total, b.sum.NewRows)
 }
 
 func sanitize(topic string) string {

@@ -30,7 +30,7 @@ type Report struct {
 		Min, Max float64
 		Trues    int
 	} `json:"ranges"`
-	Videos   []struct {
+	Videos []struct {
 		File    string    `json:"file"`
 		Key     string    `json:"key"`
 		Episode int       `json:"episode"`
