@@ -122,6 +122,8 @@ type builder struct {
 	ffmpeg  string
 	codec   string // re-encode codec
 	tmp     string
+	// closers release spool files and MP4s read lazily, after writing.
+	closers []func() error
 }
 
 // feature is one entry of info.json's features.
@@ -149,7 +151,12 @@ func Build(ctx context.Context, src Source, o Options) (Summary, error) {
 		return b.sum, err
 	}
 	b.tmp = tmp
-	defer os.RemoveAll(tmp)
+	defer func() {
+		for _, c := range b.closers {
+			c()
+		}
+		os.RemoveAll(tmp)
+	}()
 	if p, err := ffmpegPath(); err == nil {
 		b.ffmpeg = p
 	}
@@ -304,11 +311,13 @@ func (b *builder) addEpisode(ctx context.Context, r Ref) error {
 	for _, c := range b.m.Cameras {
 		cams[c.Stream] = true
 	}
-	ep, err := ReadEpisode(f, topics, cams)
+	ep, err := ReadEpisode(f, topics, cams, b.tmp)
 	f.Close()
 	if err != nil {
 		return fmt.Errorf("%s: %w", r.Where, err)
 	}
+	// The spooled frames are read again when the camera files are written.
+	b.closers = append(b.closers, ep.Close)
 	if ep.QualityStatus == "" {
 		ep.QualityStatus = r.Quality
 	}
@@ -431,7 +440,11 @@ func (b *builder) addSegment(ctx context.Context, rec *epRec, res *gridResult, s
 				return fmt.Errorf("camera %s: frames do not map one to one onto the %d fps grid, so they must be re-encoded: %w", c.Stream, fps, ErrNoFFmpeg)
 			}
 			// The picture size comes from the first keyframe's SPS.
-			_, params := toSample(cs.track.Codec, cs.track.Frames[0].AU)
+			au, err := cs.track.AU(0)
+			if err != nil {
+				return err
+			}
+			_, params := toSample(cs.track.Codec, au)
 			_, _, w, h, err := codecOf(cs.track.Codec, params)
 			if err != nil {
 				return fmt.Errorf("camera %s: %w", c.Stream, err)
@@ -446,6 +459,7 @@ func (b *builder) addSegment(ctx context.Context, rec *epRec, res *gridResult, s
 				return fmt.Errorf("camera %s: re-encode: %w", c.Stream, err)
 			}
 			seg = s
+			b.closers = append(b.closers, s.file.Close)
 			b.sum.Reencoded++
 		}
 		rec.segs[key] = seg

@@ -164,6 +164,7 @@ func (b *builder) loadCamFile(key string, cf *camFile) error {
 	if err != nil {
 		return fmt.Errorf("read existing dataset: %w", err)
 	}
+	b.closers = append(b.closers, seg.file.Close)
 	seg.name = codecName(seg.codec)
 	if sz, ok := b.existingSize(key); ok {
 		seg.h, seg.w = sz[0], sz[1]

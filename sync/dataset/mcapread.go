@@ -1,10 +1,12 @@
 package dataset
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 
 	"github.com/foxglove/mcap/go/mcap"
@@ -26,8 +28,19 @@ type Episode struct {
 	QualityStatus string
 	// Telemetry holds the decoded JSON messages per topic, in time order.
 	Telemetry map[string][]Message
-	// Video holds the frames per camera stream, in decode order.
+	// Video holds the frames per camera stream, in decode order. Their
+	// bytes are in a spool file until Close.
 	Video map[string]*Track
+	spool *os.File
+}
+
+// Close removes the episode's spooled frames.
+func (e *Episode) Close() error {
+	if e.spool == nil {
+		return nil
+	}
+	e.spool.Close()
+	return os.Remove(e.spool.Name())
 }
 
 // Message is one telemetry message.
@@ -44,6 +57,17 @@ type Track struct {
 	// Skipped counts frames before the first keyframe, which cannot be
 	// decoded and are left out.
 	Skipped int
+	spool   *os.File
+}
+
+// AU returns frame i's access unit (Annex-B), read from the spool.
+func (t *Track) AU(i int) ([]byte, error) {
+	f := t.Frames[i]
+	b := make([]byte, f.size)
+	if _, err := t.spool.ReadAt(b, f.off); err != nil {
+		return nil, fmt.Errorf("read spooled frame: %w", err)
+	}
+	return b, nil
 }
 
 // Frame is one access unit.
@@ -52,19 +76,33 @@ type Frame struct {
 	// (CompressedVideo.timestamp), equal to DTS without B-frames.
 	DTS, PTS int64
 	Key      bool
-	// AU is the access unit as Annex-B.
-	AU []byte
+	// The access unit (Annex-B) is at off in the episode's spool file.
+	off  int64
+	size int
 }
 
 // ReadEpisode reads an episode MCAP, keeping only the topics in topics and
-// the video streams in cameras.
-func ReadEpisode(r io.Reader, topics, cameras map[string]bool) (*Episode, error) {
+// the video streams in cameras. Frames are spooled to a file in spoolDir
+// (the system's temporary directory if ""), so that memory holds their
+// times only; Close the episode to remove it.
+func ReadEpisode(r io.Reader, topics, cameras map[string]bool, spoolDir string) (ep *Episode, err error) {
 	rd, err := mcap.NewReader(r)
 	if err != nil {
 		return nil, fmt.Errorf("read mcap: %w", err)
 	}
 	defer rd.Close()
-	ep := &Episode{Telemetry: map[string][]Message{}, Video: map[string]*Track{}}
+	spool, err := os.CreateTemp(spoolDir, "frames-*.spool")
+	if err != nil {
+		return nil, err
+	}
+	ep = &Episode{Telemetry: map[string][]Message{}, Video: map[string]*Track{}, spool: spool}
+	defer func() {
+		if err != nil {
+			ep.Close()
+		}
+	}()
+	bw := bufio.NewWriterSize(spool, 1<<20)
+	var spoolOff int64
 	var haveManifest bool
 	it, err := rd.Messages(mcap.UsingIndex(false), mcap.WithMetadataCallback(func(md *mcap.Metadata) error {
 		if md.Name != "episode" {
@@ -117,10 +155,10 @@ func ReadEpisode(r io.Reader, topics, cameras map[string]bool) (*Episode, error)
 		case ch.MessageEncoding == "protobuf" && cameras[stream] && ch.Topic == stream:
 			tr := ep.Video[stream]
 			if tr == nil {
-				tr = &Track{}
+				tr = &Track{spool: spool}
 				ep.Video[stream] = tr
 			}
-			f, codec, err := decodeCompressedVideo(m.Data)
+			f, au, codec, err := decodeCompressedVideo(m.Data)
 			if err != nil {
 				return nil, fmt.Errorf("read mcap: %s message %d: %w", stream, m.Sequence, err)
 			}
@@ -129,11 +167,16 @@ func ReadEpisode(r io.Reader, topics, cameras map[string]bool) (*Episode, error)
 			if f.PTS == 0 {
 				f.PTS = f.DTS
 			}
-			f.Key = isKey(codec, f.AU)
+			f.Key = isKey(codec, au)
 			if len(tr.Frames) == 0 && !f.Key {
 				tr.Skipped++
 				continue
 			}
+			if _, err := bw.Write(au); err != nil {
+				return nil, fmt.Errorf("spool frames: %w", err)
+			}
+			f.off, f.size = spoolOff, len(au)
+			spoolOff += int64(len(au))
 			tr.Frames = append(tr.Frames, f)
 		case ch.MessageEncoding == "json" && topics[ch.Topic]:
 			var v any
@@ -145,6 +188,9 @@ func ReadEpisode(r io.Reader, topics, cameras map[string]bool) (*Episode, error)
 	}
 	if !haveManifest {
 		return nil, errors.New("read mcap: no episode metadata record")
+	}
+	if err := bw.Flush(); err != nil {
+		return nil, fmt.Errorf("spool frames: %w", err)
 	}
 	for _, ms := range ep.Telemetry {
 		sort.SliceStable(ms, func(i, j int) bool { return ms[i].T < ms[j].T })
@@ -160,52 +206,53 @@ func qualityStatusOf(m export.Manifest) string { return m.Labels["quality"] }
 
 // decodeCompressedVideo decodes foxglove.CompressedVideo: timestamp (1),
 // frame_id (2), data (3), format (4).
-func decodeCompressedVideo(b []byte) (Frame, string, error) {
+func decodeCompressedVideo(b []byte) (Frame, []byte, string, error) {
 	var f Frame
+	var au []byte
 	var format string
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return f, "", protowire.ParseError(n)
+			return f, nil, "", protowire.ParseError(n)
 		}
 		b = b[n:]
 		switch {
 		case num == 1 && typ == protowire.BytesType:
 			v, n := protowire.ConsumeBytes(b)
 			if n < 0 {
-				return f, "", protowire.ParseError(n)
+				return f, nil, "", protowire.ParseError(n)
 			}
 			f.PTS = decodeTimestamp(v)
 			b = b[n:]
 		case num == 3 && typ == protowire.BytesType:
 			v, n := protowire.ConsumeBytes(b)
 			if n < 0 {
-				return f, "", protowire.ParseError(n)
+				return f, nil, "", protowire.ParseError(n)
 			}
-			f.AU = append([]byte(nil), v...)
+			au = v
 			b = b[n:]
 		case num == 4 && typ == protowire.BytesType:
 			v, n := protowire.ConsumeBytes(b)
 			if n < 0 {
-				return f, "", protowire.ParseError(n)
+				return f, nil, "", protowire.ParseError(n)
 			}
 			format = string(v)
 			b = b[n:]
 		default:
 			n := protowire.ConsumeFieldValue(num, typ, b)
 			if n < 0 {
-				return f, "", protowire.ParseError(n)
+				return f, nil, "", protowire.ParseError(n)
 			}
 			b = b[n:]
 		}
 	}
 	if format != "h264" && format != "h265" {
-		return f, "", fmt.Errorf("video format %q is not h264 or h265", format)
+		return f, nil, "", fmt.Errorf("video format %q is not h264 or h265", format)
 	}
-	if len(f.AU) == 0 {
-		return f, "", errors.New("empty frame")
+	if len(au) == 0 {
+		return f, nil, "", errors.New("empty frame")
 	}
-	return f, format, nil
+	return f, au, format, nil
 }
 
 func decodeTimestamp(b []byte) int64 {

@@ -43,6 +43,7 @@ type videoSeg struct {
 	samples  []vsample
 	remuxed  bool
 	bytes    int64
+	file     *os.File // the MP4 the samples are read from, if any
 }
 
 // toSample converts an Annex-B access unit into a length-prefixed MP4
@@ -116,7 +117,11 @@ func remuxSeg(c *camSeries, lo, hi int, presOf map[int]int) (*videoSeg, error) {
 	seg := &videoSeg{name: mp4Name(tr.Codec), remuxed: true}
 	for j := lo; j < hi; j++ {
 		f := tr.Frames[j]
-		data, params := toSample(tr.Codec, f.AU)
+		au, err := tr.AU(j)
+		if err != nil {
+			return nil, err
+		}
+		data, params := toSample(tr.Codec, au)
 		if f.Key {
 			cd, key, w, h, err := codecOf(tr.Codec, params)
 			if err != nil {
@@ -131,12 +136,19 @@ func remuxSeg(c *camSeries, lo, hi int, presOf map[int]int) (*videoSeg, error) {
 		if seg.codec == nil {
 			return nil, errors.New("does not start on a keyframe")
 		}
-		d := data
+		// The sample is made again from the spool when the file is written.
 		seg.samples = append(seg.samples, vsample{
-			ptsOff: int32(presOf[j] - (j - lo)), key: f.Key, size: uint32(len(d)),
-			data: func() ([]byte, error) { return d, nil },
+			ptsOff: int32(presOf[j] - (j - lo)), key: f.Key, size: uint32(len(data)),
+			data: func() ([]byte, error) {
+				au, err := tr.AU(j)
+				if err != nil {
+					return nil, err
+				}
+				d, _ := toSample(tr.Codec, au)
+				return d, nil
+			},
 		})
-		seg.bytes += int64(len(d))
+		seg.bytes += int64(len(data))
 	}
 	return seg, nil
 }
@@ -182,8 +194,12 @@ func decodeFrames(ctx context.Context, ffmpeg string, tr *Track, w, h int, fn fu
 	werr := make(chan error, 1)
 	go func() {
 		var err error
-		for _, f := range tr.Frames {
-			if _, err = stdin.Write(f.AU); err != nil {
+		for i := range tr.Frames {
+			var au []byte
+			if au, err = tr.AU(i); err != nil {
+				break
+			}
+			if _, err = stdin.Write(au); err != nil {
 				break
 			}
 		}
@@ -203,12 +219,15 @@ func decodeFrames(ctx context.Context, ffmpeg string, tr *Track, w, h int, fn fu
 		}
 		p++
 	}
-	<-werr
+	spoolErr := <-werr
 	if err := cmd.Wait(); err != nil {
 		return fmt.Errorf("ffmpeg decoder: %w: %s", err, strings.TrimSpace(stderr.String()))
 	}
 	if ferr != nil {
 		return ferr
+	}
+	if spoolErr != nil && !errors.Is(spoolErr, os.ErrClosed) && !strings.Contains(spoolErr.Error(), "broken pipe") {
+		return spoolErr
 	}
 	if p != len(tr.Frames) {
 		return fmt.Errorf("ffmpeg decoded %d of %d frames", p, len(tr.Frames))
@@ -224,8 +243,7 @@ func reencodeSeg(ctx context.Context, ffmpeg, codec string, fps int, c *camSerie
 	if err != nil {
 		return nil, err
 	}
-	out.Close()
-	defer os.Remove(out.Name())
+	out.Close() // ffmpeg writes it; it stays (in tmpDir) until the dataset is written
 	args := []string{"-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt", "yuv420p",
 		"-s", fmt.Sprintf("%dx%d", w, h), "-framerate", strconv.Itoa(fps), "-i", "pipe:0"}
 	name := "h264"
@@ -281,13 +299,19 @@ func reencodeSeg(ctx context.Context, ffmpeg, codec string, fps int, c *camSerie
 	return seg, nil
 }
 
-// readMP4Seg loads every sample of an MP4's only track into memory.
-func readMP4Seg(path, name string) (*videoSeg, error) {
+// readMP4Seg reads the sample table of an MP4's only track; payloads are
+// read from the file when needed, so it stays open: the caller closes
+// seg.file.
+func readMP4Seg(path, name string) (seg *videoSeg, err error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() {
+		if err != nil {
+			f.Close()
+		}
+	}()
 	var p pmp4.Presentation
 	if err := p.Unmarshal(f); err != nil {
 		return nil, fmt.Errorf("read %s: %w", filepath.Base(path), err)
@@ -296,24 +320,19 @@ func readMP4Seg(path, name string) (*videoSeg, error) {
 		return nil, fmt.Errorf("read %s: %d tracks", filepath.Base(path), len(p.Tracks))
 	}
 	tr := p.Tracks[0]
-	seg := &videoSeg{codec: tr.Codec, name: name}
+	seg = &videoSeg{codec: tr.Codec, name: name, file: f}
 	seg.codecKey = codecKeyOf(tr.Codec)
 	var dur uint32
 	if len(tr.Samples) > 0 {
 		dur = tr.Samples[0].Duration
 	}
 	for _, s := range tr.Samples {
-		b, err := s.GetPayload()
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", filepath.Base(path), err)
-		}
 		off := int32(0)
 		if dur > 0 {
 			off = s.PTSOffset / int32(dur)
 		}
-		seg.samples = append(seg.samples, vsample{ptsOff: off, key: !s.IsNonSyncSample, size: uint32(len(b)),
-			data: func() ([]byte, error) { return b, nil }})
-		seg.bytes += int64(len(b))
+		seg.samples = append(seg.samples, vsample{ptsOff: off, key: !s.IsNonSyncSample, size: s.PayloadSize, data: s.GetPayload})
+		seg.bytes += int64(s.PayloadSize)
 	}
 	return seg, nil
 }
