@@ -34,6 +34,9 @@
 // temporary name and renamed; a crash mid-write can leave a dataset whose
 // tables disagree, which the next build reports when it loads it.
 //
-// Memory: one episode's telemetry and video, plus each camera file being
-// appended to (at most 200 MB), are held in memory.
+// Memory: the parsed messages of the mapped telemetry topics of the
+// episode being converted, every dataset row (the data tables are
+// rewritten whole), and one small record per video frame. Frame bytes are
+// spooled to a file in the build's temporary directory (inside the output
+// directory) and MP4 samples are read from their files when written.
 package dataset
