@@ -295,6 +295,10 @@ func (b *builder) features(vsize map[string][2]int) []feature {
 
 // addEpisode fetches, checks, aligns and converts one source episode.
 func (b *builder) addEpisode(ctx context.Context, r Ref) error {
+	if b.o.Quality != "" && r.Quality != "" && r.Quality != b.o.Quality {
+		b.sum.Filtered++ // known from the listing: not even fetched
+		return nil
+	}
 	p, err := r.fetch(ctx, b.tmp)
 	if err != nil {
 		return err

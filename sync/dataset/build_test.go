@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/episoded/episoded/assets"
 	"github.com/episoded/episoded/sync/dataset"
 	"github.com/episoded/episoded/sync/dataset/datasetcheck"
 )
@@ -249,5 +250,67 @@ func TestQualityFilterAndAppend(t *testing.T) {
 		if !strings.Contains(string(info), want) {
 			t.Errorf("info.json lacks %s", want)
 		}
+	}
+}
+
+// h265Clip returns the repository's H.265 clip (made by ffmpeg/libx265,
+// see package assets) as Annex-B access units, with the parameter sets in
+// front of every IRAP picture as the export writes them.
+func h265Clip(t *testing.T) [][]byte {
+	t.Helper()
+	aus, err := assets.H265AccessUnits()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var params [][]byte
+	for _, n := range aus[0] {
+		if typ := (n[0] >> 1) & 0x3f; typ >= 32 && typ <= 34 {
+			params = append(params, n)
+		}
+	}
+	var out [][]byte
+	for _, au := range aus {
+		irap, has := false, false
+		for _, n := range au {
+			typ := (n[0] >> 1) & 0x3f
+			irap = irap || typ >= 16 && typ <= 21
+			has = has || typ >= 32 && typ <= 34
+		}
+		var b []byte
+		if irap && !has {
+			for _, p := range params {
+				b = append(append(b, 0, 0, 0, 1), p...)
+			}
+		}
+		for _, n := range au {
+			b = append(append(b, 0, 0, 0, 1), n...)
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+// TestH265Camera: an H.265 camera is remuxed (hvc1 in the MP4) when it is
+// on the grid, and re-encoded when it has a gap.
+func TestH265Camera(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs ffmpeg, node and PyAV; skipped under -short")
+	}
+	needFFmpeg(t)
+	aus := h265Clip(t)
+	src := t.TempDir()
+	fakeEpisode(t, src, "ep1", "pick", t0, []telemetry{joints(t0, 4)}, map[string][]camFrame{
+		"cell1/h265":    frames(aus, nil, t0, 1_000_000, 1, 0, 0),
+		"cell1/h265gap": frames(aus, nil, t0, 1_000_000, 2, 30, 60),
+	})
+	out := filepath.Join(t.TempDir(), "ds")
+	sum := build(t, src, out, testMapping(t, dataset.PolicyFillPrevious, "h265", "h265gap"))
+	if sum.Remuxed != 1 || sum.Reencoded != 1 {
+		t.Errorf("remuxed %d, re-encoded %d; want 1 and 1", sum.Remuxed, sum.Reencoded)
+	}
+	datasetcheck.Run(t, out)
+	info, _ := os.ReadFile(filepath.Join(out, "meta", "info.json"))
+	if !strings.Contains(string(info), `"video.codec": "hevc"`) {
+		t.Errorf("info.json does not say hevc for the remuxed H.265 camera")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strings"
 	"testing"
 
 	"github.com/bluenviron/mediacommon/v2/pkg/formats/mp4/codecs"
@@ -132,7 +133,11 @@ func compressedVideo(t int64, frameID string, au []byte) []byte {
 	b = protowire.AppendTag(b, 3, protowire.BytesType)
 	b = protowire.AppendBytes(b, au)
 	b = protowire.AppendTag(b, 4, protowire.BytesType)
-	return protowire.AppendString(b, "h264")
+	format := "h264"
+	if strings.Contains(frameID, "h265") {
+		format = "h265"
+	}
+	return protowire.AppendString(b, format)
 }
 
 func needFFmpeg(t testing.TB) {
