@@ -169,6 +169,24 @@ func TestDatasetFromDemo(t *testing.T) {
 			t.Fatalf("exit %d: %s\n%s", code, errs, out)
 		}
 		datasetcheck.Run(t, dir)
+		// Selectors: one id; a task no episode has.
+		var ids []string
+		filepath.WalkDir(central, func(p string, de fs.DirEntry, err error) error {
+			if err == nil && de.Name() == "manifest.json" {
+				ids = append(ids, filepath.Base(filepath.Dir(p)))
+			}
+			return nil
+		})
+		one := filepath.Join(t.TempDir(), "one")
+		if out, errs, code := build(t, "--api", api, "--id", ids[len(ids)-1], "--map", mp, "--out", one); code != 0 || !strings.Contains(out, "1 added") {
+			t.Fatalf("--id: exit %d: %s\n%s", code, errs, out)
+		}
+		if rep := datasetcheck.Run(t, one); rep.Episodes != 1 {
+			t.Errorf("--id gave %d episodes", rep.Episodes)
+		}
+		if out, errs, code := build(t, "--api", api, "--task", "no-such-task", "--label", "sim=true", "--since", "2000-01-01T00:00:00Z", "--map", mp, "--out", filepath.Join(t.TempDir(), "none")); code != 0 || !strings.Contains(out, "0 added") {
+			t.Errorf("--task no-such-task: exit %d: %s\n%s", code, errs, out)
+		}
 		// Same episodes, same exports: the same dataset as from the uploads.
 		a, b := treeHash(t, once), treeHash(t, dir)
 		for k, v := range a {
