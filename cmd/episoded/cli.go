@@ -40,6 +40,7 @@ func commands() []command {
 		{"episodes", "list, show, export or delete episodes (episodes list|show|export|delete)", cmdEpisodes},
 		{"replay", "replay an episode to MQTT and RTSP in real time (replay ID)", cmdReplay},
 		{"sync", "upload what is due now, or show the upload queue (sync run|status)", cmdSync},
+		{"dataset", "build a LeRobot v3.0 training dataset from episodes (dataset build)", cmdDataset},
 		{"catalog", "compact the fleet catalog's closed days (catalog compact --target ... --before DATE)", cmdCatalog},
 		{"verify", "check uploaded episodes' objects and signed manifests (verify PATH|s3://bucket/prefix)", cmdVerify},
 		{"key", "print the gateway's manifest signing key (key show)", cmdKey},

@@ -214,6 +214,9 @@ func TestExampleConfigs(t *testing.T) {
 		writeFile(t, filepath.Join(creds, name), "example-"+name+"\n")
 	}
 	for _, f := range files {
+		if strings.HasPrefix(filepath.Base(f), "dataset-") {
+			continue // dataset mappings, not daemon configs: TestExampleMappings
+		}
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			cmd := exec.Command(bin, "config", "check", f, "--print")
 			cmd.Env = append(os.Environ(), "CREDENTIALS_DIRECTORY="+creds)
