@@ -48,12 +48,13 @@ const (
 
 // Status is a snapshot of a device's connection state.
 type Status struct {
-	Device     string    `json:"device"`
-	Protocol   string    `json:"protocol"`
-	State      State     `json:"state"`
-	Since      time.Time `json:"since"`
-	LastError  string    `json:"last_error,omitempty"`
-	Reconnects uint64    `json:"reconnects"`
+	Device   string    `json:"device"`
+	Protocol string    `json:"protocol"`
+	State    State     `json:"state"`
+	Since    time.Time `json:"since"`
+	// LastError is why the device is not streaming; "" while it streams.
+	LastError  string `json:"last_error,omitempty"`
+	Reconnects uint64 `json:"reconnects"`
 }
 
 // Tracker holds a device's Status; it is safe for concurrent use.
@@ -76,8 +77,11 @@ func NewTracker(device, protocol string, now func() time.Time) *Tracker {
 	return t
 }
 
-// Set moves to state st. A non-nil err is recorded as the last error; the
-// last error is kept across later states until replaced.
+// Set moves to state st. A non-nil err is recorded as the last error. The
+// last error describes the current trouble: it is kept while the device
+// backs off and reconnects, and cleared once it streams again (a
+// recovered device shows no error; its Reconnects count and the log keep
+// the history).
 func (t *Tracker) Set(st State, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -85,8 +89,11 @@ func (t *Tracker) Set(st State, err error) {
 		t.mu.st.State = st
 		t.mu.st.Since = t.now()
 	}
-	if err != nil {
+	switch {
+	case err != nil:
 		t.mu.st.LastError = err.Error()
+	case st == Streaming:
+		t.mu.st.LastError = ""
 	}
 }
 

@@ -55,9 +55,13 @@ func TestTracker(t *testing.T) {
 	if s.State != Backoff || s.LastError != "boom" || !s.Since.Equal(time.Unix(101, 0)) {
 		t.Fatalf("after backoff %+v", s)
 	}
+	tr.Set(Connecting, nil)
+	if s := tr.Status(); s.LastError != "boom" {
+		t.Fatalf("last error should survive a reconnect attempt: %+v", s)
+	}
 	tr.Set(Streaming, nil)
-	if s := tr.Status(); s.LastError != "boom" || !s.Since.Equal(time.Unix(102, 0)) {
-		t.Fatalf("last error should survive until replaced: %+v", s)
+	if s := tr.Status(); s.LastError != "" || !s.Since.Equal(time.Unix(102, 0)) {
+		t.Fatalf("a streaming device should show no error: %+v", s)
 	}
 }
 
@@ -84,7 +88,7 @@ func TestSuperviseRetriesUntilCancelled(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if s := tr.Status(); s.Reconnects != 4 || s.LastError != "refused" {
+	if s := tr.Status(); s.Reconnects != 4 || s.LastError != "" {
 		t.Errorf("while streaming: %+v", s)
 	}
 	cancel()

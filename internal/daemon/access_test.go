@@ -64,6 +64,7 @@ var accessTable = map[string]accessRow{
 	"GET /v1/uploads":                      {"GET", "/v1/uploads", "", "", readable(200)},
 	"POST /v1/sync/run":                    {"POST", "/v1/sync/run", "", "", adminOnly(202)},
 	"GET /v1/episodes/{id}/samples":        {"GET", "/v1/episodes/no-such-episode/samples", "", "", readable(404)},
+	"GET /v1/history":                      {"GET", "/v1/history", "", "", readable(200)},
 	"POST /whip/{stream...}":               {"POST", "/whip/cell1/cam1", "application/sdp", "v=0\r\n", adminOnly(400)},
 	"DELETE /whip/sessions/{id}":           {"DELETE", "/whip/sessions/no-such-session", "", "", adminOnly(404)},
 	"POST /whep/episodes/{id}/{stream...}": {"POST", "/whep/episodes/no-such-episode/cell1/cam1", "application/sdp", "v=0\r\n", readable(404)},

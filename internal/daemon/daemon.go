@@ -51,6 +51,7 @@ type Daemon struct {
 	uploader *upload.Uploader // nil without a sync target
 	key      *signing.Key     // the gateway's manifest signing key
 	sources  []statusSource   // cameras and brokers, for /v1/status
+	hist     history          // the dashboard's trends (GET /v1/history)
 	// OnEpisode, if set before Run, is called after an episode closes and
 	// after it uploads (the demo prints them).
 	OnEpisode func(e episode.Episode)
@@ -252,6 +253,7 @@ func (d *Daemon) prepare(ctx context.Context) (err error) {
 	}
 	d.comps = append(d.comps,
 		component{name: "cells", run: d.cells.run},
+		component{name: "history", run: d.runHistory},
 		component{name: "webrtc", run: func(ctx context.Context) error { return d.rtc.Run(ctx, d.pipe) }},
 		component{name: "api", run: d.api.Run},
 	)

@@ -31,6 +31,7 @@ import (
 //	GET    /v1/uploads                 upload queue, window, backlog
 //	POST   /v1/sync/run                upload what is due now and return when idle (sync mode oneshot)
 //	GET    /v1/episodes/{id}/samples   the episode's raw samples, for `episoded replay`
+//	GET    /v1/history                 the last 15 minutes of rates, alignment, disk and backlog (dashboard trends)
 //	GET    /                           the dashboard
 func (d *Daemon) routes() {
 	a := d.api
@@ -47,6 +48,7 @@ func (d *Daemon) routes() {
 	a.HandleFunc("GET /v1/uploads", d.handleUploads)
 	a.HandleFunc("POST /v1/sync/run", d.handleSyncRun)
 	a.Handle("GET /v1/episodes/{id}/samples", replay.SamplesHandler(d.store, d.log))
+	a.HandleFunc("GET /v1/history", d.handleHistory)
 	d.rtc.Mount(a.Handle)
 	a.HandleOpen("GET /", dashboard.Handler())
 }
