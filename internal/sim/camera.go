@@ -69,6 +69,7 @@ type camera struct {
 	outFr    atomic.Uint64
 	outages  atomic.Uint64
 	srs      atomic.Uint64
+	forced   atomic.Bool // down by SetCameraDown
 
 	mu struct {
 		sync.Mutex
@@ -216,7 +217,7 @@ func (c *camera) run(ctx context.Context) {
 func (c *camera) frame(k, tk int64, enc *rtph264.Encoder) {
 	c.frames.Store(k + 1)
 	st, _ := c.current()
-	if c.inOutage(tk) {
+	if c.inOutage(tk) || c.forced.Load() {
 		if st != nil {
 			c.outages.Add(1)
 			c.s.log.Info("camera outage begins", "camera", c.id)
@@ -385,4 +386,20 @@ func (h *rtspHandler) OnPlay(ctx *gortsplib.ServerHandlerOnPlayCtx) (*base.Respo
 		c.burst.Store(srBurst)
 	}
 	return &base.Response{StatusCode: base.StatusOK}, nil
+}
+
+// SetCameraDown takes camera id down (down true) or brings it back, now:
+// an outage like a scheduled Outage (the RTSP stream is closed with every
+// session on it, DESCRIBE answers 503, frames are not sent), but at a
+// moment the caller chooses, e.g. once a test has seen the camera live.
+// The change takes effect at the camera's next frame. Truth does not know
+// about these outages: use Options.Outages where ground truth matters.
+func (s *Sim) SetCameraDown(id string, down bool) error {
+	for _, c := range s.cams {
+		if c.id == id {
+			c.forced.Store(down)
+			return nil
+		}
+	}
+	return fmt.Errorf("sim: no camera %q", id)
 }
