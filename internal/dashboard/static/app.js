@@ -11,11 +11,18 @@ import {
   replaceRows, shortID, stateKind,
 } from './ui.js';
 import { WHEPViewer } from './whep.js';
+import { healthItems, renderHealth } from './health.js';
+import { last, sparkline } from './spark.js';
 
 const STATUS_EVERY_MS = 1000;
 const LIST_EVERY_MS = 3000;
 const RATE_WINDOW = 5; // counter samples kept per stream (about 4 s)
+const HISTORY_EVERY_MS = 5000;
 const MAX_EPISODES = 20;
+// The episode list asks for what it shows: the newest MAX_EPISODES (limit=,
+// once the daemon pages; older daemons ignore it) of the last day (since=,
+// which every daemon honours, so a long history is never fetched whole).
+const LIST_SPAN_MS = 24 * 3600 * 1000;
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -30,7 +37,38 @@ const state = {
   selectedState: null,
   previews: new Map(), // stream -> {viewer, tile}
   recording: new Map(), // cell -> recording episode or null
+  status: null, // last /v1/status, for the health banner
+  unreachable: false,
+  degraded: null, // recent degraded episodes (null: not known yet)
+  uploads: null, // last /v1/uploads
 };
+
+// ---- health banner --------------------------------------------------------
+
+function updateHealth() {
+  if (!state.status && !state.unreachable) return;
+  renderHealth($('#health'), healthItems(state.status, state.degraded, state.uploads, Date.now()), state.unreachable);
+}
+
+// labelTables gives every body cell the text of its column's header, which
+// the narrow layout shows in front of the value (the tables become stacked
+// cards below 700 px instead of scrolling sideways).
+function labelTables() {
+  for (const table of document.querySelectorAll('main table')) {
+    const heads = [...table.querySelectorAll('thead th')].map((th) => th.textContent.trim());
+    for (const tr of table.querySelectorAll('tbody tr')) {
+      [...tr.children].forEach((td, i) => {
+        const l = heads[i] || '';
+        if (td.dataset.label !== l) td.dataset.label = l;
+      });
+    }
+  }
+}
+
+function listQuery(extra) {
+  const since = new Date(Date.now() - LIST_SPAN_MS).toISOString();
+  return `/v1/episodes?limit=${MAX_EPISODES}&since=${encodeURIComponent(since)}${extra || ''}`;
+}
 
 // ---- messages -------------------------------------------------------------
 
@@ -128,10 +166,14 @@ async function pollStatus() {
       showAuthPrompt(getToken() ? 'Status' : '');
     } else {
       setConn(false, 'daemon unreachable');
+      state.unreachable = true;
+      updateHealth();
     }
     $('#conn').title = err.message;
     return;
   }
+  state.status = st;
+  state.unreachable = false;
   setConn(st.ready !== false, st.ready === false ? 'starting' : 'connected');
   $('#conn').title = '';
   const gw = [st.site, st.gateway].filter(Boolean).join(' / ');
@@ -142,13 +184,15 @@ async function pollStatus() {
   renderDevices(st.devices || []);
   renderStorage(st.storage);
   renderWebRTC(st.webrtc);
+  updateHealth();
+  labelTables();
 }
 
 let refreshEpisodes = () => {};
 async function pollEpisodes() {
   let list;
   try {
-    list = await getJSON('/v1/episodes');
+    list = await getJSON(listQuery());
   } catch (err) {
     // The status poll reports connectivity; show other failures here.
     if (err instanceof HTTPError) {
@@ -158,6 +202,14 @@ async function pollEpisodes() {
     return;
   }
   renderEpisodes(Array.isArray(list) ? list.slice(0, MAX_EPISODES) : []);
+  try {
+    const d = await getJSON(listQuery('&quality=degraded'));
+    state.degraded = Array.isArray(d) ? d.slice(0, MAX_EPISODES) : [];
+  } catch {
+    state.degraded = null;
+  }
+  updateHealth();
+  labelTables();
   if (state.selected) {
     const e = list.find((x) => pick(x, 'ID') === state.selected);
     if (e && (pick(e, 'State') !== state.selectedState || pick(e, 'State') === 'recording')) await loadDetail(state.selected);
@@ -167,7 +219,10 @@ async function pollEpisodes() {
 let refreshUploads = () => {};
 async function pollUploads() {
   try {
-    renderUploads(await getJSON('/v1/uploads'));
+    state.uploads = await getJSON('/v1/uploads');
+    renderUploads(state.uploads);
+    updateHealth();
+    labelTables();
   } catch (err) {
     $('#uploads').replaceChildren(h('p', { class: 'muted' }, 'Upload status unavailable: ' + err.message));
   }
@@ -592,6 +647,11 @@ function renderEpisodes(list) {
     row.c.quality.dataset.quality = v ? v.status : '';
     row.c.quality.classList.toggle('alert', q.bad || (v !== null && v.status === 'degraded'));
     row.tr.classList.toggle('degraded', v !== null && v.status === 'degraded');
+    if (v !== null && v.status === 'degraded' && v.reasons.length) {
+      const shown = v.reasons.slice(0, 3).map((r) => h('li', {}, h('span', { class: 'mono' }, pick(r, 'Stream')), ` ${pick(r, 'Code')}: ${pick(r, 'Detail')}`));
+      if (v.reasons.length > shown.length) shown.push(h('li', { class: 'muted' }, `${v.reasons.length - shown.length} more`));
+      row.c.quality.append(h('ul', { class: 'reasons' }, ...shown));
+    }
     row.exp.hidden = st === 'recording';
     row.tr.classList.toggle('selected', id === state.selected);
   }
@@ -780,6 +840,57 @@ function renderUploads(u) {
   box.replaceChildren(...parts);
 }
 
+// ---- trends ---------------------------------------------------------------
+
+async function pollHistory() {
+  let hist;
+  try {
+    hist = await getJSON('/v1/history');
+  } catch (err) {
+    if (!(err instanceof AuthError)) $('#trends').replaceChildren(h('p', { class: 'muted' }, 'Trends unavailable: ' + err.message));
+    return;
+  }
+  renderTrends(hist);
+}
+
+// trend is one labelled sparkline with its newest value.
+function trend(name, ts, values, from, to, fmt, cls) {
+  const v = last(values);
+  return h('div', { class: 'trend ' + (cls || ''), dataset: { trend: name } },
+    h('span', { class: 'trend-name' }, name),
+    sparkline(ts, values, from, to, name, fmt),
+    h('span', { class: 'trend-value num' }, v === null ? '–' : fmt(v)));
+}
+
+function renderTrends(hist) {
+  const box = $('#trends');
+  const ts = hist.t || [];
+  const to = ts.length ? ts[ts.length - 1] : Date.now();
+  const from = to - Number(hist.span_seconds || 900) * 1000;
+  const disk = (hist.disk_used_bytes || []).map(Number);
+  const limit = last((hist.disk_limit_bytes || []).map(Number));
+  const fmtDisk = (b) => fmtBytes(b) + (limit ? ` of ${fmtBytes(limit)}` : '');
+  const parts = [
+    h('div', { class: 'trend-group' },
+      trend('Disk used', ts, disk, from, to, fmtDisk, 'disk'),
+      trend('Upload backlog', ts, hist.upload_backlog_bytes || [], from, to, fmtBytes, 'backlog')),
+    h('h4', {}, 'Streams: rate and alignment bound'),
+  ];
+  const streams = hist.streams || [];
+  if (streams.length === 0) parts.push(h('p', { class: 'muted' }, 'No streams yet.'));
+  for (const s of streams) {
+    parts.push(h('div', { class: 'trend-stream', dataset: { stream: s.stream } },
+      h('span', { class: 'mono trend-stream-name' }, s.stream),
+      trend('rate', ts, s.rate_hz || [], from, to, fmtRate, 'rate'),
+      trend('align ≤', ts, s.align_bound_ms || [], from, to, (ms) => fmtMs(ms * 1e6), 'bound')));
+  }
+  const n = ts.length;
+  parts.push(h('p', { class: 'muted small' }, n
+    ? `${plural(n, 'sample')} every ${fmtDuration(Number(hist.interval_seconds || 10))}, since ${fmtDate(new Date(ts[0]))}`
+    : 'No samples yet.'));
+  box.replaceChildren(...parts);
+}
+
 // ---- token ----------------------------------------------------------------
 
 function initToken() {
@@ -813,6 +924,7 @@ function main() {
   refreshStatus = every(STATUS_EVERY_MS, pollStatus);
   refreshEpisodes = every(LIST_EVERY_MS, pollEpisodes);
   refreshUploads = every(LIST_EVERY_MS, pollUploads);
+  every(HISTORY_EVERY_MS, pollHistory);
   addEventListener('pagehide', () => {
     for (const p of state.previews.values()) p.viewer.stop();
   });
