@@ -866,7 +866,9 @@ function renderTrends(hist) {
   const box = $('#trends');
   const ts = hist.t || [];
   const to = ts.length ? ts[ts.length - 1] : Date.now();
-  const from = to - Number(hist.span_seconds || 900) * 1000;
+  // The lines span what the daemon has (at most its 15 minutes), so a
+  // young history is not squeezed into the right edge.
+  const from = ts.length > 1 ? Math.max(ts[0], to - Number(hist.span_seconds || 900) * 1000) : to - 1000;
   const disk = (hist.disk_used_bytes || []).map(Number);
   const limit = last((hist.disk_limit_bytes || []).map(Number));
   const fmtDisk = (b) => fmtBytes(b) + (limit ? ` of ${fmtBytes(limit)}` : '');
