@@ -1,7 +1,7 @@
 // Package dashboard is episoded's web UI: a few static files (HTML, CSS and
 // plain JavaScript modules) embedded in the binary and served at /. It has
 // no server-side logic of its own: the page polls the same JSON API as every
-// other client (GET /v1/status, /v1/episodes, /v1/uploads), starts and stops
+// other client (GET /v1/status, /v1/episodes, /v1/uploads, /v1/history), starts and stops
 // episodes with POST /v1/cells/{cell}/episodes and /v1/episodes/{id}/stop,
 // and previews cameras over WHEP (POST /whep/{stream}).
 //
@@ -11,6 +11,16 @@
 //     ('self' only), so a gateway without internet shows the full page.
 //   - Rates and bitrates are computed in the browser from successive counter
 //     samples of /v1/status; the daemon keeps no per-viewer state.
+//   - A health banner (health.js) sums up what needs a look, each item a
+//     link to its section: recording or idle, devices down, degraded
+//     episodes of the last day, storage alarms, failed uploads or a backlog
+//     the upload window cannot send within a day.
+//   - Trends are hand-drawn SVG sparklines (spark.js) of GET /v1/history,
+//     the daemon's in-memory 15-minute history; no charting library.
+//   - The episode list asks for what it shows: limit=20 (paging) and since=
+//     the last day, which a daemon without paging still honours.
+//   - Below 700 px wide the tables turn into stacked cards labelled from
+//     their headers (data-label), so a phone never scrolls sideways.
 //   - Auth: the page itself loads without a token, but with a token
 //     configured every data call needs one (internal/api). The token is
 //     typed into a field, kept in the tab's sessionStorage only, and sent as
