@@ -51,10 +51,12 @@ var static embed.FS
 
 // csp allows nothing but this origin: scripts, styles, images and fetches
 // from 'self'; media from WebRTC streams (srcObject) needs no source. No
-// inline script or style, no framing.
+// inline script or style (not even hashed: the page has none), no framing,
+// and Trusted Types required for script sinks, so a string can never
+// reach innerHTML or eval (the page builds its DOM with textContent only).
 const csp = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
 	"connect-src 'self'; media-src 'self' blob:; object-src 'none'; base-uri 'none'; " +
-	"form-action 'self'; frame-ancestors 'none'"
+	"form-action 'self'; frame-ancestors 'none'; require-trusted-types-for 'script'"
 
 // Files returns the embedded static files, rooted at the directory the
 // dashboard is served from (index.html, app.js, ...).

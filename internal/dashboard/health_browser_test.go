@@ -2,6 +2,7 @@ package dashboard_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -60,7 +61,28 @@ func TestDashboardHealthInChromium(t *testing.T) {
 	// loads, so no request goes out without it (and no 401 is logged).
 	b.do("open the origin", 30*time.Second, chromedp.Navigate(base+"/favicon.svg"))
 	eval[bool](b, `(sessionStorage.setItem('episoded.token', `+jsString(testReadToken)+`), true)`)
-	b.do("open the dashboard", 30*time.Second, chromedp.EmulateViewport(1440, 900), chromedp.Navigate(base+"/"))
+	b.do("desktop viewport", 10*time.Second, chromedp.EmulateViewport(1440, 900))
+	navCtx, cancelNav := context.WithTimeout(b.ctx, 30*time.Second)
+	res, err := chromedp.Run(navCtx, chromedp.NavigateResponse(base+"/"))
+	cancelNav()
+	if err != nil {
+		b.fail("open the dashboard", err)
+	}
+	// The page as the browser got it: a strict policy, no inline code.
+	var csp string
+	for k, v := range res.Headers {
+		if strings.EqualFold(k, "Content-Security-Policy") {
+			csp, _ = v.(string)
+		}
+	}
+	for _, want := range []string{"default-src 'self'", "script-src 'self'", "object-src 'none'", "frame-ancestors 'none'", "require-trusted-types-for 'script'"} {
+		if !strings.Contains(csp, want) {
+			t.Errorf("the page's CSP %q lacks %q", csp, want)
+		}
+	}
+	if strings.Contains(csp, "unsafe-") {
+		t.Errorf("the page's CSP allows unsafe code: %q", csp)
+	}
 	b.waitFor("the page reaches the daemon", `document.querySelector('#conn').textContent === 'connected'`, 30*time.Second)
 
 	banner := `document.querySelector('#health')`
