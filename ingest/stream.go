@@ -170,7 +170,7 @@ func (s *Stream) Process(x *sample.Sample) {
 		jumped = s.clock.Jumps() != jumps
 		bound = s.clock.LastBound()
 		held := s.clock.LastHeld()
-		if !held {
+		if !held && !s.trust.arrival {
 			s.cad.add(x.SrcT)
 		}
 		if ev, ok := s.trust.observe(x.SrcT, x.RecvT, held, jumped, s.clock); ok {
