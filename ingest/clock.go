@@ -300,6 +300,7 @@ type Clock struct {
 	runN     int    // samples in the current run of candidates
 	runSign  int    // -1 below the envelope, +1 above it
 	acqN     uint64 // samples seen while acquiring the first offset
+	acqSince int64  // arrival of the first of them
 
 	outliers  uint64
 	jumps     uint64
@@ -460,9 +461,15 @@ func (c *Clock) done(t int64) int64 {
 // acquire handles a sample before any offset is agreed: it is held back
 // and stamped at arrival until JumpConfirmSamples consecutive samples agree.
 func (c *Clock) acquire(src, y, recv int64) int64 {
+	if c.acqN == 0 {
+		c.acqSince = recv
+	}
 	c.acqN++
 	c.push(held{x: src, y: y, recv: recv, arrival: true})
-	if k := c.o.JumpConfirmSamples; c.npend >= k && c.agree(k) && c.paced() {
+	// The agreeing samples must also arrive paced (not a backlog in a
+	// burst), unless they have not for a second: a device that always
+	// sends in bursts is still timed by its clock.
+	if k := c.o.JumpConfirmSamples; c.npend >= k && c.agree(k) && (c.paced() || satSub(recv, c.acqSince) >= int64(time.Second)) {
 		hs := c.lastPend(k)
 		// The samples before the agreeing ones never agreed with anything.
 		c.outliers += c.acqN - uint64(k)
@@ -503,7 +510,15 @@ func (c *Clock) candidate(src, y, recv int64, r float64) int64 {
 	}
 	c.push(h)
 	if c.confirm() {
-		c.jump(recv)
+		if sign < 0 && !c.converged {
+			// Before the estimate converges the envelope is still being
+			// found: samples that agree on lower delays than the line
+			// (a device that sends in bursts, a first offset taken from
+			// delayed samples) are evidence, not a step.
+			c.merge()
+		} else {
+			c.jump(recv)
+		}
 		t = c.stamp(src, recv)
 		c.lazyBnd, c.lastBndX = true, src
 		return c.done(t)
@@ -561,7 +576,8 @@ func (c *Clock) confirm() bool {
 
 // paced reports whether the held-back samples that agree with the last
 // one arrived at about the pace of their device times (arrival span at
-// least half the device-time span): not a backlog delivered in a burst,
+// least half the device-time span, over a device-time span of at least
+// four mean excess delays): not a backlog delivered in a burst,
 // whose offsets are its queueing delay. The span is taken over every
 // sample that agrees with the last one, so that it grows with the
 // evidence.
@@ -577,7 +593,11 @@ func (c *Clock) paced() bool {
 	}
 	srcSpan := satSub(last.x, first.x)
 	recvSpan := satSub(last.recv, first.recv)
-	return srcSpan > 0 && recvSpan >= srcSpan/2
+	// Over a span shorter than a few delays the arrival spread is mostly
+	// jitter: wait for a span of 4 times the mean excess delay (at most
+	// 100 ms), so that the samples of one burst cannot look paced.
+	need := satInt(min(4*c.jitter, float64(100*time.Millisecond)))
+	return srcSpan > 0 && srcSpan >= need && recvSpan >= srcSpan/2
 }
 
 func (c *Clock) lastPend(k int) []held {
@@ -628,6 +648,23 @@ func (c *Clock) jump(recv int64) {
 		c.prior, c.priorUnc, c.havePrior = c.slope, c.slopeUnc, true
 	}
 	c.reseed(hs)
+}
+
+// merge takes the agreeing held-back samples of the run into the evidence
+// and ends the run; earlier ones in it that did not agree were wild.
+func (c *Clock) merge() {
+	k := c.o.JumpConfirmSamples
+	for i := 0; i < c.npend-k; i++ {
+		if c.pend[(c.pendHead+i)%pendCap].arrival {
+			c.outliers++
+		}
+	}
+	for _, h := range c.lastPend(k) {
+		c.insert(h.x, h.y)
+		c.lastX = h.x
+	}
+	c.runN, c.npend, c.pendHead = 0, 0, 0
+	c.rebuild()
 }
 
 // reseed restarts the estimator on the given samples (in arrival order).

@@ -142,8 +142,8 @@ func TestClockBoundsSaturate(t *testing.T) {
 
 // TestClockSteps: steps of ±200 ms and ±2 s in the middle of a stream, on
 // the ground-truth harness, at 10, 30 and 200 Hz and several seeds. The
-// step is detected within a few samples (and within 100 ms at 30 Hz and
-// above), its size is measured within 5 %, T never goes back, aligned time
+// step is detected within 3 samples or 100 ms (at 10 Hz 3 samples take
+// 200 ms), its size is measured within 5 %, T never goes back, aligned time
 // stays continuous across it (no interval a gap rule would count: at most
 // 3 periods), and after re-convergence the error is back under 1 ms.
 func TestClockSteps(t *testing.T) {
@@ -216,11 +216,11 @@ func TestClockSteps(t *testing.T) {
 					errPct := 100 * math.Abs(float64(measured+step)) / math.Abs(float64(step))
 					t.Logf("detected after %d samples (%v), measured %v (%.2f%% off), max interval %v (period %v), worst error after 5s %.1fµs, reordered %d",
 						lagSamples, lag, -measured, errPct, time.Duration(maxIv), time.Duration(period), worstAfter/1e3, s.Counters().Reordered)
-					if lagSamples > 5 {
-						t.Errorf("step detected after %d samples, want a few", lagSamples)
-					}
-					if hz >= 30 && lag > 100*time.Millisecond {
-						t.Errorf("step detected %v after it happened, want <= 100ms", lag)
+					// Within a few (3) samples, or 100 ms at most: fast
+					// streams may take a few more samples to tell a step
+					// from jitter, slow ones need their 3 samples.
+					if lagSamples > 3 && lag > 100*time.Millisecond {
+						t.Errorf("step detected after %d samples and %v, want 3 samples or 100ms", lagSamples, lag)
 					}
 					if errPct > 5 {
 						t.Errorf("step measured as %v, truth %v (%.1f%% off)", -measured, step, errPct)
@@ -456,5 +456,34 @@ func TestClockStartsOnBacklog(t *testing.T) {
 				t.Fatalf("jumps %d, %d samples above their bound, worst error after 1s %.3fms", st.Jumps, uncovered, worst/1e6)
 			}
 		})
+	}
+}
+
+// TestClockBurstyDevice: a device that buffers its samples and sends them
+// in bursts every 100 ms (so they never arrive paced) is still timed by
+// its clock: the bursts are neither steps nor a reason to fall back to
+// arrival time. (Its envelope rests on one sample per burst, so the
+// estimate is only good to a few ms; that is as before this change.)
+func TestClockBurstyDevice(t *testing.T) {
+	rng := rand.New(rand.NewPCG(8, 8))
+	data := synthClock{rateHz: 200, dur: 30 * time.Second, offset: int64(-400 * time.Millisecond), driftPPM: 60}.generate(rng)
+	d := sample.Descriptor{Stream: "c1/dev", Kind: sample.KindTelemetry, Clock: sample.ClockDevice}
+	s, _ := NewStream(d, 0, ClockOptions{})
+	var worst float64
+	burst := int64(100 * time.Millisecond)
+	for _, o := range data {
+		// Sent at the end of its 100 ms slot, plus the network delay.
+		rel := o.g - synthEpoch
+		flush := synthEpoch + (rel/burst+1)*burst
+		x := sample.Sample{SrcT: o.src, RecvT: flush + (o.recv - o.g)}
+		s.Process(&x)
+		if rel > int64(5*time.Second) {
+			worst = max(worst, math.Abs(float64(x.T-o.g)))
+		}
+	}
+	st := s.ClockStatus()
+	t.Logf("worst after 5s %.1fµs; status %+v", worst/1e3, st)
+	if st.Source != SourceDevice || st.Jumps != 0 || worst > 10e6 {
+		t.Fatalf("source %s (%s), %d jumps, worst error %.3fms", st.Source, st.SourceReason, st.Jumps, worst/1e6)
 	}
 }
