@@ -297,10 +297,14 @@ type Clock struct {
 	pend     [pendCap]held
 	npend    int
 	pendHead int
-	runN     int    // samples in the current run of candidates
-	runSign  int    // -1 below the envelope, +1 above it
-	acqN     uint64 // samples seen while acquiring the first offset
-	acqSince int64  // arrival of the first of them
+	runN     int     // samples in the current run of candidates
+	runSign  int     // -1 below the envelope, +1 above it
+	acqN     uint64  // samples seen while acquiring the first offset
+	creepN   int     // samples in a row above creepLim (see creep)
+	creepLim float64 // the limit, fixed at the first of them
+	creepX0  int64
+	creepMin float64
+	acqSince int64 // arrival of the first of them
 
 	outliers  uint64
 	jumps     uint64
@@ -436,6 +440,12 @@ func (c *Clock) Align(src, recv int64) int64 {
 		return c.candidate(src, y, recv, r)
 	}
 	c.endRun()
+	if c.converged && c.creep(src, r) {
+		c.smallStep(src, y, recv)
+		t := c.stamp(src, recv)
+		c.lazyBnd, c.lastBndX = true, src
+		return c.done(t)
+	}
 	c.jitter += (max(r, 0) - c.jitter) / 64
 	c.insert(src, y)
 	c.lastX = src
@@ -650,6 +660,50 @@ func (c *Clock) jump(recv int64) {
 	c.reseed(hs)
 }
 
+// creep watches for a backward step smaller than JumpThreshold: no single
+// sample can tell it from a delay, but real delays keep touching the
+// envelope, while after a step back every sample lies above it. When for
+// creepSpan of device time (and creepSamples samples) no sample came within
+// max(5 ms, 4 mean excess delays) of the envelope, it reports a step. The
+// samples meanwhile owe their residual as a hedge (see candidate).
+func (c *Clock) creep(x int64, r float64) bool {
+	lim := c.creepLim
+	if c.creepN == 0 {
+		lim = max(float64(5*time.Millisecond), 4*c.jitter)
+	}
+	if r < lim {
+		c.creepN = 0
+		return false
+	}
+	if c.creepN == 0 {
+		c.creepLim, c.creepX0, c.creepMin = lim, x, r
+	}
+	c.creepN++
+	c.creepMin = min(c.creepMin, r)
+	c.lastCand, c.lastHedge = true, satInt(r)
+	return c.creepN >= creepSamples && satSub(x, c.creepX0) >= int64(creepSpan)
+}
+
+const (
+	creepSamples = 10
+	creepSpan    = time.Second
+)
+
+// smallStep restarts the estimator after a backward step found by creep,
+// on the current sample (the line is then fresh and tightens as samples
+// come).
+func (c *Clock) smallStep(x, y, recv int64) {
+	d := c.creepMin
+	c.creepN = 0
+	c.lastStep = d
+	c.jumps++
+	c.addEvent(episode.ClockEvent{T: recv, Kind: EventJump,
+		Detail: fmt.Sprintf("device clock stepped backward by %v (every sample for %v lay above the envelope); estimator reset",
+			time.Duration(satInt(d)).Round(time.Microsecond), creepSpan)})
+	c.prior, c.priorUnc, c.havePrior = c.slope, c.slopeUnc, true
+	c.reseed([]held{{x: x, y: y, recv: recv}})
+}
+
 // merge takes the agreeing held-back samples of the run into the evidence
 // and ends the run; earlier ones in it that did not agree were wild.
 func (c *Clock) merge() {
@@ -688,6 +742,7 @@ func (c *Clock) restart(x int64) {
 	c.haveLine, c.converged = false, false
 	c.slope = c.prior
 	c.runN, c.npend, c.pendHead = 0, 0, 0
+	c.creepN = 0
 	c.dirty = true
 }
 
