@@ -313,6 +313,7 @@ type Clock struct {
 	lastT     int64   // the last aligned time returned
 	haveT     bool
 	lastHeld  bool
+	lastWild  bool  // held, and agreeing with no held sample before it
 	lastCand  bool  // the last sample was a candidate held in a run (not confirmed)
 	lastHedge int64 // what its bound owes if its run turns out to be a step
 	lastBnd   int64 // the last bound, unless lazyBnd
@@ -424,7 +425,7 @@ func (c *Clock) arrival(recv int64) int64 {
 // (zero means "no device time" to a Stream); any value is safe.
 func (c *Clock) Align(src, recv int64) int64 {
 	c.samples++
-	c.lastHeld, c.lastCand, c.lastHedge = false, false, 0
+	c.lastHeld, c.lastWild, c.lastCand, c.lastHedge = false, false, false, 0
 	y := satSub(recv, src)
 	if !c.haveLine {
 		return c.acquire(src, y, recv)
@@ -490,6 +491,7 @@ func (c *Clock) acquire(src, y, recv int64) int64 {
 		return c.done(t)
 	}
 	c.lastHeld = true
+	c.lastWild = c.agreeing() < 2
 	c.lazyBnd, c.lastBnd = false, int64(c.o.JumpThreshold)
 	return c.done(c.arrival(recv))
 }
@@ -534,6 +536,9 @@ func (c *Clock) candidate(src, y, recv int64, r float64) int64 {
 		return c.done(t)
 	}
 	c.lastHeld = h.arrival
+	// Wild: it agrees with no held-back sample before it. The samples of
+	// a step waiting for confirmation agree with each other.
+	c.lastWild = h.arrival && c.agreeing() < 2
 	c.lastCand = true
 	if h.arrival {
 		c.lazyBnd, c.lastBnd = false, c.arrivalBound()
@@ -592,15 +597,9 @@ func (c *Clock) confirm() bool {
 // sample that agrees with the last one, so that it grows with the
 // evidence.
 func (c *Clock) paced() bool {
+	n := c.agreeing()
 	last := c.pend[(c.pendHead+c.npend-1)%pendCap]
-	first := last
-	for i := c.npend - 2; i >= 0; i-- {
-		p := c.pend[(c.pendHead+i)%pendCap]
-		if d := satSub(p.y, last.y); d > int64(c.o.Agree) || d < -int64(c.o.Agree) {
-			break
-		}
-		first = p
-	}
+	first := c.pend[(c.pendHead+c.npend-n)%pendCap]
 	srcSpan := satSub(last.x, first.x)
 	recvSpan := satSub(last.recv, first.recv)
 	// Over a span shorter than a few delays the arrival spread is mostly
@@ -608,6 +607,24 @@ func (c *Clock) paced() bool {
 	// 100 ms), so that the samples of one burst cannot look paced.
 	need := satInt(min(4*c.jitter, float64(100*time.Millisecond)))
 	return srcSpan > 0 && srcSpan >= need && recvSpan >= srcSpan/2
+}
+
+// agreeing is how many of the last held-back samples, counting back from
+// the last one, agree with it (offsets within Agree).
+func (c *Clock) agreeing() int {
+	if c.npend == 0 {
+		return 0
+	}
+	last := c.pend[(c.pendHead+c.npend-1)%pendCap]
+	n := 1
+	for i := c.npend - 2; i >= 0; i-- {
+		p := c.pend[(c.pendHead+i)%pendCap]
+		if d := satSub(p.y, last.y); d > int64(c.o.Agree) || d < -int64(c.o.Agree) {
+			break
+		}
+		n++
+	}
+	return n
 }
 
 func (c *Clock) lastPend(k int) []held {
@@ -630,9 +647,12 @@ func (c *Clock) push(h held) {
 
 // jump resets the estimator on the agreeing held-back samples and records
 // an event. The step is the smallest residual among them (the new
-// envelope): its error is the smallest excess delay of the few samples.
+// envelope): its error is the smallest excess delay of those samples.
 func (c *Clock) jump(recv int64) {
-	k := c.o.JumpConfirmSamples
+	// Every agreeing sample of the run (at least the confirming ones)
+	// measures the step and seeds the new estimate: the more, the closer
+	// their smallest delay is to the true minimum.
+	k := max(c.o.JumpConfirmSamples, c.agreeing())
 	hs := c.lastPend(k)
 	// Earlier samples of the run that are not part of the agreeing set
 	// were wild.
@@ -1015,6 +1035,11 @@ func (c *Clock) LastHeld() bool { return c.lastHeld }
 // error would be if the run turns out to be a backward step (0 when it was
 // stamped from arrival anyway).
 func (c *Clock) LastCandidate() (bool, int64) { return c.lastCand, c.lastHedge }
+
+// LastWild reports whether the last sample was held back and agreed with
+// no held-back sample before it (a wild timestamp rather than part of a
+// step waiting to be confirmed).
+func (c *Clock) LastWild() bool { return c.lastWild }
 
 // LastStepNs is the signed size of the last confirmed step of the device
 // clock: positive when it stepped backward (samples arrived later than the
