@@ -304,7 +304,12 @@ type Clock struct {
 	creepLim float64 // the limit, fixed at the first of them
 	creepX0  int64
 	creepMin float64
-	acqSince int64 // arrival of the first of them
+	// A step to measure again (see remeasure).
+	stepPending bool
+	stepX       int64
+	stepOld     float64
+	stepEventT  int64
+	acqSince    int64 // arrival of the first of them
 
 	outliers  uint64
 	jumps     uint64
@@ -458,6 +463,7 @@ func (c *Clock) Align(src, recv int64) int64 {
 	if c.dirty && (!c.converged || src-c.lastBuild >= rebuildEvery || src < c.lastBuild) {
 		c.lastBuild = src
 		c.rebuild()
+		c.stepMeasured()
 	}
 	t := c.stamp(src, recv)
 	c.lazyBnd, c.lastBndX = true, src
@@ -677,7 +683,36 @@ func (c *Clock) jump(recv int64) {
 	if c.converged {
 		c.prior, c.priorUnc, c.havePrior = c.slope, c.slopeUnc, true
 	}
+	c.remeasure(hs[0].x, recv)
 	c.reseed(hs)
+}
+
+// remeasure notes the old line at the step, so that the step's size can
+// be measured again once the new estimate rests on more samples (the few
+// that confirmed it may all have been delayed).
+func (c *Clock) remeasure(x, recv int64) {
+	c.stepPending, c.stepX, c.stepOld, c.stepEventT = true, x, c.lineAt(x), recv
+}
+
+// stepMeasured updates the last step's size from the new estimate, once it
+// rests on 2·MinSamples samples, in its event too.
+func (c *Clock) stepMeasured() {
+	if !c.stepPending || !c.haveLine || c.count < 2*int64(c.o.MinSamples) {
+		return
+	}
+	c.stepPending = false
+	d := c.lineAt(c.stepX) - c.stepOld
+	c.lastStep = d
+	for i := len(c.events) - 1; i >= 0; i-- {
+		if e := &c.events[i]; e.Kind == EventJump && e.T == c.stepEventT {
+			dir := "backward"
+			if d < 0 {
+				dir = "forward"
+			}
+			e.Detail = fmt.Sprintf("device clock stepped %s by %v; estimator reset", dir, time.Duration(satInt(math.Abs(d))).Round(time.Microsecond))
+			break
+		}
+	}
 }
 
 // creep watches for a backward step smaller than JumpThreshold: no single
@@ -721,6 +756,7 @@ func (c *Clock) smallStep(x, y, recv int64) {
 		Detail: fmt.Sprintf("device clock stepped backward by %v (every sample for %v lay above the envelope); estimator reset",
 			time.Duration(satInt(d)).Round(time.Microsecond), creepSpan)})
 	c.prior, c.priorUnc, c.havePrior = c.slope, c.slopeUnc, true
+	c.remeasure(x, recv)
 	c.reseed([]held{{x: x, y: y, recv: recv}})
 }
 
