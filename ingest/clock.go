@@ -436,7 +436,9 @@ func (c *Clock) Align(src, recv int64) int64 {
 		return c.acquire(src, y, recv)
 	}
 	r := float64(y) - c.lineAt(src)
-	neg := -float64(c.o.OutlierThreshold)
+	// Below the envelope by more than it can be off (3 envelope
+	// spacings, at least OutlierThreshold) is impossible for a delay.
+	neg := -max(float64(c.o.OutlierThreshold), 3*c.env)
 	if !c.converged {
 		// The envelope of a few samples is not tight yet: only what no
 		// delay can explain is suspect.
@@ -719,12 +721,13 @@ func (c *Clock) stepMeasured() {
 // sample can tell it from a delay, but real delays keep touching the
 // envelope, while after a step back every sample lies above it. When for
 // creepSpan of device time (and creepSamples samples) no sample came within
-// max(5 ms, 4 mean excess delays) of the envelope, it reports a step. The
+// max(5 ms, 4 mean excess delays, at most 20 ms) of the envelope, it
+// reports a step. The
 // samples meanwhile owe their residual as a hedge (see candidate).
 func (c *Clock) creep(x int64, r float64) bool {
 	lim := c.creepLim
 	if c.creepN == 0 {
-		lim = max(float64(5*time.Millisecond), 4*c.jitter)
+		lim = max(float64(5*time.Millisecond), min(4*c.jitter, float64(20*time.Millisecond)))
 	}
 	if r < lim {
 		c.creepN = 0

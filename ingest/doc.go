@@ -59,7 +59,7 @@
 // estimate rests on 20 samples (within 2 % for 200 ms). A step back
 // smaller than 100 ms reads as a longer delay for a while: it is found
 // when for 1 s (and 10 samples) no sample came within max(5 ms, 4 mean
-// excess delays) of the envelope (steps below that stay a bias until the
+// excess delays, at most 20 ms) of the envelope (steps below that stay a bias until the
 // window forgets the old envelope). Held-back samples
 // are stamped from arrival: the previous T plus one cadence period (the
 // median device-time interval), kept within [arrival − the largest delay
