@@ -105,7 +105,7 @@ func NewStream(d sample.Descriptor, lastSeq uint64, opts ClockOptions) (*Stream,
 		return nil, fmt.Errorf("ingest: stream %s: %w", d.Stream, err)
 	}
 	return &Stream{desc: d, seq: lastSeq, clock: c, c: StreamCounters{LastSeq: lastSeq}, bounds: &boundHistory{},
-		trust: trust{o: c.o}}, nil
+		trust: trust{o: c.o}, cad: arrivalJitter{periodOnly: true}}, nil
 }
 
 // Descriptor returns the stream's current descriptor.

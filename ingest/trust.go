@@ -191,6 +191,8 @@ type arrivalJitter struct {
 	dpos   int
 	maxDev int64
 	since  int
+	// periodOnly: only the typical period is wanted (the cadence).
+	periodOnly bool
 }
 
 func (a *arrivalJitter) add(recv int64) {
@@ -207,10 +209,15 @@ func (a *arrivalJitter) add(recv int64) {
 	a.pos = (a.pos + 1) % gapRing
 	a.niv = min(a.niv+1, gapRing)
 	a.since++
-	if a.period == 0 && a.niv >= 8 || a.since >= 16 {
+	// The period moves slowly: its median (a sort of 32) is refreshed
+	// every 64 intervals, which keeps this a few ns per sample.
+	if a.period == 0 && a.niv >= 8 || a.since >= 64 {
 		a.period = medianOf(a.iv[:a.niv])
 	}
-	if a.period <= 0 {
+	if a.period <= 0 || a.periodOnly {
+		if a.since >= 64 {
+			a.since = 0
+		}
 		return
 	}
 	k := (iv + a.period/2) / a.period
@@ -224,7 +231,7 @@ func (a *arrivalJitter) add(recv int64) {
 	if d > a.maxDev {
 		a.maxDev = d
 	}
-	if a.since >= 16 {
+	if a.since >= 64 {
 		a.since = 0
 		var m int64
 		for _, v := range a.dev[:a.ndev] {
