@@ -151,7 +151,12 @@
 // # Quality (Report) and synchronized view (View)
 //
 // A Report is built by feeding an episode's stored samples of one stream in
-// time order; it needs only stored data, so it is the same after a restart.
+// time order (only their index: time, flags, counts and payload size); it
+// needs only stored data and the window, plus the device's offline
+// intervals, which only name causes. It measures the stream against the
+// window: expected samples at the nominal rate, coverage, and every gap as
+// an interval with a cause. Judge turns an episode's reports into its
+// verdict (ok or degraded, with reasons) against the cell's thresholds.
 // A View iterates a time-ordered sample sequence as frames at a fixed rate,
 // taking per stream the nearest sample within a tolerance and counting
 // misses.

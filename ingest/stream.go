@@ -85,7 +85,18 @@ type Stream struct {
 	// behind: the last T was held back behind the clock's line to keep T
 	// continuous after a step (see Process).
 	behind bool
+	// vid follows a video stream's frame reordering (B-frames); see
+	// Process.
+	vid struct {
+		depth int64 // the largest PTSOffset seen: the reordering delay
+		haveT bool
+		lastT int64 // the last decode T stamped
+	}
 }
+
+// maxReorder caps a video stream's reordering delay (see decodeOrder): 1 s
+// covers B-pyramids at any frame rate cameras use.
+const maxReorder = int64(time.Second)
 
 // NewStream returns the pipeline for the stream described by d. lastSeq is
 // the last sequence number stored for the stream (0 for a new stream), so
@@ -131,7 +142,15 @@ func (s *Stream) SetDescriptor(d sample.Descriptor, now int64) error {
 // Process numbers one raw sample from the device and stamps its aligned
 // time: it sets Seq (gapless, continuing from lastSeq) and T, fills Stream
 // if empty, may add sample.ArrivalTime to Flags, and updates the counters.
-// SrcT, RecvT, Lost, Dropped and Payload are read, never changed.
+// SrcT, RecvT, Lost, Dropped, PTSOffset and Payload are read, never changed.
+//
+// Video: SrcT is the frame's presentation (capture) time on the device
+// clock and PTSOffset its presentation minus decode time (PTS - DTS, 0
+// without B-frames). The clock is fed the decode time SrcT - PTSOffset,
+// which only increases in the order the camera sends frames, so B-frames
+// never look like a clock stepping back; T is then the aligned decode time
+// (see decodeOrder), which never decreases, and T + PTSOffset the aligned
+// presentation time.
 //
 // Device-mode samples with SrcT != 0 go through the clock estimator;
 // arrival-mode samples, and device-mode samples without SrcT (RTSP before
@@ -158,9 +177,50 @@ func (s *Stream) Process(x *sample.Sample) {
 	if s.desc.Clock == sample.ClockDevice {
 		s.jit.add(x.RecvT)
 	}
+	video := s.desc.Kind == sample.KindVideo
+	s.stamp(x, video)
+	if video {
+		s.decodeOrder(x)
+	}
+	s.count(x)
+}
+
+// decodeOrder turns a video frame's stamp (in T: the aligned time its
+// decode time maps to) into its decode time on the gateway clock, T minus
+// the stream's reordering delay, never below the previous frame's T
+// (storage keys on T, so the stored order is the camera's order). PTSOffset
+// is left as the device gave it, so that T + PTSOffset is the presentation
+// time.
+//
+// Why the reordering delay: a camera sends a frame soon after capturing
+// it, but with B-frames it captures (and sends) the later reference frame
+// before the frames displayed ahead of it. Measured against decode times,
+// every frame then seems to travel that delay longer than it did; it is
+// the largest PTS - DTS of the stream (the reference frame sent right after
+// capture), learned as frames arrive, and 0 without B-frames.
+func (s *Stream) decodeOrder(x *sample.Sample) {
+	s.vid.depth = max(s.vid.depth, min(x.PTSOffset, maxReorder))
+	t := satSub(x.T, s.vid.depth)
+	if s.vid.haveT && t < s.vid.lastT {
+		// Only while the depth is still being learned: widen nothing,
+		// the presentation time keeps its offset from T.
+		t = s.vid.lastT
+	}
+	x.T = t
+	s.vid.haveT, s.vid.lastT = true, t
+}
+
+// stamp sets x.T from device or arrival time (see Process); for video the
+// device time taken is the decode time, SrcT - PTSOffset, which only
+// increases in the order the camera sends frames.
+func (s *Stream) stamp(x *sample.Sample, video bool) {
 	var bound int64
 	arrival, jumped := false, false
 	if s.desc.Clock == sample.ClockDevice && x.SrcT != 0 {
+		src := x.SrcT
+		if video {
+			src = satSub(src, x.PTSOffset)
+		}
 		if !s.device {
 			s.device = true
 			if s.c.ArrivalStamped > 0 {
@@ -169,14 +229,14 @@ func (s *Stream) Process(x *sample.Sample) {
 			}
 		}
 		jumps := s.clock.Jumps()
-		x.T = s.clock.Align(x.SrcT, x.RecvT)
+		x.T = s.clock.Align(src, x.RecvT)
 		jumped = s.clock.Jumps() != jumps
 		bound = s.clock.LastBound()
 		held := s.clock.LastHeld()
 		if !held && !s.trust.arrival {
-			s.cad.add(x.SrcT)
+			s.cad.add(src)
 		}
-		if ev, ok := s.trust.observe(x.SrcT, x.RecvT, held, jumped, s.clock); ok {
+		if ev, ok := s.trust.observe(src, x.RecvT, held, jumped, s.clock); ok {
 			s.clock.quiet = false
 			s.clock.addEvent(ev)
 		}
@@ -239,6 +299,10 @@ func (s *Stream) Process(x *sample.Sample) {
 		s.bounds.add(x.T, bound)
 		s.hedge(x.T, bound, jumped)
 	}
+}
+
+// count updates the counters with a stamped sample.
+func (s *Stream) count(x *sample.Sample) {
 	c := &s.c
 	c.Samples++
 	c.Bytes += uint64(len(x.Payload))

@@ -96,7 +96,7 @@ func TestStreamDeviceBeforeSenderReport(t *testing.T) {
 			continue
 		}
 		if i > noSR+150 && (i < 1500 || i > 1530+150) {
-			worst = max(worst, math.Abs(float64(x.T-o.g)))
+			worst = max(worst, math.Abs(float64(x.PTS()-o.g)))
 		}
 	}
 	if worst > 2e6 {
@@ -197,5 +197,41 @@ func TestStreamBoundOver(t *testing.T) {
 	arr, _ := NewStream(sample.Descriptor{Stream: "a", Clock: sample.ClockArrival}, 0, ClockOptions{})
 	if _, ok := arr.BoundOver(0, 1); ok {
 		t.Fatal("arrival streams have no stamped-bound history")
+	}
+}
+
+// TestStreamDecodeOrder: a video stream with B-frames arrives in decode
+// order with presentation (capture) times that go back and forth. T must
+// never decrease (storage keys on it, so it keeps the camera's order), and
+// T + PTSOffset must stay the aligned presentation time.
+func TestStreamDecodeOrder(t *testing.T) {
+	d := sample.Descriptor{Stream: "c1/cam", Kind: sample.KindVideo, Codec: sample.CodecH264, Clock: sample.ClockDevice}
+	s, _ := NewStream(d, 0, ClockOptions{})
+	const frame = int64(time.Second / 30)
+	base := int64(1_800_000_000) * 1e9
+	// IPBB...: presentation index per decode index, PTS - DTS in frames.
+	order := []struct{ pts, off int64 }{{0, 1}, {3, 3}, {1, 0}, {2, 0}, {6, 3}, {4, 0}, {5, 0}}
+	var lastT int64
+	for gop := int64(0); gop < 100; gop++ {
+		for k, o := range order {
+			capture := base + (gop*7+o.pts)*frame
+			// Sent after the P frame it depends on is encoded: at the
+			// DTS + 3 frames, plus a 2 ms network delay.
+			dts := base + (gop*7+int64(k)-1)*frame
+			x := sample.Sample{SrcT: capture, RecvT: dts + 3*frame + 2e6, PTSOffset: o.off * frame}
+			if x.RecvT < capture {
+				t.Fatalf("test data: arrival before capture")
+			}
+			s.Process(&x)
+			if x.Seq > 1 && x.T < lastT {
+				t.Fatalf("sample %d: T %d before the previous %d", x.Seq, x.T, lastT)
+			}
+			lastT = x.T
+			if gop > 10 {
+				if e := x.PTS() - capture; e < 0 || e > 5e6 {
+					t.Fatalf("sample %d: presentation %d off the capture time by %v", x.Seq, x.PTS(), time.Duration(e))
+				}
+			}
+		}
 	}
 }
