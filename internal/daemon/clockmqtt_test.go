@@ -243,12 +243,13 @@ sync:
 		if s.T >= from && s.T <= to {
 			inWindow++
 		}
-		// The first few are stamped while the clock agrees on an offset.
-		if good > 10 {
+		// The first second is stamped while the clock agrees on an offset
+		// and converges.
+		if good > 50 {
 			worst = max(worst, time.Duration(abs(s.T-pubT)))
 		}
 	}
-	t.Logf("episode window [%d, %d]: %d good samples, %d in the window, worst |T - publish time| after the first 10: %v; quality %+v",
+	t.Logf("episode window [%d, %d]: %d good samples, %d in the window, worst |T - publish time| after the first 50 (1 s): %v; quality %+v",
 		from, to, good, inWindow, worst, e.Quality)
 	if wild != 1 || good != 300 || inWindow != 300 {
 		t.Fatalf("stored %d wild and %d good samples, %d of them in the episode window; want 1, 300, 300", wild, good, inWindow)
