@@ -1,7 +1,6 @@
 package export_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -10,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -29,6 +27,7 @@ import (
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/ingest"
 	"github.com/episoded/episoded/internal/video"
+	"github.com/episoded/episoded/internal/video/videotest"
 	"github.com/episoded/episoded/sample"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/export"
@@ -43,103 +42,6 @@ import (
 // through ingest into a real store, and exported. The export is checked
 // by ffmpeg (decodes every frame from the first, without errors) and by
 // the official MCAP reader (@mcap/core).
-
-// ffmpegOrFail returns ffmpeg's and ffprobe's paths (skipped under -short).
-func ffmpegOrFail(t *testing.T) (string, string) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("needs ffmpeg and real-time RTSP streaming; skipped under -short")
-	}
-	ff, err := exec.LookPath("ffmpeg")
-	if err != nil {
-		t.Fatalf("ffmpeg not found (apt-get install -y --no-install-recommends ffmpeg): %v", err)
-	}
-	fp, err := exec.LookPath("ffprobe")
-	if err != nil {
-		t.Fatalf("ffprobe not found (comes with ffmpeg): %v", err)
-	}
-	return ff, fp
-}
-
-// encodedClip is an ffmpeg-encoded clip: access units in decode order, the
-// presentation time of each (ms from the first) and its parameter sets.
-type encodedClip struct {
-	codec  *video.Codec
-	aus    [][][]byte
-	pts    []int64 // ms
-	params [][]byte
-	gop    int
-}
-
-// encodeClip encodes secs seconds of testsrc2 at 30 fps with B-frames and
-// a fixed GOP of gop frames.
-func encodeClip(t *testing.T, c *video.Codec, gop, secs int) *encodedClip {
-	t.Helper()
-	ff, fp := ffmpegOrFail(t)
-	dir := t.TempDir()
-	mkv := filepath.Join(dir, "clip.mkv")
-	args := []string{"-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "lavfi",
-		"-i", fmt.Sprintf("testsrc2=size=320x240:rate=30:duration=%d", secs), "-pix_fmt", "yuv420p"}
-	raw, bsf, rawFmt := filepath.Join(dir, "clip.h264"), "h264_mp4toannexb", "h264"
-	if c == video.H265 {
-		args = append(args, "-c:v", "libx265", "-x265-params",
-			fmt.Sprintf("bframes=3:keyint=%d:min-keyint=%d:scenecut=0:log-level=error", gop, gop))
-		raw, bsf, rawFmt = filepath.Join(dir, "clip.h265"), "hevc_mp4toannexb", "hevc"
-	} else {
-		args = append(args, "-c:v", "libx264", "-profile:v", "main", "-bf", "2",
-			"-g", strconv.Itoa(gop), "-keyint_min", strconv.Itoa(gop), "-sc_threshold", "0")
-	}
-	run := func(name string, args ...string) []byte {
-		out, err := exec.Command(name, args...).Output()
-		if err != nil {
-			var stderr []byte
-			if ee, ok := err.(*exec.ExitError); ok {
-				stderr = ee.Stderr
-			}
-			t.Fatalf("%s %v: %v\n%s", name, args, err, stderr)
-		}
-		return out
-	}
-	run(ff, append(args, mkv)...)
-	run(ff, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", mkv, "-c", "copy", "-bsf:v", bsf, "-f", rawFmt, raw)
-	probe := run(fp, "-v", "error", "-select_streams", "v", "-show_entries", "packet=pts", "-of", "csv=p=0", mkv)
-	b, err := os.ReadFile(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	aus, err := assets.AccessUnits(b, c == video.H265)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl := &encodedClip{codec: c, aus: aus, gop: gop}
-	sc := bufio.NewScanner(bytes.NewReader(probe))
-	for sc.Scan() {
-		v, err := strconv.ParseInt(strings.TrimSpace(strings.Split(sc.Text(), ",")[0]), 10, 64)
-		if err != nil {
-			t.Fatalf("ffprobe line %q: %v", sc.Text(), err)
-		}
-		cl.pts = append(cl.pts, v)
-	}
-	if len(cl.pts) != len(aus) || len(aus) != 30*secs {
-		t.Fatalf("clip: %d access units, %d presentation times, want %d", len(aus), len(cl.pts), 30*secs)
-	}
-	cl.params = make([][]byte, c.NParams)
-	for _, n := range aus[0] {
-		if i := c.ParamSlot(n); i >= 0 {
-			cl.params[i] = n
-		}
-	}
-	reordered := 0
-	for i := 1; i < len(cl.pts); i++ {
-		if cl.pts[i] < cl.pts[i-1] {
-			reordered++
-		}
-	}
-	if reordered == 0 {
-		t.Fatal("clip has no B-frames")
-	}
-	return cl
-}
 
 // recSink is the daemon's pipeline in miniature: ingest numbers and stamps
 // each sample (decode order, presentation offset), storage stores it.
@@ -194,7 +96,7 @@ const camStream = "cell1/cam"
 // order written, and each frame's true capture time on the gateway clock.
 type recording struct {
 	st      *storage.Store
-	clip    *encodedClip
+	clip    *videotest.Clip
 	samples []sample.Sample
 	bounds  []int64
 	capture []int64
@@ -203,7 +105,7 @@ type recording struct {
 // record serves the clip over RTSP in decode order, paced like a live
 // camera (each frame sent once every frame it depends on is encoded, after
 // its capture), with a device clock 2 s off the gateway's, and records it.
-func record(t *testing.T, cl *encodedClip) *recording {
+func record(t *testing.T, cl *videotest.Clip) *recording {
 	t.Helper()
 	st := synctest.OpenStore(t)
 	srv, err := rtsp.NewServer(rtsp.ServerOptions{Addr: "127.0.0.1:0", SRPeriod: time.Second})
@@ -214,7 +116,7 @@ func record(t *testing.T, cl *encodedClip) *recording {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	out, err := srv.AddStream("cam", sample.Descriptor{Kind: sample.KindVideo, Codec: cl.codec.Name, Params: cl.params})
+	out, err := srv.AddStream("cam", sample.Descriptor{Kind: sample.KindVideo, Codec: cl.Codec.Name, Params: cl.Params})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,26 +141,26 @@ func record(t *testing.T, cl *encodedClip) *recording {
 	// Decode times: the k-th smallest presentation time, shifted so that
 	// no frame is decoded after it is presented; a live encoder sends a
 	// frame at its decode time plus the reorder delay.
-	n := len(cl.aus)
-	sorted := append([]int64(nil), cl.pts...)
+	n := len(cl.AUs)
+	sorted := append([]int64(nil), cl.PTS...)
 	slices.Sort(sorted)
 	var shift, delay int64
 	for k := range n {
-		shift = max(shift, sorted[k]-cl.pts[k])
+		shift = max(shift, sorted[k]-cl.PTS[k])
 	}
 	for k := range n {
-		delay = max(delay, cl.pts[k]-(sorted[k]-shift))
+		delay = max(delay, cl.PTS[k]-(sorted[k]-shift))
 	}
 	const devOffset = int64(2 * time.Second)
 	t0 := time.Now().Add(100 * time.Millisecond).UnixNano()
 	capture := make([]int64, n)
-	for k, au := range cl.aus {
-		capture[k] = t0 + cl.pts[k]*1e6
+	for k, au := range cl.AUs {
+		capture[k] = t0 + cl.PTS[k]*1e6
 		sendAt := t0 + (sorted[k]-shift+delay)*1e6
 		if d := time.Until(time.Unix(0, sendAt)); d > 0 {
 			time.Sleep(d)
 		}
-		if err := out.WriteAccessUnit(time.Duration(cl.pts[k])*time.Millisecond, capture[k]+devOffset, video.AnnexB(au)); err != nil {
+		if err := out.WriteAccessUnit(time.Duration(cl.PTS[k])*time.Millisecond, capture[k]+devOffset, video.AnnexB(au)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -402,7 +304,7 @@ func videoMessage(t *testing.T, schema *mcap.Schema, data []byte) (int64, []byte
 // and everything ffmpeg reported (empty: no error).
 func ffmpegDecode(t *testing.T, c *video.Codec, stream []byte) (int, string) {
 	t.Helper()
-	ff, _ := ffmpegOrFail(t)
+	ff, _ := videotest.FFmpeg(t)
 	f := filepath.Join(t.TempDir(), "video."+string(c.Name))
 	if err := os.WriteFile(f, stream, 0o644); err != nil {
 		t.Fatal(err)
@@ -456,7 +358,7 @@ func checkExport(t *testing.T, r *recording, id string, want int) ([]exportedFra
 	for _, f := range frames {
 		stream = append(stream, f.data...)
 	}
-	n, errs := ffmpegDecode(t, r.clip.codec, stream)
+	n, errs := ffmpegDecode(t, r.clip.Codec, stream)
 	if errs != "" || n != want {
 		t.Fatalf("ffmpeg decoded %d frames of %d, errors:\n%s", n, want, errs)
 	}
@@ -465,17 +367,17 @@ func checkExport(t *testing.T, r *recording, id string, want int) ([]exportedFra
 
 func TestVideoBFramesRecordedAndExported(t *testing.T) {
 	for _, tc := range []struct {
-		codec     *video.Codec
-		gop, secs int
+		codec              *video.Codec
+		gop, secs, bframes int
 	}{
-		{video.H264, 30, 8},
-		{video.H265, 30, 8},
-		{video.H264, 120, 10},
+		{video.H264, 30, 8, 2},   // -profile:v main -bf 2
+		{video.H265, 30, 8, 3},   // -x265-params bframes=3, open GOPs (CRA)
+		{video.H264, 120, 10, 2}, // 4 s GOP
 	} {
 		t.Run(fmt.Sprintf("%s-gop%ds", tc.codec.Name, tc.gop/30), func(t *testing.T) {
-			cl := encodeClip(t, tc.codec, tc.gop, tc.secs)
+			cl := videotest.Encode(t, videotest.Options{Codec: tc.codec, GOP: tc.gop, Secs: tc.secs, BFrames: tc.bframes, OpenGOP: true})
 			r := record(t, cl)
-			n := len(cl.aus)
+			n := len(cl.AUs)
 			if len(r.samples) != n {
 				t.Fatalf("recorded %d frames of %d", len(r.samples), n)
 			}
@@ -530,24 +432,24 @@ func TestVideoBFramesRecordedAndExported(t *testing.T) {
 
 			// Episodes starting mid-GOP start at the keyframe before
 			// (pre-roll from the timeline), for each GOP.
-			for g := 1; g*cl.gop+cl.gop/2 < n-10; g++ {
-				at := g*cl.gop + cl.gop/2
+			for g := 1; g*cl.GOP+cl.GOP/2 < n-10; g++ {
+				at := g*cl.GOP + cl.GOP/2
 				start := r.samples[at].T
 				key := at
 				for !r.samples[key].Flags.Has(sample.Keyframe) {
 					key--
 				}
-				if key < g*cl.gop-5 {
-					t.Fatalf("no keyframe near frame %d", g*cl.gop)
+				if key < g*cl.GOP-5 {
+					t.Fatalf("no keyframe near frame %d", g*cl.GOP)
 				}
 				id := fmt.Sprintf("ep-gop%d", g)
 				r.episodeOver(t, id, start, last)
 				// An H.265 CRA's leading (RASL) pictures reference the
 				// GOP before: a decoder starting at it cannot show them.
 				rasl := 0
-				if cl.codec == video.H265 {
+				if cl.Codec == video.H265 {
 				leading:
-					for _, au := range cl.aus[key+1:] {
+					for _, au := range cl.AUs[key+1:] {
 						for _, nal := range au {
 							switch typ := (nal[0] >> 1) & 0x3f; {
 							case typ == 8 || typ == 9:
