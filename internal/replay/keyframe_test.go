@@ -125,38 +125,7 @@ func TestReplayRTSPStartsOnKeyframe(t *testing.T) {
 			from := time.Duration(stored[mid].T - t0)
 			want := len(aus) - key
 
-			srv, err := rtsp.NewServer(rtsp.ServerOptions{Addr: "127.0.0.1:0"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := srv.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer srv.Close()
-			var (
-				r   rtspReader
-				out *rtsp.OutStream
-			)
-			p, err := New(Options{
-				Video: func(stream string, d sample.Descriptor) (VideoStream, error) {
-					o, err := srv.AddStream(stream, d)
-					out = o
-					return o, err
-				},
-				BeforeStart: func(ctx context.Context, h Header) error {
-					if err := r.play(t, out.URL()); err != nil {
-						return err
-					}
-					return rtsp.WaitPlayed(ctx, out)
-				},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := p.Run(context.Background(), StoreOpener(st, id, Selection{From: from})); err != nil {
-				t.Fatal(err)
-			}
-			got := r.wait(want, 20*time.Second)
+			got, _ := replayToReader(t, st, id, Selection{From: from}, want)
 			if len(got) != want {
 				t.Fatalf("client got %d access units, want %d (from the keyframe at frame %d before the start at %d)", len(got), want, key, mid)
 			}
@@ -250,3 +219,42 @@ func (r *rtspReader) wait(n int, d time.Duration) [][][]byte {
 
 // t0ms is frame i's time in ms at 30 fps.
 func t0ms(i int) int64 { return int64(i) * 1000 / 30 }
+
+// replayToReader replays episode id from st over RTSP (a loopback
+// devices/rtsp Server) to an rtspReader, and returns the access units it
+// received once there are want (or after 20 s) and the SDP's parameter sets.
+func replayToReader(t *testing.T, st Source, id string, sel Selection, want int) ([][][]byte, [][]byte) {
+	t.Helper()
+	srv, err := rtsp.NewServer(rtsp.ServerOptions{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	var (
+		r   rtspReader
+		out *rtsp.OutStream
+	)
+	p, err := New(Options{
+		Video: func(stream string, d sample.Descriptor) (VideoStream, error) {
+			o, err := srv.AddStream(stream, d)
+			out = o
+			return o, err
+		},
+		BeforeStart: func(ctx context.Context, h Header) error {
+			if err := r.play(t, out.URL()); err != nil {
+				return err
+			}
+			return rtsp.WaitPlayed(ctx, out)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Run(context.Background(), StoreOpener(st, id, sel)); err != nil {
+		t.Fatal(err)
+	}
+	return r.wait(want, 20*time.Second), r.sdp
+}

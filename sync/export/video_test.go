@@ -233,7 +233,8 @@ func readVideo(t *testing.T, data []byte) ([]exportedFrame, export.Manifest) {
 	return readVideoOf(t, data, camStream)
 }
 
-// readVideoOf reads topic's video messages ("" for none).
+// readVideoOf reads topic's video messages with the indexed reader, in
+// log-time order, and the manifest.
 func readVideoOf(t *testing.T, data []byte, topic string) ([]exportedFrame, export.Manifest) {
 	t.Helper()
 	rd, err := mcap.NewReader(bytes.NewReader(data))
@@ -256,6 +257,16 @@ func readVideoOf(t *testing.T, data []byte, topic string) ([]exportedFrame, expo
 		pres, payload := videoMessage(t, schema, msg.Data)
 		out = append(out, exportedFrame{logT: int64(msg.LogTime), pres: pres, seq: msg.Sequence, data: payload})
 	}
+	return out, readManifest(t, data)
+}
+
+// readManifest reads the manifest from an export's metadata.
+func readManifest(t *testing.T, data []byte) export.Manifest {
+	t.Helper()
+	rd, err := mcap.NewReader(bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
 	info, err := rd.Info()
 	if err != nil {
 		t.Fatal(err)
@@ -270,7 +281,7 @@ func readVideoOf(t *testing.T, data []byte, topic string) ([]exportedFrame, expo
 			t.Fatal(err)
 		}
 	}
-	return out, m
+	return m
 }
 
 // videoMessage decodes a foxglove.CompressedVideo with the schema carried
@@ -533,8 +544,7 @@ func TestVideoKeyframeGone(t *testing.T) {
 	if got := rep.Indexed.Counts[cam]; got != uint64(len(ss))-leftOut {
 		t.Fatalf("%d messages, want %d", got, uint64(len(ss))-leftOut)
 	}
-	_, man := readVideoOf(t, data, "")
-	m := man.Streams[0]
+	m := readManifest(t, data).Streams[0]
 	if m.VideoLeftOut != leftOut || m.VideoStart == nil || *m.VideoStart != t0+int64(keys[1])*frame {
 		t.Errorf("manifest: video start %v, left out %d; want the keyframe at %d and %d left out", m.VideoStart, m.VideoLeftOut, keys[1], leftOut)
 	}
@@ -557,33 +567,13 @@ func TestVideoKeyframeGone(t *testing.T) {
 	if len(q) != 1 || q[0].VideoLeftOut != leftOut {
 		t.Errorf("quality report: %+v, want video_left_out %d", q, leftOut)
 	}
-	n, errs := ffmpegDecode(t, video.H264, videoStream(t, data))
+	frames, _ := readVideoOf(t, data, cam)
+	var stream []byte
+	for _, f := range frames {
+		stream = append(stream, f.data...)
+	}
+	n, errs := ffmpegDecode(t, video.H264, stream)
 	if errs != "" || uint64(n) != uint64(len(ss))-leftOut {
 		t.Errorf("ffmpeg decoded %d frames, errors: %s", n, errs)
 	}
-}
-
-// videoStream concatenates the camera video messages of an export.
-func videoStream(t *testing.T, data []byte) []byte {
-	t.Helper()
-	rd, err := mcap.NewReader(bytes.NewReader(data))
-	if err != nil {
-		t.Fatal(err)
-	}
-	it, err := rd.Messages(mcap.UsingIndex(true), mcap.InOrder(mcap.LogTimeOrder))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []byte
-	for {
-		schema, _, msg, err := it.NextInto(nil)
-		if err != nil {
-			break
-		}
-		if schema != nil && schema.Name == export.SchemaCompressedVideo {
-			_, payload := videoMessage(t, schema, msg.Data)
-			out = append(out, payload...)
-		}
-	}
-	return out
 }
