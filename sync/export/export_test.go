@@ -309,7 +309,7 @@ type nodeReport struct {
 // nodeChecker returns the directory holding check.mjs with its
 // node_modules, installing @mcap/core with npm into a cache directory if
 // testdata has none.
-func nodeChecker(t *testing.T) string {
+func nodeChecker(t *testing.T) (dir, script string) {
 	t.Helper()
 	for _, bin := range []string{"node", "npm"} {
 		if _, err := exec.LookPath(bin); err != nil {
@@ -324,7 +324,7 @@ func nodeChecker(t *testing.T) string {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(src, "node_modules", "@mcap", "core")); err == nil {
-		return src
+		return src, "check.mjs"
 	}
 	lock, err := os.ReadFile(filepath.Join(src, "package-lock.json"))
 	if err != nil {
@@ -334,7 +334,7 @@ func nodeChecker(t *testing.T) string {
 	if err != nil {
 		cache = os.TempDir()
 	}
-	dir := filepath.Join(cache, "episoded", "mcapcheck-"+shortHash(lock))
+	dir = filepath.Join(cache, "episoded", "mcapcheck-"+shortHash(lock))
 	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@mcap", "core")); err != nil {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
@@ -358,10 +358,26 @@ func nodeChecker(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "check.mjs"), b, 0o644); err != nil {
-		t.Fatal(err)
+	// The cache directory is shared by every checkout on the machine: the
+	// script goes in under a name of its own content, written atomically,
+	// so that a checkout with another version never runs this one's.
+	name := "check-" + shortHash(b) + ".mjs"
+	if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+		tmp, err := os.CreateTemp(dir, "check-*.tmp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tmp.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if err := tmp.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	return dir
+	return dir, name
 }
 
 func shortHash(b []byte) string {
@@ -380,12 +396,12 @@ func hexs(b []byte) string {
 
 func runNodeCheck(t *testing.T, data []byte) nodeReport {
 	t.Helper()
-	dir := nodeChecker(t)
+	dir, script := nodeChecker(t)
 	f := filepath.Join(t.TempDir(), "episode.mcap")
 	if err := os.WriteFile(f, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("node", "check.mjs", f)
+	cmd := exec.Command("node", script, f)
 	cmd.Dir = dir
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
