@@ -21,6 +21,17 @@ const (
 	// DecodeError marks a payload that could not be decoded as its declared
 	// format. The bytes are kept as they arrived.
 	DecodeError
+	// Refused marks the first sample stored after storage refused samples of
+	// the same stream (full or overloaded); set by the pipeline, so that a
+	// gap ending at this sample is accounted to storage.
+	Refused
+	// ArrivalTime marks a sample of a device-clock stream whose T is its
+	// arrival time (minus the configured latency) rather than its device
+	// time mapped through the stream's clock estimate: its device time was
+	// held back (a wild value, a step not yet confirmed, no offset agreed
+	// yet), missing, or the stream's clock is on arrival fallback. Its error
+	// bound is the arrival bound.
+	ArrivalTime
 )
 
 // Has reports whether all bits of g are set in f.

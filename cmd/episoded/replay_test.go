@@ -175,6 +175,12 @@ func TestReplayBadInput(t *testing.T) {
 // startBroker runs mosquitto on a free loopback port.
 func startBroker(t *testing.T) string {
 	t.Helper()
+	return startBrokerConf(t, "")
+}
+
+// startBrokerConf runs mosquitto with extra configuration lines.
+func startBrokerConf(t *testing.T, extra string) string {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("needs a real mosquitto broker; skipped under -short")
 	}
@@ -186,7 +192,7 @@ func startBroker(t *testing.T) string {
 	addr := freeAddr(t)
 	port := strings.TrimPrefix(addr, "127.0.0.1:")
 	conf := writeFile(t, filepath.Join(t.TempDir(), "mosquitto.conf"),
-		"listener "+port+" 127.0.0.1\nallow_anonymous true\nuser root\npersistence false\n")
+		"listener "+port+" 127.0.0.1\nallow_anonymous true\nuser root\npersistence false\n"+extra)
 	cmd := exec.Command("/usr/sbin/mosquitto", "-c", conf)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -355,6 +355,9 @@ func readOffer(w http.ResponseWriter, r *http.Request) (string, error) {
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxOfferSize))
 	if err != nil {
+		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+			return "", errorf(http.StatusRequestEntityTooLarge, "SDP offer over %d bytes", mbe.Limit)
+		}
 		return "", errorf(http.StatusBadRequest, "read SDP offer: %v", err)
 	}
 	var sd sdp.SessionDescription

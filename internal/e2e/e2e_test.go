@@ -23,8 +23,10 @@ import (
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
 	"github.com/episoded/episoded/internal/daemon"
+	"github.com/episoded/episoded/internal/signing"
 	"github.com/episoded/episoded/internal/sim"
 	"github.com/episoded/episoded/storage"
+	"github.com/episoded/episoded/sync/catalog"
 	"github.com/episoded/episoded/sync/export"
 	"github.com/episoded/episoded/sync/upload"
 )
@@ -162,6 +164,19 @@ func TestEndToEnd(t *testing.T) {
 						if long != 1 {
 							t.Errorf("cam1: the 3 s outage should be one gap of ~3 s; holes: %v", holes)
 						}
+						// The outage is on the record: the episode is
+						// degraded for cam1's coverage, and the gap is
+						// accounted to the camera being offline.
+						if !degradedFor(e, stream, episode.ReasonLowCoverage) {
+							t.Errorf("cam1 outage: verdict %+v, want degraded for low coverage of %s", e.Verdict, stream)
+						}
+						offline := false
+						for _, g := range q.GapList {
+							offline = offline || g.Cause == episode.CauseDeviceOffline && g.To-g.From >= int64(2500*time.Millisecond)
+						}
+						if !offline {
+							t.Errorf("cam1 outage: no device_offline gap of ~3 s in %+v", q.GapList)
+						}
 					}
 				} else {
 					checkTelemetry(t, stream, m, q, from, to)
@@ -206,6 +221,20 @@ func checkUpload(t *testing.T, central string, cfg *config.Config, e episode.Epi
 	}
 	if uman.Episode != e.ID || len(uman.Objects) == 0 || len(uman.Quality) != len(e.Quality) {
 		t.Fatalf("manifest does not describe the episode: %+v", uman)
+	}
+	if uman.Verdict == nil || e.Verdict == nil || uman.Verdict.Status != e.Verdict.Status || len(uman.Verdict.Reasons) != len(e.Verdict.Reasons) {
+		t.Errorf("manifest verdict %+v, episode verdict %+v", uman.Verdict, e.Verdict)
+	}
+	// Signed by the gateway's key, with provenance read as it closed, and
+	// its catalog row next to the day's others.
+	if _, _, err := signing.Verify(raw); err != nil {
+		t.Errorf("manifest signature: %v", err)
+	}
+	if p := uman.Provenance; p == nil || p.TimeSync == nil || p.TimeSync.ReadWhen != "close" || len(p.Streams) != len(uman.Quality) || len(p.Devices) != len(cfg.Devices) {
+		t.Errorf("manifest provenance: %+v", uman.Provenance)
+	}
+	if _, err := os.Stat(filepath.Join(central, filepath.FromSlash(catalog.Key(cfg.Sync.Target.Prefix, cfg.Gateway.Site, cfg.Gateway.ID, e.ID, e.Start)))); err != nil {
+		t.Errorf("catalog row: %v", err)
 	}
 	for _, o := range uman.Objects {
 		b, err := os.ReadFile(filepath.Join(objDir, o.Name))
@@ -383,4 +412,18 @@ func checkTelemetry(t *testing.T, stream string, m []message, q episode.StreamRe
 	if q.Gaps != 0 || q.Lost != 0 || q.DecodeErrors != 0 {
 		t.Errorf("%s: report counts %d gaps, %d lost, %d decode errors; want none", stream, q.Gaps, q.Lost, q.DecodeErrors)
 	}
+}
+
+// degradedFor reports whether e's verdict is degraded with reason code for
+// stream.
+func degradedFor(e episode.Episode, stream, code string) bool {
+	if e.Verdict == nil || e.Verdict.Status != episode.QualityDegraded {
+		return false
+	}
+	for _, r := range e.Verdict.Reasons {
+		if r.Stream == stream && r.Code == code {
+			return true
+		}
+	}
+	return false
 }

@@ -6,7 +6,8 @@
 //   - Header with the fixed library string "episoded" (no version or clock
 //     in it), then one Metadata record named "episode" whose values are
 //     JSON: "manifest" (the episode's identity, window and streams) and
-//     "quality" (the per-stream quality report); then the attachments
+//     "quality" (the per-stream quality report), and "verdict" (ok or
+//     degraded, with reasons) when the episode has one; then the attachments
 //     (calibration, URDF) named by the caller, stamped with the episode
 //     start time, in the order given.
 //   - Chunked, zstd-compressed (one encoder goroutine, fixed chunk size),
@@ -429,9 +430,15 @@ func Write(ctx context.Context, w io.Writer, src Source, id string, o Options) (
 	if err != nil {
 		return fail("encode quality", err)
 	}
-	if err := mw.WriteMetadata(&mcap.Metadata{Name: "episode", Metadata: map[string]string{
-		"manifest": string(mj), "quality": string(qj),
-	}}); err != nil {
+	meta := map[string]string{"manifest": string(mj), "quality": string(qj)}
+	if e.Verdict != nil {
+		vj, err := json.Marshal(e.Verdict)
+		if err != nil {
+			return fail("encode verdict", err)
+		}
+		meta["verdict"] = string(vj)
+	}
+	if err := mw.WriteMetadata(&mcap.Metadata{Name: "episode", Metadata: meta}); err != nil {
 		return fail("write metadata", err)
 	}
 	for _, path := range o.Attachments {

@@ -407,7 +407,10 @@ func TestVideoBFramesRecordedAndExported(t *testing.T) {
 			e := r.episodeOver(t, "ep-all", first, last)
 			frames, m := checkExport(t, r, "ep-all", n)
 			bound := int64(e.Quality[0].AlignmentErrorBoundMs * 1e6)
-			if bound <= 0 || bound > int64(50*time.Millisecond) {
+			// A sanity cap, so that a huge bound cannot make the check
+			// below vacuous; on a loaded machine the report's bound (from
+			// the arrival jitter) has been seen from 2 to 100 ms.
+			if bound <= 0 || bound > int64(250*time.Millisecond) {
 				t.Fatalf("stated bound %v", time.Duration(bound))
 			}
 			// Every presentation time stamped from the device clock once
