@@ -79,19 +79,14 @@ func TestRangeIndexReadsNoPayload(t *testing.T) {
 }
 
 func TestDecodeIndexMatchesGeneric(t *testing.T) {
-	for i, r := range []sampleRec{
+	for _, r := range []sampleRec{
 		{V: 1, SrcT: -5, RecvT: 7, Flags: 3, Lost: 1 << 31, Dropped: 9, Payload: []byte("abc")},
 		{V: 1, SrcT: math.MinInt64, RecvT: math.MaxInt64, Seg: 1 << 40, Off: 1 << 33, Len: 1 << 30, Sum: 0xffffffff},
 		{V: 1, Payload: []byte{}},
-		{V: 2, SrcT: 5, RecvT: 9, Flags: 1, Payload: []byte("def"), PTSOffset: 66_666_667},
-		{V: 2, SrcT: 5, RecvT: 9, Seg: 3, Off: 4, Len: 5, Sum: 6, PTSOffset: -1},
-		{V: 1, SrcT: 3, RecvT: 4, Flags: 2, Payload: []byte("format 1")},
+		{V: 2, SrcT: 1, RecvT: 2, PTSOffset: -66_000_000, Seg: 3, Off: 4, Len: 5},
+		{V: 2, PTSOffset: math.MaxInt64, Payload: []byte("x")},
 	} {
 		b, _ := appendRecord(nil, &r)
-		if i == 5 {
-			// A format 1 record: 11 elements, no presentation offset.
-			b, _ = encMode.Marshal(&sampleRecV1{V: r.V, SrcT: r.SrcT, RecvT: r.RecvT, Flags: r.Flags, Payload: r.Payload})
-		}
 		var e IndexEntry
 		if err := decodeIndex(b, &e); err != nil {
 			t.Fatal(err)
@@ -100,8 +95,7 @@ func TestDecodeIndexMatchesGeneric(t *testing.T) {
 		if err := decodeIndexSlow(b, &g); err != nil {
 			t.Fatal(err)
 		}
-		if e.Size != g.Size || e.Sample.SrcT != g.Sample.SrcT || e.Sample.RecvT != g.Sample.RecvT || e.Sample.Flags != g.Sample.Flags ||
-			e.Sample.Lost != g.Sample.Lost || e.Sample.Dropped != g.Sample.Dropped || e.Sample.PTSOffset != g.Sample.PTSOffset || e.Sample.PTSOffset != r.PTSOffset {
+		if e.Size != g.Size || e.Sample.SrcT != g.Sample.SrcT || e.Sample.RecvT != g.Sample.RecvT || e.Sample.Flags != g.Sample.Flags || e.Sample.Lost != g.Sample.Lost || e.Sample.Dropped != g.Sample.Dropped || e.Sample.PTSOffset != g.Sample.PTSOffset {
 			t.Fatalf("fast %+v, generic %+v", e, g)
 		}
 	}

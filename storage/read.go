@@ -315,13 +315,12 @@ func (s *Store) RangeIndex(stream string, from, to int64) iter.Seq2[IndexEntry, 
 }
 
 // decodeIndex reads a sample record's fields but its payload. The record
-// layouts are the ones appendRecord writes (a 12-element array, format 2)
-// and format 1's 11-element array; anything else (a hand-made encoding)
-// goes through the generic decoder.
+// layout is the one appendRecord writes (an 11-element array); anything
+// else (an older or hand-made encoding) goes through the generic decoder.
 func decodeIndex(v []byte, e *IndexEntry) error {
 	d := cborReader{b: v}
-	elems, ok := d.head(4)
-	if !ok || (elems != 11 && elems != 12) {
+	n, ok := d.head(4) // 11 fields in format 1, 12 (PTSOffset) since format 2
+	if !ok || (n != 11 && n != 12) {
 		return decodeIndexSlow(v, e)
 	}
 	ver, ok1 := d.uint()
@@ -353,9 +352,9 @@ func decodeIndex(v []byte, e *IndexEntry) error {
 		return decodeIndexSlow(v, e)
 	}
 	var ptsOffset int64
-	if elems == 12 {
-		var ok bool
-		if ptsOffset, ok = d.int(); !ok {
+	if n == 12 {
+		var ok9 bool
+		if ptsOffset, ok9 = d.int(); !ok9 {
 			return decodeIndexSlow(v, e)
 		}
 	}
@@ -383,8 +382,7 @@ func decodeIndexSlow(v []byte, e *IndexEntry) error {
 		return err
 	}
 	e.Sample.SrcT, e.Sample.RecvT, e.Sample.Flags = rec.SrcT, rec.RecvT, sample.Flags(rec.Flags)
-	e.Sample.Lost, e.Sample.Dropped = rec.Lost, rec.Dropped
-	e.Sample.PTSOffset = rec.PTSOffset
+	e.Sample.Lost, e.Sample.Dropped, e.Sample.PTSOffset = rec.Lost, rec.Dropped, rec.PTSOffset
 	e.Size = len(rec.Payload)
 	if rec.Seg != 0 {
 		e.Size = int(rec.Len)
