@@ -64,12 +64,12 @@ type Episode struct {
 	State    State  `json:"state"`
 	// Reason explains a failed or quarantined state.
 	Reason string `json:"reason,omitempty"`
-	// Quality is the per-stream report; final once the episode is finished.
-	Quality []StreamReport `json:"quality"`
 	// TimeSync is the gateway's kernel time-sync state when the episode
 	// closed (nil if it was not read, e.g. an episode recovered after a
 	// crash); the upload manifest's provenance carries it.
 	TimeSync *TimeSync `json:"time_sync,omitempty"`
+	// Quality is the per-stream report; final once the episode is finished.
+	Quality []StreamReport `json:"quality"`
 	// Created and Updated are gateway wall-clock times of the record.
 	Created int64 `json:"created"`
 	Updated int64 `json:"updated"`

@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/provenance"
 	"github.com/episoded/episoded/internal/signing"
 	"github.com/episoded/episoded/sync/catalog"
 )
@@ -17,8 +19,16 @@ type Signer interface {
 	Sign(doc []byte) (signing.Signature, error)
 }
 
-// encodeManifest signs m (when a signer is set) and returns manifest.json.
-func (u *Uploader) encodeManifest(m *Manifest) ([]byte, error) {
+// ProvenanceFunc gives an episode's provenance block.
+type ProvenanceFunc = func(episode.Episode) *provenance.Provenance
+
+// encodeManifest completes m with what this file adds (operator,
+// provenance), signs it when a signer is set, and returns manifest.json.
+func (u *Uploader) encodeManifest(m *Manifest, e episode.Episode) ([]byte, error) {
+	m.Operator = e.Operator
+	if u.o.Provenance != nil {
+		m.Provenance = u.o.Provenance(e)
+	}
 	m.Signature = nil
 	if u.o.Signer != nil {
 		body, err := json.Marshal(m)
