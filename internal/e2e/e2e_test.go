@@ -110,9 +110,9 @@ func TestEndToEnd(t *testing.T) {
 			continue
 		}
 		uploaded++
+		checkSigned(t, central, cfg, e)
 		t.Run(e.ID, func(t *testing.T) {
 			msgs := checkUpload(t, central, cfg, e)
-			checkSigned(t, central, cfg, e)
 			from, to := e.Window(0)
 			quality := map[string]episode.StreamReport{}
 			for _, q := range e.Quality {
