@@ -33,7 +33,7 @@ func openStore(cfg *config.Config, d *Daemon) (*storage.Store, error) {
 		Dir:               s.Dir,
 		SyncInterval:      s.SyncInterval,
 		Quota:             int64(s.Quota),
-		MinFree:           int64(s.MinFree),
+		MinFree:           int64(*s.MinFree),
 		FullPolicy:        s.FullPolicy,
 		Retention:         s.Retention,
 		TimelineRetention: s.TimelineRetention,
@@ -96,7 +96,7 @@ func (d *Daemon) buildDevices() error {
 			do := mqtt.DeviceOptions{
 				Device: dev.ID, Topics: dev.Topics, Stream: dev.Stream, Format: dev.Format,
 				TimeUnit: dev.TimeUnit, Latency: dev.Latency,
-				MaxPayload: int64(dev.MaxPayload), TimeOffset: -1,
+				MaxPayload: int64(dev.MaxPayload), MaxStreams: dev.MaxStreams, TimeOffset: -1,
 			}
 			payloadClock := dev.Clock == "payload"
 			if payloadClock {
@@ -183,7 +183,7 @@ func (d *Daemon) buildUploader() error {
 		Site: d.cfg.Gateway.Site, Gateway: d.cfg.Gateway.ID,
 		Windows: y.Windows, Timezone: y.Timezone, PriorityLabel: y.PriorityLabel,
 		Bandwidth: int64(y.Bandwidth), Concurrency: y.Concurrency, PartSize: int64(y.PartSize),
-		RetryMin: y.Retry.Min, RetryMax: y.Retry.Max,
+		RetryMin: y.Retry.Min, RetryMax: y.Retry.Max, MaxAttempts: y.MaxAttempts,
 		StageDir:    filepath.Join(d.cfg.Storage.Dir, "outbox"),
 		Attachments: d.attachments,
 		Logger:      d.log, Registerer: d.reg,

@@ -70,11 +70,28 @@ func CatalogRow(m Manifest, manKey string, manifest []byte) catalog.Row {
 		r.Bytes += o.Size
 		r.Objects = append(r.Objects, o.Key)
 	}
+	// Coverage is measured by the recorders that give a verdict; for
+	// manifests without one it stays null rather than a false 0.
+	measured := m.Verdict != nil
+	if measured {
+		r.QualityStatus = m.Verdict.Status
+		for _, re := range m.Verdict.Reasons {
+			r.QualityReasons = append(r.QualityReasons, catalog.Reason{Stream: re.Stream, Code: re.Code, Detail: re.Detail})
+		}
+	}
 	for _, q := range m.Quality {
-		r.Streams = append(r.Streams, catalog.Stream{
+		st := catalog.Stream{
 			Name: q.Stream, Kind: q.Kind, Codec: q.Codec, Count: int64(q.Samples), Bytes: int64(q.Bytes),
 			AlignmentBoundMs: q.AlignmentErrorBoundMs, ClockSource: q.Clock.Mode, Gaps: int64(q.Gaps),
-		})
+		}
+		if measured {
+			c := q.Coverage
+			st.Coverage = &c
+			if r.Coverage == nil || c < *r.Coverage {
+				r.Coverage = &c
+			}
+		}
+		r.Streams = append(r.Streams, st)
 	}
 	if p := m.Provenance; p != nil {
 		r.SoftwareVer, r.SoftwareCommit = p.Software.Version, p.Software.Commit

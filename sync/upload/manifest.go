@@ -38,6 +38,11 @@ type Manifest struct {
 	Counts  Counts            `json:"counts"`
 	// Quality is the episode's per-stream quality report.
 	Quality []episode.StreamReport `json:"quality"`
+	// Verdict is the episode's quality verdict (ok or degraded, and why);
+	// absent for episodes closed before verdicts existed.
+	Verdict *episode.Verdict `json:"verdict,omitempty"`
+	// Video states per camera where its video really starts.
+	Video []VideoStart `json:"video,omitempty"`
 	// Uploaded is the gateway wall-clock time the manifest was written.
 	Uploaded int64 `json:"uploaded_ns"`
 	// Provenance says what recorded the episode and under which
