@@ -193,6 +193,9 @@ func TestJudge(t *testing.T) {
 	if v := Judge(e, o); v.Status != episode.QualityOK || len(v.Reasons) != 0 {
 		t.Fatalf("only c1/robot/* required: %+v", v)
 	}
+	if v := Judge(episode.Episode{}, QualityOptions{MinCoverage: 0.99}); v.Status != episode.QualityDegraded || len(v.Reasons) != 1 || v.Reasons[0].Code != episode.ReasonMissingStream {
+		t.Fatalf("an episode without streams: %+v", v)
+	}
 	o.Required = []string{"c1/robot/*", "c1/lidar"}
 	if v := Judge(e, o); v.Status != episode.QualityDegraded || len(v.Reasons) != 1 || v.Reasons[0].Code != episode.ReasonMissingStream || v.Reasons[0].Stream != "c1/lidar" {
 		t.Fatalf("missing required: %+v", v)
