@@ -88,7 +88,7 @@ const (
 //     arrival stamping the bound is the latency plus the arrival jitter (the
 //     mean absolute deviation of intervals from the expected period).
 //
-// Add costs tens of nanoseconds and allocates nothing.
+// Add costs tens of nanoseconds and allocates only to record a gap.
 type Report struct {
 	desc  sample.Descriptor
 	o     ReportOptions
