@@ -62,7 +62,8 @@ type Episode struct {
 	Previous string `json:"previous,omitempty"`
 	Next     string `json:"next,omitempty"`
 	State    State  `json:"state"`
-	// Reason explains a failed or quarantined state.
+	// Reason explains a failed or quarantined state, or, while an upload
+	// is being retried, why its last attempt failed.
 	Reason string `json:"reason,omitempty"`
 	// Quality is the per-stream report; final once the episode is finished.
 	Quality []StreamReport `json:"quality"`
@@ -70,6 +71,10 @@ type Episode struct {
 	// set when the final report is built; nil while recording and for
 	// episodes closed by an older version.
 	Verdict *Verdict `json:"verdict,omitempty"`
+	// TimeSync is the gateway's kernel time-sync state when the episode
+	// closed (nil if it was not read, e.g. an episode recovered after a
+	// crash); the upload manifest's provenance carries it.
+	TimeSync *TimeSync `json:"time_sync,omitempty"`
 	// Created and Updated are gateway wall-clock times of the record.
 	Created int64 `json:"created"`
 	Updated int64 `json:"updated"`
@@ -140,8 +145,14 @@ type StreamReport struct {
 	// MissingNs is the total length of the gaps.
 	MissingNs int64       `json:"missing_ns"`
 	Clock     ClockReport `json:"clock"`
-	// AlignmentErrorBoundMs bounds |T - true capture time| for this stream.
+	// AlignmentErrorBoundMs bounds |T - true capture time| for this stream
+	// (for video: |T + PTSOffset - true capture time|, the presentation time).
 	AlignmentErrorBoundMs float64 `json:"alignment_error_bound_ms"`
+	// VideoLeftOut (video, set by export) counts the frames inside the
+	// window that no consumer gets because the keyframe they depend on was
+	// no longer stored: the video starts at the first keyframe inside the
+	// window instead.
+	VideoLeftOut uint64 `json:"video_left_out,omitempty"`
 }
 
 // MaxGapList caps StreamReport.GapList.
@@ -225,6 +236,13 @@ type ClockReport struct {
 	ErrorBoundNs int64 `json:"error_bound_ns"`
 	// Events lists clock resets, jumps and mode switches in the window.
 	Events []ClockEvent `json:"events,omitempty"`
+	// ClockSource is where the stream's times came from at the end of the
+	// window: "device" (its device clock through the estimator) or
+	// "arrival" (arrival time). ClockSourceReason says why a stream is on
+	// arrival time: "configured", "no device time yet", or why its device
+	// clock was found unusable (also recorded as an event).
+	ClockSource       string `json:"clock_source,omitempty"`
+	ClockSourceReason string `json:"clock_source_reason,omitempty"`
 }
 
 // ClockEvent is a notable change in a stream's clock.
@@ -232,4 +250,29 @@ type ClockEvent struct {
 	T      int64  `json:"t"`
 	Kind   string `json:"kind"`
 	Detail string `json:"detail,omitempty"`
+}
+
+// TimeSync is the gateway clock's synchronisation state as the kernel
+// reports it (adjtimex(2)): whether NTP/PTP discipline holds the clock, and
+// the kernel's estimated and maximum error.
+type TimeSync struct {
+	// Synchronized is false when the kernel says the clock is not
+	// synchronised (clock state TIME_ERROR or status STA_UNSYNC).
+	Synchronized bool `json:"synchronized"`
+	// State is the adjtimex return value by name: TIME_OK, TIME_INS,
+	// TIME_DEL, TIME_OOP, TIME_WAIT or TIME_ERROR.
+	State string `json:"state"`
+	// Status is the raw timex status word (STA_* bits).
+	Status int32 `json:"status"`
+	// EstErrorUs and MaxErrorUs are the kernel's estimated and maximum
+	// error in microseconds.
+	EstErrorUs int64 `json:"est_error_us"`
+	MaxErrorUs int64 `json:"max_error_us"`
+	// OffsetNs is the current offset the discipline is slewing out.
+	OffsetNs int64 `json:"offset_ns"`
+	// ReadAt is the gateway wall-clock time of the reading (ns), and
+	// ReadWhen says when it was taken: "close" (as the episode closed) or
+	// "upload" (no reading was kept, so it was taken at upload).
+	ReadAt   int64  `json:"read_at_ns"`
+	ReadWhen string `json:"read_when"`
 }

@@ -38,6 +38,7 @@ func (s *Store) decodeSample(key, value []byte, segs *segReader) (sample.Sample,
 		return sm, &CorruptError{Key: slices.Clone(key), Err: err}
 	}
 	sm.SrcT, sm.RecvT, sm.Flags, sm.Lost, sm.Dropped = rec.SrcT, rec.RecvT, sample.Flags(rec.Flags), rec.Lost, rec.Dropped
+	sm.PTSOffset = rec.PTSOffset
 	if rec.Seg != 0 {
 		p, err := segs.read(&rec)
 		if err != nil {

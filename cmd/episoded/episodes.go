@@ -314,6 +314,12 @@ func frac(a, b int64) float64 {
 }
 
 func (p *progressBar) draw(f float64) {
+	rate := float64(p.done) / max(time.Since(p.start).Seconds(), 0.001)
+	drawBar(p.w, f, fmt.Sprintf("%3.0f%% %s %s/s", f*100, fmtBytes(p.done), fmtBytes(int64(rate))))
+}
+
+// drawBar redraws "[=====>    ] text" in place on a terminal.
+func drawBar(w io.Writer, f float64, text string) {
 	const width = 30
 	n := int(f * width)
 	bar := make([]byte, width)
@@ -327,8 +333,7 @@ func (p *progressBar) draw(f float64) {
 			bar[i] = ' '
 		}
 	}
-	rate := float64(p.done) / max(time.Since(p.start).Seconds(), 0.001)
-	fmt.Fprintf(p.w, "\r[%s] %3.0f%% %s %s/s ", bar, f*100, fmtBytes(p.done), fmtBytes(int64(rate)))
+	fmt.Fprintf(w, "\r[%s] %s ", bar, text)
 }
 
 func (p *progressBar) finish() {

@@ -48,6 +48,9 @@ type cells struct {
 	now   func() time.Time
 	// settled is called after an episode is closed (wake the uploader).
 	settled func(episode.Episode)
+	// timeSync, if set, reads the kernel's time-sync state as an episode
+	// closes (provenance).
+	timeSync func() *episode.TimeSync
 
 	byID  map[string]*cellState
 	order []string
@@ -464,6 +467,9 @@ func (c *cells) settleStep(cs *cellState, e episode.Episode) step {
 		if err := c.finalReport(ctx, &cs.cfg, &e); err != nil {
 			return fmt.Errorf("quality report of %s: %w", e.ID, err)
 		}
+		if c.timeSync != nil {
+			e.TimeSync = c.timeSync()
+		}
 		e.Updated = c.now().UnixNano()
 		if err := c.store.PutEpisode(e); err != nil {
 			return fmt.Errorf("store episode %s: %w", e.ID, err)
@@ -779,7 +785,10 @@ func (c *cells) shutdown() {
 type cellStatus struct {
 	Cell      string           `json:"cell"`
 	Recording *episode.Episode `json:"recording,omitempty"`
-	Streams   []string         `json:"streams"`
+	// Streams lists at most statusMaxStreams stream ids, by name, of
+	// StreamsTotal.
+	Streams      []string `json:"streams"`
+	StreamsTotal int      `json:"streams_total"`
 }
 
 func (c *cells) status() []cellStatus {
@@ -797,6 +806,10 @@ func (c *cells) status() []cellStatus {
 		}
 		cs.mu.Unlock()
 		slices.Sort(st.Streams)
+		st.StreamsTotal = len(st.Streams)
+		if len(st.Streams) > statusMaxStreams {
+			st.Streams = st.Streams[:statusMaxStreams]
+		}
 		out = append(out, st)
 	}
 	return out

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -84,7 +85,7 @@ func newPipeline(store *storage.Store, log *slog.Logger, reg prometheus.Register
 		Help: "Samples storage refused (full or overloaded), by stream and reason.",
 	}, []string{"stream", "reason"})
 	if reg != nil {
-		reg.MustRegister(p.refused)
+		reg.MustRegister(p.refused, newStreamCollector(p))
 	}
 	return p
 }
@@ -203,11 +204,32 @@ type streamStatus struct {
 	Clock    ingest.ClockStatus    `json:"clock"`
 }
 
+// statusMaxStreams bounds the stream rows of /v1/status; streams_total
+// and streams_truncated tell when there are more (each mqtt device's
+// max_streams already bounds how many there can be).
+const statusMaxStreams = 500
+
+// streamCount returns the number of streams described so far.
+func (p *pipeline) streamCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.mu.streams)
+}
+
+// status returns the first statusMaxStreams streams by name.
 func (p *pipeline) status() []streamStatus {
 	p.mu.Lock()
-	states := make(map[string]*streamState, len(p.mu.streams))
-	for k, v := range p.mu.streams {
-		states[k] = v
+	names := make([]string, 0, len(p.mu.streams))
+	for k := range p.mu.streams {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	if len(names) > statusMaxStreams {
+		names = names[:statusMaxStreams]
+	}
+	states := make(map[string]*streamState, len(names))
+	for _, k := range names {
+		states[k] = p.mu.streams[k]
 	}
 	p.mu.Unlock()
 	out := make([]streamStatus, 0, len(states))

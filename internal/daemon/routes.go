@@ -1,10 +1,8 @@
 package daemon
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"sort"
@@ -50,7 +48,7 @@ func (d *Daemon) routes() {
 	a.HandleFunc("POST /v1/sync/run", d.handleSyncRun)
 	a.Handle("GET /v1/episodes/{id}/samples", replay.SamplesHandler(d.store, d.log))
 	d.rtc.Mount(a.Handle)
-	a.Handle("GET /", dashboard.Handler())
+	a.HandleOpen("GET /", dashboard.Handler())
 }
 
 // startRequest is the body of POST /v1/cells/{cell}/episodes.
@@ -64,13 +62,8 @@ type startRequest struct {
 
 func (d *Daemon) handleStart(w http.ResponseWriter, r *http.Request) {
 	var req startRequest
-	if r.ContentLength != 0 {
-		dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
-			api.WriteError(w, http.StatusBadRequest, "bad start request: "+err.Error())
-			return
-		}
+	if !api.ReadJSON(w, r, &req, true) {
+		return
 	}
 	sr := ingest.StartRequest{Task: req.Task, Operator: req.Operator, Robot: req.Robot, Labels: req.Labels, Priority: req.Priority, Trigger: ingest.TriggerAPI}
 	if err := sr.Validate(); err != nil {

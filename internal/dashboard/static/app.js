@@ -3,7 +3,9 @@
 // No framework: keyed rows are created once and updated in place, so a
 // button is never replaced under the pointer and typed text survives polls.
 
-import { AuthError, HTTPError, getJSON, getToken, pathOf, send, setToken } from './api.js';
+import {
+  AuthError, ForbiddenError, HTTPError, download, getJSON, getToken, pathOf, send, setToken,
+} from './api.js';
 import {
   fmtBitrate, fmtBytes, fmtDate, fmtDuration, fmtMs, fmtRate, fmtTimeNs, h, pick, pill, plural,
   replaceRows, shortID, stateKind,
@@ -46,19 +48,41 @@ function showAuthPrompt(what) {
   const el = $('#auth-prompt');
   $('#auth-prompt-text').textContent =
     (what ? what + ': the daemon answered 401 (missing or wrong token). ' : '') +
-    "Starting or stopping episodes, previews and retries need the bearer token set in the daemon's config (api.token or api.token_file).";
+    "Everything on this page needs a token set in the daemon's config: api.read_token to watch, api.token to start and stop episodes.";
+  const wasHidden = el.hidden;
   el.hidden = false;
-  $('#token').focus();
+  if (wasHidden) $('#token').focus();
 }
 
 // report shows a failed action: a prompt for 401, a banner otherwise.
 function report(what, err) {
   if (err instanceof AuthError) showAuthPrompt(what);
+  else if (err instanceof ForbiddenError) showError(`${what}: refused (403): this token is read-only; starting, stopping, deleting and retrying need the admin token (api.token).`);
   else showError(`${what}: ${err.message}`);
 }
 
 function actionDone() {
   $('#auth-prompt').hidden = true;
+}
+
+// exportLink is a link to an episode's MCAP. A plain link cannot send the
+// token, so a click fetches the file with it and saves it.
+function exportLink(id, cls, text, hidden) {
+  const path = `/v1/episodes/${pathOf(id)}/export`;
+  return h('a', {
+    class: cls,
+    href: path,
+    download: `${id}.mcap`,
+    hidden: !!hidden,
+    onclick: async (ev) => {
+      ev.preventDefault();
+      try {
+        await download(path, `${id}.mcap`);
+      } catch (err) {
+        report('Export ' + shortID(id), err);
+      }
+    },
+  }, text);
 }
 
 // ---- polling --------------------------------------------------------------
@@ -99,7 +123,12 @@ async function pollStatus() {
   try {
     st = await getJSON('/v1/status');
   } catch (err) {
-    setConn(false, 'daemon unreachable');
+    if (err instanceof AuthError) {
+      setConn(false, 'token needed');
+      showAuthPrompt(getToken() ? 'Status' : '');
+    } else {
+      setConn(false, 'daemon unreachable');
+    }
     $('#conn').title = err.message;
     return;
   }
@@ -520,7 +549,9 @@ function episodeRow(id) {
   for (const k of ['cell', 'task', 'state', 'trigger', 'start', 'dur', 'size', 'quality', 'actions']) c[k] = h('td');
   c.dur.className = c.size.className = 'num';
   const details = h('button', { type: 'button', class: 'small', dataset: { action: 'details', episode: id }, onclick: () => selectEpisode(id) }, 'Details');
-  const exp = h('a', { class: 'button small', href: `/v1/episodes/${pathOf(id)}/export`, download: `${id}.mcap`, dataset: { action: 'export', episode: id } }, 'Export');
+  const exp = exportLink(id, 'button small', 'Export');
+  exp.dataset.action = 'export';
+  exp.dataset.episode = id;
   c.actions.append(details, ' ', exp);
   const tr = h('tr', { dataset: { episode: id } },
     h('td', { class: 'mono', title: id }, shortID(id)), c.cell, c.task, c.state, c.trigger, c.start, c.dur, c.size, c.quality, c.actions);
@@ -626,7 +657,7 @@ async function loadDetail(id) {
       h('td', { class: 'num' }, Number(pick(r, 'AlignmentErrorBoundMs') || 0).toFixed(2) + ' ms'));
   });
   const actions = [
-    h('a', { class: 'button', href: `/v1/episodes/${pathOf(id)}/export`, download: `${id}.mcap`, hidden: st === 'recording' }, 'Download MCAP'),
+    exportLink(id, 'button', 'Download MCAP', st === 'recording'),
   ];
   if (st === 'quarantined' || st === 'failed') actions.push(retryButton(id));
   actions.push(h('button', { type: 'button', onclick: () => { state.selected = null; box.hidden = true; renderSelected(); } }, 'Close'));
@@ -762,6 +793,9 @@ function initToken() {
     input.placeholder = input.value.trim() ? 'set' : 'not set';
     $('#auth-prompt').hidden = true;
     showError(null);
+    refreshStatus();
+    refreshEpisodes();
+    refreshUploads();
   });
   $('#token-clear').addEventListener('click', () => {
     input.value = '';
