@@ -260,8 +260,8 @@ func (s *Store) Streams() ([]string, error) {
 // IndexEntry is one sample as the index knows it: everything but the
 // payload, and the payload's size.
 type IndexEntry struct {
-	// Sample has Stream, Seq, T, SrcT, RecvT, Flags, Lost and Dropped set
-	// and no Payload.
+	// Sample has Stream, Seq, T, PTSOffset, SrcT, RecvT, Flags, Lost and
+	// Dropped set and no Payload.
 	Sample sample.Sample
 	// Size is the payload's length in bytes.
 	Size int
@@ -315,11 +315,13 @@ func (s *Store) RangeIndex(stream string, from, to int64) iter.Seq2[IndexEntry, 
 }
 
 // decodeIndex reads a sample record's fields but its payload. The record
-// layout is the one appendRecord writes (an 11-element array); anything
-// else (an older or hand-made encoding) goes through the generic decoder.
+// layout is the one appendRecord writes (an array of 12 elements, 11 in
+// format 1); anything else (a hand-made encoding) goes through the generic
+// decoder.
 func decodeIndex(v []byte, e *IndexEntry) error {
 	d := cborReader{b: v}
-	if n, ok := d.head(4); !ok || n != 11 {
+	n, ok := d.head(4)
+	if !ok || n != 11 && n != 12 {
 		return decodeIndexSlow(v, e)
 	}
 	ver, ok1 := d.uint()
@@ -347,7 +349,17 @@ func decodeIndex(v []byte, e *IndexEntry) error {
 		return decodeIndexSlow(v, e)
 	}
 	ln, ok8 := d.uint()
-	if _, ok := d.uint(); !ok || !ok8 || d.i != len(d.b) { // Sum
+	if _, ok := d.uint(); !ok || !ok8 { // Sum
+		return decodeIndexSlow(v, e)
+	}
+	var pts int64
+	if n == 12 {
+		var ok9 bool
+		if pts, ok9 = d.int(); !ok9 {
+			return decodeIndexSlow(v, e)
+		}
+	}
+	if d.i != len(d.b) {
 		return decodeIndexSlow(v, e)
 	}
 	if ver > formatVersion {
@@ -357,6 +369,7 @@ func decodeIndex(v []byte, e *IndexEntry) error {
 	}
 	e.Sample.SrcT, e.Sample.RecvT = srcT, recvT
 	e.Sample.Flags, e.Sample.Lost, e.Sample.Dropped = sample.Flags(flags), uint32(lost), uint32(dropped)
+	e.Sample.PTSOffset = pts
 	e.Size = max(inline, 0)
 	if seg != 0 {
 		e.Size = int(ln)
@@ -370,7 +383,7 @@ func decodeIndexSlow(v []byte, e *IndexEntry) error {
 		return err
 	}
 	e.Sample.SrcT, e.Sample.RecvT, e.Sample.Flags = rec.SrcT, rec.RecvT, sample.Flags(rec.Flags)
-	e.Sample.Lost, e.Sample.Dropped = rec.Lost, rec.Dropped
+	e.Sample.Lost, e.Sample.Dropped, e.Sample.PTSOffset = rec.Lost, rec.Dropped, rec.PTSOffset
 	e.Size = len(rec.Payload)
 	if rec.Seg != 0 {
 		e.Size = int(rec.Len)
