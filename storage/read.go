@@ -260,8 +260,8 @@ func (s *Store) Streams() ([]string, error) {
 // IndexEntry is one sample as the index knows it: everything but the
 // payload, and the payload's size.
 type IndexEntry struct {
-	// Sample has Stream, Seq, T, PTSOffset, SrcT, RecvT, Flags, Lost and
-	// Dropped set and no Payload.
+	// Sample has Stream, Seq, T, SrcT, RecvT, Flags, Lost and Dropped set
+	// and no Payload.
 	Sample sample.Sample
 	// Size is the payload's length in bytes.
 	Size int
@@ -315,13 +315,12 @@ func (s *Store) RangeIndex(stream string, from, to int64) iter.Seq2[IndexEntry, 
 }
 
 // decodeIndex reads a sample record's fields but its payload. The record
-// layout is the one appendRecord writes (an array of 12 elements, 11 in
-// format 1); anything else (a hand-made encoding) goes through the generic
-// decoder.
+// layout is the one appendRecord writes (an 11-element array); anything
+// else (an older or hand-made encoding) goes through the generic decoder.
 func decodeIndex(v []byte, e *IndexEntry) error {
 	d := cborReader{b: v}
-	n, ok := d.head(4)
-	if !ok || n != 11 && n != 12 {
+	n, ok := d.head(4) // 11 fields in format 1, 12 (PTSOffset) since format 2
+	if !ok || (n != 11 && n != 12) {
 		return decodeIndexSlow(v, e)
 	}
 	ver, ok1 := d.uint()
@@ -352,10 +351,10 @@ func decodeIndex(v []byte, e *IndexEntry) error {
 	if _, ok := d.uint(); !ok || !ok8 { // Sum
 		return decodeIndexSlow(v, e)
 	}
-	var pts int64
+	var ptsOffset int64
 	if n == 12 {
 		var ok9 bool
-		if pts, ok9 = d.int(); !ok9 {
+		if ptsOffset, ok9 = d.int(); !ok9 {
 			return decodeIndexSlow(v, e)
 		}
 	}
@@ -369,7 +368,7 @@ func decodeIndex(v []byte, e *IndexEntry) error {
 	}
 	e.Sample.SrcT, e.Sample.RecvT = srcT, recvT
 	e.Sample.Flags, e.Sample.Lost, e.Sample.Dropped = sample.Flags(flags), uint32(lost), uint32(dropped)
-	e.Sample.PTSOffset = pts
+	e.Sample.PTSOffset = ptsOffset
 	e.Size = max(inline, 0)
 	if seg != 0 {
 		e.Size = int(ln)

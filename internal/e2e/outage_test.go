@@ -222,6 +222,7 @@ func call(t *testing.T, method, url string, body, out any) int {
 	}
 	req, _ := http.NewRequest(method, url, rd)
 	if body != nil {
+		// The API takes JSON bodies only with their content type (415).
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := http.DefaultClient.Do(req)
