@@ -65,6 +65,13 @@ function labelTables() {
   }
 }
 
+// episodesOf reads a list answer: a plain array, or a page object
+// ({episodes|items: [...], next_cursor}) once the daemon pages.
+function episodesOf(x) {
+  const a = Array.isArray(x) ? x : (x && (x.episodes || x.items)) || [];
+  return Array.isArray(a) ? a.slice(0, MAX_EPISODES) : [];
+}
+
 function listQuery(extra) {
   const since = new Date(Date.now() - LIST_SPAN_MS).toISOString();
   return `/v1/episodes?limit=${MAX_EPISODES}&since=${encodeURIComponent(since)}${extra || ''}`;
@@ -201,10 +208,11 @@ async function pollEpisodes() {
     }
     return;
   }
-  renderEpisodes(Array.isArray(list) ? list.slice(0, MAX_EPISODES) : []);
+  list = episodesOf(list);
+  renderEpisodes(list);
   try {
     const d = await getJSON(listQuery('&quality=degraded'));
-    state.degraded = Array.isArray(d) ? d.slice(0, MAX_EPISODES) : [];
+    state.degraded = episodesOf(d);
   } catch {
     state.degraded = null;
   }
