@@ -1,6 +1,9 @@
 package daemon
 
 import (
+	"encoding/json"
+	"fmt"
+	"net/http"
 	"testing"
 	"time"
 )
@@ -50,5 +53,37 @@ func TestHistoryBoundedAndRates(t *testing.T) {
 	}
 	if s.UploadBacklogBytes[0] != nil {
 		t.Errorf("backlog without an uploader: %v", *s.UploadBacklogBytes[0])
+	}
+}
+
+// TestHistoryServed: a running daemon samples at once and serves the
+// history on GET /v1/history with the read token.
+func TestHistoryServed(t *testing.T) {
+	d := runDaemon(t, accessConfig(t, fmt.Sprintf(`{listen: "127.0.0.1:0", token: %q, read_token: %q}`, adminToken, readToken)), nil)
+	var h historyJSON
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		req, _ := http.NewRequest("GET", "http://"+d.Addr()+"/v1/history", nil)
+		req.Header.Set("Authorization", "Bearer "+readToken)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(res.Body).Decode(&h)
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK || err != nil {
+			t.Fatalf("GET /v1/history: %s, %v", res.Status, err)
+		}
+		if len(h.T) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no history point 30 s after start")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if h.IntervalSeconds != 10 || h.SpanSeconds != 900 || len(h.DiskUsedBytes) != len(h.T) || h.DiskUsedBytes[0] <= 0 ||
+		h.DiskLimitBytes[0] < h.DiskUsedBytes[0] || len(h.UploadBacklogBytes) != len(h.T) || h.UploadBacklogBytes[0] == nil {
+		t.Errorf("history %+v", h)
 	}
 }
