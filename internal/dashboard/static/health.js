@@ -78,11 +78,11 @@ export function healthItems(st, degraded, uploads, now) {
     const w = uploads.window || {};
     const win = w.always ? 'window always open' : w.open ? 'window open' : 'window closed';
     if (stuck) {
-      items.push(item('uploads', 'bad', '#uploads-section', plural(stuck, 'upload') + ' failed',
+      items.push(item('uploads', 'bad', '#uploads-section', plural(stuck, 'upload') + ' failed or quarantined',
         uploads.last_error || 'retry from the uploads section'));
     } else if (n && (drain < 0 || drain > DRAIN_WARN_SECONDS)) {
       items.push(item('uploads', 'warn', '#uploads-section', 'Upload backlog',
-        `${fmtBytes(backlog)} in ${plural(n, 'episode')}: ${drain < 0 ? 'drain time unknown' : 'more than a day of ' + win.replace('window ', '') + ' window'}`));
+        `${fmtBytes(backlog)} in ${plural(n, 'episode')}: ${drain < 0 ? 'drain time unknown' : 'drains in ' + fmtDuration(drain) + ', over a day'} (${win})`));
     } else {
       items.push(item('uploads', 'ok', '#uploads-section', 'Uploads',
         n ? `${fmtBytes(backlog)} waiting, drains in ${fmtDuration(drain)} (${win})` : `nothing waiting (${win})`));
