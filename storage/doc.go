@@ -178,5 +178,11 @@
 // restores the ballast and takes samples again once statfs shows the
 // space is back. Should Pebble still fail on the commit path (it calls
 // Fatalf), the store turns the panic into ErrFailed: it keeps serving
-// reads and refuses samples until restarted; the daemon stays up.
+// reads and refuses samples until restarted; the daemon stays up. A fatal
+// error in Pebble's own background work (a MANIFEST write that fails even
+// after the ballast went, or an I/O error there) still exits the process,
+// as Pebble requires; systemd restarts it and nothing reported durable is
+// lost. Compactions run on Pebble's schedule and may briefly take more
+// space than the room accounts for (their output exists next to their
+// input until they finish); the eviction margin absorbs that.
 package storage
