@@ -301,7 +301,6 @@ func allocated(f *os.File) int64 {
 	return st.Blocks * 512
 }
 
-
 // watch runs the space watcher until ctx is cancelled.
 func (s *Store) watch(ctx context.Context) {
 	t := time.NewTicker(s.opts.WatchInterval)
