@@ -155,8 +155,10 @@
 //
 // An episode covers [Start-Preroll, Stop+Postroll] on each of its streams
 // (to the end of time while Stop is 0). Eviction deletes the uncovered
-// index ranges with DeleteRange and unlinks segments lying entirely inside
-// them. Under pressure, and for DeleteEpisode, it also compacts the deleted
+// index ranges with DeleteRange, unlinks segments lying entirely inside
+// them, and punches holes (fallocate PUNCH_HOLE) over the deleted payloads
+// of segments that stay, so that du drops even when an episode's window
+// covers no whole segment slice. Under pressure, and for DeleteEpisode, it also compacts the deleted
 // ranges so that Pebble's space is reclaimed at once; otherwise Pebble's
 // own compactions drop the data. The horizon moves in SegmentSlice steps,
 // so an idle pass writes no tombstone. An evicted episode's record is kept;
