@@ -178,8 +178,8 @@ func runSmallFS(t *testing.T, c smallFSCase) {
 		if err := os.Remove(outside); err != nil {
 			t.Fatal(err)
 		}
-		removed := time.Now()
-		p = run(10*time.Second, func(p poll) bool { return !refusing(p) && !p.full && p.written > polls[0].written })
+		removed, atRemoval := time.Now(), p
+		p = run(10*time.Second, func(p poll) bool { return !refusing(p) && !p.full && p.written > atRemoval.written })
 		if refusing(p) || p.full {
 			t.Fatalf("still refusing samples %s after %s of outside files were removed: %+v", time.Since(removed), storage.FormatSize(c.outside), p)
 		}
