@@ -91,7 +91,7 @@ func (s *Store) Append(samples []sample.Sample, done func(error)) error {
 	var large []largeEntry
 	for i := range samples {
 		sm := &samples[i]
-		rec := sampleRec{V: formatVersion, SrcT: sm.SrcT, RecvT: sm.RecvT, Flags: uint8(sm.Flags), Lost: sm.Lost, Dropped: sm.Dropped}
+		rec := sampleRec{V: formatVersion, SrcT: sm.SrcT, RecvT: sm.RecvT, Flags: uint8(sm.Flags), Lost: sm.Lost, Dropped: sm.Dropped, PTSOffset: sm.PTSOffset}
 		if s.opts.SegmentThreshold > 0 && len(sm.Payload) >= s.opts.SegmentThreshold {
 			large = append(large, largeEntry{
 				key: appendSampleKey(make([]byte, 0, sampleKeyLen(len(sm.Stream))), sm.Stream, sm.T, sm.Seq),

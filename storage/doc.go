@@ -14,6 +14,11 @@
 //
 // Records are CBOR (fxamacker/cbor/v2, core deterministic encoding), each
 // with a version field; timestamps are int64 ns, never CBOR time tags.
+// Format 2 added the presentation offset to sample records (their key time
+// is the decode time, so a stream's key order is the order the device sent
+// it); format 1 records are still read. Video reads start at a keyframe
+// (VideoStart, MergeFrom in video.go), and eviction keeps the keyframe a
+// covered window's video starts at.
 // Keys, one prefix byte per record kind:
 //
 //	s stream 0x00 BE(t^signbit) BE(seq) -> sample record (inline payload or segment reference)

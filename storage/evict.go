@@ -129,6 +129,7 @@ func (s *Store) planLocked(live []episodeRec, now int64, extra spans, extraStrea
 		return plan
 	}
 	prot := coverage(live)
+	s.keepKeyframes(prot) // video: a window's pre-roll reaches back to its keyframe
 	streams = append(streams, extraStreams...)
 	slices.Sort(streams)
 	streams = slices.Compact(streams)

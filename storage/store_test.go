@@ -3,6 +3,7 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -34,6 +35,7 @@ func TestSampleRecordEncoding(t *testing.T) {
 			Len:     rng.Uint32() >> rng.IntN(32),
 			Sum:     rng.Uint32(),
 		}
+		r.PTSOffset = ints[rng.IntN(len(ints))]
 		switch i % 3 {
 		case 0:
 			r.Payload = nil
@@ -54,7 +56,7 @@ func TestSampleRecordEncoding(t *testing.T) {
 		if err := decMode.Unmarshal(got, &back); err != nil {
 			t.Fatal(err)
 		}
-		if back.SrcT != r.SrcT || back.Off != r.Off || back.Sum != r.Sum || len(back.Payload) != len(r.Payload) {
+		if back.SrcT != r.SrcT || back.PTSOffset != r.PTSOffset || back.Off != r.Off || back.Sum != r.Sum || len(back.Payload) != len(r.Payload) {
 			t.Fatalf("round trip: got %+v want %+v", back, r)
 		}
 	}
@@ -311,16 +313,17 @@ func TestOpenRefusesForeignAndNewer(t *testing.T) {
 			t.Fatal(err)
 		}
 		s.Close()
-		os.WriteFile(filepath.Join(dir, markerName), []byte("episoded-store\nformat 2\n"), 0o600)
+		newer := fmt.Sprintf("format %d", formatVersion+1)
+		os.WriteFile(filepath.Join(dir, markerName), []byte("episoded-store\n"+newer+"\n"), 0o600)
 		_, err = Open(Options{Dir: dir, MinFree: -1})
-		if !errors.Is(err, ErrNewerFormat) || !strings.Contains(err.Error(), "format 2") {
+		if !errors.Is(err, ErrNewerFormat) || !strings.Contains(err.Error(), newer) {
 			t.Fatalf("got %v, want ErrNewerFormat", err)
 		}
 	})
 	t.Run("newer record version", func(t *testing.T) {
 		dir := t.TempDir()
 		s := openRunning(t, Options{Dir: dir})
-		rec := episodeRec{V: 2, E: episode.Episode{ID: "x"}}
+		rec := episodeRec{V: formatVersion + 1, E: episode.Episode{ID: "x"}}
 		b, _ := marshal(&rec)
 		if err := s.db.Set(episodeKey("x"), b, pebble.Sync); err != nil {
 			t.Fatal(err)
@@ -330,7 +333,7 @@ func TestOpenRefusesForeignAndNewer(t *testing.T) {
 		}
 		// A future layout that the old struct cannot decode is still
 		// recognised by its version.
-		b, _ = marshal(map[string]any{"v": 3, "e": "a string now"})
+		b, _ = marshal(map[string]any{"v": formatVersion + 2, "e": "a string now"})
 		s.db.Set(episodeKey("y"), b, pebble.Sync)
 		if _, err := s.Episode("y"); !errors.Is(err, ErrNewerFormat) {
 			t.Fatalf("got %v, want ErrNewerFormat", err)

@@ -276,6 +276,10 @@ type nodeReport struct {
 			NotAnnexB           int    `json:"notAnnexB"`
 			Keyframes           int    `json:"keyframes"`
 			KeyframesWithParams int    `json:"keyframesWithParams"`
+			First               *struct {
+				Keyframe   bool `json:"keyframe"`
+				WithParams bool `json:"withParams"`
+			} `json:"first"`
 		} `json:"video"`
 		Channels []struct {
 			Topic           string `json:"topic"`
@@ -287,6 +291,7 @@ type nodeReport struct {
 	Indexed struct {
 		Counts                 map[string]uint64 `json:"counts"`
 		OutOfOrder             int               `json:"outOfOrder"`
+		SeqOutOfOrder          map[string]int    `json:"seqOutOfOrder"`
 		Chunks                 int               `json:"chunks"`
 		ChunkCompression       []string          `json:"chunkCompression"`
 		StatisticsMessageCount int64             `json:"statisticsMessageCount"`
