@@ -98,7 +98,7 @@ func TestDecodeIndexMatchesGeneric(t *testing.T) {
 		}
 	}
 	// A newer record version is refused.
-	b, _ := appendRecord(nil, &sampleRec{V: 2})
+	b, _ := appendRecord(nil, &sampleRec{V: formatVersion + 1})
 	var e IndexEntry
 	if err := decodeIndex(b, &e); err == nil {
 		t.Fatal("newer record accepted")
