@@ -212,9 +212,9 @@ func (s *Store) applyPlanLocked(b *pebble.Batch, plan evictPlan, compactNow bool
 			s.log.Error("eviction: remove segment", "segment", id, "err", err)
 		}
 	}
-	freed += s.punchLocked(holes)
 	s.segStats.Store(segStats{s.segMu.bytes, len(s.segMu.segs)})
 	s.segMu.Unlock()
+	freed += s.punch(holes)
 	if !compactNow {
 		compact = nil
 	}
@@ -251,23 +251,23 @@ func (s *Store) scanDeleted(lo, hi []byte, holes map[uint64]spans) (bool, error)
 	return has, it.Close()
 }
 
-// punchLocked frees the disk blocks of deleted payloads in segments that
-// stay because part of their span is still live (an episode's window
-// rarely covers whole segment slices): fallocate(PUNCH_HOLE) keeps the
-// offsets of the live samples and gives the blocks back, so that eviction
-// and DeleteEpisode free what du shows. Where the filesystem cannot punch
-// holes the bytes stay until the segment goes. Called with segMu held; it
-// returns the bytes freed.
-func (s *Store) punchLocked(holes map[uint64]spans) int64 {
+// punch frees the disk blocks of deleted payloads in segments that stay
+// because part of their span is still live (an episode's window rarely
+// covers whole segment slices): fallocate(PUNCH_HOLE) keeps the offsets of
+// the live samples and gives the blocks back, so that eviction and
+// DeleteEpisode free what du shows. Where the filesystem cannot punch
+// holes the bytes stay until the segment goes. The I/O runs without segMu
+// (commits only append past the punched ranges; the caller holds recMu,
+// so no eviction unlinks the segment meanwhile); segMu is taken to
+// account. It returns the bytes freed.
+func (s *Store) punch(holes map[uint64]spans) int64 {
 	var freed int64
 	for id, hs := range holes {
-		r := s.segMu.segs[id]
-		if r == nil {
-			continue // unlinked
-		}
 		f, err := os.OpenFile(s.segPath(id), os.O_WRONLY, 0)
 		if err != nil {
-			s.log.Warn("eviction: open segment to free deleted payloads", "segment", id, "err", err)
+			if !os.IsNotExist(err) { // unlinked: nothing to punch
+				s.log.Warn("eviction: open segment to free deleted payloads", "segment", id, "err", err)
+			}
 			continue
 		}
 		before := allocated(f)
@@ -279,11 +279,16 @@ func (s *Store) punchLocked(holes map[uint64]spans) int64 {
 		}
 		after := allocated(f)
 		f.Close()
-		if n := min(before-after, r.Size-s.segMu.punched[id]); n > 0 {
-			s.segMu.punched[id] += n
-			s.segMu.bytes -= n
-			freed += n
+		s.segMu.Lock()
+		if r := s.segMu.segs[id]; r != nil {
+			if n := min(before-after, r.Size-s.segMu.punched[id]); n > 0 {
+				s.segMu.punched[id] += n
+				s.segMu.bytes -= n
+				freed += n
+				s.segStats.Store(segStats{s.segMu.bytes, len(s.segMu.segs)})
+			}
 		}
+		s.segMu.Unlock()
 	}
 	return freed
 }
