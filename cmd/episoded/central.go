@@ -47,7 +47,7 @@ func addStoreFlags(fs *flag.FlagSet) storeFlags {
 func (f storeFlags) open(loc string) (bucket.Bucket, string, error) {
 	o := bucket.S3Options{Endpoint: *f.endpoint, Region: *f.region, PathStyle: *f.pathStyle}
 	if *f.config != "" {
-		cfg, err := config.Load(*f.config)
+		cfg, err := config.LoadSecrets(*f.config, config.SecretSync)
 		if err != nil {
 			return nil, "", err
 		}
@@ -239,7 +239,7 @@ func cmdKey(args []string, stdout, stderr io.Writer) int {
 	if code, ok := parse(fs, args[1:]); !ok {
 		return code
 	}
-	cfg, err := config.Load(*path)
+	cfg, err := config.LoadSecrets(*path, config.SecretsNone)
 	if err != nil {
 		fmt.Fprintf(stderr, "episoded: %s\n", oneLine(err))
 		return exitUsage

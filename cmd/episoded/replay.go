@@ -16,6 +16,7 @@ import (
 
 	"github.com/episoded/episoded/devices/mqtt"
 	"github.com/episoded/episoded/devices/rtsp"
+	"github.com/episoded/episoded/internal/daemon"
 	"github.com/episoded/episoded/internal/redact"
 	"github.com/episoded/episoded/internal/replay"
 	"github.com/episoded/episoded/sample"
@@ -39,7 +40,7 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 	loop := fs.Bool("loop", false, "replay again and again until stopped")
 	from := fs.Duration("from", 0, "start at this offset from the start of the episode window")
 	to := fs.Duration("to", 0, "stop at this offset from the start of the episode window (default its end)")
-	streams := fs.String("streams", "", "replay only streams whose id matches this pattern (path.Match, e.g. 'cell1/*')")
+	streams := fs.String("streams", "", "replay only streams whose id matches this pattern (* matches across /: 'cell1/*' selects every stream of cell1)")
 	mqttURL := fs.String("mqtt", "", "MQTT broker to publish telemetry and lidar to, e.g. tcp://127.0.0.1:1883 (user:password@ in the URL is used to log in)")
 	prefix := fs.String("topic-prefix", "", "publish under PREFIX/<original topic>")
 	rtspAddr := fs.String("rtsp", rtsp.DefaultServerAddr, "address to serve cameras on, as rtsp://ADDR/<stream>")
@@ -94,7 +95,11 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 			return fail(err)
 		}
 		defer st.Close()
-		open = replay.StoreOpener(st, id, sel)
+		full, err := daemon.ResolveEpisodeID(st, id)
+		if err != nil {
+			return fail(err)
+		}
+		open = replay.StoreOpener(st, full, sel)
 	} else {
 		c, err := cf.client()
 		if err != nil {
