@@ -140,7 +140,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("verify", synopsis, stdout, stderr)
 	sf := addStoreFlags(fs)
 	trustedFile := fs.String("trusted-keys", "", "file of trusted gateway keys, one `episoded key show` line each; without it the signer is not pinned")
-	out := fs.String("o", "text", "output: text or json")
+	out := addOutputFlag(fs, "text")
 	if code, ok := parse(fs, interspersed(fs, args)); !ok {
 		return code
 	}
@@ -235,10 +235,15 @@ func cmdKey(args []string, stdout, stderr io.Writer) int {
 	}
 	fs := newFlags("key show", synopsis, stdout, stderr)
 	path := fs.String("config", "/etc/episoded/episoded.yaml", "config file (the key is in storage.dir, or $CREDENTIALS_DIRECTORY)")
-	asJSON := fs.Bool("json", false, "print JSON")
+	out := addOutputFlag(fs, "text")
+	asJSON := fs.Bool("json", false, "same as -o json (kept for old scripts)")
 	if code, ok := parse(fs, args[1:]); !ok {
 		return code
 	}
+	if !checkOutput(*out, stderr, "text", "json") {
+		return exitUsage
+	}
+	*asJSON = *asJSON || *out == "json"
 	cfg, err := config.LoadSecrets(*path, config.SecretsNone)
 	if err != nil {
 		fmt.Fprintf(stderr, "episoded: %s\n", oneLine(err))

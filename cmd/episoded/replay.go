@@ -46,12 +46,17 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 	rtspAddr := fs.String("rtsp", rtsp.DefaultServerAddr, "address to serve cameras on, as rtsp://ADDR/<stream>")
 	waitReaders := fs.Bool("wait-readers", false, "start the clock only once every camera has an RTSP reader")
 	storeDir := fs.String("store", "", "read the episode from this store directory instead of the daemon (the daemon must not be running on it)")
-	asJSON := fs.Bool("json", false, "print the summary as JSON")
+	out := addOutputFlag(fs, "text")
+	asJSON := fs.Bool("json", false, "same as -o json (kept for old scripts)")
 	verbose := fs.Bool("v", false, "log progress to stderr")
 	cf := addClientFlags(fs)
 	if code, ok := parse(fs, interspersed(fs, args)); !ok {
 		return code
 	}
+	if !checkOutput(*out, stderr, "text", "json") {
+		return exitUsage
+	}
+	*asJSON = *asJSON || *out == "json"
 	if fs.NArg() != 1 {
 		fmt.Fprintln(stderr, "episoded replay: need exactly one episode ID")
 		return exitUsage

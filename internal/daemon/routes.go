@@ -29,6 +29,7 @@ import (
 //
 // Every {id} may be a unique prefix of an episode id (resolveID); an
 // ambiguous prefix is 409 listing the candidates.
+//
 //	GET    /v1/episodes/{id}           manifest and quality report
 //	DELETE /v1/episodes/{id}           delete an episode and the data only it covers; 409 while recording
 //	GET    /v1/episodes/{id}/export    the episode as MCAP
