@@ -224,7 +224,7 @@ func printVerified(w io.Writer, ep verify.Episode, pinned bool) {
 }
 
 func cmdKey(args []string, stdout, stderr io.Writer) int {
-	const synopsis = "key show [--config FILE] [--json]"
+	const synopsis = "key show [--config FILE] [-o text|json]"
 	if len(args) == 0 || args[0] != "show" {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 			fmt.Fprintf(stdout, "Usage: episoded %s\n\n  show  print the gateway's manifest signing key: its id and public key\n", synopsis)

@@ -24,7 +24,7 @@ import (
 )
 
 const replaySynopsis = "replay ID [--rate R] [--loop] [--from DURATION] [--to DURATION] [--streams GLOB]\n" +
-	"         [--mqtt URL] [--topic-prefix P] [--rtsp ADDR] [--wait-readers] [--json]\n" +
+	"         [--mqtt URL] [--topic-prefix P] [--rtsp ADDR] [--wait-readers] [-o text|json]\n" +
 	"         [--store DIR | --api URL --token-file FILE | --config FILE]\n\n" +
 	"Replays a stored episode: telemetry and lidar are published to the MQTT broker\n" +
 	"given with --mqtt (QoS 1, original topics and payloads), cameras are served at\n" +
@@ -100,7 +100,12 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 			return fail(err)
 		}
 		defer st.Close()
+		// A unique prefix becomes the full id; an unknown id is left for
+		// the opener to report.
 		full, err := daemon.ResolveEpisodeID(st, id)
+		if errors.Is(err, storage.ErrNotFound) {
+			full, err = id, nil
+		}
 		if err != nil {
 			return fail(err)
 		}
