@@ -66,6 +66,8 @@ func cmdSync(args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, errUnreachable) && *cf.config != "" {
 			// No daemon holds the store: upload from it directly.
 			st, err = syncLocally(*cf.config, stderr)
+		} else if err != nil && c.token == "" && strings.Contains(err.Error(), "401") {
+			err = fmt.Errorf("%w (a daemon is running and holds the store; give sync run its API token: --token-file, or api.token_file readable, e.g. LoadCredential=api-token in the unit)", err)
 		}
 	}
 	if err != nil {
