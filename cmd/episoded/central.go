@@ -94,8 +94,12 @@ func cmdCatalog(args []string, stdout, stderr io.Writer) int {
 	grace := fs.Duration("grace", 48*time.Hour, "never touch days that end less than this long ago (gateways may still write them)")
 	maxRows := fs.Int("max-rows", 500_000, "rows per compacted file")
 	conc := fs.Int("concurrency", 16, "objects read or deleted at once")
+	format := addOutputFlag(fs, "text")
 	if code, ok := parse(fs, args[1:]); !ok {
 		return code
+	}
+	if !checkOutput(*format, stderr, "text", "json") {
+		return exitUsage
 	}
 	if *before == "" || fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "Usage: episoded %s\n", synopsis)
@@ -114,6 +118,14 @@ func cmdCatalog(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	res, err := catalog.Compact(ctx, b, catalog.CompactOptions{Prefix: prefix, Before: day, Grace: *grace, MaxRows: *maxRows, Concurrency: *conc})
+	if *format == "json" {
+		printJSON(stdout, res)
+		if err != nil {
+			fmt.Fprintf(stderr, "episoded: %s\n", oneLine(err))
+			return exitFailure
+		}
+		return exitOK
+	}
 	if !res.Cutoff.IsZero() && res.Cutoff.Before(day) {
 		fmt.Fprintf(stdout, "grace period %s: only days before %s are compacted\n", *grace, res.Cutoff.Format(time.DateOnly))
 	}

@@ -192,8 +192,8 @@ func TestEpisodesPagingAndPrefixes(t *testing.T) {
 }
 
 // TestJSONOutputGolden runs every command that prints a result with -o json
-// (verify -o json is in central_test.go, replay -o json in replay_test.go:
-// both need uploaded or recorded data)
+// (verify -o json is in central_test.go, replay -o json in replay_test.go,
+// dataset build -o json is not tested: they need uploaded or recorded data)
 // and compares the shape of its output (JSON type and the keys of objects,
 // recursively, values left out) with testdata/json-shapes.golden. Run with
 // -update to rewrite it after a deliberate change.
@@ -217,6 +217,7 @@ func TestJSONOutputGolden(t *testing.T) {
 		{"episodes delete", []string{"episodes", "delete", ids[1], "-o", "json"}, true},
 		{"sync status", []string{"sync", "status", "-o", "json"}, true},
 		{"key show", []string{"key", "show", "--config", cfg, "-o", "json"}, false},
+		{"catalog compact", []string{"catalog", "compact", "--target", t.TempDir(), "--before", "2026-01-01", "-o", "json"}, false},
 	}
 	var lines []string
 	for _, c := range cases {
