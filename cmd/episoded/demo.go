@@ -120,6 +120,7 @@ An episode of a pick-and-place task starts every %s; each prints a line when it 
 		fmt.Fprintln(stdout, "Press Ctrl-C to stop.")
 	}
 
+	interrupted := false
 	var timeUp <-chan time.Time
 	if *duration > 0 {
 		timeUp = time.After(*duration)
@@ -129,6 +130,7 @@ An episode of a pick-and-place task starts every %s; each prints a line when it 
 		fmt.Fprintf(stderr, "episoded demo: %v\n", oneLine(err))
 		return exitFailure
 	case <-ctx.Done():
+		interrupted = true
 		fmt.Fprintln(stdout, "stopping...")
 	case <-timeUp:
 		fmt.Fprintln(stdout, "time is up: closing, exporting and uploading what was recorded...")
@@ -149,7 +151,7 @@ An episode of a pick-and-place task starts every %s; each prints a line when it 
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	tally.summary(stdout, central)
+	tally.summary(stdout, central, interrupted)
 	return exitOK
 }
 
@@ -171,7 +173,7 @@ func (t *demoTally) see(e episode.Episode) {
 
 // summary prints what this run recorded and uploaded, naming every
 // episode that was not uploaded.
-func (t *demoTally) summary(w io.Writer, central string) {
+func (t *demoTally) summary(w io.Writer, central string, interrupted bool) {
 	var uploaded int
 	var pending []string
 	for _, id := range t.order {
@@ -189,7 +191,9 @@ func (t *demoTally) summary(w io.Writer, central string) {
 	if len(pending) > 0 {
 		fmt.Fprintf(w, "not uploaded: %s; they stay in the store and upload on the next run.\n", strings.Join(pending, ", "))
 	}
-	fmt.Fprintln(w, "An episode still recording at Ctrl-C is closed as interrupted on the next run, and is not counted here.")
+	if interrupted {
+		fmt.Fprintln(w, "An episode still recording at Ctrl-C is closed as interrupted on the next run, and is not counted here.")
+	}
 }
 
 // printEpisodeLine prints one line per closed or uploaded episode.

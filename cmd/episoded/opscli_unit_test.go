@@ -69,14 +69,14 @@ func TestDemoSummaryTruthful(t *testing.T) {
 	tl.see(episode.Episode{ID: "e1", State: episode.Uploaded})
 	tl.see(episode.Episode{ID: "e2", State: episode.Closed})
 	var b bytes.Buffer
-	tl.summary(&b, "/tmp/central")
+	tl.summary(&b, "/tmp/central", true)
 	out := b.String()
-	if !strings.Contains(out, "closed 2 episode(s); 1 uploaded") || !strings.Contains(out, "not uploaded: e2 (closed)") {
+	if !strings.Contains(out, "closed 2 episode(s); 1 uploaded") || !strings.Contains(out, "not uploaded: e2 (closed)") || !strings.Contains(out, "interrupted on the next run") {
 		t.Fatalf("summary:\n%s", out)
 	}
 	b.Reset()
-	newDemoTally().summary(&b, "/tmp/central")
-	if strings.Contains(b.String(), "under /tmp/central") || !strings.Contains(b.String(), "0 uploaded") {
+	newDemoTally().summary(&b, "/tmp/central", false)
+	if strings.Contains(b.String(), "under /tmp/central") || !strings.Contains(b.String(), "0 uploaded") || strings.Contains(b.String(), "Ctrl-C") {
 		t.Fatalf("empty summary claims uploads:\n%s", b.String())
 	}
 }
