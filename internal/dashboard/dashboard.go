@@ -17,8 +17,9 @@
 //     the upload window cannot send within a day.
 //   - Trends are hand-drawn SVG sparklines (spark.js) of GET /v1/history,
 //     the daemon's in-memory 15-minute history; no charting library.
-//   - The episode list asks for what it shows: limit=20 (paging) and since=
-//     the last day, which a daemon without paging still honours.
+//   - The episode list asks for what it shows: one page of 20
+//     (GET /v1/episodes?limit=20); the banner's degraded episodes are
+//     quality=degraded&since=<a day ago>&limit=20.
 //   - Below 700 px wide the tables turn into stacked cards labelled from
 //     their headers (data-label), so a phone never scrolls sideways.
 //   - Auth: the page itself loads without a token, but with a token

@@ -19,10 +19,11 @@ const LIST_EVERY_MS = 3000;
 const RATE_WINDOW = 5; // counter samples kept per stream (about 4 s)
 const HISTORY_EVERY_MS = 5000;
 const MAX_EPISODES = 20;
-// The episode list asks for what it shows: the newest MAX_EPISODES (limit=,
-// once the daemon pages; older daemons ignore it) of the last day (since=,
-// which every daemon honours, so a long history is never fetched whole).
-const LIST_SPAN_MS = 24 * 3600 * 1000;
+// The episode list asks for what it shows: the newest MAX_EPISODES
+// (GET /v1/episodes?limit=, newest first; the next page's cursor, in
+// X-Next-Cursor, is not needed). The banner's degraded count covers the
+// last day.
+const DEGRADED_SPAN_MS = 24 * 3600 * 1000;
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -65,16 +66,9 @@ function labelTables() {
   }
 }
 
-// episodesOf reads a list answer: a plain array, or a page object
-// ({episodes|items: [...], next_cursor}) once the daemon pages.
+// episodesOf reads a list answer (an array, newest first).
 function episodesOf(x) {
-  const a = Array.isArray(x) ? x : (x && (x.episodes || x.items)) || [];
-  return Array.isArray(a) ? a.slice(0, MAX_EPISODES) : [];
-}
-
-function listQuery(extra) {
-  const since = new Date(Date.now() - LIST_SPAN_MS).toISOString();
-  return `/v1/episodes?limit=${MAX_EPISODES}&since=${encodeURIComponent(since)}${extra || ''}`;
+  return Array.isArray(x) ? x.slice(0, MAX_EPISODES) : [];
 }
 
 // ---- messages -------------------------------------------------------------
@@ -199,7 +193,7 @@ let refreshEpisodes = () => {};
 async function pollEpisodes() {
   let list;
   try {
-    list = await getJSON(listQuery());
+    list = await getJSON(`/v1/episodes?limit=${MAX_EPISODES}`);
   } catch (err) {
     // The status poll reports connectivity; show other failures here.
     if (err instanceof HTTPError) {
@@ -211,7 +205,8 @@ async function pollEpisodes() {
   list = episodesOf(list);
   renderEpisodes(list);
   try {
-    const d = await getJSON(listQuery('&quality=degraded'));
+    const since = new Date(Date.now() - DEGRADED_SPAN_MS).toISOString();
+    const d = await getJSON(`/v1/episodes?quality=degraded&since=${encodeURIComponent(since)}&limit=${MAX_EPISODES}`);
     state.degraded = episodesOf(d);
   } catch {
     state.degraded = null;
