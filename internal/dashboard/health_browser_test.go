@@ -209,6 +209,17 @@ func TestDashboardHealthInChromium(t *testing.T) {
 	}
 	t.Logf("screenshot (390x844): %s", b.screenshot("dashboard-390x844.png"))
 
+	// The list asks for one page, never the whole history.
+	lists := eval[[]string](b, `performance.getEntriesByType('resource').map((e) => new URL(e.name).pathname + new URL(e.name).search).filter((u) => u.startsWith('/v1/episodes?') || u === '/v1/episodes')`)
+	if len(lists) == 0 {
+		t.Errorf("the page never listed episodes")
+	}
+	for _, u := range lists {
+		if !strings.Contains(u, "limit=20") {
+			t.Errorf("the page listed episodes without a limit: %s", u)
+			break
+		}
+	}
 	if junk := eval[[]string](b, `document.body.innerText.match(/\b(undefined|NaN|null|Infinity)\b|\[object Object\]/g) || []`); len(junk) > 0 {
 		t.Errorf("the page shows raw values: %q", junk)
 	}
