@@ -13,7 +13,6 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/episoded/episoded/episode"
-	"github.com/episoded/episoded/internal/h26x"
 	"github.com/episoded/episoded/sync/export"
 )
 
@@ -284,26 +283,4 @@ func decodeTimestamp(b []byte) int64 {
 		}
 	}
 	return sec*1e9 + nsec
-}
-
-func nalType(codec string, nal []byte) int {
-	if len(nal) == 0 {
-		return -1
-	}
-	if codec == "h265" {
-		return int(nal[0]>>1) & 0x3f
-	}
-	return int(nal[0] & 0x1f)
-}
-
-// isKey reports whether an access unit holds an IDR (H.264) or IRAP
-// (H.265) slice.
-func isKey(codec string, au []byte) bool {
-	for _, n := range h26x.SplitAnnexB(au) {
-		t := nalType(codec, n)
-		if codec == "h265" && t >= 16 && t <= 21 || codec != "h265" && t == 5 {
-			return true
-		}
-	}
-	return false
 }
