@@ -17,7 +17,6 @@ import (
 	"github.com/bluenviron/mediacommon/v2/pkg/codecs/h265"
 	"github.com/bluenviron/mediacommon/v2/pkg/formats/mp4/codecs"
 	"github.com/bluenviron/mediacommon/v2/pkg/formats/pmp4"
-
 )
 
 // ErrNoFFmpeg is returned when frames must be re-timed and no ffmpeg is
