@@ -261,13 +261,13 @@ func (b *builder) makeLayout(ep *Episode) error {
 		}
 	}
 	b.lay = lay
-	b.feats = b.features(nil)
+	b.feats = b.features()
 	return nil
 }
 
-// features lists the dataset's features in a fixed order. Video sizes
-// come from vsize (camera key -> [h, w]) or the existing info.json.
-func (b *builder) features(vsize map[string][2]int) []feature {
+// features lists the dataset's features in a fixed order (video shapes
+// are filled in when info.json is written).
+func (b *builder) features() []feature {
 	one := []int{1}
 	fs := []feature{
 		{key: "timestamp", dtype: "float32", shape: one, col: tFloat32},
@@ -676,14 +676,6 @@ func (b *builder) write() error {
 	return b.writeInfo(vsize, vcodec)
 }
 
-func (b *builder) statFeatures() []feature {
-	var out []feature
-	for _, f := range b.feats {
-		out = append(out, f)
-	}
-	return out
-}
-
 func (b *builder) episodeColumns() []column {
 	cols := []column{
 		{"episode_index", tInt64}, {"length", tInt64}, {"tasks", tListString},
@@ -698,7 +690,7 @@ func (b *builder) episodeColumns() []column {
 		cols = append(cols, column{k + "chunk_index", tInt64}, column{k + "file_index", tInt64},
 			column{k + "from_timestamp", tFloat64}, column{k + "to_timestamp", tFloat64})
 	}
-	for _, f := range b.statFeatures() {
+	for _, f := range b.feats {
 		for _, s := range statNames {
 			cols = append(cols, column{"stats/" + f.key + "/" + s, tListFloat64})
 		}
@@ -723,7 +715,7 @@ func (b *builder) writeEpisodes() error {
 			r[k+"chunk_index"], r[k+"file_index"] = e.vchunk[key], e.vfile[key]
 			r[k+"from_timestamp"], r[k+"to_timestamp"] = e.vfrom[key], e.vto[key]
 		}
-		for _, f := range b.statFeatures() {
+		for _, f := range b.feats {
 			st, ok := e.stats[f.key]
 			for _, s := range statNames {
 				v := []float64{}
@@ -750,7 +742,7 @@ func (b *builder) writeTasks() error {
 
 func (b *builder) writeStats() error {
 	out := map[string]any{}
-	for _, f := range b.statFeatures() {
+	for _, f := range b.feats {
 		var all []featStats
 		for _, e := range b.eps {
 			if s, ok := e.stats[f.key]; ok && len(s.Mean) > 0 {

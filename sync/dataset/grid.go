@@ -401,9 +401,8 @@ func align(ep *Episode, m *Mapping, lay *layout) (*gridResult, error) {
 				}
 			}
 			for ci := range res.cams {
-				if col := len(lay.offsetTopics) + ci; cur.frame[ci] < 0 {
-					cur.frame[ci] = p.frame[ci]
-					_ = col
+				if cur.frame[ci] < 0 {
+					cur.frame[ci] = p.frame[ci] // the previous frame, shown again
 				}
 			}
 			cur.complete = true

@@ -56,7 +56,7 @@ func (b *builder) load() error {
 	}
 	b.lay = &layout{stateDims: l.StateDims, actDims: l.ActionDims, offsetTopics: l.OffsetTopics,
 		stateNames: info.Features["observation.state"].Names, actNames: info.Features["action"].Names}
-	b.feats = b.features(nil)
+	b.feats = b.features()
 	var want, got []string
 	for _, f := range b.feats {
 		want = append(want, f.key)
