@@ -308,9 +308,11 @@ func (b *builder) addEpisode(ctx context.Context, r Ref) error {
 	if err != nil {
 		return err
 	}
-	topics, cams := map[string]bool{}, map[string]bool{}
+	topics, cams := map[string][]string{}, map[string]bool{}
 	for _, fl := range append(slices.Clone(b.m.State), b.m.Action.Fields...) {
-		topics[fl.Topic] = true
+		if !slices.Contains(topics[fl.Topic], fl.Path) {
+			topics[fl.Topic] = append(topics[fl.Topic], fl.Path)
+		}
 	}
 	for _, c := range b.m.Cameras {
 		cams[c.Stream] = true

@@ -95,7 +95,7 @@ func extract(ep *Episode, f Field, dim int) *series {
 	}
 	s := &series{dim: dim, tol: int64(f.Tolerance), lin: f.Interpolate == "linear", name: f.Topic}
 	for _, m := range ep.Telemetry[f.Topic] {
-		v, ok := value(m.Data, f.Path)
+		v, ok := m.Vals[f.Path]
 		if ok && s.dim == 0 {
 			s.dim = len(v)
 		}

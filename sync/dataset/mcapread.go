@@ -25,7 +25,8 @@ type Episode struct {
 	// QualityStatus is the episode's verdict ("ok", "degraded") when the
 	// export carries one, else "".
 	QualityStatus string
-	// Telemetry holds the decoded JSON messages per topic, in time order.
+	// Telemetry holds, per topic in time order, the values of the mapped
+	// fields of each message (not the whole message).
 	Telemetry map[string][]Message
 	// Video holds the frames per camera stream, in decode order. Their
 	// bytes are in a spool file until Close.
@@ -42,10 +43,12 @@ func (e *Episode) Close() error {
 	return os.Remove(e.spool.Name())
 }
 
-// Message is one telemetry message.
+// Message is one telemetry message: its time and the numbers at each
+// mapped field path (absent when the message lacks the path or holds
+// something else there).
 type Message struct {
 	T    int64
-	Data any
+	Vals map[string][]float64
 }
 
 // Track is one camera's frames.
@@ -80,11 +83,11 @@ type Frame struct {
 	size int
 }
 
-// ReadEpisode reads an episode MCAP, keeping only the topics in topics and
-// the video streams in cameras. Frames are spooled to a file in spoolDir
+// ReadEpisode reads an episode MCAP, keeping only the field paths that
+// topics lists per topic and the video streams in cameras. Frames are spooled to a file in spoolDir
 // (the system's temporary directory if ""), so that memory holds their
 // times only; Close the episode to remove it.
-func ReadEpisode(r io.Reader, topics, cameras map[string]bool, spoolDir string) (ep *Episode, err error) {
+func ReadEpisode(r io.Reader, topics map[string][]string, cameras map[string]bool, spoolDir string) (ep *Episode, err error) {
 	rd, err := mcap.NewReader(r)
 	if err != nil {
 		return nil, fmt.Errorf("read mcap: %w", err)
@@ -140,9 +143,9 @@ func ReadEpisode(r io.Reader, topics, cameras map[string]bool, spoolDir string) 
 	if err != nil {
 		return nil, fmt.Errorf("read mcap: %w", err)
 	}
-	msg := &mcap.Message{}
+	buf := &mcap.Message{}
 	for {
-		_, ch, m, err := it.NextInto(msg)
+		_, ch, m, err := it.NextInto(buf)
 		if errors.Is(err, io.EOF) {
 			break
 		}
@@ -177,12 +180,18 @@ func ReadEpisode(r io.Reader, topics, cameras map[string]bool, spoolDir string) 
 			f.off, f.size = spoolOff, len(au)
 			spoolOff += int64(len(au))
 			tr.Frames = append(tr.Frames, f)
-		case ch.MessageEncoding == "json" && topics[ch.Topic]:
+		case ch.MessageEncoding == "json" && len(topics[ch.Topic]) > 0:
 			var v any
 			if err := json.Unmarshal(m.Data, &v); err != nil {
 				return nil, fmt.Errorf("read mcap: %s message %d: %w", ch.Topic, m.Sequence, err)
 			}
-			ep.Telemetry[ch.Topic] = append(ep.Telemetry[ch.Topic], Message{T: int64(m.LogTime), Data: v})
+			msg := Message{T: int64(m.LogTime), Vals: map[string][]float64{}}
+			for _, p := range topics[ch.Topic] {
+				if x, ok := value(v, p); ok {
+					msg.Vals[p] = x
+				}
+			}
+			ep.Telemetry[ch.Topic] = append(ep.Telemetry[ch.Topic], msg)
 		}
 	}
 	if !haveManifest {
