@@ -367,6 +367,9 @@ func (b *builder) addEpisode(ctx context.Context, r Ref) error {
 		quality = "unknown"
 	}
 	for si, sg := range res.segments {
+		if secs := float64(sg.n) / float64(b.m.FPS); secs > 2048 {
+			b.sum.Warnings = append(b.sum.Warnings, fmt.Sprintf("episode %s lasts %.0f s: LeRobot's float32 timestamps are coarser than its 0.1 ms tolerance past 2048 s", r.ID, secs))
+		}
 		rec := &epRec{index: len(b.eps), length: sg.n, task: task, id: r.ID, part: int64(si), quality: quality,
 			coverage: sg.coverage, bound: bound, stats: map[string]featStats{}, segs: map[string]*videoSeg{}}
 		if err := b.addSegment(ctx, rec, res, sg); err != nil {

@@ -34,8 +34,8 @@
 // temporary name and renamed; a crash mid-write can leave a dataset whose
 // tables disagree, which the next build reports when it loads it.
 //
-// Memory: the parsed messages of the mapped telemetry topics of the
-// episode being converted, every dataset row (the data tables are
+// Memory: the values of the mapped telemetry fields of the episode being
+// converted, every dataset row (the data tables are
 // rewritten whole), and one small record per video frame. Frame bytes are
 // spooled to a file in the build's temporary directory (inside the output
 // directory) and MP4 samples are read from their files when written.
