@@ -200,9 +200,13 @@ func Build(ctx context.Context, src Source, o Options) (Summary, error) {
 		}
 		b.progress(i+1, len(todo))
 	}
-	if b.lay == nil {
+	b.sum.Episodes, b.sum.Rows = len(b.eps), len(b.rows)
+	if len(b.eps) == 0 {
 		b.sum.Warnings = append(b.sum.Warnings, "no episode to build from; nothing written")
 		return b.sum, nil
+	}
+	if b.sum.Added == 0 {
+		return b.sum, nil // an existing dataset, nothing new: left as it is
 	}
 	if err := b.write(); err != nil {
 		return b.sum, err
@@ -228,7 +232,7 @@ func (b *builder) makeLayout(ep *Episode) error {
 	for _, f := range b.m.State {
 		s := extract(ep, f, 0)
 		if s.dim == 0 {
-			return fmt.Errorf("episode %s: state field %s %s: no message has it; cannot tell its size", ep.Manifest.ID, f.Topic, f.Path)
+			return fmt.Errorf("state field %s %s: no message has it; cannot tell its size", f.Topic, f.Path)
 		}
 		lay.stateDims = append(lay.stateDims, s.dim)
 		names := fieldNames(f, s.dim)
@@ -247,7 +251,7 @@ func (b *builder) makeLayout(ep *Episode) error {
 	for _, f := range b.m.Action.Fields {
 		s := extract(ep, f, 0)
 		if s.dim == 0 {
-			return fmt.Errorf("episode %s: action field %s %s: no message has it; cannot tell its size", ep.Manifest.ID, f.Topic, f.Path)
+			return fmt.Errorf("action field %s %s: no message has it; cannot tell its size", f.Topic, f.Path)
 		}
 		lay.actDims = append(lay.actDims, s.dim)
 		names := fieldNames(f, s.dim)
@@ -336,7 +340,10 @@ func (b *builder) addEpisode(ctx context.Context, r Ref) error {
 	}
 	if b.lay == nil {
 		if err := b.makeLayout(ep); err != nil {
-			return err
+			// The layout comes from the next episode that has every field.
+			b.sum.Dropped++
+			b.sum.DroppedEpisodes = append(b.sum.DroppedEpisodes, fmt.Sprintf("%s: %v", r.ID, err))
+			return nil
 		}
 	}
 	res, err := align(ep, b.m, b.lay)
