@@ -27,7 +27,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/episoded/episoded/internal/h26x"
+	"github.com/episoded/episoded/internal/video"
 )
 
 // FrameRate is the frame rate of both clips, in frames per second.
@@ -74,7 +74,7 @@ var ErrNoNALUs = errors.New("assets: no NAL units in stream")
 
 // SplitAnnexB splits an Annex-B byte stream into NAL units (without start
 // codes). The returned slices alias b.
-func SplitAnnexB(b []byte) [][]byte { return h26x.SplitAnnexB(b) }
+func SplitAnnexB(b []byte) [][]byte { return video.SplitAnnexB(b) }
 
 // AccessUnits groups the NAL units of an Annex-B stream into access units
 // (ITU-T H.264 7.4.1.2.3, H.265 7.4.2.4.4): a new access unit starts at an

@@ -17,8 +17,10 @@
 //   - clock mode "arrival": T = RecvT − Latency;
 //   - clock mode "device": T maps SrcT onto the gateway clock through the
 //     stream's Clock. Samples with SrcT == 0 (RTSP before its first RTCP
-//     sender report) are stamped RecvT − Latency, and the switch to device
-//     time (and back, on a new session) is recorded as a clock event.
+//     sender report) are stamped RecvT − Latency (or, once the clock has
+//     measured the delays, like a held-back sample when that is earlier),
+//     flagged sample.ArrivalTime, and the switch to device time (and
+//     back, on a new session) is recorded as a clock event.
 //
 // The Clock sees (x, y) = (SrcT, RecvT − SrcT). The one-way delay is never
 // negative, so the data lie on or above the line offset + drift·x, and the
@@ -31,13 +33,71 @@
 // Moon, Skelly and Towsley). T = SrcT + line(SrcT), never later than RecvT.
 // It converges once the evidence spans 2s; the error bound is derived from
 // how densely the data crowd the envelope (it assumes the delay has mass
-// near its minimum, as exponential jitter does). Jumps: once converged, 3
-// consecutive samples more than 1ms below the envelope (impossible for a
-// real delay), or 500ms of samples more than 100ms above it, reset the
-// estimator on the held-back samples, keep the old drift as a prior and
-// record a "jump" event. Samples held back while a jump is suspected are
-// stamped at arrival; a single sample below the envelope that is not
-// confirmed is dropped from the evidence as an outlier.
+// near its minimum, as exponential jitter does).
+//
+// # Outliers and steps: no single sample moves the estimate
+//
+// An offset is accepted only when 3 consecutive samples agree on it (their
+// offsets RecvT − SrcT within 50 ms): the first one, and every new one.
+// Until then each sample is held back: it never enters the evidence, it is
+// stamped from arrival and flagged sample.ArrivalTime, and counted
+// (StreamCounters.ClockHeld); one that is never confirmed (a wild
+// timestamp: a year ahead, an hour behind, int64 max, zero, negative) is
+// dropped as an outlier (ClockStatus.Outliers). A sample is a candidate
+// when, once converged, it lies more than 1 ms below the envelope
+// (impossible for a real delay; 50 ms before convergence) or more than
+// 100 ms above it. Three agreeing candidates below the envelope are a
+// forward step; three above it are a backward step, unless their arrivals
+// are bunched (arrival span under half their device-time span: a backlog
+// draining after congestion, whose samples are stamped through the old
+// line as the late deliveries they are). So a step is detected within 3
+// samples in both directions (about 70 ms at 30 Hz), the estimator is
+// reseeded on the agreeing samples with the old drift as prior, a "jump"
+// event records the step, measured as the smallest residual of the
+// agreeing samples (within a few ms of the truth), and held-back samples
+// are stamped from arrival: the previous T plus one cadence period (the
+// median device-time interval), kept within [arrival − the largest delay
+// above the envelope in the window, arrival]. While the reseeded line
+// rests on fewer than 10 samples (it lies above the true envelope), T
+// follows the same cadence within the bound. So T stays continuous across
+// a step: a step is a clock event, never a gap. The first offset must
+// also come from paced samples, so a backlog delivered in a burst at
+// startup (its offsets are queueing delays) is not taken as the offset;
+// before the first offset is agreed, arrival stamps can only assume a
+// delay of at most the jump threshold (100 ms), which such a backlog can
+// exceed. All timestamp arithmetic saturates: no input overflows an
+// offset, a stamp or a bound.
+//
+// # Order: T never decreases per stream
+//
+// Stream.Process never lets T go back: a sample whose estimate lies before
+// its predecessor's T (an unconfirmed step, the envelope moving, a gateway
+// clock step) gets the predecessor's T, its bound is widened by the
+// difference, and it is counted (StreamCounters.Reordered). So the stored
+// order (time, then seq) equals the arrival order, which for video is the
+// decode order (SrcT of video is the decode time), and no export shows
+// samples out of order around a step.
+//
+// # Untrusted device clocks fall back to arrival time
+//
+// A device clock can be unusable (a camera whose RTP timestamps run at
+// twice the real rate and step back at every keyframe, or are random). Per
+// stream, after the clock has seen each sample, the stream is put on
+// arrival time when: more than 3 resets (confirmed steps, or a device time
+// going back more than ReorderDepth, 200 ms, behind the previous accepted
+// one) happen within a minute (no reset storms); the clock's rate measured
+// over 4 s or more disagrees with arrival by more than 3 %; more than
+// half of the last 16 samples were held back as wild; or no offset was
+// agreed for 2 s (and 16 samples). The stream is then
+// stamped RecvT − Latency, flagged ArrivalTime, with the bound: error floor
+// + latency + twice the largest recent deviation of arrival intervals from
+// whole cadence periods (the measured arrival jitter). This is a
+// "clock_untrusted" event with the reason, and ClockStatus/ClockReport
+// state clock_source "arrival" with clock_source_reason. The clock keeps
+// running quietly on the device times; when it has been consistent
+// (converged, nothing held, no reset, rate within tolerance) for 30 s the
+// stream goes back to device time (a "clock_trusted" event). All of this
+// is pure (time is the samples' RecvT) and serves every stream kind.
 //
 // # Episodes (Cell)
 //
@@ -81,7 +141,12 @@
 // # Quality (Report) and synchronized view (View)
 //
 // A Report is built by feeding an episode's stored samples of one stream in
-// time order; it needs only stored data, so it is the same after a restart.
+// time order (only their index: time, flags, counts and payload size); it
+// needs only stored data and the window, plus the device's offline
+// intervals, which only name causes. It measures the stream against the
+// window: expected samples at the nominal rate, coverage, and every gap as
+// an interval with a cause. Judge turns an episode's reports into its
+// verdict (ok or degraded, with reasons) against the cell's thresholds.
 // A View iterates a time-ordered sample sequence as frames at a fixed rate,
 // taking per stream the nearest sample within a tolerance and counting
 // misses.

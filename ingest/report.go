@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"slices"
@@ -21,7 +22,26 @@ type ReportOptions struct {
 	// Clock tunes the estimator that re-derives clock figures from the
 	// stored (SrcT, RecvT) pairs. The zero value means defaults.
 	Clock ClockOptions
+	// From and To are the episode's window, which coverage is measured
+	// against: silence between From and the first sample, and between the
+	// last sample and To, is a gap. With To <= From there is no window: no
+	// edge gaps, and the span of the samples is measured instead.
+	From, To int64
+	// Period is the stream's nominal sample period in ns (1e9 / the
+	// configured rate); 0 learns it as the median interval.
+	Period int64
+	// PriorPeriod is a period learned before the window (the median
+	// interval of the samples just before it), used when Period is 0 and
+	// the window holds too few samples to learn one.
+	PriorPeriod int64
+	// Offline lists the intervals (gateway time, in time order) during
+	// which the stream's device was disconnected; a gap that overlaps one
+	// is accounted to device_offline.
+	Offline []Interval
 }
+
+// Interval is a time range [From, To] in ns on the gateway clock.
+type Interval struct{ From, To int64 }
 
 const (
 	// intervals decided together once this many are known: the first
@@ -36,12 +56,22 @@ const (
 // stored data, so a report rebuilt after a restart is the same.
 //
 //   - Counts, bytes, first/last time and mean rate.
-//   - Gaps: every sample flagged Discontinuity is one gap, and its Lost and
-//     Dropped are summed; samples flagged DecodeError are counted. For
-//     telemetry and point-cloud streams, an interval longer than GapFactor
-//     times the expected period (the median of recent intervals) is a gap
-//     too, unless the later sample already carries Discontinuity. Intervals
-//     across a Discontinuity do not feed the median.
+//   - Coverage against the window: Expected is the window's length times
+//     the nominal rate (the configured one, else 1e9 over the median
+//     interval), rounded, at least 1; Coverage is Samples/Expected, at most
+//     1, and 0 without samples.
+//   - Gaps, each an interval [from, to] with a cause (see gapCause): every
+//     sample flagged Discontinuity ends one gap that starts at the sample
+//     before it, and its Lost and Dropped are summed; a silence longer than
+//     GapFactor times the period (the configured one, else the median of
+//     recent intervals) is a gap too. Silence at the window's edges is a gap
+//     when longer than GapFactor−1 periods (as many missing samples as
+//     between two samples); a stream with no samples is one gap as long as
+//     the window. Intervals across a Discontinuity do not feed the median.
+//     Event streams have no timing gaps unless a period is configured.
+//     Samples flagged DecodeError are counted. A clock step is not a gap:
+//     gaps are measured on aligned time, which the clock estimator keeps
+//     continuous.
 //   - Clock: for device-clock streams the (SrcT, RecvT) pairs are fed to a
 //     fresh Clock; the figures (offset, drift, jitter, error bound) are
 //     those at the last sample. AlignmentErrorBoundMs is the largest
@@ -65,7 +95,17 @@ type Report struct {
 	havePrev bool
 	prevT    int64
 
+	// The first sample's loss flags: a gap ending there is decided with the
+	// leading edge in Result.
+	firstFlags          sample.Flags
+	firstLost, firstDrp uint32
+	gaps                []episode.Gap
+	nGaps               uint64
+	timeGaps            uint64
+	missing             int64
+
 	seed    [gapSeed]int64
+	seedAt  [gapSeed]gapCand
 	nseed   int
 	ring    [gapRing]int64
 	nring   int
@@ -92,6 +132,9 @@ func NewReport(d sample.Descriptor, o ReportOptions) (*Report, error) {
 	if o.GapFactor < 1 || math.IsNaN(o.GapFactor) {
 		return nil, fmt.Errorf("ingest: report %s: gap factor %v: must be at least 1", d.Stream, o.GapFactor)
 	}
+	if o.Period < 0 || o.PriorPeriod < 0 {
+		return nil, fmt.Errorf("ingest: report %s: period %d/%d: must not be negative", d.Stream, o.Period, o.PriorPeriod)
+	}
 	c, err := NewClock(o.Clock)
 	if err != nil {
 		return nil, fmt.Errorf("ingest: report %s: %w", d.Stream, err)
@@ -100,7 +143,7 @@ func NewReport(d sample.Descriptor, o ReportOptions) (*Report, error) {
 		desc:  d,
 		o:     o,
 		clock: c,
-		timed: d.Kind == sample.KindTelemetry || d.Kind == sample.KindPointCloud,
+		timed: d.Kind != sample.KindEvent || o.Period > 0,
 		r: episode.StreamReport{
 			Stream: d.Stream,
 			Kind:   string(d.Kind),
@@ -121,17 +164,20 @@ func (r *Report) Warm(x *sample.Sample) {
 
 // Add feeds one of the episode's stored samples. Samples must come in time
 // order.
-func (r *Report) Add(x *sample.Sample) {
+func (r *Report) Add(x *sample.Sample) { r.AddSized(x, len(x.Payload)) }
+
+// AddSized is Add for a sample whose payload was not read (an index-only
+// range): size is the payload's length in bytes.
+func (r *Report) AddSized(x *sample.Sample, size int) {
 	rep := &r.r
 	if rep.Samples == 0 {
 		rep.FirstT = x.T
 	}
 	rep.Samples++
-	rep.Bytes += uint64(len(x.Payload))
+	rep.Bytes += uint64(size)
 	rep.LastT = x.T
 	disc := x.Flags&sample.Discontinuity != 0
 	if disc {
-		rep.Gaps++
 		rep.Lost += uint64(x.Lost)
 		rep.Drops += uint64(x.Dropped)
 	}
@@ -141,9 +187,13 @@ func (r *Report) Add(x *sample.Sample) {
 
 	if r.havePrev {
 		iv := x.T - r.prevT
-		if !disc {
-			r.interval(iv)
+		if disc {
+			r.gap(r.prevT, x.T, x.Flags, x.Lost, x.Dropped)
+		} else {
+			r.interval(iv, gapCand{from: r.prevT, to: x.T, flags: x.Flags})
 		}
+	} else {
+		r.firstFlags, r.firstLost, r.firstDrp = x.Flags, x.Lost, x.Dropped
 	}
 	r.havePrev, r.prevT = true, x.T
 
@@ -183,27 +233,47 @@ func (r *Report) event(e episode.ClockEvent) {
 	}
 }
 
+// gapCand is an interval between two samples that may be a gap: the later
+// sample's flags give its cause.
+type gapCand struct {
+	from, to int64
+	flags    sample.Flags
+}
+
 // interval classifies one interval between consecutive samples that are not
 // separated by a known discontinuity.
-func (r *Report) interval(iv int64) {
+func (r *Report) interval(iv int64, c gapCand) {
 	if r.nseed < gapSeed {
 		r.seed[r.nseed] = iv
+		r.seedAt[r.nseed] = c
 		r.nseed++
 		if r.nseed == gapSeed {
 			r.median = medianOf(r.seed[:])
-			for _, v := range r.seed {
-				r.classify(v)
+			for i, v := range r.seed {
+				r.classify(v, r.seedAt[i])
 			}
 		}
 		return
 	}
-	r.classify(iv)
+	r.classify(iv, c)
 }
 
-func (r *Report) classify(iv int64) {
-	if r.timed && r.median > 0 && float64(iv) > r.o.GapFactor*float64(r.median) {
-		r.r.Gaps++
-		r.r.TimeGaps++
+// period is the period gaps are judged against: the configured one, else
+// the running median (0 while unknown).
+func (r *Report) period() int64 {
+	switch {
+	case r.o.Period > 0:
+		return r.o.Period
+	case r.median > 0:
+		return r.median
+	}
+	return r.o.PriorPeriod
+}
+
+func (r *Report) classify(iv int64, c gapCand) {
+	if p := r.period(); r.timed && p > 0 && float64(iv) > r.o.GapFactor*float64(p) {
+		r.timeGaps++
+		r.gap(c.from, c.to, c.flags, 0, 0)
 		return
 	}
 	if r.median > 0 {
@@ -219,6 +289,121 @@ func (r *Report) classify(iv int64) {
 	if r.sinceMd >= gapSeed && r.nring >= gapSeed {
 		r.sinceMd = 0
 		r.median = medianOf(r.ring[:r.nring])
+	}
+}
+
+// gap records the gap [from, to]; flags, lost and dropped are those of the
+// sample that ends it (none for an edge).
+func (r *Report) gap(from, to int64, flags sample.Flags, lost, dropped uint32) {
+	r.nGaps++
+	r.missing += to - from
+	if len(r.gaps) >= episode.MaxGapList {
+		return
+	}
+	r.gaps = append(r.gaps, episode.Gap{From: from, To: to, Cause: r.gapCause(from, to, flags, lost, dropped),
+		Lost: lost, Dropped: dropped})
+}
+
+// gapCause names why [from, to] has no data, most specific first: storage
+// refused samples (the sample after the gap is flagged Refused); the
+// device's connection was down during it (Offline); the source's numbering
+// shows loss (Lost, or a Discontinuity with no count); the gateway dropped
+// samples (Dropped); otherwise nothing arrived and nothing says why.
+func (r *Report) gapCause(from, to int64, flags sample.Flags, lost, dropped uint32) string {
+	switch {
+	case flags&sample.Refused != 0:
+		return episode.CauseStorageRejected
+	case r.offline(from, to):
+		return episode.CauseDeviceOffline
+	case lost > 0:
+		return episode.CausePacketLoss
+	case dropped > 0:
+		return episode.CauseQueueDrop
+	case flags&sample.Discontinuity != 0:
+		return episode.CausePacketLoss
+	}
+	return episode.CauseNoData
+}
+
+// offline reports whether [from, to] overlaps an interval of Offline.
+func (r *Report) offline(from, to int64) bool {
+	for _, iv := range r.o.Offline {
+		if iv.From < to && from < iv.To {
+			return true
+		}
+	}
+	return false
+}
+
+// coverage adds the edge gaps and the counts against the window to out,
+// once the period is known.
+func (r *Report) coverage(out *episode.StreamReport) {
+	from, to := r.o.From, r.o.To
+	window := to > from
+	p := r.period()
+	switch {
+	case r.o.Period > 0:
+		out.NominalRateHz, out.RateSource = roundTo(1e9/float64(r.o.Period), 6), "config"
+	case p > 0:
+		out.NominalRateHz, out.RateSource = roundTo(1e9/float64(p), 6), "learned"
+	}
+	if window {
+		out.WindowFrom, out.WindowTo = from, to
+	}
+	gaps := slices.Clone(r.gaps)
+	nGaps, timeGaps, missing := r.nGaps, r.timeGaps, r.missing
+	add := func(g episode.Gap, timed bool) {
+		nGaps++
+		missing += g.To - g.From
+		if timed {
+			timeGaps++
+		}
+		if len(gaps) < episode.MaxGapList {
+			gaps = append(gaps, g)
+		}
+	}
+	edge := func(silence int64) bool {
+		return r.timed && p > 0 && float64(silence) > (r.o.GapFactor-1)*float64(p)
+	}
+	switch {
+	case out.Samples == 0:
+		if window {
+			add(episode.Gap{From: from, To: to, Cause: r.gapCause(from, to, 0, 0, 0)}, true)
+		}
+	case window:
+		if edge(out.FirstT - from) {
+			f := r.firstFlags
+			add(episode.Gap{From: from, To: out.FirstT, Cause: r.gapCause(from, out.FirstT, f, r.firstLost, r.firstDrp),
+				Lost: r.firstLost, Dropped: r.firstDrp}, f&sample.Discontinuity == 0)
+		}
+		if edge(to - out.LastT) {
+			add(episode.Gap{From: out.LastT, To: to, Cause: r.gapCause(out.LastT, to, 0, 0, 0)}, true)
+		}
+	}
+	slices.SortFunc(gaps, func(a, b episode.Gap) int { return cmp.Compare(a.From, b.From) })
+	out.GapList, out.Gaps, out.TimeGaps, out.MissingNs = gaps, nGaps, timeGaps, missing
+	if out.GapList == nil {
+		out.GapList = []episode.Gap{}
+	}
+	if nGaps > uint64(len(gaps)) {
+		out.GapsOmitted = nGaps - uint64(len(gaps))
+	}
+
+	span := to - from
+	if !window {
+		span = out.LastT - out.FirstT
+	}
+	switch {
+	case p > 0 && (window || out.Samples > 0):
+		out.Expected = max(1, uint64(math.Round(float64(span)/float64(p))))
+		if !window {
+			out.Expected = max(1, out.Expected+1) // both ends are samples
+		}
+	default:
+		out.Expected = out.Samples
+	}
+	if out.Samples > 0 {
+		out.Coverage = roundTo(min(1, float64(out.Samples)/float64(out.Expected)), 6)
 	}
 }
 
@@ -243,17 +428,21 @@ func (r *Report) SetClock(c episode.ClockReport) {
 func (r *Report) Result() episode.StreamReport {
 	if r.nseed > 0 && r.nseed < gapSeed {
 		// Too few intervals for the seed phase: decide them with their own
-		// median once there are at least three.
+		// median once there are at least three, or with the configured
+		// period.
 		if r.nseed >= 3 {
 			r.median = medianOf(r.seed[:r.nseed])
-			for _, v := range r.seed[:r.nseed] {
-				r.classify(v)
+		}
+		if r.nseed >= 3 || r.o.Period > 0 || r.o.PriorPeriod > 0 {
+			for i, v := range r.seed[:r.nseed] {
+				r.classify(v, r.seedAt[i])
 			}
 		}
 		r.nseed = gapSeed // decided
 	}
 	out := r.r
 	out.ExpectedPeriodNs = r.median
+	r.coverage(&out)
 	if out.Samples > 1 && out.LastT > out.FirstT {
 		out.MeanRateHz = roundTo(float64(out.Samples-1)/(float64(out.LastT-out.FirstT)/1e9), 6)
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -76,10 +77,9 @@ func TestReportGapAccounting(t *testing.T) {
 				r.Add(&g.samples[i])
 			}
 			rep := r.Result()
+			// Video counts silences too: a camera that goes quiet has lost
+			// frames even when no RTP sequence gap says so.
 			wantTimeGaps := g.timeGaps
-			if kind == sample.KindVideo {
-				wantTimeGaps = 0 // video relies on RTP loss, not timing
-			}
 			if rep.Samples != uint64(len(g.samples)) || rep.Bytes != g.bytes {
 				t.Errorf("seed %d %s: samples %d bytes %d, want %d %d", seed, kind, rep.Samples, rep.Bytes, len(g.samples), g.bytes)
 			}
@@ -88,6 +88,17 @@ func TestReportGapAccounting(t *testing.T) {
 			}
 			if rep.Lost != g.lost || rep.Drops != g.dropped || rep.DecodeErrors != g.decodeErr {
 				t.Errorf("seed %d %s: lost %d drops %d decode errors %d, want %d %d %d", seed, kind, rep.Lost, rep.Drops, rep.DecodeErrors, g.lost, g.dropped, g.decodeErr)
+			}
+			causes := map[string]uint64{}
+			for _, gp := range rep.GapList {
+				causes[gp.Cause]++
+				if gp.To <= gp.From {
+					t.Errorf("seed %d %s: empty gap %+v", seed, kind, gp)
+				}
+			}
+			if uint64(len(rep.GapList)) != rep.Gaps || causes[episode.CauseNoData] != wantTimeGaps ||
+				causes[episode.CausePacketLoss]+causes[episode.CauseQueueDrop] != g.discs {
+				t.Errorf("seed %d %s: gap list %d (%v), want %d: %d no_data, %d packet_loss+queue_drop", seed, kind, len(rep.GapList), causes, rep.Gaps, wantTimeGaps, g.discs)
 			}
 			if p := time.Duration(rep.ExpectedPeriodNs); p < 9*time.Millisecond || p > 11*time.Millisecond {
 				t.Errorf("seed %d %s: expected period %v, want ~10ms", seed, kind, p)

@@ -20,9 +20,17 @@ type StreamCounters struct {
 	Dropped uint64 `json:"dropped"`
 	// DecodeErrors counts samples flagged sample.DecodeError.
 	DecodeErrors uint64 `json:"decode_errors"`
-	// ArrivalStamped counts samples stamped RecvT - latency (arrival mode,
-	// or device mode without SrcT yet).
+	// ArrivalStamped counts samples stamped at arrival: arrival mode, or
+	// device mode without SrcT yet, with its device time held back, or on
+	// arrival fallback (the last three are flagged sample.ArrivalTime).
 	ArrivalStamped uint64 `json:"arrival_stamped"`
+	// ClockHeld counts samples whose device time the clock held back (a
+	// wild value, a step not yet confirmed, or no offset agreed yet) while
+	// the stream was on device time.
+	ClockHeld uint64 `json:"clock_held"`
+	// Reordered counts samples whose aligned time would have gone back
+	// before their predecessor's and was raised to it (see Process).
+	Reordered uint64 `json:"reordered"`
 	// LastSeq, LastT and LastRecvT describe the last sample processed.
 	LastSeq   uint64 `json:"last_seq"`
 	LastT     int64  `json:"last_t"`
@@ -32,15 +40,22 @@ type StreamCounters struct {
 // ClockStatus is a stream's current clock figures, for status and metrics.
 type ClockStatus struct {
 	// Mode is "device" while device time maps the samples, else "arrival".
-	Mode      string  `json:"mode"`
-	Converged bool    `json:"converged"`
-	OffsetNs  int64   `json:"offset_ns"`
-	DriftPPM  float64 `json:"drift_ppm"`
-	JitterNs  int64   `json:"jitter_ns"`
+	Mode string `json:"mode"`
+	// Source is where the stream's times come from (SourceDevice or
+	// SourceArrival) and SourceReason why, when a device-clock stream is on
+	// arrival time (or "configured" for arrival mode).
+	Source       string  `json:"clock_source"`
+	SourceReason string  `json:"clock_source_reason,omitempty"`
+	Converged    bool    `json:"converged"`
+	OffsetNs     int64   `json:"offset_ns"`
+	DriftPPM     float64 `json:"drift_ppm"`
+	JitterNs     int64   `json:"jitter_ns"`
 	// ErrorBoundNs bounds the alignment error of the last sample.
 	ErrorBoundNs int64  `json:"error_bound_ns"`
 	Jumps        uint64 `json:"jumps"`
 	Outliers     uint64 `json:"outliers"`
+	// Events counts clock events by kind since the stream was made.
+	Events map[string]uint64 `json:"events,omitempty"`
 }
 
 // Stream is the per-stream ingest pipeline: it numbers samples and stamps
@@ -54,7 +69,31 @@ type Stream struct {
 	c      StreamCounters
 	// bounds holds the error bounds of device-mode samples as stamped.
 	bounds *boundHistory
+	trust  trust
+	jit    arrivalJitter
+	// cad measures the stream's cadence: the typical interval between the
+	// device times of consecutive samples taken by the clock.
+	cad   arrivalJitter
+	haveT bool
+	lastT int64 // the last aligned time stamped (T never decreases)
+	// lastRecv is the arrival time of the last sample.
+	lastRecv int64
+	// hedges are the samples of a run above the envelope not yet
+	// confirmed as a step: their T and the bound they had if it is one.
+	hedges  [pendCap]struct{ t, b int64 }
+	nhedges int
+	// vid follows a video stream's frame reordering (B-frames); see
+	// Process.
+	vid struct {
+		depth int64 // the largest PTSOffset seen: the reordering delay
+		haveT bool
+		lastT int64 // the last decode T stamped
+	}
 }
+
+// maxReorder caps a video stream's reordering delay (see decodeOrder): 1 s
+// covers B-pyramids at any frame rate cameras use.
+const maxReorder = int64(time.Second)
 
 // NewStream returns the pipeline for the stream described by d. lastSeq is
 // the last sequence number stored for the stream (0 for a new stream), so
@@ -73,7 +112,8 @@ func NewStream(d sample.Descriptor, lastSeq uint64, opts ClockOptions) (*Stream,
 	if err != nil {
 		return nil, fmt.Errorf("ingest: stream %s: %w", d.Stream, err)
 	}
-	return &Stream{desc: d, seq: lastSeq, clock: c, c: StreamCounters{LastSeq: lastSeq}, bounds: &boundHistory{}}, nil
+	return &Stream{desc: d, seq: lastSeq, clock: c, c: StreamCounters{LastSeq: lastSeq}, bounds: &boundHistory{},
+		trust: trust{o: c.o}}, nil
 }
 
 // Descriptor returns the stream's current descriptor.
@@ -98,20 +138,86 @@ func (s *Stream) SetDescriptor(d sample.Descriptor, now int64) error {
 
 // Process numbers one raw sample from the device and stamps its aligned
 // time: it sets Seq (gapless, continuing from lastSeq) and T, fills Stream
-// if empty, and updates the counters. SrcT, RecvT, Flags, Lost, Dropped and
-// Payload are read, never changed.
+// if empty, may add sample.ArrivalTime to Flags, and updates the counters.
+// SrcT, RecvT, Lost, Dropped, PTSOffset and Payload are read, never changed.
+//
+// Video: SrcT is the frame's presentation (capture) time on the device
+// clock and PTSOffset its presentation minus decode time (PTS - DTS, 0
+// without B-frames). The clock is fed the decode time SrcT - PTSOffset,
+// which only increases in the order the camera sends frames, so B-frames
+// never look like a clock stepping back; T is then the aligned decode time
+// (see decodeOrder), which never decreases, and T + PTSOffset the aligned
+// presentation time.
 //
 // Device-mode samples with SrcT != 0 go through the clock estimator;
 // arrival-mode samples, and device-mode samples without SrcT (RTSP before
 // the first RTCP sender report), are stamped RecvT - Latency. The switch
-// between the two in device mode is recorded as a clock event.
+// between the two in device mode is recorded as a clock event. A sample
+// whose device time the clock holds back (wild, or a step not yet
+// confirmed) is stamped at arrival and flagged; a stream whose device
+// clock is unusable (see trust) is stamped RecvT - Latency until it is
+// consistent again.
+//
+// Order: per stream, T never decreases. When the estimate would put a
+// sample before its predecessor (a step of the device clock not yet
+// confirmed, the envelope moving, a gateway clock step), T is raised to
+// the predecessor's T, its bound widened by the difference, and counted in
+// Reordered. So the stored order (time, then seq) is the arrival order,
+// which for video is the decode order, and no export ever shows samples
+// out of order.
 func (s *Stream) Process(x *sample.Sample) {
 	s.seq++
 	x.Seq = s.seq
 	if x.Stream == "" {
 		x.Stream = s.desc.Stream
 	}
+	if s.desc.Clock == sample.ClockDevice {
+		s.jit.add(x.RecvT)
+	}
+	video := s.desc.Kind == sample.KindVideo
+	s.stamp(x, video)
+	if video {
+		s.decodeOrder(x)
+	}
+	s.count(x)
+}
+
+// decodeOrder turns a video frame's stamp (in T: the aligned time its
+// decode time maps to) into its decode time on the gateway clock, T minus
+// the stream's reordering delay, never below the previous frame's T
+// (storage keys on T, so the stored order is the camera's order). PTSOffset
+// is left as the device gave it, so that T + PTSOffset is the presentation
+// time.
+//
+// Why the reordering delay: a camera sends a frame soon after capturing
+// it, but with B-frames it captures (and sends) the later reference frame
+// before the frames displayed ahead of it. Measured against decode times,
+// every frame then seems to travel that delay longer than it did; it is
+// the largest PTS - DTS of the stream (the reference frame sent right after
+// capture), learned as frames arrive, and 0 without B-frames.
+func (s *Stream) decodeOrder(x *sample.Sample) {
+	s.vid.depth = max(s.vid.depth, min(x.PTSOffset, maxReorder))
+	t := satSub(x.T, s.vid.depth)
+	if s.vid.haveT && t < s.vid.lastT {
+		// Only while the depth is still being learned: widen nothing,
+		// the presentation time keeps its offset from T.
+		t = s.vid.lastT
+	}
+	x.T = t
+	s.vid.haveT, s.vid.lastT = true, t
+}
+
+// stamp sets x.T from device or arrival time (see Process); for video the
+// device time taken is the decode time, SrcT - PTSOffset, which only
+// increases in the order the camera sends frames.
+func (s *Stream) stamp(x *sample.Sample, video bool) {
+	var bound int64
+	arrival, jumped := false, false
 	if s.desc.Clock == sample.ClockDevice && x.SrcT != 0 {
+		src := x.SrcT
+		if video {
+			src = satSub(src, x.PTSOffset)
+		}
 		if !s.device {
 			s.device = true
 			if s.c.ArrivalStamped > 0 {
@@ -119,22 +225,73 @@ func (s *Stream) Process(x *sample.Sample) {
 					Detail: "device time available; switched from arrival stamping to the device clock"})
 			}
 		}
-		x.T = s.clock.Align(x.SrcT, x.RecvT)
-		s.bounds.add(x.T, s.clock.LastBound())
+		jumps := s.clock.Jumps()
+		x.T = s.clock.Align(src, x.RecvT)
+		jumped = s.clock.Jumps() != jumps
+		bound = s.clock.LastBound()
+		held := s.clock.LastHeld()
+		if !held {
+			s.cad.add(src)
+		}
+		if ev, ok := s.trust.observe(src, x.RecvT, held, jumped, s.clock); ok {
+			s.clock.quiet = false
+			s.clock.addEvent(ev)
+		}
+		s.clock.quiet = s.trust.arrival
+		switch {
+		case s.trust.arrival:
+			x.T, bound, arrival = satSub(x.RecvT, s.desc.Latency), s.fallbackBound(), true
+		case held:
+			arrival = true
+			s.c.ClockHeld++
+			x.T = s.heldStamp(x.RecvT, x.T)
+		case s.clock.fresh() && s.haveT && s.cad.period > 0:
+			// A line drawn through a few samples just after a step lies
+			// above the true envelope (their smallest delay), so T is
+			// late by up to the bound: follow the stream's cadence
+			// within it, so that T stays continuous across the step.
+			x.T = max(satSub(x.T, bound), min(x.T, s.cadence(x.RecvT)))
+		}
 	} else {
 		if s.device {
 			s.device = false
 			s.clock.addEvent(episode.ClockEvent{T: x.RecvT, Kind: EventArrivalTime,
 				Detail: "device time missing; stamping arrival time minus latency"})
 		}
-		x.T = x.RecvT - s.desc.Latency
-		s.c.ArrivalStamped++
-		if s.desc.Clock == sample.ClockDevice {
-			// A device-clock stream without device time yet: its arrival
-			// stamp is off by the unknown network delay.
-			s.bounds.add(x.T, max(s.desc.Latency, int64(s.clock.o.JumpThreshold)))
+		x.T = satSub(x.RecvT, s.desc.Latency)
+		arrival = s.desc.Clock == sample.ClockDevice
+		if !arrival {
+			s.c.ArrivalStamped++
+		}
+		// A device-clock stream without device time: its arrival stamp is
+		// off by the unknown network delay. When the clock has measured
+		// the delays, the sample is stamped like a held-back one (the
+		// earliest it can have been captured), so that it does not push
+		// the samples after it.
+		bound = max(s.desc.Latency, int64(s.clock.o.JumpThreshold))
+		if arrival && s.clock.haveWindow() {
+			x.T = min(x.T, s.heldStamp(x.RecvT, s.clock.arrival(x.RecvT)))
+			bound = max(s.desc.Latency, s.clock.arrivalBound())
 		}
 	}
+	if s.haveT && x.T < s.lastT {
+		bound = satAdd(bound, s.lastT-x.T)
+		x.T = s.lastT
+		s.c.Reordered++
+	}
+	s.haveT, s.lastT, s.lastRecv = true, x.T, x.RecvT
+	if arrival {
+		x.Flags |= sample.ArrivalTime
+		s.c.ArrivalStamped++
+	}
+	if s.desc.Clock == sample.ClockDevice {
+		s.bounds.add(x.T, bound)
+		s.hedge(x.T, bound, jumped)
+	}
+}
+
+// count updates the counters with a stamped sample.
+func (s *Stream) count(x *sample.Sample) {
 	c := &s.c
 	c.Samples++
 	c.Bytes += uint64(len(x.Payload))
@@ -147,6 +304,71 @@ func (s *Stream) Process(x *sample.Sample) {
 	c.Lost += uint64(x.Lost)
 	c.Dropped += uint64(x.Dropped)
 	c.LastSeq, c.LastT, c.LastRecvT = x.Seq, x.T, x.RecvT
+}
+
+// hedge settles the bounds of samples stamped through the line while
+// they lay far above the envelope: late deliveries (then the line's bound
+// holds) or the start of a backward step (then they are off by about their
+// residual). When the run is confirmed as a step, the wider bounds are
+// recorded; when it ends otherwise, they are forgotten.
+func (s *Stream) hedge(t, bound int64, jumped bool) {
+	if jumped {
+		for _, h := range s.hedges[:s.nhedges] {
+			s.bounds.add(h.t, h.b)
+		}
+		s.nhedges = 0
+		return
+	}
+	cand, owed := s.clock.LastCandidate()
+	if !cand || s.trust.arrival {
+		s.nhedges = 0
+		return
+	}
+	if owed > 0 && s.nhedges < len(s.hedges) {
+		s.hedges[s.nhedges] = struct{ t, b int64 }{t, satAdd(bound, owed)}
+		s.nhedges++
+	}
+}
+
+// heldStamp is the aligned time of a sample whose device time is not used
+// while the clock has measured the delays: the previous sample's T plus
+// one typical period (the stream's cadence predicts its capture time; a
+// long arrival interval may be a delay as well as a loss, and early is
+// safe for order), kept within what its arrival allows: no
+// earlier than lo (arrival minus the largest delay measured, the earliest
+// it can have been captured) and no later than its arrival. So it neither
+// opens a hole in T nor pushes the samples after it; its error is within
+// the clock's arrival bound.
+func (s *Stream) heldStamp(recv, lo int64) int64 {
+	hi := satSub(recv, int64(s.clock.o.MinDelay))
+	if !s.haveT || s.cad.period <= 0 {
+		return lo
+	}
+	return max(lo, min(satAdd(s.lastT, s.cad.period), hi))
+}
+
+// cadence predicts a sample's T from the previous one: its T plus the
+// arrival interval in whole typical periods, rounded down (early is safe
+// for order: the samples after it are not pushed), at least one.
+func (s *Stream) cadence(recv int64) int64 {
+	p := s.cad.period
+	k := max(max(satSub(recv, s.lastRecv), 0)/p, 1)
+	return satAdd(s.lastT, k*p)
+}
+
+// fallbackBound is the error bound of arrival stamping on a device-clock
+// stream on arrival fallback: the configured latency (the assumed delay)
+// plus twice the measured arrival jitter plus the error floor; the jump
+// threshold until enough arrivals were measured.
+func (s *Stream) fallbackBound() int64 {
+	j, ok := s.jit.bound()
+	if !ok {
+		return max(s.desc.Latency, int64(s.clock.o.JumpThreshold))
+	}
+	// Twice the largest recent deviation: a delay beyond the recent
+	// largest is rare but not impossible (for exponential delays, twice
+	// the largest of 64 is exceeded about once in 5000 samples).
+	return satAdd(satAdd(int64(s.clock.o.ErrorFloor), s.desc.Latency), 2*j)
 }
 
 // Unprocess takes back the last Process, for a sample that could not be
@@ -195,36 +417,44 @@ func (s *Stream) Clock() *Clock { return s.clock }
 
 // ClockStatus returns the current clock figures. In arrival stamping the
 // offset is minus the latency and the error bound is the configured
-// latency: the assumption is that the true delay lies in [0, 2·latency].
+// latency (the assumption is that the true delay lies in [0, 2·latency]);
+// on arrival fallback it is the latency plus the measured arrival jitter.
 func (s *Stream) ClockStatus() ClockStatus {
-	if !s.device {
-		return ClockStatus{Mode: string(sample.ClockArrival), OffsetNs: -s.desc.Latency, ErrorBoundNs: s.desc.Latency,
-			Jumps: s.clock.Jumps(), Outliers: s.clock.Outliers()}
-	}
 	c := s.clock
-	return ClockStatus{
-		Mode:         modeDevice,
-		Converged:    c.Converged(),
-		OffsetNs:     c.OffsetNs(),
-		DriftPPM:     c.DriftPPM(),
-		JitterNs:     c.JitterNs(),
-		ErrorBoundNs: c.LastBound(),
-		Jumps:        c.Jumps(),
-		Outliers:     c.Outliers(),
+	st := ClockStatus{Mode: string(sample.ClockArrival), Source: SourceArrival, OffsetNs: -s.desc.Latency,
+		ErrorBoundNs: s.desc.Latency, Jumps: c.Jumps(), Outliers: c.Outliers(), Events: c.EventCounts()}
+	switch {
+	case s.desc.Clock == sample.ClockArrival:
+		st.SourceReason = "configured"
+	case !s.device:
+		st.SourceReason = "no device time yet"
+	case s.trust.arrival:
+		st.SourceReason = s.trust.reason
+		st.ErrorBoundNs = s.fallbackBound()
+	default:
+		st.Mode, st.Source = modeDevice, SourceDevice
+		st.Converged = c.Converged()
+		st.OffsetNs = c.OffsetNs()
+		st.DriftPPM = c.DriftPPM()
+		st.JitterNs = c.JitterNs()
+		st.ErrorBoundNs = c.LastBound()
 	}
+	return st
 }
 
 // ClockReport returns the figures for an episode's report: the current
-// figures and the clock events with from <= T <= to.
+// figures, the clock source and the clock events with from <= T <= to.
 func (s *Stream) ClockReport(from, to int64) episode.ClockReport {
 	st := s.ClockStatus()
 	return episode.ClockReport{
-		Mode:         st.Mode,
-		OffsetNs:     st.OffsetNs,
-		DriftPPM:     roundTo(st.DriftPPM, 3),
-		JitterNs:     st.JitterNs,
-		ErrorBoundNs: st.ErrorBoundNs,
-		Events:       s.clock.Events(from, to),
+		Mode:              st.Mode,
+		OffsetNs:          st.OffsetNs,
+		DriftPPM:          roundTo(st.DriftPPM, 3),
+		JitterNs:          st.JitterNs,
+		ErrorBoundNs:      st.ErrorBoundNs,
+		Events:            s.clock.Events(from, to),
+		ClockSource:       st.Source,
+		ClockSourceReason: st.SourceReason,
 	}
 }
 

@@ -71,15 +71,24 @@ func TestStreamDeviceBeforeSenderReport(t *testing.T) {
 	data := sc.generate(rng)
 	const noSR = 90 // the first 3 s have no sender report
 	var worst float64
+	var prevT int64
 	for i, o := range data {
 		x := sample.Sample{RecvT: o.recv, SrcT: o.src}
 		if i < noSR || (i >= 1500 && i < 1530) {
 			x.SrcT = 0
 		}
 		s.Process(&x)
+		if x.T < prevT {
+			t.Fatalf("sample %d: T went back from %d to %d", i, prevT, x.T)
+		}
+		before := prevT
+		prevT = x.T
 		if x.SrcT == 0 {
-			if x.T != x.RecvT-lat {
-				t.Fatalf("sample %d without SrcT: T=%d, want RecvT-latency", i, x.T)
+			// Arrival minus latency (or minus the largest delay measured,
+			// once there are measurements), unless that is before the
+			// previous sample (T never decreases).
+			if x.T > max(x.RecvT-lat, before) || x.T < before || x.T < x.RecvT-lat-int64(100*time.Millisecond) || x.Flags&sample.ArrivalTime == 0 {
+				t.Fatalf("sample %d without SrcT: T=%d flags %b, want RecvT-latency (or the previous T), flagged", i, x.T, x.Flags)
 			}
 			if st := s.ClockStatus(); st.Mode != "arrival" {
 				t.Fatalf("sample %d: mode %q while stamping by arrival", i, st.Mode)
@@ -87,7 +96,7 @@ func TestStreamDeviceBeforeSenderReport(t *testing.T) {
 			continue
 		}
 		if i > noSR+150 && (i < 1500 || i > 1530+150) {
-			worst = max(worst, math.Abs(float64(x.T-o.g)))
+			worst = max(worst, math.Abs(float64(x.PTS()-o.g)))
 		}
 	}
 	if worst > 2e6 {
@@ -118,9 +127,10 @@ func TestStreamDeviceBeforeSenderReport(t *testing.T) {
 	if err := s.SetDescriptor(sample.Descriptor{Stream: "c1/cam", Clock: sample.ClockArrival}, t0); err != nil {
 		t.Fatal(err)
 	}
-	x := sample.Sample{RecvT: t0 + 1, SrcT: 5}
+	next := data[len(data)-1].recv + int64(time.Second)
+	x := sample.Sample{RecvT: next, SrcT: 5}
 	s.Process(&x)
-	if x.Seq != last+1 || x.T != t0+1 {
+	if x.Seq != last+1 || x.T != next || x.Flags&sample.ArrivalTime != 0 {
 		t.Fatalf("after SetDescriptor: seq %d T %d", x.Seq, x.T)
 	}
 	if evs := s.Clock().Events(t0, t0); len(evs) != 1 || evs[0].Kind != EventMode {
@@ -187,5 +197,41 @@ func TestStreamBoundOver(t *testing.T) {
 	arr, _ := NewStream(sample.Descriptor{Stream: "a", Clock: sample.ClockArrival}, 0, ClockOptions{})
 	if _, ok := arr.BoundOver(0, 1); ok {
 		t.Fatal("arrival streams have no stamped-bound history")
+	}
+}
+
+// TestStreamDecodeOrder: a video stream with B-frames arrives in decode
+// order with presentation (capture) times that go back and forth. T must
+// never decrease (storage keys on it, so it keeps the camera's order), and
+// T + PTSOffset must stay the aligned presentation time.
+func TestStreamDecodeOrder(t *testing.T) {
+	d := sample.Descriptor{Stream: "c1/cam", Kind: sample.KindVideo, Codec: sample.CodecH264, Clock: sample.ClockDevice}
+	s, _ := NewStream(d, 0, ClockOptions{})
+	const frame = int64(time.Second / 30)
+	base := int64(1_800_000_000) * 1e9
+	// IPBB...: presentation index per decode index, PTS - DTS in frames.
+	order := []struct{ pts, off int64 }{{0, 1}, {3, 3}, {1, 0}, {2, 0}, {6, 3}, {4, 0}, {5, 0}}
+	var lastT int64
+	for gop := int64(0); gop < 100; gop++ {
+		for k, o := range order {
+			capture := base + (gop*7+o.pts)*frame
+			// Sent after the P frame it depends on is encoded: at the
+			// DTS + 3 frames, plus a 2 ms network delay.
+			dts := base + (gop*7+int64(k)-1)*frame
+			x := sample.Sample{SrcT: capture, RecvT: dts + 3*frame + 2e6, PTSOffset: o.off * frame}
+			if x.RecvT < capture {
+				t.Fatalf("test data: arrival before capture")
+			}
+			s.Process(&x)
+			if x.Seq > 1 && x.T < lastT {
+				t.Fatalf("sample %d: T %d before the previous %d", x.Seq, x.T, lastT)
+			}
+			lastT = x.T
+			if gop > 10 {
+				if e := x.PTS() - capture; e < 0 || e > 5e6 {
+					t.Fatalf("sample %d: presentation %d off the capture time by %v", x.Seq, x.PTS(), time.Duration(e))
+				}
+			}
+		}
 	}
 }

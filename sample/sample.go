@@ -21,6 +21,17 @@ const (
 	// DecodeError marks a payload that could not be decoded as its declared
 	// format. The bytes are kept as they arrived.
 	DecodeError
+	// Refused marks the first sample stored after storage refused samples of
+	// the same stream (full or overloaded); set by the pipeline, so that a
+	// gap ending at this sample is accounted to storage.
+	Refused
+	// ArrivalTime marks a sample of a device-clock stream whose T is its
+	// arrival time (minus the configured latency) rather than its device
+	// time mapped through the stream's clock estimate: its device time was
+	// held back (a wild value, a step not yet confirmed, no offset agreed
+	// yet), missing, or the stream's clock is on arrival fallback. Its error
+	// bound is the arrival bound.
+	ArrivalTime
 )
 
 // Has reports whether all bits of g are set in f.
@@ -33,9 +44,21 @@ type Sample struct {
 	// Seq is assigned at ingest per stream, starting at 1, gapless.
 	Seq uint64
 	// T is the aligned time on the gateway clock (ns since the Unix epoch).
+	// For video it is the decode time: it never decreases along a stream,
+	// so that storage, export and replay keep the order the camera sent
+	// the frames in (decode order, which differs from presentation order
+	// when a stream has B-frames).
 	T int64
+	// PTSOffset is, for video, the presentation time minus T (ns): the
+	// frame's capture time on the gateway clock is T + PTSOffset. 0 for
+	// streams without B-frames and for non-video samples. Devices set it to
+	// the stream's own PTS - DTS; ingest adjusts it so that T + PTSOffset
+	// stays the aligned presentation time (it is negative only in the rare
+	// case that keeping T monotonic moved T past the presentation time).
+	PTSOffset int64
 	// SrcT is the device's own timestamp mapped to ns since the Unix epoch,
-	// or 0 if the device gives none (yet).
+	// or 0 if the device gives none (yet). For video it is the presentation
+	// (capture) time on the device clock.
 	SrcT int64
 	// RecvT is the arrival time on the gateway clock.
 	RecvT int64
@@ -54,6 +77,9 @@ type Sample struct {
 	// it; producers must not reuse the slice.
 	Payload []byte
 }
+
+// PTS returns the presentation time: T + PTSOffset.
+func (s *Sample) PTS() int64 { return s.T + s.PTSOffset }
 
 // Kind is what a stream carries.
 type Kind string

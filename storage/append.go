@@ -3,6 +3,7 @@ package storage
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -31,6 +32,7 @@ type pending struct {
 	dones   []func(error)
 	bytes   int64
 	n       int
+	ext     extents // per stream, the T extent of the queued samples
 }
 
 type largeEntry struct {
@@ -42,7 +44,7 @@ type largeEntry struct {
 	t       int64
 }
 
-func newPending() *pending { return &pending{} }
+func newPending() *pending { return &pending{ext: make(extents)} }
 
 var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return &b }}
 
@@ -54,15 +56,20 @@ var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, 256); return 
 //
 // Append never does disk I/O. It blocks only when MaxPending bytes are
 // already queued (a slow disk or a Pebble write stall), for at most
-// AppendTimeout, and then returns ErrOverloaded. Under the reject-new
-// policy it returns ErrFull while the store is full.
+// AppendTimeout, and then returns ErrOverloaded. It returns ErrFull when
+// the samples would not fit the room the last space check left (quota,
+// min_free, the disk; counting what is queued and in flight), or after
+// the filesystem said ENOSPC until space returns; ErrFailed after a fatal
+// Pebble error.
 func (s *Store) Append(samples []sample.Sample, done func(error)) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	if s.full.Load() {
-		s.m.rejected.Add(float64(len(samples)))
-		return ErrFull
+	if s.failed.Load() {
+		return ErrFailed
+	}
+	if s.enospc.Load() {
+		return s.refuse(len(samples))
 	}
 	var size int64
 	for i := range samples {
@@ -84,7 +91,7 @@ func (s *Store) Append(samples []sample.Sample, done func(error)) error {
 	var large []largeEntry
 	for i := range samples {
 		sm := &samples[i]
-		rec := sampleRec{V: formatVersion, SrcT: sm.SrcT, RecvT: sm.RecvT, Flags: uint8(sm.Flags), Lost: sm.Lost, Dropped: sm.Dropped}
+		rec := sampleRec{V: formatVersion, SrcT: sm.SrcT, RecvT: sm.RecvT, Flags: uint8(sm.Flags), Lost: sm.Lost, Dropped: sm.Dropped, PTSOffset: sm.PTSOffset}
 		if s.opts.SegmentThreshold > 0 && len(sm.Payload) >= s.opts.SegmentThreshold {
 			large = append(large, largeEntry{
 				key: appendSampleKey(make([]byte, 0, sampleKeyLen(len(sm.Stream))), sm.Stream, sm.T, sm.Seq),
@@ -107,6 +114,14 @@ func (s *Store) Append(samples []sample.Sample, done func(error)) error {
 	}
 
 	s.mu.Lock()
+	// The hard floor: what the last check measured, less what was
+	// committed since and what is queued or in flight.
+	if s.room.Load()-s.estimate.Load()-s.mu.bytes-size < 0 {
+		s.mu.Unlock()
+		*bufp = enc
+		scratchPool.Put(bufp)
+		return s.refuse(len(samples))
+	}
 	var timer *time.Timer
 	for s.mu.bytes+size > s.opts.MaxPending && !s.mu.stopped {
 		if timer == nil {
@@ -159,6 +174,7 @@ func (s *Store) Append(samples []sample.Sample, done func(error)) error {
 	}
 	p.bytes += size
 	p.n += len(samples)
+	p.ext.add(samples)
 	s.mu.bytes += size
 	kick := p.bytes >= s.opts.CommitBytes
 	s.mu.Unlock()
@@ -169,6 +185,23 @@ func (s *Store) Append(samples []sample.Sample, done func(error)) error {
 		s.kick(s.kickCommit)
 	}
 	return nil
+}
+
+// refuse counts n samples refused for space, raises the full alarm and
+// asks the watcher to evict or re-measure.
+func (s *Store) refuse(n int) error {
+	s.m.rejected.Add(float64(n))
+	if !s.full.Load() {
+		s.setFull(true, s.usageSnapshot())
+	}
+	s.kick(s.kickWatch)
+	return ErrFull
+}
+
+func (s *Store) usageSnapshot() Usage {
+	s.usage.Lock()
+	defer s.usage.Unlock()
+	return s.usage.u
 }
 
 // kick wakes a worker without blocking: a kick already pending is enough.
@@ -197,6 +230,16 @@ func (s *Store) commit() error {
 	err := s.commitPending(p)
 	elapsed := time.Since(start)
 
+	if err == nil {
+		// Counted before the pending bytes are released, so that Append's
+		// room check never misses these bytes.
+		if s.estimate.Add(p.bytes) > s.spaceSlack() {
+			s.kick(s.kickWatch)
+		}
+	}
+	// Even a failed commit may have applied some batches: retention must
+	// look at their streams.
+	s.tl.committed(p.ext)
 	s.mu.Lock()
 	s.mu.bytes -= p.bytes
 	close(s.mu.freed)
@@ -214,9 +257,10 @@ func (s *Store) commit() error {
 		}
 		s.m.samplesWritten.Add(float64(p.n))
 		s.m.bytesWritten.Add(float64(p.bytes))
-		if s.estimate.Add(p.bytes) > s.spaceSlack() {
-			s.kick(s.kickWatch)
-		}
+	}
+	if err != nil && isENOSPC(err) && !s.enospc.Swap(true) {
+		s.log.Error("disk full (ENOSPC) on commit: refusing samples until space returns", "err", err)
+		s.kick(s.kickWatch)
 	}
 	for _, d := range p.dones {
 		d(err)
@@ -251,7 +295,7 @@ func (s *Store) commitPending(p *pending) error {
 		if i == len(p.batches)-1 {
 			opt = pebble.Sync
 		}
-		if err := b.Commit(opt); err != nil {
+		if err := s.commitBatch(b, opt); err != nil {
 			return err
 		}
 	}
@@ -259,4 +303,26 @@ func (s *Store) commitPending(p *pending) error {
 		s.segCommittedLocked()
 	}
 	return nil
+}
+
+// commitBatch commits one Pebble batch. Pebble treats a failed WAL write or
+// sync as fatal and calls Logger.Fatalf, which panics (pebbleLogger) on
+// this goroutine: the panic becomes ErrFailed, the store stops taking
+// samples and raises an alarm, and the daemon stays up to serve what is
+// stored. The batch is not reported durable.
+func (s *Store) commitBatch(b *pebble.Batch, opt *pebble.WriteOptions) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			msg, ok := r.(string)
+			if !ok || !strings.HasPrefix(msg, pebbleFatalPrefix) {
+				panic(r)
+			}
+			if !s.failed.Swap(true) {
+				s.log.Error("pebble failed on the commit path; refusing samples until restart", "err", msg)
+				s.kick(s.kickWatch)
+			}
+			err = fmt.Errorf("%w: %s", ErrFailed, msg)
+		}
+	}()
+	return b.Commit(opt)
 }

@@ -299,3 +299,5 @@ func BenchmarkMergeFrames(b *testing.B) { benchRead(b, max(b.N, 100), 100_000, 8
 // BenchmarkMergeSmall reads 200 B records of 50 streams back in time
 // order (Pebble reads). b.N is the record count.
 func BenchmarkMergeSmall(b *testing.B) { benchRead(b, max(b.N, 1000), 200, 50) }
+
+func fdatasync(f *os.File) error { return syscall.Fdatasync(int(f.Fd())) }

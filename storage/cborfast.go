@@ -7,7 +7,7 @@ import "encoding/binary"
 // is byte-for-byte identical to fxamacker/cbor's core deterministic
 // encoding of the same struct (toarray, shortest integers, nil as null).
 func appendRecord(dst []byte, r *sampleRec) ([]byte, error) {
-	dst = append(dst, 0x80|11) // array of 11
+	dst = append(dst, 0x80|12) // array of 12
 	dst = cborUint(dst, 0, uint64(r.V))
 	dst = cborInt(dst, r.SrcT)
 	dst = cborInt(dst, r.RecvT)
@@ -24,6 +24,7 @@ func appendRecord(dst []byte, r *sampleRec) ([]byte, error) {
 	dst = cborInt(dst, r.Off)
 	dst = cborUint(dst, 0, uint64(r.Len))
 	dst = cborUint(dst, 0, uint64(r.Sum))
+	dst = cborInt(dst, r.PTSOffset)
 	return dst, nil
 }
 

@@ -14,6 +14,11 @@
 //
 // Records are CBOR (fxamacker/cbor/v2, core deterministic encoding), each
 // with a version field; timestamps are int64 ns, never CBOR time tags.
+// Format 2 added the presentation offset to sample records (their key time
+// is the decode time, so a stream's key order is the order the device sent
+// it); format 1 records are still read. Video reads start at a keyframe
+// (VideoStart, MergeFrom in video.go), and eviction keeps the keyframe a
+// covered window's video starts at.
 // Keys, one prefix byte per record kind:
 //
 //	s stream 0x00 BE(t^signbit) BE(seq) -> sample record (inline payload or segment reference)
@@ -48,9 +53,10 @@
 //   - value separation on, MinimumSize 1 KiB: mid-size and (with
 //     SegmentThreshold < 0) large values go to blob files that compactions
 //     do not rewrite; 100–500 B telemetry stays inline;
-//   - 32 MiB memtables (MemTableSize), up to 4 queued before Pebble stalls
-//     writes; each commit is split into batches of at most 4 MiB, because
-//     a batch larger than half a memtable becomes its own flushable and
+//   - memtables sized from the capacity (MemTableSize: capacity/128,
+//     2–32 MiB), 2 queued before Pebble stalls writes; each commit is
+//     split into batches of at most min(4 MiB, MemTableSize/4), because a
+//     batch larger than half a memtable becomes its own flushable and
 //     forces a flush per commit;
 //   - L0 compaction at 4 files, stop at 24, Lbase 256 MiB, 8 MiB L0 files:
 //     fewer, larger compactions for an append-mostly, time-ordered keyspace;
@@ -60,9 +66,19 @@
 //   - a commit's batches are applied in order and the last one syncs the
 //     WAL (one fsync per commit).
 //
-// Pebble preallocates each WAL to 110% of the memtable and recycles up to
-// 5 of them, so an idle store occupies up to ~250 MB with the defaults; the
-// quota counts real allocated blocks, not Pebble's estimate.
+// # Space accounting
+//
+// The store's bytes are what du shows in its directory: Pebble (sstables,
+// blob files, WAL, MANIFEST), segment files and the ballast. Beyond its
+// data it keeps a fixed overhead that eviction cannot free (space.go,
+// FixedOverhead): up to 6 WAL files of 1.1 × MemTableSize (3 live, 3
+// recycled; Pebble preallocates them), the MANIFEST (rolled at 2 MiB), and
+// a ballast of 2 × MemTableSize (at least 4 MiB) that is deleted the
+// moment one of Pebble's writes meets ENOSPC (vfs.OnDiskFull), so that
+// Pebble's WAL and MANIFEST writes, which it treats as fatal, succeed on
+// their retry. 22 MiB for a store below 512 MiB, 280 MiB from 4 GiB.
+// CheckQuota (config check) refuses a quota that leaves less than 32 MiB
+// beyond it; Open refuses a MinFree or Quota the filesystem cannot hold.
 //
 // # Lifecycle and durability
 //
@@ -107,27 +123,40 @@
 //
 // # Retention, quota, and what happens when full
 //
+// Each space check measures the store (allocated blocks) and the
+// filesystem (statfs) and computes the room: the bytes of samples that fit
+// before the quota, MinFree or the disk itself, less the overhead not yet
+// allocated (WAL space Pebble may still take, a missing ballast). Append
+// refuses (ErrFull) a call whose bytes, plus those committed since the
+// check and those queued or in flight, exceed the room: MinFree and Quota
+// are hard limits, not targets. Nothing else latches: once eviction, a
+// delete or files removed by someone else make room, the next check (every
+// WatchInterval, at once after DeleteEpisode) lets samples in.
+//
 // The space watcher runs every WatchInterval (and early when a burst of
-// writes may have crossed a limit). It measures the store (the blocks
-// allocated in Pebble's directory plus segment files) and the filesystem's free space (statfs), and
-// evicts in this order:
+// writes may have used the room). A pass does no I/O per stream: retention
+// sweeps only when the pre-roll horizon moves (once per SegmentSlice) or a
+// sample older than it was committed, and then only the streams with data
+// below it (timelineTracker). It evicts in this order:
 //
 //  1. timeline no live episode covers, older than TimelineRetention (the
 //     pre-roll horizon) — always;
 //  2. uploaded episodes whose Updated is older than Retention, oldest
 //     first — always;
 //
-// then, only while over Quota or under MinFree:
+// then, only while the room is below the eviction margin (5% of the
+// capacity: the quota, or the filesystem less MinFree), aiming for twice
+// the margin:
 //
 //  3. uploaded episodes still within Retention, oldest first: their data
 //     is safe in object storage, and keeping a local copy is not worth
 //     refusing new data (an addition to the order in the issue);
 //  4. episodes not yet uploaded, per FullPolicy: "reject-new" (default)
-//     evicts none of them: the store stops accepting samples (Append
-//     returns ErrFull), sets episoded_storage_full to 1 and reports an
-//     alarm in Usage; "evict-oldest" evicts finished, not-uploaded
-//     episodes oldest first, logging a warning for each, and goes full only
-//     when none is left. Recording and uploading episodes are never evicted.
+//     evicts none of them: the store refuses samples while there is no
+//     room, sets episoded_storage_full to 1 and reports an alarm in Usage;
+//     "evict-oldest" evicts finished, not-uploaded episodes oldest first,
+//     logging a warning for each. Recording and uploading episodes are
+//     never evicted.
 //
 // An episode covers [Start-Preroll, Stop+Postroll] on each of its streams
 // (to the end of time while Stop is 0). Eviction deletes the uncovered
@@ -138,6 +167,21 @@
 // so an idle pass writes no tombstone. An evicted episode's record is kept;
 // Evicted reports when and why its data went. Small records (episodes,
 // descriptors, upload state) are still accepted while full, so uploads can
-// finish and free space. MinFree keeps Pebble away from ENOSPC, on which it
-// would exit the process.
+// finish and free space.
+//
+// # Faults: ENOSPC and I/O errors
+//
+// Segment files and Pebble go through Options.FS (a pebble vfs.FS, so
+// tests inject faults with errorfs). A failed segment write or fsync fails
+// the commit: its producers' done callbacks get the error (nothing of it
+// was reported durable; MQTT messages are not acknowledged and are
+// redelivered), the bytes written are cut off again, and the next commit
+// starts a new segment. ENOSPC from a segment or from Pebble (its writes,
+// or a background flush or compaction, reported through EventListener)
+// makes the store refuse samples and raise the disk_full alarm; Pebble's
+// background errors also show as storage_background_error. The watcher
+// restores the ballast and takes samples again once statfs shows the
+// space is back. Should Pebble still fail on the commit path (it calls
+// Fatalf), the store turns the panic into ErrFailed: it keeps serving
+// reads and refuses samples until restarted; the daemon stays up.
 package storage

@@ -3,10 +3,12 @@ package storage
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"math"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -111,28 +113,26 @@ func coverage(live []episodeRec) map[string]spans {
 	return prot
 }
 
-// planLocked computes what to delete: on every stream, timeline older than
-// the pre-roll horizon, plus extra on extraStreams, minus what live
-// episodes cover. Called with recMu held.
+// planLocked computes what to delete: timeline older than the pre-roll
+// horizon on the streams that have some (timelineTracker), plus extra on
+// extraStreams, minus what live episodes cover. It does no I/O per stream:
+// an idle pass, with the horizon where it was, plans nothing. Called with
+// recMu held.
 func (s *Store) planLocked(live []episodeRec, now int64, extra spans, extraStreams []string) evictPlan {
 	// The horizon moves in steps of one segment slice, so that a pass
 	// every second does not write a range tombstone every second.
 	horizon := now - int64(s.opts.TimelineRetention)
 	horizon -= ((horizon % int64(s.opts.SegmentSlice)) + int64(s.opts.SegmentSlice)) % int64(s.opts.SegmentSlice)
+	streams := s.tl.due(horizon)
+	plan := evictPlan{del: make(map[string]spans)}
+	if len(streams) == 0 && len(extraStreams) == 0 {
+		return plan
+	}
 	prot := coverage(live)
-	streams, err := s.Streams()
-	if err != nil {
-		s.log.Error("eviction: list streams", "err", err)
-	}
-	s.segMu.Lock()
-	for _, r := range s.segMu.segs {
-		streams = append(streams, r.Stream)
-	}
-	s.segMu.Unlock()
+	s.keepKeyframes(prot) // video: a window's pre-roll reaches back to its keyframe
 	streams = append(streams, extraStreams...)
 	slices.Sort(streams)
 	streams = slices.Compact(streams)
-	plan := evictPlan{del: make(map[string]spans)}
 	for _, st := range streams {
 		cand := spans{{math.MinInt64, horizon - 1}}
 		if slices.Contains(extraStreams, st) {
@@ -206,7 +206,7 @@ func (s *Store) applyPlanLocked(b *pebble.Batch, plan evictPlan, compactNow bool
 		s.segMu.bytes -= r.Size
 		s.segStats.Store(segStats{s.segMu.bytes, len(s.segMu.segs)})
 		freed += r.Size
-		if err := os.Remove(s.segPath(id)); err != nil && !os.IsNotExist(err) {
+		if err := s.fs.Remove(s.segPath(id)); err != nil && !os.IsNotExist(err) {
 			s.log.Error("eviction: remove segment", "segment", id, "err", err)
 		}
 	}
@@ -223,6 +223,7 @@ func (s *Store) applyPlanLocked(b *pebble.Batch, plan evictPlan, compactNow bool
 }
 
 func (s *Store) hasData(lo, hi []byte) (bool, error) {
+	s.watchIters.Add(1)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return false, err
@@ -246,14 +247,13 @@ func (s *Store) watch(ctx context.Context) {
 	}
 }
 
-// checkSpace enforces retention and the quota, in the documented order.
+// checkSpace enforces retention and the limits, in the documented order.
 func (s *Store) checkSpace() {
 	s.recMu.Lock()
 	defer s.recMu.Unlock()
 	if s.closed.Load() {
 		return
 	}
-	s.estimate.Store(0)
 	now := s.opts.Now().UnixNano()
 	recs, err := s.episodeRecs()
 	if err != nil {
@@ -271,12 +271,15 @@ func (s *Store) checkSpace() {
 			expired = append(expired, *r)
 		}
 	}
-	u := s.refreshUsage()
+	u := s.measure()
 	s.evictStep(recs, expired, now, "timeline", s.pressure(u, false))
 
-	u = s.refreshUsage()
+	u = s.measure()
+	if s.enospc.Load() {
+		u = s.recoverSpace(u)
+	}
 	if !s.pressure(u, false) {
-		s.setFull(false, u)
+		s.settle(u)
 		return
 	}
 	// Step 2b (under pressure): uploaded episodes still within retention,
@@ -311,14 +314,46 @@ func (s *Store) checkSpace() {
 				s.log.Warn("evicting episode that was not uploaded (policy evict-oldest)", "episode", r.E.ID, "state", r.E.State)
 			}
 			s.evictStep(recs, []episodeRec{*r}, now, step.reason, true)
-			u = s.refreshUsage()
+			u = s.measure()
 			if !s.pressure(u, true) {
-				s.setFull(false, u)
+				s.settle(u)
 				return
 			}
 		}
 	}
-	s.setFull(true, u)
+	s.settle(u)
+}
+
+// measure refreshes the usage for a decision: bytes committed since the
+// last measurement are forgotten first (they are on disk when measured),
+// so the estimate never misses a commit.
+func (s *Store) measure() Usage {
+	s.estimate.Store(0)
+	return s.refreshUsage()
+}
+
+// recoverSpace runs while the store is refusing samples after ENOSPC: once
+// the filesystem has room for the ballast again (on top of min_free and
+// the WAL reserve), it recreates the ballast and accepts samples again.
+func (s *Store) recoverSpace(u Usage) Usage {
+	if u.Free-u.MinFree-s.reserve(u) < s.spaceSlack() {
+		return u
+	}
+	if !s.ensureBallast() {
+		return u
+	}
+	s.enospc.Store(false)
+	s.log.Info("disk space is back: ballast restored, accepting samples", "free", u.Free)
+	return s.measure()
+}
+
+// settle publishes whether the store is full: at its limit (less room
+// than the slack between two checks: most samples are refused), out of
+// disk (ENOSPC), or failed. Append itself refuses by the room, not by this
+// flag.
+func (s *Store) settle(u Usage) {
+	full := u.Room < s.spaceSlack() || s.enospc.Load() || s.failed.Load()
+	s.setFull(full, u)
 }
 
 // evictStep deletes the data of the episodes in evict (already marked in
@@ -333,14 +368,14 @@ func (s *Store) evictStep(recs, evict []episodeRec, now int64, reason string, co
 	}
 	plan := s.planLocked(recs, now, extra, streams)
 	plan.marks = evict
-	before := s.dbBytes() + s.segBytes()
+	before := s.storeBytes()
 	b := s.db.NewBatch()
 	defer b.Close()
 	if _, err := s.applyPlanLocked(b, plan, compact); err != nil {
 		s.log.Error("eviction failed", "reason", reason, "err", err)
 		return
 	}
-	freed := before - (s.dbBytes() + s.segBytes())
+	freed := before - s.storeBytes()
 	for _, r := range evict {
 		s.m.evictions.WithLabelValues(r.EvictReason).Inc()
 		s.log.Info("evicted episode data", "episode", r.E.ID, "state", r.E.State, "reason", r.EvictReason)
@@ -353,43 +388,67 @@ func (s *Store) evictStep(recs, evict []episodeRec, now int64, reason string, co
 	}
 }
 
-// pressure reports whether the store is over its quota or the filesystem
-// below MinFree. When relieving (evicting under pressure) it aims 5% lower,
-// so that one eviction is not immediately followed by the next.
+// pressure reports whether the room left before a limit (quota, min_free,
+// the disk itself) is below the eviction margin. When relieving (evicting
+// under pressure) it aims for twice the margin, so that one eviction is
+// not immediately followed by the next. Samples are refused only when the
+// room is used up (Append), never because of the margin.
 func (s *Store) pressure(u Usage, relieving bool) bool {
-	quota, minFree := u.Quota, u.MinFree
-	if relieving || s.full.Load() {
-		quota -= int64(float64(quota) * s.hysteresis)
-		minFree += int64(float64(minFree) * s.hysteresis)
+	margin := max(s.spaceSlack(), int64(float64(s.capacity)*s.hysteresis))
+	if relieving {
+		margin *= 2
 	}
-	return (quota > 0 && u.Bytes > quota) || (minFree > 0 && u.Free < minFree)
+	return u.Room < margin
 }
 
 func (s *Store) setFull(full bool, u Usage) {
 	if s.full.Swap(full) == full {
 		return
 	}
+	// A store at its limit goes full and back as retention frees a little
+	// room: log the transitions at most once a minute, at debug level in
+	// between (the metric and the alarm follow every transition).
+	level := slog.LevelDebug
+	if now := time.Now().UnixNano(); now-s.fullLogged.Load() > int64(time.Minute) {
+		s.fullLogged.Store(now)
+		level = slog.LevelInfo
+		if full {
+			level = slog.LevelError
+		}
+	}
 	if full {
 		s.m.full.Set(1)
-		s.log.Error("storage full: refusing new samples (policy "+s.opts.FullPolicy+")",
-			"bytes", u.Bytes, "quota", u.Quota, "free", u.Free, "min_free", u.MinFree)
+		s.log.Log(context.Background(), level, "storage full: refusing new samples (policy "+s.opts.FullPolicy+")",
+			"bytes", u.Bytes, "quota", u.Quota, "free", u.Free, "min_free", u.MinFree, "room", u.Room)
 	} else {
 		s.m.full.Set(0)
-		s.log.Info("storage no longer full; accepting samples", "bytes", u.Bytes, "free", u.Free)
+		s.log.Log(context.Background(), level, "storage no longer full; accepting samples", "bytes", u.Bytes, "free", u.Free, "room", u.Room)
 	}
 }
 
 // Usage is the store's space report, for /v1/status.
 type Usage struct {
-	// Bytes is the store's size on disk: Pebble plus segment files.
+	// Bytes is the store's size on disk (what du shows): Pebble, segment
+	// files and the ballast.
 	Bytes        int64 `json:"bytes"`
 	DBBytes      int64 `json:"db_bytes"`
 	SegmentBytes int64 `json:"segment_bytes"`
 	Segments     int   `json:"segments"`
-	Quota        int64 `json:"quota"`
+	// WALBytes is the part of DBBytes in Pebble's WAL files (live and
+	// recycled); BallastBytes the ENOSPC ballast.
+	WALBytes     int64 `json:"wal_bytes"`
+	BallastBytes int64 `json:"ballast_bytes"`
+	// Overhead is the fixed overhead the store reserves: WAL files at
+	// their most, manifest, ballast (see FixedOverhead).
+	Overhead int64 `json:"overhead"`
+	Quota    int64 `json:"quota"`
 	// Free is the space available to the daemon on the filesystem.
 	Free    int64 `json:"free"`
 	MinFree int64 `json:"min_free"`
+	// Room is how many bytes of samples the store accepts before a limit
+	// (quota, min_free, the disk), after reserving the overhead not yet
+	// allocated.
+	Room int64 `json:"room"`
 	// Full is true while new samples are refused.
 	Full   bool     `json:"full"`
 	Alarms []string `json:"alarms,omitempty"`
@@ -407,22 +466,38 @@ func (s *Store) Usage() Usage {
 
 // dbBytes is the space Pebble's directory really occupies: allocated
 // blocks, which include WAL preallocation that Pebble's own
-// DiskSpaceUsage does not count.
-func (s *Store) dbBytes() int64 {
-	var n int64
+// DiskSpaceUsage does not count. wal is the part in WAL files.
+func (s *Store) dbBytes() (total, wal int64) {
 	dir := filepath.Join(s.dir, "db")
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		s.log.Error("measure store", "dir", dir, "err", err)
-		return int64(s.db.Metrics().DiskSpaceUsage())
+		return int64(s.db.Metrics().DiskSpaceUsage()), 0
 	}
 	for _, e := range entries {
 		var st syscall.Stat_t
 		if syscall.Lstat(filepath.Join(dir, e.Name()), &st) == nil {
-			n += st.Blocks * 512
+			total += st.Blocks * 512
+			if strings.HasSuffix(e.Name(), ".log") {
+				wal += st.Blocks * 512
+			}
 		}
 	}
-	return n
+	return total, wal
+}
+
+// storeBytes is the store's size on disk.
+func (s *Store) storeBytes() int64 {
+	db, _ := s.dbBytes()
+	return db + s.segBytes() + s.ballastBytes()
+}
+
+func (s *Store) ballastBytes() int64 {
+	var st syscall.Stat_t
+	if syscall.Lstat(s.ballastPath(), &st) != nil {
+		return 0
+	}
+	return st.Blocks * 512
 }
 
 // segBytes reads the published segment totals; it never waits for a
@@ -435,23 +510,42 @@ func (s *Store) segBytes() int64 {
 }
 
 func (s *Store) refreshUsage() Usage {
-	u := Usage{DBBytes: s.dbBytes(), Quota: s.opts.Quota, MinFree: max(s.opts.MinFree, 0), Full: s.full.Load()}
+	u := Usage{Quota: s.opts.Quota, MinFree: s.opts.MinFree, Overhead: overheadFor(s.opts.MemTableSize),
+		Full: s.full.Load() || s.failed.Load() || s.enospc.Load()}
+	u.DBBytes, u.WALBytes = s.dbBytes()
+	u.BallastBytes = s.ballastBytes()
 	if st := s.segStats.Load(); st != nil {
 		u.SegmentBytes, u.Segments = st.(segStats).bytes, st.(segStats).count
 	}
-	u.Bytes = u.DBBytes + u.SegmentBytes
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(s.dir, &st); err == nil {
-		u.Free = int64(st.Bavail) * int64(st.Bsize)
+	u.Bytes = u.DBBytes + u.SegmentBytes + u.BallastBytes
+	if _, avail, err := fsSize(s.dir); err == nil {
+		u.Free = avail
 	} else {
 		s.log.Error("statfs", "dir", s.dir, "err", err)
 	}
+	// The room: what the limits leave after reserving the WAL space Pebble
+	// may still allocate and a missing ballast.
+	reserve := s.reserve(u)
+	u.Room = u.Free - u.MinFree - reserve
+	if u.Quota > 0 {
+		u.Room = min(u.Room, u.Quota-u.Bytes-reserve)
+	}
+	s.room.Store(u.Room)
 	if u.Full {
-		u.Alarms = append(u.Alarms, fmt.Sprintf("episoded_storage_full: store refuses new samples (%d of %d bytes used, %d free, policy %s)",
-			u.Bytes, u.Quota, u.Free, s.opts.FullPolicy))
+		u.Alarms = append(u.Alarms, fmt.Sprintf("episoded_storage_full: store refuses new samples (%s used of quota %s, %s free, min_free %s, policy %s)",
+			FormatSize(u.Bytes), FormatSize(u.Quota), FormatSize(u.Free), FormatSize(u.MinFree), s.opts.FullPolicy))
 	}
 	if u.MinFree > 0 && u.Free < u.MinFree {
-		u.Alarms = append(u.Alarms, fmt.Sprintf("low_disk_space: %d bytes free, below min_free %d", u.Free, u.MinFree))
+		u.Alarms = append(u.Alarms, fmt.Sprintf("low_disk_space: %s free, below min_free %s", FormatSize(u.Free), FormatSize(u.MinFree)))
+	}
+	if s.enospc.Load() {
+		u.Alarms = append(u.Alarms, "disk_full: the filesystem returned ENOSPC; samples are refused until space returns")
+	}
+	if p := s.bgErr.Load(); p != nil {
+		u.Alarms = append(u.Alarms, "storage_background_error: "+*p)
+	}
+	if s.failed.Load() {
+		u.Alarms = append(u.Alarms, "storage_failed: Pebble reported a fatal error on the commit path; restart episoded")
 	}
 	s.m.diskBytes.Set(float64(u.Bytes))
 	s.m.freeBytes.Set(float64(u.Free))
@@ -461,15 +555,14 @@ func (s *Store) refreshUsage() Usage {
 	return u
 }
 
+// reserve is the overhead not allocated yet: WAL space Pebble may still
+// take, and the ballast while it is missing.
+func (s *Store) reserve(u Usage) int64 {
+	return max(0, walBound(s.opts.MemTableSize)-u.WALBytes) + max(0, ballastSize(s.opts.MemTableSize)-u.BallastBytes)
+}
+
 // spaceSlack is how many bytes may be written between space checks before
-// a check is forced.
+// a check is forced: 1/40 of the capacity, between 1 MiB and 32 MiB.
 func (s *Store) spaceSlack() int64 {
-	slack := int64(32 << 20)
-	if s.opts.Quota > 0 {
-		slack = min(slack, s.opts.Quota/20)
-	}
-	if s.opts.MinFree > 0 {
-		slack = min(slack, s.opts.MinFree/4)
-	}
-	return max(slack, 1)
+	return min(max(s.capacity/40, 1<<20), 32<<20)
 }

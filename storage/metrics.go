@@ -5,24 +5,25 @@ import "github.com/prometheus/client_golang/prometheus"
 // metrics are the store's Prometheus metrics. They always exist; they are
 // registered only when Options.Registerer is not nil.
 type metrics struct {
-	reg            prometheus.Registerer
-	cs             []prometheus.Collector
-	bytesWritten   prometheus.Counter
-	samplesWritten prometheus.Counter
-	commitSeconds  prometheus.Histogram
-	commitErrors   prometheus.Counter
-	pendingBytes   prometheus.Gauge
-	diskBytes      prometheus.Gauge
-	freeBytes      prometheus.Gauge
-	full           prometheus.Gauge
-	evictions      *prometheus.CounterVec
-	evictedBytes   *prometheus.CounterVec
-	rejected       prometheus.Counter
-	overloaded     prometheus.Counter
-	stalls         prometheus.Counter
-	stallSeconds   prometheus.Counter
-	compactions    prometheus.Counter
-	flushes        prometheus.Counter
+	reg              prometheus.Registerer
+	cs               []prometheus.Collector
+	bytesWritten     prometheus.Counter
+	samplesWritten   prometheus.Counter
+	commitSeconds    prometheus.Histogram
+	commitErrors     prometheus.Counter
+	pendingBytes     prometheus.Gauge
+	diskBytes        prometheus.Gauge
+	freeBytes        prometheus.Gauge
+	full             prometheus.Gauge
+	evictions        *prometheus.CounterVec
+	evictedBytes     *prometheus.CounterVec
+	rejected         prometheus.Counter
+	overloaded       prometheus.Counter
+	stalls           prometheus.Counter
+	stallSeconds     prometheus.Counter
+	compactions      prometheus.Counter
+	flushes          prometheus.Counter
+	backgroundErrors prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -61,10 +62,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "episoded_storage_compactions_total", Help: "Pebble compactions finished."}),
 		flushes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "episoded_storage_flushes_total", Help: "Pebble memtable flushes finished."}),
+		backgroundErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "episoded_storage_background_errors_total", Help: "Pebble background errors (failed flushes or compactions, e.g. ENOSPC)."}),
 	}
 	m.cs = []prometheus.Collector{m.bytesWritten, m.samplesWritten, m.commitSeconds, m.commitErrors, m.pendingBytes,
 		m.diskBytes, m.freeBytes, m.full, m.evictions, m.evictedBytes, m.rejected, m.overloaded, m.stalls,
-		m.stallSeconds, m.compactions, m.flushes}
+		m.stallSeconds, m.compactions, m.flushes, m.backgroundErrors}
 	return m
 }
 

@@ -5,6 +5,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/sstable"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // pebbleFormat is the Pebble on-disk format this build writes. It is set
@@ -20,14 +21,20 @@ const pebbleFormat = pebble.FormatValueSeparation
 func (s *Store) pebbleOptions() *pebble.Options {
 	o := &pebble.Options{
 		FormatMajorVersion: pebbleFormat,
-		// 32 MiB memtables (MemTableSize): ~0.5 s of 300k small records/s,
-		// several seconds of the usual mix, since frames go to segment
-		// files. Up to 4 queued memtables absorb a compaction hiccup
-		// before Pebble stalls writes; a stall makes Append block and then
-		// report ErrOverloaded. Bigger memtables cost disk: WAL files are
-		// preallocated to 110% of the memtable size and recycled.
+		// Memtables sized from the store's capacity (space.go), up to
+		// 32 MiB: ~0.5 s of 300k small records/s, several seconds of the
+		// usual mix, since frames go to segment files. Two queued
+		// memtables before Pebble stalls writes (a stall makes Append
+		// block and then report ErrOverloaded). Both figures bound the
+		// fixed disk overhead: WAL files are preallocated to 110% of the
+		// memtable and up to MemTableStopWritesThreshold+1 are recycled.
 		MemTableSize:                uint64(s.opts.MemTableSize),
-		MemTableStopWritesThreshold: 4,
+		MemTableStopWritesThreshold: memTableStop,
+		MaxManifestFileSize:         maxManifestBytes,
+		// Pebble's writes go through OnDiskFull: on ENOSPC the ballast is
+		// released and the write retried once, so that a full disk does
+		// not make a WAL or MANIFEST write fatal.
+		FS: vfs.OnDiskFull(s.fs, s.onDiskFull),
 		// Larger L0 files and a larger Lbase keep compaction write
 		// amplification down for an append-mostly, time-ordered keyspace.
 		L0CompactionThreshold: 4,
@@ -70,7 +77,16 @@ func (s *Store) pebbleOptions() *pebble.Options {
 func (s *Store) eventListener() *pebble.EventListener {
 	var stallStart time.Time
 	return &pebble.EventListener{
-		BackgroundError: func(err error) { s.log.Error("pebble background error", "err", err) },
+		BackgroundError: func(err error) {
+			msg := err.Error()
+			s.bgErr.Store(&msg)
+			s.m.backgroundErrors.Inc()
+			if isENOSPC(err) {
+				s.enospc.Store(true)
+				s.kick(s.kickWatch)
+			}
+			s.log.Error("pebble background error", "err", err)
+		},
 		DataCorruption: func(info pebble.DataCorruptionInfo) {
 			s.log.Error("pebble data corruption", "info", info.String())
 		},
@@ -84,8 +100,18 @@ func (s *Store) eventListener() *pebble.EventListener {
 				s.m.stallSeconds.Add(time.Since(stallStart).Seconds())
 			}
 		},
-		CompactionEnd: func(info pebble.CompactionInfo) { s.m.compactions.Inc() },
-		FlushEnd:      func(info pebble.FlushInfo) { s.m.flushes.Inc() },
+		CompactionEnd: func(info pebble.CompactionInfo) {
+			s.m.compactions.Inc()
+			if info.Err == nil {
+				s.bgErr.Store(nil)
+			}
+		},
+		FlushEnd: func(info pebble.FlushInfo) {
+			s.m.flushes.Inc()
+			if info.Err == nil {
+				s.bgErr.Store(nil)
+			}
+		},
 		DiskSlow: func(info pebble.DiskSlowInfo) {
 			s.log.Warn("slow disk", "info", info.String())
 		},

@@ -114,8 +114,10 @@ func TestQuotaEvictionOrder(t *testing.T) {
 	now.Store(t0 * sec)
 	clock := func() time.Time { return time.Unix(0, now.Load()) }
 	reg := prometheus.NewRegistry()
+	// No quota while filling (Append refuses what would not fit); the
+	// quota is set just below the usage before each eviction pass.
 	const quota = 40 << 20
-	opts := Options{Dir: dir, Quota: quota, MinFree: -1, MemTableSize: 2 << 20, Retention: time.Hour, TimelineRetention: time.Minute,
+	opts := Options{Dir: dir, MinFree: -1, MemTableSize: 2 << 20, Retention: time.Hour, TimelineRetention: time.Minute,
 		Now: clock, Logger: testLogger(t), Registerer: reg}
 	s, err := Open(opts)
 	if err != nil {
@@ -141,7 +143,7 @@ func TestQuotaEvictionOrder(t *testing.T) {
 	// 1100 s of timeline: 55 MB of frames in segments, telemetry in Pebble.
 	m.frames(t0-1100, t0)
 	u0, du0 := s.Usage(), duBytes(t, dir)
-	if u0.Bytes < 50<<20 || u0.Bytes > quota+20<<20 {
+	if u0.Bytes < 50<<20 || u0.Bytes > quota+40<<20 {
 		t.Fatalf("usage after writing 55 MB: %d", u0.Bytes)
 	}
 
@@ -191,9 +193,8 @@ func TestQuotaEvictionOrder(t *testing.T) {
 	now.Store((t0 + 600) * sec)
 	m.frames(t0+1, t0+600)
 	uFill := s.Usage()
-	if uFill.Bytes <= quota {
-		t.Fatalf("test setup: usage %d not over quota %d", uFill.Bytes, quota)
-	}
+	// 8 MiB short: evicting E2 (~4.8 MiB of frames) does not get under.
+	setQuota(s, uFill.Bytes+s.reserve(uFill)-8<<20)
 	s.checkSpace()
 	u2, du2 := s.Usage(), duBytes(t, dir)
 	t.Logf("over quota: usage %d -> %d (du %d)", uFill.Bytes, u2.Bytes, du2)
@@ -203,8 +204,8 @@ func TestQuotaEvictionOrder(t *testing.T) {
 	if got := m.count("c/cam", t0-800, t0-700); got != 0 {
 		t.Errorf("E2 still has %d frames", got)
 	}
-	if u2.Bytes >= uFill.Bytes-4<<20 {
-		t.Errorf("evicting E2 did not free its ~5 MB: %d -> %d", uFill.Bytes, u2.Bytes)
+	if u2.SegmentBytes > uFill.SegmentBytes-4_500_000 || u2.Bytes >= uFill.Bytes-3<<20 {
+		t.Errorf("evicting E2 did not free its ~5 MB: %d -> %d (segments %d -> %d)", uFill.Bytes, u2.Bytes, uFill.SegmentBytes, u2.SegmentBytes)
 	}
 	// reject-new: not-uploaded episodes stay intact, new samples refused.
 	for _, c := range []struct {
@@ -255,7 +256,7 @@ func TestQuotaEvictionOrder(t *testing.T) {
 	// below the quota once evicting: 5% of 40 MB is as big as an episode
 	// plus Pebble's WAL preallocation, which would make the test flaky.
 	uOpen := s.Usage()
-	s.opts.Quota = uOpen.Bytes - 100<<10
+	setQuota(s, uOpen.Bytes+s.reserve(uOpen)-1<<20)
 	s.hysteresis = 0.01
 	s.checkSpace()
 	u3 := s.Usage()
@@ -280,6 +281,11 @@ func TestQuotaEvictionOrder(t *testing.T) {
 	}
 }
 
+// setQuota changes a store's quota as Open would have set it.
+func setQuota(s *Store, q int64) {
+	s.opts.Quota, s.capacity = q, q
+}
+
 // TestEvictionReclaimsPebbleSpace checks that DeleteRange plus compaction
 // really shrinks Pebble on disk, with every payload kept in Pebble (no
 // segment files, value separation into blob files).
@@ -298,7 +304,8 @@ func TestEvictionReclaimsPebbleSpace(t *testing.T) {
 	if err := s.db.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	before, duBefore := s.dbBytes(), duBytes(t, dir)
+	before, _ := s.dbBytes()
+	duBefore := duBytes(t, dir)
 	if err := s.DeleteEpisode("e1"); err != nil {
 		t.Fatal(err)
 	}
@@ -313,7 +320,8 @@ func TestEvictionReclaimsPebbleSpace(t *testing.T) {
 	var after, duAfter int64
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		after, duAfter = s.dbBytes(), duBytes(t, dir)
+		after, _ = s.dbBytes()
+		duAfter = duBytes(t, dir)
 		if duAfter < duBefore-25<<20 || time.Now().After(deadline) {
 			break
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"math"
 	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -37,6 +38,7 @@ func (s *Store) decodeSample(key, value []byte, segs *segReader) (sample.Sample,
 		return sm, &CorruptError{Key: slices.Clone(key), Err: err}
 	}
 	sm.SrcT, sm.RecvT, sm.Flags, sm.Lost, sm.Dropped = rec.SrcT, rec.RecvT, sample.Flags(rec.Flags), rec.Lost, rec.Dropped
+	sm.PTSOffset = rec.PTSOffset
 	if rec.Seg != 0 {
 		p, err := segs.read(&rec)
 		if err != nil {
@@ -253,4 +255,181 @@ func (s *Store) Streams() ([]string, error) {
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// IndexEntry is one sample as the index knows it: everything but the
+// payload, and the payload's size.
+type IndexEntry struct {
+	// Sample has Stream, Seq, T, SrcT, RecvT, Flags, Lost and Dropped set
+	// and no Payload.
+	Sample sample.Sample
+	// Size is the payload's length in bytes.
+	Size int
+}
+
+// RangeIndex is Range without payloads: it yields the index entries of the
+// committed samples of stream with T in [from, to], ordered by (T, Seq),
+// and reads no payload (no segment file is opened, and inline payloads are
+// skipped, not copied). Quality reports are built from it. A record that
+// cannot be decoded is yielded as an error (with Stream, T and Seq set from
+// its key) and iteration goes on.
+func (s *Store) RangeIndex(stream string, from, to int64) iter.Seq2[IndexEntry, error] {
+	return func(yield func(IndexEntry, error) bool) {
+		if s.closed.Load() {
+			yield(IndexEntry{}, ErrClosed)
+			return
+		}
+		if err := checkStream(stream); err != nil {
+			yield(IndexEntry{}, err)
+			return
+		}
+		if from > to {
+			return
+		}
+		lo, hi := sampleRangeBounds(stream, from, to)
+		it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
+		if err != nil {
+			yield(IndexEntry{}, fmt.Errorf("range index %s: %w", stream, err))
+			return
+		}
+		defer it.Close()
+		for it.First(); it.Valid(); it.Next() {
+			key := it.Key()
+			st, t, seq, ok := parseSampleKey(key)
+			e := IndexEntry{Sample: sample.Sample{Stream: st, T: t, Seq: seq}}
+			if !ok {
+				err = &CorruptError{Key: slices.Clone(key), Err: errors.New("malformed sample key")}
+			} else if v, verr := it.ValueAndErr(); verr != nil {
+				err = &CorruptError{Key: slices.Clone(key), Err: verr}
+			} else if err = decodeIndex(v, &e); err != nil {
+				err = &CorruptError{Key: slices.Clone(key), Err: err}
+			}
+			if !yield(e, err) {
+				return
+			}
+		}
+		if err := it.Error(); err != nil {
+			yield(IndexEntry{}, fmt.Errorf("range index %s: %w", stream, err))
+		}
+	}
+}
+
+// decodeIndex reads a sample record's fields but its payload. The record
+// layout is the one appendRecord writes (an 11-element array); anything
+// else (an older or hand-made encoding) goes through the generic decoder.
+func decodeIndex(v []byte, e *IndexEntry) error {
+	d := cborReader{b: v}
+	if n, ok := d.head(4); !ok || n != 11 {
+		return decodeIndexSlow(v, e)
+	}
+	ver, ok1 := d.uint()
+	srcT, ok2 := d.int()
+	recvT, ok3 := d.int()
+	flags, ok4 := d.uint()
+	lost, ok5 := d.uint()
+	dropped, ok6 := d.uint()
+	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6) || ver > 0xff || flags > 0xff || lost > 0xffffffff || dropped > 0xffffffff {
+		return decodeIndexSlow(v, e)
+	}
+	inline := -1
+	if d.i < len(d.b) && d.b[d.i] == 0xf6 { // null: no inline payload
+		d.i++
+	} else {
+		n, ok := d.head(2)
+		if !ok || n > uint64(len(d.b)-d.i) {
+			return decodeIndexSlow(v, e)
+		}
+		inline = int(n)
+		d.i += inline
+	}
+	seg, ok7 := d.uint()
+	if _, ok := d.int(); !ok || !ok7 { // Off
+		return decodeIndexSlow(v, e)
+	}
+	ln, ok8 := d.uint()
+	if _, ok := d.uint(); !ok || !ok8 || d.i != len(d.b) { // Sum
+		return decodeIndexSlow(v, e)
+	}
+	if ver > formatVersion {
+		return fmt.Errorf("%w: record version %d, this build reads up to %d", ErrNewerFormat, ver, formatVersion)
+	} else if ver < 1 {
+		return errors.New("record has no version")
+	}
+	e.Sample.SrcT, e.Sample.RecvT = srcT, recvT
+	e.Sample.Flags, e.Sample.Lost, e.Sample.Dropped = sample.Flags(flags), uint32(lost), uint32(dropped)
+	e.Size = max(inline, 0)
+	if seg != 0 {
+		e.Size = int(ln)
+	}
+	return nil
+}
+
+func decodeIndexSlow(v []byte, e *IndexEntry) error {
+	var rec sampleRec
+	if err := unmarshal(v, &rec); err != nil {
+		return err
+	}
+	e.Sample.SrcT, e.Sample.RecvT, e.Sample.Flags = rec.SrcT, rec.RecvT, sample.Flags(rec.Flags)
+	e.Sample.Lost, e.Sample.Dropped = rec.Lost, rec.Dropped
+	e.Size = len(rec.Payload)
+	if rec.Seg != 0 {
+		e.Size = int(rec.Len)
+	}
+	return nil
+}
+
+// cborReader reads the few CBOR heads a sample record uses.
+type cborReader struct {
+	b []byte
+	i int
+}
+
+// head reads a head of major type major and returns its argument.
+func (r *cborReader) head(major byte) (uint64, bool) {
+	if r.i >= len(r.b) || r.b[r.i]>>5 != major {
+		return 0, false
+	}
+	ai := r.b[r.i] & 0x1f
+	r.i++
+	var n int
+	switch {
+	case ai < 24:
+		return uint64(ai), true
+	case ai == 24:
+		n = 1
+	case ai == 25:
+		n = 2
+	case ai == 26:
+		n = 4
+	case ai == 27:
+		n = 8
+	default:
+		return 0, false
+	}
+	if len(r.b)-r.i < n {
+		return 0, false
+	}
+	var v uint64
+	for _, c := range r.b[r.i : r.i+n] {
+		v = v<<8 | uint64(c)
+	}
+	r.i += n
+	return v, true
+}
+
+func (r *cborReader) uint() (uint64, bool) { return r.head(0) }
+
+func (r *cborReader) int() (int64, bool) {
+	if r.i < len(r.b) && r.b[r.i]>>5 == 1 {
+		v, ok := r.head(1)
+		if !ok || v > math.MaxInt64 {
+			return 0, false
+		}
+		return -1 - int64(v), true
+	}
+	v, ok := r.head(0)
+	if !ok || v > math.MaxInt64 {
+		return 0, false
+	}
+	return int64(v), true
 }

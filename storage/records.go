@@ -12,8 +12,12 @@ import (
 
 // formatVersion is the version of the store layout and of every record this
 // build writes. A store or record with a higher version is refused with
-// ErrNewerFormat; lower versions are read (there are none yet).
-const formatVersion = 1
+// ErrNewerFormat; lower versions are read.
+//
+// Version 2 added the presentation offset to sample records (a 12th array
+// element, see sampleRec); version 1 sample records (11 elements) are read
+// with offset 0. Other records did not change between 1 and 2.
+const formatVersion = 2
 
 // storeMagic identifies an episoded store in the marker file and meta record.
 const storeMagic = "episoded-store"
@@ -65,6 +69,40 @@ type sampleRec struct {
 	Off     int64
 	Len     uint32
 	Sum     uint32
+	// PTSOffset (format 2) is the sample's presentation time minus T.
+	PTSOffset int64
+}
+
+// sampleRecV1 is a format 1 sample record: sampleRec without PTSOffset.
+type sampleRecV1 struct {
+	_       struct{} `cbor:",toarray"`
+	V       uint8
+	SrcT    int64
+	RecvT   int64
+	Flags   uint8
+	Lost    uint32
+	Dropped uint32
+	Payload []byte
+	Seg     uint64
+	Off     int64
+	Len     uint32
+	Sum     uint32
+}
+
+// UnmarshalCBOR reads both sample record layouts: format 1 (an array of 11)
+// and format 2 (an array of 12).
+func (r *sampleRec) UnmarshalCBOR(data []byte) error {
+	if len(data) > 0 && data[0] == 0x80|11 {
+		var o sampleRecV1
+		if err := decMode.Unmarshal(data, &o); err != nil {
+			return err
+		}
+		*r = sampleRec{V: o.V, SrcT: o.SrcT, RecvT: o.RecvT, Flags: o.Flags, Lost: o.Lost, Dropped: o.Dropped,
+			Payload: o.Payload, Seg: o.Seg, Off: o.Off, Len: o.Len, Sum: o.Sum}
+		return nil
+	}
+	type plain sampleRec // without this method
+	return decMode.Unmarshal(data, (*plain)(r))
 }
 
 // descRec is one version of a stream descriptor.

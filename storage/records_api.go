@@ -279,5 +279,9 @@ func (s *Store) DeleteEpisode(id string) error {
 		return fmt.Errorf("delete episode %s: %w", id, err)
 	}
 	s.log.Info("deleted episode", "episode", id, "freed_segment_bytes", freed)
+	// The room grows at once; the watcher re-measures when Pebble has
+	// deleted the compacted files.
+	s.measure()
+	s.kick(s.kickWatch)
 	return nil
 }

@@ -2,6 +2,7 @@ package storage
 
 import (
 	"errors"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"os"
 	"path/filepath"
 	"testing"
@@ -77,7 +78,7 @@ func FuzzDecodeSample(f *testing.F) {
 	f.Add(seg)
 	f.Add([]byte{0xff, 0x00})
 	f.Add([]byte{0x9b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
-	s := &Store{segDir: f.TempDir()}
+	s := &Store{segDir: f.TempDir(), fs: vfs.Default}
 	key := appendSampleKey(nil, "c/x", 1, 1)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		segs := &segReader{s: s}

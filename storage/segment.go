@@ -11,9 +11,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -28,7 +28,7 @@ type segStats struct {
 // segWriter is the open, append-only segment of one stream.
 type segWriter struct {
 	id     uint64
-	f      *os.File
+	f      vfs.File
 	bw     *bufio.Writer
 	size   int64 // bytes written, including the buffer
 	rec    segRec
@@ -116,7 +116,7 @@ func (s *Store) writeSegmentsLocked(batches []*pebble.Batch, large []largeEntry)
 		return err
 	}
 	if s.segMu.created {
-		if err := syncDir(s.segDir); err != nil {
+		if err := s.syncSegDir(); err != nil {
 			return fmt.Errorf("sync segment dir: %w", err)
 		}
 		s.segMu.created = false
@@ -157,26 +157,20 @@ func (w *segWriter) flushSync() error {
 	if err := w.bw.Flush(); err != nil {
 		return err
 	}
-	return fdatasync(w.f)
+	return w.f.SyncData() // fdatasync
 }
 
-func fdatasync(f *os.File) error {
-	rc, err := f.SyscallConn()
+// syncSegDir makes segment creations and removals durable.
+func (s *Store) syncSegDir() error {
+	d, err := s.fs.OpenDir(s.segDir)
 	if err != nil {
-		return f.Sync()
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		for {
-			serr = syscall.Fdatasync(int(fd))
-			if serr != syscall.EINTR {
-				return
-			}
-		}
-	}); err != nil {
 		return err
 	}
-	return serr
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // segmentForLocked returns the open segment for a sample of stream at t,
@@ -202,7 +196,7 @@ func (s *Store) segmentForLocked(stream string, t int64, touched map[uint64]*seg
 	}
 	id := s.segMu.nextID
 	s.segMu.nextID++
-	f, err := os.OpenFile(s.segPath(id), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	f, err := s.fs.Create(s.segPath(id), vfs.WriteCategoryUnspecified)
 	if err != nil {
 		return nil, fmt.Errorf("create segment: %w", err)
 	}
@@ -217,8 +211,10 @@ func (s *Store) segmentForLocked(stream string, t int64, touched map[uint64]*seg
 }
 
 // abandonLocked closes a segment after a write error; the next sample of
-// the stream opens a new one. Bytes beyond the committed size are
-// truncated on the next open.
+// the stream opens a new one. Bytes beyond the committed size are cut off
+// at once (a segment no commit reached is removed), so that a failed
+// commit, for example on ENOSPC, gives its space back; what cannot be
+// cut now is truncated on the next open.
 func (s *Store) abandonLocked(w *segWriter) {
 	if !w.closed {
 		w.f.Close()
@@ -226,6 +222,14 @@ func (s *Store) abandonLocked(w *segWriter) {
 	}
 	if s.segMu.active[w.rec.Stream] == w {
 		delete(s.segMu.active, w.rec.Stream)
+	}
+	path := s.segPath(w.id)
+	if r := s.segMu.segs[w.id]; r != nil {
+		if err := os.Truncate(path, r.Size); err != nil && !os.IsNotExist(err) {
+			s.log.Warn("truncate abandoned segment", "segment", w.id, "err", err)
+		}
+	} else if err := s.fs.Remove(path); err != nil && !os.IsNotExist(err) {
+		s.log.Warn("remove abandoned segment", "segment", w.id, "err", err)
 	}
 }
 
@@ -244,7 +248,7 @@ func (s *Store) sealLocked(stream string) {
 // tails beyond the committed size are truncated, files no record points to
 // (created by a commit that never reached Pebble) are removed.
 func (s *Store) recoverSegments() error {
-	if err := os.MkdirAll(s.segDir, 0o750); err != nil {
+	if err := s.fs.MkdirAll(s.segDir, 0o750); err != nil {
 		return err
 	}
 	s.segMu.segs = make(map[uint64]*segRec)
@@ -272,40 +276,41 @@ func (s *Store) recoverSegments() error {
 	if err := it.Close(); err != nil {
 		return err
 	}
-	entries, err := os.ReadDir(s.segDir)
+	names, err := s.fs.List(s.segDir)
 	if err != nil {
 		return err
 	}
 	seen := make(map[uint64]bool)
-	for _, e := range entries {
-		id, ok := parseSegName(e.Name())
+	for _, name := range names {
+		id, ok := parseSegName(name)
 		if !ok {
 			continue
 		}
 		maxID = max(maxID, id+1)
-		path := filepath.Join(s.segDir, e.Name())
+		path := filepath.Join(s.segDir, name)
 		rec := s.segMu.segs[id]
 		if rec == nil {
-			s.log.Info("removing segment not referenced by the index (crash before commit)", "segment", e.Name())
-			if err := os.Remove(path); err != nil {
+			s.log.Info("removing segment not referenced by the index (crash before commit)", "segment", name)
+			if err := s.fs.Remove(path); err != nil {
 				return err
 			}
 			continue
 		}
 		seen[id] = true
-		info, err := e.Info()
+		info, err := s.fs.Stat(path)
 		if err != nil {
 			return err
 		}
 		switch {
 		case info.Size() > rec.Size:
-			s.log.Info("truncating torn segment tail", "segment", e.Name(), "size", info.Size(), "committed", rec.Size)
+			s.log.Info("truncating torn segment tail", "segment", name, "size", info.Size(), "committed", rec.Size)
+			// vfs has no truncate; Options.FS is backed by the OS filesystem.
 			if err := os.Truncate(path, rec.Size); err != nil {
 				return err
 			}
 		case info.Size() < rec.Size:
 			s.log.Error("segment shorter than its committed size; samples in the missing tail will fail to read",
-				"segment", e.Name(), "size", info.Size(), "committed", rec.Size)
+				"segment", name, "size", info.Size(), "committed", rec.Size)
 		}
 	}
 	for id, rec := range s.segMu.segs {
@@ -316,7 +321,7 @@ func (s *Store) recoverSegments() error {
 	}
 	s.segStats.Store(segStats{s.segMu.bytes, len(s.segMu.segs)})
 	s.segMu.nextID = max(maxID, 1)
-	return syncDir(s.segDir)
+	return s.syncSegDir()
 }
 
 func beUint64(b []byte) uint64 {
@@ -332,7 +337,7 @@ type segReader struct {
 }
 
 type segFile struct {
-	f    *os.File
+	f    vfs.File
 	size int64
 }
 
@@ -342,7 +347,7 @@ func (r *segReader) read(rec *sampleRec) ([]byte, error) {
 	}
 	sf, ok := r.files[rec.Seg]
 	if !ok {
-		f, err := os.Open(r.s.segPath(rec.Seg))
+		f, err := r.s.fs.Open(r.s.segPath(rec.Seg))
 		if err != nil {
 			return nil, fmt.Errorf("open segment %d: %w", rec.Seg, err)
 		}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -30,6 +31,9 @@ var (
 	ErrNotStore    = errors.New("storage: not an episoded store")
 	ErrCorrupt     = errors.New("storage: corrupt record")
 	ErrInvalid     = errors.New("storage: invalid argument")
+	// ErrFailed: Pebble reported a fatal error on the commit path; the store
+	// keeps serving reads but takes no samples until it is reopened.
+	ErrFailed = errors.New("storage: failed, restart required")
 )
 
 // Full policies.
@@ -48,9 +52,10 @@ type Options struct {
 	SyncInterval time.Duration
 	// Quota caps the store's own bytes on disk; 0 means no quota.
 	Quota int64
-	// MinFree is kept free on the filesystem. Default 1 GiB; negative
-	// disables the check (tests only: Pebble exits the process when a WAL
-	// write fails for lack of space).
+	// MinFree is kept free on the filesystem: samples are refused before
+	// free space would drop below it, counting what is queued and in
+	// flight. 0 (or negative) means no floor beyond the store's own ENOSPC
+	// reserve. Open fails when it is larger than the filesystem.
 	MinFree int64
 	// FullPolicy is "reject-new" (default) or "evict-oldest".
 	FullPolicy string
@@ -77,11 +82,15 @@ type Options struct {
 	// Default 10s. SegmentMaxBytes rolls a segment earlier. Default 64 MiB.
 	SegmentSlice    time.Duration
 	SegmentMaxBytes int64
-	// MemTableSize is Pebble's memtable size. Default 32 MiB. Pebble
-	// preallocates each WAL file to 110% of it and keeps up to 5 used WAL
-	// files for recycling, so the store's fixed disk overhead is up to about
-	// 7 × 1.1 × MemTableSize; it counts against Quota.
+	// MemTableSize is Pebble's memtable size. Default: sized from the
+	// capacity (Quota, or the filesystem less MinFree), capacity/128
+	// between 2 MiB and 32 MiB. The store's fixed overhead grows with it
+	// (see FixedOverhead); it counts against Quota.
 	MemTableSize int64
+	// FS is the filesystem for Pebble and the segment files; nil means the
+	// operating system's. It must be backed by the OS filesystem at Dir
+	// (tests wrap vfs.Default with errorfs to inject faults).
+	FS vfs.FS
 	// WatchInterval is how often the space watcher runs. Default 1s.
 	WatchInterval time.Duration
 	Logger        *slog.Logger
@@ -94,8 +103,8 @@ func (o *Options) setDefaults() {
 	if o.SyncInterval <= 0 {
 		o.SyncInterval = 100 * time.Millisecond
 	}
-	if o.MinFree == 0 {
-		o.MinFree = 1 << 30
+	if o.MinFree < 0 {
+		o.MinFree = 0
 	}
 	if o.FullPolicy == "" {
 		o.FullPolicy = PolicyRejectNew
@@ -124,8 +133,8 @@ func (o *Options) setDefaults() {
 	if o.SegmentMaxBytes <= 0 {
 		o.SegmentMaxBytes = 64 << 20
 	}
-	if o.MemTableSize <= 0 {
-		o.MemTableSize = 32 << 20
+	if o.FS == nil {
+		o.FS = vfs.Default
 	}
 	if o.WatchInterval <= 0 {
 		o.WatchInterval = time.Second
@@ -175,6 +184,30 @@ type Store struct {
 	closing chan struct{}
 	closed  atomic.Bool
 	full    atomic.Bool
+	fs      vfs.FS // segment files; Pebble gets it wrapped by vfs.OnDiskFull
+
+	// Space: fsTotal and capacity are measured at Open.
+	fsTotal, capacity int64
+	// room is how many more bytes of samples the last space check allowed;
+	// Append refuses what would exceed it (less estimate and pending bytes).
+	room atomic.Int64
+	// enospc: the filesystem said ENOSPC (Pebble, via the ballast, or a
+	// segment write); samples are refused until the watcher sees space.
+	enospc atomic.Bool
+	// failed: Pebble's commit path hit a fatal error (ErrFailed).
+	failed atomic.Bool
+	// watchIters counts the iterators eviction opened (tests check that an
+	// idle pass opens none, whatever the number of streams).
+	watchIters atomic.Int64
+	// fullLogged is when (ns) a full/not-full transition was last logged.
+	fullLogged atomic.Int64
+	// bgErr is Pebble's last background error (string), cleared by the
+	// next successful flush or compaction.
+	bgErr atomic.Pointer[string]
+
+	// tl tracks, per stream, the timeline not yet swept by retention
+	// (evict.go), so that a watcher pass needs no I/O per stream.
+	tl timelineTracker
 
 	// run tracks an active Run.
 	run struct {
@@ -261,8 +294,16 @@ func Open(opts Options) (*Store, error) {
 		batchBytes: maxBatchBytes,
 		hysteresis: 0.05,
 	}
+	if err := s.sizeForFilesystem(); err != nil {
+		return nil, err
+	}
 	if err := s.checkDir(); err != nil {
 		return nil, err
+	}
+	s.batchBytes = int(min(int64(maxBatchBytes), s.opts.MemTableSize/4))
+	s.fs = s.opts.FS
+	if !s.ensureBallast() {
+		s.enospc.Store(true)
 	}
 	s.m = newMetrics(opts.Registerer)
 	db, err := pebble.Open(filepath.Join(s.dir, "db"), s.pebbleOptions())
@@ -280,6 +321,10 @@ func Open(opts Options) (*Store, error) {
 	}
 	s.mu.p = newPending()
 	s.mu.freed = make(chan struct{})
+	if err := s.tl.init(s); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: %w", s.dir, err)
+	}
 	s.m.register(s)
 	s.refreshUsage()
 	return s, nil
@@ -512,6 +557,8 @@ func syncDir(dir string) error {
 	return err
 }
 
+const pebbleFatalPrefix = "storage: pebble fatal: "
+
 // pebbleLogger routes Pebble's log lines to slog. Pebble calls Fatalf on
 // unrecoverable errors (a failed WAL write) and expects it not to return.
 type pebbleLogger struct{ log *slog.Logger }
@@ -525,7 +572,7 @@ func (l pebbleLogger) Errorf(format string, args ...any) {
 func (l pebbleLogger) Fatalf(format string, args ...any) {
 	msg := fmt.Sprintf(format, args...)
 	l.log.Error("pebble fatal error", "err", msg)
-	panic("storage: pebble fatal: " + msg)
+	panic(pebbleFatalPrefix + msg)
 }
 
 var _ io.Closer = (*Store)(nil)

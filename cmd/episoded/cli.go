@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 	"github.com/episoded/episoded/internal/buildinfo"
 	"github.com/episoded/episoded/internal/config"
 	"github.com/episoded/episoded/internal/daemon"
+	"github.com/episoded/episoded/internal/redact"
 )
 
 // Exit codes.
@@ -39,6 +41,9 @@ func commands() []command {
 		{"replay", "replay an episode to MQTT and RTSP in real time (replay ID)", cmdReplay},
 		{"sync", "upload what is due now, or show the upload queue (sync run|status)", cmdSync},
 		{"dataset", "build a LeRobot v3.0 training dataset from episodes (dataset build)", cmdDataset},
+		{"catalog", "compact the fleet catalog's closed days (catalog compact --target ... --before DATE)", cmdCatalog},
+		{"verify", "check uploaded episodes' objects and signed manifests (verify PATH|s3://bucket/prefix)", cmdVerify},
+		{"key", "print the gateway's manifest signing key (key show)", cmdKey},
 		{"demo", "run a simulated cell and record it, in one process (needs nothing else)", cmdDemo},
 		{"simulate", "run a simulated factory cell (RTSP cameras, MQTT robot, lidar, triggers)", cmdSimulate},
 		{"version", "print the version, commit and Go version", cmdVersion},
@@ -137,7 +142,9 @@ func cmdConfig(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg, err := config.Load(fs.Arg(0))
 	if err != nil {
-		fmt.Fprintf(stderr, "episoded: %v\n", err)
+		// Load scrubs its secrets; URL credentials are masked again here
+		// in case an error quotes a value it could not parse.
+		fmt.Fprintf(stderr, "episoded: %v\n", redact.NewScrubber().Text(err.Error()))
 		return exitUsage
 	}
 	if *print {
@@ -190,12 +197,28 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "episoded: %s\n", oneLine(err))
 		return exitUsage
 	}
-	log := newLogger(cfg.Log, stderr)
+	scrub := redact.NewScrubber(cfg.Secrets()...)
+	log := newLogger(cfg.Log, scrub, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := daemon.New(cfg, log, nil).Run(ctx); err != nil {
+	d := daemon.New(cfg, log, nil)
+	// SIGHUP reloads the API's TLS certificate (rotation without restart).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-hup:
+				d.Reload()
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	if err := d.Run(ctx); err != nil {
 		log.Error("episoded failed", "err", err)
-		fmt.Fprintf(stderr, "episoded: %s\n", oneLine(err))
+		fmt.Fprintf(stderr, "episoded: %s\n", scrub.Text(oneLine(err)))
 		return exitFailure
 	}
 	return exitOK
@@ -206,10 +229,12 @@ func oneLine(err error) string {
 	return strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "\n", "; ")), " ")
 }
 
-func newLogger(c config.Log, w io.Writer) *slog.Logger {
+// newLogger builds the daemon's logger; every line goes through scrub, so
+// no credential from the config reaches it, even quoted by a library.
+func newLogger(c config.Log, scrub *redact.Scrubber, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(c.Level))
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: scrub.ReplaceAttr}
 	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -45,6 +47,20 @@ func (f clientFlags) client() (*client, error) {
 		}
 		c.base = "http://" + cfg.API.Listen
 		c.token = cfg.API.Token.Value()
+		if t := cfg.API.TLS; t.Enabled() {
+			// Trust the daemon's own certificate (self-signed or from a
+			// private CA) besides the system roots. With mutual TLS the
+			// CLI has no client certificate: use curl with --cert.
+			c.base = "https://" + cfg.API.Listen
+			pool, err := x509.SystemCertPool()
+			if err != nil {
+				pool = x509.NewCertPool()
+			}
+			if pem, err := os.ReadFile(t.CertFile); err == nil {
+				pool.AppendCertsFromPEM(pem)
+			}
+			c.http.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}
+		}
 	}
 	if v := os.Getenv("EPISODED_API"); v != "" {
 		c.base = v

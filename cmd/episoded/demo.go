@@ -162,7 +162,12 @@ func printEpisodeLine(w io.Writer, e episode.Episode, central string, cfg *confi
 			parts = append(parts, fmt.Sprintf("%s=%d", r.Stream, r.Samples))
 			bound = max(bound, r.AlignmentErrorBoundMs)
 		}
-		fmt.Fprintf(w, "%-9s %s  %s  %s  align<=%.2fms  [%s]\n", e.State, e.ID, e.Task,
-			time.Duration(e.Stop-e.Start).Round(10*time.Millisecond), bound, strings.Join(parts, " "))
+		fmt.Fprintf(w, "%-9s %s  %s  %s  %s  align<=%.2fms  [%s]\n", e.State, e.ID, e.Task,
+			time.Duration(e.Stop-e.Start).Round(10*time.Millisecond), qualityName(e), bound, strings.Join(parts, " "))
+		if e.Verdict != nil {
+			for _, r := range e.Verdict.Reasons {
+				fmt.Fprintf(w, "          %s %s: %s\n", r.Code, r.Stream, r.Detail)
+			}
+		}
 	}
 }

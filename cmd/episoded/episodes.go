@@ -29,8 +29,8 @@ func cmdEpisodes(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("episodes "+sub, "episodes "+sub+" [flags]", stdout, stderr)
 	cf := addClientFlags(fs)
 	var (
-		out               *string
-		state, cell, labl *string
+		out                        *string
+		state, cell, labl, quality *string
 	)
 	switch sub {
 	case "list":
@@ -38,6 +38,7 @@ func cmdEpisodes(args []string, stdout, stderr io.Writer) int {
 		state = fs.String("state", "", "only episodes in this state")
 		cell = fs.String("cell", "", "only episodes of this cell")
 		labl = fs.String("label", "", "only episodes with this label (k or k=v)")
+		quality = fs.String("quality", "", "only episodes with this quality verdict: ok or degraded")
 	case "show", "delete":
 		out = fs.String("o", "text", "output: text or json")
 	case "export":
@@ -62,7 +63,7 @@ func cmdEpisodes(args []string, stdout, stderr io.Writer) int {
 	switch sub {
 	case "list":
 		q := url.Values{}
-		for k, v := range map[string]string{"state": *state, "cell": *cell, "label": *labl} {
+		for k, v := range map[string]string{"state": *state, "cell": *cell, "label": *labl, "quality": *quality} {
 			if v != "" {
 				q.Set(k, v)
 			}
@@ -131,16 +132,36 @@ func worstBound(e episode.Episode) string {
 	return fmt.Sprintf("%.2f ms", b)
 }
 
+// qualityName is the episode's verdict, "-" before it has one.
+func qualityName(e episode.Episode) string {
+	if st := e.QualityStatus(); st != "" {
+		return st
+	}
+	return "-"
+}
+
+// worstCoverage is the lowest per-stream coverage.
+func worstCoverage(e episode.Episode) string {
+	if e.Verdict == nil || len(e.Quality) == 0 {
+		return "-"
+	}
+	c := 1.0
+	for _, q := range e.Quality {
+		c = min(c, q.Coverage)
+	}
+	return fmt.Sprintf("%.1f%%", c*100)
+}
+
 func printEpisodeTable(w io.Writer, eps []episode.Episode) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tCELL\tSTATE\tSTART\tDURATION\tTASK\tSAMPLES\tGAPS\tALIGN BOUND")
+	fmt.Fprintln(tw, "ID\tCELL\tSTATE\tQUALITY\tSTART\tDURATION\tTASK\tSAMPLES\tCOVERAGE\tGAPS\tALIGN BOUND")
 	for _, e := range eps {
 		var n, gaps uint64
 		for _, q := range e.Quality {
 			n += q.Samples
 			gaps += q.Gaps
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", e.ID, e.Cell, stateName(e), fmtTime(e.Start), duration(e), e.Task, n, gaps, worstBound(e))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", e.ID, e.Cell, stateName(e), qualityName(e), fmtTime(e.Start), duration(e), e.Task, n, worstCoverage(e), gaps, worstBound(e))
 	}
 	tw.Flush()
 }
@@ -170,6 +191,12 @@ func printEpisode(w io.Writer, e episode.Episode) {
 	row("window", fmt.Sprintf("-%s / +%s", time.Duration(e.Preroll), time.Duration(e.Postroll)))
 	row("previous", e.Previous)
 	row("next", e.Next)
+	row("quality", qualityName(e))
+	if e.Verdict != nil {
+		for _, r := range e.Verdict.Reasons {
+			row("  "+r.Code, r.Stream+": "+r.Detail)
+		}
+	}
 	tw.Flush()
 	if len(e.Quality) == 0 {
 		fmt.Fprintln(w, "\nno quality report yet (the report is final when the episode closes)")
@@ -177,13 +204,26 @@ func printEpisode(w io.Writer, e episode.Episode) {
 	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "STREAM\tSAMPLES\tRATE\tBYTES\tGAPS\tLOST\tDROPS\tDECODE ERR\tCLOCK\tOFFSET\tDRIFT\tBOUND")
+	fmt.Fprintln(tw, "STREAM\tSAMPLES\tEXPECTED\tCOVERAGE\tRATE\tBYTES\tGAPS\tLOST\tDROPS\tDECODE ERR\tCLOCK\tOFFSET\tDRIFT\tBOUND")
 	for _, q := range e.Quality {
-		fmt.Fprintf(tw, "%s\t%d\t%.1f Hz\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%.1f ppm\t%.2f ms\n",
-			q.Stream, q.Samples, q.MeanRateHz, fmtBytes(int64(q.Bytes)), q.Gaps, q.Lost, q.Drops, q.DecodeErrors,
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.2f%%\t%.1f Hz\t%s\t%d\t%d\t%d\t%d\t%s\t%s\t%.1f ppm\t%.2f ms\n",
+			q.Stream, q.Samples, q.Expected, q.Coverage*100, q.MeanRateHz, fmtBytes(int64(q.Bytes)), q.Gaps, q.Lost, q.Drops, q.DecodeErrors,
 			q.Clock.Mode, time.Duration(q.Clock.OffsetNs).Round(time.Microsecond), q.Clock.DriftPPM, q.AlignmentErrorBoundMs)
 	}
 	tw.Flush()
+	// At most maxGapLines gaps per stream here; -o json has them all.
+	const maxGapLines = 20
+	for _, q := range e.Quality {
+		for i, g := range q.GapList {
+			if i == maxGapLines {
+				break
+			}
+			fmt.Fprintf(w, "gap %s %s +%s: %s\n", q.Stream, fmtTime(g.From), time.Duration(g.To-g.From).Round(time.Millisecond), g.Cause)
+		}
+		if more := q.Gaps - min(q.Gaps, maxGapLines); more > 0 {
+			fmt.Fprintf(w, "gap %s: %d more (-o json lists up to %d)\n", q.Stream, more, episode.MaxGapList)
+		}
+	}
 	for _, q := range e.Quality {
 		for _, ev := range q.Clock.Events {
 			fmt.Fprintf(w, "clock event %s %s: %s %s\n", q.Stream, fmtTime(ev.T), ev.Kind, ev.Detail)

@@ -55,6 +55,9 @@ func (p *daemonProc) api(method, path string, body any) (int, []byte) {
 		rd = bytes.NewReader(b)
 	}
 	req, _ := http.NewRequest(method, "http://"+p.addr+path, rd)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		p.t.Fatalf("%s %s: %v", method, path, err)
@@ -158,10 +161,34 @@ func TestEpisodesAPIAndCrash(t *testing.T) {
 	if code, _ = d.api("GET", "/v1/episodes?state=sleeping", nil); code != 400 {
 		t.Fatalf("list with a bad state: %d, want 400", code)
 	}
+	// The verdict: present once closed, filterable, and a column.
+	if got.Verdict == nil || (got.Verdict.Status != episode.QualityOK && got.Verdict.Status != episode.QualityDegraded) {
+		t.Fatalf("closed episode has no verdict: %+v", got.Verdict)
+	}
+	other := episode.QualityOK
+	if got.Verdict.Status == other {
+		other = episode.QualityDegraded
+	}
+	if code, b = d.api("GET", "/v1/episodes?quality="+got.Verdict.Status, nil); code != 200 || json.Unmarshal(b, &list) != nil || len(list) != 1 {
+		t.Fatalf("list by quality %s: %d %s", got.Verdict.Status, code, b)
+	}
+	if code, b = d.api("GET", "/v1/episodes?quality="+other, nil); code != 200 || strings.TrimSpace(string(b)) != "[]" {
+		t.Fatalf("list by quality %s: %d %s", other, code, b)
+	}
+	if code, _ = d.api("GET", "/v1/episodes?quality=great", nil); code != 400 {
+		t.Fatalf("list with a bad quality: %d, want 400", code)
+	}
+	if c, out, errs := d.cli("episodes", "list", "--quality", got.Verdict.Status); c != 0 || !strings.Contains(out, e1.ID) || !strings.Contains(out, "QUALITY") {
+		t.Fatalf("episodes list --quality: %d %q %q", c, out, errs)
+	}
+	if c, out, errs := d.cli("episodes", "list", "--quality", other); c != 0 || strings.Contains(out, e1.ID) {
+		t.Fatalf("episodes list --quality %s: %d %q %q", other, c, out, errs)
+	}
 	if c, out, errs := d.cli("episodes", "list"); c != 0 || !strings.Contains(out, e1.ID) || !strings.Contains(out, "pick") {
 		t.Fatalf("episodes list: %d %q %q", c, out, errs)
 	}
-	if c, out, errs := d.cli("episodes", "show", e1.ID); c != 0 || !strings.Contains(out, "cell1/cam1") || !strings.Contains(out, "BOUND") {
+	if c, out, errs := d.cli("episodes", "show", e1.ID); c != 0 || !strings.Contains(out, "cell1/cam1") || !strings.Contains(out, "BOUND") ||
+		!strings.Contains(out, "quality:") || !strings.Contains(out, "COVERAGE") {
 		t.Fatalf("episodes show: %d %q %q", c, out, errs)
 	}
 	if c, out, _ := d.cli("episodes", "show", e1.ID, "-o", "json"); c != 0 || !json.Valid([]byte(out)) {

@@ -210,7 +210,7 @@ func TestExampleConfigs(t *testing.T) {
 		t.Fatal("no example configs found in configs/")
 	}
 	creds := t.TempDir()
-	for _, name := range []string{"api-token", "mqtt-password", "cam-password", "s3-access-key", "s3-secret-key"} {
+	for _, name := range []string{"api-token", "api-read-token", "mqtt-password", "cam-password", "s3-access-key", "s3-secret-key"} {
 		writeFile(t, filepath.Join(creds, name), "example-"+name+"\n")
 	}
 	for _, f := range files {

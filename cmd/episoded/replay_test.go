@@ -20,6 +20,7 @@ import (
 	"github.com/episoded/episoded/assets"
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/replay"
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 	"github.com/episoded/episoded/storage"
 )
@@ -82,7 +83,11 @@ func replayStore(t *testing.T) (*storage.Store, string, []sample.Sample) {
 		for _, n := range aus[i] {
 			b = append(append(b, 0, 0, 0, 1), n...)
 		}
-		vs = append(vs, sample.Sample{Stream: "cell1/cam1", Seq: uint64(i + 1), T: tv + int64(i)*int64(time.Second)/30, Payload: b})
+		x := sample.Sample{Stream: "cell1/cam1", Seq: uint64(i + 1), T: tv + int64(i)*int64(time.Second)/30, Payload: b}
+		if video.H264.IsKeyframe(aus[i]) {
+			x.Flags = sample.Keyframe // replay starts video at a keyframe
+		}
+		vs = append(vs, x)
 	}
 	if err := st.Append(vs, func(err error) { durable <- err }); err != nil {
 		t.Fatal(err)
@@ -170,6 +175,12 @@ func TestReplayBadInput(t *testing.T) {
 // startBroker runs mosquitto on a free loopback port.
 func startBroker(t *testing.T) string {
 	t.Helper()
+	return startBrokerConf(t, "")
+}
+
+// startBrokerConf runs mosquitto with extra configuration lines.
+func startBrokerConf(t *testing.T, extra string) string {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("needs a real mosquitto broker; skipped under -short")
 	}
@@ -181,7 +192,7 @@ func startBroker(t *testing.T) string {
 	addr := freeAddr(t)
 	port := strings.TrimPrefix(addr, "127.0.0.1:")
 	conf := writeFile(t, filepath.Join(t.TempDir(), "mosquitto.conf"),
-		"listener "+port+" 127.0.0.1\nallow_anonymous true\nuser root\npersistence false\n")
+		"listener "+port+" 127.0.0.1\nallow_anonymous true\nuser root\npersistence false\n"+extra)
 	cmd := exec.Command("/usr/sbin/mosquitto", "-c", conf)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

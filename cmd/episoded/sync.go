@@ -12,6 +12,7 @@ import (
 
 	"github.com/episoded/episoded/internal/config"
 	"github.com/episoded/episoded/internal/daemon"
+	"github.com/episoded/episoded/internal/redact"
 	"github.com/episoded/episoded/sync/upload"
 )
 
@@ -71,7 +72,7 @@ func syncLocally(path string, stderr io.Writer) (upload.Status, error) {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return daemon.SyncOnce(ctx, cfg, newLogger(cfg.Log, stderr))
+	return daemon.SyncOnce(ctx, cfg, newLogger(cfg.Log, redact.NewScrubber(cfg.Secrets()...), stderr))
 }
 
 func printUploads(w io.Writer, st upload.Status) {

@@ -565,6 +565,18 @@ func (b *Broker) handle(in inbound) {
 func (b *Broker) deliver(d *device, a *ackState, topic string, payload []byte, recvT int64) {
 	d.stats.messages.Add(1)
 	d.stats.bytes.Add(uint64(len(payload)))
+	si := d.stream(topic)
+	if !d.described[si.stream] && len(d.described) >= d.o.MaxStreams {
+		// Checked before decoding: a topic flood costs a map lookup per
+		// message, and nothing of it is kept.
+		d.stats.rejectedMaxStreams.Add(1)
+		if ok, n := b.rl.allow(d.o.Device + "/max_streams"); ok {
+			b.log.Warn("mqtt message refused: it would create more streams than max_streams (acknowledged and dropped)",
+				"device", d.o.Device, "topic", topic, "stream", si.stream, "max_streams", d.o.MaxStreams, "suppressed", n)
+		}
+		b.finish(a, nil)
+		return
+	}
 	s, err := d.dec.decode(payload, recvT)
 	if errors.Is(err, ErrTooLarge) {
 		d.stats.oversize.Add(1)
@@ -582,7 +594,6 @@ func (b *Broker) deliver(d *device, a *ackState, topic string, payload []byte, r
 				"err", err, "suppressed", n)
 		}
 	}
-	si := d.stream(topic)
 	s.Stream = si.stream
 	if !d.described[si.stream] {
 		if err := b.sink.Describe(d.o.descriptor(si.stream, si.source)); err != nil {
@@ -590,6 +601,7 @@ func (b *Broker) deliver(d *device, a *ackState, topic string, payload []byte, r
 			return
 		}
 		d.described[si.stream] = true
+		d.stats.streams.Store(int64(len(d.described)))
 	}
 	d.stats.pending.Add(1)
 	err = b.sink.Write(s, func(err error) {

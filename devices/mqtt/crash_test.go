@@ -333,6 +333,16 @@ func TestDaemonCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	sent := int(pub.sent.Load())
+	verifyAfterCrashes(t, c, dir, topics, sent, kills, nil)
+}
+
+// verifyAfterCrashes lets the last daemon c catch up, stops it with
+// SIGTERM, and checks the store in dir: every one of the sent messages
+// published on topics (seq 0..n-1 per topic) is stored at least once, seq
+// numbers have no holes, and duplicates are counted. explain, if not nil,
+// describes a missing message.
+func verifyAfterCrashes(t *testing.T, c *child, dir string, topics []string, sent, kills int, explain func(topic string, seq int) string) {
+	t.Helper()
 	// Let the last daemon catch up: no progress for 1s with nothing pending.
 	var last string
 	quiet := time.Now()
@@ -409,7 +419,11 @@ func TestDaemonCrash(t *testing.T) {
 			if perTopic[topic][seq] == 0 {
 				missing++
 				if missing < 10 {
-					t.Errorf("%s: message %d published but not stored", topic, seq)
+					why := ""
+					if explain != nil {
+						why = explain(topic, seq)
+					}
+					t.Errorf("%s: message %d published but not stored %s", topic, seq, why)
 				}
 			}
 		}

@@ -48,11 +48,18 @@ type DeviceStats struct {
 	WriteErrors uint64
 	// AcksPending counts samples handed to the sink and not yet durable.
 	AcksPending int64
+	// Streams is the number of streams the device created in this run;
+	// RejectedMaxStreams counts messages refused because they would have
+	// created more than MaxStreams (acknowledged and dropped).
+	Streams            int
+	RejectedMaxStreams uint64
 }
 
 type deviceCounters struct {
 	messages, bytes, decodeErrors, oversize, writeErrors atomic.Uint64
+	rejectedMaxStreams                                   atomic.Uint64
 	pending                                              atomic.Int64
+	streams                                              atomic.Int64
 }
 
 type brokerCounters struct {
@@ -86,6 +93,9 @@ func (b *Broker) Stats() Stats {
 			Oversize:     c.oversize.Load(),
 			WriteErrors:  c.writeErrors.Load(),
 			AcksPending:  c.pending.Load(),
+
+			Streams:            int(c.streams.Load()),
+			RejectedMaxStreams: c.rejectedMaxStreams.Load(),
 		}
 	}
 	return s
@@ -98,6 +108,7 @@ type collector struct {
 	b *Broker
 
 	messages, bytes, decodeErrors, oversize, writeErrors, devPending *prometheus.Desc
+	rejected, streams                                                *prometheus.Desc
 	connected, reconnects, queued, pending, overflow, refused        *prometheus.Desc
 	unmatched, retained, redelivered, triggers                       *prometheus.Desc
 }
@@ -116,21 +127,24 @@ func newCollector(b *Broker) *collector {
 		oversize:     d("oversize_total", "Payloads over max_payload, rejected and acknowledged.", dev),
 		writeErrors:  d("write_errors_total", "Samples the sink refused or failed to make durable; redelivered after a reconnect.", dev),
 		devPending:   d("device_acks_pending", "Samples handed to the sink and not yet durable.", dev),
-		connected:    d("connected", "1 while the broker connection is up and subscribed.", nil),
-		reconnects:   d("reconnects_total", "Broker sessions that ended and were retried.", nil),
-		queued:       d("queue_length", "Messages received and not yet handed to the sink.", nil),
-		pending:      d("acks_pending", "Messages received and not yet acknowledged to the broker.", nil),
-		overflow:     d("queue_overflow_total", "Messages that found the queue full (not acknowledged; redelivered after a reconnect).", nil),
-		refused:      d("refused_total", "Messages refused while draining for a reconnect or shutdown (redelivered).", nil),
-		unmatched:    d("unmatched_total", "Messages no device or trigger subscribed to (acknowledged and dropped).", nil),
-		retained:     d("retained_skipped_total", "Retained messages re-sent on subscribe (acknowledged and skipped).", nil),
-		redelivered:  d("redelivered_total", "Messages carrying the DUP flag (redelivered by the broker).", nil),
-		triggers:     d("trigger_messages_total", "Trigger messages handed to their callbacks.", nil),
+		rejected: d("rejected_total", "Messages refused, acknowledged and dropped, by reason (max_streams: the message would have created more than the device's max_streams streams).",
+			[]string{"device", "reason"}),
+		streams:     d("device_streams", "Streams the device created in this run (at most its max_streams).", dev),
+		connected:   d("connected", "1 while the broker connection is up and subscribed.", nil),
+		reconnects:  d("reconnects_total", "Broker sessions that ended and were retried.", nil),
+		queued:      d("queue_length", "Messages received and not yet handed to the sink.", nil),
+		pending:     d("acks_pending", "Messages received and not yet acknowledged to the broker.", nil),
+		overflow:    d("queue_overflow_total", "Messages that found the queue full (not acknowledged; redelivered after a reconnect).", nil),
+		refused:     d("refused_total", "Messages refused while draining for a reconnect or shutdown (redelivered).", nil),
+		unmatched:   d("unmatched_total", "Messages no device or trigger subscribed to (acknowledged and dropped).", nil),
+		retained:    d("retained_skipped_total", "Retained messages re-sent on subscribe (acknowledged and skipped).", nil),
+		redelivered: d("redelivered_total", "Messages carrying the DUP flag (redelivered by the broker).", nil),
+		triggers:    d("trigger_messages_total", "Trigger messages handed to their callbacks.", nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.messages, c.bytes, c.decodeErrors, c.oversize, c.writeErrors, c.devPending,
+	for _, d := range []*prometheus.Desc{c.messages, c.bytes, c.decodeErrors, c.oversize, c.writeErrors, c.devPending, c.rejected, c.streams,
 		c.connected, c.reconnects, c.queued, c.pending, c.overflow, c.refused, c.unmatched, c.retained, c.redelivered, c.triggers} {
 		ch <- d
 	}
@@ -151,6 +165,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.oversize, ds.Oversize, id)
 		counter(c.writeErrors, ds.WriteErrors, id)
 		gauge(c.devPending, float64(ds.AcksPending), id)
+		counter(c.rejected, ds.RejectedMaxStreams, id, "max_streams")
+		gauge(c.streams, float64(ds.Streams), id)
 	}
 	conn := 0.0
 	if s.Connected {

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/episoded/episoded/devices"
+	"github.com/episoded/episoded/internal/config"
 	"github.com/episoded/episoded/internal/redact"
 	"github.com/episoded/episoded/sample"
 )
@@ -24,6 +25,7 @@ const (
 	DefaultQueueSize    = 20000
 	DefaultDrainTimeout = 5 * time.Second
 	DefaultMaxPayload   = 16 << 20
+	DefaultMaxStreams   = config.DefaultMaxStreams
 	DefaultStream       = "{topic}"
 	DefaultFormat       = FormatJSON
 	DefaultTimeUnit     = "ns"
@@ -189,6 +191,13 @@ type DeviceOptions struct {
 	Latency time.Duration
 	// MaxPayload rejects larger payloads (default 16 MiB).
 	MaxPayload int64
+	// MaxStreams bounds the distinct streams this device creates in one
+	// run (default 256); it matters for templates that name a stream per
+	// topic ({topic}, {1}, ...) on wildcard filters. A message that would
+	// create one more is refused: counted (rejected, reason max_streams),
+	// logged at most once per 10 s, and acknowledged, so that the broker
+	// does not redeliver it forever.
+	MaxStreams int
 	// Layout describes pointcloud frames (required for pointcloud).
 	Layout *sample.PointLayout
 	// TimeOffset is, for pointcloud, the byte offset in the frame header of
@@ -216,6 +225,9 @@ func (o DeviceOptions) withDefaults() DeviceOptions {
 	}
 	if o.MaxPayload == 0 {
 		o.MaxPayload = DefaultMaxPayload
+	}
+	if o.MaxStreams == 0 {
+		o.MaxStreams = DefaultMaxStreams
 	}
 	return o
 }
@@ -262,6 +274,9 @@ func (o DeviceOptions) validate() error {
 	}
 	if o.MaxPayload < 1 {
 		add("max payload: %d is not positive", o.MaxPayload)
+	}
+	if o.MaxStreams < 1 {
+		add("max streams: %d is not positive", o.MaxStreams)
 	}
 	if o.Format != FormatPointCloud {
 		if o.Layout != nil {

@@ -1,6 +1,14 @@
 package mqtt
 
-import "testing"
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 func TestMatchFilter(t *testing.T) {
 	for _, tc := range []struct {
@@ -67,5 +75,53 @@ func TestTemplate(t *testing.T) {
 		if _, err := parseTemplate(bad); err == nil {
 			t.Errorf("parseTemplate(%q): no error", bad)
 		}
+	}
+}
+
+// TestMaxStreams: a {topic} device on a wildcard filter creates at most
+// MaxStreams streams; messages on further topics (published by
+// mosquitto_pub, through a real mosquitto) are refused, counted and
+// acknowledged, and the streams already created keep recording.
+func TestMaxStreams(t *testing.T) {
+	m := startMosquitto(t, mosqConfig{inflight: 100})
+	reg := prometheus.NewRegistry()
+	b, lb := newTestBroker(t, m.url(), "episoded-maxstreams", func(o *BrokerOptions) { o.Registerer = reg })
+	if err := b.AddDevice(DeviceOptions{Device: "fleet", Topics: []string{"fleet/+/state"}, Format: FormatRaw, MaxStreams: 3}); err != nil {
+		t.Fatal(err)
+	}
+	sink := newMemSink(20 * time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go sink.run(ctx)
+	runBroker(t, b, sink)
+	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
+	for i := range 10 {
+		if err := m.pubLines(fmt.Sprintf("fleet/r%d/state", i), []string{"a"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An allowed topic keeps recording after the limit was reached.
+	if err := m.pubLines("fleet/r0/state", []string{"b"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "every message stored or refused", func() bool {
+		d := b.Stats().Devices["fleet"]
+		return d.Messages == 11 && b.Stats().AcksPending == 0 && sink.count() == 4
+	})
+	d := b.Stats().Devices["fleet"]
+	if d.Streams != 3 || d.RejectedMaxStreams != 7 {
+		t.Fatalf("streams %d, rejected %d; want 3 and 7", d.Streams, d.RejectedMaxStreams)
+	}
+	_, descs := sink.snapshot()
+	for _, want := range []string{"fleet/r0/state", "fleet/r1/state", "fleet/r2/state"} {
+		if _, ok := descs[want]; !ok || len(descs) != 3 {
+			t.Fatalf("streams %v; want the first three topics", descs)
+		}
+	}
+	if v := metricValue(t, reg, "episoded_mqtt_rejected_total"); v != 7 {
+		t.Fatalf("episoded_mqtt_rejected_total = %v", v)
+	}
+	if !strings.Contains(lb.String(), "max_streams") {
+		t.Fatalf("no log line names max_streams:\n%s", lb.String())
 	}
 }

@@ -3,101 +3,43 @@ package rtsp
 import (
 	"bytes"
 	"testing"
-	"time"
 
 	"github.com/pion/rtp"
 
-	"github.com/episoded/episoded/internal/h26x"
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
 
-func TestAUStart(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		hevc bool
-		p    []byte
-		want bool
-	}{
-		{"h264 sps", false, []byte{0x67, 0x42}, true},
-		{"h264 pps", false, []byte{0x68, 0xce}, true},
-		{"h264 aud", false, []byte{0x09, 0xf0}, true},
-		{"h264 idr first slice", false, []byte{0x65, 0x88}, true},
-		{"h264 p second slice", false, []byte{0x41, 0x7a}, false},
-		{"h264 stap-a with sps", false, []byte{0x78, 0x00, 0x02, 0x67, 0x42}, true},
-		{"h264 stap-a bad size", false, []byte{0x78, 0x00, 0x09, 0x67, 0x42}, false},
-		{"h264 fu-a start of first slice", false, []byte{0x7c, 0x85, 0x88}, true},
-		{"h264 fu-a middle", false, []byte{0x7c, 0x05, 0x88}, false},
-		{"h264 fu-a start of second slice", false, []byte{0x7c, 0x85, 0x10}, false},
-		{"h264 short", false, []byte{0x65}, false},
-		{"h265 vps", true, []byte{0x40, 0x01, 0x0c}, true},
-		{"h265 idr first slice", true, []byte{0x26, 0x01, 0xaf}, true},
-		{"h265 trail second slice", true, []byte{0x02, 0x01, 0x2f}, false},
-		{"h265 ap with vps", true, []byte{0x60, 0x01, 0x00, 0x03, 0x40, 0x01, 0x0c}, true},
-		{"h265 fu start first slice", true, []byte{0x62, 0x01, 0x93, 0xaf}, true},
-		{"h265 fu middle", true, []byte{0x62, 0x01, 0x13, 0xaf}, false},
-	} {
-		f := h26x.H264AUStart
-		if tc.hevc {
-			f = h265AUStart
-		}
-		if got := f(tc.p); got != tc.want {
-			t.Errorf("%s: got %v, want %v", tc.name, got, tc.want)
-		}
-	}
-}
-
-func TestNTPConversion(t *testing.T) {
-	for _, at := range []time.Time{t0, time.Date(2036, 2, 7, 6, 28, 15, 999999999, time.UTC), time.Unix(0, 1)} {
-		if d := ntpToUnixNano(ntpTime(at)) - at.UnixNano(); d < -1 || d > 1 {
-			t.Errorf("%v: off by %d ns", at, d)
-		}
-	}
-	// 0.5 s is fraction 0x80000000 (RFC 3550), not 2147483648 ns.
-	if got := ntpToUnixNano((ntpEpochOffset+10)<<32 | 0x80000000); got != 10_500_000_000 {
-		t.Errorf("got %d", got)
-	}
-	m := &srMapping{ntp: 1e18, rtp: 0xFFFFFF00}
-	if got := m.at(0x00000100, 90000); got != 1e18+int64(512*1e9)/90000 {
-		t.Errorf("across wrap-around: %d", got)
-	}
-	if got := m.at(0xFFFFFE00, 90000); got != 1e18-int64(256*1e9)/90000 {
-		t.Errorf("before the report: %d", got)
-	}
-}
-
 // feed packetizes the clip's access units [from, to) into a.
-func feed(t *testing.T, cl *clip, a *assembler, from, to int, mutate func(i int, pkts []*rtp.Packet) []*rtp.Packet) {
+func feed(t *testing.T, cl *clip, a *video.Assembler, from, to int, mutate func(i int, pkts []*rtp.Packet) []*rtp.Packet) {
 	for i := from; i < to; i++ {
 		pkts := cl.packets(t, i, frameTS(i))
 		if mutate != nil {
 			pkts = mutate(i, pkts)
 		}
 		for _, p := range pkts {
-			a.push(p)
+			a.Push(p)
 		}
 	}
 }
 
-func newTestAssembler(t *testing.T, cl *clip, emit func(unit) bool) (*assembler, *counters) {
-	cnt := &counters{}
-	cd := codecH264
-	if cl.codec == sample.CodecH265 {
-		cd = codecH265
-	}
-	dec := func() (auDecoder, error) {
+func newTestAssembler(t *testing.T, cl *clip, emit func(video.Unit) bool) (*video.Assembler, *video.Counters) {
+	cnt := &video.Counters{}
+	cd := video.CodecOf(cl.codec)
+	dec := func() (video.Depacketizer, error) {
 		if cl.codec == sample.CodecH265 {
 			return (&clip{}).h265Decoder(t)
 		}
 		return (&clip{}).h264Decoder(t)
 	}
-	return newAssembler(cd, cl.params, dec, cnt, emit), cnt
+	return video.NewAssembler(cd, cl.params, dec, cnt, emit), cnt
 }
 
 func TestAssemblerQueueFullDropsUntilKeyframe(t *testing.T) {
 	cl := loadClip(t, sample.CodecH264)
-	var got []unit
+	var got []video.Unit
 	full := false
-	a, cnt := newTestAssembler(t, cl, func(u unit) bool {
+	a, cnt := newTestAssembler(t, cl, func(u video.Unit) bool {
 		if full {
 			return false
 		}
@@ -112,22 +54,22 @@ func TestAssemblerQueueFullDropsUntilKeyframe(t *testing.T) {
 	if len(got) != 10+31 {
 		t.Fatalf("got %d units, want 41", len(got))
 	}
-	if got[0].params == nil || !got[0].key || got[0].disc {
-		t.Errorf("first unit: key %v disc %v params %v", got[0].key, got[0].disc, got[0].params != nil)
+	if got[0].Params == nil || !got[0].Key || got[0].Disc {
+		t.Errorf("first unit: key %v disc %v params %v", got[0].Key, got[0].Disc, got[0].Params != nil)
 	}
 	u := got[10]
-	if !u.key || !u.disc || u.dropped != 20 || u.lost != 0 || u.ts != frameTS(30) {
-		t.Errorf("unit after the full queue: key %v disc %v dropped %d lost %d ts %d", u.key, u.disc, u.dropped, u.lost, u.ts)
+	if !u.Key || !u.Disc || u.Dropped != 20 || u.Lost != 0 || u.TS != frameTS(30) {
+		t.Errorf("unit after the full queue: key %v disc %v dropped %d lost %d ts %d", u.Key, u.Disc, u.Dropped, u.Lost, u.TS)
 	}
-	if cnt.dropped.Load() != 20 || cnt.queueFull.Load() != 1 {
-		t.Errorf("dropped %d queue full %d", cnt.dropped.Load(), cnt.queueFull.Load())
+	if cnt.Dropped.Load() != 20 || cnt.QueueFull.Load() != 1 {
+		t.Errorf("dropped %d queue full %d", cnt.Dropped.Load(), cnt.QueueFull.Load())
 	}
 	for k, u := range got {
 		i := k
 		if k >= 10 {
 			i = k + 20
 		}
-		if !bytes.Equal(h26x.AnnexB(u.au), h26x.AnnexB(cl.aus[i])) {
+		if !bytes.Equal(video.AnnexB(u.AU), video.AnnexB(cl.aus[i])) {
 			t.Fatalf("unit %d is not access unit %d", k, i)
 		}
 	}
@@ -135,8 +77,8 @@ func TestAssemblerQueueFullDropsUntilKeyframe(t *testing.T) {
 
 func TestAssemblerDuplicatesAndJoinMidStream(t *testing.T) {
 	cl := loadClip(t, sample.CodecH264)
-	var got []unit
-	a, cnt := newTestAssembler(t, cl, func(u unit) bool { got = append(got, u); return true })
+	var got []video.Unit
+	a, cnt := newTestAssembler(t, cl, func(u video.Unit) bool { got = append(got, u); return true })
 	// Join in the middle of frame 5 (its second packet): everything up to
 	// the keyframe at 30 is dropped, not stored half-decodable.
 	i5 := cl.multiPacketAU(t, 5)
@@ -149,21 +91,21 @@ func TestAssemblerDuplicatesAndJoinMidStream(t *testing.T) {
 	feed(t, cl, a, i5+1, 40, func(_ int, pkts []*rtp.Packet) []*rtp.Packet {
 		return append(pkts, pkts[len(pkts)-1]) // a duplicate of the last packet
 	})
-	if len(got) != 10 || !got[0].key || got[0].ts != frameTS(30) {
-		t.Fatalf("got %d units, first key %v", len(got), len(got) > 0 && got[0].key)
+	if len(got) != 10 || !got[0].Key || got[0].TS != frameTS(30) {
+		t.Fatalf("got %d units, first key %v", len(got), len(got) > 0 && got[0].Key)
 	}
-	if got[0].dropped != uint32(30-i5) || got[0].lost != 0 || !got[0].disc {
-		t.Errorf("first unit: dropped %d lost %d disc %v", got[0].dropped, got[0].lost, got[0].disc)
+	if got[0].Dropped != uint32(30-i5) || got[0].Lost != 0 || !got[0].Disc {
+		t.Errorf("first unit: dropped %d lost %d disc %v", got[0].Dropped, got[0].Lost, got[0].Disc)
 	}
-	if cnt.lost.Load() != 0 || cnt.decodeErrors.Load() != 0 {
-		t.Errorf("lost %d decode errors %d", cnt.lost.Load(), cnt.decodeErrors.Load())
+	if cnt.Lost.Load() != 0 || cnt.DecodeErrors.Load() != 0 {
+		t.Errorf("lost %d decode errors %d", cnt.Lost.Load(), cnt.DecodeErrors.Load())
 	}
 }
 
 func TestAssemblerParameterSetChange(t *testing.T) {
 	cl := loadClip(t, sample.CodecH264)
-	var got []unit
-	a, _ := newTestAssembler(t, cl, func(u unit) bool { got = append(got, u); return true })
+	var got []video.Unit
+	a, _ := newTestAssembler(t, cl, func(u video.Unit) bool { got = append(got, u); return true })
 	feed(t, cl, a, 0, 31, func(i int, pkts []*rtp.Packet) []*rtp.Packet {
 		if i != 30 {
 			return pkts
@@ -189,11 +131,11 @@ func TestAssemblerParameterSetChange(t *testing.T) {
 		t.Fatalf("got %d units", len(got))
 	}
 	for k, u := range got {
-		if (u.params != nil) != (k == 0 || k == 30) {
-			t.Errorf("unit %d: params %v", k, u.params != nil)
+		if (u.Params != nil) != (k == 0 || k == 30) {
+			t.Errorf("unit %d: params %v", k, u.Params != nil)
 		}
 	}
-	if !bytes.Equal(got[30].params[0], cl.params[0]) || bytes.Equal(got[30].params[1], cl.params[1]) {
+	if !bytes.Equal(got[30].Params[0], cl.params[0]) || bytes.Equal(got[30].Params[1], cl.params[1]) {
 		t.Errorf("new params not carried")
 	}
 }

@@ -21,8 +21,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/episoded/episoded/devices"
-	"github.com/episoded/episoded/internal/h26x"
 	"github.com/episoded/episoded/internal/redact"
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -72,12 +72,12 @@ type Stats struct {
 // counters are updated lock-free from the reader and writer goroutines.
 type counters struct {
 	frames, bytes, keyframes atomic.Uint64
-	dropped, queueFull, lost atomic.Uint64
-	decodeErrors             atomic.Uint64
-	fpsBits, bitrateBits     atomic.Uint64 // math.Float64bits
-	codec                    atomic.Value  // string
-	lastPacket               atomic.Int64  // unix ns of the last RTP packet
-	sessionsWithData         atomic.Uint64
+	// asm: lost packets, dropped frames, decode errors, queue full.
+	asm                  video.Counters
+	fpsBits, bitrateBits atomic.Uint64 // math.Float64bits
+	codec                atomic.Value  // string
+	lastPacket           atomic.Int64  // unix ns of the last RTP packet
+	sessionsWithData     atomic.Uint64
 }
 
 // frame is one access unit queued for the sink.
@@ -85,6 +85,7 @@ type frame struct {
 	payload     []byte
 	key         bool
 	srcT, recvT int64
+	ptsOffset   int64
 	lost        uint32
 	dropped     uint32
 	disc        bool
@@ -172,10 +173,10 @@ func (c *Camera) Stats() Stats {
 		Frames:        c.cnt.frames.Load(),
 		Bytes:         c.cnt.bytes.Load(),
 		Keyframes:     c.cnt.keyframes.Load(),
-		DroppedFrames: c.cnt.dropped.Load(),
-		QueueFull:     c.cnt.queueFull.Load(),
-		LostPackets:   c.cnt.lost.Load(),
-		DecodeErrors:  c.cnt.decodeErrors.Load(),
+		DroppedFrames: c.cnt.asm.Dropped.Load(),
+		QueueFull:     c.cnt.asm.QueueFull.Load(),
+		LostPackets:   c.cnt.asm.Lost.Load(),
+		DecodeErrors:  c.cnt.asm.DecodeErrors.Load(),
 		Reconnects:    c.tracker.Status().Reconnects,
 		FPS:           math.Float64frombits(c.cnt.fpsBits.Load()),
 		Bitrate:       math.Float64frombits(c.cnt.bitrateBits.Load()),
@@ -221,8 +222,8 @@ func (c *Camera) Run(ctx context.Context, sink devices.Sink) error {
 	// callback can send on queue any more.
 	close(queue)
 	<-wdone
-	c.log.Info("camera stopped", "frames", c.cnt.frames.Load(), "dropped", c.cnt.dropped.Load(),
-		"lost_packets", c.cnt.lost.Load())
+	c.log.Info("camera stopped", "frames", c.cnt.frames.Load(), "dropped", c.cnt.asm.Dropped.Load(),
+		"lost_packets", c.cnt.asm.Lost.Load())
 	return err
 }
 
@@ -272,7 +273,7 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 		// Losses are counted from sequence gaps by the assembler, which
 		// sees the same packets; this only silences the default logger.
 		OnPacketsLost: func(uint64) {},
-		OnDecodeError: func(error) { c.cnt.decodeErrors.Add(1) },
+		OnDecodeError: func(error) { c.cnt.asm.DecodeErrors.Add(1) },
 	}
 	if err := client.Start2(); err != nil {
 		return c.scrub("connect", err)
@@ -288,22 +289,22 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 	var (
 		h264f *format.H264
 		h265f *format.H265
-		cd    *codec
+		cd    *video.Codec
 		medi  *description.Media
 		forma format.Format
 		sdp   [][]byte
-		dec   func() (auDecoder, error)
+		dec   func() (video.Depacketizer, error)
 	)
 	if m := desc.FindFormat(&h264f); m != nil {
-		medi, forma, cd = m, h264f, codecH264
+		medi, forma, cd = m, h264f, video.H264
 		sps, pps := h264f.SafeParams()
 		sdp = [][]byte{sps, pps}
-		dec = func() (auDecoder, error) { return h264f.CreateDecoder() }
+		dec = func() (video.Depacketizer, error) { return h264f.CreateDecoder() }
 	} else if m := desc.FindFormat(&h265f); m != nil {
-		medi, forma, cd = m, h265f, codecH265
+		medi, forma, cd = m, h265f, video.H265
 		vps, sps, pps := h265f.SafeParams()
 		sdp = [][]byte{vps, sps, pps}
-		dec = func() (auDecoder, error) { return h265f.CreateDecoder() }
+		dec = func() (video.Depacketizer, error) { return h265f.CreateDecoder() }
 	} else {
 		var codecs []string
 		for _, m := range desc.Medias {
@@ -314,7 +315,7 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 		return &Error{Op: "describe", Msg: fmt.Sprintf("%s: %s (offered: %s)", c.source, ErrNoSupportedCodec.Error(),
 			strings.Join(codecs, ", ")), kind: ErrNoSupportedCodec}
 	}
-	c.cnt.codec.Store(string(cd.name))
+	c.cnt.codec.Store(string(cd.Name))
 	if _, err := dec(); err != nil {
 		// For example H.264 packetization-mode 2 or H.265 with DONL.
 		return &Error{Op: "describe", Msg: fmt.Sprintf("%s: %s: %s", c.source, ErrNoSupportedCodec.Error(),
@@ -330,18 +331,18 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 	// Sender reports are decoded here rather than with client.PacketNTP:
 	// gortsplib v4.16.2 reads the NTP fraction as nanoseconds instead of
 	// 1/2^32 s (RFC 3550 4), which is off by up to 3.3 s with real cameras.
-	var srMap atomic.Pointer[srMapping]
+	var srMap atomic.Pointer[video.SenderReport]
 	clockRate := int64(forma.ClockRate())
 	client.OnPacketRTCP(medi, func(p rtcp.Packet) {
 		if sr, ok := p.(*rtcp.SenderReport); ok {
-			srMap.Store(&srMapping{ssrc: sr.SSRC, ntp: ntpToUnixNano(sr.NTPTime), rtp: sr.RTPTime})
+			srMap.Store(&video.SenderReport{SSRC: sr.SSRC, NTP: video.NTPToUnixNano(sr.NTPTime), RTP: sr.RTPTime})
 		}
 	})
 	rtcpClock := c.o.Clock == "rtcp"
 	tmpl := sample.Descriptor{
 		Stream:  c.o.Stream,
 		Kind:    sample.KindVideo,
-		Codec:   cd.name,
+		Codec:   cd.Name,
 		Device:  c.o.Device,
 		Source:  c.source,
 		Clock:   sample.ClockDevice,
@@ -351,16 +352,17 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 		tmpl.Clock = sample.ClockArrival
 	}
 	var recvT int64
-	asm := newAssembler(cd, sdp, dec, &c.cnt, func(u unit) bool {
-		f := frame{payload: h26x.AnnexB(u.au), key: u.key, recvT: recvT, lost: u.lost, dropped: u.dropped, disc: u.disc}
+	asm := video.NewAssembler(cd, sdp, dec, &c.cnt.asm, func(u video.Unit) bool {
+		f := frame{payload: video.AnnexB(u.AU), key: u.Key, recvT: recvT, ptsOffset: u.PTSOffset,
+			lost: u.Lost, dropped: u.Dropped, disc: u.Disc}
 		if rtcpClock {
-			if m := srMap.Load(); m != nil && m.ssrc == u.ssrc {
-				f.srcT = m.at(u.ts, clockRate)
+			if m := srMap.Load(); m != nil && m.SSRC == u.SSRC {
+				f.srcT = m.At(u.TS, clockRate)
 			}
 		}
-		if u.params != nil {
+		if u.Params != nil {
 			d := tmpl
-			d.Params = u.params
+			d.Params = u.Params
 			f.desc = &d
 		}
 		select {
@@ -376,18 +378,18 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 		return true
 	})
 	if reconnected {
-		asm.pendDisc = true // the outage is one gap
+		asm.MarkDiscontinuity() // the outage is one gap
 	}
 	client.OnPacketRTP(medi, forma, func(pkt *rtp.Packet) {
 		recvT = time.Now().UnixNano()
 		c.cnt.lastPacket.Store(recvT)
-		asm.push(pkt)
+		asm.Push(pkt)
 	})
 
 	if _, err := client.Play(nil); err != nil {
 		return c.scrub("play", err)
 	}
-	c.log.Info("camera playing", "codec", cd.name, "transport", c.o.Transport)
+	c.log.Info("camera playing", "codec", cd.Name, "transport", c.o.Transport)
 	started := time.Now()
 	c.cnt.lastPacket.Store(started.UnixNano())
 
@@ -465,7 +467,7 @@ func (c *Camera) writeLoop(sink devices.Sink, queue <-chan frame) {
 			pendLost += f.lost
 			pendDropped += f.dropped + 1
 			disc, waitKey = true, true
-			c.cnt.dropped.Add(1)
+			c.cnt.asm.Dropped.Add(1)
 			if sinkErrs++; sinkErrs == 1 || sinkErrs%100 == 0 {
 				c.log.Warn("sink refused frame; dropping until next keyframe", "err", err, "sink_errors", sinkErrs)
 			}
@@ -473,7 +475,7 @@ func (c *Camera) writeLoop(sink devices.Sink, queue <-chan frame) {
 		if waitKey && !f.key {
 			pendLost += f.lost
 			pendDropped += f.dropped + 1
-			c.cnt.dropped.Add(1)
+			c.cnt.asm.Dropped.Add(1)
 			continue
 		}
 		if pendDesc != nil {
@@ -484,12 +486,13 @@ func (c *Camera) writeLoop(sink devices.Sink, queue <-chan frame) {
 			pendDesc = nil
 		}
 		s := sample.Sample{
-			Stream:  c.o.Stream,
-			SrcT:    f.srcT,
-			RecvT:   f.recvT,
-			Lost:    f.lost + pendLost,
-			Dropped: f.dropped + pendDropped,
-			Payload: f.payload,
+			Stream:    c.o.Stream,
+			SrcT:      f.srcT,
+			RecvT:     f.recvT,
+			PTSOffset: f.ptsOffset,
+			Lost:      f.lost + pendLost,
+			Dropped:   f.dropped + pendDropped,
+			Payload:   f.payload,
 		}
 		if f.key {
 			s.Flags |= sample.Keyframe
@@ -508,30 +511,4 @@ func (c *Camera) writeLoop(sink devices.Sink, queue <-chan frame) {
 			c.cnt.keyframes.Add(1)
 		}
 	}
-}
-
-// srMapping is the latest RTCP sender report: RTP time rtp of stream ssrc
-// was wall time ntp (ns since the Unix epoch).
-type srMapping struct {
-	ssrc uint32
-	ntp  int64
-	rtp  uint32
-}
-
-// at maps RTP timestamp ts to ns since the Unix epoch. Timestamps within
-// 2^31 ticks either side of the report are handled across wrap-around.
-func (m *srMapping) at(ts uint32, clockRate int64) int64 {
-	d := int64(int32(ts - m.rtp))
-	return m.ntp + d*1e9/clockRate
-}
-
-// ntpEpochOffset is the number of seconds from 1900-01-01 to 1970-01-01.
-const ntpEpochOffset = 2208988800
-
-// ntpToUnixNano converts a 64-bit NTP timestamp (32.32 fixed point seconds
-// since 1900) to ns since the Unix epoch.
-func ntpToUnixNano(v uint64) int64 {
-	secs := int64(v>>32) - ntpEpochOffset
-	frac := (v & 0xFFFFFFFF) * 1e9 >> 32
-	return secs*1e9 + int64(frac)
 }

@@ -21,15 +21,22 @@
 // # Time
 //
 // RecvT is the arrival time of the packet that completed the access unit.
-// With clock "rtcp", SrcT is the access unit's RTP timestamp mapped through
-// the latest RTCP sender report (gortsplib's PacketNTP), as ns since the Unix
-// epoch; before the first sender report SrcT is 0 and the pipeline stamps
+// With clock "rtcp", SrcT is the access unit's RTP timestamp (its
+// presentation time) mapped through the latest RTCP sender report, as ns
+// since the Unix epoch; before the first sender report SrcT is 0 and the pipeline stamps
 // RecvT - Latency, switching when SrcT becomes non-zero. With clock
 // "arrival" SrcT is always 0. The descriptor carries Clock and Latency.
 // Sender reports are decoded by this package, per RFC 3550 (the NTP
-// fraction is in 1/2^32 s): gortsplib v4.16.2's PacketNTP reads the fraction
-// as nanoseconds, which is wrong by up to 3.3 s against real cameras and
-// ffmpeg, so it is not used. A report applies only to the SSRC it names.
+// fraction is in 1/2^32 s, internal/video.NTPToUnixNano): gortsplib
+// v4.16.2's PacketNTP reads the fraction as nanoseconds, which is wrong by
+// up to 3.3 s against real cameras and ffmpeg, so it is not used. A report
+// applies only to the SSRC it names.
+//
+// Decode order: samples are written in the order the camera sent them
+// (decode order). PTSOffset is the access unit's presentation time minus
+// its decode time, from mediacommon's DTS extractor (0 without B-frames);
+// ingest turns the presentation stamp into a monotone decode time T and
+// keeps T + PTSOffset as the presentation time.
 //
 // # Loss and the queue
 //
@@ -38,6 +45,9 @@
 // goroutine, the only caller of the sink. Full-rule: when the queue is full
 // the access unit is dropped and counted, and every following unit is
 // dropped until the next keyframe.
+//
+// The assembler (RTP to access units, its loss rule and the DTS
+// extraction) is internal/video.Assembler, shared with devices/webrtc.
 //
 // Invariants: no partial access unit is ever stored. An RTP sequence gap or
 // a depacketization error discards the unfinished unit and resumes at the

@@ -21,7 +21,7 @@ import (
 
 	"github.com/episoded/episoded/assets"
 	"github.com/episoded/episoded/devices"
-	"github.com/episoded/episoded/internal/h26x"
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -358,13 +358,10 @@ func loadClip(t testing.TB, c sample.Codec) *clip {
 		t.Fatal(err)
 	}
 	cl := &clip{codec: c, aus: aus}
-	cd := codecH264
-	if c == sample.CodecH265 {
-		cd = codecH265
-	}
-	cl.params = make([][]byte, cd.nParams)
+	cd := video.CodecOf(c)
+	cl.params = make([][]byte, cd.NParams)
 	for _, n := range aus[0] {
-		if i := cd.paramSlot(n); i >= 0 {
+		if i := cd.ParamSlot(n); i >= 0 {
 			cl.params[i] = n
 		}
 	}
@@ -421,12 +418,7 @@ func (cl *clip) multiPacketAU(t testing.TB, from int) int {
 }
 
 // ntpTime converts t to the 64-bit NTP format of sender reports.
-func ntpTime(t time.Time) uint64 {
-	ns := uint64(t.UnixNano()) + 2208988800*1e9
-	secs := ns / 1e9
-	frac := ((ns % 1e9) << 32) / 1e9
-	return secs<<32 | frac
-}
+func ntpTime(t time.Time) uint64 { return video.UnixNanoToNTP(t.UnixNano()) }
 
 // senderReport sends an RTCP sender report mapping RTP time ts to wall
 // time at, with the SSRC the client sees (the server rewrites SSRCs).
@@ -440,7 +432,7 @@ func senderReport(t testing.TB, st *gortsplib.ServerStream, cl *clip, ts uint32,
 }
 
 // annexBOf is the expected sample payload for an access unit.
-func annexBOf(au [][]byte) []byte { return h26x.AnnexB(au) }
+func annexBOf(au [][]byte) []byte { return video.AnnexB(au) }
 
 // logBuffer is a slog handler target that tests can search.
 type logBuffer struct {
@@ -485,12 +477,12 @@ func splitAnnexB(t testing.TB, b []byte) [][]byte {
 	return out
 }
 
-func (cl *clip) h264Decoder(t testing.TB) (auDecoder, error) {
+func (cl *clip) h264Decoder(t testing.TB) (video.Depacketizer, error) {
 	f := &format.H264{PayloadTyp: 96, PacketizationMode: 1}
 	return f.CreateDecoder()
 }
 
-func (cl *clip) h265Decoder(t testing.TB) (auDecoder, error) {
+func (cl *clip) h265Decoder(t testing.TB) (video.Depacketizer, error) {
 	f := &format.H265{PayloadTyp: 96}
 	return f.CreateDecoder()
 }

@@ -46,6 +46,7 @@ import (
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
 
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -324,9 +325,9 @@ func (o *OutStream) Stats() OutStreamStats {
 // Unix epoch) that sender reports map the RTP timestamp to. With no reader
 // the unit is discarded. Call from one goroutine.
 func (o *OutStream) WriteAccessUnit(media time.Duration, abs int64, au []byte) error {
-	var nalus h264.AnnexB // the Annex-B syntax is the same for H.265
-	if err := nalus.Unmarshal(au); err != nil {
-		return fmt.Errorf("rtsp server: stream %s: split access unit: %w", o.path, err)
+	nalus, ok := video.SplitAU(au)
+	if !ok {
+		return fmt.Errorf("rtsp server: stream %s: split access unit: not Annex-B", o.path)
 	}
 	pkts, err := o.enc.Encode(nalus)
 	if err != nil {
@@ -348,7 +349,7 @@ func (o *OutStream) WriteAccessUnit(media time.Duration, abs int64, au []byte) e
 			o.burst.Add(-1)
 		}
 		o.lastSR = now
-		sr := &rtcp.SenderReport{SSRC: o.ssrc, NTPTime: NTPTime(abs), RTPTime: ts, PacketCount: o.packets, OctetCount: o.octets}
+		sr := &rtcp.SenderReport{SSRC: o.ssrc, NTPTime: video.UnixNanoToNTP(abs), RTPTime: ts, PacketCount: o.packets, OctetCount: o.octets}
 		if err := o.st.WritePacketRTCP(o.medi, sr); err == nil {
 			o.srs.Add(1)
 		}
@@ -362,20 +363,6 @@ func ticks90k(d time.Duration) int64 {
 	const s = int64(time.Second)
 	n := int64(d)
 	return n/s*90000 + (n%s*90000+s/2)/s
-}
-
-// NTPTime encodes ns since the Unix epoch as a 64-bit NTP timestamp (RFC
-// 3550 §4): seconds since 1900-01-01 in the upper 32 bits, the fraction of a
-// second times 2^32 in the lower 32 bits (rounded down).
-func NTPTime(unixNano int64) uint64 {
-	const ntpUnixOffset = 2208988800 // seconds from 1900 to 1970
-	secs := unixNano / 1e9
-	frac := unixNano % 1e9
-	if frac < 0 {
-		secs--
-		frac += 1e9
-	}
-	return uint64(secs+ntpUnixOffset)<<32 | uint64(frac)<<32/1e9
 }
 
 // serverHandler answers DESCRIBE, SETUP and PLAY for the served streams.

@@ -10,7 +10,7 @@ import (
 	"github.com/pion/rtp"
 	"github.com/pion/rtp/codecs"
 
-	"github.com/episoded/episoded/internal/h26x"
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -112,7 +112,7 @@ func BenchmarkWHIPAssemble(b *testing.B) {
 	var pkts []*rtp.Packet
 	var bytes int64
 	for i, au := range aus {
-		p := pz.Packetize(h26x.AnnexB(au), 3000)
+		p := pz.Packetize(video.AnnexB(au), 3000)
 		for _, pk := range p {
 			pk.Timestamp = uint32(i * 3000)
 			bytes += int64(len(pk.Payload))
@@ -137,10 +137,10 @@ func BenchmarkWHIPAssemble(b *testing.B) {
 	}
 	base := time.Since(start)
 
-	var cnt asmCounters
+	var cnt video.Counters
 	var units int
-	asm := newAssembler(&cnt, func(u unit) bool {
-		_ = h26x.AnnexB(u.au)
+	asm := video.NewAssembler(video.H264, nil, nil, &cnt, func(u video.Unit) bool {
+		_ = video.AnnexB(u.AU)
 		units++
 		return true
 	})
@@ -154,12 +154,12 @@ func BenchmarkWHIPAssemble(b *testing.B) {
 			q := *pk
 			q.SequenceNumber = pk.SequenceNumber + off
 			q.Timestamp = pk.Timestamp + uint32(i*len(aus)*3000)
-			ro.push(&q, time.Now(), asm.push)
+			ro.push(&q, time.Now(), asm.Push)
 		}
 	}
 	b.StopTimer()
-	if units < b.N*(len(aus)-1) || cnt.lost.Load() != 0 {
-		b.Fatalf("assembled %d units (lost %d) from %d clips", units, cnt.lost.Load(), b.N)
+	if units < b.N*(len(aus)-1) || cnt.Lost.Load() != 0 {
+		b.Fatalf("assembled %d units (lost %d) from %d clips", units, cnt.Lost.Load(), b.N)
 	}
 	b.ReportMetric(float64(b.N*len(aus))/b.Elapsed().Seconds(), "frames/s")
 	b.ReportMetric(float64(b.Elapsed())/float64(base), "x-baseline")

@@ -47,9 +47,11 @@
 // last keyframe of each stream is cached: a new viewer gets it at once,
 // then the live stream from the next keyframe. Parameter sets from the
 // Descriptor are put in front of every IDR that lacks them. RTP
-// timestamps follow the samples' T. H.265 streams answer 415.
+// timestamps follow the samples' presentation times (T + PTSOffset). H.265 streams answer 415.
 //
 // WHEP replay reads an episode from an episodeSource (storage.Store) in
-// chunks of ReplayChunk, starts at the first keyframe at or after the
-// offset, paces by T in real time, and closes the session after the end.
+// chunks of ReplayChunk, starts at the last keyframe at or before the
+// offset (pre-roll; the first one after it if that one is gone, see
+// storage VideoStart), sends every keyframe with its parameter sets,
+// paces by T in real time, and closes the session after the end.
 package webrtc

@@ -22,6 +22,7 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/episoded/episoded/assets"
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -462,3 +463,6 @@ func newHTTPServer(t testing.TB, h http.Handler) string {
 	t.Cleanup(s.Close)
 	return s.URL
 }
+
+// splitAnnexB splits an Annex-B access unit into NAL units.
+func splitAnnexB(b []byte) [][]byte { return video.SplitAnnexB(b) }

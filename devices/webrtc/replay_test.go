@@ -34,9 +34,11 @@ func openStore(t *testing.T) *storage.Store {
 	return st
 }
 
-// Replay of a stored episode from an offset: the viewer gets the frames
-// from the first keyframe at or after the offset to the end, in order,
-// with parameter sets, paced in real time; then the session closes.
+// Replay of a stored episode from an offset in the middle of a GOP: the
+// viewer gets the frames from the last keyframe at or before the offset
+// (pre-roll from the stored timeline) to the end, in order, starting with
+// that keyframe and its parameter sets, paced in real time; then the
+// session closes.
 func TestWHEPReplay(t *testing.T) {
 	st := openStore(t)
 	aus := clipAUs(t)
@@ -92,24 +94,24 @@ func TestWHEPReplay(t *testing.T) {
 	}
 	_ = pc.Close()
 
-	// Offset 1.5 s: the first keyframe at or after it is frame 60.
+	// Offset 1.5 s (frame 45, mid-GOP): the keyframe before it is frame 30.
 	began := time.Now()
 	_, v, _ := newViewer(t, base+d.Stream+"?offset=1500ms")
 	waitFor(t, 20*time.Second, "the replay session to end", func() bool { return len(ts.Stats().Sessions) == 0 })
-	// Paced by T: 60 frames at 30 fps cannot be sent in less than 59/30 s.
-	if took := time.Since(began); took < 59*time.Second/30 {
-		t.Fatalf("replay of 2 s of video took only %v: not paced", took)
+	// Paced by T: 90 frames at 30 fps cannot be sent in less than 89/30 s.
+	if took := time.Since(began); took < 89*time.Second/30 {
+		t.Fatalf("replay of 3 s of video took only %v: not paced", took)
 	}
 	got, tss, gaps := v.snapshot()
 	if gaps != 0 {
 		t.Fatalf("%d RTP gaps on loopback", gaps)
 	}
-	if len(got) != 60 {
-		t.Fatalf("viewer got %d frames, want 60 (frames 60-119)", len(got))
+	if len(got) != 90 {
+		t.Fatalf("viewer got %d frames, want 90 (frames 30-119)", len(got))
 	}
 	for k := range got {
-		if want := expectedAU(t, aus, 60+k); string(got[k]) != string(want) {
-			t.Fatalf("frame %d is not clip frame %d (NAL types %v)", k, 60+k, nalTypes(got[k]))
+		if want := expectedAU(t, aus, 30+k); string(got[k]) != string(want) {
+			t.Fatalf("frame %d is not clip frame %d (NAL types %v)", k, 30+k, nalTypes(got[k]))
 		}
 		if k > 0 {
 			if dt := tss[k] - tss[k-1]; dt < 2999 || dt > 3001 {

@@ -26,6 +26,7 @@ import (
 
 	"github.com/episoded/episoded/devices"
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -35,6 +36,8 @@ type episodeSource interface {
 	Descriptors(stream string) ([]sample.Descriptor, error)
 	// Range yields stream's samples with T in [from, to], ordered by T.
 	Range(stream string, from, to int64) iter.Seq2[sample.Sample, error]
+	// VideoStart finds the keyframe a window's video starts at.
+	VideoStart(stream string, from, to int64) (sample.VideoStart, error)
 	// Episode returns one episode record.
 	Episode(id string) (episode.Episode, error)
 }
@@ -98,7 +101,7 @@ type runState struct {
 // whipStream is one stream that WHIP publishers may feed.
 type whipStream struct {
 	base sample.Descriptor
-	cnt  asmCounters
+	cnt  video.Counters
 	// frames, bytes and keyframes written to the sink; rtpBytes received;
 	// srs sender reports received; filledGaps sequence gaps closed by a
 	// retransmission or a reordered packet.
@@ -352,6 +355,9 @@ func readOffer(w http.ResponseWriter, r *http.Request) (string, error) {
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxOfferSize))
 	if err != nil {
+		if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+			return "", errorf(http.StatusRequestEntityTooLarge, "SDP offer over %d bytes", mbe.Limit)
+		}
 		return "", errorf(http.StatusBadRequest, "read SDP offer: %v", err)
 	}
 	var sd sdp.SessionDescription
@@ -586,8 +592,8 @@ func (s *Server) Stats() Stats {
 			Stream: id, Device: ws.base.Device, Publishing: ws.active != nil, Sessions: ws.sessions,
 			Frames: ws.frames.Load(), Keyframes: ws.keyframes.Load(), Bytes: ws.bytes.Load(),
 			RTPBytes: ws.rtpBytes.Load(), SenderReports: ws.srs.Load(), RecoveredGaps: ws.filledGaps.Load(),
-			DroppedFrames: ws.cnt.dropped.Load(), QueueFull: ws.cnt.queueFull.Load(),
-			LostPackets: ws.cnt.lost.Load(), DecodeErrors: ws.cnt.decodeErrors.Load(),
+			DroppedFrames: ws.cnt.Dropped.Load(), QueueFull: ws.cnt.QueueFull.Load(),
+			LostPackets: ws.cnt.Lost.Load(), DecodeErrors: ws.cnt.DecodeErrors.Load(),
 		})
 	}
 	for _, ss := range s.mu.sessions {

@@ -15,6 +15,7 @@ import (
 	"github.com/pion/rtcp"
 	"github.com/pion/webrtc/v4"
 
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -53,20 +54,21 @@ func ticks(d int64) uint32 {
 // send writes one sample; params are put in front of an IDR that lacks
 // them.
 func (o *rtpOut) send(s sample.Sample, params [][]byte) error {
-	t := s.T
-	if t == 0 {
+	t := s.PTS() // RTP timestamps are presentation times
+	if s.T == 0 {
 		t = s.RecvT
 	}
 	if !o.started {
 		o.started, o.t0 = true, t
 	}
-	au := splitAnnexB(s.Payload)
-	if len(au) == 0 {
-		return nil
+	au, ok := video.SplitAU(s.Payload)
+	if !ok {
+		if len(s.Payload) == 0 {
+			return nil
+		}
+		au = [][]byte{s.Payload} // one bare NAL unit
 	}
-	if s.Flags.Has(sample.Keyframe) {
-		au = withParams(au, params)
-	}
+	au = video.H264.WithParams(au, params, s.Flags.Has(sample.Keyframe))
 	pkts, err := o.enc.Encode(au)
 	if err != nil {
 		return fmt.Errorf("packetize access unit: %w", err)
@@ -244,8 +246,9 @@ func (s *Server) serveLive(ss *session, out *rtpOut, connected <-chan struct{}) 
 // window: 201 with the SDP answer and Location; 404 for an unknown episode
 // or a stream not in it; 400 for a bad offset or offer; 415 for H.265.
 //
-// Replay starts at the first keyframe at or after the offset and is paced
-// by the samples' T in real time. The session closes itself after the end
+// Replay starts at the last keyframe at or before the offset (or the first
+// after it if that one is gone) and is paced by the samples' T in real
+// time. The session closes itself after the end
 // of the window.
 func (s *Server) HandleWHEPReplay(w http.ResponseWriter, r *http.Request) {
 	id, stream := r.PathValue("id"), r.PathValue("stream")
@@ -300,6 +303,18 @@ func (s *Server) HandleWHEPReplay(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, errorf(http.StatusBadRequest, "offset %v is beyond the episode's end (%v long)", offset, time.Duration(to-from)))
 		return
 	}
+	// Start at the last keyframe at or before the start (pre-roll), or the
+	// first one after it if that keyframe is gone.
+	vs, err := s.src.VideoStart(stream, start, to)
+	if err != nil {
+		s.writeError(w, fmt.Errorf("find the first keyframe of %s: %w", stream, err))
+		return
+	}
+	if !vs.Found {
+		s.writeError(w, errorf(http.StatusNotFound, "stream %q has no keyframe in the episode from offset %v", stream, offset))
+		return
+	}
+	start = vs.T
 	offer, err := readOffer(w, r)
 	if err != nil {
 		s.writeError(w, err)
@@ -371,6 +386,8 @@ func (s *Server) serveReplay(ss *session, out *rtpOut, connected <-chan struct{}
 		cur = end + 1
 		for _, smp := range buf {
 			if !started {
+				// from is a keyframe's T (VideoStart); samples sharing
+				// that T but decoded before it are skipped too.
 				if !smp.Flags.Has(sample.Keyframe) {
 					continue
 				}

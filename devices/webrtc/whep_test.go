@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/episoded/episoded/internal/h26x"
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -24,7 +24,7 @@ var liveDesc = sample.Descriptor{Stream: "cell1/cam-top", Version: 1, Kind: samp
 // band), so the viewer only decodes if the server puts them back.
 func clipSample(aus [][][]byte, i int, t int64) sample.Sample {
 	au := aus[i%len(aus)]
-	s := sample.Sample{Stream: liveDesc.Stream, T: t, RecvT: t, Payload: h26x.AnnexB(stripNAL(au, 7, 8))}
+	s := sample.Sample{Stream: liveDesc.Stream, T: t, RecvT: t, Payload: video.AnnexB(stripNAL(au, 7, 8))}
 	if isKey(au) {
 		s.Flags |= sample.Keyframe
 	}
@@ -35,7 +35,7 @@ func clipSample(aus [][][]byte, i int, t int64) sample.Sample {
 // SPS and PPS in front of an IDR.
 func expectedAU(t *testing.T, aus [][][]byte, i int) []byte {
 	au := stripNAL(aus[i%len(aus)], 7, 8)
-	return h26x.AnnexB(withParams(au, clipParams(t)))
+	return video.AnnexB(video.H264.WithParams(au, clipParams(t), false))
 }
 
 // decodeCheck decodes Annex-B access units with ffmpeg (an independent

@@ -13,7 +13,7 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/episoded/episoded/devices"
-	"github.com/episoded/episoded/internal/h26x"
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -30,27 +30,11 @@ type frame struct {
 	payload     []byte
 	key         bool
 	srcT, recvT int64
+	ptsOffset   int64
 	lost        uint32
 	dropped     uint32
 	disc        bool
 	desc        *sample.Descriptor // non-nil: Describe before writing
-}
-
-// srPoint is the latest RTCP sender report: NTP time at RTP time.
-type srPoint struct {
-	ntp uint64 // NTP timestamp, 32.32 fixed point since 1900
-	rtp uint32
-}
-
-// ntpEpochOffset is the number of seconds from 1900 to 1970.
-const ntpEpochOffset = 2208988800
-
-// unixNano maps RTP timestamp ts (90 kHz) to Unix ns through the report.
-func (p *srPoint) unixNano(ts uint32) int64 {
-	sec := int64(p.ntp>>32) - ntpEpochOffset
-	frac := int64((p.ntp & 0xffffffff) * 1e9 >> 32)
-	d := int64(int32(ts - p.rtp)) // RTP ticks after the report; negative before
-	return sec*1e9 + frac + d*1e9/90000
 }
 
 // whipSession is the ingest side of one WHIP session.
@@ -69,7 +53,7 @@ type whipSession struct {
 	reconn bool // the stream had an earlier session: the first sample is a discontinuity
 	queue  chan frame
 	wdone  chan struct{}
-	sr     atomic.Pointer[srPoint]
+	sr     atomic.Pointer[video.SenderReport]
 	mu     struct {
 		sync.Mutex
 		closed bool
@@ -154,8 +138,8 @@ func (s *Server) HandleWHIP(w http.ResponseWriter, r *http.Request) {
 	go func() {
 		<-ss.ctx.Done()
 		wh.teardown(rs)
-		log.Info("whip session ended", "frames", ws.frames.Load(), "dropped", ws.cnt.dropped.Load(),
-			"lost_packets", ws.cnt.lost.Load())
+		log.Info("whip session ended", "frames", ws.frames.Load(), "dropped", ws.cnt.Dropped.Load(),
+			"lost_packets", ws.cnt.Lost.Load())
 	}()
 }
 
@@ -185,7 +169,7 @@ func (wh *whipSession) readRTCP(recv *webrtc.RTPReceiver) {
 		}
 		for _, p := range pkts {
 			if sr, ok := p.(*rtcp.SenderReport); ok {
-				wh.sr.Store(&srPoint{ntp: sr.NTPTime, rtp: sr.RTPTime})
+				wh.sr.Store(&video.SenderReport{SSRC: sr.SSRC, NTP: video.NTPToUnixNano(sr.NTPTime), RTP: sr.RTPTime})
 				wh.ws.srs.Add(1)
 			}
 		}
@@ -204,16 +188,17 @@ func (wh *whipSession) readRTP(track *webrtc.TrackRemote) {
 	droppedM := s.met.whipDropped.WithLabelValues(stream)
 	deviceClock := wh.base.Clock == sample.ClockDevice
 	var recvT int64
-	asm := newAssembler(&ws.cnt, func(u unit) bool {
-		f := frame{payload: h26x.AnnexB(u.au), key: u.key, recvT: recvT, lost: u.lost, dropped: u.dropped, disc: u.disc}
+	asm := video.NewAssembler(video.H264, nil, nil, &ws.cnt, func(u video.Unit) bool {
+		f := frame{payload: video.AnnexB(u.AU), key: u.Key, recvT: recvT, ptsOffset: u.PTSOffset,
+			lost: u.Lost, dropped: u.Dropped, disc: u.Disc}
 		if deviceClock {
 			if sr := wh.sr.Load(); sr != nil {
-				f.srcT = sr.unixNano(u.ts)
+				f.srcT = sr.At(u.TS, video.ClockRate)
 			}
 		}
-		if u.params != nil {
+		if u.Params != nil {
 			d := wh.base
-			d.Params = u.params
+			d.Params = u.Params
 			f.desc = &d
 		}
 		select {
@@ -224,21 +209,21 @@ func (wh *whipSession) readRTP(track *webrtc.TrackRemote) {
 		}
 	})
 	if wh.reconn {
-		asm.pendDisc = true // the time between sessions is one gap
+		asm.MarkDiscontinuity() // the time between sessions is one gap
 	}
 	var lastPLI time.Time
 	handle := func(pkt *rtp.Packet) {
 		n := len(pkt.Payload)
 		ws.rtpBytes.Add(uint64(n))
 		recvBytes.Add(float64(n))
-		lost, dropped := ws.cnt.lost.Load(), ws.cnt.dropped.Load()
-		asm.push(pkt)
-		if d := ws.cnt.lost.Load() - lost; d > 0 {
+		lost, dropped := ws.cnt.Lost.Load(), ws.cnt.Dropped.Load()
+		asm.Push(pkt)
+		if d := ws.cnt.Lost.Load() - lost; d > 0 {
 			lostM.Add(float64(d))
 		}
-		if d := ws.cnt.dropped.Load() - dropped; d > 0 {
+		if d := ws.cnt.Dropped.Load() - dropped; d > 0 {
 			droppedM.Add(float64(d))
-			if asm.waitingForKey() && time.Since(lastPLI) >= pliInterval {
+			if asm.WaitingForKey() && time.Since(lastPLI) >= pliInterval {
 				lastPLI = time.Now()
 				_ = wh.ss.pc.WriteRTCP([]rtcp.Packet{&rtcp.PictureLossIndication{MediaSSRC: pkt.SSRC}})
 			}
@@ -291,7 +276,7 @@ func (wh *whipSession) writeLoop(sink devices.Sink) {
 		waitKey, disc = true, true
 		pendLost += f.lost
 		pendDropped += f.dropped + 1
-		ws.cnt.dropped.Add(1)
+		ws.cnt.Dropped.Add(1)
 		droppedM.Inc()
 	}
 	refuse := func(f frame, err error) {
@@ -323,12 +308,13 @@ func (wh *whipSession) writeLoop(sink devices.Sink) {
 			pendDesc = nil
 		}
 		smp := sample.Sample{
-			Stream:  stream,
-			SrcT:    f.srcT,
-			RecvT:   f.recvT,
-			Lost:    f.lost + pendLost,
-			Dropped: f.dropped + pendDropped,
-			Payload: f.payload,
+			Stream:    stream,
+			SrcT:      f.srcT,
+			RecvT:     f.recvT,
+			PTSOffset: f.ptsOffset,
+			Lost:      f.lost + pendLost,
+			Dropped:   f.dropped + pendDropped,
+			Payload:   f.payload,
 		}
 		if f.key {
 			smp.Flags |= sample.Keyframe

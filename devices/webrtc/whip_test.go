@@ -16,7 +16,7 @@ import (
 	"github.com/pion/webrtc/v4"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/episoded/episoded/internal/h26x"
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -85,10 +85,7 @@ func newPublisher(t testing.TB, url string, ntp0 time.Time) *publisher {
 
 // ntpTime converts t to a 32.32 NTP timestamp.
 func ntpTime(t time.Time) uint64 {
-	ns := t.UnixNano() + ntpEpochOffset*1e9
-	sec := uint64(ns / 1e9)
-	frac := (uint64(ns%1e9) << 32) / 1e9
-	return sec<<32 | frac
+	return video.UnixNanoToNTP(t.UnixNano())
 }
 
 // rtpTS is frame i's RTP timestamp; devT its device time.
@@ -103,7 +100,7 @@ func (p *publisher) sendSR(i int) {
 
 // packets packetizes frame i (Annex-B) with pion's H.264 payloader.
 func (p *publisher) packets(i int, au [][]byte) []*rtp.Packet {
-	pkts := p.pz.Packetize(h26x.AnnexB(au), 3000)
+	pkts := p.pz.Packetize(video.AnnexB(au), 3000)
 	for _, pk := range pkts {
 		pk.Timestamp = p.rtpTS(i)
 	}
@@ -183,7 +180,7 @@ func TestWHIPRecordsClip(t *testing.T) {
 	}
 	for i, s := range got {
 		// pion's payloader drops AUD and filler NAL units; the clip has none.
-		want := h26x.AnnexB(stripNAL(aus[i], 9, 12))
+		want := video.AnnexB(stripNAL(aus[i], 9, 12))
 		if !bytes.Equal(s.Payload, want) {
 			t.Fatalf("sample %d: payload differs (%d bytes, NAL %v; want %d bytes, NAL %v)", i,
 				len(s.Payload), nalTypes(s.Payload), len(want), nalTypes(want))
@@ -278,7 +275,7 @@ func TestWHIPLoss(t *testing.T) {
 		if i >= lossAt {
 			src = i + 20
 		}
-		if !bytes.Equal(s.Payload, h26x.AnnexB(aus[src])) {
+		if !bytes.Equal(s.Payload, video.AnnexB(aus[src])) {
 			t.Fatalf("sample %d: not frame %d", i, src)
 		}
 		disc := s.Flags.Has(sample.Discontinuity)
@@ -384,7 +381,7 @@ func TestWHIPSinkRefuses(t *testing.T) {
 		t.Fatalf("recorded %d samples, want 15", len(got))
 	}
 	k := got[5]
-	if !bytes.Equal(k.Payload, h26x.AnnexB(aus[30])) || !k.Flags.Has(sample.Keyframe|sample.Discontinuity) || k.Dropped != 25 || k.Lost != 0 {
+	if !bytes.Equal(k.Payload, video.AnnexB(aus[30])) || !k.Flags.Has(sample.Keyframe|sample.Discontinuity) || k.Dropped != 25 || k.Lost != 0 {
 		t.Fatalf("sample after the refusal: flags %v dropped %d lost %d; want frame 30, keyframe+discontinuity, dropped 25",
 			k.Flags, k.Dropped, k.Lost)
 	}
@@ -417,8 +414,8 @@ func TestWHIPRetransmitAndReorder(t *testing.T) {
 		t.Fatalf("recorded %d frames, want 60; stats %+v; NACKs at the publisher %d", len(got), ts.Stats().WHIP[0], p.nacks.Load())
 	}
 	for i, s := range got {
-		if !bytes.Equal(s.Payload, h26x.AnnexB(aus[i])) || s.Flags.Has(sample.Discontinuity) {
-			t.Fatalf("sample %d: payload equal %v, flags %v", i, bytes.Equal(s.Payload, h26x.AnnexB(aus[i])), s.Flags)
+		if !bytes.Equal(s.Payload, video.AnnexB(aus[i])) || s.Flags.Has(sample.Discontinuity) {
+			t.Fatalf("sample %d: payload equal %v, flags %v", i, bytes.Equal(s.Payload, video.AnnexB(aus[i])), s.Flags)
 		}
 	}
 	st := ts.Stats().WHIP[0]

@@ -3,43 +3,83 @@
 // /whep, and the dashboard at /.
 //
 // Components add their routes with Handle before Run; the server owns no
-// business logic. Lifecycle: New binds nothing; Listen binds the socket (so
-// a port in use is a start-up failure); Run serves until its context is
-// cancelled, then shuts down gracefully.
+// business logic. Lifecycle: New binds nothing; Listen binds the socket and
+// loads the TLS certificate (so a port in use or a bad certificate is a
+// start-up failure); Run serves until its context is cancelled, then shuts
+// down gracefully.
 //
-// Auth: when a token is configured, every request that can change state
-// (any method but GET, HEAD and OPTIONS under /v1/, /whip/ and /whep/) needs
-// `Authorization: Bearer <token>`; otherwise it gets 401. Reads stay open on
-// the loopback-only default bind.
+// Access (see docs/SECURITY.md). Every request passes one filter before its
+// route, in this order:
+//   - Host: a request whose Host is not an IP literal, localhost, the listen
+//     host or one of Options.AllowedHosts gets 421 (DNS rebinding), except
+//     the probes /healthz and /readyz.
+//   - Origin: a state-changing request (not GET, HEAD or OPTIONS) that a
+//     browser marks as cross-origin (Sec-Fetch-Site, else Origin vs Host)
+//     gets 403 (CSRF), with or without a token.
+//   - Token: when Options.Token is set, every /v1, /whip and /whep request
+//     needs `Authorization: Bearer <token>` (scheme case-insensitive), reads
+//     included; 401 without a valid one. Options.ReadToken is accepted for
+//     Read routes (AccessOf): GETs and WHEP viewing; on an Admin route it
+//     gets 403. /metrics needs either token unless Options.MetricsOpen.
+//     /healthz, /readyz and routes registered with HandleOpen (the
+//     dashboard's static files, never a /v1, /whip or /whep path) are
+//     open; any other route, whatever its path, needs a token. Without
+//     a token every route is open: config validation allows that only on a
+//     loopback listen address or with api.insecure_open.
+//   - Body: over Options.MaxBody gets 413. Handlers take JSON bodies only
+//     through ReadJSON (415 without Content-Type: application/json).
+//
+// Routes lists every registered route with its Access, so a test can prove
+// that each one is guarded as intended.
 package api
 
 import (
 	"context"
-	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/episoded/episoded/internal/redact"
 )
 
 // Options configures the server.
 type Options struct {
 	// Listen is host:port; default 127.0.0.1:7480.
 	Listen string
-	// Token, when non-empty, is required on mutating requests.
+	// Token is the admin token; when non-empty every /v1, /whip and /whep
+	// request needs a token.
 	Token string
+	// ReadToken, optional, is accepted on Read routes only. It needs Token.
+	ReadToken string
+	// MetricsOpen serves /metrics without a token.
+	MetricsOpen bool
+	// AllowedHosts are host names (no port) served besides IP literals,
+	// localhost and the listen host.
+	AllowedHosts []string
+	// TLS, when set, serves HTTPS only; the files are reloaded when they
+	// change and on ReloadTLS.
+	TLS *TLSFiles
+	// MaxBody caps request bodies; default DefaultMaxBody.
+	MaxBody int64
+	// Secrets are credentials (values, or URLs holding them) masked in
+	// /v1/status answers, besides any URL userinfo.
+	Secrets []string
 	// Gatherer serves /metrics; nil means prometheus.DefaultGatherer.
 	Gatherer prometheus.Gatherer
-	Logger   *slog.Logger
+	// Registerer takes the server's own metrics
+	// (episoded_api_refused_total); nil registers nothing.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
 	// Info is static data merged into /v1/status (version, gateway id).
 	Info map[string]any
 	// ShutdownTimeout bounds the graceful shutdown; default 5s.
@@ -54,9 +94,14 @@ type Server struct {
 	ready   atomic.Bool
 	started time.Time
 	ln      net.Listener
+	certs   *certs // nil without TLS
+	scrub   *redact.Scrubber
+	refused *prometheus.CounterVec
 	mu      struct {
 		sync.Mutex
 		status map[string]func() any
+		routes []Route
+		open   map[string]bool // patterns registered with HandleOpen
 	}
 }
 
@@ -74,29 +119,75 @@ func New(o Options) *Server {
 	if o.ShutdownTimeout <= 0 {
 		o.ShutdownTimeout = 5 * time.Second
 	}
-	s := &Server{opts: o, log: o.Logger.With("component", "api"), mux: http.NewServeMux(), started: time.Now()}
+	if o.MaxBody <= 0 {
+		o.MaxBody = DefaultMaxBody
+	}
+	s := &Server{opts: o, log: o.Logger.With("component", "api"), mux: http.NewServeMux(), started: time.Now(), scrub: redact.NewScrubber(o.Secrets...)}
+	s.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "episoded_api_refused_total",
+		Help: "API requests refused before reaching a route, by reason: host (421), origin (403 cross-site), token (401), role (403 read token), body (413).",
+	}, []string{"reason"})
+	if o.Registerer != nil {
+		o.Registerer.MustRegister(s.refused)
+	}
 	s.mu.status = map[string]func() any{}
-	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	s.mu.open = map[string]bool{}
+	s.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
-	s.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+	s.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !s.ready.Load() {
 			WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "starting"})
 			return
 		}
 		WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 	})
-	s.mux.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)}))
-	s.mux.HandleFunc("GET /v1/status", s.handleStatus)
+	s.Handle("GET /metrics", promhttp.HandlerFor(o.Gatherer, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelError)}))
+	s.HandleFunc("GET /v1/status", s.handleStatus)
 	return s
 }
 
 // Handle registers a handler for a Go 1.22 mux pattern such as
 // "POST /v1/cells/{cell}/episodes". Call it before Run.
-func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+// Its Access follows from the method and path (AccessOf): a token is
+// needed unless it is a probe.
+func (s *Server) Handle(pattern string, h http.Handler) { s.handle(pattern, h, false) }
+
+// HandleOpen registers a route that needs no token even when one is
+// configured (the dashboard's static files). It still never serves a path
+// under /v1, /whip or /whep without one, and the Host and Origin checks
+// still apply.
+func (s *Server) HandleOpen(pattern string, h http.Handler) { s.handle(pattern, h, true) }
+
+func (s *Server) handle(pattern string, h http.Handler, open bool) {
+	s.mux.Handle(pattern, h)
+	s.mu.Lock()
+	s.mu.routes = append(s.mu.routes, parseRoute(pattern, open))
+	s.mu.open[pattern] = open
+	s.mu.Unlock()
+}
+
+// routedOpen reports whether r goes to a route registered with HandleOpen.
+func (s *Server) routedOpen(r *http.Request) bool {
+	_, pattern := s.mux.Handler(r)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.open[pattern]
+}
 
 // HandleFunc is Handle for a function.
-func (s *Server) HandleFunc(pattern string, h http.HandlerFunc) { s.mux.HandleFunc(pattern, h) }
+func (s *Server) HandleFunc(pattern string, h http.HandlerFunc) { s.Handle(pattern, h) }
+
+// Routes returns every registered route, in registration order.
+func (s *Server) Routes() []Route {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Route(nil), s.mu.routes...)
+}
+
+// Handler returns the server's whole handler, filter included, for tests
+// that serve it themselves.
+func (s *Server) Handler() http.Handler { return newGuard(&s.opts, s.mux, s.routedOpen, s.refused) }
 
 // AddStatus adds a section to /v1/status; fn is called on every request and
 // must be safe for concurrent use.
@@ -117,8 +208,32 @@ func (s *Server) Addr() string {
 	return s.ln.Addr().String()
 }
 
-// Listen binds the socket.
+// Scheme is "https" with TLS, else "http".
+func (s *Server) Scheme() string {
+	if s.opts.TLS != nil {
+		return "https"
+	}
+	return "http"
+}
+
+// ReloadTLS reloads the certificate, key and client CAs now (SIGHUP). On
+// error the previous ones keep serving.
+func (s *Server) ReloadTLS() error {
+	if s.certs == nil {
+		return errNoTLS
+	}
+	return s.certs.Reload()
+}
+
+// Listen loads the TLS files, if any, and binds the socket.
 func (s *Server) Listen() error {
+	if s.opts.TLS != nil && s.certs == nil {
+		c, err := newCerts(*s.opts.TLS, s.log)
+		if err != nil {
+			return err
+		}
+		s.certs = c
+	}
 	ln, err := net.Listen("tcp", s.opts.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", s.opts.Listen, err)
@@ -136,14 +251,20 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 	}
 	srv := &http.Server{
-		Handler:           s.auth(s.mux),
+		Handler:           s.Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(s.ln) }()
-	s.log.Info("serving", "addr", s.ln.Addr().String())
+	if s.certs != nil {
+		srv.TLSConfig = &tls.Config{GetConfigForClient: s.certs.config}
+		go func() { errc <- srv.ServeTLS(s.ln, "", "") }()
+	} else {
+		go func() { errc <- srv.Serve(s.ln) }()
+	}
+	s.log.Info("serving", "addr", s.ln.Addr().String(), "scheme", s.Scheme(),
+		"token", s.opts.Token != "", "read_token", s.opts.ReadToken != "")
 	select {
 	case err := <-errc:
 		return fmt.Errorf("serve http: %w", err)
@@ -158,31 +279,6 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("serve http: %w", err)
 	}
 	return nil
-}
-
-// mutating reports whether r can change state and so needs the token.
-func mutating(r *http.Request) bool {
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions:
-		return false
-	}
-	p := r.URL.Path
-	return strings.HasPrefix(p, "/v1/") || strings.HasPrefix(p, "/whip/") || strings.HasPrefix(p, "/whep/")
-}
-
-func (s *Server) auth(next http.Handler) http.Handler {
-	if s.opts.Token == "" {
-		return next
-	}
-	want := []byte("Bearer " + s.opts.Token)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if mutating(r) && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), want) != 1 {
-			w.Header().Set("WWW-Authenticate", `Bearer realm="episoded"`)
-			WriteError(w, http.StatusUnauthorized, "missing or wrong bearer token")
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
@@ -201,12 +297,23 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	for n, fn := range fns {
 		out[n] = fn()
 	}
-	WriteJSON(w, http.StatusOK, out)
+	b, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		WriteError(w, http.StatusInternalServerError, "encode status: "+err.Error())
+		return
+	}
+	// Status carries device errors and sources, which come from libraries
+	// that may quote a URL they were given: scrub the whole answer.
+	b = []byte(s.scrub.Text(string(b)))
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(append(b, '\n'))
 }
 
 // WriteJSON writes v as JSON with the given status code.
 func WriteJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

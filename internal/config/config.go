@@ -47,14 +47,40 @@ type Log struct {
 }
 
 // API configures the HTTP server: probes, /metrics, /v1, WebRTC, dashboard.
+// docs/SECURITY.md says what each access setting protects.
 type API struct {
 	Listen string `yaml:"listen"`
-	// Token, when set, is required as a bearer token on mutating /v1
-	// endpoints and on WHIP ingest.
+	// Token is the admin token. When set, every /v1, /whip and /whep
+	// request needs a bearer token, reads included.
 	Token     Secret `yaml:"token,omitempty"`
 	TokenFile string `yaml:"token_file,omitempty"`
-	WebRTC    WebRTC `yaml:"webrtc"`
+	// ReadToken, optional, allows reads only: list, show, export, samples,
+	// status, uploads and WHEP viewing. It needs Token.
+	ReadToken     Secret `yaml:"read_token,omitempty"`
+	ReadTokenFile string `yaml:"read_token_file,omitempty"`
+	// MetricsOpen serves /metrics without a token.
+	MetricsOpen bool `yaml:"metrics_open,omitempty"`
+	// InsecureOpen allows a non-loopback listen address without a token.
+	InsecureOpen bool `yaml:"insecure_open,omitempty"`
+	// AllowedHosts are the host names (no port) the API answers to, besides
+	// IP literals, localhost and the listen host; others get 421.
+	AllowedHosts []string  `yaml:"allowed_hosts,omitempty"`
+	TLS          ServerTLS `yaml:"tls,omitempty"`
+	WebRTC       WebRTC    `yaml:"webrtc"`
 }
+
+// ServerTLS serves the API over HTTPS. The files are reloaded on SIGHUP and
+// when they change.
+type ServerTLS struct {
+	CertFile string `yaml:"cert_file,omitempty"`
+	KeyFile  string `yaml:"key_file,omitempty"`
+	// ClientCAFile, when set, requires every client to present a
+	// certificate signed by one of these CAs (mutual TLS).
+	ClientCAFile string `yaml:"client_ca_file,omitempty"`
+}
+
+// Enabled reports whether the API serves TLS.
+func (t ServerTLS) Enabled() bool { return t.CertFile != "" }
 
 // WebRTC configures ICE for WHIP ingest and WHEP preview. LAN only: host
 // candidates, no STUN or TURN.
@@ -75,8 +101,10 @@ type Storage struct {
 	SyncInterval time.Duration `yaml:"sync_interval"`
 	// Quota caps the store's size on disk; 0 means no quota.
 	Quota ByteSize `yaml:"quota"`
-	// MinFree is the free space kept on the filesystem.
-	MinFree ByteSize `yaml:"min_free"`
+	// MinFree is the free space kept on the filesystem: samples are refused
+	// before free space drops below it. Unset means DefaultMinFree; an
+	// explicit 0 means no floor (the store still refuses before ENOSPC).
+	MinFree *ByteSize `yaml:"min_free"`
 	// FullPolicy is what happens when only episodes not yet uploaded are
 	// left to evict: "reject-new" or "evict-oldest".
 	FullPolicy string `yaml:"full_policy"`
@@ -136,6 +164,10 @@ type Device struct {
 	// Latency is subtracted from arrival time for samples without device
 	// time.
 	Latency time.Duration `yaml:"latency"`
+	// Rate is the device's nominal sample rate in Hz (frames or messages
+	// per second, per stream), which coverage is measured against; 0 learns
+	// it from the data (the median interval).
+	Rate float64 `yaml:"rate,omitempty"`
 
 	// rtsp
 	URL          string        `yaml:"url,omitempty"`
@@ -154,6 +186,9 @@ type Device struct {
 	TimeField  string   `yaml:"time_field,omitempty"`  // dotted path, e.g. header.stamp
 	TimeUnit   string   `yaml:"time_unit,omitempty"`   // s, ms, us, ns, rfc3339
 	MaxPayload ByteSize `yaml:"max_payload,omitempty"` // default 16MiB
+	// MaxStreams bounds the streams one mqtt device creates (a {topic}
+	// template on a wildcard filter makes one per topic). Default 256.
+	MaxStreams int `yaml:"max_streams,omitempty"`
 	// Layout describes point-cloud payloads (format: pointcloud).
 	Layout *PointLayout `yaml:"layout,omitempty"`
 }
@@ -193,10 +228,23 @@ type Cell struct {
 	// GapFactor: a telemetry gap longer than GapFactor times the stream's
 	// typical period counts as a gap.
 	GapFactor float64 `yaml:"gap_factor"`
+	// Quality holds the thresholds of the episode verdict.
+	Quality Quality `yaml:"quality"`
 	// Trigger is an optional MQTT topic carrying start/stop messages.
 	Trigger *Trigger `yaml:"trigger,omitempty"`
 	// Attachments are files (calibration, URDF) added to every export.
 	Attachments []string `yaml:"attachments,omitempty"`
+}
+
+// Quality holds a cell's quality thresholds: an episode is degraded when a
+// required stream covers less than MinCoverage of the window, or states an
+// alignment error bound above MaxAlignmentBound, or has no samples.
+type Quality struct {
+	MinCoverage       float64       `yaml:"min_coverage"`
+	MaxAlignmentBound time.Duration `yaml:"max_alignment_bound"`
+	// RequiredStreams are stream ids or patterns (path.Match: *, ?, [...]);
+	// empty means every stream of the cell.
+	RequiredStreams []string `yaml:"required_streams,omitempty"`
 }
 
 // Trigger is an MQTT topic carrying JSON start/stop messages for a cell.
@@ -223,6 +271,10 @@ type Sync struct {
 	// PriorityLabel: episodes with this label (any value) upload at once.
 	PriorityLabel string  `yaml:"priority_label"`
 	Retry         Backoff `yaml:"retry"`
+	// MaxAttempts quarantines an episode after this many failed upload
+	// attempts in a row whose last failure the server reported (not an
+	// unreachable server). Default 10.
+	MaxAttempts int `yaml:"max_attempts"`
 }
 
 // Sync modes.

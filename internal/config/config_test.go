@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -194,8 +195,9 @@ func TestDefaultsDocumented(t *testing.T) {
 		cfg.Storage.SyncInterval.String(), cfg.Storage.MinFree.String(), cfg.Storage.FullPolicy,
 		cfg.Storage.Retention.String(), cfg.Storage.TimelineRetention.String(), DefaultKeepAlive.String(),
 		DefaultBackoffMin.String(), DefaultBackoffMax.String(), DefaultReadTimeout.String(),
-		DefaultMaxPayload.String(), DefaultPartSize.String(), DefaultRetryMin.String(), DefaultRetryMax.String(),
+		DefaultMaxPayload.String(), strconv.Itoa(DefaultMaxStreams), strconv.Itoa(DefaultMaxAttempts), DefaultPartSize.String(), DefaultRetryMin.String(), DefaultRetryMax.String(),
 		DefaultTimezone, DefaultPriorityLabel, DefaultSyncMode,
+		strconv.FormatFloat(DefaultMinCoverage, 'g', -1, 64), DefaultMaxAlignBound.String(),
 	} {
 		if !strings.Contains(string(doc), "`"+v+"`") {
 			t.Errorf("docs/CONFIG.md does not mention the default `%s`", v)
@@ -228,5 +230,55 @@ func TestByteSize(t *testing.T) {
 		if _, err := ParseByteSize(in); err == nil {
 			t.Errorf("ParseByteSize(%q) accepted", in)
 		}
+	}
+}
+
+// TestOpenListen: a non-loopback listen address without a token is an
+// error unless insecure_open says so; loopback needs nothing.
+func TestOpenListen(t *testing.T) {
+	for _, c := range []struct {
+		api string
+		ok  bool
+	}{
+		{`{listen: "127.0.0.1:7480"}`, true},
+		{`{listen: "[::1]:7480"}`, true},
+		{`{listen: "localhost:7480"}`, true},
+		{`{listen: ":7480"}`, false},
+		{`{listen: "10.0.0.7:7480"}`, false},
+		{`{listen: "gateway.lan:7480"}`, false},
+		{`{listen: "0.0.0.0:7480", insecure_open: true}`, true},
+		{`{listen: "0.0.0.0:7480", token: "admin-token-1"}`, true},
+	} {
+		_, err := Parse("t.yaml", []byte("gateway: {id: gw1, site: s}\napi: "+c.api+"\n"), env(nil))
+		if (err == nil) != c.ok {
+			t.Errorf("api %s: err %v, want ok=%v", c.api, err, c.ok)
+		}
+		if err != nil && strings.Count(err.Error(), "\n") > 0 {
+			t.Errorf("api %s: the reason is not one line: %v", c.api, err)
+		}
+	}
+}
+
+// TestPrintRedactsURLs: --print masks credentials in every URL.
+func TestPrintRedactsURLs(t *testing.T) {
+	cfg, err := Parse("t.yaml", []byte(`gateway: {id: gw1, site: s}
+devices:
+  - {id: cam1, type: rtsp, url: "rtsp://admin:cam-pass-777@10.0.0.5:554/s1"}
+`), env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cfg.Print()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "cam-pass-777") || strings.Contains(string(out), "admin:") {
+		t.Fatalf("--print shows URL credentials:\n%s", out)
+	}
+	if cfg.Devices[0].URL != "rtsp://admin:cam-pass-777@10.0.0.5:554/s1" {
+		t.Fatalf("Print changed the config itself: %s", cfg.Devices[0].URL)
+	}
+	if _, err := Parse("again.yaml", out, env(nil)); err != nil {
+		t.Fatalf("--print output does not parse again: %v", err)
 	}
 }

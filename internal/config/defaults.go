@@ -26,8 +26,11 @@ const (
 	DefaultMQTTFormat        = "json"
 	DefaultMQTTStream        = "{topic}"
 	DefaultMaxPayload        = ByteSize(16 << 20)
+	DefaultMaxStreams        = 256
 	DefaultTimeUnit          = "ns"
 	DefaultGapFactor         = 3.0
+	DefaultMinCoverage       = 0.99
+	DefaultMaxAlignBound     = 5 * time.Millisecond
 	DefaultSyncMode          = SyncDaemon
 	DefaultTimezone          = "Local"
 	DefaultConcurrency       = 2
@@ -35,6 +38,9 @@ const (
 	DefaultPriorityLabel     = "priority"
 	DefaultRetryMin          = 5 * time.Second
 	DefaultRetryMax          = 10 * time.Minute
+	// DefaultMaxAttempts: with the default retry backoff (5s doubling to
+	// 10m) ten attempts span about half an hour.
+	DefaultMaxAttempts = 10
 )
 
 // ApplyDefaults fills every unset field with its default. It is idempotent.
@@ -47,8 +53,9 @@ func (c *Config) ApplyDefaults() {
 	s := &c.Storage
 	setStr(&s.Dir, DefaultStorageDir)
 	setDur(&s.SyncInterval, DefaultSyncInterval)
-	if s.MinFree == 0 {
-		s.MinFree = DefaultMinFree
+	if s.MinFree == nil { // an explicit 0 stays 0
+		v := DefaultMinFree
+		s.MinFree = &v
 	}
 	setStr(&s.FullPolicy, DefaultFullPolicy)
 	setDur(&s.Retention, DefaultRetention)
@@ -80,6 +87,9 @@ func (c *Config) ApplyDefaults() {
 			if d.MaxPayload == 0 {
 				d.MaxPayload = DefaultMaxPayload
 			}
+			if d.MaxStreams == 0 {
+				d.MaxStreams = DefaultMaxStreams
+			}
 			if d.Clock == "" {
 				d.Clock = "arrival"
 				if d.TimeField != "" || (d.Layout != nil && d.Layout.TimeOffset >= 0) {
@@ -95,6 +105,11 @@ func (c *Config) ApplyDefaults() {
 		if c.Cells[i].GapFactor == 0 {
 			c.Cells[i].GapFactor = DefaultGapFactor
 		}
+		q := &c.Cells[i].Quality
+		if q.MinCoverage == 0 {
+			q.MinCoverage = DefaultMinCoverage
+		}
+		setDur(&q.MaxAlignmentBound, DefaultMaxAlignBound)
 	}
 
 	y := &c.Sync
@@ -108,6 +123,9 @@ func (c *Config) ApplyDefaults() {
 	}
 	setStr(&y.PriorityLabel, DefaultPriorityLabel)
 	y.Retry.applyDefaults(DefaultRetryMin, DefaultRetryMax)
+	if y.MaxAttempts == 0 {
+		y.MaxAttempts = DefaultMaxAttempts
+	}
 }
 
 // cellOf returns the id of the cell that lists device id, or "" if none.

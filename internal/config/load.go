@@ -8,7 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -170,7 +170,7 @@ type secretRef struct {
 }
 
 func (c *Config) secretRefs() []secretRef {
-	refs := []secretRef{{"api.token", &c.API.Token, c.API.TokenFile}}
+	refs := []secretRef{{"api.token", &c.API.Token, c.API.TokenFile}, {"api.read_token", &c.API.ReadToken, c.API.ReadTokenFile}}
 	for i := range c.Brokers {
 		b := &c.Brokers[i]
 		refs = append(refs, secretRef{fmt.Sprintf("brokers[%s].password", b.ID), &b.Password, b.PasswordFile})
@@ -228,13 +228,37 @@ func (p *parser) credentialPath(file, baseDir string) string {
 	return filepath.Join(baseDir, file)
 }
 
-// scrub removes secret values from messages, longest first.
+// scrub removes secret values and URL credentials from messages.
 func (p *parser) scrub(msgs []string) []string {
-	secrets := append([]string(nil), p.secrets...)
-	sort.Slice(secrets, func(i, j int) bool { return len(secrets[i]) > len(secrets[j]) })
+	sc := redact.NewScrubber(p.secrets...)
 	out := make([]string, len(msgs))
 	for i, m := range msgs {
-		out[i] = redact.String(m, secrets...)
+		out[i] = sc.Text(m)
+	}
+	return out
+}
+
+// Secrets returns every credential the config holds: the secret values and
+// every URL with credentials in it, for a redact.Scrubber that keeps them
+// out of logs, errors and status.
+func (c *Config) Secrets() []string {
+	var out []string
+	for _, r := range c.secretRefs() {
+		if r.secret.IsSet() {
+			out = append(out, r.secret.Value())
+		}
+	}
+	urls := []string{c.Sync.Target.Endpoint}
+	for _, b := range c.Brokers {
+		urls = append(urls, b.URL)
+	}
+	for _, d := range c.Devices {
+		urls = append(urls, d.URL)
+	}
+	for _, u := range urls {
+		if strings.Contains(u, "@") {
+			out = append(out, u)
+		}
 	}
 	return out
 }
@@ -246,14 +270,31 @@ func lastPart(s string) string {
 	return s
 }
 
-// Print writes the effective config as YAML, with secrets redacted. Its
-// output parses again with Parse.
+// Print writes the effective config as YAML, with secrets redacted, and
+// with any credentials in a URL (camera, broker, S3 endpoint) replaced by
+// redact.Mask. Its output parses again with Parse.
 func (c *Config) Print() ([]byte, error) {
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
-	if err := enc.Encode(c); err != nil {
+	if err := enc.Encode(c.redactedURLs()); err != nil {
 		return nil, fmt.Errorf("print config: %w", err)
 	}
 	return buf.Bytes(), enc.Close()
+}
+
+// redactedURLs returns a copy of c whose every URL has its credentials
+// replaced; c itself is left alone.
+func (c *Config) redactedURLs() *Config {
+	out := *c
+	out.Brokers = slices.Clone(c.Brokers)
+	for i := range out.Brokers {
+		out.Brokers[i].URL = redact.URL(out.Brokers[i].URL)
+	}
+	out.Devices = slices.Clone(c.Devices)
+	for i := range out.Devices {
+		out.Devices[i].URL = redact.URL(out.Devices[i].URL)
+	}
+	out.Sync.Target.Endpoint = redact.URL(c.Sync.Target.Endpoint)
+	return &out
 }

@@ -4,13 +4,19 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/episoded/episoded/internal/redact"
+	"github.com/episoded/episoded/storage"
 )
+
+// maxStreamsLimit caps max_streams: every stream costs ingest state, a
+// status row and metric series.
+const maxStreamsLimit = 10000
 
 // Validate reports every problem in c at once; nil means valid. It expects
 // ApplyDefaults to have run.
@@ -70,9 +76,7 @@ func (c *Config) problems() []string {
 	if c.ShutdownTimeout <= 0 {
 		p.addf("shutdown_timeout: must be positive")
 	}
-	if _, _, err := net.SplitHostPort(c.API.Listen); err != nil {
-		p.addf("api.listen: %q is not host:port", c.API.Listen)
-	}
+	c.apiAccessProblems(&p)
 	if c.API.WebRTC.UDPPort < 0 || c.API.WebRTC.UDPPort > 65535 {
 		p.addf("api.webrtc.udp_port: %d is out of range", c.API.WebRTC.UDPPort)
 	}
@@ -84,11 +88,11 @@ func (c *Config) problems() []string {
 	if s.SyncInterval <= 0 || s.SyncInterval > 10*time.Second {
 		p.addf("storage.sync_interval: must be between 0 and 10s (got %s)", s.SyncInterval)
 	}
-	if s.Quota < 0 || s.MinFree < 0 {
+	if s.Quota < 0 || (s.MinFree != nil && *s.MinFree < 0) {
 		p.addf("storage: quota and min_free must not be negative")
 	}
-	if s.Quota > 0 && s.Quota < 64<<20 {
-		p.addf("storage.quota: %s is too small (at least 64MiB)", s.Quota)
+	if err := storage.CheckQuota(int64(s.Quota)); err != nil {
+		p.addf("storage.quota: %v", err)
 	}
 	p.oneOf("storage.full_policy", s.FullPolicy, "reject-new", "evict-oldest")
 	p.nonNegative("storage.retention", s.Retention)
@@ -131,6 +135,9 @@ func (c *Config) problems() []string {
 		devices[d.ID] = d
 		where = fmt.Sprintf("devices[%s]", d.ID)
 		p.nonNegative(where+".latency", d.Latency)
+		if !(d.Rate >= 0 && d.Rate <= 1e6) {
+			p.addf("%s.rate: %v Hz is not between 0 (learn it) and 1000000", where, d.Rate)
+		}
 		switch d.Type {
 		case DeviceRTSP:
 			if u, err := url.Parse(d.URL); err != nil || u.Host == "" || (u.Scheme != "rtsp" && u.Scheme != "rtsps") {
@@ -193,6 +200,15 @@ func (c *Config) problems() []string {
 		if cell.GapFactor < 1 {
 			p.addf("%s.gap_factor: must be at least 1", where)
 		}
+		if q := cell.Quality; !(q.MinCoverage >= 0 && q.MinCoverage <= 1) {
+			p.addf("%s.quality.min_coverage: %v is not between 0 and 1", where, q.MinCoverage)
+		}
+		p.nonNegative(where+".quality.max_alignment_bound", cell.Quality.MaxAlignmentBound)
+		for _, pat := range cell.Quality.RequiredStreams {
+			if _, err := path.Match(pat, ""); err != nil || pat == "" {
+				p.addf("%s.quality.required_streams: %q is not a stream id or pattern", where, pat)
+			}
+		}
 		if t := cell.Trigger; t != nil {
 			if !brokers[t.Broker] {
 				p.addf("%s.trigger.broker: broker %q is not defined under brokers", where, t.Broker)
@@ -242,6 +258,9 @@ func (c *Config) mqttDeviceProblems(p *problems, where string, d *Device, broker
 	}
 	if d.MaxPayload <= 0 || d.MaxPayload > 256<<20 {
 		p.addf("%s.max_payload: must be between 1 byte and 256MiB", where)
+	}
+	if d.MaxStreams < 1 || d.MaxStreams > maxStreamsLimit {
+		p.addf("%s.max_streams: %d must be between 1 and %d", where, d.MaxStreams, maxStreamsLimit)
 	}
 	if d.Format != "pointcloud" {
 		if d.Layout != nil {
@@ -305,6 +324,8 @@ func (c *Config) syncProblems(p *problems) {
 	case TargetS3:
 		if u, err := url.Parse(t.Endpoint); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
 			p.addf("sync.target.endpoint: %q is not an http:// or https:// URL", redactURL(t.Endpoint))
+		} else if u.User != nil {
+			p.addf("sync.target.endpoint: %q has credentials in it; put them in access_key and secret_key (or access_key_file and secret_key_file)", redactURL(t.Endpoint))
 		}
 		if t.Bucket == "" {
 			p.addf("sync.target.bucket: is required for an s3 target")
@@ -328,6 +349,9 @@ func (c *Config) syncProblems(p *problems) {
 	}
 	if y.Bandwidth < 0 {
 		p.addf("sync.bandwidth: must not be negative")
+	}
+	if y.MaxAttempts < 1 {
+		p.addf("sync.max_attempts: %d must be at least 1", y.MaxAttempts)
 	}
 	if y.Concurrency < 1 || y.Concurrency > 64 {
 		p.addf("sync.concurrency: must be between 1 and 64")
@@ -363,3 +387,45 @@ func parseClock(s string) (int, error) {
 }
 
 func redactURL(u string) string { return redact.URL(u) }
+
+// apiAccessProblems checks the API's access settings (docs/SECURITY.md).
+func (c *Config) apiAccessProblems(p *problems) {
+	a := c.API
+	host, _, err := net.SplitHostPort(a.Listen)
+	if err != nil {
+		p.addf("api.listen: %q is not host:port", a.Listen)
+		return
+	}
+	if a.ReadToken.IsSet() && !a.Token.IsSet() {
+		p.addf("api.read_token: needs api.token (the admin token) as well")
+	}
+	if a.ReadToken.IsSet() && a.ReadToken.Value() == a.Token.Value() {
+		p.addf("api.read_token: must differ from api.token")
+	}
+	if !a.Token.IsSet() && !a.InsecureOpen && !loopbackHost(host) {
+		p.addf("api.listen: %s is reachable from the network but no api.token is set; set api.token_file, or api.insecure_open: true to let anyone who reaches it read and control the daemon", a.Listen)
+	}
+	for _, h := range a.AllowedHosts {
+		if h == "" || strings.ContainsAny(h, ":/@ ") || strings.HasPrefix(h, "[") {
+			p.addf("api.allowed_hosts: %q is not a host name (no scheme, port or path)", h)
+		}
+	}
+	t := a.TLS
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		p.addf("api.tls: cert_file and key_file go together")
+	}
+	if t.ClientCAFile != "" && t.CertFile == "" {
+		p.addf("api.tls.client_ca_file: mutual TLS needs cert_file and key_file too")
+	}
+}
+
+// loopbackHost reports whether a listen host is reachable from this
+// machine only: localhost or a loopback IP. An empty host (all interfaces)
+// or any other name is not.
+func loopbackHost(h string) bool {
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}

@@ -4,14 +4,18 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 
 	"github.com/episoded/episoded/devices"
 	"github.com/episoded/episoded/devices/mqtt"
 	"github.com/episoded/episoded/devices/rtsp"
+	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
+	"github.com/episoded/episoded/internal/provenance"
 	"github.com/episoded/episoded/internal/redact"
+	"github.com/episoded/episoded/internal/signing"
 	"github.com/episoded/episoded/sample"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/upload"
@@ -29,7 +33,7 @@ func openStore(cfg *config.Config, d *Daemon) (*storage.Store, error) {
 		Dir:               s.Dir,
 		SyncInterval:      s.SyncInterval,
 		Quota:             int64(s.Quota),
-		MinFree:           int64(s.MinFree),
+		MinFree:           int64(*s.MinFree),
 		FullPolicy:        s.FullPolicy,
 		Retention:         s.Retention,
 		TimelineRetention: s.TimelineRetention,
@@ -92,7 +96,7 @@ func (d *Daemon) buildDevices() error {
 			do := mqtt.DeviceOptions{
 				Device: dev.ID, Topics: dev.Topics, Stream: dev.Stream, Format: dev.Format,
 				TimeUnit: dev.TimeUnit, Latency: dev.Latency,
-				MaxPayload: int64(dev.MaxPayload), TimeOffset: -1,
+				MaxPayload: int64(dev.MaxPayload), MaxStreams: dev.MaxStreams, TimeOffset: -1,
 			}
 			payloadClock := dev.Clock == "payload"
 			if payloadClock {
@@ -159,8 +163,15 @@ func (d *Daemon) attachments(cell string) []string {
 // buildUploader creates the uploader when a sync target is configured.
 func (d *Daemon) buildUploader() error {
 	y := d.cfg.Sync
+	if err := d.loadKey(); err != nil {
+		return err
+	}
 	if y.Target.Type == "" {
 		return nil
+	}
+	prov, err := provenance.NewStatic(d.cfg)
+	if err != nil {
+		return err
 	}
 	t := y.Target
 	u, err := upload.New(d.store, upload.Options{
@@ -172,15 +183,58 @@ func (d *Daemon) buildUploader() error {
 		Site: d.cfg.Gateway.Site, Gateway: d.cfg.Gateway.ID,
 		Windows: y.Windows, Timezone: y.Timezone, PriorityLabel: y.PriorityLabel,
 		Bandwidth: int64(y.Bandwidth), Concurrency: y.Concurrency, PartSize: int64(y.PartSize),
-		RetryMin: y.Retry.Min, RetryMax: y.Retry.Max,
+		RetryMin: y.Retry.Min, RetryMax: y.Retry.Max, MaxAttempts: y.MaxAttempts,
 		StageDir:    filepath.Join(d.cfg.Storage.Dir, "outbox"),
 		Attachments: d.attachments,
 		Logger:      d.log, Registerer: d.reg,
 		OnUploaded: d.onUploaded,
+		Signer:     d.key,
+		Provenance: func(e episode.Episode) *provenance.Provenance {
+			return prov.Build(e, d.streamInfo, func() *episode.TimeSync {
+				ts, _ := provenance.ReadTimeSync("upload")
+				return ts
+			})
+		},
 	})
 	if err != nil {
 		return fmt.Errorf("sync target %s: %w", redact.URL(cmp.Or(t.Endpoint, t.Path)), err)
 	}
 	d.uploader = u
 	return nil
+}
+
+// loadKey loads the gateway's signing key, generating it in the state
+// directory on first start (or reading it from $CREDENTIALS_DIRECTORY).
+func (d *Daemon) loadKey() error {
+	if d.key != nil {
+		return nil
+	}
+	k, created, err := signing.Load(d.cfg.Storage.Dir, os.Getenv("CREDENTIALS_DIRECTORY"))
+	if err != nil {
+		return err
+	}
+	if created {
+		d.log.Info("generated the gateway signing key", "key_id", k.ID, "path", k.Path)
+	}
+	d.key = k
+	return nil
+}
+
+// readTimeSync reads the kernel time-sync state as an episode closes.
+func (d *Daemon) readTimeSync() *episode.TimeSync {
+	ts, err := provenance.ReadTimeSync("close")
+	if err != nil {
+		d.log.Warn("read time-sync state", "err", err)
+		return nil
+	}
+	return ts
+}
+
+// streamInfo gives a stream's device and source for the provenance.
+func (d *Daemon) streamInfo(stream string) provenance.StreamInfo {
+	desc, err := d.store.Descriptor(stream)
+	if err != nil {
+		return provenance.StreamInfo{}
+	}
+	return provenance.StreamInfo{Device: desc.Device, Source: desc.Source}
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/episoded/episoded/internal/api"
 	"github.com/episoded/episoded/internal/buildinfo"
 	"github.com/episoded/episoded/internal/config"
+	"github.com/episoded/episoded/internal/signing"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/upload"
 )
@@ -48,6 +49,7 @@ type Daemon struct {
 	cells    *cells
 	rtc      *webrtc.Server
 	uploader *upload.Uploader // nil without a sync target
+	key      *signing.Key     // the gateway's manifest signing key
 	sources  []statusSource   // cameras and brokers, for /v1/status
 	// OnEpisode, if set before Run, is called after an episode closes and
 	// after it uploads (the demo prints them).
@@ -91,10 +93,20 @@ func New(cfg *config.Config, log *slog.Logger, notify Notifier) *Daemon {
 	reg.MustRegister(buildInfo)
 
 	d := &Daemon{cfg: cfg, log: log, reg: reg, notify: notify, ready: make(chan struct{})}
+	var tlsFiles *api.TLSFiles
+	if t := cfg.API.TLS; t.Enabled() {
+		tlsFiles = &api.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, ClientCAFile: t.ClientCAFile}
+	}
 	d.api = api.New(api.Options{
 		Listen:          cfg.API.Listen,
 		Token:           cfg.API.Token.Value(),
+		ReadToken:       cfg.API.ReadToken.Value(),
+		MetricsOpen:     cfg.API.MetricsOpen,
+		AllowedHosts:    cfg.API.AllowedHosts,
+		TLS:             tlsFiles,
+		Secrets:         cfg.Secrets(),
 		Gatherer:        reg,
+		Registerer:      reg,
 		Logger:          log,
 		ShutdownTimeout: cfg.ShutdownTimeout / 2,
 		Info: map[string]any{
@@ -142,6 +154,23 @@ func (d *Daemon) Finish(ctx context.Context) error {
 
 // Addr returns the API's bound address once Run has prepared it.
 func (d *Daemon) Addr() string { return d.api.Addr() }
+
+// URL returns the API's base URL (http:// or https://) once Run has
+// prepared it.
+func (d *Daemon) URL() string { return d.api.Scheme() + "://" + d.api.Addr() }
+
+// Reload is what SIGHUP does: reload the API's TLS certificate, key and
+// client CAs (a no-op without TLS). Nothing else is reloaded; a config
+// change needs a restart.
+func (d *Daemon) Reload() {
+	if !d.cfg.API.TLS.Enabled() {
+		d.log.Info("SIGHUP: nothing to reload (api.tls is not set); config changes need a restart")
+		return
+	}
+	if err := d.api.ReloadTLS(); err != nil {
+		d.log.Error("SIGHUP: reload TLS; still serving the previous certificate", "err", err)
+	}
+}
 
 // Run prepares, starts and runs the daemon until ctx is cancelled, then
 // stops it. It returns nil after a clean stop.
@@ -192,6 +221,7 @@ func (d *Daemon) prepare(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("webrtc: %w", err)
 	}
+	d.cells.timeSync = d.readTimeSync
 	if err := d.buildUploader(); err != nil {
 		return err
 	}
@@ -206,6 +236,7 @@ func (d *Daemon) prepare(ctx context.Context) (err error) {
 	if err := d.buildDevices(); err != nil {
 		return err
 	}
+	d.cells.sources = d.deviceStatus
 	if err := d.cells.recover(ctx); err != nil {
 		return fmt.Errorf("recover episodes: %w", err)
 	}
@@ -257,14 +288,10 @@ func (d *Daemon) onUploaded(e episode.Episode) {
 func (d *Daemon) statusSections() {
 	d.api.AddStatus("storage", func() any { return d.store.Usage() })
 	d.api.AddStatus("streams", func() any { return d.pipe.status() })
+	d.api.AddStatus("streams_total", func() any { return d.pipe.streamCount() })
+	d.api.AddStatus("streams_truncated", func() any { return d.pipe.streamCount() > statusMaxStreams })
 	d.api.AddStatus("cells", func() any { return d.cells.status() })
-	d.api.AddStatus("devices", func() any {
-		out := make([]devices.Status, 0, len(d.sources))
-		for _, s := range d.sources {
-			out = append(out, s.Status())
-		}
-		return out
-	})
+	d.api.AddStatus("devices", func() any { return d.deviceStatus() })
 	d.api.AddStatus("webrtc", func() any { return d.rtc.Stats() })
 	d.api.AddStatus("uploads", func() any {
 		if d.uploader == nil {
@@ -276,6 +303,15 @@ func (d *Daemon) statusSections() {
 		}
 		return st
 	})
+}
+
+// deviceStatus returns the connection state of every camera and broker.
+func (d *Daemon) deviceStatus() []devices.Status {
+	out := make([]devices.Status, 0, len(d.sources))
+	for _, s := range d.sources {
+		out = append(out, s.Status())
+	}
+	return out
 }
 
 type exit struct {

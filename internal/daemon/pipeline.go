@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,13 +27,16 @@ import (
 //
 // When storage refuses a sample (full, or overloaded past its bounded
 // wait), its seq is taken back, the refusal is counted and logged (once per
-// burst), and Write returns the error to the device, which knows what the
-// loss means: a camera marks its next stored frame with Discontinuity and
+// burst), the stream's next stored sample is flagged sample.Refused (so the
+// quality report accounts the gap to storage), and Write returns the error
+// to the device, which knows what the loss means: a camera marks its next stored frame with Discontinuity and
 // the dropped count; an MQTT device withholds the acknowledgement so the
 // broker redelivers the message.
 type pipeline struct {
 	store *storage.Store
-	log   *slog.Logger
+	// appendFn is store.Append (a seam for tests of refusals).
+	appendFn func([]sample.Sample, func(error)) error
+	log      *slog.Logger
 	// live receives every video sample (the WHEP live tap); may be nil.
 	live interface {
 		Publish(d sample.Descriptor, s sample.Sample)
@@ -59,6 +63,9 @@ type streamState struct {
 	cell string
 	// rejectLogged limits the refusal log to one line per burst.
 	rejectLogged time.Time
+	// refused: storage refused a sample since the last stored one; the
+	// next stored sample is flagged sample.Refused.
+	refused bool
 }
 
 // clockOptions tune every stream's clock estimator. The estimator sees
@@ -71,14 +78,14 @@ type streamState struct {
 var clockOptions = ingest.ClockOptions{ErrorFloor: 500 * time.Microsecond}
 
 func newPipeline(store *storage.Store, log *slog.Logger, reg prometheus.Registerer) *pipeline {
-	p := &pipeline{store: store, log: log.With("component", "pipeline"), now: time.Now}
+	p := &pipeline{store: store, appendFn: store.Append, log: log.With("component", "pipeline"), now: time.Now}
 	p.mu.streams = map[string]*streamState{}
 	p.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "episoded_pipeline_refused_samples_total",
 		Help: "Samples storage refused (full or overloaded), by stream and reason.",
 	}, []string{"stream", "reason"})
 	if reg != nil {
-		reg.MustRegister(p.refused)
+		reg.MustRegister(p.refused, newStreamCollector(p))
 	}
 	return p
 }
@@ -121,8 +128,8 @@ func (p *pipeline) Describe(d sample.Descriptor) error {
 	}
 	p.mu.streams[d.Stream] = st
 	p.mu.Unlock()
-	// Outside p.mu: the cells take their own lock, and hold it while
-	// reading stream state (lock order: cell, then pipeline).
+	// Outside p.mu and st.mu: the cells take their own lock. (The cells'
+	// worker takes a stream's lock, never under the cell's lock.)
 	if p.onStream != nil && st.cell != "" {
 		p.onStream(st.cell, d.Stream)
 	}
@@ -138,14 +145,19 @@ func (p *pipeline) Write(s sample.Sample, done func(error)) error {
 		return fmt.Errorf("pipeline: stream %q was not described", s.Stream)
 	}
 	st.mu.Lock()
+	if st.refused {
+		s.Flags |= sample.Refused
+	}
 	st.proc.Process(&s)
-	err := p.store.Append([]sample.Sample{s}, done)
+	err := p.appendFn([]sample.Sample{s}, done)
 	if err != nil {
 		st.proc.Unprocess(&s)
+		st.refused = true
 		p.refusedLocked(st, s.Stream, err)
 		st.mu.Unlock()
 		return err
 	}
+	st.refused = false
 	desc := st.proc.Descriptor()
 	cell := st.cell
 	st.mu.Unlock()
@@ -192,11 +204,32 @@ type streamStatus struct {
 	Clock    ingest.ClockStatus    `json:"clock"`
 }
 
+// statusMaxStreams bounds the stream rows of /v1/status; streams_total
+// and streams_truncated tell when there are more (each mqtt device's
+// max_streams already bounds how many there can be).
+const statusMaxStreams = 500
+
+// streamCount returns the number of streams described so far.
+func (p *pipeline) streamCount() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.mu.streams)
+}
+
+// status returns the first statusMaxStreams streams by name.
 func (p *pipeline) status() []streamStatus {
 	p.mu.Lock()
-	states := make(map[string]*streamState, len(p.mu.streams))
-	for k, v := range p.mu.streams {
-		states[k] = v
+	names := make([]string, 0, len(p.mu.streams))
+	for k := range p.mu.streams {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	if len(names) > statusMaxStreams {
+		names = names[:statusMaxStreams]
+	}
+	states := make(map[string]*streamState, len(names))
+	for _, k := range names {
+		states[k] = p.mu.streams[k]
 	}
 	p.mu.Unlock()
 	out := make([]streamStatus, 0, len(states))

@@ -1,10 +1,8 @@
 package daemon
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"sort"
@@ -25,7 +23,7 @@ import (
 //
 //	POST   /v1/cells/{cell}/episodes   start an episode: {"task","operator","robot","labels","priority"}; 409 if one is recording
 //	POST   /v1/episodes/{id}/stop      stop a recording episode; 409 if it is not recording
-//	GET    /v1/episodes                list: ?state=&cell=&since=&until=&label=k=v (times RFC 3339 or ns)
+//	GET    /v1/episodes                list: ?state=&cell=&quality=&since=&until=&label=k=v (times RFC 3339 or ns; quality ok or degraded)
 //	GET    /v1/episodes/{id}           manifest and quality report
 //	DELETE /v1/episodes/{id}           delete an episode and the data only it covers; 409 while recording
 //	GET    /v1/episodes/{id}/export    the episode as MCAP
@@ -50,7 +48,7 @@ func (d *Daemon) routes() {
 	a.HandleFunc("POST /v1/sync/run", d.handleSyncRun)
 	a.Handle("GET /v1/episodes/{id}/samples", replay.SamplesHandler(d.store, d.log))
 	d.rtc.Mount(a.Handle)
-	a.Handle("GET /", dashboard.Handler())
+	a.HandleOpen("GET /", dashboard.Handler())
 }
 
 // startRequest is the body of POST /v1/cells/{cell}/episodes.
@@ -64,13 +62,8 @@ type startRequest struct {
 
 func (d *Daemon) handleStart(w http.ResponseWriter, r *http.Request) {
 	var req startRequest
-	if r.ContentLength != 0 {
-		dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
-			api.WriteError(w, http.StatusBadRequest, "bad start request: "+err.Error())
-			return
-		}
+	if !api.ReadJSON(w, r, &req, true) {
+		return
 	}
 	sr := ingest.StartRequest{Task: req.Task, Operator: req.Operator, Robot: req.Robot, Labels: req.Labels, Priority: req.Priority, Trigger: ingest.TriggerAPI}
 	if err := sr.Validate(); err != nil {
@@ -128,6 +121,7 @@ func writeEpisodeError(w http.ResponseWriter, err error) {
 // episodeFilter selects episodes for GET /v1/episodes.
 type episodeFilter struct {
 	state, cell  string
+	quality      string
 	since, until int64
 	labels       map[string]string
 }
@@ -143,6 +137,10 @@ func parseFilter(q map[string][]string) (episodeFilter, error) {
 	f.state, f.cell = get("state"), get("cell")
 	if f.state != "" && !episode.State(f.state).Valid() {
 		return f, fmt.Errorf("unknown state %q", f.state)
+	}
+	f.quality = get("quality")
+	if f.quality != "" && f.quality != episode.QualityOK && f.quality != episode.QualityDegraded {
+		return f, fmt.Errorf("unknown quality %q: want %s or %s", f.quality, episode.QualityOK, episode.QualityDegraded)
 	}
 	var err error
 	if f.since, err = parseTime(get("since")); err != nil {
@@ -175,6 +173,9 @@ func parseTime(s string) (int64, error) {
 
 func (f episodeFilter) match(e episode.Episode) bool {
 	if f.state != "" && string(e.State) != f.state || f.cell != "" && e.Cell != f.cell {
+		return false
+	}
+	if f.quality != "" && e.QualityStatus() != f.quality {
 		return false
 	}
 	if f.since != 0 && e.Start < f.since || f.until != 0 && e.Start > f.until {

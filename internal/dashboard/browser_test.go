@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	cdpbrowser "github.com/chromedp/cdproto/browser"
 	"github.com/chromedp/chromedp"
 
 	"github.com/episoded/episoded/internal/config"
@@ -28,9 +29,13 @@ import (
 	"github.com/episoded/episoded/internal/sim"
 )
 
-// testToken is the daemon's API token in the browser test: every mutating
-// request of the page (start, stop, WHEP offers) needs it.
-const testToken = "dashboard-test-token"
+// The daemon's tokens in the browser test: with them set, every data call
+// of the page needs one; the read token may watch, the admin token may also
+// start and stop episodes.
+const (
+	testToken     = "dashboard-test-token"
+	testReadToken = "dashboard-read-token"
+)
 
 // chromiumPath finds the browser: $EPISODED_CHROMIUM, Debian's
 // /usr/bin/chromium, or chromium / chromium-browser / google-chrome on PATH.
@@ -61,7 +66,9 @@ type apiClient struct {
 
 func (c apiClient) get(path string, v any) {
 	c.t.Helper()
-	res, err := http.Get(c.base + path)
+	req, _ := http.NewRequest("GET", c.base+path, nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		c.t.Fatalf("GET %s: %v", path, err)
 	}
@@ -141,6 +148,7 @@ func startDaemon(t *testing.T) (base, apiBase string, s *sim.Sim) {
 	// WebRTC on loopback only: the browser runs on this machine.
 	cfg.API.WebRTC.Interfaces = []string{"lo"}
 	cfg.API.Token = config.NewSecret(testToken)
+	cfg.API.ReadToken = config.NewSecret(testReadToken)
 
 	d := daemon.New(cfg, log, nil)
 	runCtx, stop := context.WithCancel(context.Background())
@@ -254,7 +262,7 @@ type browser struct {
 	art string
 }
 
-func newBrowser(t *testing.T) *browser {
+func newBrowser(t *testing.T, extra ...chromedp.ExecAllocatorOption) *browser {
 	path := chromiumPath(t)
 	opts := []chromedp.ExecAllocatorOption{
 		chromedp.ExecPath(path),
@@ -274,6 +282,7 @@ func newBrowser(t *testing.T) *browser {
 		chromedp.UserDataDir(t.TempDir()),
 		chromedp.WindowSize(1400, 1000),
 	}
+	opts = append(opts, extra...)
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancel := chromedp.NewContext(actx)
 	t.Cleanup(func() { cancel(); cancelAlloc() })
@@ -362,8 +371,29 @@ func TestDashboardInChromium(t *testing.T) {
 	cam := s.Streams()[0] // cell1/cam1
 	cell := sim.Cell
 
+	// The page loads without a token, but its data calls get 401 and it
+	// asks for one.
 	b.do("open the dashboard", 30*time.Second, chromedp.Navigate(base+"/"))
+	b.waitFor("the page asks for a token", `document.querySelector('#conn').textContent === 'token needed' && !document.querySelector('#auth-prompt').hidden`, 20*time.Second)
+	if n := eval[int](b, `document.querySelectorAll('#streams tbody tr[data-stream]').length`); n != 0 {
+		t.Errorf("without a token the page shows %d streams", n)
+	}
+	only401 := func(m chromedp.ConsoleMessage) bool {
+		// The browser logs the refused requests itself.
+		return m.Source == "network" && strings.Contains(m.Text, "401")
+	}
+	if errs, _ := b.con.errors(0, only401); len(errs) > 0 {
+		t.Errorf("console errors without a token:\n  %s", strings.Join(errs, "\n  "))
+	}
+	seen := len(b.con.all())
+
+	// The read token: the page shows everything.
+	b.do("save the read token", 10*time.Second,
+		chromedp.SetValue(chromedp.CSS("#token"), testReadToken),
+		chromedp.Click(chromedp.CSS(`#token-form button[type="submit"]`)))
 	b.waitFor("the page reaches the daemon", `document.querySelector('#conn').textContent === 'connected'`, 20*time.Second)
+	b.waitFor("the token is kept in sessionStorage only",
+		`sessionStorage.getItem('episoded.token') === `+jsString(testReadToken)+` && localStorage.getItem('episoded.token') === null`, 5*time.Second)
 
 	// Streams: live with a rate computed from successive counter samples.
 	rowJS := func(stream string) string {
@@ -390,35 +420,31 @@ func TestDashboardInChromium(t *testing.T) {
 		return !!r && r.textContent.includes('streaming'); })()`, 10*time.Second)
 	b.waitFor("storage usage shown", `document.querySelector('#storage').textContent.includes('Free on disk')`, 10*time.Second)
 	b.waitFor("upload target shown", `document.querySelector('#uploads').textContent.includes('dir ')`, 10*time.Second)
-	if errs, _ := b.con.errors(0, nil); len(errs) > 0 {
-		t.Errorf("console errors while loading:\n  %s", strings.Join(errs, "\n  "))
+	// (Polls sent before the token was saved may still log their 401.)
+	if errs, next := b.con.errors(seen, only401); len(errs) > 0 {
+		t.Errorf("console errors while loading with the read token:\n  %s", strings.Join(errs, "\n  "))
+	} else {
+		seen = next
 	}
-	seen := len(b.con.all())
 
-	// Without the token, starting an episode gets 401 and a clear prompt.
+	// With the read token, starting an episode is refused (403) and the
+	// page says why.
 	startBtn := `button[data-action="start"][data-cell=` + jsString(cell) + `]`
 	stopBtn := `button[data-action="stop"][data-cell=` + jsString(cell) + `]`
-	b.do("click start without a token", 10*time.Second, chromedp.WaitEnabled(chromedp.CSS(startBtn)), chromedp.Click(chromedp.CSS(startBtn)))
-	b.waitFor("the 401 prompt", `!document.querySelector('#auth-prompt').hidden && document.querySelector('#auth-prompt').textContent.includes('401')`, 10*time.Second)
+	b.do("click start with the read token", 10*time.Second, chromedp.WaitEnabled(chromedp.CSS(startBtn)), chromedp.Click(chromedp.CSS(startBtn)))
+	b.waitFor("the read-only message", `!document.querySelector('#error').hidden && document.querySelector('#error').textContent.includes('read-only')`, 10*time.Second)
 	if id := api.recordingID(cell); id != "" {
-		t.Fatalf("a start without the token began episode %s", id)
+		t.Fatalf("a start with the read token began episode %s", id)
 	}
 	errs, seen2 := b.con.errors(seen, func(m chromedp.ConsoleMessage) bool {
-		// The browser logs the refused request itself.
-		return m.Source == "network" && strings.Contains(m.Text, "401")
+		return m.Source == "network" && strings.Contains(m.Text, "403")
 	})
 	if len(errs) > 0 {
-		t.Errorf("console errors after the 401:\n  %s", strings.Join(errs, "\n  "))
+		t.Errorf("console errors after the 403:\n  %s", strings.Join(errs, "\n  "))
 	}
 	seen = seen2
 
-	b.do("save the token", 10*time.Second,
-		chromedp.SetValue(chromedp.CSS("#token"), testToken),
-		chromedp.Click(chromedp.CSS(`#token-form button[type="submit"]`)))
-	b.waitFor("the prompt goes away and the token is stored",
-		`document.querySelector('#auth-prompt').hidden && localStorage.getItem('episoded.token') === `+jsString(testToken), 5*time.Second)
-
-	// Live preview over WHEP decodes frames.
+	// Live preview over WHEP, with the read token: viewing is a read.
 	previewBtn := `button[data-action="preview"][data-stream=` + jsString(cam) + `]`
 	video := `document.querySelector('video[data-stream=` + jsString(cam) + `]')`
 	b.do("open the preview", 10*time.Second, chromedp.Click(chromedp.CSS(previewBtn)))
@@ -441,7 +467,13 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Errorf("the daemon has no WHEP session for %s: %+v", cam, st.WebRTC.Sessions)
 	}
 
-	// Start and stop an episode from the page; the list then shows it.
+	// The admin token: start and stop an episode from the page; the list
+	// then shows it.
+	b.do("save the admin token", 10*time.Second,
+		chromedp.SetValue(chromedp.CSS("#token"), testToken),
+		chromedp.Click(chromedp.CSS(`#token-form button[type="submit"]`)))
+	b.waitFor("the admin token is stored",
+		`document.querySelector('#error').hidden && sessionStorage.getItem('episoded.token') === `+jsString(testToken), 5*time.Second)
 	b.do("click start", 10*time.Second, chromedp.WaitEnabled(chromedp.CSS(startBtn)), chromedp.Click(chromedp.CSS(startBtn)))
 	cellSel := `document.querySelector('.cell[data-cell=` + jsString(cell) + `]')`
 	b.waitFor("the cell shows recording", cellSel+`.querySelector('.pill').textContent === 'recording'`, 10*time.Second)
@@ -463,6 +495,16 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Errorf("episode %s: trigger %v, stop reason %v; want api, api", id, e["trigger"], e["stop_reason"])
 	}
 
+	// Its verdict is shown in the list (degraded rows are marked).
+	if v, _ := e["verdict"].(map[string]any); v == nil {
+		t.Errorf("episode %s has no verdict: %v", id, e)
+	} else {
+		st, _ := v["status"].(string)
+		b.waitFor("the verdict in the list", `(() => { const td = `+row+`.querySelector('td[data-quality]');
+			return !!td && td.dataset.quality === `+jsString(st)+` && td.textContent.startsWith(`+jsString(st)+`) &&
+				`+row+`.classList.contains('degraded') === (`+jsString(st)+` === 'degraded'); })()`, 10*time.Second)
+	}
+
 	// Its quality report and export link.
 	b.do("open the details", 10*time.Second, chromedp.Click(chromedp.CSS(`button[data-action="details"][data-episode=`+jsString(id)+`]`)))
 	b.waitFor("the quality report", `(() => { const rows = [...document.querySelectorAll('#episode-detail table.quality tbody tr')];
@@ -472,15 +514,38 @@ func TestDashboardInChromium(t *testing.T) {
 	if want := "/v1/episodes/" + id + "/export"; href != want {
 		t.Errorf("export link %q, want %q", href, want)
 	}
-	res, err := http.Get(base + href)
-	if err != nil {
-		t.Fatalf("download the export: %v", err)
+	// A plain GET without a token gets nothing; the page's link fetches
+	// the MCAP with its token and saves it.
+	if res, err := http.Get(base + href); err != nil || res.StatusCode != http.StatusUnauthorized {
+		t.Errorf("export without a token: %v %v, want 401", res.Status, err)
+	} else {
+		res.Body.Close()
 	}
-	head := make([]byte, 8)
-	_, err = io.ReadFull(res.Body, head)
-	res.Body.Close()
-	if res.StatusCode != http.StatusOK || err != nil || string(head) != "\x89MCAP0\r\n" {
-		t.Errorf("export link: %s, first bytes %q, %v", res.Status, head, err)
+	dl := t.TempDir()
+	b.do("allow downloads", 10*time.Second, chromedp.Func(func(ctx context.Context, _ *chromedp.Target) error {
+		_, err := chromedp.CallBrowser(ctx, cdpbrowser.SetDownloadBehavior, cdpbrowser.SetDownloadBehaviorParams{
+			Behavior: cdpbrowser.SetDownloadBehaviorBehaviorAllow, DownloadPath: dl,
+		})
+		return err
+	}))
+	b.do("click export", 10*time.Second, chromedp.Click(chromedp.CSS(`#episodes tr[data-episode=`+jsString(id)+`] a[data-action="export"]`)))
+	saved := filepath.Join(dl, id+".mcap")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		head := make([]byte, 8)
+		f, err := os.Open(saved)
+		if err == nil {
+			_, err = io.ReadFull(f, head)
+			f.Close()
+		}
+		if err == nil && string(head) == "\x89MCAP0\r\n" {
+			break
+		}
+		if time.Now().After(deadline) {
+			files, _ := os.ReadDir(dl)
+			t.Fatalf("the export link saved no MCAP at %s (%v, first bytes %q, dir %v)", saved, err, head, files)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 
 	// No value leaks through unformatted.
@@ -488,7 +553,10 @@ func TestDashboardInChromium(t *testing.T) {
 		t.Errorf("the page shows raw values: %q", junk)
 	}
 	b.waitFor("frames still decoding", video+`.getVideoPlaybackQuality().totalVideoFrames > 0 && `+video+`.readyState >= 2`, 5*time.Second)
-	if errs, _ := b.con.errors(seen, nil); len(errs) > 0 {
+	// The refused start's 403 may be logged late.
+	if errs, _ := b.con.errors(seen, func(m chromedp.ConsoleMessage) bool {
+		return m.Source == "network" && strings.Contains(m.Text, "403") && strings.Contains(m.URL, "/v1/cells/")
+	}); len(errs) > 0 {
 		t.Errorf("console errors:\n  %s", strings.Join(errs, "\n  "))
 	}
 	t.Logf("screenshot: %s", b.screenshot("dashboard.png"))

@@ -11,10 +11,12 @@
 //     ('self' only), so a gateway without internet shows the full page.
 //   - Rates and bitrates are computed in the browser from successive counter
 //     samples of /v1/status; the daemon keeps no per-viewer state.
-//   - Auth: the API token (when the daemon has one) is typed into a field,
-//     kept in the browser's localStorage and sent as "Authorization: Bearer"
-//     on mutating requests only (POST, DELETE, WHEP offers); a 401 shows a
-//     prompt asking for it. Reads need no token, as in internal/api.
+//   - Auth: the page itself loads without a token, but with a token
+//     configured every data call needs one (internal/api). The token is
+//     typed into a field, kept in the tab's sessionStorage only, and sent as
+//     "Authorization: Bearer" on every request; a 401 shows a prompt asking
+//     for it, a 403 says the token is read-only. Exports are fetched with
+//     the token and saved from a blob, since a plain link cannot send it.
 //   - The handler serves only the embedded files: "/" is index.html, any
 //     other unknown path is 404, so mounting it as "GET /" hides nothing of
 //     the API registered on more specific patterns.

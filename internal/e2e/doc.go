@@ -4,6 +4,15 @@
 // into a real store, cut into episodes by MQTT triggers, exported to MCAP
 // and uploaded to a dir target. Nothing is faked.
 //
+// TestOutagesRealCamera and TestOutagesRealTelemetry check the loss
+// accounting the same way: a real RTSP camera (the simulator's gortsplib
+// server) that goes away, and a mosquitto_pub publisher on a real mosquitto
+// broker that falls silent without disconnecting, at the start, in the
+// middle, at the end and for the whole of episodes started and stopped
+// through the HTTP API. TestCloseWhileRecordingRealCameras records 8 real
+// RTSP cameras and checks that no frame is dropped while an episode closes
+// and the next one records.
+//
 // It runs without the race detector (the Makefile's test target says so):
 // at 2 cameras, 260 MQTT messages/s and 1 MB/s of lidar, the race
 // detector's slowdown on two cores would itself cause the losses the test

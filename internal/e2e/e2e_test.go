@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -22,8 +23,11 @@ import (
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
 	"github.com/episoded/episoded/internal/daemon"
+	"github.com/episoded/episoded/internal/signing"
 	"github.com/episoded/episoded/internal/sim"
 	"github.com/episoded/episoded/storage"
+	"github.com/episoded/episoded/sync/export"
+	"github.com/episoded/episoded/sync/catalog"
 	"github.com/episoded/episoded/sync/upload"
 )
 
@@ -111,7 +115,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 		uploaded++
 		t.Run(e.ID, func(t *testing.T) {
-			msgs := checkUpload(t, central, cfg, e)
+			msgs, leftOut := checkUpload(t, central, cfg, e)
 			from, to := e.Window(0)
 			quality := map[string]episode.StreamReport{}
 			for _, q := range e.Quality {
@@ -127,14 +131,28 @@ func TestEndToEnd(t *testing.T) {
 					t.Errorf("%s: no messages or no quality report", stream)
 					continue
 				}
-				if uint64(len(m)) != q.Samples {
+				cam := strings.Contains(stream, "cam")
+				if cam {
+					// Video starts at the keyframe at or before the
+					// window (pre-roll); frames inside the window that
+					// could not be decoded are left out and counted.
+					pre := 0
+					for pre < len(m) && m[pre].logT < from {
+						pre++
+					}
+					if n := uint64(len(m)-pre) + leftOut[stream]; n != q.Samples {
+						t.Errorf("%s: MCAP has %d messages in the window (+%d pre-roll, %d left out), the quality report %d samples",
+							stream, len(m)-pre, pre, leftOut[stream], q.Samples)
+					}
+					m = m[pre:]
+				} else if uint64(len(m)) != q.Samples {
 					t.Errorf("%s: MCAP has %d messages, the quality report %d samples", stream, len(m), q.Samples)
 				}
 				if p99 := checkAlignment(t, s, stream, m, q); p99 <= 1 {
 					within1ms[stream]++
 				}
-				if strings.Contains(stream, "cam") {
-					holes := checkVideo(t, stream, m, q, from, to)
+				if cam {
+					holes := checkVideo(t, stream, m, q, from, to, leftOut[stream])
 					if stream == "cell1/cam1" && from < outageStart && outageEnd < to {
 						sawOutage = true
 						long := 0
@@ -145,6 +163,19 @@ func TestEndToEnd(t *testing.T) {
 						}
 						if long != 1 {
 							t.Errorf("cam1: the 3 s outage should be one gap of ~3 s; holes: %v", holes)
+						}
+						// The outage is on the record: the episode is
+						// degraded for cam1's coverage, and the gap is
+						// accounted to the camera being offline.
+						if !degradedFor(e, stream, episode.ReasonLowCoverage) {
+							t.Errorf("cam1 outage: verdict %+v, want degraded for low coverage of %s", e.Verdict, stream)
+						}
+						offline := false
+						for _, g := range q.GapList {
+							offline = offline || g.Cause == episode.CauseDeviceOffline && g.To-g.From >= int64(2500*time.Millisecond)
+						}
+						if !offline {
+							t.Errorf("cam1 outage: no device_offline gap of ~3 s in %+v", q.GapList)
 						}
 					}
 				} else {
@@ -175,22 +206,37 @@ func TestEndToEnd(t *testing.T) {
 }
 
 // checkUpload verifies the uploaded objects against the manifest and
-// returns the MCAP's messages by stream, in log-time order.
-func checkUpload(t *testing.T, central string, cfg *config.Config, e episode.Episode) map[string][]message {
+// returns the MCAP's messages by stream, in log-time order, and the video
+// frames left out per stream (the MCAP manifest's video_left_out).
+func checkUpload(t *testing.T, central string, cfg *config.Config, e episode.Episode) (map[string][]message, map[string]uint64) {
 	t.Helper()
 	objDir := filepath.Join(central, filepath.FromSlash(upload.Dir(cfg.Sync.Target.Prefix, cfg.Gateway.Site, cfg.Gateway.ID, e)))
 	raw, err := os.ReadFile(filepath.Join(objDir, "manifest.json"))
 	if err != nil {
 		t.Fatalf("manifest: %v", err)
 	}
-	var man upload.Manifest
-	if err := json.Unmarshal(raw, &man); err != nil {
+	var uman upload.Manifest
+	if err := json.Unmarshal(raw, &uman); err != nil {
 		t.Fatalf("manifest: %v", err)
 	}
-	if man.Episode != e.ID || len(man.Objects) == 0 || len(man.Quality) != len(e.Quality) {
-		t.Fatalf("manifest does not describe the episode: %+v", man)
+	if uman.Episode != e.ID || len(uman.Objects) == 0 || len(uman.Quality) != len(e.Quality) {
+		t.Fatalf("manifest does not describe the episode: %+v", uman)
 	}
-	for _, o := range man.Objects {
+	if uman.Verdict == nil || e.Verdict == nil || uman.Verdict.Status != e.Verdict.Status || len(uman.Verdict.Reasons) != len(e.Verdict.Reasons) {
+		t.Errorf("manifest verdict %+v, episode verdict %+v", uman.Verdict, e.Verdict)
+	}
+	// Signed by the gateway's key, with provenance read as it closed, and
+	// its catalog row next to the day's others.
+	if _, _, err := signing.Verify(raw); err != nil {
+		t.Errorf("manifest signature: %v", err)
+	}
+	if p := uman.Provenance; p == nil || p.TimeSync == nil || p.TimeSync.ReadWhen != "close" || len(p.Streams) != len(uman.Quality) || len(p.Devices) != len(cfg.Devices) {
+		t.Errorf("manifest provenance: %+v", uman.Provenance)
+	}
+	if _, err := os.Stat(filepath.Join(central, filepath.FromSlash(catalog.Key(cfg.Sync.Target.Prefix, cfg.Gateway.Site, cfg.Gateway.ID, e.ID, e.Start)))); err != nil {
+		t.Errorf("catalog row: %v", err)
+	}
+	for _, o := range uman.Objects {
 		b, err := os.ReadFile(filepath.Join(objDir, o.Name))
 		if err != nil {
 			t.Fatal(err)
@@ -207,6 +253,39 @@ func checkUpload(t *testing.T, central string, cfg *config.Config, e episode.Epi
 	defer f.Close()
 	r, err := mcap.NewReader(f)
 	if err != nil {
+		t.Fatal(err)
+	}
+	leftOut := map[string]uint64{}
+	info, err := r.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, idx := range info.MetadataIndexes {
+		md, err := r.GetMetadata(idx.Offset)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var man export.Manifest
+		if err := json.Unmarshal([]byte(md.Metadata["manifest"]), &man); err != nil {
+			t.Fatal(err)
+		}
+		for _, si := range man.Streams {
+			leftOut[si.Stream] = si.VideoLeftOut
+			if si.Kind != "video" {
+				continue
+			}
+			// manifest.json states the same start as the MCAP.
+			i := slices.IndexFunc(uman.Video, func(v upload.VideoStart) bool { return v.Stream == si.Stream })
+			if si.VideoStart == nil || i < 0 || uman.Video[i].StartNs == nil || *uman.Video[i].StartNs != *si.VideoStart ||
+				uman.Video[i].LeftOut != si.VideoLeftOut {
+				t.Errorf("%s: video start in the MCAP %v, in manifest.json %+v", si.Stream, si.VideoStart, uman.Video)
+			}
+		}
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	if r, err = mcap.NewReader(f); err != nil {
 		t.Fatal(err)
 	}
 	it, err := r.Messages(mcap.UsingIndex(false))
@@ -227,12 +306,23 @@ func checkUpload(t *testing.T, central string, cfg *config.Config, e episode.Epi
 			t.Errorf("undecodable messages on %s", ch.Topic)
 			continue
 		}
-		out[ch.Metadata["stream"]] = append(out[ch.Metadata["stream"]], message{int64(m.LogTime), int64(m.PublishTime)})
+		stream := ch.Metadata["stream"]
+		if strings.Contains(stream, "cam") && len(out[stream]) == 0 {
+			// The first frame of every camera is an IDR with its SPS
+			// and PPS in front (Annex-B inside the CompressedVideo).
+			sps := bytes.Index(m.Data, []byte{0, 0, 0, 1, 0x67})
+			pps := bytes.Index(m.Data, []byte{0, 0, 0, 1, 0x68})
+			idr := bytes.Index(m.Data, []byte{0, 0, 0, 1, 0x65})
+			if sps < 0 || pps < 0 || idr < 0 || idr < sps || idr < pps {
+				t.Errorf("%s: the first video message is not an IDR with SPS and PPS", stream)
+			}
+		}
+		out[stream] = append(out[stream], message{int64(m.LogTime), int64(m.PublishTime)})
 	}
 	for _, m := range out {
 		sort.Slice(m, func(i, j int) bool { return m[i].logT < m[j].logT })
 	}
-	return out
+	return out, leftOut
 }
 
 // checkAlignment compares every aligned time with the simulator's ground
@@ -275,7 +365,7 @@ const framePeriod = int64(time.Second) / 30
 
 // checkVideo checks that every frame missing from the 30 fps grid is
 // counted as a gap in the quality report, and returns the holes' lengths.
-func checkVideo(t *testing.T, stream string, m []message, q episode.StreamReport, from, to int64) []int64 {
+func checkVideo(t *testing.T, stream string, m []message, q episode.StreamReport, from, to int64, leftOut uint64) []int64 {
 	t.Helper()
 	var holes []int64
 	var missing int64
@@ -296,7 +386,7 @@ func checkVideo(t *testing.T, stream string, m []message, q episode.StreamReport
 		t.Errorf("%s: %d frames missing but the report counts no loss or drops", stream, missing)
 	}
 	slots := (to-from)/framePeriod + 1
-	if got := int64(len(m)) + missing; got < slots-3 || got > slots+1 {
+	if got := int64(len(m)) + missing + int64(leftOut); got < slots-3 || got > slots+1 {
 		t.Errorf("%s: %d frames recorded + %d missing = %d, want the window's %d frame slots", stream, len(m), missing, got, slots)
 	}
 	t.Logf("%s: %d frames, %d missing in %d holes; report: %d gaps, %d lost packets, %d drops", stream, len(m), missing, len(holes), q.Gaps, q.Lost, q.Drops)
@@ -322,4 +412,18 @@ func checkTelemetry(t *testing.T, stream string, m []message, q episode.StreamRe
 	if q.Gaps != 0 || q.Lost != 0 || q.DecodeErrors != 0 {
 		t.Errorf("%s: report counts %d gaps, %d lost, %d decode errors; want none", stream, q.Gaps, q.Lost, q.DecodeErrors)
 	}
+}
+
+// degradedFor reports whether e's verdict is degraded with reason code for
+// stream.
+func degradedFor(e episode.Episode, stream, code string) bool {
+	if e.Verdict == nil || e.Verdict.Status != episode.QualityDegraded {
+		return false
+	}
+	for _, r := range e.Verdict.Reasons {
+		if r.Stream == stream && r.Code == code {
+			return true
+		}
+	}
+	return false
 }

@@ -38,12 +38,17 @@
 //     waited for (AckTimeout) before Run returns. A lost connection ends
 //     the replay with an error.
 //   - RTSP: one stream per camera (devices/rtsp Server, rtsp://ADDR/<stream
-//     id>), SDP parameter sets from the descriptor in force at the start,
-//     RTP timestamps from T (media time, so unscaled by Rate), RTCP sender
-//     reports mapping them to the original T. A keyframe that lacks in-band
-//     parameter sets while a newer descriptor version is in force gets that
-//     version's sets prepended (counted). A unit that cannot be sent is
-//     counted as failed and the replay goes on.
+//     id>), SDP parameter sets from the descriptor in force at the start.
+//     Each camera's video starts at a keyframe: the last one at or before
+//     the selected start (pre-roll from the stored timeline), or the first
+//     one after it if that one is gone (storage VideoStart). Units are sent
+//     in decode order, paced by T (the decode time); RTP timestamps are
+//     presentation times (T + PTSOffset, media time, so unscaled by Rate)
+//     and RTCP sender reports map them to the original presentation time.
+//     Every keyframe that lacks in-band parameter sets gets those of the
+//     descriptor version in force prepended (counted), so a reader can
+//     start at any keyframe. A unit that cannot be sent is counted as
+//     failed and the replay goes on.
 //
 // # Summary
 //

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -179,6 +180,10 @@ type stream struct {
 	note   string
 	video  VideoStream
 	sdp    *sample.Descriptor // descriptor whose parameter sets the SDP carries
+	// start leaves out what a decoder starting at the first keyframe
+	// cannot decode (H.265 RASL pictures after a CRA), once per pass.
+	start     video.StartFilter
+	startPass int64
 
 	sent, skipped, failed, inserted uint64
 	acked, nacked                   atomic.Uint64
@@ -444,13 +449,29 @@ loop:
 			}
 		case SinkRTSP:
 			au := it.s.Payload
+			if st.start.C == nil || st.startPass != it.pass {
+				st.start, st.startPass = video.StartFilter{C: video.CodecOf(st.sdp.Codec)}, it.pass
+			}
+			if nalus, ok := video.SplitAU(au); ok && st.start.Skip(nalus) {
+				st.skipped++
+				continue
+			}
 			if it.s.Flags.Has(sample.Keyframe) {
-				if d := st.info.At(it.s.T); d != nil && d.Version != st.sdp.Version && !hasParamSets(au, d.Codec) {
-					au = withParams(d.Params, au)
-					st.inserted++
+				// Every keyframe carries its parameter sets, so that a
+				// reader can start decoding at any of them.
+				if d := st.info.At(it.s.T); d != nil {
+					if c := video.CodecOf(d.Codec); c != nil {
+						if nalus, ok := video.SplitAU(au); ok && !c.HasParams(nalus) {
+							au = video.AnnexB(c.WithParams(nalus, d.Params, true))
+							st.inserted++
+						}
+					}
 				}
 			}
-			if err := st.video.WriteAccessUnit(time.Duration(media), it.s.T, au); err != nil {
+			// RTP and sender-report times are presentation times; the
+			// pacing above follows T, the decode order.
+			pts := media + it.s.PTSOffset
+			if err := st.video.WriteAccessUnit(time.Duration(pts), it.s.PTS(), au); err != nil {
 				st.failed++
 				msg := err.Error()
 				if st.firstErr.CompareAndSwap(nil, &msg) {
@@ -508,34 +529,4 @@ func (p *Player) fill(sum *Summary, streams []*stream, hists map[string]*histogr
 	}
 	sum.Timing = append(sum.Timing, all.timing("all"))
 	sum.all = all
-}
-
-// hasParamSets reports whether an Annex-B access unit carries an SPS
-// (H.264) or VPS/SPS (H.265).
-func hasParamSets(au []byte, c sample.Codec) bool {
-	for i := 0; i+3 < len(au); i++ {
-		if au[i] != 0 || au[i+1] != 0 || au[i+2] != 1 {
-			continue
-		}
-		n := au[i+3]
-		if c == sample.CodecH265 {
-			if t := (n >> 1) & 0x3f; t == 32 || t == 33 {
-				return true
-			}
-		} else if n&0x1f == 7 {
-			return true
-		}
-		i += 2
-	}
-	return false
-}
-
-// withParams returns params in Annex-B (4-byte start codes) followed by au.
-func withParams(params [][]byte, au []byte) []byte {
-	var out []byte
-	for _, p := range params {
-		out = append(out, 0, 0, 0, 1)
-		out = append(out, p...)
-	}
-	return append(out, au...)
 }

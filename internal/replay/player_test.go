@@ -301,7 +301,7 @@ func TestScheduleParamsInserted(t *testing.T) {
 	withSPS := append([]byte{0, 0, 0, 1, 0x67, 3, 0, 0, 0, 1, 0x68, 3}, idr...)
 	p := []byte{0, 0, 0, 1, 0x41, 0x9a}
 	ss := []sample.Sample{
-		{T: t0, Flags: sample.Keyframe, Payload: idr},                                    // v1 in force: unchanged
+		{T: t0, Flags: sample.Keyframe, Payload: idr},                                    // v1 in force: gets v1's sets
 		{T: t0 + int64(500*time.Millisecond), Payload: p},                                // not a keyframe
 		{T: t0 + int64(1100*time.Millisecond), Flags: sample.Keyframe, Payload: idr},     // v2: gets v2's sets
 		{T: t0 + int64(1200*time.Millisecond), Payload: p},                               // unchanged
@@ -340,7 +340,8 @@ func TestScheduleParamsInserted(t *testing.T) {
 		t.Errorf("SDP from descriptor version %d, want 1", sdp.Version)
 	}
 	got := r.video[sCam]
-	want := [][]byte{idr, p, append([]byte{0, 0, 0, 1, 0x67, 2, 0, 0, 0, 1, 0x68, 2}, idr...), p, withSPS}
+	want := [][]byte{append([]byte{0, 0, 0, 1, 0x67, 1, 0, 0, 0, 1, 0x68, 1}, idr...), p,
+		append([]byte{0, 0, 0, 1, 0x67, 2, 0, 0, 0, 1, 0x68, 2}, idr...), p, withSPS}
 	if len(got) != len(want) {
 		t.Fatalf("%d units, want %d", len(got), len(want))
 	}
@@ -349,8 +350,8 @@ func TestScheduleParamsInserted(t *testing.T) {
 			t.Errorf("unit %d: % x, want % x", i, got[i].payload, want[i])
 		}
 	}
-	if sum.Streams[0].ParamsInserted != 1 {
-		t.Errorf("params inserted %d, want 1", sum.Streams[0].ParamsInserted)
+	if sum.Streams[0].ParamsInserted != 2 {
+		t.Errorf("params inserted %d, want 2", sum.Streams[0].ParamsInserted)
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/episoded/episoded/assets"
 	"github.com/episoded/episoded/devices/rtsp"
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -302,7 +303,11 @@ func TestReplayRTSPH265(t *testing.T) {
 	n := 45
 	var stored []sample.Sample
 	for i := range n {
-		stored = append(stored, sample.Sample{Stream: d.Stream, Seq: uint64(i + 1), T: t0 + int64(i)*int64(time.Second)/30, Payload: annexB(aus[i])})
+		smp := sample.Sample{Stream: d.Stream, Seq: uint64(i + 1), T: t0 + int64(i)*int64(time.Second)/30, Payload: annexB(aus[i])}
+		if video.H265.IsKeyframe(aus[i]) {
+			smp.Flags = sample.Keyframe
+		}
+		stored = append(stored, smp)
 	}
 	durable := make(chan error, 1)
 	if err := st.Append(stored, func(err error) { durable <- err }); err != nil {
@@ -324,13 +329,8 @@ func TestReplayRTSPH265(t *testing.T) {
 	}
 	defer srv.Close()
 
-	type got struct {
-		vps, sps, pps []byte
-		aus           [][][]byte
-	}
 	var (
-		mu  sync.Mutex
-		g   got
+		r   rtspReader
 		out *rtsp.OutStream
 	)
 	p, err := New(Options{
@@ -340,41 +340,7 @@ func TestReplayRTSPH265(t *testing.T) {
 			return o, err
 		},
 		BeforeStart: func(ctx context.Context, h Header) error {
-			u, err := base.ParseURL(out.URL())
-			if err != nil {
-				return err
-			}
-			tcp := gortsplib.TransportTCP
-			c := &gortsplib.Client{Scheme: u.Scheme, Host: u.Host, Transport: &tcp}
-			if err := c.Start2(); err != nil {
-				return err
-			}
-			t.Cleanup(c.Close)
-			desc, _, err := c.Describe(u)
-			if err != nil {
-				return err
-			}
-			var forma *format.H265
-			medi := desc.FindFormat(&forma)
-			if medi == nil {
-				return fmt.Errorf("no H.265 in the SDP")
-			}
-			g.vps, g.sps, g.pps = forma.SafeParams()
-			dec, err := forma.CreateDecoder()
-			if err != nil {
-				return err
-			}
-			if _, err := c.Setup(desc.BaseURL, medi, 0, 0); err != nil {
-				return err
-			}
-			c.OnPacketRTP(medi, forma, func(pkt *rtp.Packet) {
-				if au, err := dec.Decode(pkt); err == nil {
-					mu.Lock()
-					g.aus = append(g.aus, au)
-					mu.Unlock()
-				}
-			})
-			if _, err := c.Play(nil); err != nil {
+			if err := r.play(t, out.URL()); err != nil {
 				return err
 			}
 			return rtsp.WaitPlayed(ctx, out)
@@ -386,26 +352,15 @@ func TestReplayRTSPH265(t *testing.T) {
 	if _, err := p.Run(context.Background(), StoreOpener(st, epID, Selection{})); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		mu.Lock()
-		k := len(g.aus)
-		mu.Unlock()
-		if k >= n || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if string(g.vps) != string(vps) || string(g.sps) != string(sps) || string(g.pps) != string(pps) {
+	aus265 := r.wait(n, 5*time.Second)
+	if string(r.sdp[0]) != string(vps) || string(r.sdp[1]) != string(sps) || string(r.sdp[2]) != string(pps) {
 		t.Error("SDP parameter sets differ from the descriptor's")
 	}
-	if len(g.aus) != n {
-		t.Fatalf("client got %d access units, want %d", len(g.aus), n)
+	if len(aus265) != n {
+		t.Fatalf("client got %d access units, want %d", len(aus265), n)
 	}
 	for i := range n {
-		if !reflect.DeepEqual(g.aus[i], aus[i]) {
+		if !reflect.DeepEqual(aus265[i], aus[i]) {
 			t.Fatalf("access unit %d differs", i)
 		}
 	}

@@ -19,6 +19,8 @@ type Source interface {
 	Episode(id string) (episode.Episode, error)
 	Descriptors(stream string) ([]sample.Descriptor, error)
 	Merge(streams []string, from, to int64) iter.Seq2[sample.Sample, error]
+	VideoStart(stream string, from, to int64) (sample.VideoStart, error)
+	MergeFrom(streams []string, starts map[string]sample.VideoStart, from, to int64) func(yield func(sample.Sample, error) bool)
 }
 
 // Errors. Match with errors.Is.
@@ -123,7 +125,9 @@ func (h Header) Duration() time.Duration { return time.Duration(h.To - h.From) }
 
 // Open reads episode id from src: it checks that the episode exists and is
 // finished, applies sel, and returns the header and the samples of the
-// selected streams in (T, stream, seq) order. The sequence yields a sample
+// selected streams in (T, stream, seq) order. Video streams start at a
+// keyframe: the last one at or before From (so their first samples may be
+// before From), or the first one after it if that keyframe is gone. The sequence yields a sample
 // that could not be read as an error (with Stream, T and Seq set where
 // known) and goes on.
 func Open(src Source, id string, sel Selection) (Header, iter.Seq2[sample.Sample, error], error) {
@@ -149,6 +153,7 @@ func Open(src Source, id string, sel Selection) (Header, iter.Seq2[sample.Sample
 			sel.From, time.Duration(wTo-wFrom))
 	}
 	var names []string
+	starts := map[string]sample.VideoStart{}
 	for _, name := range streamsOf(e) {
 		if !sel.match(name) {
 			continue
@@ -159,12 +164,19 @@ func Open(src Source, id string, sel Selection) (Header, iter.Seq2[sample.Sample
 		}
 		h.Streams = append(h.Streams, StreamInfo{Stream: name, Descriptors: descs})
 		names = append(names, name)
+		if len(descs) > 0 && descs[len(descs)-1].Kind == sample.KindVideo {
+			vs, err := src.VideoStart(name, h.From, h.To)
+			if err != nil {
+				return Header{}, nil, fmt.Errorf("find the first keyframe of %s: %w", name, err)
+			}
+			starts[name] = vs
+		}
 	}
 	if len(names) == 0 {
 		return Header{}, nil, fmt.Errorf("%w: no stream of episode %s matches %q (streams: %v)",
 			ErrSelection, id, sel.Streams, streamsOf(e))
 	}
-	return h, src.Merge(names, h.From, h.To), nil
+	return h, src.MergeFrom(names, starts, h.From, h.To), nil
 }
 
 // streamsOf lists an episode's streams, sorted: its Streams, else those

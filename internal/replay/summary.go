@@ -45,13 +45,15 @@ type StreamSummary struct {
 	Note   string `json:"note,omitempty"`
 	// Sent counts samples handed to the sink; Acked the MQTT messages the
 	// broker acknowledged; Failed those that were refused or not sent;
-	// Skipped those the store could not read.
+	// Skipped those the store could not read, and the H.265 leading
+	// (RASL) pictures after the starting CRA, which no decoder starting
+	// there can decode.
 	Sent    uint64 `json:"sent"`
 	Acked   uint64 `json:"acked,omitempty"`
 	Failed  uint64 `json:"failed,omitempty"`
 	Skipped uint64 `json:"skipped,omitempty"`
-	// ParamsInserted counts keyframes sent with the parameter sets of a
-	// newer descriptor version prepended (they lacked them in band).
+	// ParamsInserted counts keyframes sent with the parameter sets of the
+	// descriptor version in force prepended (they lacked them in band).
 	ParamsInserted uint64 `json:"params_inserted,omitempty"`
 	Error          string `json:"error,omitempty"`
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/pion/rtcp"
 
 	"github.com/episoded/episoded/assets"
+	"github.com/episoded/episoded/internal/video"
 )
 
 const (
@@ -104,21 +105,15 @@ func newCamera(s *Sim, id string) (*camera, error) {
 
 // paramSets finds the first SPS and PPS in the clip.
 func paramSets(aus [][][]byte) (sps, pps []byte) {
+	var p [2][]byte
 	for _, au := range aus {
 		for _, n := range au {
-			switch n[0] & 0x1f {
-			case 7:
-				if sps == nil {
-					sps = n
-				}
-			case 8:
-				if pps == nil {
-					pps = n
-				}
+			if i := video.H264.ParamSlot(n); i >= 0 && p[i] == nil {
+				p[i] = n
 			}
 		}
 	}
-	return sps, pps
+	return p[0], p[1]
 }
 
 func (c *camera) start(srv *gortsplib.Server) error {

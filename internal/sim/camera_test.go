@@ -15,6 +15,8 @@ import (
 	"github.com/pion/rtp"
 
 	"github.com/episoded/episoded/assets"
+
+	"github.com/episoded/episoded/internal/video"
 )
 
 // gotPacket is one RTP packet as a client received it.
@@ -37,7 +39,7 @@ type session struct {
 // gortsplibNTP decodes a sender report's NTP time the way gortsplib
 // v4.16.2 does (low 32 bits as ns, issue bluenviron/gortsplib#869).
 func gortsplibNTP(v uint64) int64 {
-	return int64((v>>32)*1e9+(v&0xFFFFFFFF)) - ntpEpochOffset*1e9
+	return int64((v>>32)*1e9+(v&0xFFFFFFFF)) - video.NTPEpochOffset*1e9
 }
 
 // play reads url over TCP until d has passed or the session fails.
@@ -89,7 +91,7 @@ func play(t *testing.T, url string, d time.Duration) (*session, error) {
 		if ntp, ok := c.PacketNTP(m, p); ok && lastSR != nil {
 			// PacketNTP = decode(SR.NTP) + (ts − SR.RTP)/90kHz; swap in
 			// the RFC 3550 decoding of SR.NTP.
-			g.srcT = ntp.UnixNano() - gortsplibNTP(lastSR.NTPTime) + NTPToUnixNano(lastSR.NTPTime)
+			g.srcT = ntp.UnixNano() - gortsplibNTP(lastSR.NTPTime) + video.NTPToUnixNano(lastSR.NTPTime)
 			if ses.firstSR < 0 {
 				ses.firstSR = len(ses.pkts)
 			}

@@ -5,6 +5,8 @@ import (
 	"math/big"
 	"math/bits"
 	"time"
+
+	"github.com/episoded/episoded/internal/video"
 )
 
 // Clock is one simulated device's clock relative to true time (the
@@ -93,10 +95,6 @@ func absU(a int64) uint64 {
 	return uint64(a)
 }
 
-// ntpEpochOffset is the number of seconds from 1900-01-01 (the NTP epoch)
-// to 1970-01-01 (the Unix epoch).
-const ntpEpochOffset = 2208988800
-
 // ntpFromRational returns the RFC 3550 64-bit NTP timestamp (32.32 fixed
 // point seconds since 1900) of the instant base + n·1e9/rate ns since the
 // Unix epoch, rounded to the nearest 2^-32 s. The instant need not be a
@@ -105,7 +103,7 @@ const ntpEpochOffset = 2208988800
 func ntpFromRational(base int64, n int64, rate int64) uint64 {
 	// In units of 1/rate ns: (base + epoch)·rate + n·1e9.
 	num := new(big.Int).Mul(big.NewInt(base), big.NewInt(rate))
-	num.Add(num, new(big.Int).Mul(big.NewInt(ntpEpochOffset), new(big.Int).Mul(big.NewInt(1e9), big.NewInt(rate))))
+	num.Add(num, new(big.Int).Mul(big.NewInt(video.NTPEpochOffset), new(big.Int).Mul(big.NewInt(1e9), big.NewInt(rate))))
 	num.Add(num, new(big.Int).Mul(big.NewInt(n), big.NewInt(1e9)))
 	// NTP units: num / (rate·1e9) seconds · 2^32, rounded.
 	num.Lsh(num, 32)
@@ -113,19 +111,4 @@ func ntpFromRational(base int64, n int64, rate int64) uint64 {
 	num.Add(num, new(big.Int).Rsh(den, 1))
 	num.Quo(num, den)
 	return num.Uint64()
-}
-
-// NTPToUnixNano converts an RFC 3550 NTP timestamp to ns since the Unix
-// epoch, rounded to the nearest ns.
-//
-// Note: gortsplib v4.16.2 (the pinned version) decodes the low 32 bits of
-// a sender report's NTP time as nanoseconds instead of 2^-32 s fractions
-// (upstream issue bluenviron/gortsplib#869, fixed after v4.16.2), so its
-// Client.PacketNTP is off by up to ~3.3 s for a standard sender. This
-// simulator sends standard reports, as real cameras do.
-func NTPToUnixNano(ntp uint64) int64 {
-	secs := int64(ntp >> 32)
-	frac := ntp & 0xFFFFFFFF
-	ns := (frac*1e9 + 1<<31) >> 32
-	return (secs-ntpEpochOffset)*1e9 + int64(ns)
 }

@@ -5,6 +5,8 @@ import (
 	"math/big"
 	"testing"
 	"time"
+
+	"github.com/episoded/episoded/internal/video"
 )
 
 // bigAt is d(t) computed with math/big, independently of mulDivFloor.
@@ -79,7 +81,7 @@ func TestNTPRoundTrip(t *testing.T) {
 		exactNS := big.NewRat(base, 1)
 		exactNS.Add(exactNS, big.NewRat(n*1e9, 90000))
 		f, _ := exactNS.Float64()
-		got := NTPToUnixNano(ntp)
+		got := video.NTPToUnixNano(ntp)
 		if d := math.Abs(float64(got) - f); d > 1 {
 			t.Errorf("n=%d: NTP decodes to %d, want %.1f (±1ns)", n, got, f)
 		}

@@ -14,7 +14,6 @@ import (
 
 	"github.com/bluenviron/gortsplib/v4"
 	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/episoded/episoded/assets"
@@ -69,7 +68,7 @@ type Sim struct {
 	t0       int64
 	rtspAddr string
 	mqttAddr string
-	broker   *mqtt.Server
+	broker   *Broker
 }
 
 // New checks o and prepares a Sim; it starts nothing.
@@ -282,10 +281,11 @@ func (s *Sim) Run(ctx context.Context) error {
 		return err
 	}
 	defer rtspSrv.Close()
-	broker, mqttAddr, err := s.startMQTT()
+	broker, err := NewMQTTBroker(s.o.MQTTAddr, s.o.Logger.With("component", "sim.mqtt"))
 	if err != nil {
 		return err
 	}
+	mqttAddr := broker.Addr()
 	defer broker.Close()
 
 	s.t0 = time.Now().UnixNano()
@@ -348,23 +348,6 @@ func (s *Sim) startRTSP() (*gortsplib.Server, string, error) {
 		return nil, "", fmt.Errorf("listen rtsp %s: %w", s.o.RTSPAddr, err)
 	}
 	return srv, bound.String(), nil
-}
-
-func (s *Sim) startMQTT() (*mqtt.Server, string, error) {
-	mlog := slog.New(minLevel{h: s.o.Logger.With("component", "sim.mqtt").Handler(), min: slog.LevelWarn})
-	broker := mqtt.New(&mqtt.Options{InlineClient: true, Logger: mlog})
-	if err := broker.AddHook(new(allowHook), nil); err != nil {
-		return nil, "", fmt.Errorf("mqtt auth hook: %w", err)
-	}
-	l := listeners.NewTCP(listeners.Config{ID: "sim", Address: s.o.MQTTAddr})
-	if err := broker.AddListener(l); err != nil {
-		return nil, "", fmt.Errorf("listen mqtt %s: %w", s.o.MQTTAddr, err)
-	}
-	if err := broker.Serve(); err != nil {
-		broker.Close()
-		return nil, "", fmt.Errorf("serve mqtt: %w", err)
-	}
-	return broker, l.Address(), nil
 }
 
 // logCounts logs every stream's counters every 30 s (not one line per

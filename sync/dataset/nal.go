@@ -1,50 +1,25 @@
 package dataset
 
-import "github.com/episoded/episoded/internal/h26x"
+import "github.com/episoded/episoded/internal/video"
 
-// The only NAL-unit knowledge the builder needs: splitting an access unit,
-// telling a keyframe, and telling parameter sets. The bitstream helpers
-// themselves are shared (internal/h26x); codec is "h264" or "h265".
+// The only NAL-unit knowledge the builder needs, all of it from
+// internal/video (the one home of H.264/H.265 rules): splitting an access
+// unit, telling a keyframe, telling parameter sets. codec is "h264" or
+// "h265", as in foxglove.CompressedVideo's format.
 
-func splitAnnexB(au []byte) [][]byte { return h26x.SplitAnnexB(au) }
-
-func nalType(codec string, n []byte) int {
-	if len(n) == 0 {
-		return -1
-	}
+func vcodec(codec string) *video.Codec {
 	if codec == "h265" {
-		return int(n[0]>>1) & 0x3f
+		return video.H265
 	}
-	return int(n[0] & 0x1f)
+	return video.H264
 }
+
+func splitAnnexB(au []byte) [][]byte { return video.SplitAnnexB(au) }
 
 // isKey reports whether an access unit holds an IDR (H.264) or IRAP
 // (H.265) slice.
-func isKey(codec string, au []byte) bool {
-	for _, n := range splitAnnexB(au) {
-		t := nalType(codec, n)
-		if codec == "h265" && t >= 16 && t <= 21 || codec != "h265" && t == 5 {
-			return true
-		}
-	}
-	return false
-}
+func isKey(codec string, au []byte) bool { return vcodec(codec).IsKeyframe(splitAnnexB(au)) }
 
 // paramSlot is a parameter set's index in decoding order (H.264 SPS 0,
 // PPS 1; H.265 VPS 0, SPS 1, PPS 2), or -1.
-func paramSlot(codec string, n []byte) int {
-	t := nalType(codec, n)
-	if codec == "h265" {
-		if t >= 32 && t <= 34 {
-			return t - 32
-		}
-		return -1
-	}
-	switch t {
-	case 7:
-		return 0
-	case 8:
-		return 1
-	}
-	return -1
-}
+func paramSlot(codec string, n []byte) int { return vcodec(codec).ParamSlot(n) }

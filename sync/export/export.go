@@ -6,17 +6,29 @@
 //   - Header with the fixed library string "episoded" (no version or clock
 //     in it), then one Metadata record named "episode" whose values are
 //     JSON: "manifest" (the episode's identity, window and streams) and
-//     "quality" (the per-stream quality report); then the attachments
+//     "quality" (the per-stream quality report), and "verdict" (ok or
+//     degraded, with reasons) when the episode has one; then the attachments
 //     (calibration, URDF) named by the caller, stamped with the episode
 //     start time, in the order given.
 //   - Chunked, zstd-compressed (one encoder goroutine, fixed chunk size),
 //     indexed data with CRCs, messages in log-time order as storage merges
 //     them: (T, stream, seq). log_time is the aligned time T, publish_time
 //     the device time SrcT where known (else T), sequence the stream seq.
+//     For video T is the decode time, so log-time order is decode order
+//     (the order the camera sent the frames), and the CompressedVideo
+//     timestamp is the presentation time T + PTSOffset: the capture time on
+//     the gateway clock, within the stream's stated alignment bound.
+//   - Video starts on a keyframe: each video stream is read from the last
+//     keyframe at or before the window start (sample.VideoStart; pre-roll
+//     from the stored timeline), or, if that keyframe is gone, from the
+//     first keyframe inside the window, with the frames left out counted
+//     in the stream's quality report (video_left_out). The manifest states
+//     per stream where its video starts (video_start_ns).
 //   - Channels, one per stream, ids in sorted stream order:
 //     video -> foxglove.CompressedVideo (protobuf), Annex-B, one access unit
-//     per message, the descriptor's parameter sets (the version in force at
-//     T) in front of every keyframe; lidar with a known layout ->
+//     per message, parameter sets in front of every keyframe (in-band ones,
+//     else the descriptor's version in force at T; video.Codec.WithParams);
+//     lidar with a known layout ->
 //     foxglove.PointCloud (protobuf, payload without its header);
 //     JSON telemetry -> message encoding "json" on the original topic
 //     (Descriptor.Source); CBOR telemetry is converted to JSON.
@@ -54,6 +66,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 	"github.com/episoded/episoded/storage"
 )
@@ -63,6 +76,8 @@ type Source interface {
 	Episode(id string) (episode.Episode, error)
 	Descriptors(stream string) ([]sample.Descriptor, error)
 	Merge(streams []string, from, to int64) iter.Seq2[sample.Sample, error]
+	VideoStart(stream string, from, to int64) (sample.VideoStart, error)
+	MergeFrom(streams []string, starts map[string]sample.VideoStart, from, to int64) func(yield func(sample.Sample, error) bool)
 }
 
 // ErrRecording is returned for an episode that is still recording: its
@@ -155,6 +170,14 @@ type StreamInfo struct {
 	Encoding string `json:"message_encoding"`
 	Schema   string `json:"schema,omitempty"`
 	Versions int    `json:"descriptor_versions"`
+	// VideoStart (video) is the aligned decode time of the stream's first
+	// exported frame, a keyframe: before the window start when pre-roll
+	// reaches back to the keyframe, after it when that keyframe was gone.
+	// Absent if the window holds no keyframe of the stream.
+	VideoStart *int64 `json:"video_start_ns,omitempty"`
+	// VideoLeftOut counts frames inside the window that are not exported
+	// because the keyframe they depend on was no longer stored.
+	VideoLeftOut uint64 `json:"video_left_out,omitempty"`
 }
 
 // ManifestFormat identifies the manifest layout.
@@ -187,6 +210,9 @@ type streamState struct {
 	rawID   uint16 // 0 until first needed
 	prefix  map[uint32][]byte
 	samples uint64
+	// start drops what a decoder starting at the first keyframe cannot
+	// decode (H.265 RASL pictures after a starting CRA).
+	start video.StartFilter
 }
 
 func (s *streamState) desc(t int64) *sample.Descriptor {
@@ -235,6 +261,13 @@ func streamsOf(e episode.Episode) []string {
 }
 
 func plan(src Source, e episode.Episode) (Manifest, []*streamState, error) {
+	m, states, _, err := planStarts(src, e)
+	return m, states, err
+}
+
+// planStarts is plan, also returning where each video stream starts.
+func planStarts(src Source, e episode.Episode) (Manifest, []*streamState, map[string]sample.VideoStart, error) {
+	starts := map[string]sample.VideoStart{}
 	from, to := e.Window(0)
 	m := Manifest{
 		Format: ManifestFormat, ID: e.ID, Cell: e.Cell, Task: e.Task, Operator: e.Operator, Robot: e.Robot,
@@ -246,7 +279,7 @@ func plan(src Source, e episode.Episode) (Manifest, []*streamState, error) {
 	for i, name := range streamsOf(e) {
 		descs, err := src.Descriptors(name)
 		if err != nil && !isNotFound(err) {
-			return m, nil, fmt.Errorf("read descriptors of %s: %w", name, err)
+			return m, nil, nil, fmt.Errorf("read descriptors of %s: %w", name, err)
 		}
 		st := &streamState{name: name, descs: descs, topic: name, mainID: uint16(i + 1), prefix: map[uint32][]byte{}}
 		var last *sample.Descriptor
@@ -263,6 +296,39 @@ func plan(src Source, e episode.Episode) (Manifest, []*streamState, error) {
 				st.topic = last.Source
 			}
 		}
+		if kind == kindVideo {
+			vs, err := src.VideoStart(name, from, to)
+			if err != nil {
+				return m, nil, nil, fmt.Errorf("find the first keyframe of %s: %w", name, err)
+			}
+			if vs.Found && last.Codec == sample.CodecH265 {
+				// Leading pictures of a starting CRA are left out too.
+				f := video.StartFilter{C: video.H265}
+				for x, err := range src.MergeFrom([]string{name}, map[string]sample.VideoStart{name: vs}, from, to) {
+					if err != nil {
+						continue
+					}
+					nalus, ok := video.SplitAU(x.Payload)
+					if !ok {
+						continue
+					}
+					if !f.Skip(nalus) {
+						if x.Seq != vs.Seq {
+							break
+						}
+						continue
+					}
+					if x.T >= from {
+						vs.Skipped++
+					}
+				}
+			}
+			starts[name] = vs
+			if vs.Found {
+				info.VideoStart = &vs.T
+			}
+			info.VideoLeftOut = vs.Skipped
+		}
 		switch kind {
 		case kindVideo, kindCloud:
 			info.Encoding = "protobuf"
@@ -276,7 +342,7 @@ func plan(src Source, e episode.Episode) (Manifest, []*streamState, error) {
 		m.Streams = append(m.Streams, info)
 		states = append(states, st)
 	}
-	return m, states, nil
+	return m, states, starts, nil
 }
 
 func isNotFound(err error) bool { return errors.Is(err, storage.ErrNotFound) }
@@ -303,7 +369,7 @@ func Write(ctx context.Context, w io.Writer, src Source, id string, o Options) (
 	if !e.State.Finished() || e.Stop == 0 {
 		return st, fmt.Errorf("export %s: %w", id, ErrRecording)
 	}
-	manifest, streams, err := plan(src, e)
+	manifest, streams, starts, err := planStarts(src, e)
 	if err != nil {
 		return st, fmt.Errorf("export %s: %w", id, err)
 	}
@@ -351,17 +417,28 @@ func Write(ctx context.Context, w io.Writer, src Source, id string, o Options) (
 	if err != nil {
 		return fail("encode manifest", err)
 	}
-	quality := e.Quality
+	quality := slices.Clone(e.Quality)
 	if quality == nil {
 		quality = []episode.StreamReport{}
+	}
+	for i := range quality {
+		if vs, ok := starts[quality[i].Stream]; ok {
+			quality[i].VideoLeftOut = vs.Skipped
+		}
 	}
 	qj, err := json.Marshal(quality)
 	if err != nil {
 		return fail("encode quality", err)
 	}
-	if err := mw.WriteMetadata(&mcap.Metadata{Name: "episode", Metadata: map[string]string{
-		"manifest": string(mj), "quality": string(qj),
-	}}); err != nil {
+	meta := map[string]string{"manifest": string(mj), "quality": string(qj)}
+	if e.Verdict != nil {
+		vj, err := json.Marshal(e.Verdict)
+		if err != nil {
+			return fail("encode verdict", err)
+		}
+		meta["verdict"] = string(vj)
+	}
+	if err := mw.WriteMetadata(&mcap.Metadata{Name: "episode", Metadata: meta}); err != nil {
 		return fail("write metadata", err)
 	}
 	for _, path := range o.Attachments {
@@ -434,7 +511,7 @@ func Write(ctx context.Context, w io.Writer, src Source, id string, o Options) (
 	var buf, pbuf []byte
 	msg := &mcap.Message{}
 	lastReport := int64(0)
-	for smp, err := range src.Merge(names, from, to) {
+	for smp, err := range src.MergeFrom(names, starts, from, to) {
 		if err != nil {
 			return fail("read samples", err)
 		}
@@ -455,12 +532,18 @@ func Write(ctx context.Context, w io.Writer, src Source, id string, o Options) (
 		} else {
 			switch s.kind {
 			case kindVideo:
+				if s.start.C == nil {
+					s.start.C = video.CodecOf(d.Codec)
+				}
+				if nalus, ok := video.SplitAU(smp.Payload); ok && s.start.Skip(nalus) {
+					continue // counted in the manifest's video_left_out
+				}
 				var au []byte
 				var ok bool
-				au, _, ok = annexB(buf[:0], d.Codec, d.Params, smp.Payload, smp.Flags.Has(sample.Keyframe))
+				au, ok = annexB(buf[:0], d.Codec, d.Params, smp.Payload, smp.Flags.Has(sample.Keyframe))
 				if ok {
 					buf = au
-					pbuf = appendCompressedVideo(pbuf[:0], smp.T, s.name, au, string(d.Codec))
+					pbuf = appendCompressedVideo(pbuf[:0], smp.PTS(), s.name, au, string(d.Codec))
 					data = pbuf
 				} else {
 					raw = true

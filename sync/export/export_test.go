@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -23,6 +22,7 @@ import (
 	"google.golang.org/protobuf/types/dynamicpb"
 
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/mcapcheck"
 	"github.com/episoded/episoded/sync/export"
 	"github.com/episoded/episoded/sync/internal/synctest"
 )
@@ -276,6 +276,10 @@ type nodeReport struct {
 			NotAnnexB           int    `json:"notAnnexB"`
 			Keyframes           int    `json:"keyframes"`
 			KeyframesWithParams int    `json:"keyframesWithParams"`
+			First               *struct {
+				Keyframe   bool `json:"keyframe"`
+				WithParams bool `json:"withParams"`
+			} `json:"first"`
 		} `json:"video"`
 		Channels []struct {
 			Topic           string `json:"topic"`
@@ -287,6 +291,7 @@ type nodeReport struct {
 	Indexed struct {
 		Counts                 map[string]uint64 `json:"counts"`
 		OutOfOrder             int               `json:"outOfOrder"`
+		SeqOutOfOrder          map[string]int    `json:"seqOutOfOrder"`
 		Chunks                 int               `json:"chunks"`
 		ChunkCompression       []string          `json:"chunkCompression"`
 		StatisticsMessageCount int64             `json:"statisticsMessageCount"`
@@ -301,93 +306,9 @@ type nodeReport struct {
 	} `json:"indexed"`
 }
 
-// nodeChecker returns the directory holding check.mjs with its
-// node_modules, installing @mcap/core with npm into a cache directory if
-// testdata has none.
-func nodeChecker(t *testing.T) string {
-	t.Helper()
-	for _, bin := range []string{"node", "npm"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			if testing.Short() {
-				t.Skipf("%s not installed; the independent MCAP reader check is skipped under -short", bin)
-			}
-			t.Fatalf("%s not installed: the independent MCAP check needs node 20 and npm", bin)
-		}
-	}
-	src, err := filepath.Abs("testdata/mcapcheck")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(src, "node_modules", "@mcap", "core")); err == nil {
-		return src
-	}
-	lock, err := os.ReadFile(filepath.Join(src, "package-lock.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
-	}
-	dir := filepath.Join(cache, "episoded", "mcapcheck-"+shortHash(lock))
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@mcap", "core")); err != nil {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		for _, f := range []string{"package.json", "package-lock.json"} {
-			b, err := os.ReadFile(filepath.Join(src, f))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
-		}
-	}
-	b, err := os.ReadFile(filepath.Join(src, "check.mjs"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "check.mjs"), b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
-func shortHash(b []byte) string {
-	h := sha256.Sum256(b)
-	return strings.ToLower(string([]byte(hexs(h[:6]))))
-}
-
-func hexs(b []byte) string {
-	const digits = "0123456789abcdef"
-	out := make([]byte, 0, 2*len(b))
-	for _, c := range b {
-		out = append(out, digits[c>>4], digits[c&15])
-	}
-	return string(out)
-}
-
 func runNodeCheck(t *testing.T, data []byte) nodeReport {
 	t.Helper()
-	dir := nodeChecker(t)
-	f := filepath.Join(t.TempDir(), "episode.mcap")
-	if err := os.WriteFile(f, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("node", "check.mjs", f)
-	cmd.Dir = dir
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("node check.mjs: %v\n%s", err, stderr.String())
-	}
+	out := mcapcheck.Run(t, data)
 	var rep nodeReport
 	if err := json.Unmarshal(out, &rep); err != nil {
 		t.Fatalf("node report: %v\n%s", err, out)

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/provenance"
+	"github.com/episoded/episoded/internal/signing"
 )
 
 // Object names inside an episode's directory.
@@ -20,13 +22,14 @@ const ManifestFormat = "episoded.upload/v1"
 // Manifest is manifest.json: written last, it marks the episode's upload
 // as complete and lets the central pipeline check every object.
 type Manifest struct {
-	Format  string `json:"format"`
-	Episode string `json:"episode"`
-	Site    string `json:"site"`
-	Gateway string `json:"gateway"`
-	Cell    string `json:"cell"`
-	Task    string `json:"task,omitempty"`
-	Robot   string `json:"robot,omitempty"`
+	Format   string `json:"format"`
+	Episode  string `json:"episode"`
+	Site     string `json:"site"`
+	Gateway  string `json:"gateway"`
+	Cell     string `json:"cell"`
+	Task     string `json:"task,omitempty"`
+	Robot    string `json:"robot,omitempty"`
+	Operator string `json:"operator,omitempty"`
 	// Start and Stop are the episode's trigger times (ns since the epoch).
 	Start   int64             `json:"start_ns"`
 	Stop    int64             `json:"stop_ns"`
@@ -35,8 +38,19 @@ type Manifest struct {
 	Counts  Counts            `json:"counts"`
 	// Quality is the episode's per-stream quality report.
 	Quality []episode.StreamReport `json:"quality"`
+	// Verdict is the episode's quality verdict (ok or degraded, and why);
+	// absent for episodes closed before verdicts existed.
+	Verdict *episode.Verdict `json:"verdict,omitempty"`
+	// Video states per camera where its video really starts.
+	Video []VideoStart `json:"video,omitempty"`
 	// Uploaded is the gateway wall-clock time the manifest was written.
 	Uploaded int64 `json:"uploaded_ns"`
+	// Provenance says what recorded the episode and under which
+	// conditions (software, config hash, devices, clocks, time sync).
+	Provenance *provenance.Provenance `json:"provenance,omitempty"`
+	// Signature is the gateway's Ed25519 signature over every other
+	// member, object sha256 values included (internal/signing).
+	Signature *signing.Signature `json:"signature,omitempty"`
 }
 
 // ManifestObject is one uploaded object.

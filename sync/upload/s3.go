@@ -122,6 +122,18 @@ var terminalCodes = map[string]bool{
 	"AuthorizationHeaderMalformed": true, "MethodNotAllowed": true, "NotImplemented": true,
 }
 
+// fullCodes are S3 error codes for a bucket, quota or disk that is full:
+// terminal, and the multipart upload is aborted so that its parts do not
+// keep the space.
+var fullCodes = map[string]bool{
+	"InsufficientStorage": true, "XMinioStorageFull": true, "QuotaExceeded": true,
+	"XMinioAdminBucketQuotaExceeded": true, "StorageFull": true, "EntityTooLarge": true,
+}
+
+// terminal404 are non-standard 404 codes some servers give for bad
+// credentials (versitygw: XAdminUserNotFound for an unknown access key).
+var terminal404 = map[string]bool{"XAdminUserNotFound": true, "UserNotFound": true, "NoSuchUser": true}
+
 // transient400 are 4xx codes that are worth retrying.
 var transient4xx = map[string]bool{
 	"RequestTimeout": true, "BadDigest": true, "IncompleteBody": true, "RequestTimeTooSkewed": true,
@@ -135,19 +147,48 @@ func classify(op string, err error) error {
 		return nil
 	}
 	var er minio.ErrorResponse
-	if errors.As(err, &er) {
+	if errors.As(err, &er) && er.StatusCode != 0 {
 		code := er.Code
-		terminal := terminalCodes[code] ||
+		msg := er.Message
+		if msg == "" {
+			msg = http.StatusText(er.StatusCode)
+		}
+		full := fullCodes[code] || er.StatusCode == http.StatusInsufficientStorage
+		terminal := full || terminalCodes[code] || terminal404[code] ||
 			((er.StatusCode == http.StatusForbidden || er.StatusCode == http.StatusBadRequest) && !transient4xx[code])
 		if terminal {
-			msg := er.Message
-			if msg == "" {
-				msg = http.StatusText(er.StatusCode)
-			}
-			return &TerminalError{Op: op, Code: code, Status: er.StatusCode, Err: errors.New(msg)}
+			return &TerminalError{Op: op, Code: code, Status: er.StatusCode, Err: errors.New(msg), Full: full}
 		}
+		return &ServerError{Op: op, Code: code, Status: er.StatusCode, Err: errors.New(msg)}
 	}
 	return fmt.Errorf("%s: %w", op, err)
+}
+
+// notFound reports whether err is a plain "no such key" answer (not a
+// missing bucket, nor a non-standard 404 for bad credentials).
+func notFound(err error) bool {
+	var er minio.ErrorResponse
+	if !errors.As(err, &er) {
+		return false
+	}
+	switch er.Code {
+	case "NoSuchKey", "NotFound":
+		return true
+	case "":
+		return er.StatusCode == http.StatusNotFound
+	}
+	return false
+}
+
+// abort drops obj's unfinished multipart upload on the server.
+func (s *s3Target) abort(ctx context.Context, obj *storage.ObjectState) error {
+	if obj.UploadID == "" {
+		return nil
+	}
+	if err := s.core.AbortMultipartUpload(ctx, s.bucket, obj.Key, obj.UploadID); err != nil && !isCode(err, "NoSuchUpload") {
+		return classify("abort multipart upload of "+obj.Key, err)
+	}
+	return nil
 }
 
 func isCode(err error, codes ...string) bool {
@@ -158,8 +199,7 @@ func isCode(err error, codes ...string) bool {
 func (s *s3Target) stat(ctx context.Context, key string) (objInfo, error) {
 	info, err := s.core.StatObject(ctx, s.bucket, key, minio.StatObjectOptions{})
 	if err != nil {
-		var er minio.ErrorResponse
-		if errors.As(err, &er) && (er.Code == "NoSuchKey" || er.Code == "NotFound" || (er.StatusCode == http.StatusNotFound && er.Code != "NoSuchBucket")) {
+		if notFound(err) {
 			return objInfo{}, errNotExist
 		}
 		return objInfo{}, classify("stat "+key, err)
@@ -170,7 +210,7 @@ func (s *s3Target) stat(ctx context.Context, key string) (objInfo, error) {
 func (s *s3Target) get(ctx context.Context, key string, max int64) ([]byte, error) {
 	rc, _, _, err := s.core.GetObject(ctx, s.bucket, key, minio.GetObjectOptions{})
 	if err != nil {
-		if isCode(err, "NoSuchKey", "NotFound") {
+		if notFound(err) {
 			return nil, errNotExist
 		}
 		return nil, classify("get "+key, err)
@@ -178,7 +218,7 @@ func (s *s3Target) get(ctx context.Context, key string, max int64) ([]byte, erro
 	defer rc.Close()
 	b, err := io.ReadAll(io.LimitReader(rc, max))
 	if err != nil {
-		if isCode(err, "NoSuchKey", "NotFound") {
+		if notFound(err) {
 			return nil, errNotExist
 		}
 		return nil, classify("get "+key, err)

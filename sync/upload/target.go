@@ -24,6 +24,9 @@ type TerminalError struct {
 	Code   string
 	Status int
 	Err    error
+	// Full is set for a bucket-full or quota error: the multipart upload
+	// in progress is aborted as the episode is quarantined.
+	Full bool
 }
 
 func (e *TerminalError) Error() string {
@@ -38,6 +41,29 @@ func (e *TerminalError) Error() string {
 }
 
 func (e *TerminalError) Unwrap() error { return e.Err }
+
+// ServerError is an error response the server gave that retrying may fix
+// (a 5xx, a throttle, an unrecognised code). After Options.MaxAttempts
+// attempts the episode is quarantined with it.
+type ServerError struct {
+	Op     string
+	Code   string
+	Status int
+	Err    error
+}
+
+func (e *ServerError) Error() string {
+	s := e.Op + ": "
+	if e.Code != "" {
+		s += e.Code + ": "
+	}
+	if e.Status != 0 {
+		s += fmt.Sprintf("HTTP %d: ", e.Status)
+	}
+	return s + e.Err.Error()
+}
+
+func (e *ServerError) Unwrap() error { return e.Err }
 
 // errPaused stops an upload between parts when its window closed; the
 // upload state is kept and the upload resumes in the next window.
@@ -65,6 +91,9 @@ type target interface {
 	// before each part and stops the upload with its error. On success
 	// the object is verified and obj.Done is set.
 	putFile(ctx context.Context, path string, obj *storage.ObjectState, save func() error, cont func() error) error
+	// abort drops the unfinished upload recorded in obj (the parts the
+	// server holds), so that a quarantined episode leaves nothing behind.
+	abort(ctx context.Context, obj *storage.ObjectState) error
 	String() string
 }
 
@@ -75,6 +104,10 @@ type dirTarget struct {
 }
 
 func (d *dirTarget) String() string { return "dir " + d.root }
+
+// abort has nothing to drop: a dir target writes a temporary file that is
+// renamed or removed within one attempt.
+func (d *dirTarget) abort(context.Context, *storage.ObjectState) error { return nil }
 
 func (d *dirTarget) path(key string) string { return filepath.Join(d.root, filepath.FromSlash(key)) }
 

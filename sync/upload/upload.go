@@ -32,18 +32,34 @@
 // checked against it; the completed object is verified with a HEAD (size,
 // and the multipart MD5 ETag where the server uses that scheme). Then
 // manifest.json (sha256 and size of every object, counts, quality report,
-// gateway identity) is written last, as the commit marker.
+// gateway identity, provenance, Ed25519 signature) is written last, as the
+// commit marker, and then the episode's catalog row (sync/catalog) next to
+// the other rows of its site and day; see catalog.go.
 //
 // Layout: <prefix>/<site>/<gateway>/<yyyy>/<mm>/<dd>/<episode-id>/
 // episode.mcap and manifest.json, the date from the episode start in UTC.
 //
 // States: closed/interrupted -> uploading -> uploaded. Transient errors
 // (network, 5xx, timeouts) are retried with exponential backoff and jitter
-// (RetryMin..RetryMax) while the episode stays uploading. Terminal errors
-// (403, 400, NoSuchBucket, InvalidAccessKeyId, SignatureDoesNotMatch, a
-// missing or read-only target directory) quarantine the episode with the
-// reason; a local export failure (corrupt or evicted data) marks it
-// failed. The episode's data is kept in both cases; Retry requeues it.
+// (RetryMin..RetryMax) while the episode stays uploading; every failed
+// attempt is recorded: UploadState.Attempts and LastError (shown by
+// Status, `sync status` and the dashboard) and the episode's Reason
+// ("attempt 2 of 10 failed, retrying: <op>: <code>: HTTP <status>:
+// <server message>"). Terminal errors (403, 400, NoSuchBucket,
+// InvalidAccessKeyId, SignatureDoesNotMatch, non-standard 404s for an
+// unknown access key such as versitygw's XAdminUserNotFound, a missing or
+// read-only target directory) quarantine the episode at once with the
+// server's code and message. So do bucket-full and quota errors
+// (InsufficientStorage/507, XMinioStorageFull, QuotaExceeded, ...). An
+// error the server keeps giving (ServerError: a 500, an unknown code) is
+// retried MaxAttempts times in a row, then quarantines the episode with
+// it; failures to reach the server at all (connection refused, timeouts,
+// 502/503/504) are retried without limit, so that an outage of the
+// central store quarantines nothing. Quarantine aborts the episode's
+// unfinished multipart upload, so the server keeps no orphan parts (Retry
+// starts the object over). A local export failure (corrupt or evicted
+// data) marks the episode failed. The episode's data is kept in every
+// case; Retry requeues it.
 // Once uploaded, storage may evict its data under its retention rules.
 //
 // Windows (for example "22:00-06:00", in Timezone) are checked before
@@ -64,18 +80,24 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/config"
+	"github.com/episoded/episoded/internal/provenance"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/export"
 )
@@ -144,6 +166,14 @@ type Options struct {
 	// OnceAttempts is how often RunOnce tries an episode that fails with
 	// a transient error before giving up for this run. Default 5.
 	OnceAttempts int
+	// MaxAttempts quarantines an episode whose upload failed this many
+	// times in a row (counted across runs and restarts) when the last
+	// failure was an answer from the server (ServerError, or a failure
+	// of a dir target). Failures to reach the server at all (connection
+	// refused or reset, timeouts, 502/503/504) are retried without limit:
+	// an outage of the central store must not quarantine every episode.
+	// Default config.DefaultMaxAttempts.
+	MaxAttempts int
 	// PollInterval: Run re-checks the store this often even without Wake.
 	// Default 1 minute.
 	PollInterval time.Duration
@@ -159,6 +189,10 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// OnUploaded, if set, is called after an episode reached uploaded.
 	OnUploaded func(episode.Episode)
+	// Signer, if set, signs every manifest (see internal/signing).
+	Signer Signer
+	// Provenance, if set, gives the manifest's provenance block.
+	Provenance func(episode.Episode) *provenance.Provenance
 }
 
 func (o *Options) setDefaults() {
@@ -191,6 +225,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.OnceAttempts <= 0 {
 		o.OnceAttempts = 5
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = config.DefaultMaxAttempts
 	}
 	if o.PollInterval <= 0 {
 		o.PollInterval = time.Minute
@@ -527,14 +564,15 @@ func (u *Uploader) handleError(e episode.Episode, err error) time.Duration {
 	var failed *failedError
 	switch {
 	case errors.As(err, &term):
-		u.setState(e.ID, episode.Quarantined, msg)
-		u.m.episodes.WithLabelValues("quarantined").Inc()
-		u.log.Error("episode quarantined", "episode", e.ID, "reason", msg)
+		u.quarantine(e.ID, &st, msg)
 		return 0
 	case errors.As(err, &failed):
 		u.setState(e.ID, episode.Failed, msg)
 		u.m.episodes.WithLabelValues("failed").Inc()
 		u.log.Error("episode failed", "episode", e.ID, "reason", msg)
+		return 0
+	case st.Attempts >= u.o.MaxAttempts && !unreachable(err):
+		u.quarantine(e.ID, &st, fmt.Sprintf("gave up after %d attempts: %s", st.Attempts, msg))
 		return 0
 	}
 	u.m.retries.Inc()
@@ -542,8 +580,75 @@ func (u *Uploader) handleError(e episode.Episode, err error) time.Duration {
 	d := backoff(st.Attempts, u.o.RetryMin, u.o.RetryMax, u.mu.rnd)
 	u.mu.backoff[e.ID] = u.clock.Now().Add(d)
 	u.mu.Unlock()
+	// The episode says why it is not uploaded yet (episodes show, the
+	// dashboard); its state does not change.
+	u.setReason(e.ID, fmt.Sprintf("attempt %d of %d failed, retrying: %s", st.Attempts, u.o.MaxAttempts, msg))
 	u.log.Warn("upload failed, will retry", "episode", e.ID, "attempt", st.Attempts, "in", d.Round(time.Millisecond), "err", msg)
 	return d
+}
+
+// unreachable reports whether err means the target could not be reached
+// at all, as opposed to an answer from it: such errors never quarantine.
+func unreachable(err error) bool {
+	var se *ServerError
+	if errors.As(err, &se) {
+		switch se.Status {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return true
+		}
+		return false
+	}
+	var ne net.Error
+	var ue *url.Error
+	return errors.As(err, &ne) || errors.As(err, &ue) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET)
+}
+
+// quarantine aborts the episode's unfinished uploads (so the server keeps
+// no orphan parts), records that in its upload state, and quarantines it
+// with reason.
+func (u *Uploader) quarantine(id string, st *storage.UploadState, reason string) {
+	ctx, cancel := context.WithTimeout(context.Background(), abortTimeout)
+	defer cancel()
+	changed := false
+	for i := range st.Objects {
+		o := &st.Objects[i]
+		if o.Done || o.UploadID == "" {
+			continue
+		}
+		if err := u.target.abort(ctx, o); err != nil {
+			u.log.Warn("abort unfinished upload of a quarantined episode", "episode", id, "key", o.Key, "err", err)
+			continue
+		}
+		u.log.Info("aborted unfinished upload", "episode", id, "key", o.Key, "parts", len(o.Parts))
+		o.UploadID, o.Parts = "", nil
+		changed = true
+	}
+	if changed {
+		st.Updated = u.clock.Now().UnixNano()
+		if err := u.store.PutUploadState(*st); err != nil {
+			u.log.Error("save upload state", "episode", id, "err", err)
+		}
+	}
+	u.setState(id, episode.Quarantined, reason)
+	u.m.episodes.WithLabelValues("quarantined").Inc()
+	u.log.Error("episode quarantined", "episode", id, "reason", reason)
+}
+
+// abortTimeout bounds the abort of a quarantined episode's uploads.
+const abortTimeout = 30 * time.Second
+
+// setReason records why e is not uploaded yet, keeping its state.
+func (u *Uploader) setReason(id, reason string) {
+	e, err := u.store.Episode(id)
+	if err != nil {
+		u.log.Error("read episode", "episode", id, "err", err)
+		return
+	}
+	e.Reason, e.Updated = reason, u.clock.Now().UnixNano()
+	if err := u.store.PutEpisode(e); err != nil {
+		u.log.Error("save episode", "episode", id, "err", err)
+	}
 }
 
 // setState re-reads the episode and sets its state and reason.
@@ -707,6 +812,10 @@ func (u *Uploader) process(ctx context.Context, e episode.Episode, prio bool) er
 	if ok, err := u.manifestMatches(ctx, manKey, st); err != nil {
 		return err
 	} else if ok {
+		// A crash between manifest and catalog row leaves the row to write.
+		if err := u.ensureCatalog(ctx, manKey); err != nil {
+			return err
+		}
 		u.log.Info("episode already on target", "episode", e.ID, "manifest", manKey)
 		u.m.episodes.WithLabelValues("already_uploaded").Inc()
 		return u.finish(e, st, true)
@@ -774,11 +883,18 @@ func (u *Uploader) process(ctx context.Context, e episode.Episode, prio bool) er
 	// The manifest goes last: it is the commit marker.
 	man := Manifest{
 		Format: ManifestFormat, Episode: e.ID, Site: u.o.Site, Gateway: u.o.Gateway, Cell: e.Cell, Task: e.Task,
-		Robot: e.Robot, Start: e.Start, Stop: e.Stop, Labels: e.Labels, Counts: countsOf(e), Quality: e.Quality,
+		Robot: e.Robot, Operator: e.Operator, Start: e.Start, Stop: e.Stop, Labels: e.Labels, Counts: countsOf(e), Quality: e.Quality,
 		Uploaded: u.clock.Now().UnixNano(),
+	}
+	man.Verdict = e.Verdict
+	if u.o.Provenance != nil {
+		man.Provenance = u.o.Provenance(e)
 	}
 	if man.Quality == nil {
 		man.Quality = []episode.StreamReport{}
+	}
+	if err := videoManifest(u.store, e, &man); err != nil {
+		return fmt.Errorf("manifest video starts: %w", err)
 	}
 	for _, o := range st.Objects {
 		if o.Key == manKey {
@@ -786,16 +902,18 @@ func (u *Uploader) process(ctx context.Context, e episode.Episode, prio bool) er
 		}
 		man.Objects = append(man.Objects, ManifestObject{Name: filepath.Base(o.Key), Key: o.Key, Size: o.Size, SHA256: o.SHA256})
 	}
-	data, err := json.MarshalIndent(man, "", "  ")
+	data, err := u.encodeManifest(&man)
 	if err != nil {
-		return fmt.Errorf("encode manifest: %w", err)
+		return err
 	}
-	data = append(data, '\n')
 	if err := u.target.putBytes(ctx, manKey, data, "application/json"); err != nil {
 		return err
 	}
 	if info, err := u.target.stat(ctx, manKey); err != nil || info.Size != int64(len(data)) {
 		return fmt.Errorf("verify %s: size %d, want %d (%v)", manKey, info.Size, len(data), err)
+	}
+	if err := u.writeCatalog(ctx, man, manKey, data, false); err != nil {
+		return err
 	}
 	return u.finish(e, st, false)
 }

@@ -103,6 +103,9 @@ func TestTerminalErrorsQuarantine(t *testing.T) {
 		mod            func(*upload.Options)
 	}{
 		{"wrong secret", "0193a1b2-0000-7000-8000-0000000000d1", "SignatureDoesNotMatch", func(o *upload.Options) { o.Target.SecretKey = "not-the-secret" }},
+		// versitygw answers an unknown access key with a non-standard 404
+		// (XAdminUserNotFound); it is not a missing object.
+		{"wrong access key", "0193a1b2-0000-7000-8000-0000000000d3", "XAdminUserNotFound", func(o *upload.Options) { o.Target.AccessKey = "not-the-key" }},
 		{"missing bucket", "0193a1b2-0000-7000-8000-0000000000d2", "NoSuchBucket", func(o *upload.Options) { o.Target.Bucket = "no-such-bucket" }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1,13 +1,35 @@
-// api.js: the dashboard's only way to reach the daemon. Reads are plain
-// GETs; mutating requests carry the token from localStorage as a bearer
-// token. A 401 raises AuthError so the page can prompt for the token.
+// api.js: the dashboard's only way to reach the daemon. Every request
+// carries the token from sessionStorage as a bearer token: with a token
+// configured the daemon answers nothing under /v1 or /whep without one,
+// reads included. A 401 raises AuthError so the page can prompt for the
+// token; a 403 on an action raises ForbiddenError (a read-only token).
+//
+// The token lives in sessionStorage only: it is gone when the tab closes,
+// and never written to disk by the browser.
 
 const TOKEN_KEY = 'episoded.token';
+
+// Earlier versions kept the token in localStorage, which outlives the
+// session: remove it.
+try {
+  localStorage.removeItem(TOKEN_KEY);
+} catch {
+  // storage disabled
+}
+
+let memoryToken = '';
 
 export class AuthError extends Error {
   constructor(message) {
     super(message || 'missing or wrong API token');
     this.name = 'AuthError';
+  }
+}
+
+export class ForbiddenError extends Error {
+  constructor(message) {
+    super(message || 'this token may not do that');
+    this.name = 'ForbiddenError';
   }
 }
 
@@ -21,23 +43,24 @@ export class HTTPError extends Error {
 
 export function getToken() {
   try {
-    return localStorage.getItem(TOKEN_KEY) || '';
+    return sessionStorage.getItem(TOKEN_KEY) || '';
   } catch {
-    return '';
+    return memoryToken;
   }
 }
 
 export function setToken(t) {
+  memoryToken = t || '';
   try {
-    if (t) localStorage.setItem(TOKEN_KEY, t);
-    else localStorage.removeItem(TOKEN_KEY);
+    if (t) sessionStorage.setItem(TOKEN_KEY, t);
+    else sessionStorage.removeItem(TOKEN_KEY);
   } catch {
     // Storage disabled: the token then lives only until reload.
   }
 }
 
-// authHeaders returns the Authorization header for a mutating request, or
-// nothing when no token is set.
+// authHeaders returns the Authorization header, or nothing when no token
+// is set.
 export function authHeaders() {
   const t = getToken();
   return t ? { Authorization: 'Bearer ' + t } : {};
@@ -54,10 +77,16 @@ async function errorText(res) {
   return res.status + ' ' + res.statusText;
 }
 
-export async function getJSON(path) {
-  const res = await fetch(path, { headers: { Accept: 'application/json' }, cache: 'no-store' });
+// check turns a failed response into the matching error.
+async function check(res, what) {
   if (res.status === 401) throw new AuthError(await errorText(res));
-  if (!res.ok) throw new HTTPError(res.status, `GET ${path}: ${await errorText(res)}`);
+  if (res.status === 403) throw new ForbiddenError(await errorText(res));
+  if (!res.ok) throw new HTTPError(res.status, `${what}: ${await errorText(res)}`);
+}
+
+export async function getJSON(path) {
+  const res = await fetch(path, { headers: { Accept: 'application/json', ...authHeaders() }, cache: 'no-store' });
+  await check(res, `GET ${path}`);
   return res.json();
 }
 
@@ -71,10 +100,28 @@ export async function send(method, path, body) {
     init.body = JSON.stringify(body);
   }
   const res = await fetch(path, init);
-  if (res.status === 401) throw new AuthError(await errorText(res));
-  if (!res.ok) throw new HTTPError(res.status, `${method} ${path}: ${await errorText(res)}`);
+  await check(res, `${method} ${path}`);
   const text = await res.text();
   return text ? JSON.parse(text) : null;
+}
+
+// download fetches path with the token (a plain link cannot send one) and
+// saves it as filename. The file is held in memory until it is saved.
+export async function download(path, filename) {
+  const res = await fetch(path, { headers: authHeaders(), cache: 'no-store' });
+  await check(res, `GET ${path}`);
+  const url = URL.createObjectURL(await res.blob());
+  try {
+    const a = document.createElement('a');
+    a.href = url;
+    a.download = filename;
+    a.hidden = true;
+    document.body.append(a);
+    a.click();
+    a.remove();
+  } finally {
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  }
 }
 
 // pathOf encodes each segment of a stream or episode id but keeps the

@@ -3,7 +3,9 @@
 // No framework: keyed rows are created once and updated in place, so a
 // button is never replaced under the pointer and typed text survives polls.
 
-import { AuthError, HTTPError, getJSON, getToken, pathOf, send, setToken } from './api.js';
+import {
+  AuthError, ForbiddenError, HTTPError, download, getJSON, getToken, pathOf, send, setToken,
+} from './api.js';
 import {
   fmtBitrate, fmtBytes, fmtDate, fmtDuration, fmtMs, fmtRate, fmtTimeNs, h, pick, pill, plural,
   replaceRows, shortID, stateKind,
@@ -46,19 +48,41 @@ function showAuthPrompt(what) {
   const el = $('#auth-prompt');
   $('#auth-prompt-text').textContent =
     (what ? what + ': the daemon answered 401 (missing or wrong token). ' : '') +
-    "Starting or stopping episodes, previews and retries need the bearer token set in the daemon's config (api.token or api.token_file).";
+    "Everything on this page needs a token set in the daemon's config: api.read_token to watch, api.token to start and stop episodes.";
+  const wasHidden = el.hidden;
   el.hidden = false;
-  $('#token').focus();
+  if (wasHidden) $('#token').focus();
 }
 
 // report shows a failed action: a prompt for 401, a banner otherwise.
 function report(what, err) {
   if (err instanceof AuthError) showAuthPrompt(what);
+  else if (err instanceof ForbiddenError) showError(`${what}: refused (403): this token is read-only; starting, stopping, deleting and retrying need the admin token (api.token).`);
   else showError(`${what}: ${err.message}`);
 }
 
 function actionDone() {
   $('#auth-prompt').hidden = true;
+}
+
+// exportLink is a link to an episode's MCAP. A plain link cannot send the
+// token, so a click fetches the file with it and saves it.
+function exportLink(id, cls, text, hidden) {
+  const path = `/v1/episodes/${pathOf(id)}/export`;
+  return h('a', {
+    class: cls,
+    href: path,
+    download: `${id}.mcap`,
+    hidden: !!hidden,
+    onclick: async (ev) => {
+      ev.preventDefault();
+      try {
+        await download(path, `${id}.mcap`);
+      } catch (err) {
+        report('Export ' + shortID(id), err);
+      }
+    },
+  }, text);
 }
 
 // ---- polling --------------------------------------------------------------
@@ -99,7 +123,12 @@ async function pollStatus() {
   try {
     st = await getJSON('/v1/status');
   } catch (err) {
-    setConn(false, 'daemon unreachable');
+    if (err instanceof AuthError) {
+      setConn(false, 'token needed');
+      showAuthPrompt(getToken() ? 'Status' : '');
+    } else {
+      setConn(false, 'daemon unreachable');
+    }
     $('#conn').title = err.message;
     return;
   }
@@ -478,6 +507,15 @@ function closePreview(stream) {
 
 // ---- episodes -------------------------------------------------------------
 
+// verdictOf returns an episode's quality verdict: { status, reasons, title }.
+function verdictOf(e) {
+  const v = pick(e, 'Verdict');
+  if (!v) return null;
+  const reasons = pick(v, 'Reasons') || [];
+  const title = reasons.map((r) => `${pick(r, 'Stream')}: ${pick(r, 'Code')} – ${pick(r, 'Detail')}`).join('\n');
+  return { status: pick(v, 'Status'), reasons, title };
+}
+
 function qualitySummary(q) {
   if (!Array.isArray(q) || q.length === 0) return { text: '–', bad: false, bytes: null };
   let gaps = 0;
@@ -494,7 +532,10 @@ function qualitySummary(q) {
     bytes += Number(pick(r, 'Bytes') || 0);
     bound = Math.max(bound, Number(pick(r, 'AlignmentErrorBoundMs') || 0));
   }
+  let cov = 1;
+  for (const r of q) cov = Math.min(cov, Number(pick(r, 'Coverage') ?? 1));
   const parts = [plural(q.length, 'stream')];
+  if (cov < 1) parts.push(`coverage ≥${(cov * 100).toFixed(1)}%`);
   if (gaps) parts.push(`${gaps} gaps`);
   if (lost) parts.push(`${lost} lost`);
   if (drops) parts.push(`${drops} dropped`);
@@ -508,7 +549,9 @@ function episodeRow(id) {
   for (const k of ['cell', 'task', 'state', 'trigger', 'start', 'dur', 'size', 'quality', 'actions']) c[k] = h('td');
   c.dur.className = c.size.className = 'num';
   const details = h('button', { type: 'button', class: 'small', dataset: { action: 'details', episode: id }, onclick: () => selectEpisode(id) }, 'Details');
-  const exp = h('a', { class: 'button small', href: `/v1/episodes/${pathOf(id)}/export`, download: `${id}.mcap`, dataset: { action: 'export', episode: id } }, 'Export');
+  const exp = exportLink(id, 'button small', 'Export');
+  exp.dataset.action = 'export';
+  exp.dataset.episode = id;
   c.actions.append(details, ' ', exp);
   const tr = h('tr', { dataset: { episode: id } },
     h('td', { class: 'mono', title: id }, shortID(id)), c.cell, c.task, c.state, c.trigger, c.start, c.dur, c.size, c.quality, c.actions);
@@ -543,8 +586,12 @@ function renderEpisodes(list) {
     row.c.start.textContent = fmtTimeNs(start);
     row.c.dur.textContent = fmtDuration(((stop || Date.now() * 1e6) - start) / 1e9);
     row.c.size.textContent = q.bytes === null ? '–' : fmtBytes(q.bytes);
-    row.c.quality.textContent = q.text;
-    row.c.quality.classList.toggle('alert', q.bad);
+    const v = verdictOf(e);
+    row.c.quality.replaceChildren(...(v ? [pill(v.status, v.status === 'degraded' ? 'bad' : 'good'), ' '] : []), q.text);
+    row.c.quality.title = v ? v.title : '';
+    row.c.quality.dataset.quality = v ? v.status : '';
+    row.c.quality.classList.toggle('alert', q.bad || (v !== null && v.status === 'degraded'));
+    row.tr.classList.toggle('degraded', v !== null && v.status === 'degraded');
     row.exp.hidden = st === 'recording';
     row.tr.classList.toggle('selected', id === state.selected);
   }
@@ -586,13 +633,17 @@ async function loadDetail(id) {
   const post = Number(pick(e, 'Postroll') || 0);
   const labels = Object.entries(pick(e, 'Labels') || {}).map(([k, v]) => (v ? `${k}=${v}` : k)).join(', ');
   const q = (pick(e, 'Quality') || []).slice().sort((a, b) => String(pick(a, 'Stream')).localeCompare(String(pick(b, 'Stream'))));
+  const verdict = verdictOf(e);
   const qrows = q.map((r) => {
     const clk = pick(r, 'Clock') || {};
-    const bad = Number(pick(r, 'Lost') || 0) + Number(pick(r, 'DecodeErrors') || 0) > 0;
+    const bad = Number(pick(r, 'Lost') || 0) + Number(pick(r, 'DecodeErrors') || 0) > 0 ||
+      (verdict !== null && verdict.reasons.some((x) => pick(x, 'Stream') === pick(r, 'Stream')));
     return h('tr', { class: bad ? 'alert' : '' },
       h('td', { class: 'mono' }, pick(r, 'Stream')),
       h('td', {}, `${pick(r, 'Kind') || ''} · ${pick(r, 'Codec') || ''}`),
       h('td', { class: 'num' }, Number(pick(r, 'Samples') || 0).toLocaleString()),
+      h('td', { class: 'num' }, Number(pick(r, 'Expected') || 0).toLocaleString()),
+      h('td', { class: 'num' }, pick(r, 'Coverage') === undefined ? '–' : (Number(pick(r, 'Coverage')) * 100).toFixed(2) + '%'),
       h('td', { class: 'num' }, fmtRate(Number(pick(r, 'MeanRateHz')))),
       h('td', { class: 'num' }, fmtBytes(Number(pick(r, 'Bytes')))),
       h('td', { class: 'num' }, String(pick(r, 'Gaps') || 0)),
@@ -606,7 +657,7 @@ async function loadDetail(id) {
       h('td', { class: 'num' }, Number(pick(r, 'AlignmentErrorBoundMs') || 0).toFixed(2) + ' ms'));
   });
   const actions = [
-    h('a', { class: 'button', href: `/v1/episodes/${pathOf(id)}/export`, download: `${id}.mcap`, hidden: st === 'recording' }, 'Download MCAP'),
+    exportLink(id, 'button', 'Download MCAP', st === 'recording'),
   ];
   if (st === 'quarantined' || st === 'failed') actions.push(retryButton(id));
   actions.push(h('button', { type: 'button', onclick: () => { state.selected = null; box.hidden = true; renderSelected(); } }, 'Close'));
@@ -620,14 +671,34 @@ async function loadDetail(id) {
       h('dt', {}, 'Labels'), h('dd', {}, labels || '–'),
       h('dt', {}, 'Trigger'), h('dd', {}, `${pick(e, 'Trigger') || '–'}${pick(e, 'StopReason') ? ', stopped by ' + pick(e, 'StopReason') : ''}${pick(e, 'Priority') ? ', priority' : ''}`),
       h('dt', {}, 'Window'), h('dd', {}, `${fmtTimeNs(start)} – ${stop ? fmtTimeNs(stop) : 'now'} (${stop ? fmtDuration((stop - start) / 1e9) : 'recording'}), pre-roll ${fmtDuration(pre / 1e9)}, post-roll ${fmtDuration(post / 1e9)}`)),
-    h('h4', {}, 'Quality report'),
+    h('h4', {}, 'Quality report ', verdict ? pill(verdict.status, verdict.status === 'degraded' ? 'bad' : 'good') : null),
+    verdict && verdict.reasons.length
+      ? h('ul', { class: 'reasons' }, ...verdict.reasons.map((x) => h('li', { class: 'alert' }, h('span', { class: 'mono' }, pick(x, 'Stream')), ` ${pick(x, 'Code')}: ${pick(x, 'Detail')}`)))
+      : null,
+    gapList(q),
     q.length
       ? h('table', { class: 'quality' },
-        h('thead', {}, h('tr', {}, ...['Stream', 'Kind', 'Samples', 'Rate', 'Bytes', 'Gaps', 'Lost', 'Dropped', 'Decode err.', 'Clock', 'Offset', 'Drift ppm', 'Jitter', 'Align ≤'].map((t, i) => h('th', { class: i >= 2 && i !== 9 ? 'num' : '' }, t)))),
+        h('thead', {}, h('tr', {}, ...['Stream', 'Kind', 'Samples', 'Expected', 'Coverage', 'Rate', 'Bytes', 'Gaps', 'Lost', 'Dropped', 'Decode err.', 'Clock', 'Offset', 'Drift ppm', 'Jitter', 'Align ≤'].map((t, i) => h('th', { class: i >= 2 && i !== 11 ? 'num' : '' }, t)))),
         h('tbody', {}, ...qrows))
       : h('p', { class: 'muted' }, st === 'recording' ? 'The report is written when the episode closes.' : 'No quality report.'),
     h('div', { class: 'actions' }, ...actions)].filter(Boolean));
   box.hidden = false;
+}
+
+// gapList lists every stream's gaps with their causes (at most 50 shown).
+function gapList(q) {
+  const items = [];
+  for (const r of q) {
+    for (const g of pick(r, 'GapList') || []) {
+      const from = Number(pick(g, 'From'));
+      const to = Number(pick(g, 'To'));
+      items.push(h('li', {}, h('span', { class: 'mono' }, pick(r, 'Stream')), ` ${fmtTimeNs(from)} +${fmtDuration((to - from) / 1e9)} ${pick(g, 'Cause')}`));
+    }
+  }
+  if (items.length === 0) return null;
+  const shown = items.slice(0, 50);
+  if (items.length > shown.length) shown.push(h('li', { class: 'muted' }, `${items.length - shown.length} more`));
+  return h('details', { class: 'gaps' }, h('summary', {}, plural(items.length, 'gap')), h('ul', {}, ...shown));
 }
 
 function renderSelected() {
@@ -722,6 +793,9 @@ function initToken() {
     input.placeholder = input.value.trim() ? 'set' : 'not set';
     $('#auth-prompt').hidden = true;
     showError(null);
+    refreshStatus();
+    refreshEpisodes();
+    refreshUploads();
   });
   $('#token-clear').addEventListener('click', () => {
     input.value = '';

@@ -2,7 +2,7 @@
 // offer is POSTed once candidate gathering completes, the answer (201) is
 // applied, and DELETE on the returned Location ends the session.
 
-import { AuthError, HTTPError, authHeaders, pathOf } from './api.js';
+import { AuthError, ForbiddenError, HTTPError, authHeaders, pathOf } from './api.js';
 
 const GATHER_TIMEOUT_MS = 3000;
 
@@ -57,6 +57,7 @@ export class WHEPViewer {
       body: pc.localDescription.sdp,
     });
     if (res.status === 401) throw new AuthError('preview needs the API token');
+    if (res.status === 403) throw new ForbiddenError('preview refused (403)');
     if (res.status !== 201) {
       let msg = (await res.text()).trim();
       try {

@@ -10,7 +10,10 @@
 //     metadata and attachment indexes.
 // For foxglove.CompressedVideo messages the protobuf is decoded minimally
 // (fields 3 data and 4 format) and the data checked to be Annex-B with the
-// parameter sets in front of every keyframe.
+// parameter sets in front of every keyframe; the first message of each
+// video channel is reported (keyframe, with parameter sets). The indexed
+// pass reports, per topic, how often the message sequence (the stream's
+// seq, i.e. the order the device sent) goes backwards in log-time order.
 import { readFile, open } from "node:fs/promises";
 import { McapStreamReader, McapIndexedReader } from "@mcap/core";
 import { loadDecompressHandlers } from "@mcap/support";
@@ -66,6 +69,8 @@ function splitAnnexB(d) {
 
 function checkVideo(data, format, st) {
   const nals = splitAnnexB(data);
+  const first = st.annexB + st.notAnnexB === 0;
+  if (first) st.first = { keyframe: false, withParams: false };
   if (!nals) { st.notAnnexB++; return; }
   st.annexB++;
   const hevc = format === "h265";
@@ -78,6 +83,7 @@ function checkVideo(data, format, st) {
     ? before.includes(32) && before.includes(33) && before.includes(34)
     : before.includes(7) && before.includes(8);
   if (ok) st.keyframesWithParams++;
+  if (first) st.first = { keyframe: true, withParams: ok };
 }
 
 const report = { stream: {}, indexed: {}, errors: [] };
@@ -136,16 +142,22 @@ try {
     },
   };
   const reader = await McapIndexedReader.Initialize({ readable, decompressHandlers });
-  const counts = {};
+  const counts = {}, lastSeq = {}, seqOutOfOrder = {};
   let lastLogTime = -1n, outOfOrder = 0;
   for await (const m of reader.readMessages({ validateCrcs: true })) {
     const ch = reader.channelsById.get(m.channelId);
     counts[ch.topic] = (counts[ch.topic] ?? 0) + 1;
     if (m.logTime < lastLogTime) outOfOrder++;
     lastLogTime = m.logTime;
+    // The sequence is the stream's seq, numbered in the order the device
+    // sent the samples (decode order for video).
+    seqOutOfOrder[ch.topic] ??= 0;
+    if (lastSeq[ch.topic] !== undefined && m.sequence <= lastSeq[ch.topic]) seqOutOfOrder[ch.topic]++;
+    lastSeq[ch.topic] = m.sequence;
   }
   report.indexed.counts = counts;
   report.indexed.outOfOrder = outOfOrder;
+  report.indexed.seqOutOfOrder = seqOutOfOrder;
   report.indexed.chunks = reader.chunkIndexes.length;
   report.indexed.chunkCompression = [...new Set(reader.chunkIndexes.map((c) => c.compression))];
   report.indexed.statisticsMessageCount = Number(reader.statistics?.messageCount ?? -1n);

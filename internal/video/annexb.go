@@ -1,8 +1,6 @@
-// Package h26x holds the H.264/H.265 bitstream helpers that the camera
-// adapters (devices/rtsp, devices/webrtc) and the clips (assets) share:
-// Annex-B framing, and telling from an RTP payload whether it begins an
-// access unit. It only reads and frames bytes; it decodes nothing.
-package h26x
+package video
+
+import "encoding/binary"
 
 // AnnexB joins an access unit's NAL units with 4-byte start codes.
 func AnnexB(au [][]byte) []byte {
@@ -10,12 +8,49 @@ func AnnexB(au [][]byte) []byte {
 	for _, nalu := range au {
 		n += 4 + len(nalu)
 	}
-	b := make([]byte, 0, n)
+	return AppendAnnexB(make([]byte, 0, n), au)
+}
+
+// AppendAnnexB appends au to dst as Annex-B with 4-byte start codes.
+func AppendAnnexB(dst []byte, au [][]byte) []byte {
 	for _, nalu := range au {
-		b = append(b, 0, 0, 0, 1)
-		b = append(b, nalu...)
+		dst = append(dst, 0, 0, 0, 1)
+		dst = append(dst, nalu...)
 	}
-	return b
+	return dst
+}
+
+// SplitAU returns the NAL units of one stored access unit: Annex-B (what
+// the devices store) or, failing that, 4-byte length-prefixed AVCC. It
+// reports false if p is neither. The slices alias p.
+func SplitAU(p []byte) ([][]byte, bool) {
+	if nalus := SplitAnnexB(p); len(nalus) > 0 && startsWithStartCode(p) {
+		return nalus, true
+	}
+	return splitAVCC(p)
+}
+
+func startsWithStartCode(p []byte) bool {
+	return (len(p) >= 4 && p[0] == 0 && p[1] == 0 && p[2] == 0 && p[3] == 1) ||
+		(len(p) >= 3 && p[0] == 0 && p[1] == 0 && p[2] == 1)
+}
+
+// splitAVCC splits 4-byte length-prefixed NAL units; false if p is not
+// exactly a sequence of them.
+func splitAVCC(p []byte) ([][]byte, bool) {
+	var out [][]byte
+	for len(p) > 0 {
+		if len(p) < 4 {
+			return nil, false
+		}
+		n := binary.BigEndian.Uint32(p)
+		if n == 0 || uint64(n) > uint64(len(p)-4) {
+			return nil, false
+		}
+		out = append(out, p[4:4+n])
+		p = p[4+n:]
+	}
+	return out, len(out) > 0
 }
 
 // SplitAnnexB splits an Annex-B byte stream into NAL units without their

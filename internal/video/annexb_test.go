@@ -1,4 +1,4 @@
-package h26x
+package video
 
 import (
 	"bytes"
