@@ -23,7 +23,7 @@ type Episode struct {
 	Manifest export.Manifest
 	Quality  []episode.StreamReport
 	// QualityStatus is the episode's verdict ("ok", "degraded") when the
-	// export carries one, else "".
+	// export carries one (the metadata record's "verdict"), else "".
 	QualityStatus string
 	// Telemetry holds, per topic in time order, the values of the mapped
 	// fields of each message (not the whole message).
@@ -115,27 +115,15 @@ func ReadEpisode(r io.Reader, topics map[string][]string, cameras map[string]boo
 		}
 		haveManifest = true
 		if v := md.Metadata["verdict"]; v != "" {
-			var vd struct {
-				Status string `json:"status"`
+			var vd episode.Verdict
+			if err := json.Unmarshal([]byte(v), &vd); err != nil {
+				return fmt.Errorf("episode verdict: %w", err)
 			}
-			if err := json.Unmarshal([]byte(v), &vd); err == nil {
-				ep.QualityStatus = vd.Status
-			}
+			ep.QualityStatus = vd.Status
 		}
 		if q := md.Metadata["quality"]; q != "" {
 			if err := json.Unmarshal([]byte(q), &ep.Quality); err != nil {
-				// A newer quality layout (an object with a verdict) is
-				// read below; a list is the per-stream report.
-				var v struct {
-					Status  string                 `json:"status"`
-					Streams []episode.StreamReport `json:"streams"`
-				}
-				if json.Unmarshal([]byte(q), &v) == nil {
-					ep.Quality = v.Streams
-					if ep.QualityStatus == "" {
-						ep.QualityStatus = v.Status
-					}
-				}
+				return fmt.Errorf("episode quality report: %w", err)
 			}
 		}
 		return nil
@@ -203,14 +191,8 @@ func ReadEpisode(r io.Reader, topics map[string][]string, cameras map[string]boo
 	for _, ms := range ep.Telemetry {
 		sort.SliceStable(ms, func(i, j int) bool { return ms[i].T < ms[j].T })
 	}
-	if ep.QualityStatus == "" {
-		ep.QualityStatus = qualityStatusOf(ep.Manifest)
-	}
 	return ep, nil
 }
-
-// qualityStatusOf falls back to a "quality" label; "" when unknown.
-func qualityStatusOf(m export.Manifest) string { return m.Labels["quality"] }
 
 // decodeCompressedVideo decodes foxglove.CompressedVideo: timestamp (1),
 // frame_id (2), data (3), format (4).

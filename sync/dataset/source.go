@@ -83,7 +83,7 @@ func (r Ref) fetch(ctx context.Context, dir string) (string, error) {
 // refFromManifest makes a Ref from an upload manifest; get opens an
 // object by its key (relative to the manifest's directory for dir
 // sources, the bucket for S3).
-func refFromManifest(m upload.Manifest, verdict, where string, get func(ctx context.Context, obj upload.ManifestObject) (io.ReadCloser, error)) (Ref, error) {
+func refFromManifest(m upload.Manifest, where string, get func(ctx context.Context, obj upload.ManifestObject) (io.ReadCloser, error)) (Ref, error) {
 	if m.Format != upload.ManifestFormat {
 		return Ref{}, fmt.Errorf("%s: manifest format %q is not %s", where, m.Format, upload.ManifestFormat)
 	}
@@ -96,25 +96,12 @@ func refFromManifest(m upload.Manifest, verdict, where string, get func(ctx cont
 		}
 		obj := o
 		return Ref{ID: m.Episode, Start: m.Start, Task: m.Task, Where: o.Key, SHA256: o.SHA256, Size: o.Size,
-			Quality: verdict,
+			Quality: verdictStatus(m.Verdict),
 			open:    func(ctx context.Context) (io.ReadCloser, error) { return get(ctx, obj) }}, nil
 	}
 	return Ref{}, fmt.Errorf("%s: manifest lists no %s", where, upload.ObjectMCAP)
 }
 
-// verdictOf reads the quality verdict's status from a manifest.json or an
-// episode record ({"verdict": {"status": "ok"}}); "" when it has none.
-func verdictOf(b []byte) string {
-	var v struct {
-		Verdict *struct {
-			Status string `json:"status"`
-		} `json:"verdict"`
-	}
-	if json.Unmarshal(b, &v) != nil || v.Verdict == nil {
-		return ""
-	}
-	return v.Verdict.Status
-}
 
 // DirSource reads uploaded episodes below a directory (a dir target's
 // root or any part of it): every manifest.json found, with the
@@ -140,7 +127,7 @@ func (s DirSource) List(ctx context.Context) ([]Ref, error) {
 			return fmt.Errorf("%s: %w", p, err)
 		}
 		dir := filepath.Dir(p)
-		ref, err := refFromManifest(m, verdictOf(b), p, func(_ context.Context, o upload.ManifestObject) (io.ReadCloser, error) {
+		ref, err := refFromManifest(m, p, func(_ context.Context, o upload.ManifestObject) (io.ReadCloser, error) {
 			return os.Open(filepath.Join(dir, filepath.FromSlash(path.Base(o.Key))))
 		})
 		if err != nil {
@@ -217,7 +204,7 @@ func (s S3Source) List(ctx context.Context) ([]Ref, error) {
 		if err != nil {
 			return nil, fmt.Errorf("s3://%s/%s: %w", s.Bucket, obj.Key, err)
 		}
-		ref, err := refFromManifest(m, verdictOf(b), "s3://"+s.Bucket+"/"+obj.Key, func(ctx context.Context, mo upload.ManifestObject) (io.ReadCloser, error) {
+		ref, err := refFromManifest(m, "s3://"+s.Bucket+"/"+obj.Key, func(ctx context.Context, mo upload.ManifestObject) (io.ReadCloser, error) {
 			return cl.GetObject(ctx, s.Bucket, mo.Key, minio.GetObjectOptions{})
 		})
 		if err != nil {
@@ -317,7 +304,7 @@ func (s APISource) List(ctx context.Context) ([]Ref, error) {
 		}
 		id := e.ID
 		refs = append(refs, Ref{ID: id, Start: e.Start, Task: e.Task, Where: s.Base + "/v1/episodes/" + id + "/export",
-			Quality: verdictOf(raw),
+			Quality: e.QualityStatus(),
 			open: func(ctx context.Context) (io.ReadCloser, error) {
 				resp, err := s.get(ctx, "/v1/episodes/"+url.PathEscape(id)+"/export")
 				if err != nil {
@@ -327,6 +314,13 @@ func (s APISource) List(ctx context.Context) ([]Ref, error) {
 			}})
 	}
 	return refs, nil
+}
+
+func verdictStatus(v *episode.Verdict) string {
+	if v == nil {
+		return ""
+	}
+	return v.Status
 }
 
 // sortRefs orders episodes by start time, then id, so that a dataset's
