@@ -102,7 +102,6 @@ func refFromManifest(m upload.Manifest, where string, get func(ctx context.Conte
 	return Ref{}, fmt.Errorf("%s: manifest lists no %s", where, upload.ObjectMCAP)
 }
 
-
 // DirSource reads uploaded episodes below a directory (a dir target's
 // root or any part of it): every manifest.json found, with the
 // episode.mcap beside it.

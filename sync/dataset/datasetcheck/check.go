@@ -31,7 +31,7 @@ type Report struct {
 		Trues    int
 	} `json:"ranges"`
 	// Extra holds each episode's episoded/... columns.
-	Extra []map[string]any `json:"extra"`
+	Extra  []map[string]any `json:"extra"`
 	Videos []struct {
 		File    string    `json:"file"`
 		Key     string    `json:"key"`
