@@ -174,6 +174,9 @@ func TestDatasetFromDemo(t *testing.T) {
 			if c, _ := e["episoded/coverage"].(float64); c <= 0.9 || c > 1 {
 				t.Errorf("episode %v: coverage %v", e["episoded/id"], e["episoded/coverage"])
 			}
+			if c, _ := e["episoded/stream_coverage"].(float64); c <= 0.5 || c > 1 {
+				t.Errorf("episode %v: stream coverage %v", e["episoded/id"], e["episoded/stream_coverage"])
+			}
 			if b, _ := e["episoded/alignment_bound_ms"].(float64); b <= 0 {
 				t.Errorf("episode %v: alignment bound %v", e["episoded/id"], e["episoded/alignment_bound_ms"])
 			}

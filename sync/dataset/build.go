@@ -87,8 +87,11 @@ type epRec struct {
 	part     int64
 	quality  string
 	coverage float64
-	bound    float64
-	stats    map[string]featStats
+	// streamCov is the lowest coverage the recorder reported for the
+	// mapped streams (samples over expected), -1 when it reported none.
+	streamCov float64
+	bound     float64
+	stats     map[string]featStats
 	// video location per camera key, filled when written.
 	vchunk, vfile map[string]int64
 	vfrom, vto    map[string]float64
@@ -365,9 +368,30 @@ func (b *builder) addEpisode(ctx context.Context, r Ref) error {
 	if task == "" {
 		task = "unspecified"
 	}
+	// The alignment bound and the recorder's coverage of the streams the
+	// mapping uses (telemetry streams are found by their topic).
+	used := map[string]bool{}
+	for _, c := range b.m.Cameras {
+		used[c.Stream] = true
+	}
+	for _, fl := range append(slices.Clone(b.m.State), b.m.Action.Fields...) {
+		used[fl.Topic] = true
+		for _, si := range ep.Manifest.Streams {
+			if si.Topic == fl.Topic {
+				used[si.Stream] = true
+			}
+		}
+	}
 	var bound float64
+	streamCov := -1.0
 	for _, q := range ep.Quality {
+		if !used[q.Stream] {
+			continue
+		}
 		bound = max(bound, q.AlignmentErrorBoundMs)
+		if streamCov < 0 || q.Coverage < streamCov {
+			streamCov = q.Coverage
+		}
 	}
 	quality := ep.QualityStatus
 	if quality == "" {
@@ -378,7 +402,7 @@ func (b *builder) addEpisode(ctx context.Context, r Ref) error {
 			b.sum.Warnings = append(b.sum.Warnings, fmt.Sprintf("episode %s lasts %.0f s: LeRobot's float32 timestamps are coarser than its 0.1 ms tolerance past 2048 s", r.ID, secs))
 		}
 		rec := &epRec{index: len(b.eps), length: sg.n, task: task, id: r.ID, part: int64(si), quality: quality,
-			coverage: sg.coverage, bound: bound, stats: map[string]featStats{}, segs: map[string]*videoSeg{}}
+			coverage: sg.coverage, streamCov: streamCov, bound: bound, stats: map[string]featStats{}, segs: map[string]*videoSeg{}}
 		if err := b.addSegment(ctx, rec, res, sg); err != nil {
 			return fmt.Errorf("episode %s: %w", r.ID, err)
 		}
@@ -695,7 +719,7 @@ func (b *builder) episodeColumns() []column {
 		{"dataset_from_index", tInt64}, {"dataset_to_index", tInt64},
 		{"meta/episodes/chunk_index", tInt64}, {"meta/episodes/file_index", tInt64},
 		{"episoded/id", tString}, {"episoded/part", tInt64}, {"episoded/quality", tString},
-		{"episoded/coverage", tFloat64}, {"episoded/alignment_bound_ms", tFloat64},
+		{"episoded/coverage", tFloat64}, {"episoded/stream_coverage", tFloat64}, {"episoded/alignment_bound_ms", tFloat64},
 	}
 	for _, c := range b.m.Cameras {
 		k := "videos/" + CameraKey(c.Name) + "/"
@@ -719,7 +743,7 @@ func (b *builder) writeEpisodes() error {
 			"dataset_from_index": e.from, "dataset_to_index": e.from + int64(e.length),
 			"meta/episodes/chunk_index": int64(0), "meta/episodes/file_index": int64(0),
 			"episoded/id": e.id, "episoded/part": e.part, "episoded/quality": e.quality,
-			"episoded/coverage": e.coverage, "episoded/alignment_bound_ms": e.bound,
+			"episoded/coverage": e.coverage, "episoded/stream_coverage": e.streamCov, "episoded/alignment_bound_ms": e.bound,
 		}
 		for _, c := range b.m.Cameras {
 			key := CameraKey(c.Name)

@@ -102,7 +102,7 @@ func (b *builder) load() error {
 				e.task = ts[0]
 			}
 			e.id, e.part, e.quality = str("episoded/id"), i64("episoded/part"), str("episoded/quality")
-			e.coverage, e.bound = f64("episoded/coverage"), f64("episoded/alignment_bound_ms")
+			e.coverage, e.streamCov, e.bound = f64("episoded/coverage"), f64("episoded/stream_coverage"), f64("episoded/alignment_bound_ms")
 			e.from = i64("dataset_from_index")
 			e.dchunk, e.dfile = i64("data/chunk_index"), i64("data/file_index")
 			for _, c := range b.m.Cameras {
