@@ -321,8 +321,8 @@ func TestDatasetUsage(t *testing.T) {
 		{[]string{"--map", mp}, "--out and --map are required"},
 		{[]string{"--out", t.TempDir(), "--map", bad}, "fps: must be 1..1000"},
 		{[]string{"--out", t.TempDir(), "--map", bad}, `missing: "sometimes" is not fill-previous, split or drop-episode`},
-		{[]string{"--out", t.TempDir(), "--map", mp, "--from", "/nonexistent"}, "is not a directory"},
-		{[]string{"--out", t.TempDir(), "--map", mp, "--from", "s3://bucket/p"}, "needs --s3-endpoint"},
+		{[]string{"--out", t.TempDir(), "--map", mp, "--from", "/nonexistent"}, "no such file or directory"},
+		{[]string{"--out", t.TempDir(), "--map", mp, "--from", "s3://bucket/p"}, "no endpoint"},
 		{[]string{"--out", t.TempDir(), "--map", mp, "--quality", "great"}, "want ok or degraded"},
 	} {
 		t.Setenv("AWS_ENDPOINT_URL", "")

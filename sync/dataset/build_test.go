@@ -72,7 +72,7 @@ func frames(aus [][]byte, ptsOff []int, start int64, jitter int64, seed uint64, 
 
 func build(t *testing.T, src, out string, m *dataset.Mapping) dataset.Summary {
 	t.Helper()
-	sum, err := dataset.Build(context.Background(), dataset.DirSource{Root: src}, dataset.Options{Out: out, Mapping: m, Version: "test"})
+	sum, err := dataset.Build(context.Background(), dataset.DirSource(src), dataset.Options{Out: out, Mapping: m, Version: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func TestCameraOutageAndJitter(t *testing.T) {
 	})
 	t.Run("no-ffmpeg", func(t *testing.T) {
 		t.Setenv("PATH", t.TempDir())
-		_, err := dataset.Build(context.Background(), dataset.DirSource{Root: src},
+		_, err := dataset.Build(context.Background(), dataset.DirSource(src),
 			dataset.Options{Out: filepath.Join(t.TempDir(), "ds"), Mapping: testMapping(t, dataset.PolicyFillPrevious, "clean", "jitter")})
 		if !errors.Is(err, dataset.ErrNoFFmpeg) || !strings.Contains(err.Error(), "cell1/jitter") {
 			t.Fatalf("without ffmpeg: %v; want ErrNoFFmpeg naming the camera", err)
@@ -214,7 +214,7 @@ func TestQualityFilterAndAppend(t *testing.T) {
 	}
 	m := testMapping(t, dataset.PolicyFillPrevious, "cam")
 	out := filepath.Join(t.TempDir(), "ds")
-	sum, err := dataset.Build(context.Background(), dataset.DirSource{Root: src}, dataset.Options{Out: out, Mapping: m, Quality: "ok"})
+	sum, err := dataset.Build(context.Background(), dataset.DirSource(src), dataset.Options{Out: out, Mapping: m, Quality: "ok"})
 	if err != nil {
 		t.Fatal(err)
 	}

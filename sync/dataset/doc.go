@@ -3,7 +3,7 @@
 //
 // # Pipeline
 //
-// A Source lists episodes (DirSource and S3Source read uploaded
+// A Source lists episodes (BucketSource reads uploaded
 // manifest.json + episode.mcap, APISource a running daemon's exports).
 // Build takes them in (start, id) order and, one at a time: copies the
 // MCAP to a temporary file while hashing it and refuses it unless size
