@@ -470,7 +470,10 @@ func (b *builder) addSegment(ctx context.Context, rec *epRec, res *gridResult, s
 						return nil
 					})
 					if err != nil {
-						return fmt.Errorf("camera %s: video statistics: %w", c.Stream, err)
+						// The video itself is fine (copied as is); only its
+						// statistics are missing.
+						b.sum.Warnings = append(b.sum.Warnings, fmt.Sprintf("episode %s camera %s: no video statistics: %v", rec.id, c.Stream, err))
+						hist, nsampled = make([][256]int64, 3), 0
 					}
 				}
 			}
