@@ -83,6 +83,8 @@ func TestDecodeIndexMatchesGeneric(t *testing.T) {
 		{V: 1, SrcT: -5, RecvT: 7, Flags: 3, Lost: 1 << 31, Dropped: 9, Payload: []byte("abc")},
 		{V: 1, SrcT: math.MinInt64, RecvT: math.MaxInt64, Seg: 1 << 40, Off: 1 << 33, Len: 1 << 30, Sum: 0xffffffff},
 		{V: 1, Payload: []byte{}},
+		{V: 2, SrcT: 1, RecvT: 2, PTSOffset: -66_000_000, Seg: 3, Off: 4, Len: 5},
+		{V: 2, PTSOffset: math.MaxInt64, Payload: []byte("x")},
 	} {
 		b, _ := appendRecord(nil, &r)
 		var e IndexEntry
@@ -93,12 +95,12 @@ func TestDecodeIndexMatchesGeneric(t *testing.T) {
 		if err := decodeIndexSlow(b, &g); err != nil {
 			t.Fatal(err)
 		}
-		if e.Size != g.Size || e.Sample.SrcT != g.Sample.SrcT || e.Sample.RecvT != g.Sample.RecvT || e.Sample.Flags != g.Sample.Flags || e.Sample.Lost != g.Sample.Lost || e.Sample.Dropped != g.Sample.Dropped {
+		if e.Size != g.Size || e.Sample.SrcT != g.Sample.SrcT || e.Sample.RecvT != g.Sample.RecvT || e.Sample.Flags != g.Sample.Flags || e.Sample.Lost != g.Sample.Lost || e.Sample.Dropped != g.Sample.Dropped || e.Sample.PTSOffset != g.Sample.PTSOffset {
 			t.Fatalf("fast %+v, generic %+v", e, g)
 		}
 	}
 	// A newer record version is refused.
-	b, _ := appendRecord(nil, &sampleRec{V: 2})
+	b, _ := appendRecord(nil, &sampleRec{V: formatVersion + 1})
 	var e IndexEntry
 	if err := decodeIndex(b, &e); err == nil {
 		t.Fatal("newer record accepted")

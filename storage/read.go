@@ -319,7 +319,8 @@ func (s *Store) RangeIndex(stream string, from, to int64) iter.Seq2[IndexEntry, 
 // else (an older or hand-made encoding) goes through the generic decoder.
 func decodeIndex(v []byte, e *IndexEntry) error {
 	d := cborReader{b: v}
-	if n, ok := d.head(4); !ok || n != 11 {
+	n, ok := d.head(4) // 11 fields in format 1, 12 (PTSOffset) since format 2
+	if !ok || (n != 11 && n != 12) {
 		return decodeIndexSlow(v, e)
 	}
 	ver, ok1 := d.uint()
@@ -347,7 +348,17 @@ func decodeIndex(v []byte, e *IndexEntry) error {
 		return decodeIndexSlow(v, e)
 	}
 	ln, ok8 := d.uint()
-	if _, ok := d.uint(); !ok || !ok8 || d.i != len(d.b) { // Sum
+	if _, ok := d.uint(); !ok || !ok8 { // Sum
+		return decodeIndexSlow(v, e)
+	}
+	var ptsOffset int64
+	if n == 12 {
+		var ok9 bool
+		if ptsOffset, ok9 = d.int(); !ok9 {
+			return decodeIndexSlow(v, e)
+		}
+	}
+	if d.i != len(d.b) {
 		return decodeIndexSlow(v, e)
 	}
 	if ver > formatVersion {
@@ -357,6 +368,7 @@ func decodeIndex(v []byte, e *IndexEntry) error {
 	}
 	e.Sample.SrcT, e.Sample.RecvT = srcT, recvT
 	e.Sample.Flags, e.Sample.Lost, e.Sample.Dropped = sample.Flags(flags), uint32(lost), uint32(dropped)
+	e.Sample.PTSOffset = ptsOffset
 	e.Size = max(inline, 0)
 	if seg != 0 {
 		e.Size = int(ln)
@@ -370,7 +382,7 @@ func decodeIndexSlow(v []byte, e *IndexEntry) error {
 		return err
 	}
 	e.Sample.SrcT, e.Sample.RecvT, e.Sample.Flags = rec.SrcT, rec.RecvT, sample.Flags(rec.Flags)
-	e.Sample.Lost, e.Sample.Dropped = rec.Lost, rec.Dropped
+	e.Sample.Lost, e.Sample.Dropped, e.Sample.PTSOffset = rec.Lost, rec.Dropped, rec.PTSOffset
 	e.Size = len(rec.Payload)
 	if rec.Seg != 0 {
 		e.Size = int(rec.Len)

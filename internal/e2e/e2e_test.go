@@ -26,8 +26,8 @@ import (
 	"github.com/episoded/episoded/internal/signing"
 	"github.com/episoded/episoded/internal/sim"
 	"github.com/episoded/episoded/storage"
-	"github.com/episoded/episoded/sync/export"
 	"github.com/episoded/episoded/sync/catalog"
+	"github.com/episoded/episoded/sync/export"
 	"github.com/episoded/episoded/sync/upload"
 )
 
