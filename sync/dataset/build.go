@@ -111,13 +111,17 @@ type camFile struct {
 }
 
 type builder struct {
-	o       Options
-	m       *Mapping
-	lay     *layout
-	feats   []feature
-	tasks   []string
-	eps     []*epRec
+	o     Options
+	m     *Mapping
+	lay   *layout
+	feats []feature
+	tasks []string
+	eps   []*epRec
+	// rows are the data rows from global index rowBase on: the rows of
+	// the existing dataset's last data file (the only one that can grow)
+	// and the new ones. Earlier data files are not read or rewritten.
 	rows    []map[string]any
+	rowBase int64
 	files   map[string][]*camFile // per camera key; only the last is loaded
 	info    map[string]any        // existing info.json
 	sources []string
@@ -203,7 +207,7 @@ func Build(ctx context.Context, src Source, o Options) (Summary, error) {
 		}
 		b.progress(i+1, len(todo))
 	}
-	b.sum.Episodes, b.sum.Rows = len(b.eps), len(b.rows)
+	b.sum.Episodes, b.sum.Rows = len(b.eps), int(b.nrows())
 	if len(b.eps) == 0 {
 		b.sum.Warnings = append(b.sum.Warnings, "no episode to build from; nothing written")
 		return b.sum, nil
@@ -214,7 +218,7 @@ func Build(ctx context.Context, src Source, o Options) (Summary, error) {
 	if err := b.write(); err != nil {
 		return b.sum, err
 	}
-	b.sum.Episodes, b.sum.Rows = len(b.eps), len(b.rows)
+	b.sum.Episodes, b.sum.Rows = len(b.eps), int(b.nrows())
 	return b.sum, nil
 }
 
@@ -424,7 +428,7 @@ func (b *builder) taskIndex(t string) int64 {
 func (b *builder) addSegment(ctx context.Context, rec *epRec, res *gridResult, sg segment) error {
 	fps := b.m.FPS
 	ti := b.taskIndex(rec.task)
-	rec.from = int64(len(b.rows))
+	rec.from = b.nrows()
 	sg = b.trimForRemux(res, sg)
 	rec.length = sg.n
 	// Video first: it can fail (no ffmpeg) before any row is added.
@@ -517,7 +521,7 @@ func (b *builder) addSegment(ctx context.Context, rec *epRec, res *gridResult, s
 			"timestamp":         float32(float64(k) / float64(fps)),
 			"frame_index":       int64(k),
 			"episode_index":     int64(rec.index),
-			"index":             int64(len(b.rows)),
+			"index":             b.nrows(),
 			"task_index":        ti,
 			"observation.state": sg.state[k],
 			"action":            sg.act[k],
@@ -539,7 +543,7 @@ func (b *builder) addSegment(ctx context.Context, rec *epRec, res *gridResult, s
 		}
 		rows := make([][]float64, sg.n)
 		for k := range rows {
-			rows[k] = numeric(b.rows[int(rec.from)+k][f.key])
+			rows[k] = numeric(b.rows[int(rec.from-b.rowBase)+k][f.key])
 		}
 		rec.stats[f.key] = computeStats(rows, f.shape[0])
 	}
@@ -601,6 +605,13 @@ func numeric(v any) []float64 {
 	}
 	return nil
 }
+
+// dataFileBytes is where a data file rolls over (estimated from the row
+// width); a variable so that tests can make several files.
+var dataFileBytes = dataFileMB << 20
+
+// nrows is the dataset's row count so far.
+func (b *builder) nrows() int64 { return b.rowBase + int64(len(b.rows)) }
 
 func chunkFile(i int) (int, int) { return i / chunksSize, i % chunksSize }
 
@@ -670,7 +681,7 @@ func (b *builder) write() error {
 	// Data files: whole episodes, a new file past ~100 MB (estimated from
 	// the row width, so the split depends only on the rows).
 	rowBytes := 4 + 4*8 + 4*(len(b.lay.stateNames)+len(b.lay.actNames)) + 5*len(b.feats)
-	perFile := max(1, dataFileMB<<20/rowBytes)
+	perFile := max(1, dataFileBytes/rowBytes)
 	file, inFile := 0, 0
 	var cols []column
 	for _, f := range b.feats {
@@ -697,7 +708,10 @@ func (b *builder) write() error {
 		}
 		c, f := chunkFile(file)
 		e.dchunk, e.dfile = int64(c), int64(f)
-		pending = append(pending, b.rows[e.from:e.from+int64(e.length)]...)
+		if e.from >= b.rowBase { // files before rowBase are complete and unchanged
+			lo := e.from - b.rowBase
+			pending = append(pending, b.rows[lo:lo+int64(e.length)]...)
+		}
 		inFile += e.length
 	}
 	if err := flush(); err != nil {
@@ -837,7 +851,7 @@ func (b *builder) writeInfo(vsize map[string][2]int, vcodec map[string]string) e
 	}
 	info := map[string]any{
 		"codebase_version": CodebaseVersion, "robot_type": nilIfEmpty(b.m.RobotType),
-		"total_episodes": len(b.eps), "total_frames": len(b.rows), "total_tasks": len(b.tasks),
+		"total_episodes": len(b.eps), "total_frames": b.nrows(), "total_tasks": len(b.tasks),
 		"chunks_size": chunksSize, "data_files_size_in_mb": dataFileMB, "video_files_size_in_mb": videoFileMB,
 		"fps": b.m.FPS, "splits": map[string]string{"train": fmt.Sprintf("0:%d", len(b.eps))},
 		"data_path": dataPath, "video_path": vp, "features": feats,

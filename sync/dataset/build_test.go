@@ -314,3 +314,48 @@ func TestH265Camera(t *testing.T) {
 		t.Errorf("info.json does not say hevc for the remuxed H.265 camera")
 	}
 }
+
+// TestAppendManyDataFiles: with data files rolling every ~100 rows,
+// appending episode by episode (each append reads back only the last data
+// file) gives the same files as building once, in several data files.
+func TestAppendManyDataFiles(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs ffmpeg, node and PyAV; skipped under -short")
+	}
+	defer dataset.SetDataFileBytes(100 * 80)()
+	aus, _, _ := ffmpegClip(t, 2, 0, 30)
+	src := t.TempDir()
+	var ids []string
+	for i := 0; i < 5; i++ {
+		start := t0 + int64(i)*100e9
+		id := "ep" + string(rune('1'+i))
+		ids = append(ids, id)
+		fakeEpisode(t, src, id, "pick", start, []telemetry{joints(start, 2)}, map[string][]camFrame{
+			"cell1/cam": frames(aus, nil, start, 0, uint64(i), 0, 0),
+		})
+	}
+	m := testMapping(t, dataset.PolicyFillPrevious, "cam")
+	once := filepath.Join(t.TempDir(), "once")
+	build(t, src, once, m)
+	inc := filepath.Join(t.TempDir(), "inc")
+	for _, id := range ids {
+		build(t, filepath.Join(src, id), inc, m)
+	}
+	rep := datasetcheck.Run(t, inc)
+	if rep.Episodes != 5 {
+		t.Errorf("%d episodes", rep.Episodes)
+	}
+	files, _ := filepath.Glob(filepath.Join(inc, "data", "*", "*.parquet"))
+	if len(files) < 3 {
+		t.Errorf("%d data files; the test wants several", len(files))
+	}
+	a, b := treeHash(t, once), treeHash(t, inc)
+	if len(a) != len(b) {
+		t.Errorf("%d files appending, %d building once", len(b), len(a))
+	}
+	for k, v := range a {
+		if b[k] != v {
+			t.Errorf("%s differs between appending and building once", k)
+		}
+	}
+}

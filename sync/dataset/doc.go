@@ -28,15 +28,16 @@
 // each camera's MP4 holds whole episodes back to back and rolls when the
 // parameter sets change or at 200 MB; the episodes table carries each
 // episode's statistics (stats/<feature>/<stat>), from which stats.json is
-// aggregated. Appending reads all of that back (load) and rewrites the
-// tables and the camera files that grow, so appending episode by episode
-// gives the same bytes as building once. Every file is written to a
+// aggregated. Appending reads that back (load: the tables, the last data
+// file's rows, each camera's last MP4 when it grows) and rewrites the
+// metadata tables and the files that grow, so appending episode by
+// episode gives the same bytes as building once. Every file is written to a
 // temporary name and renamed; a crash mid-write can leave a dataset whose
 // tables disagree, which the next build reports when it loads it.
 //
 // Memory: the values of the mapped telemetry fields of the episode being
-// converted, every dataset row (the data tables are
-// rewritten whole), and one small record per video frame. Frame bytes are
+// converted, the rows of the last existing data file plus every new row,
+// and one small record per video frame. Frame bytes are
 // spooled to a file in the build's temporary directory (inside the output
 // directory) and MP4 samples are read from their files when written.
 package dataset

@@ -132,17 +132,28 @@ func (b *builder) load() error {
 			b.eps = append(b.eps, e)
 		}
 	}
-	dataFiles, _ := filepath.Glob(filepath.Join(b.o.Out, "data", "*", "*.parquet"))
-	sort.Strings(dataFiles)
-	for _, p := range dataFiles {
+	// Only the last data file can grow: read its rows, starting at its
+	// first episode's index.
+	if n := len(b.eps); n > 0 {
+		last := b.eps[n-1]
+		b.rowBase = last.from
+		for i := n - 1; i >= 0 && b.eps[i].dchunk == last.dchunk && b.eps[i].dfile == last.dfile; i-- {
+			b.rowBase = b.eps[i].from
+		}
+		p := b.dataFile(int(last.dchunk)*chunksSize + int(last.dfile))
 		rows, err := readParquet(p)
 		if err != nil {
 			return fmt.Errorf("read existing dataset: %w", err)
 		}
-		b.rows = append(b.rows, rows...)
-	}
-	if n := len(b.eps); n > 0 && b.eps[n-1].from+int64(b.eps[n-1].length) != int64(len(b.rows)) {
-		return fmt.Errorf("read existing dataset: %d rows in data files, the episodes say %d", len(b.rows), b.eps[n-1].from+int64(b.eps[n-1].length))
+		b.rows = rows
+		if want := last.from + int64(last.length) - b.rowBase; int64(len(rows)) != want {
+			return fmt.Errorf("read existing dataset: %s has %d rows, the episodes say %d", p, len(rows), want)
+		}
+		if len(rows) > 0 {
+			if i, _ := rows[0]["index"].(int64); i != b.rowBase {
+				return fmt.Errorf("read existing dataset: %s starts at index %d, the episodes say %d", p, i, b.rowBase)
+			}
+		}
 	}
 	if len(b.eps) > 0 {
 		for _, c := range b.m.Cameras {
