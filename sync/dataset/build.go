@@ -117,11 +117,20 @@ type builder struct {
 	feats []feature
 	tasks []string
 	eps   []*epRec
-	// rows are the data rows from global index rowBase on: the rows of
-	// the existing dataset's last data file (the only one that can grow)
-	// and the new ones. Earlier data files are not read or rewritten.
+	// rows are the data rows from global index rowBase on: those of the
+	// data file being filled (the existing dataset's last file, the only
+	// one that can grow, when appending) and of the episode being placed.
+	// Finished files are staged and leave memory; earlier existing files
+	// are neither read nor rewritten.
 	rows    []map[string]any
 	rowBase int64
+	// The data file being filled: its index, its rows so far, whether it
+	// holds a new episode; staged are finished files written to the
+	// temporary directory (temp path, final path), moved in place last.
+	dfFile  int
+	dfIn    int
+	dfDirty bool
+	staged  [][2]string
 	files   map[string][]*camFile // per camera key; only the last is loaded
 	info    map[string]any        // existing info.json
 	sources []string
@@ -411,6 +420,9 @@ func (b *builder) addEpisode(ctx context.Context, r Ref) error {
 			return fmt.Errorf("episode %s: %w", r.ID, err)
 		}
 		b.eps = append(b.eps, rec)
+		if err := b.place(rec); err != nil {
+			return err
+		}
 	}
 	b.sum.Added++
 	b.sources = append(b.sources, r.ID)
@@ -606,6 +618,49 @@ func numeric(v any) []float64 {
 	return nil
 }
 
+// place assigns a new episode (its rows just appended) to a data file:
+// whole episodes per file, a new file past ~100 MB (estimated from the row
+// width, so the split depends only on the rows). A finished file is
+// written to the temporary directory and its rows leave memory.
+func (b *builder) place(e *epRec) error {
+	rowBytes := 4 + 4*8 + 4*(len(b.lay.stateNames)+len(b.lay.actNames)) + 5*len(b.feats)
+	perFile := max(1, dataFileBytes/rowBytes)
+	if b.dfIn > 0 && b.dfIn+e.length > perFile {
+		if err := b.flushData(len(b.rows) - e.length); err != nil {
+			return err
+		}
+		b.dfFile++
+		b.dfIn = 0
+	}
+	c, f := chunkFile(b.dfFile)
+	e.dchunk, e.dfile = int64(c), int64(f)
+	b.dfIn += e.length
+	b.dfDirty = true
+	return nil
+}
+
+// flushData stages the current data file, made of the first n rows in
+// memory, if it holds a new episode, and drops those rows from memory.
+func (b *builder) flushData(n int) error {
+	if b.dfDirty && n > 0 {
+		var cols []column
+		for _, f := range b.feats {
+			if !f.video {
+				cols = append(cols, column{f.key, f.col})
+			}
+		}
+		tmp := filepath.Join(b.tmp, fmt.Sprintf("data-%d.parquet", b.dfFile))
+		if err := writeParquet(tmp, cols, b.rows[:n], nil); err != nil {
+			return err
+		}
+		b.staged = append(b.staged, [2]string{tmp, b.dataFile(b.dfFile)})
+	}
+	b.rows = slices.Clone(b.rows[n:])
+	b.rowBase += int64(n)
+	b.dfDirty = false
+	return nil
+}
+
 // dataFileBytes is where a data file rolls over (estimated from the row
 // width); a variable so that tests can make several files.
 var dataFileBytes = dataFileMB << 20
@@ -678,44 +733,17 @@ func (b *builder) write() error {
 			}
 		}
 	}
-	// Data files: whole episodes, a new file past ~100 MB (estimated from
-	// the row width, so the split depends only on the rows).
-	rowBytes := 4 + 4*8 + 4*(len(b.lay.stateNames)+len(b.lay.actNames)) + 5*len(b.feats)
-	perFile := max(1, dataFileBytes/rowBytes)
-	file, inFile := 0, 0
-	var cols []column
-	for _, f := range b.feats {
-		if !f.video {
-			cols = append(cols, column{f.key, f.col})
-		}
-	}
-	var pending []map[string]any
-	flush := func() error {
-		if len(pending) == 0 {
-			return nil
-		}
-		err := writeParquet(b.dataFile(file), cols, pending, nil)
-		pending = nil
+	// Data files: the current one, then every one staged so far.
+	if err := b.flushData(len(b.rows)); err != nil {
 		return err
 	}
-	for _, e := range b.eps {
-		if inFile > 0 && inFile+e.length > perFile {
-			if err := flush(); err != nil {
-				return err
-			}
-			file++
-			inFile = 0
+	for _, f := range b.staged {
+		if err := os.MkdirAll(filepath.Dir(f[1]), 0o755); err != nil {
+			return err
 		}
-		c, f := chunkFile(file)
-		e.dchunk, e.dfile = int64(c), int64(f)
-		if e.from >= b.rowBase { // files before rowBase are complete and unchanged
-			lo := e.from - b.rowBase
-			pending = append(pending, b.rows[lo:lo+int64(e.length)]...)
+		if err := os.Rename(f[0], f[1]); err != nil {
+			return err
 		}
-		inFile += e.length
-	}
-	if err := flush(); err != nil {
-		return err
 	}
 	if err := b.writeEpisodes(); err != nil {
 		return err

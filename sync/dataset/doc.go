@@ -36,8 +36,9 @@
 // tables disagree, which the next build reports when it loads it.
 //
 // Memory: the values of the mapped telemetry fields of the episode being
-// converted, the rows of the last existing data file plus every new row,
-// and one small record per video frame. Frame bytes are
+// converted, the rows of the data file being filled (finished data files
+// are staged in the temporary directory and moved in place last), and one
+// small record per video frame. Frame bytes are
 // spooled to a file in the build's temporary directory (inside the output
 // directory) and MP4 samples are read from their files when written.
 package dataset

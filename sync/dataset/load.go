@@ -146,6 +146,7 @@ func (b *builder) load() error {
 			return fmt.Errorf("read existing dataset: %w", err)
 		}
 		b.rows = rows
+		b.dfFile, b.dfIn = int(last.dchunk)*chunksSize+int(last.dfile), len(rows)
 		if want := last.from + int64(last.length) - b.rowBase; int64(len(rows)) != want {
 			return fmt.Errorf("read existing dataset: %s has %d rows, the episodes say %d", p, len(rows), want)
 		}
