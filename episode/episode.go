@@ -65,16 +65,16 @@ type Episode struct {
 	// Reason explains a failed or quarantined state, or, while an upload
 	// is being retried, why its last attempt failed.
 	Reason string `json:"reason,omitempty"`
+	// TimeSync is the gateway's kernel time-sync state when the episode
+	// closed (nil if it was not read, e.g. an episode recovered after a
+	// crash); the upload manifest's provenance carries it.
+	TimeSync *TimeSync `json:"time_sync,omitempty"`
 	// Quality is the per-stream report; final once the episode is finished.
 	Quality []StreamReport `json:"quality"`
 	// Verdict is the episode's quality verdict (ok or degraded, and why),
 	// set when the final report is built; nil while recording and for
 	// episodes closed by an older version.
 	Verdict *Verdict `json:"verdict,omitempty"`
-	// TimeSync is the gateway's kernel time-sync state when the episode
-	// closed (nil if it was not read, e.g. an episode recovered after a
-	// crash); the upload manifest's provenance carries it.
-	TimeSync *TimeSync `json:"time_sync,omitempty"`
 	// Created and Updated are gateway wall-clock times of the record.
 	Created int64 `json:"created"`
 	Updated int64 `json:"updated"`

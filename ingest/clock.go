@@ -297,9 +297,19 @@ type Clock struct {
 	pend     [pendCap]held
 	npend    int
 	pendHead int
-	runN     int    // samples in the current run of candidates
-	runSign  int    // -1 below the envelope, +1 above it
-	acqN     uint64 // samples seen while acquiring the first offset
+	runN     int     // samples in the current run of candidates
+	runSign  int     // -1 below the envelope, +1 above it
+	acqN     uint64  // samples seen while acquiring the first offset
+	creepN   int     // samples in a row above creepLim (see creep)
+	creepLim float64 // the limit, fixed at the first of them
+	creepX0  int64
+	creepMin float64
+	// A step to measure again (see remeasure).
+	stepPending bool
+	stepX       int64
+	stepOld     float64
+	stepEventT  int64
+	acqSince    int64 // arrival of the first of them
 
 	outliers  uint64
 	jumps     uint64
@@ -308,6 +318,7 @@ type Clock struct {
 	lastT     int64   // the last aligned time returned
 	haveT     bool
 	lastHeld  bool
+	lastWild  bool  // held, and agreeing with no held sample before it
 	lastCand  bool  // the last sample was a candidate held in a run (not confirmed)
 	lastHedge int64 // what its bound owes if its run turns out to be a step
 	lastBnd   int64 // the last bound, unless lazyBnd
@@ -419,13 +430,15 @@ func (c *Clock) arrival(recv int64) int64 {
 // (zero means "no device time" to a Stream); any value is safe.
 func (c *Clock) Align(src, recv int64) int64 {
 	c.samples++
-	c.lastHeld, c.lastCand, c.lastHedge = false, false, 0
+	c.lastHeld, c.lastWild, c.lastCand, c.lastHedge = false, false, false, 0
 	y := satSub(recv, src)
 	if !c.haveLine {
 		return c.acquire(src, y, recv)
 	}
 	r := float64(y) - c.lineAt(src)
-	neg := -float64(c.o.OutlierThreshold)
+	// Below the envelope by more than it can be off (3 envelope
+	// spacings, at least OutlierThreshold) is impossible for a delay.
+	neg := -max(float64(c.o.OutlierThreshold), 3*c.env)
 	if !c.converged {
 		// The envelope of a few samples is not tight yet: only what no
 		// delay can explain is suspect.
@@ -435,6 +448,12 @@ func (c *Clock) Align(src, recv int64) int64 {
 		return c.candidate(src, y, recv, r)
 	}
 	c.endRun()
+	if c.converged && c.creep(src, r) {
+		c.smallStep(src, y, recv)
+		t := c.stamp(src, recv)
+		c.lazyBnd, c.lastBndX = true, src
+		return c.done(t)
+	}
 	c.jitter += (max(r, 0) - c.jitter) / 64
 	c.insert(src, y)
 	c.lastX = src
@@ -446,6 +465,7 @@ func (c *Clock) Align(src, recv int64) int64 {
 	if c.dirty && (!c.converged || src-c.lastBuild >= rebuildEvery || src < c.lastBuild) {
 		c.lastBuild = src
 		c.rebuild()
+		c.stepMeasured()
 	}
 	t := c.stamp(src, recv)
 	c.lazyBnd, c.lastBndX = true, src
@@ -460,9 +480,15 @@ func (c *Clock) done(t int64) int64 {
 // acquire handles a sample before any offset is agreed: it is held back
 // and stamped at arrival until JumpConfirmSamples consecutive samples agree.
 func (c *Clock) acquire(src, y, recv int64) int64 {
+	if c.acqN == 0 {
+		c.acqSince = recv
+	}
 	c.acqN++
 	c.push(held{x: src, y: y, recv: recv, arrival: true})
-	if k := c.o.JumpConfirmSamples; c.npend >= k && c.agree(k) && c.paced() {
+	// The agreeing samples must also arrive paced (not a backlog in a
+	// burst), unless they have not for a second: a device that always
+	// sends in bursts is still timed by its clock.
+	if k := c.o.JumpConfirmSamples; c.npend >= k && c.agree(k) && (c.paced() || satSub(recv, c.acqSince) >= int64(time.Second)) {
 		hs := c.lastPend(k)
 		// The samples before the agreeing ones never agreed with anything.
 		c.outliers += c.acqN - uint64(k)
@@ -473,6 +499,7 @@ func (c *Clock) acquire(src, y, recv int64) int64 {
 		return c.done(t)
 	}
 	c.lastHeld = true
+	c.lastWild = c.agreeing() < 2
 	c.lazyBnd, c.lastBnd = false, int64(c.o.JumpThreshold)
 	return c.done(c.arrival(recv))
 }
@@ -503,12 +530,23 @@ func (c *Clock) candidate(src, y, recv int64, r float64) int64 {
 	}
 	c.push(h)
 	if c.confirm() {
-		c.jump(recv)
+		if sign < 0 && !c.converged {
+			// Before the estimate converges the envelope is still being
+			// found: samples that agree on lower delays than the line
+			// (a device that sends in bursts, a first offset taken from
+			// delayed samples) are evidence, not a step.
+			c.merge()
+		} else {
+			c.jump(recv)
+		}
 		t = c.stamp(src, recv)
 		c.lazyBnd, c.lastBndX = true, src
 		return c.done(t)
 	}
 	c.lastHeld = h.arrival
+	// Wild: it agrees with no held-back sample before it. The samples of
+	// a step waiting for confirmation agree with each other.
+	c.lastWild = h.arrival && c.agreeing() < 2
 	c.lastCand = true
 	if h.arrival {
 		c.lazyBnd, c.lastBnd = false, c.arrivalBound()
@@ -561,23 +599,40 @@ func (c *Clock) confirm() bool {
 
 // paced reports whether the held-back samples that agree with the last
 // one arrived at about the pace of their device times (arrival span at
-// least half the device-time span): not a backlog delivered in a burst,
+// least half the device-time span, over a device-time span of at least
+// four mean excess delays): not a backlog delivered in a burst,
 // whose offsets are its queueing delay. The span is taken over every
 // sample that agrees with the last one, so that it grows with the
 // evidence.
 func (c *Clock) paced() bool {
+	n := c.agreeing()
 	last := c.pend[(c.pendHead+c.npend-1)%pendCap]
-	first := last
+	first := c.pend[(c.pendHead+c.npend-n)%pendCap]
+	srcSpan := satSub(last.x, first.x)
+	recvSpan := satSub(last.recv, first.recv)
+	// Over a span shorter than a few delays the arrival spread is mostly
+	// jitter: wait for a span of 4 times the mean excess delay (at most
+	// 100 ms), so that the samples of one burst cannot look paced.
+	need := satInt(min(4*c.jitter, float64(100*time.Millisecond)))
+	return srcSpan > 0 && srcSpan >= need && recvSpan >= srcSpan/2
+}
+
+// agreeing is how many of the last held-back samples, counting back from
+// the last one, agree with it (offsets within Agree).
+func (c *Clock) agreeing() int {
+	if c.npend == 0 {
+		return 0
+	}
+	last := c.pend[(c.pendHead+c.npend-1)%pendCap]
+	n := 1
 	for i := c.npend - 2; i >= 0; i-- {
 		p := c.pend[(c.pendHead+i)%pendCap]
 		if d := satSub(p.y, last.y); d > int64(c.o.Agree) || d < -int64(c.o.Agree) {
 			break
 		}
-		first = p
+		n++
 	}
-	srcSpan := satSub(last.x, first.x)
-	recvSpan := satSub(last.recv, first.recv)
-	return srcSpan > 0 && recvSpan >= srcSpan/2
+	return n
 }
 
 func (c *Clock) lastPend(k int) []held {
@@ -600,9 +655,12 @@ func (c *Clock) push(h held) {
 
 // jump resets the estimator on the agreeing held-back samples and records
 // an event. The step is the smallest residual among them (the new
-// envelope): its error is the smallest excess delay of the few samples.
+// envelope): its error is the smallest excess delay of those samples.
 func (c *Clock) jump(recv int64) {
-	k := c.o.JumpConfirmSamples
+	// Every agreeing sample of the run (at least the confirming ones)
+	// measures the step and seeds the new estimate: the more, the closer
+	// their smallest delay is to the true minimum.
+	k := max(c.o.JumpConfirmSamples, c.agreeing())
 	hs := c.lastPend(k)
 	// Earlier samples of the run that are not part of the agreeing set
 	// were wild.
@@ -627,7 +685,99 @@ func (c *Clock) jump(recv int64) {
 	if c.converged {
 		c.prior, c.priorUnc, c.havePrior = c.slope, c.slopeUnc, true
 	}
+	c.remeasure(hs[0].x, recv)
 	c.reseed(hs)
+}
+
+// remeasure notes the old line at the step, so that the step's size can
+// be measured again once the new estimate rests on more samples (the few
+// that confirmed it may all have been delayed).
+func (c *Clock) remeasure(x, recv int64) {
+	c.stepPending, c.stepX, c.stepOld, c.stepEventT = true, x, c.lineAt(x), recv
+}
+
+// stepMeasured updates the last step's size from the new estimate, once it
+// rests on 2·MinSamples samples, in its event too.
+func (c *Clock) stepMeasured() {
+	if !c.stepPending || !c.haveLine || c.count < 2*int64(c.o.MinSamples) {
+		return
+	}
+	c.stepPending = false
+	d := c.lineAt(c.stepX) - c.stepOld
+	c.lastStep = d
+	for i := len(c.events) - 1; i >= 0; i-- {
+		if e := &c.events[i]; e.Kind == EventJump && e.T == c.stepEventT {
+			dir := "backward"
+			if d < 0 {
+				dir = "forward"
+			}
+			e.Detail = fmt.Sprintf("device clock stepped %s by %v; estimator reset", dir, time.Duration(satInt(math.Abs(d))).Round(time.Microsecond))
+			break
+		}
+	}
+}
+
+// creep watches for a backward step smaller than JumpThreshold: no single
+// sample can tell it from a delay, but real delays keep touching the
+// envelope, while after a step back every sample lies above it. When for
+// creepSpan of device time (and creepSamples samples) no sample came within
+// max(5 ms, 4 mean excess delays, at most 20 ms) of the envelope, it
+// reports a step. The
+// samples meanwhile owe their residual as a hedge (see candidate).
+func (c *Clock) creep(x int64, r float64) bool {
+	lim := c.creepLim
+	if c.creepN == 0 {
+		lim = max(float64(5*time.Millisecond), min(4*c.jitter, float64(20*time.Millisecond)))
+	}
+	if r < lim {
+		c.creepN = 0
+		return false
+	}
+	if c.creepN == 0 {
+		c.creepLim, c.creepX0, c.creepMin = lim, x, r
+	}
+	c.creepN++
+	c.creepMin = min(c.creepMin, r)
+	c.lastCand, c.lastHedge = true, satInt(r)
+	return c.creepN >= creepSamples && satSub(x, c.creepX0) >= int64(creepSpan)
+}
+
+const (
+	creepSamples = 10
+	creepSpan    = time.Second
+)
+
+// smallStep restarts the estimator after a backward step found by creep,
+// on the current sample (the line is then fresh and tightens as samples
+// come).
+func (c *Clock) smallStep(x, y, recv int64) {
+	d := c.creepMin
+	c.creepN = 0
+	c.lastStep = d
+	c.jumps++
+	c.addEvent(episode.ClockEvent{T: recv, Kind: EventJump,
+		Detail: fmt.Sprintf("device clock stepped backward by %v (every sample for %v lay above the envelope); estimator reset",
+			time.Duration(satInt(d)).Round(time.Microsecond), creepSpan)})
+	c.prior, c.priorUnc, c.havePrior = c.slope, c.slopeUnc, true
+	c.remeasure(x, recv)
+	c.reseed([]held{{x: x, y: y, recv: recv}})
+}
+
+// merge takes the agreeing held-back samples of the run into the evidence
+// and ends the run; earlier ones in it that did not agree were wild.
+func (c *Clock) merge() {
+	k := c.o.JumpConfirmSamples
+	for i := 0; i < c.npend-k; i++ {
+		if c.pend[(c.pendHead+i)%pendCap].arrival {
+			c.outliers++
+		}
+	}
+	for _, h := range c.lastPend(k) {
+		c.insert(h.x, h.y)
+		c.lastX = h.x
+	}
+	c.runN, c.npend, c.pendHead = 0, 0, 0
+	c.rebuild()
 }
 
 // reseed restarts the estimator on the given samples (in arrival order).
@@ -651,6 +801,7 @@ func (c *Clock) restart(x int64) {
 	c.haveLine, c.converged = false, false
 	c.slope = c.prior
 	c.runN, c.npend, c.pendHead = 0, 0, 0
+	c.creepN = 0
 	c.dirty = true
 }
 
@@ -923,6 +1074,11 @@ func (c *Clock) LastHeld() bool { return c.lastHeld }
 // error would be if the run turns out to be a backward step (0 when it was
 // stamped from arrival anyway).
 func (c *Clock) LastCandidate() (bool, int64) { return c.lastCand, c.lastHedge }
+
+// LastWild reports whether the last sample was held back and agreed with
+// no held-back sample before it (a wild timestamp rather than part of a
+// step waiting to be confirmed).
+func (c *Clock) LastWild() bool { return c.lastWild }
 
 // LastStepNs is the signed size of the last confirmed step of the device
 // clock: positive when it stepped backward (samples arrived later than the

@@ -51,16 +51,26 @@
 // are bunched (arrival span under half their device-time span: a backlog
 // draining after congestion, whose samples are stamped through the old
 // line as the late deliveries they are). So a step is detected within 3
-// samples in both directions (about 70 ms at 30 Hz), the estimator is
-// reseeded on the agreeing samples with the old drift as prior, a "jump"
-// event records the step, measured as the smallest residual of the
-// agreeing samples (within a few ms of the truth), and held-back samples
+// samples in both directions (about 70 ms at 30 Hz; at 200 Hz a step back
+// may take a few more samples, within 100 ms, to tell it from jitter), the
+// estimator is reseeded on the agreeing samples with the old drift as
+// prior, and a "jump" event records the step, measured as the smallest
+// residual of the agreeing samples and measured again once the new
+// estimate rests on 20 samples (within 2 % for 200 ms). A step back
+// smaller than 100 ms reads as a longer delay for a while: it is found
+// when for 1 s (and 10 samples) no sample came within max(5 ms, 4 mean
+// excess delays, at most 20 ms) of the envelope (steps below that stay a bias until the
+// window forgets the old envelope). Held-back samples
 // are stamped from arrival: the previous T plus one cadence period (the
 // median device-time interval), kept within [arrival − the largest delay
-// above the envelope in the window, arrival]. While the reseeded line
-// rests on fewer than 10 samples (it lies above the true envelope), T
-// follows the same cadence within the bound. So T stays continuous across
-// a step: a step is a clock event, never a gap. The first offset must
+// above the envelope in the window, arrival]. After a step T catches up
+// with the new line by at most one period per sample (while the reseeded
+// line rests on fewer than 10 samples it lies above the true envelope;
+// after a small step back the samples before its detection were early),
+// the bound carrying the lag. So T stays continuous across a step: a step
+// is a clock event, never a gap. Samples stamped through the line while
+// they lay far above it owe their residual in the bound only if their run
+// turns out to be a step. The first offset must
 // also come from paced samples, so a backlog delivered in a burst at
 // startup (its offsets are queueing delays) is not taken as the offset;
 // before the first offset is agreed, arrival stamps can only assume a

@@ -82,6 +82,9 @@ type Stream struct {
 	// confirmed as a step: their T and the bound they had if it is one.
 	hedges  [pendCap]struct{ t, b int64 }
 	nhedges int
+	// behind: the last T was held back behind the clock's line to keep T
+	// continuous after a step (see Process).
+	behind bool
 	// vid follows a video stream's frame reordering (B-frames); see
 	// Process.
 	vid struct {
@@ -113,7 +116,7 @@ func NewStream(d sample.Descriptor, lastSeq uint64, opts ClockOptions) (*Stream,
 		return nil, fmt.Errorf("ingest: stream %s: %w", d.Stream, err)
 	}
 	return &Stream{desc: d, seq: lastSeq, clock: c, c: StreamCounters{LastSeq: lastSeq}, bounds: &boundHistory{},
-		trust: trust{o: c.o}}, nil
+		trust: trust{o: c.o}, cad: arrivalJitter{periodOnly: true}}, nil
 }
 
 // Descriptor returns the stream's current descriptor.
@@ -230,7 +233,7 @@ func (s *Stream) stamp(x *sample.Sample, video bool) {
 		jumped = s.clock.Jumps() != jumps
 		bound = s.clock.LastBound()
 		held := s.clock.LastHeld()
-		if !held {
+		if !held && !s.trust.arrival {
 			s.cad.add(src)
 		}
 		if ev, ok := s.trust.observe(src, x.RecvT, held, jumped, s.clock); ok {
@@ -245,12 +248,20 @@ func (s *Stream) stamp(x *sample.Sample, video bool) {
 			arrival = true
 			s.c.ClockHeld++
 			x.T = s.heldStamp(x.RecvT, x.T)
-		case s.clock.fresh() && s.haveT && s.cad.period > 0:
-			// A line drawn through a few samples just after a step lies
-			// above the true envelope (their smallest delay), so T is
-			// late by up to the bound: follow the stream's cadence
-			// within it, so that T stays continuous across the step.
-			x.T = max(satSub(x.T, bound), min(x.T, s.cadence(x.RecvT)))
+		case (s.clock.fresh() || s.behind) && s.haveT && s.cad.period > 0:
+			// Just after a step T must not jump: the line drawn through
+			// a few samples lies above the true envelope (their smallest
+			// delay), and after a step back the samples before it were
+			// stamped early. T follows the stream's cadence, catching up
+			// with the line by at most one period per sample (so no
+			// interval is long enough for a gap rule), and the bound
+			// carries what T is still behind the line.
+			if c := satAdd(s.lastT, 2*s.cad.period); c < x.T {
+				bound = satAdd(bound, x.T-c)
+				x.T, s.behind = c, true
+			} else {
+				s.behind = false
+			}
 		}
 	} else {
 		if s.device {
@@ -324,8 +335,18 @@ func (s *Stream) hedge(t, bound int64, jumped bool) {
 		s.nhedges = 0
 		return
 	}
-	if owed > 0 && s.nhedges < len(s.hedges) {
-		s.hedges[s.nhedges] = struct{ t, b int64 }{t, satAdd(bound, owed)}
+	if owed <= 0 {
+		return
+	}
+	b := satAdd(bound, owed)
+	// One entry per second of T is enough: the bound history keeps the
+	// largest bound per second.
+	if n := s.nhedges; n > 0 && floorDiv(s.hedges[n-1].t, 1e9) == floorDiv(t, 1e9) {
+		s.hedges[n-1].b = max(s.hedges[n-1].b, b)
+		return
+	}
+	if s.nhedges < len(s.hedges) {
+		s.hedges[s.nhedges] = struct{ t, b int64 }{t, b}
 		s.nhedges++
 	}
 }

@@ -38,7 +38,9 @@ const acquireTimeout = 2 * time.Second
 //   - the clock's rate, measured over RateSpan or more, disagrees with
 //     arrival by more than RateTolerance;
 //   - more than MaxHeldFraction of the last heldWindow samples were held
-//     back as wild, or no offset was agreed for acquireTimeout.
+//     back as wild (agreeing with no held-back sample before them; the
+//     samples of a step waiting for confirmation agree), or no offset was
+//     agreed for acquireTimeout.
 //
 // On arrival time the Clock keeps running (quietly) on the device times;
 // once it has been consistent (converged, nothing held, no reset, rate
@@ -50,7 +52,10 @@ type trust struct {
 	reason  string
 
 	havePrev bool
-	prevSrc  int64 // the last device time accepted by the clock
+	prevSrc  int64 // the last device time that was not wild
+	// regressRun: a going-back was counted in the current run of held
+	// samples; the step that confirms it is not counted again.
+	regressRun bool
 
 	resets  [resetCap]int64 // arrival times of recent resets (ring)
 	nres    int
@@ -67,8 +72,14 @@ type trust struct {
 
 // observe feeds one sample; it returns an event when the source changes.
 func (u *trust) observe(src, recv int64, held, jumped bool, c *Clock) (episode.ClockEvent, bool) {
+	wild := held && c.LastWild()
+	// Going back is measured between samples that are not wild (a single
+	// wild value must not count, nor make the next good one look like it
+	// went back); held-back samples that agree count, so a clock that
+	// steps back at every keyframe is seen even before a step is
+	// confirmed.
 	regressed := false
-	if !held {
+	if !wild {
 		regressed = u.havePrev && src < satSub(u.prevSrc, int64(u.o.ReorderDepth))
 		u.havePrev, u.prevSrc = true, src
 	}
@@ -81,7 +92,7 @@ func (u *trust) observe(src, recv int64, held, jumped bool, c *Clock) (episode.C
 	case !acquiring:
 		u.acqSince = 0
 		u.heldBits <<= 1
-		if held {
+		if wild {
 			u.heldBits |= 1
 		}
 		u.nbits = min(u.nbits+1, heldWindow)
@@ -110,8 +121,17 @@ func (u *trust) observe(src, recv int64, held, jumped bool, c *Clock) (episode.C
 			Detail: fmt.Sprintf("device clock consistent for %v; back to device time", u.o.Probation)}, true
 	}
 
+	// A step back shows twice: its samples go back (while held, waiting
+	// for confirmation) and then the step is confirmed. It is one reset.
+	reset := regressed || (jumped && !u.regressRun)
+	if regressed {
+		u.regressRun = true
+	}
+	if cand, _ := c.LastCandidate(); jumped || (!cand && !held) {
+		u.regressRun = false
+	}
 	var why string
-	if jumped || regressed {
+	if reset {
 		i := (u.resHead + u.nres) % resetCap
 		if u.nres == resetCap {
 			u.resHead = (u.resHead + 1) % resetCap
@@ -171,6 +191,8 @@ type arrivalJitter struct {
 	dpos   int
 	maxDev int64
 	since  int
+	// periodOnly: only the typical period is wanted (the cadence).
+	periodOnly bool
 }
 
 func (a *arrivalJitter) add(recv int64) {
@@ -187,10 +209,15 @@ func (a *arrivalJitter) add(recv int64) {
 	a.pos = (a.pos + 1) % gapRing
 	a.niv = min(a.niv+1, gapRing)
 	a.since++
-	if a.period == 0 && a.niv >= 8 || a.since >= 16 {
+	// The period moves slowly: its median (a sort of 32) is refreshed
+	// every 64 intervals, which keeps this a few ns per sample.
+	if a.period == 0 && a.niv >= 8 || a.since >= 64 {
 		a.period = medianOf(a.iv[:a.niv])
 	}
-	if a.period <= 0 {
+	if a.period <= 0 || a.periodOnly {
+		if a.since >= 64 {
+			a.since = 0
+		}
 		return
 	}
 	k := (iv + a.period/2) / a.period
@@ -204,7 +231,7 @@ func (a *arrivalJitter) add(recv int64) {
 	if d > a.maxDev {
 		a.maxDev = d
 	}
-	if a.since >= 16 {
+	if a.since >= 64 {
 		a.since = 0
 		var m int64
 		for _, v := range a.dev[:a.ndev] {

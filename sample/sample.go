@@ -52,9 +52,8 @@ type Sample struct {
 	// PTSOffset is, for video, the presentation time minus T (ns): the
 	// frame's capture time on the gateway clock is T + PTSOffset. 0 for
 	// streams without B-frames and for non-video samples. Devices set it to
-	// the stream's own PTS - DTS; ingest adjusts it so that T + PTSOffset
-	// stays the aligned presentation time (it is negative only in the rare
-	// case that keeping T monotonic moved T past the presentation time).
+	// the stream's own PTS - DTS; ingest leaves it as it is and stamps T
+	// from the decode time (see ingest.Stream.Process).
 	PTSOffset int64
 	// SrcT is the device's own timestamp mapped to ns since the Unix epoch,
 	// or 0 if the device gives none (yet). For video it is the presentation

@@ -56,6 +56,7 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 			Clock struct {
 				Mode         string `json:"mode"`
 				ErrorBoundNs int64  `json:"error_bound_ns"`
+				SourceReason string `json:"clock_source_reason"`
 			} `json:"clock"`
 		} `json:"streams"`
 		Cells []struct {
@@ -81,9 +82,19 @@ func cmdStatus(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", d.Device, d.Protocol, d.State, d.Reconnects, d.LastError)
 	}
 	fmt.Fprintln(tw, "\nSTREAM\tSAMPLES\tBYTES\tGAPS\tLOST\tDROPPED\tDECODE ERR\tCLOCK\tBOUND")
+	var untrusted []string
 	for _, s := range st.Streams {
 		c := s.Counters
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%.2f ms\n", s.Stream, c.Samples, fmtBytes(int64(c.Bytes)), c.Discontinuities, c.Lost, c.Dropped, c.DecodeErrors, s.Clock.Mode, float64(s.Clock.ErrorBoundNs)/1e6)
+		mode := s.Clock.Mode
+		if r := s.Clock.SourceReason; r != "" && r != "configured" && r != "no device time yet" {
+			// A device clock put on arrival time: say why below the table.
+			mode += "*"
+			untrusted = append(untrusted, fmt.Sprintf("* %s: %s", s.Stream, r))
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%s\t%.2f ms\n", s.Stream, c.Samples, fmtBytes(int64(c.Bytes)), c.Discontinuities, c.Lost, c.Dropped, c.DecodeErrors, mode, float64(s.Clock.ErrorBoundNs)/1e6)
+	}
+	for _, u := range untrusted {
+		fmt.Fprintln(tw, u)
 	}
 	fmt.Fprintln(tw, "\nCELL\tRECORDING")
 	for _, c := range st.Cells {

@@ -35,8 +35,9 @@
 // Decode order: samples are written in the order the camera sent them
 // (decode order). PTSOffset is the access unit's presentation time minus
 // its decode time, from mediacommon's DTS extractor (0 without B-frames);
-// ingest turns the presentation stamp into a monotone decode time T and
-// keeps T + PTSOffset as the presentation time.
+// ingest feeds the clock the decode time SrcT - PTSOffset, stamps T as the
+// aligned decode time (never decreasing), and T + PTSOffset is the
+// presentation time.
 //
 // # Loss and the queue
 //

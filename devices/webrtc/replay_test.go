@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/video"
+	"github.com/episoded/episoded/internal/video/videotest"
 	"github.com/episoded/episoded/sample"
 	"github.com/episoded/episoded/storage"
 )
@@ -121,6 +123,64 @@ func TestWHEPReplay(t *testing.T) {
 	}
 	if err := startsDecodable(got[0]); err != nil {
 		t.Fatal(err)
+	}
+	decodeCheck(t, got)
+}
+
+// WHEP replay of a camera with 4 s GOPs (an ffmpeg-encoded clip, baseline
+// profile as browsers need) from an offset in the middle of a GOP: the
+// viewer's first frame is the keyframe before the offset, with its SPS and
+// PPS, and everything after decodes.
+func TestWHEPReplayLongGOP(t *testing.T) {
+	cl := videotest.Encode(t, videotest.Options{Codec: video.H264, GOP: 120, Secs: 8})
+	st := openStore(t)
+	const frame = int64(time.Second) / 30
+	t0 := time.Now().Add(-time.Hour).UnixNano()
+	d := liveDesc
+	d.Params, d.Since = cl.Params, t0
+	if _, err := st.PutDescriptor(d); err != nil {
+		t.Fatal(err)
+	}
+	samples := make([]sample.Sample, len(cl.AUs))
+	for i := range cl.AUs {
+		samples[i] = clipSample(cl.AUs, i, t0+int64(i)*frame) // parameter sets stripped
+		samples[i].Seq = uint64(i + 1)
+	}
+	durable := make(chan error, 1)
+	if err := st.Append(samples, func(err error) { durable <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-durable; err != nil {
+		t.Fatal(err)
+	}
+	ep := episode.Episode{ID: "0193a1b2-0000-7000-8000-000000000042", Cell: "cell1", Start: t0, Stop: samples[len(samples)-1].T,
+		Streams: []string{d.Stream}, State: episode.Closed}
+	if err := st.PutEpisode(ep); err != nil {
+		t.Fatal(err)
+	}
+	keys := cl.Keyframes()
+	if len(keys) != 2 || keys[1] != 120 {
+		t.Fatalf("clip keyframes at %v, want 0 and 120", keys)
+	}
+	ts := startServer(t, Options{ErrNotFound: storage.ErrNotFound}, nil, st)
+	// Offset 6 s is half way into the second GOP, which starts at 4 s.
+	_, v, _ := newViewer(t, ts.url+"/whep/episodes/"+ep.ID+"/"+d.Stream+"?offset=6s")
+	waitFor(t, 30*time.Second, "the replay session to end", func() bool { return len(ts.Stats().Sessions) == 0 })
+	got, _, gaps := v.snapshot()
+	if gaps != 0 {
+		t.Fatalf("%d RTP gaps on loopback", gaps)
+	}
+	if want := len(cl.AUs) - 120; len(got) != want {
+		t.Fatalf("viewer got %d frames, want %d (frames 120-%d)", len(got), want, len(cl.AUs)-1)
+	}
+	if err := startsDecodable(got[0]); err != nil {
+		t.Fatal(err)
+	}
+	for k := range got {
+		want := video.AnnexB(video.H264.WithParams(stripNAL(cl.AUs[120+k], 7, 8), cl.Params, false))
+		if string(got[k]) != string(want) {
+			t.Fatalf("frame %d is not clip frame %d (NAL types %v)", k, 120+k, nalTypes(got[k]))
+		}
 	}
 	decodeCheck(t, got)
 }

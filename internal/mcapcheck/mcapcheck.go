@@ -33,6 +33,16 @@ func srcDir(t testing.TB) string {
 // a cache directory if the source directory has none.
 func Dir(t testing.TB) string {
 	t.Helper()
+	dir, _ := dirAndScript(t)
+	return dir
+}
+
+// dirAndScript is Dir, also returning the name of the check script in it.
+// The cache directory is shared by every checkout on the machine, so the
+// script is stored under a name of its own content, written atomically: a
+// checkout with another version of check.mjs never runs this one's.
+func dirAndScript(t testing.TB) (string, string) {
+	t.Helper()
 	for _, bin := range []string{"node", "npm"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			if testing.Short() {
@@ -43,7 +53,7 @@ func Dir(t testing.TB) string {
 	}
 	src := srcDir(t)
 	if _, err := os.Stat(filepath.Join(src, "node_modules", "@mcap", "core")); err == nil {
-		return src
+		return src, "check.mjs"
 	}
 	lock, err := os.ReadFile(filepath.Join(src, "package-lock.json"))
 	if err != nil {
@@ -78,22 +88,36 @@ func Dir(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "check.mjs"), b, 0o644); err != nil {
-		t.Fatal(err)
+	cs := sha256.Sum256(b)
+	name := "check-" + hex.EncodeToString(cs[:6]) + ".mjs"
+	if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+		tmp, err := os.CreateTemp(dir, "check-*.tmp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tmp.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if err := tmp.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp.Name(), filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
 	}
-	return dir
+	return dir, name
 }
 
 // Run checks the MCAP bytes and returns check.mjs's JSON report. A file
 // the reader rejects (bad CRC, bad index, bad record) fails the test.
 func Run(t testing.TB, data []byte) []byte {
 	t.Helper()
-	dir := Dir(t)
+	dir, script := dirAndScript(t)
 	f := filepath.Join(t.TempDir(), "episode.mcap")
 	if err := os.WriteFile(f, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("node", "check.mjs", f)
+	cmd := exec.Command("node", script, f)
 	cmd.Dir = dir
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr

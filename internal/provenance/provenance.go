@@ -66,7 +66,8 @@ type Stream struct {
 	// Source is the stream's source URL or topic (redacted).
 	Source string `json:"source,omitempty"`
 	// ClockSource is the clock the samples were stamped with: "device"
-	// (mapped from the device clock) or "arrival".
+	// (mapped from the device clock), "arrival", or "unknown" when the
+	// report states none.
 	ClockSource string `json:"clock_source"`
 	// Clock holds the estimator's figures (offset, drift, jitter, bound).
 	Clock                 episode.ClockReport `json:"clock"`
@@ -127,7 +128,7 @@ func (s *Static) Build(e episode.Episode, info func(stream string) StreamInfo, t
 		byDevice[p.Devices[i].ID] = &p.Devices[i]
 	}
 	for _, q := range e.Quality {
-		st := Stream{Stream: q.Stream, Kind: q.Kind, Codec: q.Codec, ClockSource: cmp.Or(q.Clock.Mode, "arrival"),
+		st := Stream{Stream: q.Stream, Kind: q.Kind, Codec: q.Codec, ClockSource: cmp.Or(q.Clock.Mode, "unknown"),
 			Clock: q.Clock, AlignmentErrorBoundMs: q.AlignmentErrorBoundMs}
 		if info != nil {
 			in := info(q.Stream)

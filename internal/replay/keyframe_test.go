@@ -3,6 +3,7 @@ package replay
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/episoded/episoded/devices/rtsp"
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/video"
+	"github.com/episoded/episoded/internal/video/videotest"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -25,17 +27,46 @@ import (
 // stored keyframes have none: a gortsplib client can decode from its first
 // access unit without relying on the SDP.
 func TestReplayRTSPStartsOnKeyframe(t *testing.T) {
-	for _, c := range []*video.Codec{video.H264, video.H265} {
-		t.Run(string(c.Name), func(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		c    *video.Codec
+		gop4 bool // an ffmpeg clip with 4 s GOPs and B-frames instead of the shipped clip
+	}{{"h264", video.H264, false}, {"h265", video.H265, false}, {"h264-bframes-gop4s", video.H264, true}} {
+		c := tc.c
+		t.Run(tc.name, func(t *testing.T) {
 			var aus [][][]byte
+			var pts []int64 // ms, in decode order; nil: no reordering
 			var err error
-			if c == video.H265 {
+			switch {
+			case tc.gop4:
+				cl := videotest.Encode(t, videotest.Options{Codec: c, GOP: 120, Secs: 10, BFrames: 2})
+				aus, pts = cl.AUs, cl.PTS
+			case c == video.H265:
 				aus, err = assets.H265AccessUnits()
-			} else {
+			default:
 				aus, err = assets.H264AccessUnits()
 			}
 			if err != nil {
 				t.Fatal(err)
+			}
+			// Decode times: the k-th smallest presentation time, shifted
+			// to be no later than any presentation time.
+			dts := make([]int64, len(aus))
+			off := make([]int64, len(aus))
+			for i := range aus {
+				dts[i] = t0ms(i)
+			}
+			if pts != nil {
+				sorted := slices.Clone(pts)
+				slices.Sort(sorted)
+				var shift int64
+				for k := range pts {
+					shift = max(shift, sorted[k]-pts[k])
+				}
+				for k := range pts {
+					dts[k] = sorted[k] - shift
+					off[k] = (pts[k] - dts[k]) * 1e6
+				}
 			}
 			params := make([][]byte, c.NParams)
 			var keys []int
@@ -53,7 +84,6 @@ func TestReplayRTSPStartsOnKeyframe(t *testing.T) {
 				t.Fatalf("clip keyframes at %v", keys)
 			}
 			st := openStore(t)
-			frame := int64(time.Second) / 30
 			t0 := time.Now().Add(-time.Hour).UnixNano()
 			d := sample.Descriptor{Stream: "cell3/cam-" + string(c.Name), Kind: sample.KindVideo, Codec: c.Name, Device: "cam",
 				Params: params, Since: t0}
@@ -62,13 +92,13 @@ func TestReplayRTSPStartsOnKeyframe(t *testing.T) {
 			}
 			var stored []sample.Sample
 			for i, au := range aus {
-				var slices [][]byte // parameter sets stripped: the descriptor has them
+				var nalus [][]byte // parameter sets stripped: the descriptor has them
 				for _, n := range au {
 					if c.ParamSlot(n) < 0 {
-						slices = append(slices, n)
+						nalus = append(nalus, n)
 					}
 				}
-				s := sample.Sample{Stream: d.Stream, Seq: uint64(i + 1), T: t0 + int64(i)*frame, Payload: video.AnnexB(slices)}
+				s := sample.Sample{Stream: d.Stream, Seq: uint64(i + 1), T: t0 + dts[i]*1e6, PTSOffset: off[i], Payload: video.AnnexB(nalus)}
 				if c.IsKeyframe(au) {
 					s.Flags = sample.Keyframe
 				}
@@ -81,7 +111,7 @@ func TestReplayRTSPStartsOnKeyframe(t *testing.T) {
 			if err := <-durable; err != nil {
 				t.Fatal(err)
 			}
-			id := "0193a1b2-0000-7000-8000-0000000000" + fmt.Sprint(10+len(c.Name))
+			id := "0193a1b2-0000-7000-8000-0000000000" + fmt.Sprint(10+len(tc.name))
 			if err := st.PutEpisode(episode.Episode{ID: id, Cell: "cell3", Start: t0, Stop: stored[len(stored)-1].T,
 				Streams: []string{d.Stream}, State: episode.Closed}); err != nil {
 				t.Fatal(err)
@@ -95,38 +125,7 @@ func TestReplayRTSPStartsOnKeyframe(t *testing.T) {
 			from := time.Duration(stored[mid].T - t0)
 			want := len(aus) - key
 
-			srv, err := rtsp.NewServer(rtsp.ServerOptions{Addr: "127.0.0.1:0"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := srv.Start(); err != nil {
-				t.Fatal(err)
-			}
-			defer srv.Close()
-			var (
-				r   rtspReader
-				out *rtsp.OutStream
-			)
-			p, err := New(Options{
-				Video: func(stream string, d sample.Descriptor) (VideoStream, error) {
-					o, err := srv.AddStream(stream, d)
-					out = o
-					return o, err
-				},
-				BeforeStart: func(ctx context.Context, h Header) error {
-					if err := r.play(t, out.URL()); err != nil {
-						return err
-					}
-					return rtsp.WaitPlayed(ctx, out)
-				},
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := p.Run(context.Background(), StoreOpener(st, id, Selection{From: from})); err != nil {
-				t.Fatal(err)
-			}
-			got := r.wait(want, 10*time.Second)
+			got, _ := replayToReader(t, st, id, Selection{From: from}, want)
 			if len(got) != want {
 				t.Fatalf("client got %d access units, want %d (from the keyframe at frame %d before the start at %d)", len(got), want, key, mid)
 			}
@@ -216,4 +215,46 @@ func (r *rtspReader) wait(n int, d time.Duration) [][][]byte {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([][][]byte(nil), r.aus...)
+}
+
+// t0ms is frame i's time in ms at 30 fps.
+func t0ms(i int) int64 { return int64(i) * 1000 / 30 }
+
+// replayToReader replays episode id from st over RTSP (a loopback
+// devices/rtsp Server) to an rtspReader, and returns the access units it
+// received once there are want (or after 20 s) and the SDP's parameter sets.
+func replayToReader(t *testing.T, st Source, id string, sel Selection, want int) ([][][]byte, [][]byte) {
+	t.Helper()
+	srv, err := rtsp.NewServer(rtsp.ServerOptions{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	var (
+		r   rtspReader
+		out *rtsp.OutStream
+	)
+	p, err := New(Options{
+		Video: func(stream string, d sample.Descriptor) (VideoStream, error) {
+			o, err := srv.AddStream(stream, d)
+			out = o
+			return o, err
+		},
+		BeforeStart: func(ctx context.Context, h Header) error {
+			if err := r.play(t, out.URL()); err != nil {
+				return err
+			}
+			return rtsp.WaitPlayed(ctx, out)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Run(context.Background(), StoreOpener(st, id, sel)); err != nil {
+		t.Fatal(err)
+	}
+	return r.wait(want, 20*time.Second), r.sdp
 }

@@ -320,40 +320,8 @@ func TestReplayRTSPH265(t *testing.T) {
 		Streams: []string{d.Stream}, State: episode.Closed}); err != nil {
 		t.Fatal(err)
 	}
-	srv, err := rtsp.NewServer(rtsp.ServerOptions{Addr: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-
-	var (
-		r   rtspReader
-		out *rtsp.OutStream
-	)
-	p, err := New(Options{
-		Video: func(stream string, d sample.Descriptor) (VideoStream, error) {
-			o, err := srv.AddStream(stream, d)
-			out = o
-			return o, err
-		},
-		BeforeStart: func(ctx context.Context, h Header) error {
-			if err := r.play(t, out.URL()); err != nil {
-				return err
-			}
-			return rtsp.WaitPlayed(ctx, out)
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.Run(context.Background(), StoreOpener(st, epID, Selection{})); err != nil {
-		t.Fatal(err)
-	}
-	aus265 := r.wait(n, 5*time.Second)
-	if string(r.sdp[0]) != string(vps) || string(r.sdp[1]) != string(sps) || string(r.sdp[2]) != string(pps) {
+	aus265, sdp := replayToReader(t, st, epID, Selection{}, n)
+	if string(sdp[0]) != string(vps) || string(sdp[1]) != string(sps) || string(sdp[2]) != string(pps) {
 		t.Error("SDP parameter sets differ from the descriptor's")
 	}
 	if len(aus265) != n {

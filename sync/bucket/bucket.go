@@ -10,7 +10,10 @@
 package bucket
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -21,9 +24,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-
-	"crypto/rand"
-	"encoding/hex"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -271,7 +271,7 @@ func (s *S3) Open(ctx context.Context, key string) (io.ReadCloser, error) {
 
 // Put implements Bucket.
 func (s *S3) Put(ctx context.Context, key string, data []byte) error {
-	_, err := s.c.PutObject(ctx, s.bucket, key, strings.NewReader(string(data)), int64(len(data)), minio.PutObjectOptions{SendContentMd5: true})
+	_, err := s.c.PutObject(ctx, s.bucket, key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{SendContentMd5: true})
 	if err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -67,5 +68,37 @@ func BenchmarkCompactDay(b *testing.B) {
 		b.ReportMetric(float64(st.Size())/rows, "B/row-compacted")
 		b.ReportMetric(rows/el.Seconds(), "rows/s")
 		b.StartTimer()
+	}
+}
+
+// BenchmarkRowHeap reports the Go heap a decoded row holds while
+// compaction keeps a partition's rows in memory (after GC).
+func BenchmarkRowHeap(b *testing.B) {
+	const rows = 5000
+	data := make([][]byte, 0, rows)
+	for i := 0; i < rows; i++ {
+		d, err := catalog.Encode([]catalog.Row{benchRow(i, int64(i)*1e9)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		data = append(data, d)
+	}
+	gc := func() { runtime.GC(); runtime.GC() } // twice: sync.Pool victims go in the second
+	for b.Loop() {
+		gc()
+		var m0, m1 runtime.MemStats
+		runtime.ReadMemStats(&m0)
+		byID := map[string]catalog.Row{}
+		for _, d := range data {
+			rs, err := catalog.Decode(d)
+			if err != nil {
+				b.Fatal(err)
+			}
+			byID[rs[0].ID] = rs[0]
+		}
+		gc()
+		runtime.ReadMemStats(&m1)
+		b.ReportMetric(float64(int64(m1.HeapAlloc)-int64(m0.HeapAlloc))/rows, "B/row-heap")
+		runtime.KeepAlive(byID)
 	}
 }

@@ -139,6 +139,16 @@ func TestVerifyS3(t *testing.T) {
 		t.Fatalf("forged trust: %+v %v", rep, err)
 	}
 
+	// A valid episode copied over another one's directory: every byte
+	// and the signature hold, the place does not.
+	dirB := upload.Dir(prefix, b.site, b.id, fx[2].Episode)
+	putObject(t, c, mcapKey, orig)
+	putObject(t, c, dirB+"/manifest.json", getObject(t, c, dirA+"/manifest.json"))
+	putObject(t, c, dirB+"/episode.mcap", orig)
+	rep, err = verify.Run(ctx, bk, dirB, verify.Options{Trusted: trusted})
+	if err != nil || rep.Failed != 1 || failed(rep)[0].Problems[0].Kind != verify.Misplaced {
+		t.Fatalf("misplaced episode: %+v %v", rep, err)
+	}
 	// A missing object.
 	if err := c.RemoveObject(ctx, bucketName, mcapKey, minio.RemoveObjectOptions{}); err != nil {
 		t.Fatal(err)

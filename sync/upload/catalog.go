@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/provenance"
 	"github.com/episoded/episoded/internal/signing"
 	"github.com/episoded/episoded/sync/catalog"
 )
@@ -17,8 +19,16 @@ type Signer interface {
 	Sign(doc []byte) (signing.Signature, error)
 }
 
-// encodeManifest signs m (when a signer is set) and returns manifest.json.
-func (u *Uploader) encodeManifest(m *Manifest) ([]byte, error) {
+// ProvenanceFunc gives an episode's provenance block.
+type ProvenanceFunc = func(episode.Episode) *provenance.Provenance
+
+// encodeManifest completes m with what this file adds (operator,
+// provenance), signs it when a signer is set, and returns manifest.json.
+func (u *Uploader) encodeManifest(m *Manifest, e episode.Episode) ([]byte, error) {
+	m.Operator = e.Operator
+	if u.o.Provenance != nil {
+		m.Provenance = u.o.Provenance(e)
+	}
 	m.Signature = nil
 	if u.o.Signer != nil {
 		body, err := json.Marshal(m)
@@ -60,11 +70,28 @@ func CatalogRow(m Manifest, manKey string, manifest []byte) catalog.Row {
 		r.Bytes += o.Size
 		r.Objects = append(r.Objects, o.Key)
 	}
+	// Coverage is measured by the recorders that give a verdict; for
+	// manifests without one it stays null rather than a false 0.
+	measured := m.Verdict != nil
+	if measured {
+		r.QualityStatus = m.Verdict.Status
+		for _, re := range m.Verdict.Reasons {
+			r.QualityReasons = append(r.QualityReasons, catalog.Reason{Stream: re.Stream, Code: re.Code, Detail: re.Detail})
+		}
+	}
 	for _, q := range m.Quality {
-		r.Streams = append(r.Streams, catalog.Stream{
+		st := catalog.Stream{
 			Name: q.Stream, Kind: q.Kind, Codec: q.Codec, Count: int64(q.Samples), Bytes: int64(q.Bytes),
 			AlignmentBoundMs: q.AlignmentErrorBoundMs, ClockSource: q.Clock.Mode, Gaps: int64(q.Gaps),
-		})
+		}
+		if measured {
+			c := q.Coverage
+			st.Coverage = &c
+			if r.Coverage == nil || c < *r.Coverage {
+				r.Coverage = &c
+			}
+		}
+		r.Streams = append(r.Streams, st)
 	}
 	if p := m.Provenance; p != nil {
 		r.SoftwareVer, r.SoftwareCommit = p.Software.Version, p.Software.Commit

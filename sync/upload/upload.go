@@ -97,7 +97,6 @@ import (
 
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
-	"github.com/episoded/episoded/internal/provenance"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/export"
 )
@@ -192,7 +191,7 @@ type Options struct {
 	// Signer, if set, signs every manifest (see internal/signing).
 	Signer Signer
 	// Provenance, if set, gives the manifest's provenance block.
-	Provenance func(episode.Episode) *provenance.Provenance
+	Provenance ProvenanceFunc
 }
 
 func (o *Options) setDefaults() {
@@ -883,13 +882,10 @@ func (u *Uploader) process(ctx context.Context, e episode.Episode, prio bool) er
 	// The manifest goes last: it is the commit marker.
 	man := Manifest{
 		Format: ManifestFormat, Episode: e.ID, Site: u.o.Site, Gateway: u.o.Gateway, Cell: e.Cell, Task: e.Task,
-		Robot: e.Robot, Operator: e.Operator, Start: e.Start, Stop: e.Stop, Labels: e.Labels, Counts: countsOf(e), Quality: e.Quality,
+		Robot: e.Robot, Start: e.Start, Stop: e.Stop, Labels: e.Labels, Counts: countsOf(e), Quality: e.Quality,
 		Uploaded: u.clock.Now().UnixNano(),
 	}
 	man.Verdict = e.Verdict
-	if u.o.Provenance != nil {
-		man.Provenance = u.o.Provenance(e)
-	}
 	if man.Quality == nil {
 		man.Quality = []episode.StreamReport{}
 	}
@@ -902,7 +898,7 @@ func (u *Uploader) process(ctx context.Context, e episode.Episode, prio bool) er
 		}
 		man.Objects = append(man.Objects, ManifestObject{Name: filepath.Base(o.Key), Key: o.Key, Size: o.Size, SHA256: o.SHA256})
 	}
-	data, err := u.encodeManifest(&man)
+	data, err := u.encodeManifest(&man, e)
 	if err != nil {
 		return err
 	}

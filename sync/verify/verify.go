@@ -33,6 +33,9 @@ const (
 	BadSignature  = "bad signature"
 	Unsigned      = "unsigned manifest"
 	UntrustedKey  = "untrusted key"
+	// Misplaced: a valid manifest (and its objects) copied into another
+	// episode's directory.
+	Misplaced = "misplaced episode"
 )
 
 // Problem is one thing wrong with an episode.
@@ -167,6 +170,9 @@ func One(ctx context.Context, b bucket.Bucket, manKey string, trusted map[string
 		add(BadManifest, manKey, "the manifest lists no objects")
 	}
 	dir := path.Dir(manKey)
+	if dir != "." && (path.Base(dir) != m.Episode || !strings.HasSuffix("/"+path.Dir(firstKey(m)), "/"+dir)) {
+		add(Misplaced, manKey, "the manifest describes episode %s stored under %s, but lies in %s", m.Episode, path.Dir(firstKey(m)), dir)
+	}
 	for _, o := range m.Objects {
 		key := path.Join(dir, path.Base(o.Key))
 		if dir == "." {
@@ -201,4 +207,12 @@ func hashObject(ctx context.Context, b bucket.Bucket, key string) (int64, string
 		return n, "", err
 	}
 	return n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// firstKey is the key of the manifest's first object ("" if none).
+func firstKey(m upload.Manifest) string {
+	if len(m.Objects) == 0 {
+		return ""
+	}
+	return m.Objects[0].Key
 }

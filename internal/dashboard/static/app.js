@@ -350,8 +350,12 @@ function renderStreams(streams, devices) {
     const clk = pick(s, 'Clock') || {};
     const mode = pick(clk, 'Mode') || '–';
     const conv = pick(clk, 'Converged');
-    x.clock.textContent = `${mode}${mode === 'device' && conv === false ? ' (converging)' : ''} ±${fmtMs(Number(pick(clk, 'ErrorBoundNs')))}`;
-    x.clock.title = `offset ${fmtMs(Number(pick(clk, 'OffsetNs')))}, drift ${Number(pick(clk, 'DriftPPM') || 0).toFixed(1)} ppm, jitter ${fmtMs(Number(pick(clk, 'JitterNs')))}, jumps ${pick(clk, 'Jumps') || 0}`;
+    // A device clock found unusable is on arrival time: say so and why.
+    const why = pick(clk, 'ClockSourceReason') || '';
+    const untrusted = why !== '' && why !== 'configured' && why !== 'no device time yet';
+    x.clock.textContent = `${mode}${mode === 'device' && conv === false ? ' (converging)' : ''}${untrusted ? ' (untrusted clock)' : ''} ±${fmtMs(Number(pick(clk, 'ErrorBoundNs')))}`;
+    x.clock.title = `offset ${fmtMs(Number(pick(clk, 'OffsetNs')))}, drift ${Number(pick(clk, 'DriftPPM') || 0).toFixed(1)} ppm, jitter ${fmtMs(Number(pick(clk, 'JitterNs')))}, jumps ${pick(clk, 'Jumps') || 0}${untrusted ? `; on arrival time: ${why}` : ''}`;
+    x.clock.classList.toggle('alert', untrusted);
     const previewable = kind === 'video' && codec === 'h264';
     if (previewable && !row.video) {
       row.video = h('button', { type: 'button', class: 'small', dataset: { action: 'preview', stream: name }, onclick: () => togglePreview(name) }, 'Preview');
