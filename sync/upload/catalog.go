@@ -1,6 +1,7 @@
 package upload
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -82,7 +83,7 @@ func CatalogRow(m Manifest, manKey string, manifest []byte) catalog.Row {
 	for _, q := range m.Quality {
 		st := catalog.Stream{
 			Name: q.Stream, Kind: q.Kind, Codec: q.Codec, Count: int64(q.Samples), Bytes: int64(q.Bytes),
-			AlignmentBoundMs: q.AlignmentErrorBoundMs, ClockSource: q.Clock.Mode, Gaps: int64(q.Gaps),
+			AlignmentBoundMs: q.AlignmentErrorBoundMs, ClockSource: cmp.Or(q.Clock.ClockSource, q.Clock.Mode), Gaps: int64(q.Gaps),
 		}
 		if measured {
 			c := q.Coverage
