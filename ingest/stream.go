@@ -82,6 +82,11 @@ type Stream struct {
 	// confirmed as a step: their T and the bound they had if it is one.
 	hedges  [pendCap]struct{ t, b int64 }
 	nhedges int
+	// prevSrc is the device time (decode time for video) of the last
+	// sample that had one.
+	haveSrc  bool
+	prevSrc  int64
+	prevSrcT int64
 	// bound is the error bound of the last sample as stamped (T, and for
 	// video the presentation time T + PTSOffset), with every widening.
 	bound int64
@@ -245,11 +250,19 @@ func (s *Stream) decodeOrder(x *sample.Sample, bound int64) int64 {
 // step with it.
 func (s *Stream) stamp(x *sample.Sample, video bool) (bound int64, jumped bool) {
 	arrival := false
+	// dsrc is the device-time interval from the previous sample with
+	// device time (0 when unknown).
+	var dsrc int64
+	lineSrc := int64(0)
 	if s.desc.Clock == sample.ClockDevice && x.SrcT != 0 {
 		src := x.SrcT
 		if video {
 			src = satSub(src, x.PTSOffset)
 		}
+		if s.haveSrc {
+			dsrc = satSub(src, s.prevSrc)
+		}
+		lineSrc = src
 		if !s.device {
 			s.device = true
 			if s.c.ArrivalStamped > 0 {
@@ -320,6 +333,24 @@ func (s *Stream) stamp(x *sample.Sample, video bool) (bound int64, jumped bool) 
 		x.T = s.lastT
 		s.c.Reordered++
 	}
+	lineStamped := lineSrc != 0 && !arrival
+	if lineStamped && dsrc > 0 && s.cad.period > 0 && dsrc <= 2*s.cad.period {
+		// Slew: while the estimate lies before the stream's pace (the
+		// line moved earlier: lower delays revealed the envelope after a
+		// startup backlog or a slow spell), T advances by half the device
+		// interval per sample instead of standing still, so that the
+		// intervals never collapse (a run of equal T would shrink the
+		// median interval and turn every normal one into a gap), and
+		// catches up with the estimate at half a period per sample. The
+		// bound carries what T is ahead of the estimate.
+		if m := satAdd(s.prevSrcT, dsrc/2); x.T < m {
+			bound = satAdd(bound, m-x.T)
+			x.T = m
+		}
+	}
+	// The slew's reference: the last sample stamped through the line (a
+	// sample stamped from arrival may lie later than its capture).
+	s.haveSrc, s.prevSrc, s.prevSrcT = lineStamped, lineSrc, x.T
 	s.haveT, s.lastT, s.lastRecv = true, x.T, x.RecvT
 	if arrival {
 		x.Flags |= sample.ArrivalTime
