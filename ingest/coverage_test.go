@@ -193,6 +193,9 @@ func TestJudge(t *testing.T) {
 	if v := Judge(e, o); v.Status != episode.QualityOK || len(v.Reasons) != 0 {
 		t.Fatalf("only c1/robot/* required: %+v", v)
 	}
+	if v := Judge(episode.Episode{}, QualityOptions{MinCoverage: 0.99}); v.Status != episode.QualityDegraded || len(v.Reasons) != 1 || v.Reasons[0].Code != episode.ReasonMissingStream {
+		t.Fatalf("an episode without streams: %+v", v)
+	}
 	o.Required = []string{"c1/robot/*", "c1/lidar"}
 	if v := Judge(e, o); v.Status != episode.QualityDegraded || len(v.Reasons) != 1 || v.Reasons[0].Code != episode.ReasonMissingStream || v.Reasons[0].Stream != "c1/lidar" {
 		t.Fatalf("missing required: %+v", v)
@@ -223,5 +226,40 @@ func TestReportPriorPeriod(t *testing.T) {
 	rep := r.Result()
 	if rep.Expected != 300 || rep.Coverage != 0 || rep.RateSource != "learned" || rep.Gaps != 1 {
 		t.Fatalf("%+v", rep)
+	}
+}
+
+// TestReportClockStepNotAGap: a clock step moves aligned time while samples
+// keep arriving. With the clock event on record it is not a gap; the same
+// silence without a clock event is (data missing from a burst), and a real
+// outage (nothing arrived) next to a clock event is a gap too.
+func TestReportClockStepNotAGap(t *testing.T) {
+	const p = int64(time.Second) / 30
+	d := sample.Descriptor{Stream: "c1/cam", Kind: sample.KindVideo, Clock: sample.ClockDevice}
+	build := func(jumpT, recvGap int64, events []episode.ClockEvent) episode.StreamReport {
+		r, _ := NewReport(d, ReportOptions{From: t0, To: t0 + 599*p, Period: p})
+		shift, recvShift := int64(0), int64(0)
+		for k := int64(0); k < 600; k++ {
+			if k == 300 {
+				shift, recvShift = jumpT, recvGap
+			}
+			tm := t0 + k*p
+			x := sample.Sample{T: min(tm+shift, t0+599*p), RecvT: tm + recvShift + int64(time.Millisecond)}
+			r.Add(&x)
+		}
+		if events != nil {
+			r.SetClock(episode.ClockReport{Mode: "device", Events: events})
+		}
+		return r.Result()
+	}
+	step := []episode.ClockEvent{{T: t0 + 300*p + int64(150*time.Millisecond), Kind: EventJump, Detail: "step"}}
+	if rep := build(int64(200*time.Millisecond), 0, step); rep.Gaps != 0 || len(rep.GapList) != 0 {
+		t.Errorf("a +200 ms clock step counted as a gap: %+v", rep.GapList)
+	}
+	if rep := build(int64(200*time.Millisecond), 0, []episode.ClockEvent{}); rep.Gaps != 1 {
+		t.Errorf("a silence in aligned time without a clock event: %d gaps, want 1", rep.Gaps)
+	}
+	if rep := build(int64(2*time.Second), int64(2*time.Second), step); rep.Gaps != 1 || rep.GapList[0].Cause != episode.CauseNoData {
+		t.Errorf("a real 2 s outage next to a clock event: %+v, want one no_data gap", rep.GapList)
 	}
 }

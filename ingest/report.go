@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"time"
 
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/sample"
@@ -69,9 +70,12 @@ const (
 //     between two samples); a stream with no samples is one gap as long as
 //     the window. Intervals across a Discontinuity do not feed the median.
 //     Event streams have no timing gaps unless a period is configured.
-//     Samples flagged DecodeError are counted. A clock step is not a gap:
-//     gaps are measured on aligned time, which the clock estimator keeps
-//     continuous.
+//     Samples flagged DecodeError are counted. A clock step is a clock
+//     event, not a gap: a silence in aligned time during which samples
+//     kept arriving (their arrival interval is under the threshold) is not
+//     counted when a clock event lies within a second of it. (A silence
+//     in aligned time with steady arrivals and no clock event, such as a
+//     broker's backlog with messages missing, is counted.)
 //   - Clock: for device-clock streams the (SrcT, RecvT) pairs are fed to a
 //     fresh Clock; the figures (offset, drift, jitter, error bound) are
 //     those at the last sample. AlignmentErrorBoundMs is the largest
@@ -84,7 +88,7 @@ const (
 //     arrival stamping the bound is the latency plus the arrival jitter (the
 //     mean absolute deviation of intervals from the expected period).
 //
-// Add costs tens of nanoseconds and allocates nothing.
+// Add costs tens of nanoseconds and allocates only to record a gap.
 type Report struct {
 	desc  sample.Descriptor
 	o     ReportOptions
@@ -92,17 +96,22 @@ type Report struct {
 	r     episode.StreamReport
 	timed bool // time gaps are counted for this kind
 
-	havePrev bool
-	prevT    int64
+	havePrev  bool
+	prevT     int64
+	prevRecvT int64
 
 	// The first sample's loss flags: a gap ending there is decided with the
 	// leading edge in Result.
 	firstFlags          sample.Flags
 	firstLost, firstDrp uint32
 	gaps                []episode.Gap
-	nGaps               uint64
-	timeGaps            uint64
-	missing             int64
+	// suspect are silences in aligned time during which samples kept
+	// arriving: a clock step moves aligned time without losing data, so
+	// they are gaps only if no clock event explains them (see coverage).
+	suspect  []episode.Gap
+	nGaps    uint64
+	timeGaps uint64
+	missing  int64
 
 	seed    [gapSeed]int64
 	seedAt  [gapSeed]gapCand
@@ -207,12 +216,12 @@ func (r *Report) AddSized(x *sample.Sample, size int) {
 		if disc {
 			r.gap(r.prevT, x.T, x.Flags, x.Lost, x.Dropped)
 		} else {
-			r.interval(iv, gapCand{from: r.prevT, to: x.T, flags: x.Flags})
+			r.interval(iv, gapCand{from: r.prevT, to: x.T, flags: x.Flags, recvIv: x.RecvT - r.prevRecvT})
 		}
 	} else {
 		r.firstFlags, r.firstLost, r.firstDrp = x.Flags, x.Lost, x.Dropped
 	}
-	r.havePrev, r.prevT = true, x.T
+	r.havePrev, r.prevT, r.prevRecvT = true, x.T, x.RecvT
 
 	if src, ok := r.deviceTime(x); ok {
 		if !r.srcSeen && r.arrivalSeen {
@@ -260,6 +269,7 @@ func (r *Report) event(e episode.ClockEvent) {
 type gapCand struct {
 	from, to int64
 	flags    sample.Flags
+	recvIv   int64 // the arrival-time interval
 }
 
 // interval classifies one interval between consecutive samples that are not
@@ -294,6 +304,10 @@ func (r *Report) period() int64 {
 
 func (r *Report) classify(iv int64, c gapCand) {
 	if p := r.period(); r.timed && p > 0 && float64(iv) > r.o.GapFactor*float64(p) {
+		if float64(c.recvIv) <= r.o.GapFactor*float64(p) && len(r.suspect) < episode.MaxGapList {
+			r.suspect = append(r.suspect, episode.Gap{From: c.from, To: c.to, Cause: r.gapCause(c.from, c.to, c.flags, 0, 0)})
+			return
+		}
 		r.timeGaps++
 		r.gap(c.from, c.to, c.flags, 0, 0)
 		return
@@ -357,8 +371,14 @@ func (r *Report) offline(from, to int64) bool {
 	return false
 }
 
-// coverage adds the edge gaps and the counts against the window to out,
-// once the period is known.
+// clockEventSlack is how far from a silence in aligned time a clock event
+// may be and still explain it: a step is detected within a few samples, at
+// most a few hundred ms after it happened.
+const clockEventSlack = int64(time.Second)
+
+// coverage adds the edge gaps, the suspect silences no clock event
+// explains, and the counts against the window to out, once the period and
+// the clock events are known.
 func (r *Report) coverage(out *episode.StreamReport) {
 	from, to := r.o.From, r.o.To
 	window := to > from
@@ -382,6 +402,18 @@ func (r *Report) coverage(out *episode.StreamReport) {
 		}
 		if len(gaps) < episode.MaxGapList {
 			gaps = append(gaps, g)
+		}
+	}
+	for _, g := range r.suspect {
+		explained := false
+		for _, ev := range out.Clock.Events {
+			if ev.T >= g.From-clockEventSlack && ev.T <= g.To+clockEventSlack {
+				explained = true
+				break
+			}
+		}
+		if !explained {
+			add(g, true)
 		}
 	}
 	edge := func(silence int64) bool {
@@ -464,7 +496,6 @@ func (r *Report) Result() episode.StreamReport {
 	}
 	out := r.r
 	out.ExpectedPeriodNs = r.median
-	r.coverage(&out)
 	if out.Samples > 1 && out.LastT > out.FirstT {
 		out.MeanRateHz = roundTo(float64(out.Samples-1)/(float64(out.LastT-out.FirstT)/1e9), 6)
 	}
@@ -513,5 +544,6 @@ func (r *Report) Result() episode.StreamReport {
 		}
 		out.AlignmentErrorBoundMs = float64(bound) / 1e6
 	}
+	r.coverage(&out)
 	return out
 }

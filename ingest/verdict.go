@@ -29,8 +29,9 @@ type QualityOptions struct {
 // Judge gives the quality verdict of a finished episode from its per-stream
 // reports (e.Quality) and its streams (e.Streams). It is degraded when a
 // required stream has no samples, covers less of the window than
-// MinCoverage, or states an alignment bound above MaxAlignmentBound; every
-// such finding is one reason, in stream order.
+// MinCoverage, or states an alignment bound above MaxAlignmentBound, and
+// when the episode has no stream at all; every such finding is one reason,
+// in stream order.
 func Judge(e episode.Episode, o QualityOptions) episode.Verdict {
 	byStream := make(map[string]*episode.StreamReport, len(e.Quality))
 	for i := range e.Quality {
@@ -87,6 +88,11 @@ func Judge(e episode.Episode, o QualityOptions) episode.Verdict {
 		if !matched[i] {
 			reasons = append(reasons, episode.Reason{Stream: p, Code: episode.ReasonMissingStream, Detail: "required stream not in the episode"})
 		}
+	}
+	if len(streams) == 0 && len(o.Required) == 0 {
+		// Nothing to measure is not clean: no device of the cell has ever
+		// produced a stream.
+		reasons = append(reasons, episode.Reason{Code: episode.ReasonMissingStream, Detail: "the episode has no streams: no device of the cell has produced data"})
 	}
 	if len(reasons) > 0 {
 		return episode.Verdict{Status: episode.QualityDegraded, Reasons: reasons}

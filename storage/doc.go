@@ -160,8 +160,10 @@
 //
 // An episode covers [Start-Preroll, Stop+Postroll] on each of its streams
 // (to the end of time while Stop is 0). Eviction deletes the uncovered
-// index ranges with DeleteRange and unlinks segments lying entirely inside
-// them. Under pressure, and for DeleteEpisode, it also compacts the deleted
+// index ranges with DeleteRange, unlinks segments lying entirely inside
+// them, and punches holes (fallocate PUNCH_HOLE) over the deleted payloads
+// of segments that stay, so that du drops even when an episode's window
+// covers no whole segment slice. Under pressure, and for DeleteEpisode, it also compacts the deleted
 // ranges so that Pebble's space is reclaimed at once; otherwise Pebble's
 // own compactions drop the data. The horizon moves in SegmentSlice steps,
 // so an idle pass writes no tombstone. An evicted episode's record is kept;
@@ -183,5 +185,11 @@
 // restores the ballast and takes samples again once statfs shows the
 // space is back. Should Pebble still fail on the commit path (it calls
 // Fatalf), the store turns the panic into ErrFailed: it keeps serving
-// reads and refuses samples until restarted; the daemon stays up.
+// reads and refuses samples until restarted; the daemon stays up. A fatal
+// error in Pebble's own background work (a MANIFEST write that fails even
+// after the ballast went, or an I/O error there) still exits the process,
+// as Pebble requires; systemd restarts it and nothing reported durable is
+// lost. Compactions run on Pebble's schedule and may briefly take more
+// space than the room accounts for (their output exists next to their
+// input until they finish); the eviction margin absorbs that.
 package storage

@@ -155,10 +155,11 @@ func (s *Store) planLocked(live []episodeRec, now int64, extra spans, extraStrea
 func (s *Store) applyPlanLocked(b *pebble.Batch, plan evictPlan, compactNow bool) (int64, error) {
 	type rng struct{ lo, hi []byte }
 	var compact []rng
+	holes := make(map[uint64]spans) // byte ranges of deleted segment payloads
 	for st, del := range plan.del {
 		for _, x := range del {
 			lo, hi := sampleRangeBounds(st, x.from, x.to)
-			has, err := s.hasData(lo, hi)
+			has, err := s.scanDeleted(lo, hi, holes)
 			if err != nil {
 				return 0, err
 			}
@@ -203,14 +204,17 @@ func (s *Store) applyPlanLocked(b *pebble.Batch, plan evictPlan, compactNow bool
 	for _, id := range unlink {
 		r := s.segMu.segs[id]
 		delete(s.segMu.segs, id)
-		s.segMu.bytes -= r.Size
-		s.segStats.Store(segStats{s.segMu.bytes, len(s.segMu.segs)})
-		freed += r.Size
+		n := r.Size - s.segMu.punched[id]
+		delete(s.segMu.punched, id)
+		s.segMu.bytes -= n
+		freed += n
 		if err := s.fs.Remove(s.segPath(id)); err != nil && !os.IsNotExist(err) {
 			s.log.Error("eviction: remove segment", "segment", id, "err", err)
 		}
 	}
+	s.segStats.Store(segStats{s.segMu.bytes, len(s.segMu.segs)})
 	s.segMu.Unlock()
+	freed += s.punch(holes)
 	if !compactNow {
 		compact = nil
 	}
@@ -222,14 +226,85 @@ func (s *Store) applyPlanLocked(b *pebble.Batch, plan evictPlan, compactNow bool
 	return freed, nil
 }
 
-func (s *Store) hasData(lo, hi []byte) (bool, error) {
+// scanDeleted reports whether [lo, hi) holds samples, and adds the byte
+// ranges of their segment payloads to holes.
+func (s *Store) scanDeleted(lo, hi []byte, holes map[uint64]spans) (bool, error) {
 	s.watchIters.Add(1)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
 		return false, err
 	}
-	has := it.First()
+	has := false
+	var rec sampleRec
+	for it.First(); it.Valid(); it.Next() {
+		has = true
+		v, err := it.ValueAndErr()
+		if err != nil {
+			continue
+		}
+		rec = sampleRec{}
+		if unmarshal(v, &rec) != nil || rec.Seg == 0 || rec.Len == 0 {
+			continue
+		}
+		holes[rec.Seg] = append(holes[rec.Seg], span{rec.Off, rec.Off + int64(rec.Len) - 1})
+	}
 	return has, it.Close()
+}
+
+// punch frees the disk blocks of deleted payloads in segments that stay
+// because part of their span is still live (an episode's window rarely
+// covers whole segment slices): fallocate(PUNCH_HOLE) keeps the offsets of
+// the live samples and gives the blocks back, so that eviction and
+// DeleteEpisode free what du shows. Where the filesystem cannot punch
+// holes the bytes stay until the segment goes. The I/O runs without segMu
+// (commits only append past the punched ranges; the caller holds recMu,
+// so no eviction unlinks the segment meanwhile); segMu is taken to
+// account. It returns the bytes freed.
+func (s *Store) punch(holes map[uint64]spans) int64 {
+	var freed int64
+	for id, hs := range holes {
+		f, err := os.OpenFile(s.segPath(id), os.O_WRONLY, 0)
+		if err != nil {
+			if !os.IsNotExist(err) { // unlinked: nothing to punch
+				s.log.Warn("eviction: open segment to free deleted payloads", "segment", id, "err", err)
+			}
+			continue
+		}
+		before := allocated(f)
+		for _, h := range hs.normalize() {
+			if err := syscall.Fallocate(int(f.Fd()), fallocPunchHole|fallocKeepSize, h.from, h.to-h.from+1); err != nil {
+				s.log.Debug("eviction: punch hole", "segment", id, "err", err)
+				break
+			}
+		}
+		after := allocated(f)
+		f.Close()
+		s.segMu.Lock()
+		if r := s.segMu.segs[id]; r != nil {
+			if n := min(before-after, r.Size-s.segMu.punched[id]); n > 0 {
+				s.segMu.punched[id] += n
+				s.segMu.bytes -= n
+				freed += n
+				s.segStats.Store(segStats{s.segMu.bytes, len(s.segMu.segs)})
+			}
+		}
+		s.segMu.Unlock()
+	}
+	return freed
+}
+
+const (
+	fallocKeepSize  = 0x01 // FALLOC_FL_KEEP_SIZE
+	fallocPunchHole = 0x02 // FALLOC_FL_PUNCH_HOLE
+)
+
+// allocated is the disk space a file's blocks take.
+func allocated(f *os.File) int64 {
+	var st syscall.Stat_t
+	if syscall.Fstat(int(f.Fd()), &st) != nil {
+		return 0
+	}
+	return st.Blocks * 512
 }
 
 // watch runs the space watcher until ctx is cancelled.

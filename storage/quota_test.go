@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"bytes"
 	"errors"
 	"io/fs"
 	"os/exec"
@@ -357,4 +358,75 @@ func gatherSum(t testing.TB, reg *prometheus.Registry, name string) float64 {
 	}
 	t.Fatalf("metric %s not registered", name)
 	return 0
+}
+
+// TestDeleteFreesPartOfASegment deletes an episode whose window lies
+// inside two segment slices that both hold live data of its neighbours:
+// no segment can go, yet du drops by the deleted frames (holes punched),
+// the neighbours' frames still read back intact, and the accounting
+// survives a reopen.
+func TestDeleteFreesPartOfASegment(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{Dir: dir, MinFree: -1, MemTableSize: 2 << 20, TimelineRetention: 1000 * time.Hour, Logger: testLogger(t)}
+	s, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := manual{t, s}
+	streams := []string{"c/cam", "c/tel"}
+	for _, e := range []episode.Episode{
+		{ID: "e0", Start: 0, Stop: 12 * sec},
+		{ID: "e1", Start: 13 * sec, Stop: 27 * sec},
+		{ID: "e2", Start: 28 * sec, Stop: 100 * sec},
+	} {
+		e.Streams, e.State = streams, episode.Closed
+		if err := s.PutEpisode(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.frames(0, 100) // 101 frames of 50 KB in 11 segments of 10 s
+	u0, du0 := s.Usage(), duBytes(t, filepath.Join(dir, "seg"))
+	if err := s.DeleteEpisode("e1"); err != nil {
+		t.Fatal(err)
+	}
+	u1, du1 := s.Usage(), duBytes(t, filepath.Join(dir, "seg"))
+	t.Logf("segments %d -> %d, segment bytes %d -> %d, du %d -> %d", u0.Segments, u1.Segments, u0.SegmentBytes, u1.SegmentBytes, du0, du1)
+	if u1.Segments != u0.Segments {
+		t.Fatalf("a segment went: %d -> %d (test setup)", u0.Segments, u1.Segments)
+	}
+	const deleted = 15 * 50_000
+	if du1 > du0-deleted+64<<10 {
+		t.Errorf("deleting 15 frames freed %d bytes on disk, want about %d", du0-du1, deleted)
+	}
+	if d := u0.SegmentBytes - u1.SegmentBytes; d < deleted-64<<10 || d > deleted+64<<10 {
+		t.Errorf("segment accounting dropped by %d, want about %d", d, deleted)
+	}
+	check := func() {
+		t.Helper()
+		if n := m.count("c/cam", 13, 27); n != 0 {
+			t.Errorf("%d frames of the deleted episode left", n)
+		}
+		for _, sm := range collect(t, s.Range("c/cam", 0, 100*sec)) {
+			if !bytes.Equal(sm.Payload, payloadFor("c/cam", sm.Seq, 50_000)) {
+				t.Fatalf("frame %d damaged", sm.T/sec)
+			}
+		}
+		if n := m.count("c/cam", 0, 100); n != 101-15 {
+			t.Errorf("%d frames left, want 86", n)
+		}
+	}
+	check()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err = Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m = manual{t, s}
+	check()
+	if u2 := s.Usage(); u2.SegmentBytes > u1.SegmentBytes+64<<10 {
+		t.Errorf("after reopen the punched bytes count again: %d, was %d", u2.SegmentBytes, u1.SegmentBytes)
+	}
 }

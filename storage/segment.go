@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -253,6 +254,7 @@ func (s *Store) recoverSegments() error {
 	}
 	s.segMu.segs = make(map[uint64]*segRec)
 	s.segMu.active = make(map[string]*segWriter)
+	s.segMu.punched = make(map[uint64]int64)
 	lo, hi := prefixBounds(pfxSegment)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lo, UpperBound: hi})
 	if err != nil {
@@ -312,12 +314,17 @@ func (s *Store) recoverSegments() error {
 			s.log.Error("segment shorter than its committed size; samples in the missing tail will fail to read",
 				"segment", name, "size", info.Size(), "committed", rec.Size)
 		}
+		// Holes punched by eviction take no space.
+		var st syscall.Stat_t
+		if syscall.Stat(path, &st) == nil && st.Blocks*512 < rec.Size {
+			s.segMu.punched[id] = rec.Size - st.Blocks*512
+		}
 	}
 	for id, rec := range s.segMu.segs {
 		if !seen[id] {
 			s.log.Error("segment file missing; its samples will fail to read", "segment", id, "stream", rec.Stream)
 		}
-		s.segMu.bytes += rec.Size
+		s.segMu.bytes += rec.Size - s.segMu.punched[id]
 	}
 	s.segStats.Store(segStats{s.segMu.bytes, len(s.segMu.segs)})
 	s.segMu.nextID = max(maxID, 1)

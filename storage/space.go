@@ -136,7 +136,7 @@ func (s *Store) sizeForFilesystem() error {
 	s.fsTotal = total
 	minFree := max(s.opts.MinFree, 0)
 	if minFree >= total {
-		return fmt.Errorf("open store %s: min_free %s is larger than the %s filesystem", s.dir, FormatSize(minFree), FormatSize(total))
+		return fmt.Errorf("open store %s: min_free %s is larger than the %s filesystem (set a smaller min_free; 0 is allowed)", s.dir, FormatSize(minFree), FormatSize(total))
 	}
 	capacity := total - minFree
 	if s.opts.Quota > 0 {

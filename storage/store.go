@@ -237,11 +237,14 @@ type Store struct {
 	// eviction while it seals and removes segments.
 	segMu struct {
 		sync.Mutex
-		active  map[string]*segWriter
-		segs    map[uint64]*segRec
-		nextID  uint64
-		bytes   int64 // total size of all segment files
-		created bool  // a segment file was created since the last dir fsync
+		active map[string]*segWriter
+		segs   map[uint64]*segRec
+		nextID uint64
+		bytes  int64 // total size of all segment files, less punched holes
+		// punched is, per segment, the bytes of deleted payloads whose
+		// blocks were given back (evict.go punchLocked).
+		punched map[uint64]int64
+		created bool // a segment file was created since the last dir fsync
 		// pendingTouched are the segments written by the batch being committed.
 		pendingTouched map[uint64]*segWriter
 	}
