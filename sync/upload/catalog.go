@@ -94,21 +94,6 @@ func CatalogRow(m Manifest, manKey string, manifest []byte) catalog.Row {
 		}
 		r.Streams = append(r.Streams, st)
 	}
-	// The verdict, and coverage, which recorders that give a verdict
-	// measure (older manifests have neither: the columns stay empty/null).
-	if v := m.Verdict; v != nil {
-		r.QualityStatus = v.Status
-		for _, x := range v.Reasons {
-			r.QualityReasons = append(r.QualityReasons, catalog.Reason{Stream: x.Stream, Code: x.Code, Detail: x.Detail})
-		}
-		for i, q := range m.Quality {
-			c := q.Coverage
-			r.Streams[i].Coverage = &c
-			if r.Coverage == nil || c < *r.Coverage {
-				r.Coverage = &c
-			}
-		}
-	}
 	if p := m.Provenance; p != nil {
 		r.SoftwareVer, r.SoftwareCommit = p.Software.Version, p.Software.Commit
 	}
