@@ -106,7 +106,11 @@
 //     and stamped through the line of the first prompt samples, and is a
 //     step back only once it has lasted 2s (stepBackUnconverged). A
 //     backlog from the very first sample on cannot be told from the
-//     offset by any estimator; its bound is the unconverged one.
+//     offset by any estimator: those samples are stamped late, and when
+//     later samples move the line earlier the bound history (BoundOver,
+//     what an episode's report states) of the samples stamped before
+//     convergence is widened by how far the line moved (settleEarly);
+//     the bounds stated as they were stamped cannot be taken back.
 //   - When the line moves earlier (lower delays revealed), T does not
 //     stand still (a run of equal T would shrink the median interval of
 //     the quality report and turn normal intervals into gaps): a sample

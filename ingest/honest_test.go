@@ -100,3 +100,44 @@ func TestStallHonest(t *testing.T) {
 		})
 	}
 }
+
+// A backlog from the very first sample: the first second arrives
+// 300-500 ms late (paced), then the delays drop. No estimator can tell
+// that first offset from the true one while it lasts, so the samples are
+// stamped late; once the line moves earlier, the bound history (what an
+// episode's report states, BoundOver) covers every one of them.
+func TestStartupBacklogFromFirstSample(t *testing.T) {
+	const offset = int64(2 * time.Second)
+	period := int64(time.Second / 30)
+	d := sample.Descriptor{Stream: "c1/lidar", Kind: sample.KindTelemetry, Clock: sample.ClockDevice}
+	st, err := NewStream(d, 0, ClockOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(9, 9))
+	var xs []sample.Sample
+	var capture []int64
+	var lastRecv int64
+	for i := range 600 {
+		c := t0 + int64(i)*period
+		delay := int64(rng.ExpFloat64() * float64(time.Millisecond))
+		if i < 30 {
+			delay += int64(300*time.Millisecond) + int64(i)*int64(7*time.Millisecond)
+		}
+		recv := max(c+delay, lastRecv)
+		lastRecv = recv
+		x := sample.Sample{SrcT: c + offset, RecvT: recv}
+		st.Process(&x)
+		xs, capture = append(xs, x), append(capture, c)
+	}
+	worst := int64(0)
+	for i, x := range xs {
+		b, ok := st.BoundOver(x.T, x.T)
+		e := x.T - capture[i]
+		worst = max(worst, e, -e)
+		if !ok || e > b || -e > b {
+			t.Errorf("sample %d: error %v above the bound history's %v", i, time.Duration(e), time.Duration(b))
+		}
+	}
+	t.Logf("worst error %v", time.Duration(worst))
+}

@@ -87,6 +87,15 @@ type Stream struct {
 	haveSrc  bool
 	prevSrc  int64
 	prevSrcT int64
+	// early follows the samples stamped through the line before the
+	// estimate converged (see settleEarly).
+	early struct {
+		on       bool
+		fromT    int64 // T of the first of them
+		maxOff   int64 // the largest offset of the line used
+		maxBound int64 // the largest bound stated for them
+		widened  int64 // how far the line has moved earlier since
+	}
 	// bound is the error bound of the last sample as stamped (T, and for
 	// video the presentation time T + PTSOffset), with every widening.
 	bound int64
@@ -200,6 +209,7 @@ func (s *Stream) Process(x *sample.Sample) {
 	if s.desc.Clock == sample.ClockDevice {
 		s.bounds.add(x.T, bound)
 		s.hedge(x.T, bound, jumped)
+		s.settleEarly(x.T, bound, x.SrcT != 0 && x.Flags&sample.ArrivalTime == 0, jumped)
 	}
 	s.count(x)
 }
@@ -424,6 +434,41 @@ func (s *Stream) heldStamp(recv, lo int64) int64 {
 		return lo
 	}
 	return max(lo, min(satAdd(s.lastT, s.cad.period), hi))
+}
+
+// settleEarly keeps the stated bounds of the samples stamped before the
+// estimate converged honest in retrospect: until then the envelope is
+// still being found, and when later samples with lower delays move the
+// line earlier (the first offset came from a swing of the delays), the
+// samples stamped through the old line were late by as much. Their
+// bound history (BoundOver, the episode's stated bound) is widened by
+// how far the line has moved since; the bounds stated as they were
+// stamped cannot be taken back.
+func (s *Stream) settleEarly(t, bound int64, line, jumped bool) {
+	c := s.clock
+	e := &s.early
+	if jumped || !c.haveLine || (!e.on && (c.converged || !line)) {
+		e.on = false
+		return
+	}
+	off := c.OffsetNs()
+	if !e.on {
+		e.on, e.fromT, e.maxOff, e.maxBound, e.widened = true, t, off, bound, 0
+		return
+	}
+	if d := satSub(e.maxOff, off); d > e.widened {
+		e.widened = d
+		s.bounds.widen(e.fromT, t, satAdd(e.maxBound, d))
+	}
+	if line {
+		if off > e.maxOff {
+			e.maxOff = off
+		}
+		e.maxBound = max(e.maxBound, bound)
+	}
+	if c.converged {
+		e.on = false
+	}
 }
 
 // maxLate is the longest delivery delay a held-back sample is taken to
