@@ -24,6 +24,9 @@ const (
 // data and report no longer change.
 func (s State) Finished() bool { return s != Recording && s != "" }
 
+// States lists every valid state, in lifecycle order.
+var States = []State{Recording, Closed, Interrupted, Uploading, Uploaded, Failed, Quarantined}
+
 // Valid reports whether s is a known state.
 func (s State) Valid() bool {
 	switch s {

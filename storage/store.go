@@ -311,7 +311,7 @@ func Open(opts Options) (*Store, error) {
 	s.m = newMetrics(opts.Registerer)
 	db, err := pebble.Open(filepath.Join(s.dir, "db"), s.pebbleOptions())
 	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", s.dir, err)
+		return nil, fmt.Errorf("open store %s: %w", s.dir, inUse(s.dir, filepath.Join(s.dir, "db", "LOCK"), err))
 	}
 	s.db = db
 	if err := s.checkMeta(); err != nil {

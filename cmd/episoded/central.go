@@ -47,7 +47,7 @@ func addStoreFlags(fs *flag.FlagSet) storeFlags {
 func (f storeFlags) open(loc string) (bucket.Bucket, string, error) {
 	o := bucket.S3Options{Endpoint: *f.endpoint, Region: *f.region, PathStyle: *f.pathStyle}
 	if *f.config != "" {
-		cfg, err := config.Load(*f.config)
+		cfg, err := config.LoadSecrets(*f.config, config.SecretSync)
 		if err != nil {
 			return nil, "", err
 		}
@@ -94,8 +94,12 @@ func cmdCatalog(args []string, stdout, stderr io.Writer) int {
 	grace := fs.Duration("grace", 48*time.Hour, "never touch days that end less than this long ago (gateways may still write them)")
 	maxRows := fs.Int("max-rows", 500_000, "rows per compacted file")
 	conc := fs.Int("concurrency", 16, "objects read or deleted at once")
+	format := addOutputFlag(fs, "text")
 	if code, ok := parse(fs, args[1:]); !ok {
 		return code
+	}
+	if !checkOutput(*format, stderr, "text", "json") {
+		return exitUsage
 	}
 	if *before == "" || fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "Usage: episoded %s\n", synopsis)
@@ -114,6 +118,14 @@ func cmdCatalog(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	res, err := catalog.Compact(ctx, b, catalog.CompactOptions{Prefix: prefix, Before: day, Grace: *grace, MaxRows: *maxRows, Concurrency: *conc})
+	if *format == "json" {
+		printJSON(stdout, res)
+		if err != nil {
+			fmt.Fprintf(stderr, "episoded: %s\n", oneLine(err))
+			return exitFailure
+		}
+		return exitOK
+	}
 	if !res.Cutoff.IsZero() && res.Cutoff.Before(day) {
 		fmt.Fprintf(stdout, "grace period %s: only days before %s are compacted\n", *grace, res.Cutoff.Format(time.DateOnly))
 	}
@@ -140,7 +152,7 @@ func cmdVerify(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("verify", synopsis, stdout, stderr)
 	sf := addStoreFlags(fs)
 	trustedFile := fs.String("trusted-keys", "", "file of trusted gateway keys, one `episoded key show` line each; without it the signer is not pinned")
-	out := fs.String("o", "text", "output: text or json")
+	out := addOutputFlag(fs, "text")
 	if code, ok := parse(fs, interspersed(fs, args)); !ok {
 		return code
 	}
@@ -224,7 +236,7 @@ func printVerified(w io.Writer, ep verify.Episode, pinned bool) {
 }
 
 func cmdKey(args []string, stdout, stderr io.Writer) int {
-	const synopsis = "key show [--config FILE] [--json]"
+	const synopsis = "key show [--config FILE] [-o text|json]"
 	if len(args) == 0 || args[0] != "show" {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
 			fmt.Fprintf(stdout, "Usage: episoded %s\n\n  show  print the gateway's manifest signing key: its id and public key\n", synopsis)
@@ -235,11 +247,16 @@ func cmdKey(args []string, stdout, stderr io.Writer) int {
 	}
 	fs := newFlags("key show", synopsis, stdout, stderr)
 	path := fs.String("config", "/etc/episoded/episoded.yaml", "config file (the key is in storage.dir, or $CREDENTIALS_DIRECTORY)")
-	asJSON := fs.Bool("json", false, "print JSON")
+	out := addOutputFlag(fs, "text")
+	asJSON := fs.Bool("json", false, "same as -o json (kept for old scripts)")
 	if code, ok := parse(fs, args[1:]); !ok {
 		return code
 	}
-	cfg, err := config.Load(*path)
+	if !checkOutput(*out, stderr, "text", "json") {
+		return exitUsage
+	}
+	*asJSON = *asJSON || *out == "json"
+	cfg, err := config.LoadSecrets(*path, config.SecretsNone)
 	if err != nil {
 		fmt.Fprintf(stderr, "episoded: %s\n", oneLine(err))
 		return exitUsage

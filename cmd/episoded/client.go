@@ -38,10 +38,20 @@ func addClientFlags(fs *flag.FlagSet) clientFlags {
 	}
 }
 
-func (f clientFlags) client() (*client, error) {
+func (f clientFlags) client() (*client, error) { return f.clientToken(false) }
+
+// clientToken is client; with optionalToken, an API token file that cannot
+// be read (the upload unit loads only the S3 credentials) leaves the token
+// empty instead of failing: `sync run` then uploads from the store itself
+// when no daemon answers.
+func (f clientFlags) clientToken(optionalToken bool) (*client, error) {
 	c := &client{base: "http://127.0.0.1:7480", http: &http.Client{}}
 	if *f.config != "" {
-		cfg, err := config.Load(*f.config)
+		// The API token is the only secret a client uses.
+		cfg, err := config.LoadSecrets(*f.config, config.SecretAPI)
+		if err != nil && optionalToken {
+			cfg, err = config.LoadSecrets(*f.config, config.SecretsNone)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -168,4 +178,40 @@ func fmtBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// decodeBody decodes a JSON answer and closes the body.
+func decodeBody(resp *http.Response, out any) error {
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("bad answer: %w", err)
+	}
+	return nil
+}
+
+// addOutputFlag defines -o, the output format: the one meaning of -o in
+// every command (docs: README "CLI").
+func addOutputFlag(fs *flag.FlagSet, def string) *string {
+	return fs.String("o", def, "output format: "+def+" or json")
+}
+
+// checkOutput reports whether format is one of valid, printing an error
+// that lists the valid ones if not.
+func checkOutput(format string, stderr io.Writer, valid ...string) bool {
+	if err := oneOf("-o", format, valid...); err != nil {
+		fmt.Fprintf(stderr, "episoded: %v\n", err)
+		return false
+	}
+	return true
+}
+
+// oneOf returns an error naming what and listing the valid values when v
+// is not one of them.
+func oneOf(what, v string, valid ...string) error {
+	for _, ok := range valid {
+		if v == ok {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: unknown value %q; valid: %s", what, v, strings.Join(valid, ", "))
 }

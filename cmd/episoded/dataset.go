@@ -47,8 +47,12 @@ func cmdDataset(args []string, stdout, stderr io.Writer) int {
 	until := fs.String("until", "", "daemon episodes starting at or before (RFC 3339 or ns)")
 	noProgress := fs.Bool("no-progress", false, "no progress bar (there is none unless stderr is a terminal)")
 	cf := addClientFlags(fs)
+	format := addOutputFlag(fs, "text")
 	if code, ok := parse(fs, interspersed(fs, args[1:])); !ok {
 		return code
+	}
+	if !checkOutput(*format, stderr, "text", "json") {
+		return exitUsage
 	}
 	if *out == "" || *mapPath == "" {
 		fmt.Fprintln(stderr, "episoded dataset build: --out and --map are required")
@@ -111,6 +115,10 @@ func cmdDataset(args []string, stdout, stderr io.Writer) int {
 			return exitFailure
 		}
 		return exitFailure
+	}
+	if *format == "json" {
+		printJSON(stdout, map[string]any{"dataset": *out, "summary": sum})
+		return exitOK
 	}
 	fmt.Fprint(stdout, sum.String())
 	fmt.Fprintf(stdout, "dataset: %s\n", *out)

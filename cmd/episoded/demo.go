@@ -31,6 +31,8 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	duration := fs.Duration("duration", 0, "stop by itself after this long, closing, exporting and uploading what was recorded (0: run until Ctrl-C)")
 	cameras := fs.Int("cameras", sim.DefaultCameras, "number of simulated cameras")
 	verbose := fs.Bool("v", false, "log the daemon's and simulator's info lines (default: warnings only)")
+	rtspAddr := fs.String("rtsp", "127.0.0.1:0", "simulated cameras' RTSP listen address (port 0 picks a free port)")
+	mqttAddr := fs.String("mqtt", "127.0.0.1:0", "simulated cell's MQTT broker listen address (port 0 picks a free port)")
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
@@ -49,7 +51,7 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	s, err := sim.New(sim.Options{
-		RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: *cameras,
+		RTSPAddr: *rtspAddr, MQTTAddr: *mqttAddr, Cameras: *cameras,
 		ClockOffset: 500 * time.Millisecond, ClockDriftPPM: 30, Jitter: 2 * time.Millisecond, Seed: 1,
 		// The first episode starts once the clock estimators have had a
 		// few seconds of evidence, so its pre-roll is aligned too.
@@ -84,9 +86,11 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	}
 	d := daemon.New(cfg, log, nil)
 	var mu sync.Mutex
+	tally := newDemoTally()
 	d.OnEpisode = func(e episode.Episode) {
 		mu.Lock()
 		defer mu.Unlock()
+		tally.see(e)
 		printEpisodeLine(stdout, e, central, cfg)
 	}
 
@@ -116,6 +120,7 @@ An episode of a pick-and-place task starts every %s; each prints a line when it 
 		fmt.Fprintln(stdout, "Press Ctrl-C to stop.")
 	}
 
+	interrupted := false
 	var timeUp <-chan time.Time
 	if *duration > 0 {
 		timeUp = time.After(*duration)
@@ -125,6 +130,7 @@ An episode of a pick-and-place task starts every %s; each prints a line when it 
 		fmt.Fprintf(stderr, "episoded demo: %v\n", oneLine(err))
 		return exitFailure
 	case <-ctx.Done():
+		interrupted = true
 		fmt.Fprintln(stdout, "stopping...")
 	case <-timeUp:
 		fmt.Fprintln(stdout, "time is up: closing, exporting and uploading what was recorded...")
@@ -143,8 +149,51 @@ An episode of a pick-and-place task starts every %s; each prints a line when it 
 		fmt.Fprintf(stderr, "episoded demo: %v\n", oneLine(err))
 		return exitFailure
 	}
-	fmt.Fprintf(stdout, "stopped. Uploaded episodes are under %s; open an episode.mcap in Foxglove.\n", central)
+	mu.Lock()
+	defer mu.Unlock()
+	tally.summary(stdout, central, interrupted)
 	return exitOK
+}
+
+// demoTally remembers the last state the demo saw of each episode, so that
+// the summary after Ctrl-C says what was and was not uploaded.
+type demoTally struct {
+	order []string
+	state map[string]episode.State
+}
+
+func newDemoTally() *demoTally { return &demoTally{state: map[string]episode.State{}} }
+
+func (t *demoTally) see(e episode.Episode) {
+	if _, ok := t.state[e.ID]; !ok {
+		t.order = append(t.order, e.ID)
+	}
+	t.state[e.ID] = e.State
+}
+
+// summary prints what this run recorded and uploaded, naming every
+// episode that was not uploaded.
+func (t *demoTally) summary(w io.Writer, central string, interrupted bool) {
+	var uploaded int
+	var pending []string
+	for _, id := range t.order {
+		if t.state[id] == episode.Uploaded {
+			uploaded++
+		} else {
+			pending = append(pending, fmt.Sprintf("%s (%s)", id, t.state[id]))
+		}
+	}
+	fmt.Fprintf(w, "stopped. This run closed %d episode(s); %d uploaded", len(t.order), uploaded)
+	if uploaded > 0 {
+		fmt.Fprintf(w, " (under %s; open an episode.mcap in Foxglove)", central)
+	}
+	fmt.Fprintln(w, ".")
+	if len(pending) > 0 {
+		fmt.Fprintf(w, "not uploaded: %s; they stay in the store and upload on the next run.\n", strings.Join(pending, ", "))
+	}
+	if interrupted {
+		fmt.Fprintln(w, "An episode still recording at Ctrl-C is closed as interrupted on the next run, and is not counted here.")
+	}
 }
 
 // printEpisodeLine prints one line per closed or uploaded episode.

@@ -6,20 +6,23 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/api"
 )
 
 func cmdEpisodes(args []string, stdout, stderr io.Writer) int {
-	const synopsis = "episodes list|show ID|export ID -o FILE|delete ID [flags]"
+	const synopsis = "episodes list|show ID|export ID --file FILE|-|delete ID [flags]"
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
 		w := stderr
 		if len(args) > 0 {
 			w = stdout
 		}
-		fmt.Fprintf(w, "Usage: episoded %s\n\n  list    list episodes, newest first\n  show    one episode with its quality report\n  export  download an episode as MCAP\n  delete  delete an episode and the data only it covers\n\nEach takes --api, --token-file, --config; list and show take -o json.\n", synopsis)
+		fmt.Fprintf(w, "Usage: episoded %s\n\n  list    list episodes, newest first (--limit, --since, --until)\n  show    one episode with its quality report\n  export  download an episode as MCAP (--file FILE, or - for stdout)\n  delete  delete an episode and the data only it covers\n\nIDs may be abbreviated to any unique prefix. Each takes --api, --token-file, --config\nand -o (output format: text or json; export writes MCAP).\n", synopsis)
 		if len(args) == 0 {
 			return exitUsage
 		}
@@ -29,26 +32,39 @@ func cmdEpisodes(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("episodes "+sub, "episodes "+sub+" [flags]", stdout, stderr)
 	cf := addClientFlags(fs)
 	var (
-		out                        *string
+		out, file                  *string
 		state, cell, labl, quality *string
+		since, until               *string
+		limit                      *int
+		formats                    []string
 	)
 	switch sub {
 	case "list":
-		out = fs.String("o", "table", "output: table or json")
-		state = fs.String("state", "", "only episodes in this state")
+		out, formats = addOutputFlag(fs, "table"), []string{"table", "json"}
+		state = fs.String("state", "", "only episodes in this state: "+strings.Join(episodeStates(), ", "))
 		cell = fs.String("cell", "", "only episodes of this cell")
 		labl = fs.String("label", "", "only episodes with this label (k or k=v)")
 		quality = fs.String("quality", "", "only episodes with this quality verdict: ok or degraded")
+		since = fs.String("since", "", "only episodes starting at or after this time (RFC 3339, or a duration ago such as 24h)")
+		until = fs.String("until", "", "only episodes starting at or before this time (RFC 3339, or a duration ago)")
+		limit = fs.Int("limit", 100, "at most this many episodes, newest first (0: all, fetched page by page)")
 	case "show", "delete":
-		out = fs.String("o", "text", "output: text or json")
+		out, formats = addOutputFlag(fs, "text"), []string{"text", "json"}
 	case "export":
-		out = fs.String("o", "", "write the MCAP file here (required)")
+		out, formats = fs.String("o", "mcap", "output format: mcap (the only one; the file is --file)"), []string{"mcap"}
+		file = fs.String("file", "", "write the MCAP file here; - writes it to stdout (required)")
 	default:
-		fmt.Fprintf(stderr, "episoded episodes: unknown subcommand %q\n", sub)
+		fmt.Fprintf(stderr, "episoded episodes: %v\n", oneOf("subcommand", sub, "list", "show", "export", "delete"))
 		return exitUsage
 	}
 	if code, ok := parse(fs, interspersed(fs, rest)); !ok {
 		return code
+	}
+	if !checkOutput(*out, stderr, formats...) {
+		if sub == "export" {
+			fmt.Fprintln(stderr, "episoded episodes export: -o is the output format; give the file with --file FILE (- for stdout)")
+		}
+		return exitUsage
 	}
 	c, err := cf.client()
 	if err != nil {
@@ -68,8 +84,35 @@ func cmdEpisodes(args []string, stdout, stderr io.Writer) int {
 				q.Set(k, v)
 			}
 		}
+		if *state != "" {
+			if err := oneOf("--state", *state, episodeStates()...); err != nil {
+				fmt.Fprintf(stderr, "episoded: %v\n", err)
+				return exitUsage
+			}
+		}
+		if *quality != "" {
+			if err := oneOf("--quality", *quality, episode.QualityOK, episode.QualityDegraded); err != nil {
+				fmt.Fprintf(stderr, "episoded: %v\n", err)
+				return exitUsage
+			}
+		}
+		for k, v := range map[string]string{"since": *since, "until": *until} {
+			if v == "" {
+				continue
+			}
+			t, err := cliTime(v, time.Now())
+			if err != nil {
+				fmt.Fprintf(stderr, "episoded: --%s: %v\n", k, err)
+				return exitUsage
+			}
+			q.Set(k, t)
+		}
+		if *limit < 0 {
+			fmt.Fprintln(stderr, "episoded: --limit: must be 0 (all) or more")
+			return exitUsage
+		}
 		var eps []episode.Episode
-		err = c.json("GET", "/v1/episodes?"+q.Encode(), nil, &eps)
+		eps, err = listEpisodes(c, q, *limit)
 		if err == nil {
 			if *out == "json" {
 				printJSON(stdout, eps)
@@ -88,16 +131,24 @@ func cmdEpisodes(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 	case "delete":
-		err = c.json("DELETE", "/v1/episodes/"+url.PathEscape(fs.Arg(0)), nil, nil)
+		var e episode.Episode
+		// Resolve a prefix first so that the message names the full id.
+		if err = c.json("GET", "/v1/episodes/"+url.PathEscape(fs.Arg(0)), nil, &e); err == nil {
+			err = c.json("DELETE", "/v1/episodes/"+url.PathEscape(e.ID), nil, nil)
+		}
 		if err == nil {
-			fmt.Fprintf(stdout, "deleted %s\n", fs.Arg(0))
+			if *out == "json" {
+				printJSON(stdout, map[string]string{"deleted": e.ID})
+			} else {
+				fmt.Fprintf(stdout, "deleted %s\n", e.ID)
+			}
 		}
 	case "export":
-		if *out == "" {
-			fmt.Fprintln(stderr, "episoded episodes export: -o FILE is required")
+		if *file == "" {
+			fmt.Fprintln(stderr, "episoded episodes export: --file FILE is required (- writes to stdout)")
 			return exitUsage
 		}
-		err = exportEpisode(c, fs.Arg(0), *out, stderr)
+		err = exportEpisode(c, fs.Arg(0), *file, stdout, stderr)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "episoded: %v\n", err)
@@ -105,6 +156,64 @@ func cmdEpisodes(args []string, stdout, stderr io.Writer) int {
 	}
 	return exitOK
 }
+
+// episodeStates lists the valid episode states.
+func episodeStates() []string {
+	var out []string
+	for _, s := range episode.States {
+		out = append(out, string(s))
+	}
+	return out
+}
+
+// cliTime reads RFC 3339, a date (YYYY-MM-DD, local), or a duration ago
+// ("24h") and returns it as RFC 3339 for the API.
+func cliTime(s string, now time.Time) (string, error) {
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t.Format(time.RFC3339Nano), nil
+	}
+	if t, err := time.ParseInLocation(time.DateOnly, s, time.Local); err == nil {
+		return t.Format(time.RFC3339Nano), nil
+	}
+	if d, err := time.ParseDuration(s); err == nil && d >= 0 {
+		return now.Add(-d).Format(time.RFC3339Nano), nil
+	}
+	return "", fmt.Errorf("%q is not a time: use RFC 3339 (2026-01-02T15:04:05Z), a date (2026-01-02) or a duration ago (24h)", s)
+}
+
+// listEpisodes fetches up to limit episodes (0: all), following the API's
+// page cursors.
+func listEpisodes(c *client, q url.Values, limit int) ([]episode.Episode, error) {
+	eps := []episode.Episode{}
+	cursor := ""
+	for {
+		page := min(listPageSize, limit-len(eps))
+		if limit == 0 {
+			page = listPageSize
+		}
+		q.Set("limit", strconv.Itoa(page))
+		q.Del("cursor")
+		if cursor != "" {
+			q.Set("cursor", cursor)
+		}
+		resp, err := c.do("GET", "/v1/episodes?"+q.Encode(), nil)
+		if err != nil {
+			return nil, err
+		}
+		var got []episode.Episode
+		if err := decodeBody(resp, &got); err != nil {
+			return nil, fmt.Errorf("list episodes: %w", err)
+		}
+		eps = append(eps, got...)
+		cursor = resp.Header.Get(api.NextCursorHeader)
+		if cursor == "" || len(got) == 0 || limit > 0 && len(eps) >= limit {
+			return eps, nil
+		}
+	}
+}
+
+// listPageSize is how many episodes the CLI asks for per request.
+const listPageSize = 500
 
 func duration(e episode.Episode) string {
 	if e.Stop == 0 {
@@ -233,11 +342,12 @@ func printEpisode(w io.Writer, e episode.Episode) {
 
 // exportEpisode downloads an episode's MCAP to path through a temporary
 // file and an atomic rename, with a progress bar when stderr is a terminal.
-func exportEpisode(c *client, id, path string, stderr io.Writer) error {
+func exportEpisode(c *client, id, path string, stdout, stderr io.Writer) error {
 	var e episode.Episode
 	if err := c.json("GET", "/v1/episodes/"+url.PathEscape(id), nil, &e); err != nil {
 		return err
 	}
+	id = e.ID // a prefix resolved
 	var estimate int64
 	for _, q := range e.Quality {
 		estimate += int64(q.Bytes)
@@ -247,6 +357,14 @@ func exportEpisode(c *client, id, path string, stderr io.Writer) error {
 		return err
 	}
 	defer resp.Body.Close()
+	if path == "-" {
+		n, err := io.Copy(stdout, resp.Body)
+		if err != nil {
+			return fmt.Errorf("export %s: %w", id, err)
+		}
+		fmt.Fprintf(stderr, "exported %s to stdout (%s)\n", id, fmtBytes(n))
+		return nil
+	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return fmt.Errorf("export: %w", err)

@@ -195,11 +195,23 @@ func TestEpisodesAPIAndCrash(t *testing.T) {
 		t.Fatalf("episodes show -o json: %d %q", c, out)
 	}
 	mcapPath := filepath.Join(dir, "e1.mcap")
-	if c, _, errs := d.cli("episodes", "export", e1.ID, "-o", mcapPath); c != 0 {
+	if c, _, errs := d.cli("episodes", "export", e1.ID, "--file", mcapPath); c != 0 {
 		t.Fatalf("episodes export: %d %q", c, errs)
 	}
-	if head, err := os.ReadFile(mcapPath); err != nil || !bytes.HasPrefix(head, []byte("\x89MCAP0\r\n")) {
+	fileMCAP, err := os.ReadFile(mcapPath)
+	if err != nil || !bytes.HasPrefix(fileMCAP, []byte("\x89MCAP0\r\n")) {
 		t.Fatalf("exported file is not MCAP: %v", err)
+	}
+	// --file - writes the MCAP to stdout (and nothing else there); an id
+	// prefix works as well as the full id; -o is the format, not the file.
+	if c, out, errs := d.cli("episodes", "export", e1.ID[:len(e1.ID)-6], "--file", "-"); c != 0 || !strings.HasPrefix(out, "\x89MCAP0\r\n") || !strings.HasSuffix(out, "\x89MCAP0\r\n") || len(out) < len(fileMCAP)/2 {
+		t.Fatalf("episodes export --file -: %d, %d bytes, %q", c, len(out), errs)
+	}
+	if _, err := os.Stat(filepath.Join(".", "-")); err == nil {
+		t.Fatal("export --file - wrote a file named -")
+	}
+	if c, _, errs := d.cli("episodes", "export", e1.ID, "-o", mcapPath); c != exitUsage || !strings.Contains(errs, "--file") {
+		t.Fatalf("episodes export -o FILE: %d %q, want a usage error naming --file", c, errs)
 	}
 	if c, _, errs := d.cli("episodes", "show", "no-such-episode"); c == 0 || !strings.Contains(errs, "404") {
 		t.Fatalf("show of an unknown episode: %d %q", c, errs)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/episoded/episoded/devices/mqtt"
 	"github.com/episoded/episoded/devices/rtsp"
+	"github.com/episoded/episoded/internal/daemon"
 	"github.com/episoded/episoded/internal/redact"
 	"github.com/episoded/episoded/internal/replay"
 	"github.com/episoded/episoded/sample"
@@ -23,7 +24,7 @@ import (
 )
 
 const replaySynopsis = "replay ID [--rate R] [--loop] [--from DURATION] [--to DURATION] [--streams GLOB]\n" +
-	"         [--mqtt URL] [--topic-prefix P] [--rtsp ADDR] [--wait-readers] [--json]\n" +
+	"         [--mqtt URL] [--topic-prefix P] [--rtsp ADDR] [--wait-readers] [-o text|json]\n" +
 	"         [--store DIR | --api URL --token-file FILE | --config FILE]\n\n" +
 	"Replays a stored episode: telemetry and lidar are published to the MQTT broker\n" +
 	"given with --mqtt (QoS 1, original topics and payloads), cameras are served at\n" +
@@ -39,18 +40,23 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 	loop := fs.Bool("loop", false, "replay again and again until stopped")
 	from := fs.Duration("from", 0, "start at this offset from the start of the episode window")
 	to := fs.Duration("to", 0, "stop at this offset from the start of the episode window (default its end)")
-	streams := fs.String("streams", "", "replay only streams whose id matches this pattern (path.Match, e.g. 'cell1/*')")
+	streams := fs.String("streams", "", "replay only streams whose id matches this pattern (* matches across /: 'cell1/*' selects every stream of cell1)")
 	mqttURL := fs.String("mqtt", "", "MQTT broker to publish telemetry and lidar to, e.g. tcp://127.0.0.1:1883 (user:password@ in the URL is used to log in)")
 	prefix := fs.String("topic-prefix", "", "publish under PREFIX/<original topic>")
 	rtspAddr := fs.String("rtsp", rtsp.DefaultServerAddr, "address to serve cameras on, as rtsp://ADDR/<stream>")
 	waitReaders := fs.Bool("wait-readers", false, "start the clock only once every camera has an RTSP reader")
 	storeDir := fs.String("store", "", "read the episode from this store directory instead of the daemon (the daemon must not be running on it)")
-	asJSON := fs.Bool("json", false, "print the summary as JSON")
+	out := addOutputFlag(fs, "text")
+	asJSON := fs.Bool("json", false, "same as -o json (kept for old scripts)")
 	verbose := fs.Bool("v", false, "log progress to stderr")
 	cf := addClientFlags(fs)
 	if code, ok := parse(fs, interspersed(fs, args)); !ok {
 		return code
 	}
+	if !checkOutput(*out, stderr, "text", "json") {
+		return exitUsage
+	}
+	*asJSON = *asJSON || *out == "json"
 	if fs.NArg() != 1 {
 		fmt.Fprintln(stderr, "episoded replay: need exactly one episode ID")
 		return exitUsage
@@ -94,7 +100,16 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 			return fail(err)
 		}
 		defer st.Close()
-		open = replay.StoreOpener(st, id, sel)
+		// A unique prefix becomes the full id; an unknown id is left for
+		// the opener to report.
+		full, err := daemon.ResolveEpisodeID(st, id)
+		if errors.Is(err, storage.ErrNotFound) {
+			full, err = id, nil
+		}
+		if err != nil {
+			return fail(err)
+		}
+		open = replay.StoreOpener(st, full, sel)
 	} else {
 		c, err := cf.client()
 		if err != nil {

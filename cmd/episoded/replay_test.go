@@ -211,7 +211,8 @@ func startBrokerConf(t *testing.T, extra string) string {
 	}
 }
 
-// The command replays through the daemon's API to a real mosquitto:
+// The command replays through the daemon's API to a real mosquitto, the
+// stream chosen with a glob that must match across '/':
 // mosquitto_sub (an independent client) gets every message, in order,
 // with identical payloads, on the topic prefix; the JSON summary counts
 // them.
@@ -230,7 +231,9 @@ func TestReplayCommandMQTT(t *testing.T) {
 	go bufio.NewReader(subErr).WriteTo(os.Stderr)
 	time.Sleep(500 * time.Millisecond) // let mosquitto_sub subscribe
 
-	code, stdout, stderr := runReplay("--api", api, "--mqtt", broker, "--topic-prefix", "replay", "--rate", "4", "--json", replayEp)
+	// --streams 'cell1/*' (the help's example) selects cell1/robot1/joints:
+	// '*' matches across '/'.
+	code, stdout, stderr := runReplay("--api", api, "--mqtt", broker, "--topic-prefix", "replay", "--rate", "4", "--streams", "cell1/*", "--json", replayEp)
 	if code != exitOK {
 		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, stdout, stderr)
 	}

@@ -10,9 +10,12 @@ import (
 func cmdStatus(args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("status", "status [flags]", stdout, stderr)
 	cf := addClientFlags(fs)
-	out := fs.String("o", "text", "output: text or json")
+	out := addOutputFlag(fs, "text")
 	if code, ok := parse(fs, args); !ok {
 		return code
+	}
+	if !checkOutput(*out, stderr, "text", "json") {
+		return exitUsage
 	}
 	c, err := cf.client()
 	if err != nil {

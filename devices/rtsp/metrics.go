@@ -35,7 +35,7 @@ func (c *Camera) register(r prometheus.Registerer) error {
 		counter("decode_errors_total", "RTP packets or access units that could not be decoded.", c.cnt.asm.DecodeErrors.Load),
 		counter("reconnects_total", "Sessions that ended and were retried.", func() uint64 { return c.tracker.Status().Reconnects }),
 		gauge("fps", "Frames written per second, over the last second.", labels, func() float64 { return math.Float64frombits(c.cnt.fpsBits.Load()) }),
-		gauge("bitrate_bits_per_second", "Payload bits written per second, over the last second.", labels, func() float64 { return math.Float64frombits(c.cnt.bitrateBits.Load()) }),
+		gauge("payload_bytes_per_second", "Payload bytes written per second, over the last second.", labels, func() float64 { return math.Float64frombits(c.cnt.bitrateBits.Load()) / 8 }),
 	}
 	for _, st := range []devices.State{devices.Connecting, devices.Streaming, devices.Backoff, devices.Stopped} {
 		l := prometheus.Labels{"device": c.o.Device, "stream": c.o.Stream, "state": string(st)}

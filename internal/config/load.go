@@ -35,18 +35,31 @@ type Env func(name string) (string, bool)
 // Load reads, parses, resolves secrets in, defaults and validates the
 // config file at path, using the process environment.
 func Load(path string) (*Config, error) {
+	return LoadSecrets(path, SecretsAll)
+}
+
+// LoadSecrets is Load reading only the secret files of the kinds in want:
+// a command resolves only the secrets it uses, so the upload timer runs
+// with only the S3 credentials present. Secrets of other kinds stay unset
+// (their *_file keys are still checked for form, not read).
+func LoadSecrets(path string, want SecretKind) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	return Parse(path, data, os.LookupEnv)
+	return ParseSecrets(path, data, os.LookupEnv, want)
 }
 
 // Parse does what Load does on data already read; path names the file in
 // errors and anchors relative *_file paths when $CREDENTIALS_DIRECTORY is
 // unset.
 func Parse(path string, data []byte, env Env) (*Config, error) {
-	p := &parser{env: env}
+	return ParseSecrets(path, data, env, SecretsAll)
+}
+
+// ParseSecrets is Parse resolving only the secret files of the kinds in want.
+func ParseSecrets(path string, data []byte, env Env, want SecretKind) (*Config, error) {
+	p := &parser{env: env, want: want}
 	cfg := p.parse(data, filepath.Dir(path))
 	if len(p.problems) > 0 {
 		return nil, &Error{File: path, Problems: p.scrub(p.problems)}
@@ -56,6 +69,7 @@ func Parse(path string, data []byte, env Env) (*Config, error) {
 
 type parser struct {
 	env      Env
+	want     SecretKind // which secret files to read
 	problems []string
 	// secrets are values taken from the environment or files; they are
 	// scrubbed from every problem message.
@@ -165,24 +179,25 @@ func (p *parser) expand(n *yaml.Node) {
 // secretRef ties a secret to its *_file key.
 type secretRef struct {
 	where  string // e.g. "brokers[0].password"
+	kind   SecretKind
 	secret *Secret
 	file   string
 }
 
 func (c *Config) secretRefs() []secretRef {
-	refs := []secretRef{{"api.token", &c.API.Token, c.API.TokenFile}, {"api.read_token", &c.API.ReadToken, c.API.ReadTokenFile}}
+	refs := []secretRef{{"api.token", SecretAPI, &c.API.Token, c.API.TokenFile}, {"api.read_token", SecretAPI, &c.API.ReadToken, c.API.ReadTokenFile}}
 	for i := range c.Brokers {
 		b := &c.Brokers[i]
-		refs = append(refs, secretRef{fmt.Sprintf("brokers[%s].password", b.ID), &b.Password, b.PasswordFile})
+		refs = append(refs, secretRef{fmt.Sprintf("brokers[%s].password", b.ID), SecretDevices, &b.Password, b.PasswordFile})
 	}
 	for i := range c.Devices {
 		d := &c.Devices[i]
-		refs = append(refs, secretRef{fmt.Sprintf("devices[%s].password", d.ID), &d.Password, d.PasswordFile})
+		refs = append(refs, secretRef{fmt.Sprintf("devices[%s].password", d.ID), SecretDevices, &d.Password, d.PasswordFile})
 	}
 	t := &c.Sync.Target
 	refs = append(refs,
-		secretRef{"sync.target.access_key", &t.AccessKey, t.AccessKeyFile},
-		secretRef{"sync.target.secret_key", &t.SecretKey, t.SecretKeyFile})
+		secretRef{"sync.target.access_key", SecretSync, &t.AccessKey, t.AccessKeyFile},
+		secretRef{"sync.target.secret_key", SecretSync, &t.SecretKey, t.SecretKeyFile})
 	return refs
 }
 
@@ -197,6 +212,9 @@ func (p *parser) resolveSecrets(c *Config, baseDir string) {
 		}
 		if r.secret.IsSet() {
 			p.addf("%s: set %s or %s_file, not both", r.where, lastPart(r.where), lastPart(r.where))
+			continue
+		}
+		if p.want&r.kind == 0 {
 			continue
 		}
 		path := p.credentialPath(r.file, baseDir)

@@ -396,13 +396,16 @@ func (c *Config) apiAccessProblems(p *problems) {
 		p.addf("api.listen: %q is not host:port", a.Listen)
 		return
 	}
-	if a.ReadToken.IsSet() && !a.Token.IsSet() {
+	// A token given as a file counts as set even when the command did not
+	// read it (config.LoadSecrets).
+	token, readToken := a.Token.IsSet() || a.TokenFile != "", a.ReadToken.IsSet() || a.ReadTokenFile != ""
+	if readToken && !token {
 		p.addf("api.read_token: needs api.token (the admin token) as well")
 	}
 	if a.ReadToken.IsSet() && a.ReadToken.Value() == a.Token.Value() {
 		p.addf("api.read_token: must differ from api.token")
 	}
-	if !a.Token.IsSet() && !a.InsecureOpen && !loopbackHost(host) {
+	if !token && !a.InsecureOpen && !loopbackHost(host) {
 		p.addf("api.listen: %s is reachable from the network but no api.token is set; set api.token_file, or api.insecure_open: true to let anyone who reaches it read and control the daemon", a.Listen)
 	}
 	for _, h := range a.AllowedHosts {

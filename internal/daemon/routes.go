@@ -4,8 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
+	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,7 +24,12 @@ import (
 //
 //	POST   /v1/cells/{cell}/episodes   start an episode: {"task","operator","robot","labels","priority"}; 409 if one is recording
 //	POST   /v1/episodes/{id}/stop      stop a recording episode; 409 if it is not recording
-//	GET    /v1/episodes                list: ?state=&cell=&quality=&since=&until=&label=k=v (times RFC 3339 or ns; quality ok or degraded)
+//	GET    /v1/episodes                list, newest first: ?state=&cell=&quality=&since=&until=&label=k=v (times RFC 3339 or ns; quality ok or degraded)
+//	                                   paged: ?limit= (default 100, max 1000) &cursor= (from the X-Next-Cursor header of the previous page)
+//
+// Every {id} may be a unique prefix of an episode id (resolveID); an
+// ambiguous prefix is 409 listing the candidates.
+//
 //	GET    /v1/episodes/{id}           manifest and quality report
 //	DELETE /v1/episodes/{id}           delete an episode and the data only it covers; 409 while recording
 //	GET    /v1/episodes/{id}/export    the episode as MCAP
@@ -35,18 +41,18 @@ import (
 func (d *Daemon) routes() {
 	a := d.api
 	a.HandleFunc("POST /v1/cells/{cell}/episodes", d.handleStart)
-	a.HandleFunc("POST /v1/episodes/{id}/stop", d.handleStop)
+	a.Handle("POST /v1/episodes/{id}/stop", d.resolveID(http.HandlerFunc(d.handleStop)))
 	a.HandleFunc("GET /v1/episodes", d.handleList)
-	a.HandleFunc("GET /v1/episodes/{id}", d.handleShow)
-	a.HandleFunc("DELETE /v1/episodes/{id}", d.handleDelete)
-	a.Handle("GET /v1/episodes/{id}/export", export.Handler(d.store, export.HandlerOptions{
+	a.Handle("GET /v1/episodes/{id}", d.resolveID(http.HandlerFunc(d.handleShow)))
+	a.Handle("DELETE /v1/episodes/{id}", d.resolveID(http.HandlerFunc(d.handleDelete)))
+	a.Handle("GET /v1/episodes/{id}/export", d.resolveID(export.Handler(d.store, export.HandlerOptions{
 		Attachments: d.attachments,
 		Logger:      d.log,
-	}))
-	a.HandleFunc("POST /v1/episodes/{id}/retry", d.handleRetry)
+	})))
+	a.Handle("POST /v1/episodes/{id}/retry", d.resolveID(http.HandlerFunc(d.handleRetry)))
 	a.HandleFunc("GET /v1/uploads", d.handleUploads)
 	a.HandleFunc("POST /v1/sync/run", d.handleSyncRun)
-	a.Handle("GET /v1/episodes/{id}/samples", replay.SamplesHandler(d.store, d.log))
+	a.Handle("GET /v1/episodes/{id}/samples", d.resolveID(replay.SamplesHandler(d.store, d.log)))
 	d.rtc.Mount(a.Handle)
 	a.HandleOpen("GET /", dashboard.Handler())
 }
@@ -136,7 +142,11 @@ func parseFilter(q map[string][]string) (episodeFilter, error) {
 	}
 	f.state, f.cell = get("state"), get("cell")
 	if f.state != "" && !episode.State(f.state).Valid() {
-		return f, fmt.Errorf("unknown state %q", f.state)
+		var valid []string
+		for _, s := range episode.States {
+			valid = append(valid, string(s))
+		}
+		return f, fmt.Errorf("unknown state %q; valid: %s", f.state, strings.Join(valid, ", "))
 	}
 	f.quality = get("quality")
 	if f.quality != "" && f.quality != episode.QualityOK && f.quality != episode.QualityDegraded {
@@ -201,15 +211,52 @@ func (d *Daemon) handleList(w http.ResponseWriter, r *http.Request) {
 		api.WriteError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	out := []episode.Episode{}
-	for _, e := range eps {
-		if f.match(e) {
-			out = append(out, e)
-		}
+	page, err := parsePage(r.URL.Query())
+	if err != nil {
+		api.WriteError(w, http.StatusBadRequest, err.Error())
+		return
 	}
-	// Newest first.
-	slices.Reverse(out)
+	// Newest first: eps is ordered by id (UUIDv7, by time), so walk it
+	// backwards from the cursor, an id that is not returned again.
+	out := []episode.Episode{}
+	more := false
+	for i := len(eps) - 1; i >= 0; i-- {
+		e := eps[i]
+		if page.cursor != "" && e.ID >= page.cursor || !f.match(e) {
+			continue
+		}
+		if len(out) == page.limit {
+			more = true
+			break
+		}
+		out = append(out, e)
+	}
+	if more {
+		next := out[len(out)-1].ID
+		q := r.URL.Query()
+		q.Set("cursor", next)
+		q.Set("limit", strconv.Itoa(page.limit))
+		w.Header().Set(api.NextCursorHeader, next)
+		w.Header().Set("Link", "<"+r.URL.Path+"?"+q.Encode()+`>; rel="next"`)
+	}
 	api.WriteJSON(w, http.StatusOK, out)
+}
+
+type pageRequest struct {
+	limit  int
+	cursor string
+}
+
+func parsePage(q url.Values) (pageRequest, error) {
+	p := pageRequest{limit: api.DefaultPageLimit, cursor: q.Get("cursor")}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > api.MaxPageLimit {
+			return p, fmt.Errorf("limit %q: want a whole number from 1 to %d", v, api.MaxPageLimit)
+		}
+		p.limit = n
+	}
+	return p, nil
 }
 
 func (d *Daemon) handleShow(w http.ResponseWriter, r *http.Request) {

@@ -15,7 +15,7 @@
 // frame is truncated (ErrTruncated), never mistaken for a complete one.
 // Without a daemon, Open reads the same from a store opened directly
 // (StoreOpener). Both paths go through Open, so they select identically:
-// a path.Match pattern on stream ids and offsets from the start of the
+// a glob (internal/glob: * matches across /) on stream ids and offsets from the start of the
 // episode window. A recording episode is refused (ErrRecording): its
 // window and data are not final.
 //

@@ -3,8 +3,8 @@ package replay
 import (
 	"errors"
 	"fmt"
+	"github.com/episoded/episoded/internal/glob"
 	"iter"
-	"path"
 	"slices"
 	"sort"
 	"time"
@@ -37,7 +37,8 @@ var (
 
 // Selection picks what of an episode is replayed.
 type Selection struct {
-	// Streams is a path.Match pattern on stream ids; "" selects all.
+	// Streams is a glob on stream ids ('*' matches across '/', see
+	// internal/glob); "" selects all.
 	Streams string
 	// From and To are offsets from the start of the episode window
 	// (Start - Preroll). To 0 means the end of the window.
@@ -48,7 +49,7 @@ type Selection struct {
 func (s Selection) Validate() error {
 	var errs []error
 	if s.Streams != "" {
-		if _, err := path.Match(s.Streams, ""); err != nil {
+		if err := glob.Validate(s.Streams); err != nil {
 			errs = append(errs, fmt.Errorf("streams: %q is not a valid pattern: %w", s.Streams, err))
 		}
 	}
@@ -72,8 +73,7 @@ func (s Selection) match(stream string) bool {
 	if s.Streams == "" {
 		return true
 	}
-	ok, _ := path.Match(s.Streams, stream)
-	return ok
+	return glob.Match(s.Streams, stream)
 }
 
 // Format identifies the samples stream layout (see Header).

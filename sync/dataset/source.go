@@ -15,12 +15,14 @@ import (
 	"path"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/api"
 	"github.com/episoded/episoded/internal/redact"
 	"github.com/episoded/episoded/sync/upload"
 )
@@ -293,14 +295,25 @@ func (s APISource) List(ctx context.Context) ([]Ref, error) {
 		for _, l := range s.Labels {
 			q.Add("label", l)
 		}
-		resp, err := s.get(ctx, "/v1/episodes?"+q.Encode())
-		if err != nil {
-			return nil, err
-		}
-		err = json.NewDecoder(resp.Body).Decode(&raws)
-		resp.Body.Close()
-		if err != nil {
-			return nil, fmt.Errorf("list episodes: %w", err)
+		// The list is paged: follow the cursor to the last page.
+		q.Set("limit", strconv.Itoa(api.MaxPageLimit))
+		for {
+			resp, err := s.get(ctx, "/v1/episodes?"+q.Encode())
+			if err != nil {
+				return nil, err
+			}
+			var page []json.RawMessage
+			err = json.NewDecoder(resp.Body).Decode(&page)
+			resp.Body.Close()
+			if err != nil {
+				return nil, fmt.Errorf("list episodes: %w", err)
+			}
+			raws = append(raws, page...)
+			next := resp.Header.Get(api.NextCursorHeader)
+			if next == "" || len(page) == 0 {
+				break
+			}
+			q.Set("cursor", next)
 		}
 	}
 	var refs []Ref

@@ -195,7 +195,7 @@ func (u *Uploader) updateBacklog(eps []episode.Episode) {
 		n++
 	}
 	u.m.backlogBytes.Set(float64(bytes))
-	u.m.backlogHours.Set(secs / 3600)
+	u.m.backlogSeconds.Set(secs)
 	u.m.backlogEpisodes.Set(float64(n))
 	u.m.windowOpen.Set(b2f(u.sched.open(u.clock.Now())))
 }
@@ -205,7 +205,7 @@ type metrics struct {
 	episodes        *prometheus.CounterVec
 	retries         prometheus.Counter
 	backlogBytes    prometheus.Gauge
-	backlogHours    prometheus.Gauge
+	backlogSeconds  prometheus.Gauge
 	backlogEpisodes prometheus.Gauge
 	windowOpen      prometheus.Gauge
 }
@@ -220,8 +220,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Upload attempts that failed with a transient error and will be retried."}),
 		backlogBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "episoded_upload_backlog_bytes",
 			Help: "Bytes still to upload."}),
-		backlogHours: prometheus.NewGauge(prometheus.GaugeOpts{Name: "episoded_upload_backlog_hours",
-			Help: "Hours of recorded data still to upload."}),
+		backlogSeconds: prometheus.NewGauge(prometheus.GaugeOpts{Name: "episoded_upload_backlog_seconds",
+			Help: "Seconds of recorded data still to upload."}),
 		backlogEpisodes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "episoded_upload_backlog_episodes",
 			Help: "Episodes waiting for upload."}),
 		windowOpen: prometheus.NewGauge(prometheus.GaugeOpts{Name: "episoded_upload_window_open",
@@ -231,7 +231,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.episodes.WithLabelValues(r)
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.bytes, m.episodes, m.retries, m.backlogBytes, m.backlogHours, m.backlogEpisodes, m.windowOpen} {
+		for _, c := range []prometheus.Collector{m.bytes, m.episodes, m.retries, m.backlogBytes, m.backlogSeconds, m.backlogEpisodes, m.windowOpen} {
 			if err := reg.Register(c); err != nil {
 				var are prometheus.AlreadyRegisteredError
 				if !errors.As(err, &are) {

@@ -93,7 +93,7 @@ func TestS3OverTLS(t *testing.T) {
 	if got["episoded_upload_episodes_total,result=uploaded"] != 1 || got["episoded_upload_bytes_total"] < float64(size) {
 		t.Errorf("metrics %v", got)
 	}
-	for _, name := range []string{"episoded_upload_backlog_bytes", "episoded_upload_backlog_hours", "episoded_upload_backlog_episodes", "episoded_upload_window_open"} {
+	for _, name := range []string{"episoded_upload_backlog_bytes", "episoded_upload_backlog_seconds", "episoded_upload_backlog_episodes", "episoded_upload_window_open"} {
 		if _, ok := got[name]; !ok {
 			t.Errorf("metric %s missing", name)
 		}
