@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 
 	"github.com/episoded/episoded/internal/buildinfo"
+	"github.com/episoded/episoded/sync/bucket"
 	"github.com/episoded/episoded/sync/dataset"
 )
 
@@ -35,8 +35,9 @@ func cmdDataset(args []string, stdout, stderr io.Writer) int {
 	out := fs.String("out", "", "dataset directory (created, or appended to when it holds a dataset)")
 	mapPath := fs.String("map", "", "mapping file (YAML; see docs/DATASETS.md)")
 	from := fs.String("from", "", "uploaded episodes: a dir target's directory, or s3://bucket/prefix")
-	endpoint := fs.String("s3-endpoint", os.Getenv("AWS_ENDPOINT_URL"), "S3 endpoint for --from s3://... (default $AWS_ENDPOINT_URL); credentials from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY")
-	region := fs.String("s3-region", "", "S3 region for --from s3://...")
+	endpoint := fs.String("endpoint", "", "S3 endpoint for --from s3://... (default $AWS_ENDPOINT_URL); credentials from $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY")
+	region := fs.String("region", "", "S3 region for --from s3://...")
+	pathStyle := fs.Bool("path-style", false, "force path-style bucket addressing for --from s3://...")
 	quality := fs.String("quality", "", "take only episodes with this quality verdict (ok)")
 	var ids, labels stringList
 	fs.Var(&ids, "id", "episode id to take from the daemon (repeatable)")
@@ -69,23 +70,13 @@ func cmdDataset(args []string, stdout, stderr io.Writer) int {
 	}
 	var src dataset.Source
 	switch {
-	case strings.HasPrefix(*from, "s3://"):
-		bucket, prefix, err := dataset.ParseS3URL(*from)
-		if err != nil {
-			fmt.Fprintf(stderr, "episoded dataset build: %v\n", err)
-			return exitUsage
-		}
-		if *endpoint == "" {
-			fmt.Fprintln(stderr, "episoded dataset build: --from s3://... needs --s3-endpoint or $AWS_ENDPOINT_URL")
-			return exitUsage
-		}
-		src = dataset.S3Source{Endpoint: *endpoint, Bucket: bucket, Prefix: prefix, Region: *region}
 	case *from != "":
-		if st, err := os.Stat(*from); err != nil || !st.IsDir() {
-			fmt.Fprintf(stderr, "episoded dataset build: --from %s is not a directory\n", *from)
+		bs, err := dataset.OpenLocation(*from, bucket.S3Options{Endpoint: *endpoint, Region: *region, PathStyle: *pathStyle})
+		if err != nil {
+			fmt.Fprintf(stderr, "episoded dataset build: --from %s: %v\n", *from, err)
 			return exitUsage
 		}
-		src = dataset.DirSource{Root: *from}
+		src = bs
 	default:
 		c, err := cf.client()
 		if err != nil {

@@ -160,6 +160,33 @@ func TestDatasetFromDemo(t *testing.T) {
 		if r, ok := rep.Ranges["fidelity.offset_ms.cell1.gripper.state"]; !ok || r.Min < -20 || r.Max > 20 {
 			t.Errorf("gripper offsets %+v (present %v)", r, ok)
 		}
+		// The episodes table carries each episode's id, verdict, coverage
+		// and alignment bound.
+		okCount := 0
+		for _, e := range rep.Extra {
+			q, _ := e["episoded/quality"].(string)
+			if q != "ok" && q != "degraded" {
+				t.Errorf("episode %v: quality %q, want the episode's verdict", e["episoded/id"], q)
+			}
+			if q == "ok" {
+				okCount++
+			}
+			if c, _ := e["episoded/coverage"].(float64); c <= 0.9 || c > 1 {
+				t.Errorf("episode %v: coverage %v", e["episoded/id"], e["episoded/coverage"])
+			}
+			if c, _ := e["episoded/stream_coverage"].(float64); c <= 0.5 || c > 1 {
+				t.Errorf("episode %v: stream coverage %v", e["episoded/id"], e["episoded/stream_coverage"])
+			}
+			if b, _ := e["episoded/alignment_bound_ms"].(float64); b <= 0 {
+				t.Errorf("episode %v: alignment bound %v", e["episoded/id"], e["episoded/alignment_bound_ms"])
+			}
+		}
+		// --quality ok takes exactly the episodes whose verdict is ok.
+		okDir := filepath.Join(t.TempDir(), "ok")
+		out, errs, code = build(t, "--from", central, "--map", mp, "--out", okDir, "--quality", "ok")
+		if code != 0 || !strings.Contains(out, itoa(okCount)+" added") {
+			t.Errorf("--quality ok with %d ok episodes: exit %d: %s\n%s", okCount, code, errs, out)
+		}
 	})
 
 	t.Run("from-api", func(t *testing.T) {
@@ -294,8 +321,8 @@ func TestDatasetUsage(t *testing.T) {
 		{[]string{"--map", mp}, "--out and --map are required"},
 		{[]string{"--out", t.TempDir(), "--map", bad}, "fps: must be 1..1000"},
 		{[]string{"--out", t.TempDir(), "--map", bad}, `missing: "sometimes" is not fill-previous, split or drop-episode`},
-		{[]string{"--out", t.TempDir(), "--map", mp, "--from", "/nonexistent"}, "is not a directory"},
-		{[]string{"--out", t.TempDir(), "--map", mp, "--from", "s3://bucket/p"}, "needs --s3-endpoint"},
+		{[]string{"--out", t.TempDir(), "--map", mp, "--from", "/nonexistent"}, "no such file or directory"},
+		{[]string{"--out", t.TempDir(), "--map", mp, "--from", "s3://bucket/p"}, "no endpoint"},
 		{[]string{"--out", t.TempDir(), "--map", mp, "--quality", "great"}, "want ok or degraded"},
 	} {
 		t.Setenv("AWS_ENDPOINT_URL", "")

@@ -60,7 +60,7 @@ func BenchmarkRemux(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		out := filepath.Join(b.TempDir(), "ds")
 		start := time.Now()
-		sum, err := dataset.Build(context.Background(), dataset.DirSource{Root: src}, dataset.Options{Out: out, Mapping: m})
+		sum, err := dataset.Build(context.Background(), dataset.DirSource(src), dataset.Options{Out: out, Mapping: m})
 		if err != nil || sum.Remuxed != 1 {
 			b.Fatalf("%v %+v", err, sum)
 		}
@@ -93,7 +93,7 @@ func BenchmarkReencode(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		out := filepath.Join(b.TempDir(), "ds")
 		start := time.Now()
-		sum, err := dataset.Build(context.Background(), dataset.DirSource{Root: src}, dataset.Options{Out: out, Mapping: m})
+		sum, err := dataset.Build(context.Background(), dataset.DirSource(src), dataset.Options{Out: out, Mapping: m})
 		if err != nil || sum.Reencoded != 1 {
 			b.Fatalf("%v %+v", err, sum)
 		}

@@ -87,8 +87,11 @@ type epRec struct {
 	part     int64
 	quality  string
 	coverage float64
-	bound    float64
-	stats    map[string]featStats
+	// streamCov is the lowest coverage the recorder reported for the
+	// mapped streams (samples over expected), -1 when it reported none.
+	streamCov float64
+	bound     float64
+	stats     map[string]featStats
 	// video location per camera key, filled when written.
 	vchunk, vfile map[string]int64
 	vfrom, vto    map[string]float64
@@ -108,13 +111,26 @@ type camFile struct {
 }
 
 type builder struct {
-	o       Options
-	m       *Mapping
-	lay     *layout
-	feats   []feature
-	tasks   []string
-	eps     []*epRec
+	o     Options
+	m     *Mapping
+	lay   *layout
+	feats []feature
+	tasks []string
+	eps   []*epRec
+	// rows are the data rows from global index rowBase on: those of the
+	// data file being filled (the existing dataset's last file, the only
+	// one that can grow, when appending) and of the episode being placed.
+	// Finished files are staged and leave memory; earlier existing files
+	// are neither read nor rewritten.
 	rows    []map[string]any
+	rowBase int64
+	// The data file being filled: its index, its rows so far, whether it
+	// holds a new episode; staged are finished files written to the
+	// temporary directory (temp path, final path), moved in place last.
+	dfFile  int
+	dfIn    int
+	dfDirty bool
+	staged  [][2]string
 	files   map[string][]*camFile // per camera key; only the last is loaded
 	info    map[string]any        // existing info.json
 	sources []string
@@ -200,14 +216,18 @@ func Build(ctx context.Context, src Source, o Options) (Summary, error) {
 		}
 		b.progress(i+1, len(todo))
 	}
-	if b.lay == nil {
+	b.sum.Episodes, b.sum.Rows = len(b.eps), int(b.nrows())
+	if len(b.eps) == 0 {
 		b.sum.Warnings = append(b.sum.Warnings, "no episode to build from; nothing written")
 		return b.sum, nil
+	}
+	if b.sum.Added == 0 {
+		return b.sum, nil // an existing dataset, nothing new: left as it is
 	}
 	if err := b.write(); err != nil {
 		return b.sum, err
 	}
-	b.sum.Episodes, b.sum.Rows = len(b.eps), len(b.rows)
+	b.sum.Episodes, b.sum.Rows = len(b.eps), int(b.nrows())
 	return b.sum, nil
 }
 
@@ -228,7 +248,7 @@ func (b *builder) makeLayout(ep *Episode) error {
 	for _, f := range b.m.State {
 		s := extract(ep, f, 0)
 		if s.dim == 0 {
-			return fmt.Errorf("episode %s: state field %s %s: no message has it; cannot tell its size", ep.Manifest.ID, f.Topic, f.Path)
+			return fmt.Errorf("state field %s %s: no message has it; cannot tell its size", f.Topic, f.Path)
 		}
 		lay.stateDims = append(lay.stateDims, s.dim)
 		names := fieldNames(f, s.dim)
@@ -247,7 +267,7 @@ func (b *builder) makeLayout(ep *Episode) error {
 	for _, f := range b.m.Action.Fields {
 		s := extract(ep, f, 0)
 		if s.dim == 0 {
-			return fmt.Errorf("episode %s: action field %s %s: no message has it; cannot tell its size", ep.Manifest.ID, f.Topic, f.Path)
+			return fmt.Errorf("action field %s %s: no message has it; cannot tell its size", f.Topic, f.Path)
 		}
 		lay.actDims = append(lay.actDims, s.dim)
 		names := fieldNames(f, s.dim)
@@ -261,13 +281,13 @@ func (b *builder) makeLayout(ep *Episode) error {
 		}
 	}
 	b.lay = lay
-	b.feats = b.features(nil)
+	b.feats = b.features()
 	return nil
 }
 
-// features lists the dataset's features in a fixed order. Video sizes
-// come from vsize (camera key -> [h, w]) or the existing info.json.
-func (b *builder) features(vsize map[string][2]int) []feature {
+// features lists the dataset's features in a fixed order (video shapes
+// are filled in when info.json is written).
+func (b *builder) features() []feature {
 	one := []int{1}
 	fs := []feature{
 		{key: "timestamp", dtype: "float32", shape: one, col: tFloat32},
@@ -308,9 +328,11 @@ func (b *builder) addEpisode(ctx context.Context, r Ref) error {
 	if err != nil {
 		return err
 	}
-	topics, cams := map[string]bool{}, map[string]bool{}
+	topics, cams := map[string][]string{}, map[string]bool{}
 	for _, fl := range append(slices.Clone(b.m.State), b.m.Action.Fields...) {
-		topics[fl.Topic] = true
+		if !slices.Contains(topics[fl.Topic], fl.Path) {
+			topics[fl.Topic] = append(topics[fl.Topic], fl.Path)
+		}
 	}
 	for _, c := range b.m.Cameras {
 		cams[c.Stream] = true
@@ -334,7 +356,10 @@ func (b *builder) addEpisode(ctx context.Context, r Ref) error {
 	}
 	if b.lay == nil {
 		if err := b.makeLayout(ep); err != nil {
-			return err
+			// The layout comes from the next episode that has every field.
+			b.sum.Dropped++
+			b.sum.DroppedEpisodes = append(b.sum.DroppedEpisodes, fmt.Sprintf("%s: %v", r.ID, err))
+			return nil
 		}
 	}
 	res, err := align(ep, b.m, b.lay)
@@ -356,21 +381,48 @@ func (b *builder) addEpisode(ctx context.Context, r Ref) error {
 	if task == "" {
 		task = "unspecified"
 	}
+	// The alignment bound and the recorder's coverage of the streams the
+	// mapping uses (telemetry streams are found by their topic).
+	used := map[string]bool{}
+	for _, c := range b.m.Cameras {
+		used[c.Stream] = true
+	}
+	for _, fl := range append(slices.Clone(b.m.State), b.m.Action.Fields...) {
+		used[fl.Topic] = true
+		for _, si := range ep.Manifest.Streams {
+			if si.Topic == fl.Topic {
+				used[si.Stream] = true
+			}
+		}
+	}
 	var bound float64
+	streamCov := -1.0
 	for _, q := range ep.Quality {
+		if !used[q.Stream] {
+			continue
+		}
 		bound = max(bound, q.AlignmentErrorBoundMs)
+		if streamCov < 0 || q.Coverage < streamCov {
+			streamCov = q.Coverage
+		}
 	}
 	quality := ep.QualityStatus
 	if quality == "" {
 		quality = "unknown"
 	}
 	for si, sg := range res.segments {
+		if secs := float64(sg.n) / float64(b.m.FPS); secs > 2048 {
+			b.sum.Warnings = append(b.sum.Warnings, fmt.Sprintf("episode %s lasts %.0f s: LeRobot's float32 timestamps are coarser than its 0.1 ms tolerance past 2048 s", r.ID, secs))
+		}
 		rec := &epRec{index: len(b.eps), length: sg.n, task: task, id: r.ID, part: int64(si), quality: quality,
-			coverage: sg.coverage, bound: bound, stats: map[string]featStats{}, segs: map[string]*videoSeg{}}
+			coverage: sg.coverage, streamCov: streamCov, bound: bound, stats: map[string]featStats{}, segs: map[string]*videoSeg{}}
 		if err := b.addSegment(ctx, rec, res, sg); err != nil {
 			return fmt.Errorf("episode %s: %w", r.ID, err)
 		}
 		b.eps = append(b.eps, rec)
+		if err := b.place(rec); err != nil {
+			return err
+		}
 	}
 	b.sum.Added++
 	b.sources = append(b.sources, r.ID)
@@ -388,7 +440,7 @@ func (b *builder) taskIndex(t string) int64 {
 func (b *builder) addSegment(ctx context.Context, rec *epRec, res *gridResult, sg segment) error {
 	fps := b.m.FPS
 	ti := b.taskIndex(rec.task)
-	rec.from = int64(len(b.rows))
+	rec.from = b.nrows()
 	sg = b.trimForRemux(res, sg)
 	rec.length = sg.n
 	// Video first: it can fail (no ffmpeg) before any row is added.
@@ -434,7 +486,10 @@ func (b *builder) addSegment(ctx context.Context, rec *epRec, res *gridResult, s
 						return nil
 					})
 					if err != nil {
-						return fmt.Errorf("camera %s: video statistics: %w", c.Stream, err)
+						// The video itself is fine (copied as is); only its
+						// statistics are missing.
+						b.sum.Warnings = append(b.sum.Warnings, fmt.Sprintf("episode %s camera %s: no video statistics: %v", rec.id, c.Stream, err))
+						hist, nsampled = make([][256]int64, 3), 0
 					}
 				}
 			}
@@ -478,7 +533,7 @@ func (b *builder) addSegment(ctx context.Context, rec *epRec, res *gridResult, s
 			"timestamp":         float32(float64(k) / float64(fps)),
 			"frame_index":       int64(k),
 			"episode_index":     int64(rec.index),
-			"index":             int64(len(b.rows)),
+			"index":             b.nrows(),
 			"task_index":        ti,
 			"observation.state": sg.state[k],
 			"action":            sg.act[k],
@@ -500,7 +555,7 @@ func (b *builder) addSegment(ctx context.Context, rec *epRec, res *gridResult, s
 		}
 		rows := make([][]float64, sg.n)
 		for k := range rows {
-			rows[k] = numeric(b.rows[int(rec.from)+k][f.key])
+			rows[k] = numeric(b.rows[int(rec.from-b.rowBase)+k][f.key])
 		}
 		rec.stats[f.key] = computeStats(rows, f.shape[0])
 	}
@@ -562,6 +617,56 @@ func numeric(v any) []float64 {
 	}
 	return nil
 }
+
+// place assigns a new episode (its rows just appended) to a data file:
+// whole episodes per file, a new file past ~100 MB (estimated from the row
+// width, so the split depends only on the rows). A finished file is
+// written to the temporary directory and its rows leave memory.
+func (b *builder) place(e *epRec) error {
+	rowBytes := 4 + 4*8 + 4*(len(b.lay.stateNames)+len(b.lay.actNames)) + 5*len(b.feats)
+	perFile := max(1, dataFileBytes/rowBytes)
+	if b.dfIn > 0 && b.dfIn+e.length > perFile {
+		if err := b.flushData(len(b.rows) - e.length); err != nil {
+			return err
+		}
+		b.dfFile++
+		b.dfIn = 0
+	}
+	c, f := chunkFile(b.dfFile)
+	e.dchunk, e.dfile = int64(c), int64(f)
+	b.dfIn += e.length
+	b.dfDirty = true
+	return nil
+}
+
+// flushData stages the current data file, made of the first n rows in
+// memory, if it holds a new episode, and drops those rows from memory.
+func (b *builder) flushData(n int) error {
+	if b.dfDirty && n > 0 {
+		var cols []column
+		for _, f := range b.feats {
+			if !f.video {
+				cols = append(cols, column{f.key, f.col})
+			}
+		}
+		tmp := filepath.Join(b.tmp, fmt.Sprintf("data-%d.parquet", b.dfFile))
+		if err := writeParquet(tmp, cols, b.rows[:n], nil); err != nil {
+			return err
+		}
+		b.staged = append(b.staged, [2]string{tmp, b.dataFile(b.dfFile)})
+	}
+	b.rows = slices.Clone(b.rows[n:])
+	b.rowBase += int64(n)
+	b.dfDirty = false
+	return nil
+}
+
+// dataFileBytes is where a data file rolls over (estimated from the row
+// width); a variable so that tests can make several files.
+var dataFileBytes = dataFileMB << 20
+
+// nrows is the dataset's row count so far.
+func (b *builder) nrows() int64 { return b.rowBase + int64(len(b.rows)) }
 
 func chunkFile(i int) (int, int) { return i / chunksSize, i % chunksSize }
 
@@ -628,41 +733,17 @@ func (b *builder) write() error {
 			}
 		}
 	}
-	// Data files: whole episodes, a new file past ~100 MB (estimated from
-	// the row width, so the split depends only on the rows).
-	rowBytes := 4 + 4*8 + 4*(len(b.lay.stateNames)+len(b.lay.actNames)) + 5*len(b.feats)
-	perFile := max(1, dataFileMB<<20/rowBytes)
-	file, inFile := 0, 0
-	var cols []column
-	for _, f := range b.feats {
-		if !f.video {
-			cols = append(cols, column{f.key, f.col})
-		}
-	}
-	var pending []map[string]any
-	flush := func() error {
-		if len(pending) == 0 {
-			return nil
-		}
-		err := writeParquet(b.dataFile(file), cols, pending, nil)
-		pending = nil
+	// Data files: the current one, then every one staged so far.
+	if err := b.flushData(len(b.rows)); err != nil {
 		return err
 	}
-	for _, e := range b.eps {
-		if inFile > 0 && inFile+e.length > perFile {
-			if err := flush(); err != nil {
-				return err
-			}
-			file++
-			inFile = 0
+	for _, f := range b.staged {
+		if err := os.MkdirAll(filepath.Dir(f[1]), 0o755); err != nil {
+			return err
 		}
-		c, f := chunkFile(file)
-		e.dchunk, e.dfile = int64(c), int64(f)
-		pending = append(pending, b.rows[e.from:e.from+int64(e.length)]...)
-		inFile += e.length
-	}
-	if err := flush(); err != nil {
-		return err
+		if err := os.Rename(f[0], f[1]); err != nil {
+			return err
+		}
 	}
 	if err := b.writeEpisodes(); err != nil {
 		return err
@@ -676,14 +757,6 @@ func (b *builder) write() error {
 	return b.writeInfo(vsize, vcodec)
 }
 
-func (b *builder) statFeatures() []feature {
-	var out []feature
-	for _, f := range b.feats {
-		out = append(out, f)
-	}
-	return out
-}
-
 func (b *builder) episodeColumns() []column {
 	cols := []column{
 		{"episode_index", tInt64}, {"length", tInt64}, {"tasks", tListString},
@@ -691,14 +764,14 @@ func (b *builder) episodeColumns() []column {
 		{"dataset_from_index", tInt64}, {"dataset_to_index", tInt64},
 		{"meta/episodes/chunk_index", tInt64}, {"meta/episodes/file_index", tInt64},
 		{"episoded/id", tString}, {"episoded/part", tInt64}, {"episoded/quality", tString},
-		{"episoded/coverage", tFloat64}, {"episoded/alignment_bound_ms", tFloat64},
+		{"episoded/coverage", tFloat64}, {"episoded/stream_coverage", tFloat64}, {"episoded/alignment_bound_ms", tFloat64},
 	}
 	for _, c := range b.m.Cameras {
 		k := "videos/" + CameraKey(c.Name) + "/"
 		cols = append(cols, column{k + "chunk_index", tInt64}, column{k + "file_index", tInt64},
 			column{k + "from_timestamp", tFloat64}, column{k + "to_timestamp", tFloat64})
 	}
-	for _, f := range b.statFeatures() {
+	for _, f := range b.feats {
 		for _, s := range statNames {
 			cols = append(cols, column{"stats/" + f.key + "/" + s, tListFloat64})
 		}
@@ -715,7 +788,7 @@ func (b *builder) writeEpisodes() error {
 			"dataset_from_index": e.from, "dataset_to_index": e.from + int64(e.length),
 			"meta/episodes/chunk_index": int64(0), "meta/episodes/file_index": int64(0),
 			"episoded/id": e.id, "episoded/part": e.part, "episoded/quality": e.quality,
-			"episoded/coverage": e.coverage, "episoded/alignment_bound_ms": e.bound,
+			"episoded/coverage": e.coverage, "episoded/stream_coverage": e.streamCov, "episoded/alignment_bound_ms": e.bound,
 		}
 		for _, c := range b.m.Cameras {
 			key := CameraKey(c.Name)
@@ -723,7 +796,7 @@ func (b *builder) writeEpisodes() error {
 			r[k+"chunk_index"], r[k+"file_index"] = e.vchunk[key], e.vfile[key]
 			r[k+"from_timestamp"], r[k+"to_timestamp"] = e.vfrom[key], e.vto[key]
 		}
-		for _, f := range b.statFeatures() {
+		for _, f := range b.feats {
 			st, ok := e.stats[f.key]
 			for _, s := range statNames {
 				v := []float64{}
@@ -750,7 +823,7 @@ func (b *builder) writeTasks() error {
 
 func (b *builder) writeStats() error {
 	out := map[string]any{}
-	for _, f := range b.statFeatures() {
+	for _, f := range b.feats {
 		var all []featStats
 		for _, e := range b.eps {
 			if s, ok := e.stats[f.key]; ok && len(s.Mean) > 0 {
@@ -806,7 +879,7 @@ func (b *builder) writeInfo(vsize map[string][2]int, vcodec map[string]string) e
 	}
 	info := map[string]any{
 		"codebase_version": CodebaseVersion, "robot_type": nilIfEmpty(b.m.RobotType),
-		"total_episodes": len(b.eps), "total_frames": len(b.rows), "total_tasks": len(b.tasks),
+		"total_episodes": len(b.eps), "total_frames": b.nrows(), "total_tasks": len(b.tasks),
 		"chunks_size": chunksSize, "data_files_size_in_mb": dataFileMB, "video_files_size_in_mb": videoFileMB,
 		"fps": b.m.FPS, "splits": map[string]string{"train": fmt.Sprintf("0:%d", len(b.eps))},
 		"data_path": dataPath, "video_path": vp, "features": feats,

@@ -72,7 +72,7 @@ func frames(aus [][]byte, ptsOff []int, start int64, jitter int64, seed uint64, 
 
 func build(t *testing.T, src, out string, m *dataset.Mapping) dataset.Summary {
 	t.Helper()
-	sum, err := dataset.Build(context.Background(), dataset.DirSource{Root: src}, dataset.Options{Out: out, Mapping: m, Version: "test"})
+	sum, err := dataset.Build(context.Background(), dataset.DirSource(src), dataset.Options{Out: out, Mapping: m, Version: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func TestCameraOutageAndJitter(t *testing.T) {
 	})
 	t.Run("no-ffmpeg", func(t *testing.T) {
 		t.Setenv("PATH", t.TempDir())
-		_, err := dataset.Build(context.Background(), dataset.DirSource{Root: src},
+		_, err := dataset.Build(context.Background(), dataset.DirSource(src),
 			dataset.Options{Out: filepath.Join(t.TempDir(), "ds"), Mapping: testMapping(t, dataset.PolicyFillPrevious, "clean", "jitter")})
 		if !errors.Is(err, dataset.ErrNoFFmpeg) || !strings.Contains(err.Error(), "cell1/jitter") {
 			t.Fatalf("without ffmpeg: %v; want ErrNoFFmpeg naming the camera", err)
@@ -214,7 +214,7 @@ func TestQualityFilterAndAppend(t *testing.T) {
 	}
 	m := testMapping(t, dataset.PolicyFillPrevious, "cam")
 	out := filepath.Join(t.TempDir(), "ds")
-	sum, err := dataset.Build(context.Background(), dataset.DirSource{Root: src}, dataset.Options{Out: out, Mapping: m, Quality: "ok"})
+	sum, err := dataset.Build(context.Background(), dataset.DirSource(src), dataset.Options{Out: out, Mapping: m, Quality: "ok"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,5 +312,50 @@ func TestH265Camera(t *testing.T) {
 	info, _ := os.ReadFile(filepath.Join(out, "meta", "info.json"))
 	if !strings.Contains(string(info), `"video.codec": "hevc"`) {
 		t.Errorf("info.json does not say hevc for the remuxed H.265 camera")
+	}
+}
+
+// TestAppendManyDataFiles: with data files rolling every ~100 rows,
+// appending episode by episode (each append reads back only the last data
+// file) gives the same files as building once, in several data files.
+func TestAppendManyDataFiles(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs ffmpeg, node and PyAV; skipped under -short")
+	}
+	defer dataset.SetDataFileBytes(100 * 80)()
+	aus, _, _ := ffmpegClip(t, 2, 0, 30)
+	src := t.TempDir()
+	var ids []string
+	for i := 0; i < 5; i++ {
+		start := t0 + int64(i)*100e9
+		id := "ep" + string(rune('1'+i))
+		ids = append(ids, id)
+		fakeEpisode(t, src, id, "pick", start, []telemetry{joints(start, 2)}, map[string][]camFrame{
+			"cell1/cam": frames(aus, nil, start, 0, uint64(i), 0, 0),
+		})
+	}
+	m := testMapping(t, dataset.PolicyFillPrevious, "cam")
+	once := filepath.Join(t.TempDir(), "once")
+	build(t, src, once, m)
+	inc := filepath.Join(t.TempDir(), "inc")
+	for _, id := range ids {
+		build(t, filepath.Join(src, id), inc, m)
+	}
+	rep := datasetcheck.Run(t, inc)
+	if rep.Episodes != 5 {
+		t.Errorf("%d episodes", rep.Episodes)
+	}
+	files, _ := filepath.Glob(filepath.Join(inc, "data", "*", "*.parquet"))
+	if len(files) < 3 {
+		t.Errorf("%d data files; the test wants several", len(files))
+	}
+	a, b := treeHash(t, once), treeHash(t, inc)
+	if len(a) != len(b) {
+		t.Errorf("%d files appending, %d building once", len(b), len(a))
+	}
+	for k, v := range a {
+		if b[k] != v {
+			t.Errorf("%s differs between appending and building once", k)
+		}
 	}
 }

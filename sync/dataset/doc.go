@@ -3,7 +3,7 @@
 //
 // # Pipeline
 //
-// A Source lists episodes (DirSource and S3Source read uploaded
+// A Source lists episodes (BucketSource reads uploaded
 // manifest.json + episode.mcap, APISource a running daemon's exports).
 // Build takes them in (start, id) order and, one at a time: copies the
 // MCAP to a temporary file while hashing it and refuses it unless size
@@ -28,15 +28,17 @@
 // each camera's MP4 holds whole episodes back to back and rolls when the
 // parameter sets change or at 200 MB; the episodes table carries each
 // episode's statistics (stats/<feature>/<stat>), from which stats.json is
-// aggregated. Appending reads all of that back (load) and rewrites the
-// tables and the camera files that grow, so appending episode by episode
-// gives the same bytes as building once. Every file is written to a
+// aggregated. Appending reads that back (load: the tables, the last data
+// file's rows, each camera's last MP4 when it grows) and rewrites the
+// metadata tables and the files that grow, so appending episode by
+// episode gives the same bytes as building once. Every file is written to a
 // temporary name and renamed; a crash mid-write can leave a dataset whose
 // tables disagree, which the next build reports when it loads it.
 //
-// Memory: the parsed messages of the mapped telemetry topics of the
-// episode being converted, every dataset row (the data tables are
-// rewritten whole), and one small record per video frame. Frame bytes are
+// Memory: the values of the mapped telemetry fields of the episode being
+// converted, the rows of the data file being filled (finished data files
+// are staged in the temporary directory and moved in place last), and one
+// small record per video frame. Frame bytes are
 // spooled to a file in the build's temporary directory (inside the output
 // directory) and MP4 samples are read from their files when written.
 package dataset

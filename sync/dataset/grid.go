@@ -95,7 +95,7 @@ func extract(ep *Episode, f Field, dim int) *series {
 	}
 	s := &series{dim: dim, tol: int64(f.Tolerance), lin: f.Interpolate == "linear", name: f.Topic}
 	for _, m := range ep.Telemetry[f.Topic] {
-		v, ok := value(m.Data, f.Path)
+		v, ok := m.Vals[f.Path]
 		if ok && s.dim == 0 {
 			s.dim = len(v)
 		}
@@ -401,9 +401,8 @@ func align(ep *Episode, m *Mapping, lay *layout) (*gridResult, error) {
 				}
 			}
 			for ci := range res.cams {
-				if col := len(lay.offsetTopics) + ci; cur.frame[ci] < 0 {
-					cur.frame[ci] = p.frame[ci]
-					_ = col
+				if cur.frame[ci] < 0 {
+					cur.frame[ci] = p.frame[ci] // the previous frame, shown again
 				}
 			}
 			cur.complete = true

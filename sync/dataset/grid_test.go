@@ -1,7 +1,9 @@
 package dataset
 
 import (
+	"encoding/json"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -10,7 +12,11 @@ import (
 func telEpisode(ts []int64, f func(t int64) float64) *Episode {
 	ep := &Episode{Telemetry: map[string][]Message{}, Video: map[string]*Track{}}
 	for _, t := range ts {
-		ep.Telemetry["a"] = append(ep.Telemetry["a"], Message{T: t, Data: map[string]any{"p": []any{f(t), -f(t)}, "ok": t%2 == 0}})
+		ok := 0.0
+		if t%2 == 0 {
+			ok = 1
+		}
+		ep.Telemetry["a"] = append(ep.Telemetry["a"], Message{T: t, Vals: map[string][]float64{"p": {f(t), -f(t)}, "ok": {ok}}})
 	}
 	return ep
 }
@@ -130,5 +136,31 @@ func TestMappingErrors(t *testing.T) {
 	m := mapping(t, "fps: 25\nstate: [{topic: a, field: p}]\naction: {next_state: true}\n")
 	if time.Duration(m.VideoTolerance) != 20*time.Millisecond || m.Missing != PolicyFillPrevious || m.Codec != "auto" || time.Duration(m.State[0].Tolerance) != 20*time.Millisecond {
 		t.Errorf("defaults: %+v", m)
+	}
+}
+
+func TestValue(t *testing.T) {
+	var doc any
+	if err := json.Unmarshal([]byte(`{"a":{"b":[1,2.5,true]},"c":false,"d":"x","e":[1,"y"],"f":[[1]]}`), &doc); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path string
+		want []float64
+		ok   bool
+	}{
+		{"a.b", []float64{1, 2.5, 1}, true},
+		{"a.b.1", []float64{2.5}, true},
+		{"c", []float64{0}, true},
+		{"d", nil, false},
+		{"e", nil, false},
+		{"f", nil, false},
+		{"a.x", nil, false},
+		{"a.b.9", nil, false},
+	} {
+		got, ok := value(doc, tc.path)
+		if ok != tc.ok || !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v %v; want %v %v", tc.path, got, ok, tc.want, tc.ok)
+		}
 	}
 }

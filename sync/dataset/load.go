@@ -56,7 +56,7 @@ func (b *builder) load() error {
 	}
 	b.lay = &layout{stateDims: l.StateDims, actDims: l.ActionDims, offsetTopics: l.OffsetTopics,
 		stateNames: info.Features["observation.state"].Names, actNames: info.Features["action"].Names}
-	b.feats = b.features(nil)
+	b.feats = b.features()
 	var want, got []string
 	for _, f := range b.feats {
 		want = append(want, f.key)
@@ -102,7 +102,7 @@ func (b *builder) load() error {
 				e.task = ts[0]
 			}
 			e.id, e.part, e.quality = str("episoded/id"), i64("episoded/part"), str("episoded/quality")
-			e.coverage, e.bound = f64("episoded/coverage"), f64("episoded/alignment_bound_ms")
+			e.coverage, e.streamCov, e.bound = f64("episoded/coverage"), f64("episoded/stream_coverage"), f64("episoded/alignment_bound_ms")
 			e.from = i64("dataset_from_index")
 			e.dchunk, e.dfile = i64("data/chunk_index"), i64("data/file_index")
 			for _, c := range b.m.Cameras {
@@ -132,17 +132,29 @@ func (b *builder) load() error {
 			b.eps = append(b.eps, e)
 		}
 	}
-	dataFiles, _ := filepath.Glob(filepath.Join(b.o.Out, "data", "*", "*.parquet"))
-	sort.Strings(dataFiles)
-	for _, p := range dataFiles {
+	// Only the last data file can grow: read its rows, starting at its
+	// first episode's index.
+	if n := len(b.eps); n > 0 {
+		last := b.eps[n-1]
+		b.rowBase = last.from
+		for i := n - 1; i >= 0 && b.eps[i].dchunk == last.dchunk && b.eps[i].dfile == last.dfile; i-- {
+			b.rowBase = b.eps[i].from
+		}
+		p := b.dataFile(int(last.dchunk)*chunksSize + int(last.dfile))
 		rows, err := readParquet(p)
 		if err != nil {
 			return fmt.Errorf("read existing dataset: %w", err)
 		}
-		b.rows = append(b.rows, rows...)
-	}
-	if n := len(b.eps); n > 0 && b.eps[n-1].from+int64(b.eps[n-1].length) != int64(len(b.rows)) {
-		return fmt.Errorf("read existing dataset: %d rows in data files, the episodes say %d", len(b.rows), b.eps[n-1].from+int64(b.eps[n-1].length))
+		b.rows = rows
+		b.dfFile, b.dfIn = int(last.dchunk)*chunksSize+int(last.dfile), len(rows)
+		if want := last.from + int64(last.length) - b.rowBase; int64(len(rows)) != want {
+			return fmt.Errorf("read existing dataset: %s has %d rows, the episodes say %d", p, len(rows), want)
+		}
+		if len(rows) > 0 {
+			if i, _ := rows[0]["index"].(int64); i != b.rowBase {
+				return fmt.Errorf("read existing dataset: %s starts at index %d, the episodes say %d", p, i, b.rowBase)
+			}
+		}
 	}
 	if len(b.eps) > 0 {
 		for _, c := range b.m.Cameras {

@@ -13,7 +13,6 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/episoded/episoded/episode"
-	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sync/export"
 )
 
@@ -24,9 +23,10 @@ type Episode struct {
 	Manifest export.Manifest
 	Quality  []episode.StreamReport
 	// QualityStatus is the episode's verdict ("ok", "degraded") when the
-	// export carries one, else "".
+	// export carries one (the metadata record's "verdict"), else "".
 	QualityStatus string
-	// Telemetry holds the decoded JSON messages per topic, in time order.
+	// Telemetry holds, per topic in time order, the values of the mapped
+	// fields of each message (not the whole message).
 	Telemetry map[string][]Message
 	// Video holds the frames per camera stream, in decode order. Their
 	// bytes are in a spool file until Close.
@@ -43,10 +43,12 @@ func (e *Episode) Close() error {
 	return os.Remove(e.spool.Name())
 }
 
-// Message is one telemetry message.
+// Message is one telemetry message: its time and the numbers at each
+// mapped field path (absent when the message lacks the path or holds
+// something else there).
 type Message struct {
 	T    int64
-	Data any
+	Vals map[string][]float64
 }
 
 // Track is one camera's frames.
@@ -81,11 +83,11 @@ type Frame struct {
 	size int
 }
 
-// ReadEpisode reads an episode MCAP, keeping only the topics in topics and
-// the video streams in cameras. Frames are spooled to a file in spoolDir
+// ReadEpisode reads an episode MCAP, keeping only the field paths that
+// topics lists per topic and the video streams in cameras. Frames are spooled to a file in spoolDir
 // (the system's temporary directory if ""), so that memory holds their
 // times only; Close the episode to remove it.
-func ReadEpisode(r io.Reader, topics, cameras map[string]bool, spoolDir string) (ep *Episode, err error) {
+func ReadEpisode(r io.Reader, topics map[string][]string, cameras map[string]bool, spoolDir string) (ep *Episode, err error) {
 	rd, err := mcap.NewReader(r)
 	if err != nil {
 		return nil, fmt.Errorf("read mcap: %w", err)
@@ -113,27 +115,15 @@ func ReadEpisode(r io.Reader, topics, cameras map[string]bool, spoolDir string) 
 		}
 		haveManifest = true
 		if v := md.Metadata["verdict"]; v != "" {
-			var vd struct {
-				Status string `json:"status"`
+			var vd episode.Verdict
+			if err := json.Unmarshal([]byte(v), &vd); err != nil {
+				return fmt.Errorf("episode verdict: %w", err)
 			}
-			if err := json.Unmarshal([]byte(v), &vd); err == nil {
-				ep.QualityStatus = vd.Status
-			}
+			ep.QualityStatus = vd.Status
 		}
 		if q := md.Metadata["quality"]; q != "" {
 			if err := json.Unmarshal([]byte(q), &ep.Quality); err != nil {
-				// A newer quality layout (an object with a verdict) is
-				// read below; a list is the per-stream report.
-				var v struct {
-					Status  string                 `json:"status"`
-					Streams []episode.StreamReport `json:"streams"`
-				}
-				if json.Unmarshal([]byte(q), &v) == nil {
-					ep.Quality = v.Streams
-					if ep.QualityStatus == "" {
-						ep.QualityStatus = v.Status
-					}
-				}
+				return fmt.Errorf("episode quality report: %w", err)
 			}
 		}
 		return nil
@@ -141,9 +131,9 @@ func ReadEpisode(r io.Reader, topics, cameras map[string]bool, spoolDir string) 
 	if err != nil {
 		return nil, fmt.Errorf("read mcap: %w", err)
 	}
-	msg := &mcap.Message{}
+	buf := &mcap.Message{}
 	for {
-		_, ch, m, err := it.NextInto(msg)
+		_, ch, m, err := it.NextInto(buf)
 		if errors.Is(err, io.EOF) {
 			break
 		}
@@ -178,12 +168,18 @@ func ReadEpisode(r io.Reader, topics, cameras map[string]bool, spoolDir string) 
 			f.off, f.size = spoolOff, len(au)
 			spoolOff += int64(len(au))
 			tr.Frames = append(tr.Frames, f)
-		case ch.MessageEncoding == "json" && topics[ch.Topic]:
+		case ch.MessageEncoding == "json" && len(topics[ch.Topic]) > 0:
 			var v any
 			if err := json.Unmarshal(m.Data, &v); err != nil {
 				return nil, fmt.Errorf("read mcap: %s message %d: %w", ch.Topic, m.Sequence, err)
 			}
-			ep.Telemetry[ch.Topic] = append(ep.Telemetry[ch.Topic], Message{T: int64(m.LogTime), Data: v})
+			msg := Message{T: int64(m.LogTime), Vals: map[string][]float64{}}
+			for _, p := range topics[ch.Topic] {
+				if x, ok := value(v, p); ok {
+					msg.Vals[p] = x
+				}
+			}
+			ep.Telemetry[ch.Topic] = append(ep.Telemetry[ch.Topic], msg)
 		}
 	}
 	if !haveManifest {
@@ -195,14 +191,8 @@ func ReadEpisode(r io.Reader, topics, cameras map[string]bool, spoolDir string) 
 	for _, ms := range ep.Telemetry {
 		sort.SliceStable(ms, func(i, j int) bool { return ms[i].T < ms[j].T })
 	}
-	if ep.QualityStatus == "" {
-		ep.QualityStatus = qualityStatusOf(ep.Manifest)
-	}
 	return ep, nil
 }
-
-// qualityStatusOf falls back to a "quality" label; "" when unknown.
-func qualityStatusOf(m export.Manifest) string { return m.Labels["quality"] }
 
 // decodeCompressedVideo decodes foxglove.CompressedVideo: timestamp (1),
 // frame_id (2), data (3), format (4).
@@ -284,26 +274,4 @@ func decodeTimestamp(b []byte) int64 {
 		}
 	}
 	return sec*1e9 + nsec
-}
-
-func nalType(codec string, nal []byte) int {
-	if len(nal) == 0 {
-		return -1
-	}
-	if codec == "h265" {
-		return int(nal[0]>>1) & 0x3f
-	}
-	return int(nal[0] & 0x1f)
-}
-
-// isKey reports whether an access unit holds an IDR (H.264) or IRAP
-// (H.265) slice.
-func isKey(codec string, au []byte) bool {
-	for _, n := range video.SplitAnnexB(au) {
-		t := nalType(codec, n)
-		if codec == "h265" && t >= 16 && t <= 21 || codec != "h265" && t == 5 {
-			return true
-		}
-	}
-	return false
 }

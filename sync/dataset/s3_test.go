@@ -14,6 +14,7 @@ import (
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
+	"github.com/episoded/episoded/sync/bucket"
 	"github.com/episoded/episoded/sync/dataset"
 	"github.com/episoded/episoded/sync/dataset/datasetcheck"
 	"github.com/episoded/episoded/sync/internal/synctest"
@@ -93,11 +94,10 @@ func TestS3Source(t *testing.T) {
 		put(prefix+upload.ObjectMCAP, mcap)
 		put(prefix+upload.ObjectManifest, mb)
 	}
-	bucket, prefix, err := dataset.ParseS3URL("s3://central/site")
+	s3src, err := dataset.OpenLocation("s3://central/site", bucket.S3Options{Endpoint: "http://" + s3.Endpoint, PathStyle: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s3src := dataset.S3Source{Endpoint: "http://" + s3.Endpoint, Bucket: bucket, Prefix: prefix}
 	fromS3 := filepath.Join(t.TempDir(), "s3")
 	if _, err := dataset.Build(ctx, s3src, dataset.Options{Out: fromS3, Mapping: m, Version: "test"}); err != nil {
 		t.Fatal(err)

@@ -8,22 +8,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
 	"path"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 
-	"github.com/minio/minio-go/v7"
-	"github.com/minio/minio-go/v7/pkg/credentials"
-
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/api"
-	"github.com/episoded/episoded/internal/redact"
+	"github.com/episoded/episoded/sync/bucket"
 	"github.com/episoded/episoded/sync/upload"
 )
 
@@ -85,7 +80,7 @@ func (r Ref) fetch(ctx context.Context, dir string) (string, error) {
 // refFromManifest makes a Ref from an upload manifest; get opens an
 // object by its key (relative to the manifest's directory for dir
 // sources, the bucket for S3).
-func refFromManifest(m upload.Manifest, verdict, where string, get func(ctx context.Context, obj upload.ManifestObject) (io.ReadCloser, error)) (Ref, error) {
+func refFromManifest(m upload.Manifest, where string, get func(ctx context.Context, obj upload.ManifestObject) (io.ReadCloser, error)) (Ref, error) {
 	if m.Format != upload.ManifestFormat {
 		return Ref{}, fmt.Errorf("%s: manifest format %q is not %s", where, m.Format, upload.ManifestFormat)
 	}
@@ -98,134 +93,77 @@ func refFromManifest(m upload.Manifest, verdict, where string, get func(ctx cont
 		}
 		obj := o
 		return Ref{ID: m.Episode, Start: m.Start, Task: m.Task, Where: o.Key, SHA256: o.SHA256, Size: o.Size,
-			Quality: verdict,
+			Quality: verdictStatus(m.Verdict),
 			open:    func(ctx context.Context) (io.ReadCloser, error) { return get(ctx, obj) }}, nil
 	}
 	return Ref{}, fmt.Errorf("%s: manifest lists no %s", where, upload.ObjectMCAP)
 }
 
-// verdictOf reads the quality verdict's status from a manifest.json or an
-// episode record ({"verdict": {"status": "ok"}}); "" when it has none.
-func verdictOf(b []byte) string {
-	var v struct {
-		Verdict *struct {
-			Status string `json:"status"`
-		} `json:"verdict"`
-	}
-	if json.Unmarshal(b, &v) != nil || v.Verdict == nil {
-		return ""
-	}
-	return v.Verdict.Status
+// BucketSource reads uploaded episodes from the central store (an S3
+// bucket or a directory laid out the same way; sync/bucket): every
+// manifest.json under Prefix, with the episode.mcap beside it (looked up
+// next to the manifest, as `episoded verify` does, so that an episode
+// directory copied elsewhere reads as well).
+type BucketSource struct {
+	Bucket bucket.Bucket
+	Prefix string
+	// Name goes in front of object keys in messages: "s3://bucket/" or
+	// "DIR/".
+	Name string
 }
 
-// DirSource reads uploaded episodes below a directory (a dir target's
-// root or any part of it): every manifest.json found, with the
-// episode.mcap beside it.
-type DirSource struct{ Root string }
-
-// List implements Source.
-func (s DirSource) List(ctx context.Context) ([]Ref, error) {
-	var refs []Ref
-	err := filepath.WalkDir(s.Root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() || d.Name() != upload.ObjectManifest {
-			return nil
-		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		var m upload.Manifest
-		if err := json.Unmarshal(b, &m); err != nil {
-			return fmt.Errorf("%s: %w", p, err)
-		}
-		dir := filepath.Dir(p)
-		ref, err := refFromManifest(m, verdictOf(b), p, func(_ context.Context, o upload.ManifestObject) (io.ReadCloser, error) {
-			return os.Open(filepath.Join(dir, filepath.FromSlash(path.Base(o.Key))))
-		})
-		if err != nil {
-			return err
-		}
-		ref.Where = filepath.Join(dir, upload.ObjectMCAP)
-		refs = append(refs, ref)
-		return nil
-	})
+// OpenLocation returns the source for "s3://bucket/prefix" or a directory.
+func OpenLocation(loc string, o bucket.S3Options) (BucketSource, error) {
+	b, prefix, err := bucket.Open(loc, o)
 	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", s.Root, err)
+		return BucketSource{}, err
 	}
-	return refs, nil
+	s := BucketSource{Bucket: b, Prefix: prefix}
+	if d, ok := b.(*bucket.Dir); ok {
+		s.Name = strings.TrimRight(d.Root, "/") + "/"
+	} else {
+		name, _, _ := strings.Cut(strings.TrimPrefix(loc, "s3://"), "/")
+		s.Name = "s3://" + name + "/"
+	}
+	return s, nil
 }
 
-// S3Source reads uploaded episodes from s3://bucket/prefix. Credentials
-// come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
-type S3Source struct {
-	Endpoint string // http(s)://host:port
-	Bucket   string
-	Prefix   string
-	Region   string
-}
-
-// ParseS3URL splits s3://bucket/prefix.
-func ParseS3URL(u string) (bucket, prefix string, err error) {
-	rest, ok := strings.CutPrefix(u, "s3://")
-	if !ok || rest == "" {
-		return "", "", fmt.Errorf("%q is not s3://bucket/prefix", u)
-	}
-	bucket, prefix, _ = strings.Cut(rest, "/")
-	return bucket, strings.Trim(prefix, "/"), nil
-}
-
-func (s S3Source) client() (*minio.Client, error) {
-	pu, err := url.Parse(s.Endpoint)
-	if err != nil || pu.Host == "" || (pu.Scheme != "http" && pu.Scheme != "https") {
-		return nil, fmt.Errorf("s3 endpoint %s: want http(s)://host:port", redact.URL(s.Endpoint))
-	}
-	return minio.New(pu.Host, &minio.Options{
-		Creds:  credentials.NewStaticV4(os.Getenv("AWS_ACCESS_KEY_ID"), os.Getenv("AWS_SECRET_ACCESS_KEY"), ""),
-		Secure: pu.Scheme == "https", Region: s.Region, BucketLookup: minio.BucketLookupPath,
-	})
+// DirSource is the source for the uploaded episodes below a directory.
+func DirSource(root string) BucketSource {
+	return BucketSource{Bucket: &bucket.Dir{Root: root}, Name: strings.TrimRight(root, "/") + "/"}
 }
 
 // List implements Source.
-func (s S3Source) List(ctx context.Context) ([]Ref, error) {
-	cl, err := s.client()
-	if err != nil {
-		return nil, err
-	}
+func (s BucketSource) List(ctx context.Context) ([]Ref, error) {
 	prefix := s.Prefix
 	if prefix != "" {
 		prefix += "/"
 	}
+	objs, err := s.Bucket.List(ctx, prefix)
+	if err != nil {
+		return nil, fmt.Errorf("list %s%s: %w", s.Name, prefix, err)
+	}
 	var refs []Ref
-	for obj := range cl.ListObjects(ctx, s.Bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
-		if obj.Err != nil {
-			return nil, fmt.Errorf("list s3://%s/%s: %w", s.Bucket, prefix, obj.Err)
-		}
-		if path.Base(obj.Key) != upload.ObjectManifest {
+	for _, o := range objs {
+		if path.Base(o.Key) != upload.ObjectManifest {
 			continue
 		}
-		o, err := cl.GetObject(ctx, s.Bucket, obj.Key, minio.GetObjectOptions{})
+		b, err := bucket.ReadAll(ctx, s.Bucket, o.Key)
 		if err != nil {
-			return nil, fmt.Errorf("get s3://%s/%s: %w", s.Bucket, obj.Key, err)
+			return nil, fmt.Errorf("read %s%s: %w", s.Name, o.Key, err)
 		}
-		b, err := io.ReadAll(io.LimitReader(o, 64<<20))
-		o.Close()
 		var m upload.Manifest
-		if err == nil {
-			err = json.Unmarshal(b, &m)
+		if err := json.Unmarshal(b, &m); err != nil {
+			return nil, fmt.Errorf("%s%s: %w", s.Name, o.Key, err)
 		}
-		if err != nil {
-			return nil, fmt.Errorf("s3://%s/%s: %w", s.Bucket, obj.Key, err)
-		}
-		ref, err := refFromManifest(m, verdictOf(b), "s3://"+s.Bucket+"/"+obj.Key, func(ctx context.Context, mo upload.ManifestObject) (io.ReadCloser, error) {
-			return cl.GetObject(ctx, s.Bucket, mo.Key, minio.GetObjectOptions{})
+		dir := path.Dir(o.Key)
+		ref, err := refFromManifest(m, s.Name+o.Key, func(ctx context.Context, mo upload.ManifestObject) (io.ReadCloser, error) {
+			return s.Bucket.Open(ctx, path.Join(dir, path.Base(mo.Key)))
 		})
 		if err != nil {
 			return nil, err
 		}
-		ref.Where = "s3://" + s.Bucket + "/" + ref.Where
+		ref.Where = s.Name + path.Join(dir, upload.ObjectMCAP)
 		refs = append(refs, ref)
 	}
 	return refs, nil
@@ -330,7 +268,7 @@ func (s APISource) List(ctx context.Context) ([]Ref, error) {
 		}
 		id := e.ID
 		refs = append(refs, Ref{ID: id, Start: e.Start, Task: e.Task, Where: s.Base + "/v1/episodes/" + id + "/export",
-			Quality: verdictOf(raw),
+			Quality: e.QualityStatus(),
 			open: func(ctx context.Context) (io.ReadCloser, error) {
 				resp, err := s.get(ctx, "/v1/episodes/"+url.PathEscape(id)+"/export")
 				if err != nil {
@@ -340,6 +278,13 @@ func (s APISource) List(ctx context.Context) ([]Ref, error) {
 			}})
 	}
 	return refs, nil
+}
+
+func verdictStatus(v *episode.Verdict) string {
+	if v == nil {
+		return ""
+	}
+	return v.Status
 }
 
 // sortRefs orders episodes by start time, then id, so that a dataset's

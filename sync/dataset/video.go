@@ -17,8 +17,6 @@ import (
 	"github.com/bluenviron/mediacommon/v2/pkg/codecs/h265"
 	"github.com/bluenviron/mediacommon/v2/pkg/formats/mp4/codecs"
 	"github.com/bluenviron/mediacommon/v2/pkg/formats/pmp4"
-
-	"github.com/episoded/episoded/internal/video"
 )
 
 // ErrNoFFmpeg is returned when frames must be re-timed and no ffmpeg is
@@ -47,17 +45,14 @@ type videoSeg struct {
 }
 
 // toSample converts an Annex-B access unit into a length-prefixed MP4
-// sample, leaving out delimiters and parameter sets, which it returns.
+// sample, leaving out the parameter sets, which it returns (they go to the
+// sample entry).
 func toSample(codec string, au []byte) ([]byte, [][]byte) {
 	var out []byte
 	var params [][]byte
-	for _, n := range video.SplitAnnexB(au) {
-		t := nalType(codec, n)
-		switch {
-		case codec == "h265" && (t == 32 || t == 33 || t == 34), codec != "h265" && (t == 7 || t == 8):
+	for _, n := range splitAnnexB(au) {
+		if paramSlot(codec, n) >= 0 {
 			params = append(params, n)
-			continue
-		case codec == "h265" && t == 35, codec != "h265" && t == 9:
 			continue
 		}
 		out = binary.BigEndian.AppendUint32(out, uint32(len(n)))
@@ -69,19 +64,15 @@ func toSample(codec string, au []byte) ([]byte, [][]byte) {
 // codecOf builds the MP4 codec from parameter sets and reports the
 // picture size.
 func codecOf(codec string, params [][]byte) (codecs.Codec, string, int, int, error) {
-	find := func(types ...int) []byte {
-		for _, p := range params {
-			for _, t := range types {
-				if nalType(codec, p) == t {
-					return p
-				}
-			}
+	var ps [3][]byte
+	for _, p := range params {
+		if i := paramSlot(codec, p); i >= 0 && ps[i] == nil {
+			ps[i] = p
 		}
-		return nil
 	}
 	key := func(ps ...[]byte) string { return string(bytes.Join(ps, []byte{0, 0, 0, 1})) }
 	if codec == "h265" {
-		vps, sps, pps := find(32), find(33), find(34)
+		vps, sps, pps := ps[0], ps[1], ps[2]
 		if vps == nil || sps == nil || pps == nil {
 			return nil, "", 0, 0, errors.New("keyframe without VPS/SPS/PPS")
 		}
@@ -91,7 +82,7 @@ func codecOf(codec string, params [][]byte) (codecs.Codec, string, int, int, err
 		}
 		return &codecs.H265{VPS: vps, SPS: sps, PPS: pps}, key(vps, sps, pps), s.Width(), s.Height(), nil
 	}
-	sps, pps := find(7), find(8)
+	sps, pps := ps[0], ps[1]
 	if sps == nil || pps == nil {
 		return nil, "", 0, 0, errors.New("keyframe without SPS/PPS")
 	}

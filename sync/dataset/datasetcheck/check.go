@@ -30,6 +30,8 @@ type Report struct {
 		Min, Max float64
 		Trues    int
 	} `json:"ranges"`
+	// Extra holds each episode's episoded/... columns.
+	Extra  []map[string]any `json:"extra"`
 	Videos []struct {
 		File    string    `json:"file"`
 		Key     string    `json:"key"`

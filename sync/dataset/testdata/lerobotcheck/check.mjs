@@ -226,7 +226,9 @@ async function main() {
     }
     ranges[k] = { min: lo, max: hi, trues }
   }
-  const report = { ok: problems.length === 0, ranges, problems: problems.slice(0, 50), episodes: eps.length, frames: rows.length, tasks: tasks.map((t) => t.task), fps, videos }
+  // Extra (non-LeRobot) episode columns, for tests.
+  const extra = eps.map((e) => Object.fromEntries(Object.entries(e).filter(([k]) => k.startsWith('episoded/'))))
+  const report = { ok: problems.length === 0, ranges, extra, problems: problems.slice(0, 50), episodes: eps.length, frames: rows.length, tasks: tasks.map((t) => t.task), fps, videos }
   process.stdout.write(JSON.stringify(report, (k, v) => typeof v === 'bigint' ? Number(v) : v))
   process.exit(problems.length ? 1 : 0)
 }
