@@ -53,3 +53,14 @@ func (h *boundHistory) max(from, to int64) (int64, bool) {
 	}
 	return m, true
 }
+
+// widen raises the bound of every second in [from, to] to at least bound
+// (at most the last 120 seconds of the range: it serves the short phase
+// before an estimate converges).
+func (h *boundHistory) widen(from, to, bound int64) {
+	a, b := floorDiv(from, 1e9), floorDiv(to, 1e9)
+	a = max(a, b-120)
+	for s := a; s <= b; s++ {
+		h.add(s*1e9, bound)
+	}
+}

@@ -299,6 +299,7 @@ type Clock struct {
 	pendHead int
 	runN     int     // samples in the current run of candidates
 	runSign  int     // -1 below the envelope, +1 above it
+	runSince int64   // arrival of the run's first sample
 	acqN     uint64  // samples seen while acquiring the first offset
 	creepN   int     // samples in a row above creepLim (see creep)
 	creepLim float64 // the limit, fixed at the first of them
@@ -515,7 +516,7 @@ func (c *Clock) candidate(src, y, recv int64, r float64) int64 {
 		c.endRun()
 	}
 	if c.runN == 0 {
-		c.runSign = sign
+		c.runSign, c.runSince = sign, recv
 	}
 	c.runN++
 	h := held{x: src, y: y, recv: recv, r: r}
@@ -529,7 +530,13 @@ func (c *Clock) candidate(src, y, recv int64, r float64) int64 {
 		t = c.arrival(recv)
 	}
 	c.push(h)
-	if c.confirm() {
+	// Before the estimate converges, a run above the envelope is taken for
+	// a swing of the delays (a startup backlog, a slow spell: the line of
+	// the first prompt samples stays right, and the run's samples are
+	// late deliveries stamped through it), not for a step back, until it
+	// has lasted stepBackUnconverged: then it is a step.
+	early := sign > 0 && !c.converged && satSub(recv, c.runSince) < stepBackUnconverged
+	if !early && c.confirm() {
 		if sign < 0 && !c.converged {
 			// Before the estimate converges the envelope is still being
 			// found: samples that agree on lower delays than the line
@@ -560,6 +567,11 @@ func (c *Clock) candidate(src, y, recv int64, r float64) int64 {
 	}
 	return c.done(t)
 }
+
+// stepBackUnconverged is how long a run above the envelope must last
+// before the estimate converged to be taken for a step back of the device
+// clock (see candidate).
+const stepBackUnconverged = int64(2 * time.Second)
 
 // endRun ends a run of candidates that was not confirmed: the ones stamped
 // at arrival were wild and are counted as outliers.

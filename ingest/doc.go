@@ -78,6 +78,53 @@
 // exceed. All timestamp arithmetic saturates: no input overflows an
 // offset, a stamp or a bound.
 //
+// # Honest bounds: every sample within the bound stated for it
+//
+// ClockStatus().ErrorBoundNs is the bound of the last sample as stamped,
+// with every widening below (not the estimator's bare figure), and the
+// same value goes to BoundOver's history. Decisions (integration of the
+// robust clock with video and a loaded machine):
+//
+//   - A held-back sample above the envelope is either late (the line is
+//     right) or the start of a step back (arrival is right); its bound
+//     covers the distance from its stamp to the line's time (plus the
+//     line's bound), unless the line puts it more than 10s before its
+//     arrival (maxLate: a wrong timestamp, not a delivery delay).
+//   - On arrival fallback the bound adds the sample's lateness against the
+//     stream's cadence: Lindley's recursion over arrival intervals minus
+//     the period (whole periods across a loss), so a frame held up by a
+//     stall, and the bunch behind it, state the stall, which the deviation
+//     of intervals from whole periods (at most half a period) cannot show.
+//   - Video: the reordering depth (largest PTSOffset) is learned from the
+//     frames; while a stream that reorders has shown fewer than 16 frames
+//     (the deepest reordering H.264/H.265 allow), a later frame may reveal
+//     a deeper one, so the bound adds maxReorder (1s) minus the depth so
+//     far. When decodeOrder raises T to keep decode order, the bound is
+//     widened by as much (the presentation time moves with T).
+//   - Before the estimate converges, a run of samples above the envelope
+//     is taken for a swing of the delays (a startup backlog, a slow spell)
+//     and stamped through the line of the first prompt samples, and is a
+//     step back only once it has lasted 2s (stepBackUnconverged). A
+//     backlog from the very first sample on cannot be told from the
+//     offset by any estimator: those samples are stamped late, and when
+//     later samples move the line earlier the bound history (BoundOver,
+//     what an episode's report states) of the samples stamped before
+//     convergence is widened by how far the line moved (settleEarly);
+//     the bounds stated as they were stamped cannot be taken back.
+//   - When the line moves earlier (lower delays revealed), T does not
+//     stand still (a run of equal T would shrink the median interval of
+//     the quality report and turn normal intervals into gaps): a sample
+//     stamped through the line gets at least the previous such sample's T
+//     plus half its device-time interval, the bound widened by what T is
+//     ahead of the estimate, so T catches up with the line at half a
+//     period per sample.
+//
+// The quality report (Report) re-derives the clock figures from stored
+// samples (after a restart) with the same inputs as the live Stream: the
+// decode time SrcT − PTSOffset for video, and no sample flagged
+// ArrivalTime (held back, or on arrival fallback: its device time is no
+// evidence); it states clock_source (and why "arrival").
+//
 // # Order: T never decreases per stream
 //
 // Stream.Process never lets T go back: a sample whose estimate lies before

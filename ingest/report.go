@@ -126,6 +126,8 @@ type Report struct {
 
 	srcSeen     bool
 	arrivalSeen bool
+	// lastArrival: the last sample was stamped from arrival.
+	lastArrival bool
 	maxBound    int64 // over all samples
 	maxConv     int64 // over samples aligned by a converged estimate
 	haveConv    bool
@@ -166,9 +168,24 @@ func NewReport(d sample.Descriptor, o ReportOptions) (*Report, error) {
 // estimator only, so that it is converged when the window starts. Call it
 // before the first Add.
 func (r *Report) Warm(x *sample.Sample) {
-	if r.desc.Clock == sample.ClockDevice && x.SrcT != 0 {
-		r.clock.Align(x.SrcT, x.RecvT)
+	if src, ok := r.deviceTime(x); ok {
+		r.clock.Align(src, x.RecvT)
 	}
+}
+
+// deviceTime is the device time the live Stream fed its clock for x (for
+// video the decode time, SrcT − PTSOffset), and whether x was stamped
+// from it: a sample flagged sample.ArrivalTime was stamped from arrival
+// (no device time, held back as wild, or the device clock untrusted), so
+// its device time is no evidence for the re-derived figures.
+func (r *Report) deviceTime(x *sample.Sample) (int64, bool) {
+	if r.desc.Clock != sample.ClockDevice || x.SrcT == 0 || x.Flags&sample.ArrivalTime != 0 {
+		return 0, false
+	}
+	if r.desc.Kind == sample.KindVideo {
+		return satSub(x.SrcT, x.PTSOffset), true
+	}
+	return x.SrcT, true
 }
 
 // Add feeds one of the episode's stored samples. Samples must come in time
@@ -206,14 +223,14 @@ func (r *Report) AddSized(x *sample.Sample, size int) {
 	}
 	r.havePrev, r.prevT, r.prevRecvT = true, x.T, x.RecvT
 
-	if r.desc.Clock == sample.ClockDevice && x.SrcT != 0 {
+	if src, ok := r.deviceTime(x); ok {
 		if !r.srcSeen && r.arrivalSeen {
 			r.event(episode.ClockEvent{T: x.T, Kind: EventDeviceTime,
 				Detail: "device time available; switched from arrival stamping to the device clock"})
 		}
-		r.srcSeen, r.arrivalSeen = true, false
+		r.srcSeen, r.arrivalSeen, r.lastArrival = true, false, false
 		jumps := r.clock.Jumps()
-		r.clock.Align(x.SrcT, x.RecvT)
+		r.clock.Align(src, x.RecvT)
 		if r.clock.Jumps() != jumps {
 			evs := r.clock.events
 			r.event(evs[len(evs)-1])
@@ -224,13 +241,18 @@ func (r *Report) AddSized(x *sample.Sample, size int) {
 			r.maxConv = max(r.maxConv, b)
 			r.haveConv = true
 		}
+	} else if r.desc.Clock == sample.ClockDevice && x.SrcT != 0 {
+		// Device time, but stamped from arrival (held back, or the
+		// device clock untrusted): arrival stamping bounds it.
+		r.lastArrival = true
+		r.maxBound = max(r.maxBound, r.desc.Latency)
 	} else {
 		if r.desc.Clock == sample.ClockDevice && r.srcSeen {
 			r.event(episode.ClockEvent{T: x.T, Kind: EventArrivalTime,
 				Detail: "device time missing; stamping arrival time minus latency"})
 			r.srcSeen = false
 		}
-		r.arrivalSeen = true
+		r.arrivalSeen, r.lastArrival = true, true
 		r.maxBound = max(r.maxBound, r.desc.Latency)
 		r.maxConv = max(r.maxConv, r.desc.Latency)
 	}
@@ -494,6 +516,11 @@ func (r *Report) Result() episode.StreamReport {
 			JitterNs:     c.JitterNs(),
 			ErrorBoundNs: c.LastBound(),
 			Events:       slices.Clone(r.events),
+			ClockSource:  SourceDevice,
+		}
+		if r.lastArrival {
+			out.Clock.ClockSource = SourceArrival
+			out.Clock.ClockSourceReason = "last samples stamped from arrival (re-derived from the stored samples)"
 		}
 		bound := r.maxBound
 		if r.haveConv {
@@ -504,11 +531,16 @@ func (r *Report) Result() episode.StreamReport {
 		// Arrival stamping, or device mode that never got device time.
 		bound := max(r.maxBound, r.desc.Latency) + jitter
 		out.Clock = episode.ClockReport{
-			Mode:         string(sample.ClockArrival),
-			OffsetNs:     -r.desc.Latency,
-			JitterNs:     jitter,
-			ErrorBoundNs: bound,
-			Events:       slices.Clone(r.events),
+			Mode:              string(sample.ClockArrival),
+			OffsetNs:          -r.desc.Latency,
+			JitterNs:          jitter,
+			ErrorBoundNs:      bound,
+			Events:            slices.Clone(r.events),
+			ClockSource:       SourceArrival,
+			ClockSourceReason: "configured",
+		}
+		if r.desc.Clock == sample.ClockDevice {
+			out.Clock.ClockSourceReason = "no sample stamped from device time (re-derived from the stored samples)"
 		}
 		out.AlignmentErrorBoundMs = float64(bound) / 1e6
 	}

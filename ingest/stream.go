@@ -82,6 +82,23 @@ type Stream struct {
 	// confirmed as a step: their T and the bound they had if it is one.
 	hedges  [pendCap]struct{ t, b int64 }
 	nhedges int
+	// prevSrc is the device time (decode time for video) of the last
+	// sample that had one.
+	haveSrc  bool
+	prevSrc  int64
+	prevSrcT int64
+	// early follows the samples stamped through the line before the
+	// estimate converged (see settleEarly).
+	early struct {
+		on       bool
+		fromT    int64 // T of the first of them
+		maxOff   int64 // the largest offset of the line used
+		maxBound int64 // the largest bound stated for them
+		widened  int64 // how far the line has moved earlier since
+	}
+	// bound is the error bound of the last sample as stamped (T, and for
+	// video the presentation time T + PTSOffset), with every widening.
+	bound int64
 	// behind: the last T was held back behind the clock's line to keep T
 	// continuous after a step (see Process).
 	behind bool
@@ -89,6 +106,7 @@ type Stream struct {
 	// Process.
 	vid struct {
 		depth int64 // the largest PTSOffset seen: the reordering delay
+		n     int   // frames seen, up to depthFrames
 		haveT bool
 		lastT int64 // the last decode T stamped
 	}
@@ -97,6 +115,11 @@ type Stream struct {
 // maxReorder caps a video stream's reordering delay (see decodeOrder): 1 s
 // covers B-pyramids at any frame rate cameras use.
 const maxReorder = int64(time.Second)
+
+// depthFrames is how many frames a video stream's reordering depth is
+// learned over: the deepest reordering H.264 and H.265 allow is 16
+// frames, so by then a frame of the deepest kind has been seen.
+const depthFrames = 16
 
 // NewStream returns the pipeline for the stream described by d. lastSeq is
 // the last sequence number stored for the stream (0 for a new stream), so
@@ -175,12 +198,18 @@ func (s *Stream) Process(x *sample.Sample) {
 		x.Stream = s.desc.Stream
 	}
 	if s.desc.Clock == sample.ClockDevice {
-		s.jit.add(x.RecvT)
+		s.jit.add(x.RecvT, x.Flags&sample.Discontinuity != 0 || x.Lost > 0 || x.Dropped > 0)
 	}
 	video := s.desc.Kind == sample.KindVideo
-	s.stamp(x, video)
+	bound, jumped := s.stamp(x, video)
 	if video {
-		s.decodeOrder(x)
+		bound = s.decodeOrder(x, bound)
+	}
+	s.bound = bound
+	if s.desc.Clock == sample.ClockDevice {
+		s.bounds.add(x.T, bound)
+		s.hedge(x.T, bound, jumped)
+		s.settleEarly(x.T, bound, x.SrcT != 0 && x.Flags&sample.ArrivalTime == 0, jumped)
 	}
 	s.count(x)
 }
@@ -198,29 +227,52 @@ func (s *Stream) Process(x *sample.Sample) {
 // every frame then seems to travel that delay longer than it did; it is
 // the largest PTS - DTS of the stream (the reference frame sent right after
 // capture), learned as frames arrive, and 0 without B-frames.
-func (s *Stream) decodeOrder(x *sample.Sample) {
+//
+// It returns the bound widened by what T was raised (only while the depth
+// is still being learned): the presentation time keeps its offset from T,
+// so it moved as much.
+func (s *Stream) decodeOrder(x *sample.Sample, bound int64) int64 {
 	s.vid.depth = max(s.vid.depth, min(x.PTSOffset, maxReorder))
+	if s.vid.n < depthFrames {
+		s.vid.n++
+		if s.vid.depth > 0 {
+			// Reordering, and the depth not learned for sure yet: a
+			// later frame may show it deeper, and this frame's
+			// presentation time then late by the difference.
+			bound = satAdd(bound, maxReorder-s.vid.depth)
+		}
+	}
 	t := satSub(x.T, s.vid.depth)
 	if s.vid.haveT && t < s.vid.lastT {
-		// Only while the depth is still being learned: widen nothing,
-		// the presentation time keeps its offset from T.
+		bound = satAdd(bound, s.vid.lastT-t)
 		t = s.vid.lastT
 	}
 	x.T = t
 	s.vid.haveT, s.vid.lastT = true, t
+	return bound
 }
 
 // stamp sets x.T from device or arrival time (see Process); for video the
 // device time taken is the decode time, SrcT - PTSOffset, which only
 // increases in the order the camera sends frames.
-func (s *Stream) stamp(x *sample.Sample, video bool) {
-	var bound int64
-	arrival, jumped := false, false
+//
+// It returns the sample's error bound and whether the clock confirmed a
+// step with it.
+func (s *Stream) stamp(x *sample.Sample, video bool) (bound int64, jumped bool) {
+	arrival := false
+	// dsrc is the device-time interval from the previous sample with
+	// device time (0 when unknown).
+	var dsrc int64
+	lineSrc := int64(0)
 	if s.desc.Clock == sample.ClockDevice && x.SrcT != 0 {
 		src := x.SrcT
 		if video {
 			src = satSub(src, x.PTSOffset)
 		}
+		if s.haveSrc {
+			dsrc = satSub(src, s.prevSrc)
+		}
+		lineSrc = src
 		if !s.device {
 			s.device = true
 			if s.c.ArrivalStamped > 0 {
@@ -234,7 +286,7 @@ func (s *Stream) stamp(x *sample.Sample, video bool) {
 		bound = s.clock.LastBound()
 		held := s.clock.LastHeld()
 		if !held && !s.trust.arrival {
-			s.cad.add(src)
+			s.cad.add(src, false)
 		}
 		if ev, ok := s.trust.observe(src, x.RecvT, held, jumped, s.clock); ok {
 			s.clock.quiet = false
@@ -248,6 +300,7 @@ func (s *Stream) stamp(x *sample.Sample, video bool) {
 			arrival = true
 			s.c.ClockHeld++
 			x.T = s.heldStamp(x.RecvT, x.T)
+			bound = s.coverLine(src, x.RecvT, x.T, bound)
 		case (s.clock.fresh() || s.behind) && s.haveT && s.cad.period > 0:
 			// Just after a step T must not jump: the line drawn through
 			// a few samples lies above the true envelope (their smallest
@@ -290,15 +343,30 @@ func (s *Stream) stamp(x *sample.Sample, video bool) {
 		x.T = s.lastT
 		s.c.Reordered++
 	}
+	lineStamped := lineSrc != 0 && !arrival
+	if lineStamped && dsrc > 0 && s.cad.period > 0 && dsrc <= 2*s.cad.period {
+		// Slew: while the estimate lies before the stream's pace (the
+		// line moved earlier: lower delays revealed the envelope after a
+		// startup backlog or a slow spell), T advances by half the device
+		// interval per sample instead of standing still, so that the
+		// intervals never collapse (a run of equal T would shrink the
+		// median interval and turn every normal one into a gap), and
+		// catches up with the estimate at half a period per sample. The
+		// bound carries what T is ahead of the estimate.
+		if m := satAdd(s.prevSrcT, dsrc/2); x.T < m {
+			bound = satAdd(bound, m-x.T)
+			x.T = m
+		}
+	}
+	// The slew's reference: the last sample stamped through the line (a
+	// sample stamped from arrival may lie later than its capture).
+	s.haveSrc, s.prevSrc, s.prevSrcT = lineStamped, lineSrc, x.T
 	s.haveT, s.lastT, s.lastRecv = true, x.T, x.RecvT
 	if arrival {
 		x.Flags |= sample.ArrivalTime
 		s.c.ArrivalStamped++
 	}
-	if s.desc.Clock == sample.ClockDevice {
-		s.bounds.add(x.T, bound)
-		s.hedge(x.T, bound, jumped)
-	}
+	return bound, jumped
 }
 
 // count updates the counters with a stamped sample.
@@ -368,6 +436,70 @@ func (s *Stream) heldStamp(recv, lo int64) int64 {
 	return max(lo, min(satAdd(s.lastT, s.cad.period), hi))
 }
 
+// settleEarly keeps the stated bounds of the samples stamped before the
+// estimate converged honest in retrospect: until then the envelope is
+// still being found, and when later samples with lower delays move the
+// line earlier (the first offset came from a swing of the delays), the
+// samples stamped through the old line were late by as much. Their
+// bound history (BoundOver, the episode's stated bound) is widened by
+// how far the line has moved since; the bounds stated as they were
+// stamped cannot be taken back.
+func (s *Stream) settleEarly(t, bound int64, line, jumped bool) {
+	c := s.clock
+	e := &s.early
+	if jumped || !c.haveLine || (!e.on && (c.converged || !line)) {
+		e.on = false
+		return
+	}
+	off := c.OffsetNs()
+	if !e.on {
+		e.on, e.fromT, e.maxOff, e.maxBound, e.widened = true, t, off, bound, 0
+		return
+	}
+	if d := satSub(e.maxOff, off); d > e.widened {
+		e.widened = d
+		s.bounds.widen(e.fromT, t, satAdd(e.maxBound, d))
+	}
+	if line {
+		if off > e.maxOff {
+			e.maxOff = off
+		}
+		e.maxBound = max(e.maxBound, bound)
+	}
+	if c.converged {
+		e.on = false
+	}
+}
+
+// maxLate is the longest delivery delay a held-back sample is taken to
+// possibly have (see coverLine): one whose device time maps further back
+// than that before its arrival has a wrong timestamp.
+const maxLate = int64(10 * time.Second)
+
+// coverLine widens the bound of a held-back sample stamped at t so that
+// it also covers the time the clock's line gives it. A sample above the
+// envelope is either late (a stall on the way, a backlog: the line is
+// right) or the start of a step back (arrival is right); which one only
+// the samples after it tell, so its bound must cover both. Below the
+// envelope the line's time is clamped to arrival, within the arrival
+// bound already. A device time that maps more than maxLate before
+// arrival is no delivery delay but a wrong timestamp: arrival is right.
+func (s *Stream) coverLine(src, recv, t, bound int64) int64 {
+	c := s.clock
+	if !c.haveLine {
+		return bound
+	}
+	line := c.stamp(src, recv)
+	if line < satSub(recv, maxLate) {
+		return bound
+	}
+	d := t - line
+	if d < 0 {
+		d = -d
+	}
+	return max(bound, satAdd(d, c.Bound(src)))
+}
+
 // cadence predicts a sample's T from the previous one: its T plus the
 // arrival interval in whole typical periods, rounded down (early is safe
 // for order: the samples after it are not pushed), at least one.
@@ -379,17 +511,19 @@ func (s *Stream) cadence(recv int64) int64 {
 
 // fallbackBound is the error bound of arrival stamping on a device-clock
 // stream on arrival fallback: the configured latency (the assumed delay)
-// plus twice the measured arrival jitter plus the error floor; the jump
-// threshold until enough arrivals were measured.
+// plus twice the measured arrival jitter plus the error floor, plus how
+// much later than its cadence the sample arrived (a stall on the way, or
+// the bunch after it); the jump threshold (or that lateness, if more)
+// until enough arrivals were measured.
 func (s *Stream) fallbackBound() int64 {
 	j, ok := s.jit.bound()
 	if !ok {
-		return max(s.desc.Latency, int64(s.clock.o.JumpThreshold))
+		return max(s.desc.Latency, int64(s.clock.o.JumpThreshold), s.jit.late())
 	}
 	// Twice the largest recent deviation: a delay beyond the recent
 	// largest is rare but not impossible (for exponential delays, twice
 	// the largest of 64 is exceeded about once in 5000 samples).
-	return satAdd(satAdd(int64(s.clock.o.ErrorFloor), s.desc.Latency), 2*j)
+	return satAdd(satAdd(satAdd(int64(s.clock.o.ErrorFloor), s.desc.Latency), 2*j), s.jit.late())
 }
 
 // Unprocess takes back the last Process, for a sample that could not be
@@ -449,16 +583,21 @@ func (s *Stream) ClockStatus() ClockStatus {
 		st.SourceReason = "configured"
 	case !s.device:
 		st.SourceReason = "no device time yet"
+		if s.haveT {
+			st.ErrorBoundNs = s.bound
+		}
 	case s.trust.arrival:
 		st.SourceReason = s.trust.reason
-		st.ErrorBoundNs = s.fallbackBound()
+		st.ErrorBoundNs = s.bound
 	default:
 		st.Mode, st.Source = modeDevice, SourceDevice
 		st.Converged = c.Converged()
 		st.OffsetNs = c.OffsetNs()
 		st.DriftPPM = c.DriftPPM()
 		st.JitterNs = c.JitterNs()
-		st.ErrorBoundNs = c.LastBound()
+		// The bound of the last sample as stamped: the clock's, widened
+		// where the stream kept T in order or continuous.
+		st.ErrorBoundNs = s.bound
 	}
 	return st
 }

@@ -190,12 +190,20 @@ type arrivalJitter struct {
 	ndev   int
 	dpos   int
 	maxDev int64
+	// excess is how much later than its cadence the last sample arrived,
+	// compared with the earliest one (Lindley's recursion on arrival
+	// intervals minus the period): a sample held up by a stall, and the
+	// bunch that follows it, owe that delay, which no deviation from
+	// whole periods shows.
+	excess int64
 	since  int
 	// periodOnly: only the typical period is wanted (the cadence).
 	periodOnly bool
 }
 
-func (a *arrivalJitter) add(recv int64) {
+// add records an arrival; disc: samples were lost just before this one
+// (then the interval spans them and is taken as whole periods).
+func (a *arrivalJitter) add(recv int64, disc bool) {
 	if !a.have {
 		a.have, a.prev = true, recv
 		return
@@ -222,6 +230,17 @@ func (a *arrivalJitter) add(recv int64) {
 	}
 	k := (iv + a.period/2) / a.period
 	d := iv - k*a.period
+	// The excess delay: the interval beyond one period (whole periods
+	// after a loss) adds to it, a shorter one takes it back. The period
+	// is taken 1/256 long so that a median a little short of the true
+	// period cannot make it creep up without end; a little long, it
+	// understates a bunch by that much per sample, which the jitter term
+	// of the bound covers.
+	exp := a.period + a.period/256
+	if disc {
+		exp = max(k, 1) * exp
+	}
+	a.excess = max(satAdd(a.excess, iv-exp), 0)
 	if d < 0 {
 		d = -d
 	}
@@ -245,3 +264,7 @@ func (a *arrivalJitter) add(recv int64) {
 func (a *arrivalJitter) bound() (int64, bool) {
 	return a.maxDev, a.ndev >= 8
 }
+
+// late is how much later than its cadence the last sample arrived
+// compared with the earliest recent one (see excess).
+func (a *arrivalJitter) late() int64 { return a.excess }

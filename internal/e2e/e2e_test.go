@@ -375,7 +375,8 @@ func checkVideo(t *testing.T, stream string, m []message, q episode.StreamReport
 	}
 	slots := (to-from)/framePeriod + 1
 	if got := int64(len(m)) + missing + int64(leftOut); got < slots-3 || got > slots+1 {
-		t.Errorf("%s: %d frames recorded + %d missing = %d, want the window's %d frame slots", stream, len(m), missing, got, slots)
+		t.Errorf("%s: %d frames recorded + %d missing = %d, want the window's %d frame slots (first frame %v after the window start, last %v before its end)",
+			stream, len(m), missing, got, slots, time.Duration(m[0].logT-from), time.Duration(to-m[len(m)-1].logT))
 	}
 	t.Logf("%s: %d frames, %d missing in %d holes; report: %d gaps, %d lost packets, %d drops", stream, len(m), missing, len(holes), q.Gaps, q.Lost, q.Drops)
 	return holes

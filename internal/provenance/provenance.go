@@ -128,7 +128,7 @@ func (s *Static) Build(e episode.Episode, info func(stream string) StreamInfo, t
 		byDevice[p.Devices[i].ID] = &p.Devices[i]
 	}
 	for _, q := range e.Quality {
-		st := Stream{Stream: q.Stream, Kind: q.Kind, Codec: q.Codec, ClockSource: cmp.Or(q.Clock.Mode, "unknown"),
+		st := Stream{Stream: q.Stream, Kind: q.Kind, Codec: q.Codec, ClockSource: cmp.Or(q.Clock.ClockSource, q.Clock.Mode, "unknown"),
 			Clock: q.Clock, AlignmentErrorBoundMs: q.AlignmentErrorBoundMs}
 		if info != nil {
 			in := info(q.Stream)

@@ -56,6 +56,8 @@ func TestBuildRedactsAndAttributes(t *testing.T) {
 	e := episode.Episode{Quality: []episode.StreamReport{
 		{Stream: "cell1/cam1", Kind: "video", Codec: "h265", Clock: episode.ClockReport{Mode: "device", OffsetNs: 5}},
 		{Stream: "cell1/arm/joints", Kind: "telemetry", Codec: "json"},
+		// Its last samples stamped from arrival: the source, not the mode.
+		{Stream: "cell1/cam2", Kind: "video", Codec: "h264", Clock: episode.ClockReport{Mode: "device", ClockSource: "arrival", ClockSourceReason: "held"}},
 	}, TimeSync: &episode.TimeSync{Synchronized: true, ReadWhen: "close"}}
 	info := map[string]StreamInfo{"cell1/cam1": {Device: "cam1", Source: "rtsp://admin:hunter2@10.0.0.5/main"}, "cell1/arm/joints": {Device: "arm", Source: "cell1/arm/joints"}}
 	p := s.Build(e, func(s string) StreamInfo { return info[s] }, func() *episode.TimeSync { t.Error("read at upload although the episode has a reading"); return nil })
@@ -66,7 +68,8 @@ func TestBuildRedactsAndAttributes(t *testing.T) {
 		}
 	}
 	if p.Devices[0].Kinds[0] != "video" || p.Devices[0].Codecs[0] != "h265" || p.Devices[1].Codecs[0] != "json" ||
-		p.Streams[0].ClockSource != "device" || p.Streams[0].Clock.OffsetNs != 5 || p.Streams[1].ClockSource != "unknown" || !p.TimeSync.Synchronized {
+		p.Streams[0].ClockSource != "device" || p.Streams[0].Clock.OffsetNs != 5 || p.Streams[1].ClockSource != "unknown" || !p.TimeSync.Synchronized ||
+		p.Streams[2].ClockSource != "arrival" {
 		t.Errorf("provenance %s", js)
 	}
 }

@@ -1,6 +1,7 @@
 package upload
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -82,7 +83,7 @@ func CatalogRow(m Manifest, manKey string, manifest []byte) catalog.Row {
 	for _, q := range m.Quality {
 		st := catalog.Stream{
 			Name: q.Stream, Kind: q.Kind, Codec: q.Codec, Count: int64(q.Samples), Bytes: int64(q.Bytes),
-			AlignmentBoundMs: q.AlignmentErrorBoundMs, ClockSource: q.Clock.Mode, Gaps: int64(q.Gaps),
+			AlignmentBoundMs: q.AlignmentErrorBoundMs, ClockSource: cmp.Or(q.Clock.ClockSource, q.Clock.Mode), Gaps: int64(q.Gaps),
 		}
 		if measured {
 			c := q.Coverage
@@ -92,21 +93,6 @@ func CatalogRow(m Manifest, manKey string, manifest []byte) catalog.Row {
 			}
 		}
 		r.Streams = append(r.Streams, st)
-	}
-	// The verdict, and coverage, which recorders that give a verdict
-	// measure (older manifests have neither: the columns stay empty/null).
-	if v := m.Verdict; v != nil {
-		r.QualityStatus = v.Status
-		for _, x := range v.Reasons {
-			r.QualityReasons = append(r.QualityReasons, catalog.Reason{Stream: x.Stream, Code: x.Code, Detail: x.Detail})
-		}
-		for i, q := range m.Quality {
-			c := q.Coverage
-			r.Streams[i].Coverage = &c
-			if r.Coverage == nil || c < *r.Coverage {
-				r.Coverage = &c
-			}
-		}
 	}
 	if p := m.Provenance; p != nil {
 		r.SoftwareVer, r.SoftwareCommit = p.Software.Version, p.Software.Commit
