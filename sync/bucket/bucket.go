@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -153,21 +154,33 @@ func (d *Dir) Open(ctx context.Context, key string) (io.ReadCloser, error) {
 	return f, err
 }
 
-// Put implements Bucket: temp file, fsync, rename, fsync the directory.
+// Put implements Bucket through WriteFileAtomic.
 func (d *Dir) Put(ctx context.Context, key string, data []byte) error {
-	dst := d.path(key)
-	dir := filepath.Dir(dst)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if _, _, err := WriteFileAtomic(d.path(key), bytes.NewReader(data)); err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
+	}
+	return nil
+}
+
+// WriteFileAtomic writes the file at path from r through a temp file in the
+// same directory (created if missing): write, fsync, rename, fsync the
+// directory. It returns the hex sha256 and the length of what was written.
+// On error the file at path is unchanged and no temp file is left. It is
+// the one atomic file write behind Dir and sync/upload's directory target.
+func WriteFileAtomic(path string, r io.Reader) (string, int64, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", 0, fmt.Errorf("create directory: %w", err)
 	}
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
-	tmp := filepath.Join(dir, "."+filepath.Base(dst)+".tmp-"+hex.EncodeToString(rnd[:]))
+	tmp := filepath.Join(dir, "."+filepath.Base(path)+".tmp-"+hex.EncodeToString(rnd[:]))
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return fmt.Errorf("put %s: %w", key, err)
+		return "", 0, fmt.Errorf("create temp file: %w", err)
 	}
-	_, err = f.Write(data)
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), r)
 	if err == nil {
 		err = f.Sync()
 	}
@@ -175,17 +188,21 @@ func (d *Dir) Put(ctx context.Context, key string, data []byte) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp, dst)
+		err = os.Rename(tmp, path)
 	}
 	if err != nil {
 		_ = os.Remove(tmp)
-		return fmt.Errorf("put %s: %w", key, err)
+		return "", 0, err
 	}
-	if df, err := os.Open(dir); err == nil {
-		_ = df.Sync()
+	df, err := os.Open(dir)
+	if err == nil {
+		err = df.Sync()
 		df.Close()
 	}
-	return nil
+	if err != nil {
+		return "", 0, fmt.Errorf("sync directory: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
 // Delete implements Bucket; a missing object is not an error.

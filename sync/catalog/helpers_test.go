@@ -2,8 +2,6 @@ package catalog_test
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -18,6 +16,7 @@ import (
 
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
+	"github.com/episoded/episoded/internal/npmcache"
 	"github.com/episoded/episoded/internal/provenance"
 	"github.com/episoded/episoded/internal/signing"
 	"github.com/episoded/episoded/storage"
@@ -119,66 +118,12 @@ func getObject(t testing.TB, c *minio.Client, key string) []byte {
 	return b
 }
 
-// duckDir returns a directory with query.mjs and @duckdb/node-api
-// installed (npm ci into a cache directory keyed by the lock file).
-func duckDir(t *testing.T) string {
-	t.Helper()
-	for _, bin := range []string{"node", "npm"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			if testing.Short() {
-				t.Skipf("%s not installed; the DuckDB catalog query is skipped under -short", bin)
-			}
-			t.Fatalf("%s not installed: the DuckDB catalog query needs node and npm", bin)
-		}
-	}
-	src, err := filepath.Abs("testdata/duckdb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lock, err := os.ReadFile(filepath.Join(src, "package-lock.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
-	}
-	h := sha256.Sum256(lock)
-	dir := filepath.Join(cache, "episoded", "duckdb-"+hex.EncodeToString(h[:6]))
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@duckdb", "node-api")); err != nil {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		for _, f := range []string{"package.json", "package-lock.json"} {
-			b, err := os.ReadFile(filepath.Join(src, f))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
-		}
-	}
-	b, err := os.ReadFile(filepath.Join(src, "query.mjs"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "query.mjs"), b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return dir
-}
-
 // duck runs SQL statements with DuckDB and returns the last one's rows.
 func duck(t *testing.T, sql ...string) []map[string]any {
 	t.Helper()
-	dir := duckDir(t)
-	cmd := exec.Command("node", append([]string{"query.mjs"}, sql...)...)
+	dir := npmcache.Install(t, "testdata/duckdb", "@duckdb/node-api", "the DuckDB catalog query")
+	script := npmcache.Script(t, dir, "testdata/duckdb/query.mjs")
+	cmd := exec.Command("node", append([]string{script}, sql...)...)
 	cmd.Dir = dir
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()

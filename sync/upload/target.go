@@ -3,7 +3,6 @@ package upload
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -15,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/episoded/episoded/storage"
+	"github.com/episoded/episoded/sync/bucket"
 )
 
 // TerminalError is an error that retrying cannot fix (bad credentials, a
@@ -155,41 +155,15 @@ func (d *dirTarget) get(ctx context.Context, key string, max int64) ([]byte, err
 	return io.ReadAll(io.LimitReader(f, max))
 }
 
-// writeAtomic writes key from r through a temp file in the same directory:
-// write, fsync, rename, fsync the directory. It returns the sha256 of what
+// writeAtomic writes key from r atomically (bucket.WriteFileAtomic: temp
+// file, fsync, rename, fsync the directory). It returns the sha256 of what
 // was written.
 func (d *dirTarget) writeAtomic(ctx context.Context, key string, r io.Reader) (string, int64, error) {
-	dst := d.path(key)
-	dir := filepath.Dir(dst)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", 0, d.classify("create "+filepath.Dir(key), err)
-	}
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	tmp := filepath.Join(dir, "."+filepath.Base(dst)+".tmp-"+hex.EncodeToString(rnd[:]))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	sum, n, err := bucket.WriteFileAtomic(d.path(key), &ctxReader{ctx: ctx, r: r})
 	if err != nil {
-		return "", 0, d.classify("create temp for "+key, err)
-	}
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), &ctxReader{ctx: ctx, r: r})
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, dst)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
 		return "", 0, d.classify("write "+key, err)
 	}
-	if err := syncDir(dir); err != nil {
-		return "", 0, d.classify("sync dir of "+key, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
+	return sum, n, nil
 }
 
 func syncDir(dir string) error {

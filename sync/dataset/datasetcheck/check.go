@@ -7,14 +7,13 @@ package datasetcheck
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"testing"
+
+	"github.com/episoded/episoded/internal/npmcache"
 )
 
 // Report is check.mjs's summary plus the frame check's.
@@ -50,56 +49,6 @@ type Report struct {
 func srcDir() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Join(filepath.Dir(file), "..", "testdata", "lerobotcheck")
-}
-
-// nodeDir installs hyparquet (pinned by package-lock.json) with npm into a
-// cache directory keyed by the lock file, once.
-func nodeDir(t testing.TB) string {
-	t.Helper()
-	for _, bin := range []string{"node", "npm"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			if testing.Short() {
-				t.Skipf("%s not installed; the independent dataset check is skipped under -short", bin)
-			}
-			t.Fatalf("%s not installed: the independent dataset check needs node and npm", bin)
-		}
-	}
-	src := srcDir()
-	lock, err := os.ReadFile(filepath.Join(src, "package-lock.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
-	}
-	h := sha256.Sum256(lock)
-	dir := filepath.Join(cache, "episoded", "lerobotcheck-"+hex.EncodeToString(h[:6]))
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "hyparquet")); err != nil {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		for _, f := range []string{"package.json", "package-lock.json"} {
-			copyFile(t, filepath.Join(src, f), filepath.Join(dir, f))
-		}
-		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
-		cmd.Dir = dir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
-		}
-	}
-	copyFile(t, filepath.Join(src, "check.mjs"), filepath.Join(dir, "check.mjs"))
-	return dir
-}
-
-func copyFile(t testing.TB, from, to string) {
-	b, err := os.ReadFile(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(to, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // python returns a python3 that can import av (Debian's python3-av lives
@@ -141,10 +90,11 @@ func RunExpectFail(t testing.TB, dir string) []string {
 
 func run(t testing.TB, dir string) (Report, string, bool) {
 	t.Helper()
-	nd := nodeDir(t)
+	nd := npmcache.Install(t, srcDir(), "hyparquet", "the independent dataset check")
+	script := npmcache.Script(t, nd, filepath.Join(srcDir(), "check.mjs"))
 	py := python(t)
 	var rep Report
-	cmd := exec.Command("node", filepath.Join(nd, "check.mjs"), dir)
+	cmd := exec.Command("node", script, dir)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
