@@ -196,25 +196,25 @@ func Build(ctx context.Context, src Source, o Options) (Summary, error) {
 	for _, e := range b.eps {
 		have[e.id] = true
 	}
-	var todo []Ref
+	var toAdd []Ref
 	for _, r := range refs {
 		switch {
 		case have[r.ID]:
 			b.sum.AlreadyPresent++
 		default:
-			todo = append(todo, r)
+			toAdd = append(toAdd, r)
 			have[r.ID] = true
 		}
 	}
-	b.progress(0, len(todo))
-	for i, r := range todo {
+	b.progress(0, len(toAdd))
+	for i, r := range toAdd {
 		if err := ctx.Err(); err != nil {
 			return b.sum, err
 		}
 		if err := b.addEpisode(ctx, r); err != nil {
 			return b.sum, err
 		}
-		b.progress(i+1, len(todo))
+		b.progress(i+1, len(toAdd))
 	}
 	b.sum.Episodes, b.sum.Rows = len(b.eps), int(b.nrows())
 	if len(b.eps) == 0 {
