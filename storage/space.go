@@ -3,6 +3,7 @@ package storage
 import (
 	"errors"
 	"fmt"
+	"github.com/episoded/episoded/internal/atomicfile"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -168,27 +169,14 @@ func (s *Store) ensureBallast() bool {
 	if st, err := os.Stat(path); err == nil && st.Size() == size {
 		return true
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o640)
+	err := atomicfile.Write(path, 0o640, func(f *os.File) error {
+		err := syscall.Fallocate(int(f.Fd()), 0, 0, size)
+		if errors.Is(err, syscall.EOPNOTSUPP) {
+			err = writeZeros(f, size)
+		}
+		return err
+	})
 	if err != nil {
-		s.log.Warn("create ballast", "err", err)
-		return false
-	}
-	err = syscall.Fallocate(int(f.Fd()), 0, 0, size)
-	if errors.Is(err, syscall.EOPNOTSUPP) {
-		err = writeZeros(f, size)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
 		s.log.Warn("create ballast: no reserve for ENOSPC until space returns", "size", size, "err", err)
 		return false
 	}

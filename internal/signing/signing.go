@@ -32,6 +32,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"github.com/episoded/episoded/internal/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -149,28 +150,10 @@ func generate(path string) (*Key, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("write signing key: %w", err)
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
+	if err := atomicfile.Write(path, 0o600, func(f *os.File) error {
+		return pem.Encode(f, &pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	}); err != nil {
 		return nil, fmt.Errorf("write signing key: %w", err)
-	}
-	err = pem.Encode(f, &pem.Block{Type: "PRIVATE KEY", Bytes: der})
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
-		return nil, fmt.Errorf("write signing key: %w", err)
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		_ = d.Sync()
-		d.Close()
 	}
 	return newKey(priv, path), nil
 }

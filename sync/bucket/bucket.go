@@ -12,11 +12,11 @@ package bucket
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/episoded/episoded/internal/atomicfile"
 	"io"
 	"io/fs"
 	"net/http"
@@ -168,39 +168,18 @@ func (d *Dir) Put(ctx context.Context, key string, data []byte) error {
 // On error the file at path is unchanged and no temp file is left. It is
 // the one atomic file write behind Dir and sync/upload's directory target.
 func WriteFileAtomic(path string, r io.Reader) (string, int64, error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return "", 0, fmt.Errorf("create directory: %w", err)
 	}
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	tmp := filepath.Join(dir, "."+filepath.Base(path)+".tmp-"+hex.EncodeToString(rnd[:]))
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return "", 0, fmt.Errorf("create temp file: %w", err)
-	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), r)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
+	var n int64
+	err := atomicfile.Write(path, 0o644, func(f *os.File) error {
+		var err error
+		n, err = io.Copy(io.MultiWriter(f, h), r)
+		return err
+	})
 	if err != nil {
-		_ = os.Remove(tmp)
 		return "", 0, err
-	}
-	df, err := os.Open(dir)
-	if err == nil {
-		err = df.Sync()
-		df.Close()
-	}
-	if err != nil {
-		return "", 0, fmt.Errorf("sync directory: %w", err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
