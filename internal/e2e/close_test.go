@@ -13,7 +13,6 @@ import (
 
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
-	"github.com/episoded/episoded/internal/daemon"
 	"github.com/episoded/episoded/internal/sim"
 )
 
@@ -52,15 +51,7 @@ func TestCloseWhileRecordingRealCameras(t *testing.T) {
 		t.Skip("records 8 cameras for ~30 s; skipped under -short")
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	s, err := sim.New(sim.Options{RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: 8, TriggerPeriod: -1, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	simCtx, stopSim := contextWithCancel()
-	simDone := make(chan error, 1)
-	go func() { simDone <- s.Run(simCtx) }()
-	defer func() { stopSim(); <-simDone }()
-	<-s.Ready()
+	s := startSim(t, sim.Options{RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: 8, TriggerPeriod: -1, Logger: log})
 	dir := t.TempDir()
 	central := filepath.Join(dir, "central")
 	if err := os.MkdirAll(central, 0o755); err != nil {
@@ -70,22 +61,7 @@ func TestCloseWhileRecordingRealCameras(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := daemon.New(cfg, log, nil)
-	runCtx, cancelRun := contextWithCancel()
-	runDone := make(chan error, 1)
-	go func() { runDone <- d.Run(runCtx) }()
-	defer func() {
-		cancelRun()
-		if err := <-runDone; err != nil {
-			t.Errorf("daemon exit: %v", err)
-		}
-	}()
-	select {
-	case <-d.Ready():
-	case err := <-runDone:
-		t.Fatalf("daemon did not start: %v", err)
-	}
-	api := "http://" + d.Addr()
+	_, api := startDaemon(t, cfg, log)
 	// Every camera streaming (its first frames before a keyframe are
 	// dropped by design; the baseline is taken after).
 	deadline := time.Now().Add(30 * time.Second)

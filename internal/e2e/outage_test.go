@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
-	"github.com/episoded/episoded/internal/daemon"
 	"github.com/episoded/episoded/internal/sim"
 )
 
@@ -51,16 +49,8 @@ func TestOutagesRealCamera(t *testing.T) {
 		{"middle", sec(27), sec(32), 2, episode.ReasonLowCoverage},
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	s, err := sim.New(sim.Options{RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: 1,
+	s := startSim(t, sim.Options{RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: 1,
 		TriggerPeriod: -1, Outages: outages, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	simCtx, stopSim := contextWithCancel()
-	simDone := make(chan error, 1)
-	go func() { simDone <- s.Run(simCtx) }()
-	defer func() { stopSim(); <-simDone }()
-	<-s.Ready()
 
 	dir := t.TempDir()
 	central := filepath.Join(dir, "central")
@@ -76,22 +66,7 @@ func TestOutagesRealCamera(t *testing.T) {
 		// close to the outage's end.
 		cfg.Devices[i].Backoff = config.Backoff{Min: 100 * time.Millisecond, Max: 200 * time.Millisecond}
 	}
-	d := daemon.New(cfg, log, nil)
-	runCtx, cancelRun := contextWithCancel()
-	runDone := make(chan error, 1)
-	go func() { runDone <- d.Run(runCtx) }()
-	defer func() {
-		cancelRun()
-		if err := <-runDone; err != nil {
-			t.Errorf("daemon exit: %v", err)
-		}
-	}()
-	select {
-	case <-d.Ready():
-	case err := <-runDone:
-		t.Fatalf("daemon did not start: %v", err)
-	}
-	api := "http://" + d.Addr()
+	_, api := startDaemon(t, cfg, log)
 	t0 := s.T0()
 	at := func(rel time.Duration) { time.Sleep(time.Until(time.Unix(0, t0+int64(rel)))) }
 
@@ -110,18 +85,7 @@ func TestOutagesRealCamera(t *testing.T) {
 	}
 	const period = int64(time.Second) / 30
 	for i, c := range cases {
-		var e episode.Episode
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			call(t, "GET", api+"/v1/episodes/"+ids[i], nil, &e)
-			if e.State != episode.Recording {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: still recording", c.name)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		e := waitSettled(t, api, ids[i], c.name)
 		t.Run(c.name, func(t *testing.T) {
 			from, to := e.Window(0)
 			var q *episode.StreamReport
@@ -237,8 +201,4 @@ func call(t *testing.T, method, url string, body, out any) int {
 		}
 	}
 	return resp.StatusCode
-}
-
-func contextWithCancel() (context.Context, context.CancelFunc) {
-	return context.WithCancel(context.Background())
 }

@@ -14,7 +14,6 @@ import (
 
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
-	"github.com/episoded/episoded/internal/daemon"
 )
 
 const mosquittoBin = "/usr/sbin/mosquitto"
@@ -110,22 +109,7 @@ cells:
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	d := daemon.New(cfg, log, nil)
-	runCtx, cancelRun := contextWithCancel()
-	runDone := make(chan error, 1)
-	go func() { runDone <- d.Run(runCtx) }()
-	defer func() {
-		cancelRun()
-		if err := <-runDone; err != nil {
-			t.Errorf("daemon exit: %v", err)
-		}
-	}()
-	select {
-	case <-d.Ready():
-	case err := <-runDone:
-		t.Fatalf("daemon did not start: %v", err)
-	}
-	api := "http://" + d.Addr()
+	_, api := startDaemon(t, cfg, log)
 
 	// The publisher: mosquitto_pub -l sends each stdin line as one QoS 1
 	// message; its connection stays open through the silences.
@@ -181,18 +165,7 @@ cells:
 	}
 	published := <-sent
 	for i, c := range cases {
-		var e episode.Episode
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			call(t, "GET", api+"/v1/episodes/"+ids[i], nil, &e)
-			if e.State != episode.Recording {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: still recording", c.name)
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		e := waitSettled(t, api, ids[i], c.name)
 		t.Run(c.name, func(t *testing.T) {
 			from, to := e.Window(0)
 			var q *episode.StreamReport
