@@ -1,9 +1,9 @@
 package dashboard_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/episoded/episoded/internal/daemon/daemontest"
 	"io"
 	"log/slog"
 	"net/http"
@@ -17,7 +17,6 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/episoded/episoded/internal/config"
-	"github.com/episoded/episoded/internal/daemon"
 )
 
 // attackerPage is a hostile page the operator opens while the daemon runs
@@ -58,24 +57,7 @@ cells: [{id: cell1, devices: [cam1]}]
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := daemon.New(cfg, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})), nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("daemon: %v", err)
-		}
-	})
-	select {
-	case <-d.Ready():
-	case err := <-done:
-		t.Fatalf("daemon: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("daemon not ready after 60s")
-	}
-	gw := "http://" + d.Addr()
+	d, gw := daemontest.Start(t, cfg, slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})))
 	_, port, _ := strings.Cut(d.Addr(), ":")
 
 	evil := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/episoded/episoded/internal/daemon/daemontest"
 	"io"
 	"log/slog"
 	"net/http"
@@ -24,7 +25,6 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/episoded/episoded/internal/config"
-	"github.com/episoded/episoded/internal/daemon"
 	"github.com/episoded/episoded/internal/dashboard"
 	"github.com/episoded/episoded/internal/sim"
 )
@@ -112,29 +112,10 @@ func (c apiClient) recordingID(cell string) string {
 func startDaemon(t *testing.T) (base, apiBase string, s *sim.Sim) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	s, err := sim.New(sim.Options{
+	s = daemontest.StartSim(t, sim.Options{
 		RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: 2, TriggerPeriod: -1, Seed: 1,
 		Logger: log.With("component", "sim"),
 	})
-	if err != nil {
-		t.Fatalf("sim.New: %v", err)
-	}
-	simCtx, stopSim := context.WithCancel(context.Background())
-	simDone := make(chan error, 1)
-	go func() { simDone <- s.Run(simCtx) }()
-	t.Cleanup(func() {
-		stopSim()
-		if err := <-simDone; err != nil {
-			t.Errorf("sim: %v", err)
-		}
-	})
-	select {
-	case <-s.Ready():
-	case err := <-simDone:
-		t.Fatalf("sim: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("sim not ready after 30s")
-	}
 
 	dir := t.TempDir()
 	central := filepath.Join(dir, "central")
@@ -150,24 +131,7 @@ func startDaemon(t *testing.T) (base, apiBase string, s *sim.Sim) {
 	cfg.API.Token = config.NewSecret(testToken)
 	cfg.API.ReadToken = config.NewSecret(testReadToken)
 
-	d := daemon.New(cfg, log, nil)
-	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(runCtx) }()
-	t.Cleanup(func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("daemon: %v", err)
-		}
-	})
-	select {
-	case <-d.Ready():
-	case err := <-done:
-		t.Fatalf("daemon: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("daemon not ready after 60s")
-	}
-	apiBase = "http://" + d.Addr()
+	_, apiBase = daemontest.Start(t, cfg, log)
 
 	res, err := http.Get(apiBase + "/")
 	if err != nil {

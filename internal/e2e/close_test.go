@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"github.com/episoded/episoded/internal/daemon/daemontest"
 	"io"
 	"log/slog"
 	"net/http"
@@ -51,7 +52,7 @@ func TestCloseWhileRecordingRealCameras(t *testing.T) {
 		t.Skip("records 8 cameras for ~30 s; skipped under -short")
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	s := startSim(t, sim.Options{RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: 8, TriggerPeriod: -1, Logger: log})
+	s := daemontest.StartSim(t, sim.Options{RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: 8, TriggerPeriod: -1, Logger: log})
 	dir := t.TempDir()
 	central := filepath.Join(dir, "central")
 	if err := os.MkdirAll(central, 0o755); err != nil {
@@ -61,7 +62,7 @@ func TestCloseWhileRecordingRealCameras(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, api := startDaemon(t, cfg, log)
+	_, api := daemontest.Start(t, cfg, log)
 	// Every camera streaming (its first frames before a keyframe are
 	// dropped by design; the baseline is taken after).
 	deadline := time.Now().Add(30 * time.Second)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/episoded/episoded/internal/daemon/daemontest"
 	"io"
 	"log/slog"
 	"net/http"
@@ -49,7 +50,7 @@ func TestOutagesRealCamera(t *testing.T) {
 		{"middle", sec(27), sec(32), 2, episode.ReasonLowCoverage},
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	s := startSim(t, sim.Options{RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: 1,
+	s := daemontest.StartSim(t, sim.Options{RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: 1,
 		TriggerPeriod: -1, Outages: outages, Logger: log})
 
 	dir := t.TempDir()
@@ -66,7 +67,7 @@ func TestOutagesRealCamera(t *testing.T) {
 		// close to the outage's end.
 		cfg.Devices[i].Backoff = config.Backoff{Min: 100 * time.Millisecond, Max: 200 * time.Millisecond}
 	}
-	_, api := startDaemon(t, cfg, log)
+	_, api := daemontest.Start(t, cfg, log)
 	t0 := s.T0()
 	at := func(rel time.Duration) { time.Sleep(time.Until(time.Unix(0, t0+int64(rel)))) }
 

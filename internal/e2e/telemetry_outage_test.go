@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"fmt"
+	"github.com/episoded/episoded/internal/daemon/daemontest"
 	"io"
 	"log/slog"
 	"net"
@@ -109,7 +110,7 @@ cells:
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	_, api := startDaemon(t, cfg, log)
+	_, api := daemontest.Start(t, cfg, log)
 
 	// The publisher: mosquitto_pub -l sends each stdin line as one QoS 1
 	// message; its connection stays open through the silences.

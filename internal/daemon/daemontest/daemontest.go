@@ -1,0 +1,70 @@
+// Package daemontest runs a simulated cell and a daemon inside a test, for
+// the packages that test the whole daemon from outside (e2e, dashboard).
+// Both stop when the test ends; cleanups run last-in first-out, so a daemon
+// started after the simulator stops before it.
+package daemontest
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/episoded/episoded/internal/config"
+	"github.com/episoded/episoded/internal/daemon"
+	"github.com/episoded/episoded/internal/sim"
+)
+
+// readyWithin bounds how long start-up may take on a loaded machine.
+const readyWithin = 60 * time.Second
+
+// StartSim runs a simulated cell until the test ends and returns it once it
+// is ready. A non-nil exit error fails the test.
+func StartSim(t testing.TB, o sim.Options) *sim.Sim {
+	t.Helper()
+	s, err := sim.New(o)
+	if err != nil {
+		t.Fatalf("sim.New: %v", err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("sim: %v", err)
+		}
+	})
+	select {
+	case <-s.Ready():
+	case err := <-done:
+		t.Fatalf("sim: %v", err)
+	case <-time.After(readyWithin):
+		t.Fatalf("sim not ready after %v", readyWithin)
+	}
+	return s
+}
+
+// Start runs the daemon on cfg until the test ends and returns it with its
+// API's base URL once it is ready. A non-nil exit error fails the test.
+func Start(t testing.TB, cfg *config.Config, log *slog.Logger) (*daemon.Daemon, string) {
+	t.Helper()
+	d := daemon.New(cfg, log, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("daemon exit: %v", err)
+		}
+	})
+	select {
+	case <-d.Ready():
+	case err := <-done:
+		t.Fatalf("daemon did not start: %v", err)
+	case <-time.After(readyWithin):
+		t.Fatalf("daemon not ready after %v", readyWithin)
+	}
+	return d, "http://" + d.Addr()
+}
