@@ -117,6 +117,9 @@ type BackoffPolicy struct {
 	// StableAfter: a session that streamed at least this long resets the
 	// backoff to Min (default 10s).
 	StableAfter time.Duration
+	// Jitter draws the jitter for each delay, in [0,1) (default: the
+	// global math/rand/v2 source). Tests set it to get exact delays.
+	Jitter func() float64
 }
 
 func (p BackoffPolicy) withDefaults() BackoffPolicy {
