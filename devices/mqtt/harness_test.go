@@ -20,6 +20,7 @@ import (
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
+	"github.com/episoded/episoded/internal/testwait"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -304,17 +305,8 @@ func (s *memSink) count() int {
 	return len(s.mu.samples)
 }
 
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// waitFor polls cond until it holds (testwait.For).
+var waitFor = testwait.For
 
 // runBroker runs b against sink until the test ends; it returns a stop
 // function that cancels and waits.

@@ -21,6 +21,7 @@ import (
 
 	"github.com/episoded/episoded/assets"
 	"github.com/episoded/episoded/devices"
+	"github.com/episoded/episoded/internal/testwait"
 	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
@@ -88,17 +89,8 @@ func (s *memSink) count() int {
 	return s.n
 }
 
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+// waitFor polls cond until it holds (testwait.For).
+var waitFor = testwait.For
 
 // runCamera starts cam.Run in a goroutine. stop cancels it and returns
 // Run's result; done is closed when Run returns.
