@@ -465,15 +465,15 @@ func TestRunGoesFullOnQuota(t *testing.T) {
 			if u = s.Usage(); u.Full && u.Room < 1<<20 {
 				full = true
 			}
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // a producer backs off after a refusal
 		case errors.Is(err, ErrOverloaded):
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // a producer backs off after a refusal
 			seq--
 		case err != nil:
 			t.Fatal(err)
 		}
 		if seq%20 == 0 {
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // pacing: let commits keep up
 		}
 	}
 	if !full {
