@@ -79,7 +79,7 @@ func TestCloseWhileRecordingRealCameras(t *testing.T) {
 	if code := call(t, "POST", api+"/v1/cells/cell1/episodes", map[string]string{"task": "long"}, &e1); code != 201 {
 		t.Fatalf("start: %d", code)
 	}
-	time.Sleep(20 * time.Second) // record
+	time.Sleep(20 * time.Second) // pacing: a 20 s episode is the input under test
 	if code := call(t, "POST", api+"/v1/episodes/"+e1.ID+"/stop", nil, nil); code != 200 {
 		t.Fatalf("stop: %d", code)
 	}
@@ -97,7 +97,7 @@ func TestCloseWhileRecordingRealCameras(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	time.Sleep(2 * time.Second) // the next one records on
+	time.Sleep(2 * time.Second) // pacing: the next one records on, across the close
 	if code := call(t, "POST", api+"/v1/episodes/"+e2.ID+"/stop", nil, nil); code != 200 {
 		t.Fatalf("stop the next: %d", code)
 	}
