@@ -121,9 +121,9 @@ func TestCrashChild(t *testing.T) {
 	storeDone := make(chan error, 1)
 	go func() { storeDone <- st.Run(storeCtx) }()
 
-	// Warnings and errors go to stdout: the parent shows the last lines
+	// The log goes to stdout: the parent shows the last lines
 	// when a child fails to start.
-	log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	b, err := NewBroker(BrokerOptions{ID: "crash", URL: url, ClientID: "episoded-crash", Logger: log,
 		Backoff: devices.BackoffPolicy{Min: 100 * time.Millisecond, Max: 500 * time.Millisecond}})
 	if err != nil {
