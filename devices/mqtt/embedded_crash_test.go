@@ -108,17 +108,15 @@ func TestEmbeddedBrokerDaemonCrash(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(1, 2))
 	start := time.Now()
 	for i := range kills {
-		// Every other daemon first catches up (something durable, its
-		// queue drained): the publisher does not slow down for a daemon
-		// that is down or starting, so on a loaded machine lives that
-		// are all cut short make the backlog grow until no daemon can
+		// Each daemon first catches up with the broker's resend (something
+		// durable, its queue drained): the publisher does not slow down for
+		// a daemon that is down or starting, so on a loaded machine lives
+		// cut short by the clock let the backlog grow until no daemon can
 		// start. Progress, not the wall clock, decides when that is.
-		if i%2 == 1 {
-			waitFor(t, 60*time.Second, fmt.Sprintf("daemon %d to catch up (%s)", i+1, c.stats()), func() bool {
-				st := c.parsedStats()
-				return st["durable"] > 0 && st["queued"] == 0
-			})
-		}
+		waitFor(t, 60*time.Second, fmt.Sprintf("daemon %d to catch up", i+1), func() bool {
+			st := c.parsedStats()
+			return st["durable"] > 0 && st["queued"] == 0
+		}, c.stats)
 		// Then kill at a random point: while receiving, while committing,
 		// or right after the resent backlog arrived. The delay is pacing,
 		// not a wait for anything.
