@@ -217,7 +217,7 @@ func TestRecoverAfterCrash(t *testing.T) {
 		sa, sb := r.streams["c1"][0], r.streams["c2"][0]
 		lastA := got[sa][len(got[sa])-1]
 
-		time.Sleep(time.Minute) // down for a while
+		time.Sleep(10 * time.Second) // down for a while (less than the post-roll)
 		r2 := newRig(t, dir, o)
 		r2.run() // Recover, then Run
 		ia := r2.episode(a.ID)
