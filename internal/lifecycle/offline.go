@@ -74,6 +74,8 @@ func (l *offlineLog) poll(now time.Time, sts []devices.Status) {
 	}
 }
 
+// closeLocked adds the closed down period iv. Called with offlineLog.mu
+// held.
 func (c *connLog) closeLocked(iv ingest.Interval) {
 	if iv.To < iv.From {
 		iv.To = iv.From
