@@ -2,6 +2,8 @@ package config
 
 import (
 	"time"
+
+	"github.com/episoded/episoded/internal/lifecycle"
 )
 
 // The defaults, in one place. docs/CONFIG.md repeats them for readers; a
@@ -28,9 +30,9 @@ const (
 	DefaultMaxPayload        = ByteSize(16 << 20)
 	DefaultMaxStreams        = 256
 	DefaultTimeUnit          = "ns"
-	DefaultGapFactor         = 3.0
-	DefaultMinCoverage       = 0.99
-	DefaultMaxAlignBound     = 5 * time.Millisecond
+	DefaultGapFactor         = lifecycle.DefaultGapFactor
+	DefaultMinCoverage       = lifecycle.DefaultMinCoverage
+	DefaultMaxAlignBound     = lifecycle.DefaultMaxAlignmentBound
 	DefaultSyncMode          = SyncDaemon
 	DefaultTimezone          = "Local"
 	DefaultConcurrency       = 2
