@@ -65,9 +65,9 @@ func backoff(b config.Backoff) devices.BackoffPolicy {
 // triggers) and the WebRTC server. It starts nothing.
 func (d *Daemon) buildDevices() error {
 	cfg := d.cfg
-	brokers := map[string]*mqtt.Broker{}
+	brokers := map[string]*mqtt.Client{}
 	for _, b := range cfg.Brokers {
-		br, err := mqtt.NewBroker(mqtt.BrokerOptions{
+		br, err := mqtt.NewClient(mqtt.ClientOptions{
 			ID: b.ID, URL: b.URL, ClientID: b.ClientID, Username: b.Username, Password: b.Password.Value(),
 			KeepAlive: b.KeepAlive, Backoff: backoff(b.Backoff),
 			TLS:    mqtt.TLSOptions{CAFile: b.TLS.CAFile, CertFile: b.TLS.CertFile, KeyFile: b.TLS.KeyFile, InsecureSkipVerify: b.TLS.InsecureSkipVerify},
