@@ -308,9 +308,9 @@ func (s *memSink) count() int {
 // waitFor polls cond until it holds (testwait.For).
 var waitFor = testwait.For
 
-// runBroker runs b against sink until the test ends; it returns a stop
+// runClient runs b against sink until the test ends; it returns a stop
 // function that cancels and waits.
-func runBroker(t testing.TB, b *Broker, sink interface {
+func runClient(t testing.TB, b *Client, sink interface {
 	Describe(sample.Descriptor) error
 	Write(sample.Sample, func(error)) error
 }) (stop func()) {

@@ -41,14 +41,14 @@ func TestSubscribeWhileTheBrokerResends(t *testing.T) {
 			go resendingBroker(c, resent)
 		}
 	}()
-	b, _ := newTestBroker(t, "tcp://"+ln.Addr().String(), "episoded-resend", nil)
+	b, _ := newTestClient(t, "tcp://"+ln.Addr().String(), "episoded-resend", nil)
 	if err := b.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"r/+/state"}, TimeField: "header.stamp"}); err != nil {
 		t.Fatal(err)
 	}
 	sink := newMemSink(20 * time.Millisecond)
 	ctx := t.Context()
 	go sink.run(ctx)
-	runBroker(t, b, sink)
+	runClient(t, b, sink)
 	waitFor(t, 30*time.Second, "subscribed", func() bool { return b.Stats().Connected })
 	waitFor(t, 30*time.Second, "the resent messages stored", func() bool { return sink.count() >= resent })
 	if st := b.Stats(); st.Reconnects != 0 || len(conns) != 1 {
