@@ -57,17 +57,14 @@ func startMosquitto(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+	waitFor(t, 30*time.Second, "mosquitto listening", func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
 			c.Close()
-			return port
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("mosquitto did not start")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil
+	})
+	return port
 }
 
 // TestWildTimestampOverMQTT: a device publishes, through a real mosquitto
