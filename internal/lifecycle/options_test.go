@@ -10,7 +10,7 @@ import (
 // the quality thresholds and are idempotent.
 func TestOptionsValidate(t *testing.T) {
 	o := Options{
-		Cells: []CellOptions{{ID: "c1", Postroll: -time.Second, MinCoverage: 2}, {ID: "c1"}, {ID: ""}},
+		Cells:   []CellOptions{{ID: "c1", Postroll: -time.Second, MinCoverage: 2}, {ID: "c1"}, {ID: ""}},
 		Devices: []Device{{ID: "cam", Cell: "c9"}, {ID: "cam"}, {Rate: -1}},
 	}
 	o.EnsureDefaults()
