@@ -36,9 +36,10 @@ type Options struct {
 	// second plus this long after its window ends, so that samples still
 	// in flight (device latency, the last commit) are in it.
 	SyncInterval time.Duration
-	// Settled, if set, is called on the cell's worker after an episode is
-	// stored closed or interrupted with its final report (wake the
-	// uploader); once per episode.
+	// Settled, if set, is called after an episode is stored closed or
+	// interrupted with its final report (wake the uploader): on the
+	// cell's worker, or in Recover for an episode a crash left open; once
+	// per episode. It must not block.
 	Settled func(episode.Episode)
 	// TimeSync, if set, reads the kernel's time-sync state as an episode
 	// closes (provenance).
