@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/episoded/episoded/internal/lifecycle"
+	"github.com/episoded/episoded/sync/upload"
 )
 
 // The defaults, in one place. docs/CONFIG.md repeats them for readers; a
@@ -40,9 +41,7 @@ const (
 	DefaultPriorityLabel     = "priority"
 	DefaultRetryMin          = 5 * time.Second
 	DefaultRetryMax          = 10 * time.Minute
-	// DefaultMaxAttempts: with the default retry backoff (5s doubling to
-	// 10m) ten attempts span about half an hour.
-	DefaultMaxAttempts = 10
+	DefaultMaxAttempts       = upload.DefaultMaxAttempts
 )
 
 // ApplyDefaults fills every unset field with its default. It is idempotent.
