@@ -38,8 +38,20 @@ lint:
 	$(GO) vet ./...
 	$(GO) run $(STATICCHECK) ./...
 
+# Every benchmark, raw output teed to $(BENCH_OUT), then one table of every
+# figure against its same-run peer and goal (internal/tools/benchtable; rows
+# in its rows.go). BENCH=Pattern narrows the run (the table then lists only
+# the rows it selects); BENCHTABLE_FLAGS=-strict makes a failed or missing
+# figure fail the target. The table can be rebuilt from saved output:
+# go run ./internal/tools/benchtable -bench '$(BENCH)' $(BENCH_OUT)
+BENCH_OUT ?= bin/bench.txt
+BENCHTABLE_FLAGS ?=
 bench:
-	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -timeout 60m ./...
+	@mkdir -p $(dir $(BENCH_OUT))
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -timeout 120m ./... 2>&1 | tee $(BENCH_OUT)
+	@echo
+	@echo "make bench: figures against their same-run peers (raw output: $(BENCH_OUT))"
+	@$(GO) run ./internal/tools/benchtable -bench '$(BENCH)' $(BENCHTABLE_FLAGS) $(BENCH_OUT)
 
 # The simulated cell and the daemon in one process; data in ./demo-data.
 # Stop with Ctrl-C, or pass DEMO_FLAGS='--duration 40s'.
