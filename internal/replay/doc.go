@@ -53,6 +53,14 @@
 //     start at any keyframe. A unit that cannot be sent is counted as
 //     failed and the replay goes on.
 //
+// # The command
+//
+// Play is `episoded replay` (cmd/episoded parses the flags and prints the
+// summary): it opens the source (a store directory with OpenStore, or the
+// daemon's API at SamplesPath), reads the first pass's header before
+// anything connects or listens, starts only the sinks the selected streams
+// need (an MQTT publisher, an RTSP server), and runs a Player.
+//
 // # Summary
 //
 // Run returns a Summary: per stream what was sent, acknowledged, failed or
