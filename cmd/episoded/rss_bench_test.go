@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"fmt"
 	"io"
 	"math"
@@ -25,7 +26,7 @@ import (
 const (
 	rssDurationEnv = "EPISODED_RSS_BENCH_DURATION" // Go duration; default 10m
 	rssEveryEnv    = "EPISODED_RSS_BENCH_EVERY"    // sampling interval; default 5s
-	rssProfileEnv  = "EPISODED_RSS_BENCH_PROFILE"  // if set, a directory for the daemon's heap profile at the end
+	rssProfileEnv  = "EPISODED_RSS_BENCH_PROFILE"  // if set, a directory kept for the daemon's log and its heap profile at the end
 )
 
 // BenchmarkDaemonRSS8Cameras measures the resident memory of the built
@@ -76,7 +77,8 @@ func BenchmarkDaemonRSS8Cameras(b *testing.B) {
 	cfg := writeFile(b, filepath.Join(dir, "episoded.yaml"), s.Config(filepath.Join(dir, "store"), filepath.Join(dir, "central"), addr))
 
 	for range b.N {
-		r := runRSS(b, cfg, base, filepath.Join(dir, "daemon.log"), dur, every)
+		logDir := cmp.Or(os.Getenv(rssProfileEnv), dir)
+		r := runRSS(b, cfg, base, filepath.Join(logDir, "daemon.log"), dur, every)
 		b.ReportMetric(r.peak, "peak-RSS-MB")
 		b.ReportMetric(r.final, "final-RSS-MB")
 		b.ReportMetric(r.slope, "slope-MB/min")
