@@ -24,9 +24,10 @@ import (
 // Environment of BenchmarkDaemonRSS8Cameras (`make bench` sets the first
 // from RSS_DURATION).
 const (
-	rssDurationEnv = "EPISODED_RSS_BENCH_DURATION" // Go duration; default 10m
-	rssEveryEnv    = "EPISODED_RSS_BENCH_EVERY"    // sampling interval; default 5s
-	rssProfileEnv  = "EPISODED_RSS_BENCH_PROFILE"  // if set, a directory kept for the daemon's log and its heap profile at the end
+	rssDurationEnv = "EPISODED_RSS_BENCH_DURATION"   // Go duration; default 10m
+	rssEveryEnv    = "EPISODED_RSS_BENCH_EVERY"      // sampling interval; default 5s
+	rssProfileEnv  = "EPISODED_RSS_BENCH_PROFILE"    // if set, a directory kept for the daemon's log and its heap profile at the end
+	rssDaemonEnv   = "EPISODED_RSS_BENCH_DAEMON_ENV" // extra environment of the daemon only, e.g. "GOGC=50 GOMEMLIMIT=64MiB"
 )
 
 // BenchmarkDaemonRSS8Cameras measures the resident memory of the built
@@ -74,7 +75,11 @@ func BenchmarkDaemonRSS8Cameras(b *testing.B) {
 	})
 	addr := freeAddr(b)
 	base := "http://" + addr
-	cfg := writeFile(b, filepath.Join(dir, "episoded.yaml"), s.Config(filepath.Join(dir, "store"), filepath.Join(dir, "central"), addr))
+	central := filepath.Join(dir, "central") // the upload target, as in episoded demo
+	if err := os.MkdirAll(central, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	cfg := writeFile(b, filepath.Join(dir, "episoded.yaml"), s.Config(filepath.Join(dir, "store"), central, addr))
 
 	for range b.N {
 		logDir := cmp.Or(os.Getenv(rssProfileEnv), dir)
@@ -107,6 +112,7 @@ func runRSS(b *testing.B, cfg, base, logPath string, dur, every time.Duration) r
 	}
 	defer logf.Close()
 	cmd := exec.Command(bin, "run", "--config", cfg)
+	cmd.Env = append(os.Environ(), strings.Fields(os.Getenv(rssDaemonEnv))...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
