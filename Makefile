@@ -10,6 +10,10 @@ LDFLAGS  := -X $(PKG)/internal/buildinfo.Version=$(VERSION) -X $(PKG)/internal/b
 TEST_FLAGS ?= -count=1 -timeout 25m
 BENCH    ?= .
 BENCHTIME ?= 1s
+# staticcheck, pinned: `go run` fetches exactly this version through the Go
+# module proxy (cached after the first run); it is not a dependency of the
+# module. Bump it together with the Go version it supports.
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .PHONY: all build test test-short lint bench demo deb clean
 
@@ -32,6 +36,7 @@ test-short:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
 # Every benchmark, raw output teed to $(BENCH_OUT), then one table of every
 # figure against its same-run peer and goal (internal/tools/benchtable; rows

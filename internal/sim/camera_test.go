@@ -52,12 +52,12 @@ func play(t *testing.T, url string, d time.Duration) (*session, error) {
 	tcp := gortsplib.TransportTCP
 	var mu sync.Mutex
 	ses := &session{firstSR: -1}
-	c := &gortsplib.Client{Transport: &tcp, OnPacketsLost: func(n uint64) {
+	c := &gortsplib.Client{Scheme: u.Scheme, Host: u.Host, Transport: &tcp, OnPacketsLost: func(n uint64) {
 		mu.Lock()
 		ses.lost += n
 		mu.Unlock()
 	}}
-	if err := c.Start(u.Scheme, u.Host); err != nil {
+	if err := c.Start2(); err != nil {
 		return nil, err
 	}
 	defer c.Close()
