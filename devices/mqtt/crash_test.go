@@ -209,10 +209,10 @@ func startChild(t *testing.T, url, dir string) *child {
 	case <-c.ready:
 	case <-c.exited:
 		t.Fatalf("child exited before READY: %v", c.outTail)
-	case <-time.After(60 * time.Second):
+	case <-time.After(120 * time.Second):
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		t.Fatalf("child not ready in 60s: %s; output:\n%s", c.last, strings.Join(c.outTail, "\n"))
+		t.Fatalf("child not ready in 120s: %s; output:\n%s", c.last, strings.Join(c.outTail, "\n"))
 	}
 	return c
 }
