@@ -3,6 +3,7 @@ package config
 import (
 	"time"
 
+	"github.com/episoded/episoded/internal/lifecycle"
 	"github.com/episoded/episoded/sync/upload"
 )
 
@@ -30,9 +31,9 @@ const (
 	DefaultMaxPayload        = ByteSize(16 << 20)
 	DefaultMaxStreams        = 256
 	DefaultTimeUnit          = "ns"
-	DefaultGapFactor         = 3.0
-	DefaultMinCoverage       = 0.99
-	DefaultMaxAlignBound     = 5 * time.Millisecond
+	DefaultGapFactor         = lifecycle.DefaultGapFactor
+	DefaultMinCoverage       = lifecycle.DefaultMinCoverage
+	DefaultMaxAlignBound     = lifecycle.DefaultMaxAlignmentBound
 	DefaultSyncMode          = SyncDaemon
 	DefaultTimezone          = "Local"
 	DefaultConcurrency       = 2
