@@ -318,3 +318,40 @@ func TestBackoffAndMaxAttempts(t *testing.T) {
 		}
 	})
 }
+
+// TestRunWakesOnClose: the daemon loop idles until PollInterval (a minute)
+// passes, but an episode closed in between is uploaded at once when Wake
+// says so.
+func TestRunWakesOnClose(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := newMemS3(bucket)
+		st := fixtures.OpenStore(t)
+		u, err := upload.New(st, memOptions(t, m))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		runErr := make(chan error, 1)
+		go func() { runErr <- u.Run(ctx) }()
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+
+		fx := fixtures.Build(t, st, fixtures.Spec{ID: "0193a1b2-0000-7000-8000-0000000001e1", Telemetry: true})
+		woken := time.Now()
+		u.Wake()
+		for state(t, st, fx.Episode.ID).State != episode.Uploaded {
+			if time.Since(woken) > 2*time.Minute {
+				t.Fatal("not uploaded two minutes after Wake")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if d := time.Since(woken); d > time.Second {
+			t.Errorf("uploaded %v after Wake, want at once (the poll interval is a minute)", d)
+		}
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
