@@ -58,7 +58,9 @@ func (r *rig) backfill(n int, size int) {
 // (settleLateLocked with now 0) rather than waited for.
 func TestCloseHoldsNoCellLock(t *testing.T) {
 	const pre = 30 * time.Second
-	r := newRig(t, t.TempDir(), rigOptions{cells: []CellOptions{{ID: "c1", Preroll: pre}}, cams: 8})
+	// A settle margin of an hour: no tick settles the episode on its own,
+	// however slow the machine.
+	r := newRig(t, t.TempDir(), rigOptions{cells: []CellOptions{{ID: "c1", Preroll: pre}}, cams: 8, syncInterval: time.Hour})
 	r.run()
 	ctx := context.Background()
 	r.backfill(300, 20<<10) // 8 x 300 frames of 20 KiB: segment payloads
@@ -296,7 +298,7 @@ func BenchmarkCloseWhileRecording(b *testing.B) {
 	)
 	for b.Loop() {
 		b.StopTimer()
-		r := newRig(b, b.TempDir(), rigOptions{cells: []CellOptions{{ID: "c1", Preroll: long + time.Minute}}, cams: cams,
+		r := newRig(b, b.TempDir(), rigOptions{cells: []CellOptions{{ID: "c1", Preroll: long + time.Minute}}, cams: cams, syncInterval: time.Hour,
 			store: func(o *storage.Options) { o.TimelineRetention = time.Hour }})
 		r.run()
 		ctx := context.Background()

@@ -10,7 +10,7 @@ import (
 // the quality thresholds and are idempotent.
 func TestOptionsValidate(t *testing.T) {
 	o := Options{
-		Cells:   []CellOptions{{ID: "c1", Postroll: -time.Second, MinCoverage: 2}, {ID: "c1"}, {ID: ""}},
+		Cells:   []CellOptions{{ID: "c1", Postroll: -time.Second, MinCoverage: 2, GapFactor: 0.5, MaxDuration: time.Millisecond}, {ID: "c1"}, {ID: ""}},
 		Devices: []Device{{ID: "cam", Cell: "c9"}, {ID: "cam"}, {Rate: -1}},
 	}
 	o.EnsureDefaults()
@@ -18,7 +18,7 @@ func TestOptionsValidate(t *testing.T) {
 	if err == nil {
 		t.Fatal("invalid options accepted")
 	}
-	for _, want := range []string{"postroll: negative", "min coverage 2", `cell "c1": duplicate id`, "id: required",
+	for _, want := range []string{"postroll: negative", "min coverage 2", "gap factor 0.5", "max duration 1ms", `cell "c1": duplicate id`, "id: required",
 		`device "cam": unknown cell "c9"`, `device "cam": duplicate id`, "device: id required", "rate -1"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
