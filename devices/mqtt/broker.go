@@ -67,6 +67,11 @@ type Broker struct {
 	redeliver    chan struct{} // cap 1: asks the session to drain and reconnect
 	connected    atomic.Bool
 	pending      atomic.Int64 // messages accepted and neither acknowledged nor given up
+	// pendingBytes is what those messages cost (heldBytes each); the
+	// full-rule keeps it at or under MaxPendingBytes. pendingBytesMax is
+	// its high-water mark.
+	pendingBytes    atomic.Int64
+	pendingBytesMax atomic.Int64
 
 	acks struct {
 		sync.Mutex
@@ -100,6 +105,16 @@ type inbound struct {
 	recvT int64
 	gen   uint64
 }
+
+// heldOverhead is what one held message costs beyond its payload: paho's
+// packet and message, the queue slot, the ack state, the sample and its
+// callback, the store's key and record fields.
+const heldOverhead = 512
+
+// heldBytes is the memory one accepted, unacknowledged message of n
+// payload bytes is counted for: the received packet's payload, the store's
+// encoded copy of it (kept until the commit), and heldOverhead.
+func heldBytes(n int) int64 { return 2*int64(n) + heldOverhead }
 
 // ackState tracks one message delivered to one or more consumers; it is
 // acknowledged when the last of them is done, and only if all succeeded.
@@ -456,11 +471,23 @@ func (b *Broker) onMessage(gen uint64) paho.MessageHandler {
 			b.stats.refused.Add(1)
 			return // not acknowledged: redelivered on the next connection
 		}
+		size := heldBytes(len(m.Payload()))
+		if n := b.pending.Load(); n > 0 && b.pendingBytes.Load()+size > b.o.MaxPendingBytes {
+			// A broker that ignores its window (or a window too large for
+			// these payloads): what is held stays bounded, this message
+			// stays unacknowledged.
+			b.stats.overflow.Add(1)
+			b.requestRedelivery("max_pending_bytes reached: the broker sent more unacknowledged data than the daemon holds")
+			return
+		}
 		b.pending.Add(1)
+		if v := b.pendingBytes.Add(size); v > b.pendingBytesMax.Load() {
+			b.pendingBytesMax.Store(v) // only this goroutine raises pendingBytes
+		}
 		select {
 		case b.queue <- inbound{m: m, recvT: recvT, gen: gen}:
 		default:
-			b.pending.Add(-1)
+			b.release(1, size)
 			b.stats.overflow.Add(1)
 			b.requestRedelivery("queue full: the broker's in-flight window is larger than queue_size")
 		}
@@ -480,9 +507,15 @@ func (b *Broker) requestRedelivery(why string) {
 	}
 }
 
-// release gives up n accepted messages (acknowledged or left for
-// redelivery).
-func (b *Broker) release(n int64) { b.pending.Add(-n) }
+// release gives up n accepted messages of the given heldBytes total
+// (acknowledged or left for redelivery).
+func (b *Broker) release(n, bytes int64) {
+	b.pendingBytes.Add(-bytes)
+	b.pending.Add(-n)
+}
+
+// releaseMsg gives up one accepted message.
+func (b *Broker) releaseMsg(m paho.Message) { b.release(1, heldBytes(len(m.Payload()))) }
 
 func (b *Broker) worker(stop <-chan struct{}) {
 	for {
@@ -490,8 +523,8 @@ func (b *Broker) worker(stop <-chan struct{}) {
 		case <-stop:
 			for {
 				select {
-				case <-b.queue:
-					b.release(1)
+				case in := <-b.queue:
+					b.releaseMsg(in.m)
 				default:
 					return
 				}
@@ -504,7 +537,7 @@ func (b *Broker) worker(stop <-chan struct{}) {
 
 func (b *Broker) handle(in inbound) {
 	if b.refusing.Load() || in.gen < b.discardBelow.Load() {
-		b.release(1) // not acknowledged: the broker redelivers it
+		b.releaseMsg(in.m) // not acknowledged: the broker redelivers it
 		return
 	}
 	m := in.m
@@ -638,7 +671,7 @@ func (b *Broker) finish(a *ackState, err error) {
 		return
 	}
 	if a.failed.Load() {
-		b.release(1)
+		b.releaseMsg(a.m)
 		b.requestRedelivery("a sample was refused or failed to become durable")
 		return
 	}
@@ -672,11 +705,13 @@ func (b *Broker) acker(stop <-chan struct{}) {
 		b.acks.Lock()
 		batch, b.acks.list = b.acks.list, batch[:0]
 		b.acks.Unlock()
+		var bytes int64
 		for i, m := range batch {
 			m.Ack() // after a disconnect paho drops it; the broker redelivers
+			bytes += heldBytes(len(m.Payload()))
 			batch[i] = nil
 		}
-		b.release(int64(len(batch)))
+		b.release(int64(len(batch)), bytes)
 		if stopping {
 			return
 		}
