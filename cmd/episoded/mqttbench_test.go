@@ -6,7 +6,10 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"maps"
+	"math"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,7 +92,11 @@ type daemonMQTTResult struct {
 const benchSyncInterval = 100 * time.Millisecond
 
 func runDaemonMQTTBench(b *testing.B, total, pubs int) daemonMQTTResult {
-	brokerURL := startBrokerConf(b, "max_queued_messages 0\nmax_inflight_messages 10000\n")
+	window := 10000
+	if v, err := strconv.Atoi(os.Getenv("EPISODED_BENCH_WINDOW")); err == nil && v > 0 {
+		window = v
+	}
+	brokerURL := startBrokerConf(b, fmt.Sprintf("max_queued_messages 0\nmax_inflight_messages %d\n", window))
 	brokerAddr := strings.TrimPrefix(brokerURL, "tcp://")
 	proxy := newAckProxy(b, brokerAddr)
 
@@ -220,8 +227,13 @@ devices:
 	}
 
 	// 2. Both subscribed to the same messages.
+	warmDaemon("c")
 	sub, exited = mosquittoSub("c", total)
-	before = warmDaemon("c") // after mosquitto_sub's warm-up, which the daemon got too
+	// mosquitto_sub's warm-up reached the daemon too.
+	benchWait(b, time.Minute, "the daemon idle", func() bool {
+		return metric(base, `episoded_mqtt_acks_pending{broker="b1"}`) == 0
+	}, stderr)
+	before = messages("c")
 	cpu0, t0 = procCPUTicks(pid), time.Now()
 	errc = publish("c", total, 0)
 	tSub := <-exited
@@ -236,11 +248,13 @@ devices:
 	r.latRate = r.subAlone.rate / 2
 	n := max(int(r.latRate*10)/pubs*pubs, 10*pubs)
 	proxy.reset()
+	commits0 := histogram(base, "episoded_storage_commit_seconds")
 	errc = publish("d", n, int(r.latRate))
 	if err := <-errc; err != nil {
 		b.Fatal(err)
 	}
 	benchWait(b, 5*time.Minute, "every paced message acknowledged by the daemon", func() bool { return proxy.count() >= n }, stderr)
+	commits := histogram(base, "episoded_storage_commit_seconds").sub(commits0)
 	lat := proxy.latencies()
 	slices.Sort(lat)
 	r.p50, r.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
@@ -248,11 +262,66 @@ devices:
 
 	b.Logf("%d msgs, %d publishers. alone: daemon stored %.0f msg/s, %.0f ns CPU/msg; mosquitto_sub %.0f msg/s, %.0f ns CPU/msg. "+
 		"both: daemon %.0f msg/s, %.0f ns/msg; mosquitto_sub %.0f msg/s, %.0f ns/msg. "+
-		"publish->durable at %.0f msg/s (%d msgs): p50 %s, p99 %s (target %s)",
+		"publish->durable at %.0f msg/s (%d msgs): p50 %s, p99 %s (target %s); meanwhile %.0f commits, p50 <= %gs, p99 <= %gs",
 		total, pubs, r.daemonAlone.rate, r.daemonAlone.cpuPerMsg(), r.subAlone.rate, r.subAlone.cpuPerMsg(),
 		r.daemonBoth.rate, r.daemonBoth.cpuPerMsg(), r.subBoth.rate, r.subBoth.cpuPerMsg(),
-		r.latRate, len(lat), r.p50, r.p99, r.target)
+		r.latRate, len(lat), r.p50, r.p99, r.target, commits.count(), commits.quantile(0.5), commits.quantile(0.99))
 	return r
+}
+
+// promHistogram is a Prometheus histogram's cumulative buckets, by upper
+// bound.
+type promHistogram map[float64]float64
+
+// histogram reads histogram name from /metrics (no labels).
+func histogram(base, name string) promHistogram {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	h := promHistogram{}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	prefix := name + `_bucket{le="`
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), prefix)
+		if !ok {
+			continue
+		}
+		le, v, ok := strings.Cut(rest, `"} `)
+		if !ok {
+			continue
+		}
+		bound, err1 := strconv.ParseFloat(le, 64)
+		n, err2 := strconv.ParseFloat(v, 64)
+		if err1 == nil && err2 == nil {
+			h[bound] = n
+		}
+	}
+	return h
+}
+
+func (h promHistogram) sub(o promHistogram) promHistogram {
+	d := promHistogram{}
+	for k, v := range h {
+		d[k] = v - o[k]
+	}
+	return d
+}
+
+func (h promHistogram) count() float64 { return h[math.Inf(1)] }
+
+// quantile returns the smallest bucket bound holding at least q of the
+// observations.
+func (h promHistogram) quantile(q float64) float64 {
+	bounds := slices.Sorted(maps.Keys(h))
+	for _, b := range bounds {
+		if h[b] >= q*h.count() {
+			return b
+		}
+	}
+	return math.Inf(1)
 }
 
 // benchWait polls cond every 50 ms until it holds or within passes.
