@@ -21,8 +21,8 @@ type Stats struct {
 	AcksPending int64
 	// PendingBytes is the memory those unacknowledged messages are
 	// counted for (twice the payload plus 512 B each);
-	// PendingBytesMax its high-water mark since NewBroker. Both stay at or
-	// under BrokerOptions.MaxPendingBytes (or one message, if larger).
+	// PendingBytesMax its high-water mark since NewClient. Both stay at or
+	// under ClientOptions.MaxPendingBytes (or one message, if larger).
 	PendingBytes, PendingBytesMax int64
 	Reconnects                    uint64
 	// Overflow counts messages that found the queue full or would have
@@ -68,12 +68,12 @@ type deviceCounters struct {
 	streams                                              atomic.Int64
 }
 
-type brokerCounters struct {
+type clientCounters struct {
 	overflow, refused, unmatched, retained, redelivered, triggers atomic.Uint64
 }
 
 // Stats returns a snapshot of the broker's counters.
-func (b *Broker) Stats() Stats {
+func (b *Client) Stats() Stats {
 	st := b.tracker.Status()
 	s := Stats{
 		Broker:          b.o.ID,
@@ -113,7 +113,7 @@ func (b *Broker) Stats() Stats {
 // the broker id as a constant label, so several brokers register side by
 // side on one registry.
 type collector struct {
-	b *Broker
+	b *Client
 
 	messages, bytes, decodeErrors, oversize, writeErrors, devPending *prometheus.Desc
 	rejected, streams                                                *prometheus.Desc
@@ -122,7 +122,7 @@ type collector struct {
 	unmatched, retained, redelivered, triggers                       *prometheus.Desc
 }
 
-func newCollector(b *Broker) *collector {
+func newCollector(b *Client) *collector {
 	cl := prometheus.Labels{"broker": b.o.ID}
 	dev := []string{"device"}
 	d := func(name, help string, labels []string) *prometheus.Desc {

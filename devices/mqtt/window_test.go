@@ -23,7 +23,7 @@ import (
 // 2.0.11 was seen sending 15,000 at once after an ack burst; this server
 // sends all of them). It redelivers unacknowledged messages with DUP on
 // the next connection, as a real broker's persistent session does, and
-// answers PINGREQ and UNSUBSCRIBE (the Broker's ack barrier). No real
+// answers PINGREQ and UNSUBSCRIBE (the Client's ack barrier). No real
 // broker can be told to ignore its window, hence this server.
 type floodServer struct {
 	t        *testing.T
@@ -172,11 +172,11 @@ func (s *floodServer) flood(conn int, wmu *sync.Mutex, bw *bufio.Writer) {
 
 // TestMaxPendingBytesHoldsAgainstAFlood: a server that ignores its
 // in-flight window (floodServer) sends 300 QoS 1 messages of 4000 B at
-// once while the sink makes nothing durable. What the Broker holds
+// once while the sink makes nothing durable. What the Client holds
 // unacknowledged stays at or under MaxPendingBytes (Stats.PendingBytesMax,
 // the high-water mark of the counted bytes), the server receives no PUBACK
 // at all while nothing is durable, and no PUBACK on the first connection
-// for a message beyond the limit. Once the sink drains, the Broker
+// for a message beyond the limit. Once the sink drains, the Client
 // reconnects as often as it takes and every message is stored and
 // acknowledged, with the bound holding throughout.
 func TestMaxPendingBytesHoldsAgainstAFlood(t *testing.T) {
@@ -192,7 +192,7 @@ func TestMaxPendingBytesHoldsAgainstAFlood(t *testing.T) {
 		payloads[i] = []byte(head + strings.Repeat("x", size-len(head)-2) + `"}`)
 	}
 	srv := newFloodServer(t, payloads)
-	b, err := NewBroker(BrokerOptions{
+	b, err := NewClient(ClientOptions{
 		ID: "flood", URL: srv.url(), ClientID: "episoded-flood",
 		MaxPendingBytes: limit,
 		// Long enough to wait for the gated sink below; the test opens the
@@ -207,7 +207,7 @@ func TestMaxPendingBytesHoldsAgainstAFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	sink := newMemSink(5 * time.Millisecond) // gated: run() is not started yet
-	runBroker(t, b, sink)
+	runClient(t, b, sink)
 
 	// The flood hits the bound: the first message beyond it is refused.
 	waitFor(t, 60*time.Second, "the flood to reach max_pending_bytes", func() bool {
