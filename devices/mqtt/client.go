@@ -419,9 +419,9 @@ func (b *Client) clientOptions(gen uint64, lost, subscribed chan error) (*paho.C
 		SetOrderMatters(true).    // one router goroutine calls our handler in order
 		SetAutoAckDisabled(true). // acknowledged once durable
 		SetResumeSubs(false).
-		SetProtocolVersion(4).           // MQTT 3.1.1, no fallback to 3.1
+		SetProtocolVersion(4).                    // MQTT 3.1.1, no fallback to 3.1
 		SetCustomOpenConnectionFn(b.dialer(gen)). // buffered reads, coalesced writes (conn.go)
-		SetStore(nopStore{}).            // the broker's session redelivers, not paho
+		SetStore(nopStore{}).                     // the broker's session redelivers, not paho
 		SetKeepAlive(b.o.KeepAlive).
 		SetPingTimeout(max(b.o.KeepAlive/2, time.Second)).
 		SetConnectTimeout(connectTimeout).
