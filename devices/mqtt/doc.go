@@ -13,8 +13,12 @@
 // and triggers share the one connection per broker.
 //
 // Goroutines while running: paho's (reader, router, writer), one worker
-// that routes, decodes and writes to the sink in arrival order, and one
-// acker that sends acknowledgements.
+// that routes, decodes and writes to the sink in arrival order, one acker
+// that sends acknowledgements, and the connection's write flusher
+// (conn.go). The acker writes the PUBACKs of the current session's QoS 1
+// messages straight to the connection, a batch per write, bypassing
+// paho's per-message Ack (a packet object and two goroutine hand-offs
+// each); paho keeps no state for them, since its store is a no-op.
 //
 // # No loss: QoS 1, persistent session, acknowledge when durable
 //
