@@ -59,13 +59,20 @@ func runDemo(t *testing.T, n int) (string, string) {
 	<-d.Ready()
 	waitUntil(t, 2*time.Minute, fmt.Sprintf("%d episodes uploaded", n), func() bool { return countManifests(central) >= n }, nil)
 	// Stop the triggers' next episode from racing the builds: finish what
-	// is recording and upload it.
-	ctx, c2 := context.WithTimeout(context.Background(), time.Minute)
+	// is recording and upload it, stop the simulator (no trigger starts
+	// another), then finish again: a trigger may have started an episode
+	// between the first Finish's stop and stopSim, which is likelier on a
+	// loaded machine, where Finish takes longer. Then the uploads are
+	// final, and every build below sees the same episodes.
+	ctx, c2 := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer c2()
 	if err := d.Finish(ctx); err != nil {
 		t.Fatal(err)
 	}
 	stopSim()
+	if err := d.Finish(ctx); err != nil {
+		t.Fatal(err)
+	}
 	return dir, "http://" + d.Addr()
 }
 
