@@ -36,9 +36,10 @@ type Options struct {
 	// second plus this long after its window ends, so that samples still
 	// in flight (device latency, the last commit) are in it.
 	SyncInterval time.Duration
-	// Settled, if set, is called on the cell's worker after an episode is
-	// stored closed or interrupted with its final report (wake the
-	// uploader); once per episode.
+	// Settled, if set, is called after an episode is stored closed or
+	// interrupted with its final report (wake the uploader): on the
+	// cell's worker, or in Recover for an episode a crash left open; once
+	// per episode. It must not block.
 	Settled func(episode.Episode)
 	// TimeSync, if set, reads the kernel's time-sync state as an episode
 	// closes (provenance).
@@ -56,13 +57,14 @@ type CellOptions struct {
 	ID string
 	// Preroll and Postroll widen each episode's window.
 	Preroll, Postroll time.Duration
-	// MaxDuration rolls an episode over into a new, linked one; 0 never.
+	// MaxDuration rolls an episode over into a new, linked one; 0 never,
+	// else at least a second.
 	MaxDuration time.Duration
 	// IdleTimeout stops an episode when no sample arrived on the cell for
 	// this long; 0 never.
 	IdleTimeout time.Duration
 	// GapFactor: a telemetry gap longer than GapFactor times the stream's
-	// typical period counts as a gap. Default DefaultGapFactor.
+	// typical period counts as a gap; at least 1. Default DefaultGapFactor.
 	GapFactor float64
 	// MinCoverage, MaxAlignmentBound and RequiredStreams are the verdict's
 	// thresholds (ingest.QualityOptions).
@@ -171,10 +173,13 @@ func (o CellOptions) Validate() error {
 	if err := o.machine().Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if o.GapFactor < 0 {
-		errs = append(errs, fmt.Errorf("cell %q: gap factor %v is negative", o.ID, o.GapFactor))
+	if o.MaxDuration > 0 && o.MaxDuration < time.Second {
+		errs = append(errs, fmt.Errorf("cell %q: max duration %s: must be at least 1s", o.ID, o.MaxDuration))
 	}
-	if o.MinCoverage < 0 || o.MinCoverage > 1 {
+	if !(o.GapFactor >= 1) {
+		errs = append(errs, fmt.Errorf("cell %q: gap factor %v: must be at least 1", o.ID, o.GapFactor))
+	}
+	if !(o.MinCoverage >= 0 && o.MinCoverage <= 1) {
 		errs = append(errs, fmt.Errorf("cell %q: min coverage %v is not in [0, 1]", o.ID, o.MinCoverage))
 	}
 	if o.MaxAlignmentBound < 0 {
