@@ -2,6 +2,12 @@ package config
 
 import (
 	"os"
+
+	"github.com/episoded/episoded/devices"
+	"github.com/episoded/episoded/devices/mqtt"
+	"github.com/episoded/episoded/devices/rtsp"
+	"github.com/episoded/episoded/ingest"
+	"github.com/episoded/episoded/storage"
 	"path/filepath"
 	"reflect"
 	"strconv"
@@ -182,26 +188,46 @@ cells: [{id: c1, devices: [cam, arm]}]
 }
 
 // TestDefaultsDocumented keeps docs/CONFIG.md, the reference for users, in
-// step with defaults.go.
+// step with the defaults: the components' exported constants (where each
+// default is defined) and the effective config EnsureDefaults makes from
+// them.
 func TestDefaultsDocumented(t *testing.T) {
 	doc, err := os.ReadFile("../../docs/CONFIG.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var cfg Config
-	cfg.ApplyDefaults()
+	cfg.EnsureDefaults()
+	size := func(n int64) string { return ByteSize(n).String() }
 	for _, v := range []string{
 		cfg.Log.Level, cfg.Log.Format, cfg.ShutdownTimeout.String(), cfg.API.Listen, cfg.Storage.Dir,
-		cfg.Storage.SyncInterval.String(), cfg.Storage.MinFree.String(), cfg.Storage.FullPolicy,
-		cfg.Storage.Retention.String(), cfg.Storage.TimelineRetention.String(), DefaultKeepAlive.String(),
-		DefaultBackoffMin.String(), DefaultBackoffMax.String(), DefaultReadTimeout.String(),
-		DefaultMaxPayload.String(), strconv.Itoa(DefaultMaxStreams), strconv.Itoa(DefaultMaxAttempts), DefaultPartSize.String(), DefaultRetryMin.String(), DefaultRetryMax.String(),
-		DefaultTimezone, DefaultPriorityLabel, DefaultSyncMode,
-		strconv.FormatFloat(DefaultMinCoverage, 'g', -1, 64), DefaultMaxAlignBound.String(),
+		// storage
+		storage.DefaultSyncInterval.String(), DefaultMinFree.String(), storage.DefaultFullPolicy,
+		storage.DefaultRetention.String(), storage.DefaultTimelineRetention.String(), storage.MaxSyncInterval.String(),
+		// brokers and devices
+		mqtt.DefaultKeepAlive.String(), devices.DefaultBackoffMin.String(), devices.DefaultBackoffMax.String(),
+		rtsp.DefaultTransport, rtsp.DefaultClock, rtsp.DefaultReadTimeout.String(),
+		mqtt.DefaultStream, mqtt.DefaultFormat, mqtt.DefaultTimeUnit, size(mqtt.DefaultMaxPayload), size(mqtt.MaxMaxPayload),
+		strconv.Itoa(mqtt.DefaultMaxStreams), strconv.Itoa(mqtt.MaxMaxStreams),
+		// cells
+		strconv.FormatFloat(ingest.DefaultGapFactor, 'g', -1, 64),
+		strconv.FormatFloat(ingest.DefaultMinCoverage, 'g', -1, 64), ingest.DefaultMaxAlignmentBound.String(),
+		// sync
+		strconv.Itoa(DefaultMaxAttempts), DefaultPartSize.String(), DefaultRetryMin.String(), DefaultRetryMax.String(),
+		DefaultTimezone, DefaultPriorityLabel, DefaultSyncMode, strconv.Itoa(DefaultConcurrency),
 	} {
 		if !strings.Contains(string(doc), "`"+v+"`") {
 			t.Errorf("docs/CONFIG.md does not mention the default `%s`", v)
 		}
+	}
+	// The effective config is made of those constants.
+	d := Config{Gateway: Gateway{ID: "g"}, Devices: []Device{{ID: "c", Type: DeviceRTSP}, {ID: "m", Type: DeviceMQTT, TimeField: "t"}}, Brokers: []Broker{{ID: "b"}}}
+	d.EnsureDefaults()
+	if d.Storage.SyncInterval != storage.DefaultSyncInterval || d.Storage.FullPolicy != storage.DefaultFullPolicy ||
+		d.Brokers[0].KeepAlive != mqtt.DefaultKeepAlive || d.Brokers[0].Backoff.Max != devices.DefaultBackoffMax ||
+		d.Devices[0].ReadTimeout != rtsp.DefaultReadTimeout || d.Devices[0].Transport != rtsp.DefaultTransport ||
+		d.Devices[1].TimeUnit != mqtt.DefaultTimeUnit || d.Devices[1].Clock != mqtt.ClockPayload || d.Devices[1].MaxStreams != mqtt.DefaultMaxStreams {
+		t.Errorf("EnsureDefaults does not give the components' defaults: %+v", d)
 	}
 }
 

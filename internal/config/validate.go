@@ -11,15 +11,14 @@ import (
 	"time"
 
 	"github.com/episoded/episoded/internal/redact"
-	"github.com/episoded/episoded/storage"
 )
 
-// maxStreamsLimit caps max_streams: every stream costs ingest state, a
-// status row and metric series.
-const maxStreamsLimit = 10000
-
 // Validate reports every problem in c at once; nil means valid. It expects
-// ApplyDefaults to have run.
+// EnsureDefaults to have run. The keys that become component options are
+// checked by the components' own Validate methods, on the options
+// Components builds (the same options the daemon starts with); this file
+// checks only what belongs to no component: ids, references between
+// sections, the API's access settings, cells and the sync section.
 func (c *Config) Validate() error {
 	if p := c.problems(); len(p) > 0 {
 		return &Error{File: "(in memory)", Problems: p}
@@ -58,8 +57,29 @@ func (p *problems) nonNegative(where string, d time.Duration) {
 }
 
 func (p *problems) backoff(where string, b Backoff) {
-	if b.Min <= 0 || b.Max < b.Min {
-		p.addf("%s: need 0 < min <= max (got min %s, max %s)", where, b.Min, b.Max)
+	bp := policy(b)
+	if err := bp.Validate(); err != nil {
+		p.addf("%s: %v", where, err)
+	}
+}
+
+// component adds the problems a component's Validate reported, each
+// prefixed with where the component's keys sit in the file (each problem
+// starts with its key, so "devices[cam]" and "transport: ..." make
+// "devices[cam].transport: ..."). An "id" problem is dropped: ids are
+// checked here, more strictly (p.id), under the section's index.
+func (p *problems) component(where string, err error) {
+	if err == nil {
+		return
+	}
+	errs := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		errs = j.Unwrap()
+	}
+	for _, e := range errs {
+		if msg := e.Error(); !strings.HasPrefix(msg, "id: ") {
+			p.addf("%s.%s", where, msg)
+		}
 	}
 }
 
@@ -77,25 +97,13 @@ func (c *Config) problems() []string {
 		p.addf("shutdown_timeout: must be positive")
 	}
 	c.apiAccessProblems(&p)
-	if c.API.WebRTC.UDPPort < 0 || c.API.WebRTC.UDPPort > 65535 {
-		p.addf("api.webrtc.udp_port: %d is out of range", c.API.WebRTC.UDPPort)
-	}
 
-	s := c.Storage
-	if s.Dir == "" {
-		p.addf("storage.dir: is required")
-	}
-	if s.SyncInterval <= 0 || s.SyncInterval > 10*time.Second {
-		p.addf("storage.sync_interval: must be between 0 and 10s (got %s)", s.SyncInterval)
-	}
-	if s.Quota < 0 || (s.MinFree != nil && *s.MinFree < 0) {
-		p.addf("storage: quota and min_free must not be negative")
-	}
-	if err := storage.CheckQuota(int64(s.Quota)); err != nil {
-		p.addf("storage.quota: %v", err)
-	}
-	p.oneOf("storage.full_policy", s.FullPolicy, "reject-new", "evict-oldest")
-	p.nonNegative("storage.retention", s.Retention)
+	so := c.storageOptions()
+	so.EnsureDefaults()
+	p.component("storage", so.Validate())
+	wo := c.API.WebRTC.options()
+	wo.EnsureDefaults()
+	p.component("api.webrtc", wo.Validate())
 
 	brokers := map[string]bool{}
 	for i, b := range c.Brokers {
@@ -105,22 +113,9 @@ func (c *Config) problems() []string {
 			p.addf("%s: duplicate broker id %q", where, b.ID)
 		}
 		brokers[b.ID] = true
-		where = fmt.Sprintf("brokers[%s]", b.ID)
-		if u, err := url.Parse(b.URL); err != nil || u.Host == "" {
-			p.addf("%s.url: %q is not a broker URL such as tcp://host:1883", where, redactURL(b.URL))
-		} else {
-			p.oneOf(where+".url scheme", u.Scheme, "tcp", "ssl", "tls", "mqtt", "mqtts", "ws", "wss")
-			if u.User != nil {
-				p.addf("%s.url: put credentials in username and password_file, not in the URL", where)
-			}
-		}
-		if b.KeepAlive < time.Second {
-			p.addf("%s.keepalive: must be at least 1s", where)
-		}
-		if (b.TLS.CertFile == "") != (b.TLS.KeyFile == "") {
-			p.addf("%s.tls: cert_file and key_file go together", where)
-		}
-		p.backoff(where+".backoff", b.Backoff)
+		o := c.Brokers[i].options()
+		o.EnsureDefaults()
+		p.component(fmt.Sprintf("brokers[%s]", b.ID), o.Validate())
 	}
 
 	devices := map[string]*Device{}
@@ -134,25 +129,26 @@ func (c *Config) problems() []string {
 		}
 		devices[d.ID] = d
 		where = fmt.Sprintf("devices[%s]", d.ID)
-		p.nonNegative(where+".latency", d.Latency)
 		if !(d.Rate >= 0 && d.Rate <= 1e6) {
 			p.addf("%s.rate: %v Hz is not between 0 (learn it) and 1000000", where, d.Rate)
 		}
 		switch d.Type {
 		case DeviceRTSP:
-			if u, err := url.Parse(d.URL); err != nil || u.Host == "" || (u.Scheme != "rtsp" && u.Scheme != "rtsps") {
-				p.addf("%s.url: %q is not an rtsp:// or rtsps:// URL", where, redactURL(d.URL))
-			}
-			p.oneOf(where+".transport", d.Transport, "tcp", "udp", "auto")
-			p.oneOf(where+".clock", d.Clock, "rtcp", "arrival")
-			if d.ReadTimeout <= 0 {
-				p.addf("%s.read_timeout: must be positive", where)
-			}
-			p.backoff(where+".backoff", d.Backoff)
+			o := d.rtspOptions()
+			o.EnsureDefaults()
+			p.component(where, o.Validate())
 		case DeviceWHIP:
 			p.oneOf(where+".clock", d.Clock, "rtcp", "arrival")
+			p.nonNegative(where+".latency", d.Latency)
 		case DeviceMQTT:
-			c.mqttDeviceProblems(&p, where, d, brokers)
+			if d.Broker == "" {
+				p.addf("%s.broker: is required for mqtt devices", where)
+			} else if !brokers[d.Broker] {
+				p.addf("%s.broker: broker %q is not defined under brokers", where, d.Broker)
+			}
+			o := d.mqttOptions()
+			o.EnsureDefaults()
+			p.component(where, o.Validate())
 		default:
 			p.addf("%s.type: %q is not one of rtsp, mqtt, whip", where, d.Type)
 		}
@@ -225,90 +221,6 @@ func (c *Config) problems() []string {
 
 	c.syncProblems(&p)
 	return p
-}
-
-var timeFieldUnits = []string{"s", "ms", "us", "ns", "rfc3339"}
-
-var pointTypes = map[string]int{"uint8": 1, "int8": 1, "uint16": 2, "int16": 2, "uint32": 4, "int32": 4, "float32": 4, "float64": 8}
-
-func (c *Config) mqttDeviceProblems(p *problems, where string, d *Device, brokers map[string]bool) {
-	if d.Broker == "" {
-		p.addf("%s.broker: is required for mqtt devices", where)
-	} else if !brokers[d.Broker] {
-		p.addf("%s.broker: broker %q is not defined under brokers", where, d.Broker)
-	}
-	if len(d.Topics) == 0 {
-		p.addf("%s.topics: list at least one topic filter", where)
-	}
-	for _, t := range d.Topics {
-		if !validTopicFilter(t) {
-			p.addf("%s.topics: %q is not a valid MQTT topic filter", where, t)
-		}
-	}
-	p.oneOf(where+".format", d.Format, "json", "cbor", "raw", "pointcloud")
-	p.oneOf(where+".clock", d.Clock, "payload", "arrival")
-	if d.TimeField != "" {
-		p.oneOf(where+".time_unit", d.TimeUnit, timeFieldUnits...)
-		if d.Format != "json" && d.Format != "cbor" {
-			p.addf("%s.time_field: only json and cbor payloads have fields", where)
-		}
-	}
-	if d.Clock == "payload" && d.TimeField == "" && (d.Layout == nil || d.Layout.TimeOffset < 0) {
-		p.addf("%s.clock: payload time needs time_field (or layout.time_offset for pointcloud)", where)
-	}
-	if d.MaxPayload <= 0 || d.MaxPayload > 256<<20 {
-		p.addf("%s.max_payload: must be between 1 byte and 256MiB", where)
-	}
-	if d.MaxStreams < 1 || d.MaxStreams > maxStreamsLimit {
-		p.addf("%s.max_streams: %d must be between 1 and %d", where, d.MaxStreams, maxStreamsLimit)
-	}
-	if d.Format != "pointcloud" {
-		if d.Layout != nil {
-			p.addf("%s.layout: only format pointcloud has a layout", where)
-		}
-		return
-	}
-	l := d.Layout
-	if l == nil {
-		p.addf("%s.layout: format pointcloud needs a layout", where)
-		return
-	}
-	if l.Stride <= 0 || l.HeaderSize < 0 {
-		p.addf("%s.layout: stride must be positive and header_size not negative", where)
-	}
-	if l.TimeOffset >= 0 && l.TimeOffset+8 > l.HeaderSize {
-		p.addf("%s.layout.time_offset: the int64 time at %d does not fit in a %d-byte header (use -1 for arrival time)", where, l.TimeOffset, l.HeaderSize)
-	}
-	if len(l.Fields) == 0 {
-		p.addf("%s.layout.fields: list at least one field", where)
-	}
-	for _, f := range l.Fields {
-		size, ok := pointTypes[f.Type]
-		switch {
-		case f.Name == "":
-			p.addf("%s.layout.fields: every field needs a name", where)
-		case !ok:
-			p.addf("%s.layout.fields[%s].type: %q is not one of uint8, int8, uint16, int16, uint32, int32, float32, float64", where, f.Name, f.Type)
-		case f.Offset < 0 || f.Offset+size > l.Stride:
-			p.addf("%s.layout.fields[%s]: offset %d does not fit in stride %d", where, f.Name, f.Offset, l.Stride)
-		}
-	}
-}
-
-func validTopicFilter(t string) bool {
-	if t == "" {
-		return false
-	}
-	levels := strings.Split(t, "/")
-	for i, l := range levels {
-		if l == "#" && i != len(levels)-1 {
-			return false
-		}
-		if l != "#" && l != "+" && strings.ContainsAny(l, "+#") {
-			return false
-		}
-	}
-	return true
 }
 
 func (c *Config) syncProblems(p *problems) {

@@ -27,19 +27,10 @@ type statusSource interface {
 }
 
 // openStore opens the store with the config's storage section.
-func openStore(cfg *config.Config, d *Daemon) (*storage.Store, error) {
-	s := cfg.Storage
-	store, err := storage.Open(storage.Options{
-		Dir:               s.Dir,
-		SyncInterval:      s.SyncInterval,
-		Quota:             int64(s.Quota),
-		MinFree:           int64(*s.MinFree),
-		FullPolicy:        s.FullPolicy,
-		Retention:         s.Retention,
-		TimelineRetention: s.TimelineRetention,
-		Logger:            d.log,
-		Registerer:        d.reg,
-	})
+func openStore(d *Daemon) (*storage.Store, error) {
+	o := d.opts.Storage
+	o.Logger, o.Registerer = d.log, d.reg
+	store, err := storage.Open(o)
 	if err != nil {
 		return nil, err // storage names the directory and the operation
 	}
@@ -57,73 +48,45 @@ func deviceCells(cfg *config.Config) map[string]string {
 	return m
 }
 
-func backoff(b config.Backoff) devices.BackoffPolicy {
-	return devices.BackoffPolicy{Min: b.Min, Max: b.Max}
-}
-
 // buildDevices creates the cameras, brokers (with their devices and cell
 // triggers) and the WebRTC server. It starts nothing.
 func (d *Daemon) buildDevices() error {
 	cfg := d.cfg
 	brokers := map[string]*mqtt.Broker{}
-	for _, b := range cfg.Brokers {
-		br, err := mqtt.NewBroker(mqtt.BrokerOptions{
-			ID: b.ID, URL: b.URL, ClientID: b.ClientID, Username: b.Username, Password: b.Password.Value(),
-			KeepAlive: b.KeepAlive, Backoff: backoff(b.Backoff),
-			TLS:    mqtt.TLSOptions{CAFile: b.TLS.CAFile, CertFile: b.TLS.CertFile, KeyFile: b.TLS.KeyFile, InsecureSkipVerify: b.TLS.InsecureSkipVerify},
-			Logger: d.log, Registerer: d.reg,
-		})
+	for _, o := range d.opts.Brokers {
+		o.Logger, o.Registerer = d.log, d.reg
+		br, err := mqtt.NewBroker(o)
 		if err != nil {
-			return fmt.Errorf("broker %s: %w", b.ID, err)
+			return fmt.Errorf("broker %s: %w", o.ID, err)
 		}
-		brokers[b.ID] = br
+		brokers[o.ID] = br
+	}
+	for _, o := range d.opts.Cameras {
+		o.Logger, o.Registerer = d.log, d.reg
+		cam, err := rtsp.New(o)
+		if err != nil {
+			return fmt.Errorf("device %s: %w", o.Device, err)
+		}
+		d.sources = append(d.sources, cam)
+		d.deviceComps = append(d.deviceComps, component{name: "rtsp " + o.Device, run: func(ctx context.Context) error { return cam.Run(ctx, d.pipe) }})
+	}
+	for _, m := range d.opts.MQTTDevices {
+		if err := brokers[m.Broker].AddDevice(m.Options); err != nil {
+			return fmt.Errorf("device %s: %w", m.Options.Device, err)
+		}
 	}
 	for _, dev := range cfg.Devices {
-		switch dev.Type {
-		case config.DeviceRTSP:
-			cam, err := rtsp.New(rtsp.Options{
-				Device: dev.ID, Stream: dev.Stream, URL: dev.URL, Transport: dev.Transport,
-				Username: dev.Username, Password: dev.Password.Value(), Clock: dev.Clock,
-				Latency: dev.Latency, ReadTimeout: dev.ReadTimeout, Backoff: backoff(dev.Backoff),
-				Logger: d.log, Registerer: d.reg,
-			})
-			if err != nil {
-				return fmt.Errorf("device %s: %w", dev.ID, err)
-			}
-			d.sources = append(d.sources, cam)
-			d.deviceComps = append(d.deviceComps, component{name: "rtsp " + dev.ID, run: func(ctx context.Context) error { return cam.Run(ctx, d.pipe) }})
-		case config.DeviceMQTT:
-			do := mqtt.DeviceOptions{
-				Device: dev.ID, Topics: dev.Topics, Stream: dev.Stream, Format: dev.Format,
-				TimeUnit: dev.TimeUnit, Latency: dev.Latency,
-				MaxPayload: int64(dev.MaxPayload), MaxStreams: dev.MaxStreams, TimeOffset: -1,
-			}
-			payloadClock := dev.Clock == "payload"
-			if payloadClock {
-				do.TimeField = dev.TimeField
-			}
-			if l := dev.Layout; l != nil {
-				do.Layout = &sample.PointLayout{HeaderSize: l.HeaderSize, Stride: l.Stride}
-				for _, f := range l.Fields {
-					do.Layout.Fields = append(do.Layout.Fields, sample.PointField{Name: f.Name, Offset: f.Offset, Type: f.Type})
-				}
-				if payloadClock {
-					do.TimeOffset = l.TimeOffset
-				}
-			}
-			if err := brokers[dev.Broker].AddDevice(do); err != nil {
-				return fmt.Errorf("device %s: %w", dev.ID, err)
-			}
-		case config.DeviceWHIP:
-			clock := sample.ClockDevice
-			if dev.Clock == "arrival" {
-				clock = sample.ClockArrival
-			}
-			d.rtc.AddWHIPStream(sample.Descriptor{
-				Stream: dev.Stream, Kind: sample.KindVideo, Codec: sample.CodecH264, Device: dev.ID,
-				Source: "whip", Clock: clock, Latency: int64(dev.Latency),
-			})
+		if dev.Type != config.DeviceWHIP {
+			continue
 		}
+		clock := sample.ClockDevice
+		if dev.Clock == "arrival" {
+			clock = sample.ClockArrival
+		}
+		d.rtc.AddWHIPStream(sample.Descriptor{
+			Stream: dev.Stream, Kind: sample.KindVideo, Codec: sample.CodecH264, Device: dev.ID,
+			Source: "whip", Clock: clock, Latency: int64(dev.Latency),
+		})
 	}
 	for _, c := range cfg.Cells {
 		if c.Trigger == nil {

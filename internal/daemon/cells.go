@@ -497,7 +497,7 @@ func (c *cells) finalReport(ctx context.Context, cell *config.Cell, e *episode.E
 		cfg = *cell
 	} else {
 		tmp := config.Config{Cells: []config.Cell{{}}}
-		tmp.ApplyDefaults()
+		tmp.EnsureDefaults()
 		cfg = tmp.Cells[0]
 	}
 	q, err := c.report(ctx, cfg.GapFactor, *e)

@@ -56,7 +56,7 @@ func newCloseRig(t testing.TB, n int) *closeRig {
 		cfg.Devices = append(cfg.Devices, config.Device{ID: id, Type: config.DeviceRTSP, URL: "rtsp://127.0.0.1:1/" + id, Clock: "arrival", Rate: 30})
 		cfg.Cells[0].Devices = append(cfg.Cells[0].Devices, id)
 	}
-	cfg.ApplyDefaults()
+	cfg.EnsureDefaults()
 	log := slog.New(slog.DiscardHandler)
 	clock := newFakeClock(time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC).UnixNano())
 	pipe := newPipeline(store, log, nil)
