@@ -116,7 +116,7 @@ func NewBroker(o BrokerOptions) (*Broker, error) {
 	o.EnsureDefaults()
 	err := o.Validate()
 	if err == nil {
-		err = o.TLS.CheckFiles()
+		err = o.TLS.checkFiles()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("mqtt broker %s: %w", o.ID, err)

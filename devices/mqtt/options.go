@@ -131,7 +131,7 @@ func (o *BrokerOptions) EnsureDefaults() {
 // Validate reports every problem at once (joined with errors.Join; each
 // problem starts with the config key it is about). Messages never carry
 // the password, and the URL is redacted. It reads no file: NewBroker also
-// loads the TLS files (CheckFiles). It expects EnsureDefaults to have run.
+// loads the TLS files (checkFiles). It expects EnsureDefaults to have run.
 func (o *BrokerOptions) Validate() error {
 	var errs []error
 	if o.ID == "" {
@@ -153,9 +153,9 @@ func (o *BrokerOptions) Validate() error {
 	return errors.Join(errs...)
 }
 
-// CheckFiles reads the TLS files, as every connection attempt will, and
+// checkFiles reads the TLS files, as every connection attempt will, and
 // reports what is wrong with them; nil when no file is named.
-func (t TLSOptions) CheckFiles() error {
+func (t TLSOptions) checkFiles() error {
 	if !t.hasFiles() {
 		return nil
 	}

@@ -130,16 +130,6 @@ func (p *parser) parse(data []byte, baseDir string) *Config {
 	p.resolveSecrets(cfg, baseDir)
 	cfg.EnsureDefaults()
 	p.problems = append(p.problems, cfg.problems()...)
-	if p.want&SecretDevices != 0 {
-		// The broker TLS files (a key among them) are read like the
-		// device secrets: as the daemon's start-up (mqtt.NewBroker) reads
-		// them, so that the check and the start-up agree.
-		for i := range cfg.Brokers {
-			if err := cfg.Brokers[i].options().TLS.CheckFiles(); err != nil {
-				p.addf("brokers[%s].%v", cfg.Brokers[i].ID, err)
-			}
-		}
-	}
 	return cfg
 }
 
