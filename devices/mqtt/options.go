@@ -18,7 +18,7 @@ import (
 	"github.com/episoded/episoded/sample"
 )
 
-// Defaults and limits for BrokerOptions and DeviceOptions. internal/config
+// Defaults and limits for ClientOptions and DeviceOptions. internal/config
 // fills the config file's brokers and mqtt devices from these.
 const (
 	DefaultKeepAlive    = 30 * time.Second
@@ -55,9 +55,9 @@ const (
 	FormatPointCloud = "pointcloud"
 )
 
-// BrokerOptions configure one broker connection, shared by every device and
-// trigger added to the Broker.
-type BrokerOptions struct {
+// ClientOptions configure one client connection to a broker, shared by
+// every device and trigger added to the Client.
+type ClientOptions struct {
 	// ID names the broker in logs, metrics and status (required).
 	ID string
 	// URL is tcp://, mqtt://, ssl://, tls://, mqtts://, ws:// or wss://
@@ -112,7 +112,7 @@ type TLSOptions struct {
 var brokerSchemes = map[string]bool{"tcp": true, "mqtt": true, "ssl": true, "tls": true, "mqtts": true, "ws": true, "wss": true}
 
 // EnsureDefaults fills unset fields with their defaults. It is idempotent.
-func (o *BrokerOptions) EnsureDefaults() {
+func (o *ClientOptions) EnsureDefaults() {
 	if o.ClientID == "" && o.ID != "" {
 		o.ClientID = "episoded-" + o.ID
 	}
@@ -130,9 +130,9 @@ func (o *BrokerOptions) EnsureDefaults() {
 
 // Validate reports every problem at once (joined with errors.Join; each
 // problem starts with the config key it is about). Messages never carry
-// the password, and the URL is redacted. It reads no file: NewBroker also
+// the password, and the URL is redacted. It reads no file: NewClient also
 // loads the TLS files (checkFiles). It expects EnsureDefaults to have run.
-func (o *BrokerOptions) Validate() error {
+func (o *ClientOptions) Validate() error {
 	var errs []error
 	if o.ID == "" {
 		errs = append(errs, errors.New("id: is required"))

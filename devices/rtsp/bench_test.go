@@ -23,6 +23,7 @@ import (
 	"github.com/bluenviron/gortsplib/v4/pkg/format"
 
 	"github.com/episoded/episoded/assets"
+	"github.com/episoded/episoded/internal/testclip"
 )
 
 // Environment variables of the benchmark.
@@ -196,19 +197,10 @@ func BenchmarkRecord8Streams(b *testing.B) {
 	// A real 1080p30 clip at ~4 Mbit/s CBR, 4 s, looped by the server.
 	dir := b.TempDir()
 	clipPath := filepath.Join(dir, "bench.h264")
-	gen := exec.Command(ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-		"-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30", "-t", "4",
-		"-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-profile:v", "baseline",
-		"-b:v", "4M", "-minrate", "4M", "-maxrate", "4M", "-bufsize", "2M", "-g", "30", "-bf", "0",
-		"-x264-params", "nal-hrd=cbr:force-cfr=1:scenecut=0", "-bsf:v", "h264_mp4toannexb", "-f", "h264", clipPath)
-	if out, err := gen.CombinedOutput(); err != nil {
-		b.Fatalf("make bench clip: %v\n%s", err, out)
-	}
-	st, err := os.Stat(clipPath)
+	mbps, err := testclip.HD1080p30.Write(ffmpeg, clipPath)
 	if err != nil {
-		b.Fatal(err)
+		b.Fatalf("make bench clip: %v", err)
 	}
-	mbps := float64(st.Size()) * 8 / 4 / 1e6
 
 	addr := freeAddr(b)
 	server := exec.Command(os.Args[0], "-test.run=^$")

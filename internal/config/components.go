@@ -20,7 +20,7 @@ import (
 type Components struct {
 	Storage storage.Options
 	// Brokers are the MQTT connections, in config order.
-	Brokers []mqtt.BrokerOptions
+	Brokers []mqtt.ClientOptions
 	// MQTTDevices are the mqtt devices, in config order, each with the id
 	// of the broker it is added to.
 	MQTTDevices []MQTTDevice
@@ -76,8 +76,8 @@ func (c *Config) storageOptions() storage.Options {
 
 func policy(b Backoff) devices.BackoffPolicy { return devices.BackoffPolicy{Min: b.Min, Max: b.Max} }
 
-func (b *Broker) options() mqtt.BrokerOptions {
-	return mqtt.BrokerOptions{
+func (b *Broker) options() mqtt.ClientOptions {
+	return mqtt.ClientOptions{
 		ID: b.ID, URL: b.URL, ClientID: b.ClientID, Username: b.Username, Password: b.Password.Value(),
 		KeepAlive: b.KeepAlive, Backoff: policy(b.Backoff),
 		TLS: mqtt.TLSOptions{CAFile: b.TLS.CAFile, CertFile: b.TLS.CertFile, KeyFile: b.TLS.KeyFile, InsecureSkipVerify: b.TLS.InsecureSkipVerify},

@@ -52,10 +52,10 @@ func deviceCells(cfg *config.Config) map[string]string {
 // triggers) and the WebRTC server. It starts nothing.
 func (d *Daemon) buildDevices() error {
 	cfg := d.cfg
-	brokers := map[string]*mqtt.Broker{}
+	brokers := map[string]*mqtt.Client{}
 	for _, o := range d.opts.Brokers {
 		o.Logger, o.Registerer = d.log, d.reg
-		br, err := mqtt.NewBroker(o)
+		br, err := mqtt.NewClient(o)
 		if err != nil {
 			return fmt.Errorf("broker %s: %w", o.ID, err)
 		}
