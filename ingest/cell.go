@@ -58,6 +58,13 @@ type CellOptions struct {
 	NewID func(now int64) (string, error)
 }
 
+// EnsureDefaults fills unset fields with their defaults. It is idempotent.
+func (o *CellOptions) EnsureDefaults() {
+	if o.NewID == nil {
+		o.NewID = NewV7At
+	}
+}
+
 // Validate reports every invalid field at once.
 func (o CellOptions) Validate() error {
 	var errs []error
@@ -112,11 +119,9 @@ type Cell struct {
 
 // NewCell returns an idle cell.
 func NewCell(o CellOptions) (*Cell, error) {
+	o.EnsureDefaults()
 	if err := o.Validate(); err != nil {
 		return nil, err
-	}
-	if o.NewID == nil {
-		o.NewID = NewV7At
 	}
 	o.Streams = slices.Clone(o.Streams)
 	return &Cell{o: o}, nil
