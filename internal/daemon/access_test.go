@@ -293,10 +293,10 @@ func TestCSRF(t *testing.T) {
 	if got := call(t, base, start, "", map[string]string{"Content-Type": "application/x-www-form-urlencoded"}); got != http.StatusUnsupportedMediaType {
 		t.Errorf("form start without Origin: %d, want 415", got)
 	}
-	if st := d.cells.status(); fmt.Sprint(st) == "" {
+	if st := d.cells.Status(); fmt.Sprint(st) == "" {
 		t.Fatal("no cell status")
 	}
-	for _, c := range d.cells.status() {
+	for _, c := range d.cells.Status() {
 		if c.Recording != nil {
 			t.Fatalf("a refused request started episode %v", c.Recording)
 		}
@@ -331,7 +331,7 @@ func TestStartBodyLimit(t *testing.T) {
 			t.Errorf("chunked %s %s over the limit: %s, want 413", r.method, r.path, res.Status)
 		}
 	}
-	for _, c := range d.cells.status() {
+	for _, c := range d.cells.Status() {
 		if c.Recording != nil {
 			t.Fatalf("an oversized request started episode %v", c.Recording)
 		}

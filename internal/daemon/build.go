@@ -68,7 +68,7 @@ func (d *Daemon) buildDevices() error {
 			return fmt.Errorf("device %s: %w", o.Device, err)
 		}
 		d.sources = append(d.sources, cam)
-		d.deviceComps = append(d.deviceComps, component{name: "rtsp " + o.Device, run: func(ctx context.Context) error { return cam.Run(ctx, d.pipe) }})
+		d.deviceComps = append(d.deviceComps, component{name: "rtsp " + o.Device, run: func(ctx context.Context) error { return cam.Run(ctx, d.sink) }})
 	}
 	for _, m := range d.opts.MQTTDevices {
 		if err := brokers[m.Broker].AddDevice(m.Options); err != nil {
@@ -94,7 +94,7 @@ func (d *Daemon) buildDevices() error {
 		}
 		cell := c.ID
 		err := brokers[c.Trigger.Broker].AddTrigger(c.Trigger.Topic, func(payload []byte, _ int64) {
-			d.cells.trigger(cell, payload)
+			d.cells.Trigger(cell, payload)
 		})
 		if err != nil {
 			return fmt.Errorf("cell %s trigger: %w", cell, err)
@@ -108,7 +108,7 @@ func (d *Daemon) buildDevices() error {
 	for _, id := range ids {
 		br := brokers[id]
 		d.sources = append(d.sources, br)
-		d.deviceComps = append(d.deviceComps, component{name: "mqtt " + id, run: func(ctx context.Context) error { return br.Run(ctx, d.pipe) }})
+		d.deviceComps = append(d.deviceComps, component{name: "mqtt " + id, run: func(ctx context.Context) error { return br.Run(ctx, d.sink) }})
 	}
 	return nil
 }

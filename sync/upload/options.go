@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -11,7 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/episoded/episoded/episode"
-	"github.com/episoded/episoded/internal/config"
 )
 
 // Target says where episodes go.
@@ -35,6 +35,11 @@ type Target struct {
 	CAFile             string
 	InsecureSkipVerify bool
 }
+
+// DefaultMaxAttempts is the default Options.MaxAttempts: with the
+// daemon's default retry backoff (5s doubling to 10m) ten attempts span
+// about half an hour.
+const DefaultMaxAttempts = 10
 
 // Options configure an Uploader. Zero values take the documented defaults.
 type Options struct {
@@ -68,7 +73,7 @@ type Options struct {
 	// of a dir target). Failures to reach the server at all (connection
 	// refused or reset, timeouts, 502/503/504) are retried without limit:
 	// an outage of the central store must not quarantine every episode.
-	// Default config.DefaultMaxAttempts.
+	// Default DefaultMaxAttempts.
 	MaxAttempts int
 	// PollInterval: Run re-checks the store this often even without Wake.
 	// Default 1 minute.
@@ -79,16 +84,19 @@ type Options struct {
 	// Attachments returns the files (calibration, URDF) to add to a
 	// cell's exports; nil means none.
 	Attachments func(cell string) []string
-	// Clock; nil means the real clock.
-	Clock      Clock
-	Logger     *slog.Logger
-	Registerer prometheus.Registerer
+	Logger      *slog.Logger
+	Registerer  prometheus.Registerer
 	// OnUploaded, if set, is called after an episode reached uploaded.
 	OnUploaded func(episode.Episode)
 	// Signer, if set, signs every manifest (see internal/signing).
 	Signer Signer
 	// Provenance, if set, gives the manifest's provenance block.
 	Provenance ProvenanceFunc
+
+	// transport, if set, replaces the network for an s3 target: the tests
+	// run the uploader in a testing/synctest bubble over an in-memory S3
+	// (see export_test.go).
+	transport http.RoundTripper
 }
 
 func (o *Options) setDefaults() {
@@ -123,13 +131,10 @@ func (o *Options) setDefaults() {
 		o.OnceAttempts = 5
 	}
 	if o.MaxAttempts <= 0 {
-		o.MaxAttempts = config.DefaultMaxAttempts
+		o.MaxAttempts = DefaultMaxAttempts
 	}
 	if o.PollInterval <= 0 {
 		o.PollInterval = time.Minute
-	}
-	if o.Clock == nil {
-		o.Clock = realClock{}
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

@@ -99,7 +99,7 @@ func (u *Uploader) pass(ctx context.Context, budget *runBudget) (passResult, err
 		return strings.Compare(a.ID, b.ID)
 	})
 	u.updateBacklog(eps)
-	now := u.clock.Now()
+	now := time.Now()
 	open := u.sched.open(now)
 	u.m.windowOpen.Set(b2f(open))
 	setWait := func(d time.Duration) {
@@ -113,7 +113,7 @@ func (u *Uploader) pass(ctx context.Context, budget *runBudget) (passResult, err
 			return res, nil
 		}
 		prio := u.priority(e)
-		if !prio && !u.sched.open(u.clock.Now()) {
+		if !prio && !u.sched.open(time.Now()) {
 			waitingForWindow = true
 			continue
 		}
@@ -124,7 +124,7 @@ func (u *Uploader) pass(ctx context.Context, budget *runBudget) (passResult, err
 		if exhausted {
 			continue
 		}
-		if d := nb.Sub(u.clock.Now()); d > 0 {
+		if d := nb.Sub(time.Now()); d > 0 {
 			setWait(d)
 			continue
 		}
@@ -152,8 +152,8 @@ func (u *Uploader) pass(ctx context.Context, budget *runBudget) (passResult, err
 		}
 	}
 	if waitingForWindow {
-		if t := u.sched.nextChange(u.clock.Now()); !t.IsZero() {
-			setWait(t.Sub(u.clock.Now()))
+		if t := u.sched.nextChange(time.Now()); !t.IsZero() {
+			setWait(t.Sub(time.Now()))
 		}
 	}
 	return res, nil
@@ -185,7 +185,7 @@ func (u *Uploader) handleError(e episode.Episode, err error) time.Duration {
 	}
 	st.Attempts++
 	st.LastError = msg
-	st.Updated = u.clock.Now().UnixNano()
+	st.Updated = time.Now().UnixNano()
 	if perr := u.store.PutUploadState(st); perr != nil {
 		u.log.Error("save upload state", "episode", e.ID, "err", perr)
 	}
@@ -207,7 +207,7 @@ func (u *Uploader) handleError(e episode.Episode, err error) time.Duration {
 	u.m.retries.Inc()
 	u.mu.Lock()
 	d := backoff(st.Attempts, u.o.RetryMin, u.o.RetryMax, u.mu.rnd)
-	u.mu.backoff[e.ID] = u.clock.Now().Add(d)
+	u.mu.backoff[e.ID] = time.Now().Add(d)
 	u.mu.Unlock()
 	// The episode says why it is not uploaded yet (episodes show, the
 	// dashboard); its state does not change.
@@ -254,7 +254,7 @@ func (u *Uploader) quarantine(id string, st *storage.UploadState, reason string)
 		changed = true
 	}
 	if changed {
-		st.Updated = u.clock.Now().UnixNano()
+		st.Updated = time.Now().UnixNano()
 		if err := u.store.PutUploadState(*st); err != nil {
 			u.log.Error("save upload state", "episode", id, "err", err)
 		}
@@ -274,7 +274,7 @@ func (u *Uploader) setReason(id, reason string) {
 		u.log.Error("read episode", "episode", id, "err", err)
 		return
 	}
-	e.Reason, e.Updated = reason, u.clock.Now().UnixNano()
+	e.Reason, e.Updated = reason, time.Now().UnixNano()
 	if err := u.store.PutEpisode(e); err != nil {
 		u.log.Error("save episode", "episode", id, "err", err)
 	}
@@ -287,7 +287,7 @@ func (u *Uploader) setState(id string, s episode.State, reason string) {
 		u.log.Error("read episode", "episode", id, "err", err)
 		return
 	}
-	e.State, e.Reason, e.Updated = s, reason, u.clock.Now().UnixNano()
+	e.State, e.Reason, e.Updated = s, reason, time.Now().UnixNano()
 	if err := u.store.PutEpisode(e); err != nil {
 		u.log.Error("save episode", "episode", id, "err", err)
 	}
@@ -320,7 +320,7 @@ func (u *Uploader) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-u.wake:
-		case <-u.clock.After(wait):
+		case <-time.After(wait):
 		}
 	}
 }
@@ -363,7 +363,7 @@ func (u *Uploader) RunOnce(ctx context.Context) error {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case <-u.clock.After(d):
+			case <-time.After(d):
 			}
 			continue
 		}
@@ -381,7 +381,7 @@ func (u *Uploader) RunOnce(ctx context.Context) error {
 func (u *Uploader) nextRetry(budget *runBudget) (time.Duration, bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	now := u.clock.Now()
+	now := time.Now()
 	var best time.Duration
 	ok := false
 	for id, t := range u.mu.backoff {
@@ -411,7 +411,7 @@ func (u *Uploader) Retry(id string) error {
 			e.State = episode.Interrupted
 		}
 		e.Reason = ""
-		e.Updated = u.clock.Now().UnixNano()
+		e.Updated = time.Now().UnixNano()
 		if err := u.store.PutEpisode(e); err != nil {
 			return fmt.Errorf("retry %s: %w", id, err)
 		}
@@ -420,7 +420,7 @@ func (u *Uploader) Retry(id string) error {
 		return fmt.Errorf("retry %s: episode is %s, not quarantined or failed", id, e.State)
 	}
 	if st, err := u.store.UploadState(id); err == nil {
-		st.Attempts, st.LastError, st.Updated = 0, "", u.clock.Now().UnixNano()
+		st.Attempts, st.LastError, st.Updated = 0, "", time.Now().UnixNano()
 		if err := u.store.PutUploadState(st); err != nil {
 			return fmt.Errorf("retry %s: %w", id, err)
 		}

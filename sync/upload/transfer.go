@@ -20,7 +20,7 @@ func (u *Uploader) readChunk() int { return u.chunk }
 func (u *Uploader) throttle(ctx context.Context, n int) error {
 	u.sent.Add(int64(n))
 	u.m.bytes.Add(float64(n))
-	now := u.clock.Now()
+	now := time.Now()
 	u.mu.Lock()
 	if u.mu.active != nil {
 		u.mu.active.Sent += int64(n)
@@ -47,10 +47,10 @@ func (u *Uploader) throttle(ctx context.Context, n int) error {
 		return nil
 	}
 	select {
-	case <-u.clock.After(d):
+	case <-time.After(d):
 		return nil
 	case <-ctx.Done():
-		r.CancelAt(u.clock.Now())
+		r.CancelAt(time.Now())
 		return ctx.Err()
 	}
 }
@@ -90,7 +90,7 @@ func (u *Uploader) process(ctx context.Context, e episode.Episode, prio bool) er
 		return u.finish(e, st, true)
 	}
 	if e.State != episode.Uploading {
-		e.State, e.Reason, e.Updated = episode.Uploading, "", u.clock.Now().UnixNano()
+		e.State, e.Reason, e.Updated = episode.Uploading, "", time.Now().UnixNano()
 		if err := u.store.PutEpisode(e); err != nil {
 			return fmt.Errorf("mark uploading: %w", err)
 		}
@@ -102,7 +102,7 @@ func (u *Uploader) process(ctx context.Context, e episode.Episode, prio bool) er
 	}
 	obj := &st.Objects[idx]
 	save := func() error {
-		st.Updated = u.clock.Now().UnixNano()
+		st.Updated = time.Now().UnixNano()
 		if err := u.store.PutUploadState(st); err != nil {
 			return fmt.Errorf("save upload state: %w", err)
 		}
@@ -112,7 +112,7 @@ func (u *Uploader) process(ctx context.Context, e episode.Episode, prio bool) er
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if !prio && !u.sched.open(u.clock.Now()) {
+		if !prio && !u.sched.open(time.Now()) {
 			return errPaused
 		}
 		return nil
@@ -133,7 +133,7 @@ func (u *Uploader) process(ctx context.Context, e episode.Episode, prio bool) er
 			return err
 		}
 		u.mu.Lock()
-		u.mu.active = &ActiveStatus{Episode: e.ID, Key: obj.Key, Size: obj.Size, Started: u.clock.Now()}
+		u.mu.active = &ActiveStatus{Episode: e.ID, Key: obj.Key, Size: obj.Size, Started: time.Now()}
 		for _, p := range obj.Parts {
 			u.mu.active.Done += p.Size
 		}
@@ -153,7 +153,7 @@ func (u *Uploader) process(ctx context.Context, e episode.Episode, prio bool) er
 	man := Manifest{
 		Format: ManifestFormat, Episode: e.ID, Site: u.o.Site, Gateway: u.o.Gateway, Cell: e.Cell, Task: e.Task,
 		Robot: e.Robot, Start: e.Start, Stop: e.Stop, Labels: e.Labels, Counts: countsOf(e), Quality: e.Quality,
-		Uploaded: u.clock.Now().UnixNano(),
+		Uploaded: time.Now().UnixNano(),
 	}
 	man.Verdict = e.Verdict
 	if man.Quality == nil {
@@ -189,7 +189,7 @@ func (u *Uploader) finish(e episode.Episode, st storage.UploadState, already boo
 	for i := range st.Objects {
 		st.Objects[i].Done = true
 	}
-	st.Attempts, st.LastError, st.Updated = 0, "", u.clock.Now().UnixNano()
+	st.Attempts, st.LastError, st.Updated = 0, "", time.Now().UnixNano()
 	if err := u.store.PutUploadState(st); err != nil {
 		return fmt.Errorf("save upload state: %w", err)
 	}
@@ -197,7 +197,7 @@ func (u *Uploader) finish(e episode.Episode, st storage.UploadState, already boo
 	if err != nil {
 		return fmt.Errorf("read episode: %w", err)
 	}
-	cur.State, cur.Reason, cur.Updated = episode.Uploaded, "", u.clock.Now().UnixNano()
+	cur.State, cur.Reason, cur.Updated = episode.Uploaded, "", time.Now().UnixNano()
 	if err := u.store.PutEpisode(cur); err != nil {
 		return fmt.Errorf("mark uploaded: %w", err)
 	}

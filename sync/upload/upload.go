@@ -65,8 +65,9 @@
 // Windows (for example "22:00-06:00", in Timezone) are checked before
 // every part: when a window closes, the parts in flight finish, the rest
 // wait for the next window. The bandwidth cap is a token bucket shared by
-// all parts. All timing (windows, backoff, the token bucket) goes through
-// Options.Clock.
+// all parts. All timing (windows, backoff, the token bucket) uses the time
+// package directly; the tests run it in a testing/synctest bubble over an
+// in-memory S3 (memS3 in the tests), and the real-S3 tests check the wiring.
 //
 // Files, by job: upload.go (Uploader, New, Wake), options.go (Options,
 // defaults, Validate), scheduler.go (Run, RunOnce and its attempt budget,
@@ -114,7 +115,6 @@ type Uploader struct {
 	sched  schedule
 	target target
 	lim    *rate.Limiter
-	clock  Clock
 	log    *slog.Logger
 	m      *metrics
 	wake   chan struct{} // cap 1; full means a wake-up is already pending
@@ -143,7 +143,7 @@ func New(store Store, o Options) (*Uploader, error) {
 	if err := o.Validate(); err != nil {
 		return nil, fmt.Errorf("upload options: %w", err)
 	}
-	u := &Uploader{store: store, o: o, clock: o.Clock, wake: make(chan struct{}, 1)}
+	u := &Uploader{store: store, o: o, wake: make(chan struct{}, 1)}
 	u.log = o.Logger.With("component", "sync.upload")
 	loc := time.UTC
 	if o.Timezone != "" {

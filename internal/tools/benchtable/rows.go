@@ -61,9 +61,9 @@ var Rows = []Row{
 		Unit: "ms-first-frame", Peer: "ms-connect", Ratio: "x-baseline"},
 
 	// episode close (docs/benchmarks/close.md)
-	{Figure: "close 10-min 8-camera episode vs reading it with payloads", Pkg: "internal/daemon", Bench: "BenchmarkCloseWhileRecording",
+	{Figure: "close 10-min 8-camera episode vs reading it with payloads", Pkg: "internal/lifecycle", Bench: "BenchmarkCloseWhileRecording",
 		Unit: "close_ms", Peer: "full_read_ms"},
-	{Figure: "close while recording: dropped frames", Pkg: "internal/daemon", Bench: "BenchmarkCloseWhileRecording",
+	{Figure: "close while recording: dropped frames", Pkg: "internal/lifecycle", Bench: "BenchmarkCloseWhileRecording",
 		Unit: "drops", Goal: ValueAtMost(0)},
 
 	// replay (docs/benchmarks/replay.md)
