@@ -1,6 +1,7 @@
 package config
 
 import (
+	"path/filepath"
 	"slices"
 
 	"github.com/episoded/episoded/devices"
@@ -9,6 +10,7 @@ import (
 	"github.com/episoded/episoded/devices/webrtc"
 	"github.com/episoded/episoded/sample"
 	"github.com/episoded/episoded/storage"
+	"github.com/episoded/episoded/sync/upload"
 )
 
 // Components are the component options the config file describes. They
@@ -28,6 +30,9 @@ type Components struct {
 	Cameras []rtsp.Options
 	// WebRTC is the WHIP/WHEP server.
 	WebRTC webrtc.Options
+	// Upload is the uploader; nil when sync.target.type is empty (nothing
+	// uploads).
+	Upload *upload.Options
 }
 
 // MQTTDevice is an mqtt device and the broker it is added to.
@@ -55,7 +60,30 @@ func (c *Config) Components() Components {
 		}
 	}
 	out.WebRTC = c.API.WebRTC.options()
+	if c.Sync.Target.Type != "" {
+		u := c.uploadOptions()
+		out.Upload = &u
+	}
 	return out
+}
+
+// uploadOptions converts the sync section (with the gateway's identity
+// and the staging directory under storage.dir).
+func (c *Config) uploadOptions() upload.Options {
+	y := c.Sync
+	t := y.Target
+	return upload.Options{
+		Target: upload.Target{
+			Type: t.Type, Prefix: t.Prefix, Path: t.Path, Endpoint: t.Endpoint, Region: t.Region, Bucket: t.Bucket,
+			PathStyle: t.PathStyle, AccessKey: t.AccessKey.Value(), SecretKey: t.SecretKey.Value(),
+			CAFile: t.CAFile, InsecureSkipVerify: t.InsecureSkipVerify,
+		},
+		Site: c.Gateway.Site, Gateway: c.Gateway.ID,
+		Windows: slices.Clone(y.Windows), Timezone: y.Timezone, PriorityLabel: y.PriorityLabel,
+		Bandwidth: int64(y.Bandwidth), Concurrency: y.Concurrency, PartSize: int64(y.PartSize),
+		RetryMin: y.Retry.Min, RetryMax: y.Retry.Max, MaxAttempts: y.MaxAttempts,
+		StageDir: filepath.Join(c.Storage.Dir, "outbox"),
+	}
 }
 
 func (c *Config) storageOptions() storage.Options {

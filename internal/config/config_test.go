@@ -2,18 +2,19 @@ package config
 
 import (
 	"os"
-
-	"github.com/episoded/episoded/devices"
-	"github.com/episoded/episoded/devices/mqtt"
-	"github.com/episoded/episoded/devices/rtsp"
-	"github.com/episoded/episoded/ingest"
-	"github.com/episoded/episoded/storage"
 	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/episoded/episoded/devices"
+	"github.com/episoded/episoded/devices/mqtt"
+	"github.com/episoded/episoded/devices/rtsp"
+	"github.com/episoded/episoded/ingest"
+	"github.com/episoded/episoded/storage"
+	"github.com/episoded/episoded/sync/upload"
 )
 
 // noEnv is an environment with nothing in it but what the test names.
@@ -213,8 +214,8 @@ func TestDefaultsDocumented(t *testing.T) {
 		strconv.FormatFloat(ingest.DefaultGapFactor, 'g', -1, 64),
 		strconv.FormatFloat(ingest.DefaultMinCoverage, 'g', -1, 64), ingest.DefaultMaxAlignmentBound.String(),
 		// sync
-		strconv.Itoa(DefaultMaxAttempts), DefaultPartSize.String(), DefaultRetryMin.String(), DefaultRetryMax.String(),
-		DefaultTimezone, DefaultPriorityLabel, DefaultSyncMode, strconv.Itoa(DefaultConcurrency),
+		strconv.Itoa(upload.DefaultMaxAttempts), size(upload.DefaultPartSize), upload.DefaultRetryMin.String(), upload.DefaultRetryMax.String(),
+		upload.DefaultTimezone, upload.DefaultPriorityLabel, DefaultSyncMode, strconv.Itoa(upload.DefaultConcurrency),
 	} {
 		if !strings.Contains(string(doc), "`"+v+"`") {
 			t.Errorf("docs/CONFIG.md does not mention the default `%s`", v)
@@ -226,7 +227,8 @@ func TestDefaultsDocumented(t *testing.T) {
 	if d.Storage.SyncInterval != storage.DefaultSyncInterval || d.Storage.FullPolicy != storage.DefaultFullPolicy ||
 		d.Brokers[0].KeepAlive != mqtt.DefaultKeepAlive || d.Brokers[0].Backoff.Max != devices.DefaultBackoffMax ||
 		d.Devices[0].ReadTimeout != rtsp.DefaultReadTimeout || d.Devices[0].Transport != rtsp.DefaultTransport ||
-		d.Devices[1].TimeUnit != mqtt.DefaultTimeUnit || d.Devices[1].Clock != mqtt.ClockPayload || d.Devices[1].MaxStreams != mqtt.DefaultMaxStreams {
+		d.Devices[1].TimeUnit != mqtt.DefaultTimeUnit || d.Devices[1].Clock != mqtt.ClockPayload || d.Devices[1].MaxStreams != mqtt.DefaultMaxStreams ||
+		d.Sync.Concurrency != upload.DefaultConcurrency || d.Sync.Retry.Min != upload.DefaultRetryMin || d.Sync.Timezone != upload.DefaultTimezone {
 		t.Errorf("EnsureDefaults does not give the components' defaults: %+v", d)
 	}
 }

@@ -24,21 +24,12 @@ const (
 	// DefaultMinFree is the config file's min_free default; to
 	// storage.Options a 0 MinFree means no floor.
 	DefaultMinFree       = ByteSize(storage.DefaultMinFree)
-	DefaultSyncMode      = SyncDaemon
-	DefaultTimezone      = "Local"
-	DefaultConcurrency   = 2
-	DefaultPartSize      = ByteSize(16 << 20)
-	DefaultPriorityLabel = "priority"
-	DefaultRetryMin      = 5 * time.Second
-	DefaultRetryMax      = 10 * time.Minute
-	// DefaultMaxAttempts: with the default retry backoff (5s doubling to
-	// 10m) ten attempts span about half an hour.
-	DefaultMaxAttempts = 10
+	DefaultSyncMode = SyncDaemon
 )
 
 // EnsureDefaults fills every unset field with its default. It is
 // idempotent. For the sections that become component options (storage,
-// brokers, rtsp and mqtt devices), the defaults are the components' own:
+// brokers, rtsp and mqtt devices, sync), the defaults are the components' own:
 // the section is converted (Components), the component's EnsureDefaults
 // runs, and the values the file can set are copied back, so that --print
 // shows what the daemon will use.
@@ -100,19 +91,10 @@ func (c *Config) EnsureDefaults() {
 
 	y := &c.Sync
 	setStr(&y.Mode, DefaultSyncMode)
-	setStr(&y.Timezone, DefaultTimezone)
-	if y.Concurrency == 0 {
-		y.Concurrency = DefaultConcurrency
-	}
-	if y.PartSize == 0 {
-		y.PartSize = DefaultPartSize
-	}
-	setStr(&y.PriorityLabel, DefaultPriorityLabel)
-	setDur(&y.Retry.Min, DefaultRetryMin)
-	setDur(&y.Retry.Max, DefaultRetryMax)
-	if y.MaxAttempts == 0 {
-		y.MaxAttempts = DefaultMaxAttempts
-	}
+	uo := c.uploadOptions()
+	uo.EnsureDefaults()
+	y.Timezone, y.Concurrency, y.PartSize, y.PriorityLabel = uo.Timezone, uo.Concurrency, ByteSize(uo.PartSize), uo.PriorityLabel
+	y.Retry, y.MaxAttempts = Backoff{Min: uo.RetryMin, Max: uo.RetryMax}, uo.MaxAttempts
 }
 
 // cellOf returns the id of the cell that lists device id, or "" if none.

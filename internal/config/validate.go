@@ -1,16 +1,15 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
 	"net"
-	"net/url"
 	"path"
 	"regexp"
 	"strings"
 	"time"
 
 	"github.com/episoded/episoded/internal/redact"
-	"github.com/episoded/episoded/sync/upload"
 )
 
 // Validate reports every problem in c at once; nil means valid. It expects
@@ -53,13 +52,6 @@ func (p *problems) oneOf(where, v string, allowed ...string) {
 func (p *problems) nonNegative(where string, d time.Duration) {
 	if d < 0 {
 		p.addf("%s: must not be negative", where)
-	}
-}
-
-func (p *problems) backoff(where string, b Backoff) {
-	bp := policy(b)
-	if err := bp.Validate(); err != nil {
-		p.addf("%s: %v", where, err)
 	}
 }
 
@@ -224,51 +216,23 @@ func (c *Config) problems() []string {
 }
 
 func (c *Config) syncProblems(p *problems) {
-	y := c.Sync
-	p.oneOf("sync.mode", y.Mode, SyncDaemon, SyncOneshot)
-	t := y.Target
-	switch t.Type {
+	p.oneOf("sync.mode", c.Sync.Mode, SyncDaemon, SyncOneshot)
+	// The uploader's keys are checked by upload.Options.Validate, even
+	// without a target (the file may name windows for a later one); only
+	// the target type is this file's: empty means nothing uploads.
+	o := c.uploadOptions()
+	switch o.Target.Type {
 	case "":
-	case TargetDir:
-		if t.Path == "" {
-			p.addf("sync.target.path: is required for a dir target")
-		}
-	case TargetS3:
-		if u, err := url.Parse(t.Endpoint); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-			p.addf("sync.target.endpoint: %q is not an http:// or https:// URL", redactURL(t.Endpoint))
-		} else if u.User != nil {
-			p.addf("sync.target.endpoint: %q has credentials in it; put them in access_key and secret_key (or access_key_file and secret_key_file)", redactURL(t.Endpoint))
-		}
-		if t.Bucket == "" {
-			p.addf("sync.target.bucket: is required for an s3 target")
-		}
-		if y.PartSize < 5<<20 {
-			p.addf("sync.part_size: S3 needs at least 5MiB (got %s)", y.PartSize)
-		}
+		o.Target.Type = TargetDir
+		o.Target.Path = "-" // no target: check the rest
+	case TargetS3, TargetDir:
 	default:
-		p.addf("sync.target.type: %q is not one of s3, dir", t.Type)
+		p.addf("sync.target.type: %q is not one of s3, dir", o.Target.Type)
+		o.Target.Type = TargetDir
+		o.Target.Path = cmp.Or(o.Target.Path, "-")
 	}
-	if strings.HasPrefix(t.Prefix, "/") || strings.Contains(t.Prefix, "..") {
-		p.addf("sync.target.prefix: %q must be relative, without ..", t.Prefix)
-	}
-	for _, w := range y.Windows {
-		if _, _, err := upload.ParseWindow(w); err != nil {
-			p.addf("sync.windows: %v", err)
-		}
-	}
-	if _, err := time.LoadLocation(y.Timezone); err != nil {
-		p.addf("sync.timezone: unknown time zone %q", y.Timezone)
-	}
-	if y.Bandwidth < 0 {
-		p.addf("sync.bandwidth: must not be negative")
-	}
-	if y.MaxAttempts < 1 {
-		p.addf("sync.max_attempts: %d must be at least 1", y.MaxAttempts)
-	}
-	if y.Concurrency < 1 || y.Concurrency > 64 {
-		p.addf("sync.concurrency: must be between 1 and 64")
-	}
-	p.backoff("sync.retry", y.Retry)
+	o.EnsureDefaults()
+	p.component("sync", o.Validate())
 }
 
 func redactURL(u string) string { return redact.URL(u) }

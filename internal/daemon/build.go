@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 
 	"github.com/episoded/episoded/devices"
@@ -125,42 +124,30 @@ func (d *Daemon) attachments(cell string) []string {
 
 // buildUploader creates the uploader when a sync target is configured.
 func (d *Daemon) buildUploader() error {
-	y := d.cfg.Sync
 	if err := d.loadKey(); err != nil {
 		return err
 	}
-	if y.Target.Type == "" {
+	if d.opts.Upload == nil {
 		return nil
 	}
 	prov, err := provenance.NewStatic(d.cfg)
 	if err != nil {
 		return err
 	}
-	t := y.Target
-	u, err := upload.New(d.store, upload.Options{
-		Target: upload.Target{
-			Type: t.Type, Prefix: t.Prefix, Path: t.Path, Endpoint: t.Endpoint, Region: t.Region, Bucket: t.Bucket,
-			PathStyle: t.PathStyle, AccessKey: t.AccessKey.Value(), SecretKey: t.SecretKey.Value(),
-			CAFile: t.CAFile, InsecureSkipVerify: t.InsecureSkipVerify,
-		},
-		Site: d.cfg.Gateway.Site, Gateway: d.cfg.Gateway.ID,
-		Windows: y.Windows, Timezone: y.Timezone, PriorityLabel: y.PriorityLabel,
-		Bandwidth: int64(y.Bandwidth), Concurrency: y.Concurrency, PartSize: int64(y.PartSize),
-		RetryMin: y.Retry.Min, RetryMax: y.Retry.Max, MaxAttempts: y.MaxAttempts,
-		StageDir:    filepath.Join(d.cfg.Storage.Dir, "outbox"),
-		Attachments: d.attachments,
-		Logger:      d.log, Registerer: d.reg,
-		OnUploaded: d.onUploaded,
-		Signer:     d.key,
-		Provenance: func(e episode.Episode) *provenance.Provenance {
-			return prov.Build(e, d.streamInfo, func() *episode.TimeSync {
-				ts, _ := provenance.ReadTimeSync("upload")
-				return ts
-			})
-		},
-	})
+	o := *d.opts.Upload
+	o.Attachments = d.attachments
+	o.Logger, o.Registerer = d.log, d.reg
+	o.OnUploaded = d.onUploaded
+	o.Signer = d.key
+	o.Provenance = func(e episode.Episode) *provenance.Provenance {
+		return prov.Build(e, d.streamInfo, func() *episode.TimeSync {
+			ts, _ := provenance.ReadTimeSync("upload")
+			return ts
+		})
+	}
+	u, err := upload.New(d.store, o)
 	if err != nil {
-		return fmt.Errorf("sync target %s: %w", redact.URL(cmp.Or(t.Endpoint, t.Path)), err)
+		return fmt.Errorf("sync target %s: %w", redact.URL(cmp.Or(o.Target.Endpoint, o.Target.Path)), err)
 	}
 	d.uploader = u
 	return nil
