@@ -10,16 +10,8 @@ import (
 	"github.com/episoded/episoded/episode"
 )
 
-// Defaults of a cell's quality thresholds (config keys
-// cells[].quality.min_coverage and max_alignment_bound); internal/config
-// fills them in, since 0 here means "check nothing".
-const (
-	DefaultMinCoverage       = 0.99
-	DefaultMaxAlignmentBound = 5 * time.Millisecond
-)
-
 // QualityOptions are a cell's quality thresholds (config key
-// cells[].quality).
+// cells[].quality; the defaults live in internal/lifecycle).
 type QualityOptions struct {
 	// MinCoverage is the least coverage a required stream may have; 0
 	// checks nothing.

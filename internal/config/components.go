@@ -8,6 +8,7 @@ import (
 	"github.com/episoded/episoded/devices/mqtt"
 	"github.com/episoded/episoded/devices/rtsp"
 	"github.com/episoded/episoded/devices/webrtc"
+	"github.com/episoded/episoded/internal/lifecycle"
 	"github.com/episoded/episoded/sample"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/upload"
@@ -33,6 +34,8 @@ type Components struct {
 	// Upload is the uploader; nil when sync.target.type is empty (nothing
 	// uploads).
 	Upload *upload.Options
+	// Lifecycle are the cells and what they need to know of the devices.
+	Lifecycle lifecycle.Options
 }
 
 // MQTTDevice is an mqtt device and the broker it is added to.
@@ -64,7 +67,36 @@ func (c *Config) Components() Components {
 		u := c.uploadOptions()
 		out.Upload = &u
 	}
+	out.Lifecycle = c.lifecycleOptions()
 	return out
+}
+
+// lifecycleOptions converts the cells, and what the cells need to know of
+// the devices.
+func (c *Config) lifecycleOptions() lifecycle.Options {
+	o := lifecycle.Options{SyncInterval: c.Storage.SyncInterval}
+	for i := range c.Cells {
+		o.Cells = append(o.Cells, c.Cells[i].options())
+	}
+	for _, d := range c.Devices {
+		ld := lifecycle.Device{ID: d.ID, Cell: c.cellOf(d.ID), Rate: d.Rate}
+		if d.Type == DeviceMQTT {
+			// Streams come from topics; the broker's outages silence them.
+			ld.Conn = d.Broker
+		} else {
+			ld.Stream, ld.Kind, ld.Codec = d.Stream, sample.KindVideo, sample.CodecH264
+		}
+		o.Devices = append(o.Devices, ld)
+	}
+	return o
+}
+
+func (c *Cell) options() lifecycle.CellOptions {
+	return lifecycle.CellOptions{
+		ID: c.ID, Preroll: c.Preroll, Postroll: c.Postroll, MaxDuration: c.MaxDuration, IdleTimeout: c.IdleTimeout,
+		GapFactor: c.GapFactor, MinCoverage: c.Quality.MinCoverage, MaxAlignmentBound: c.Quality.MaxAlignmentBound,
+		RequiredStreams: slices.Clone(c.Quality.RequiredStreams),
+	}
 }
 
 // uploadOptions converts the sync section (with the gateway's identity

@@ -12,7 +12,7 @@ import (
 	"github.com/episoded/episoded/devices"
 	"github.com/episoded/episoded/devices/mqtt"
 	"github.com/episoded/episoded/devices/rtsp"
-	"github.com/episoded/episoded/ingest"
+	"github.com/episoded/episoded/internal/lifecycle"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/upload"
 )
@@ -211,8 +211,8 @@ func TestDefaultsDocumented(t *testing.T) {
 		mqtt.DefaultStream, mqtt.DefaultFormat, mqtt.DefaultTimeUnit, size(mqtt.DefaultMaxPayload), size(mqtt.MaxMaxPayload),
 		strconv.Itoa(mqtt.DefaultMaxStreams), strconv.Itoa(mqtt.MaxMaxStreams),
 		// cells
-		strconv.FormatFloat(ingest.DefaultGapFactor, 'g', -1, 64),
-		strconv.FormatFloat(ingest.DefaultMinCoverage, 'g', -1, 64), ingest.DefaultMaxAlignmentBound.String(),
+		strconv.FormatFloat(lifecycle.DefaultGapFactor, 'g', -1, 64),
+		strconv.FormatFloat(lifecycle.DefaultMinCoverage, 'g', -1, 64), lifecycle.DefaultMaxAlignmentBound.String(),
 		// sync
 		strconv.Itoa(upload.DefaultMaxAttempts), size(upload.DefaultPartSize), upload.DefaultRetryMin.String(), upload.DefaultRetryMax.String(),
 		upload.DefaultTimezone, upload.DefaultPriorityLabel, DefaultSyncMode, strconv.Itoa(upload.DefaultConcurrency),
@@ -222,12 +222,13 @@ func TestDefaultsDocumented(t *testing.T) {
 		}
 	}
 	// The effective config is made of those constants.
-	d := Config{Gateway: Gateway{ID: "g"}, Devices: []Device{{ID: "c", Type: DeviceRTSP}, {ID: "m", Type: DeviceMQTT, TimeField: "t"}}, Brokers: []Broker{{ID: "b"}}}
+	d := Config{Gateway: Gateway{ID: "g"}, Cells: []Cell{{ID: "c"}}, Devices: []Device{{ID: "c", Type: DeviceRTSP}, {ID: "m", Type: DeviceMQTT, TimeField: "t"}}, Brokers: []Broker{{ID: "b"}}}
 	d.EnsureDefaults()
 	if d.Storage.SyncInterval != storage.DefaultSyncInterval || d.Storage.FullPolicy != storage.DefaultFullPolicy ||
 		d.Brokers[0].KeepAlive != mqtt.DefaultKeepAlive || d.Brokers[0].Backoff.Max != devices.DefaultBackoffMax ||
 		d.Devices[0].ReadTimeout != rtsp.DefaultReadTimeout || d.Devices[0].Transport != rtsp.DefaultTransport ||
 		d.Devices[1].TimeUnit != mqtt.DefaultTimeUnit || d.Devices[1].Clock != mqtt.ClockPayload || d.Devices[1].MaxStreams != mqtt.DefaultMaxStreams ||
+		d.Cells[0].GapFactor != lifecycle.DefaultGapFactor || d.Cells[0].Quality.MinCoverage != lifecycle.DefaultMinCoverage ||
 		d.Sync.Concurrency != upload.DefaultConcurrency || d.Sync.Retry.Min != upload.DefaultRetryMin || d.Sync.Timezone != upload.DefaultTimezone {
 		t.Errorf("EnsureDefaults does not give the components' defaults: %+v", d)
 	}

@@ -5,14 +5,13 @@ import (
 
 	"github.com/episoded/episoded/devices"
 	"github.com/episoded/episoded/devices/rtsp"
-	"github.com/episoded/episoded/ingest"
 	"github.com/episoded/episoded/storage"
 )
 
 // The defaults of the keys that belong to no component. Every other
 // default lives in the component that uses it, as an exported constant and
 // in the component's EnsureDefaults (storage, devices, devices/mqtt,
-// devices/rtsp, ingest, sync/upload); EnsureDefaults below takes them from
+// devices/rtsp, internal/lifecycle, sync/upload); EnsureDefaults below takes them from
 // there. docs/CONFIG.md repeats them for readers; TestDefaultsDocumented
 // checks that every one appears there.
 const (
@@ -23,13 +22,13 @@ const (
 	DefaultStorageDir      = "/var/lib/episoded"
 	// DefaultMinFree is the config file's min_free default; to
 	// storage.Options a 0 MinFree means no floor.
-	DefaultMinFree       = ByteSize(storage.DefaultMinFree)
+	DefaultMinFree  = ByteSize(storage.DefaultMinFree)
 	DefaultSyncMode = SyncDaemon
 )
 
 // EnsureDefaults fills every unset field with its default. It is
 // idempotent. For the sections that become component options (storage,
-// brokers, rtsp and mqtt devices, sync), the defaults are the components' own:
+// brokers, rtsp and mqtt devices, cells, sync), the defaults are the components' own:
 // the section is converted (Components), the component's EnsureDefaults
 // runs, and the values the file can set are copied back, so that --print
 // shows what the daemon will use.
@@ -79,14 +78,10 @@ func (c *Config) EnsureDefaults() {
 		}
 	}
 	for i := range c.Cells {
-		if c.Cells[i].GapFactor == 0 {
-			c.Cells[i].GapFactor = ingest.DefaultGapFactor
-		}
-		q := &c.Cells[i].Quality
-		if q.MinCoverage == 0 {
-			q.MinCoverage = ingest.DefaultMinCoverage
-		}
-		setDur(&q.MaxAlignmentBound, ingest.DefaultMaxAlignmentBound)
+		cell := &c.Cells[i]
+		o := cell.options()
+		o.EnsureDefaults()
+		cell.GapFactor, cell.Quality.MinCoverage, cell.Quality.MaxAlignmentBound = o.GapFactor, o.MinCoverage, o.MaxAlignmentBound
 	}
 
 	y := &c.Sync

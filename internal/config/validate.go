@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"fmt"
 	"net"
-	"path"
 	"regexp"
 	"strings"
 	"time"
@@ -64,14 +63,14 @@ func (p *problems) component(where string, err error) {
 	if err == nil {
 		return
 	}
-	errs := []error{err}
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		errs = j.Unwrap()
-	}
-	for _, e := range errs {
-		if msg := e.Error(); !strings.HasPrefix(msg, "id: ") {
-			p.addf("%s.%s", where, msg)
+		for _, e := range j.Unwrap() {
+			p.component(where, e)
 		}
+		return
+	}
+	if msg := err.Error(); !strings.HasPrefix(msg, "id: ") {
+		p.addf("%s.%s", where, msg)
 	}
 }
 
@@ -178,25 +177,9 @@ func (c *Config) problems() []string {
 			}
 			inCell[id] = cell.ID
 		}
-		p.nonNegative(where+".preroll", cell.Preroll)
-		p.nonNegative(where+".postroll", cell.Postroll)
-		p.nonNegative(where+".max_duration", cell.MaxDuration)
-		p.nonNegative(where+".idle_timeout", cell.IdleTimeout)
-		if cell.MaxDuration > 0 && cell.MaxDuration < time.Second {
-			p.addf("%s.max_duration: must be at least 1s", where)
-		}
-		if cell.GapFactor < 1 {
-			p.addf("%s.gap_factor: must be at least 1", where)
-		}
-		if q := cell.Quality; !(q.MinCoverage >= 0 && q.MinCoverage <= 1) {
-			p.addf("%s.quality.min_coverage: %v is not between 0 and 1", where, q.MinCoverage)
-		}
-		p.nonNegative(where+".quality.max_alignment_bound", cell.Quality.MaxAlignmentBound)
-		for _, pat := range cell.Quality.RequiredStreams {
-			if _, err := path.Match(pat, ""); err != nil || pat == "" {
-				p.addf("%s.quality.required_streams: %q is not a stream id or pattern", where, pat)
-			}
-		}
+		o := c.Cells[i].options()
+		o.EnsureDefaults()
+		p.component(where, o.Validate())
 		if t := cell.Trigger; t != nil {
 			if !brokers[t.Broker] {
 				p.addf("%s.trigger.broker: broker %q is not defined under brokers", where, t.Broker)

@@ -36,17 +36,6 @@ func openStore(d *Daemon) (*storage.Store, error) {
 	return store, nil
 }
 
-// deviceCells maps every device id to its cell id.
-func deviceCells(cfg *config.Config) map[string]string {
-	m := map[string]string{}
-	for _, c := range cfg.Cells {
-		for _, d := range c.Devices {
-			m[d] = c.ID
-		}
-	}
-	return m
-}
-
 // buildDevices creates the cameras, brokers (with their devices and cell
 // triggers) and the WebRTC server. It starts nothing.
 func (d *Daemon) buildDevices() error {

@@ -210,7 +210,7 @@ func (d *Daemon) prepare(ctx context.Context) (err error) {
 	}()
 	hub := webrtc.NewHub(d.log)
 	d.sink = lifecycle.NewSink(d.store, lifecycle.SinkOptions{Live: hub, Logger: d.log, Registerer: d.reg})
-	lo := lifecycleOptions(d.cfg)
+	lo := d.opts.Lifecycle
 	lo.Logger, lo.Registerer = d.log, d.reg
 	lo.TimeSync = d.readTimeSync
 	lo.Settled = func(e episode.Episode) {
