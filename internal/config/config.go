@@ -5,7 +5,7 @@
 // reported at once. The key reference is docs/CONFIG.md.
 //
 // One source of truth for options: the keys that configure a component
-// (storage, brokers, rtsp and mqtt devices, WebRTC, the uploader) become
+// (storage, brokers, rtsp and mqtt devices, WebRTC, cells, the uploader) become
 // that component's Options in one function, Components. Their defaults are
 // the components' exported constants, applied by the components'
 // EnsureDefaults (Config.EnsureDefaults copies them back so that --print
