@@ -12,7 +12,8 @@
 // shows them), and they are checked by the components' Validate methods,
 // never a second time here; this package checks only what belongs to no
 // component: ids, references between sections, the API's access settings,
-// cells and the sync section. `episoded config check` and the daemon's
+// log, whip devices, device rates, sync.mode and sync.target.type (which may
+// be empty). `episoded config check` and the daemon's
 // start-up both Load the file and build the components from Components, so
 // they cannot disagree (cmd/episoded TestConfigCheckAgreesWithStart).
 // Component packages never import this package.

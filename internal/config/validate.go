@@ -16,7 +16,8 @@ import (
 // checked by the components' own Validate methods, on the options
 // Components builds (the same options the daemon starts with); this file
 // checks only what belongs to no component: ids, references between
-// sections, the API's access settings, cells and the sync section.
+// sections, the API's access settings, log, whip devices, device rates,
+// sync.mode and sync.target.type.
 func (c *Config) Validate() error {
 	if p := c.problems(); len(p) > 0 {
 		return &Error{File: "(in memory)", Problems: p}
