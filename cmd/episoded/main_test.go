@@ -35,7 +35,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -45,7 +45,7 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func writeFile(t *testing.T, path, content string) string {
+func writeFile(t testing.TB, path, content string) string {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
@@ -128,13 +128,9 @@ shutdown_timeout: 5s
 
 	waitMsg(t, msgs, "READY=1", 20*time.Second)
 	waitMsg(t, msgs, "WATCHDOG=1", 2*time.Second)
-	deadline := time.Now().Add(10 * time.Second)
-	for httpCode("http://"+addr+"/healthz") != 200 || httpCode("http://"+addr+"/readyz") != 200 {
-		if time.Now().After(deadline) {
-			t.Fatalf("healthz/readyz never turned 200; stderr:\n%s", stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitUntil(t, 30*time.Second, "healthz and readyz 200", func() bool {
+		return httpCode("http://"+addr+"/healthz") == 200 && httpCode("http://"+addr+"/readyz") == 200
+	}, &stderr)
 	if code := httpCode("http://" + addr + "/metrics"); code != 200 {
 		t.Fatalf("/metrics = %d", code)
 	}

@@ -28,14 +28,17 @@ var (
 	errRedeliver = errors.New("mqtt: reconnecting for redelivery of unacknowledged messages")
 )
 
+// subscribeTimeout bounds a wait for SUBACK with no message arriving
+// either (see subscribe). A variable so that a test can shorten it.
+var subscribeTimeout = 10 * time.Second
+
 const (
-	connectTimeout   = 10 * time.Second
-	subscribeTimeout = 10 * time.Second
-	barrierTimeout   = 3 * time.Second
-	quiesceMillis    = 250
-	logEvery         = 10 * time.Second
-	statsLogEvery    = time.Minute
-	topicCacheMax    = 4096
+	connectTimeout = 10 * time.Second
+	barrierTimeout = 3 * time.Second
+	quiesceMillis  = 250
+	logEvery       = 10 * time.Second
+	statsLogEvery  = time.Minute
+	topicCacheMax  = 4096
 	// barrierFilter is never subscribed; unsubscribing it is a round trip.
 	barrierFilter = "episoded/internal/ack-barrier"
 )
@@ -67,7 +70,8 @@ type Client struct {
 	refusing     atomic.Bool   // draining for a reconnect or shutdown: take no new message
 	redeliver    chan struct{} // cap 1: asks the session to drain and reconnect
 	connected    atomic.Bool
-	pending      atomic.Int64 // messages accepted and neither acknowledged nor given up
+	pending      atomic.Int64  // messages accepted and neither acknowledged nor given up
+	received     atomic.Uint64 // messages paho handed over, refused or not: progress while subscribing
 
 	acks struct {
 		sync.Mutex
@@ -432,8 +436,19 @@ func (b *Client) subscribe(c paho.Client) error {
 		return nil
 	}
 	tok := c.SubscribeMultiple(b.filters, nil)
-	if !tok.WaitTimeout(subscribeTimeout) {
-		return errors.New("subscribe: no SUBACK within 10s")
+	// A broker may send a session's unacknowledged messages before it
+	// reads our SUBSCRIBE: mochi-mqtt (the embedded broker of demo and
+	// simulate) resends its whole in-flight window right after CONNACK.
+	// After a long outage that takes longer than subscribeTimeout, and
+	// giving up then would start the same resend again, for ever. So wait
+	// while messages keep arriving; give up only after subscribeTimeout
+	// with neither a SUBACK nor a message.
+	for last := b.received.Load(); !tok.WaitTimeout(subscribeTimeout); {
+		n := b.received.Load()
+		if n == last {
+			return fmt.Errorf("subscribe: no SUBACK within %v", subscribeTimeout)
+		}
+		last = n
 	}
 	if err := tok.Error(); err != nil {
 		return fmt.Errorf("subscribe: %w", err)
@@ -458,6 +473,7 @@ func (b *Client) subscribe(c paho.Client) error {
 func (b *Client) onMessage(gen uint64) paho.MessageHandler {
 	return func(_ paho.Client, m paho.Message) {
 		recvT := time.Now().UnixNano()
+		b.received.Add(1)
 		if b.refusing.Load() {
 			b.stats.refused.Add(1)
 			return // not acknowledged: redelivered on the next connection

@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 	"testing/synctest"
@@ -30,10 +31,16 @@ func TestStartStopPostroll(t *testing.T) {
 		if s := r.episode(e.ID); s.State != episode.Recording || s.Stop != 0 || s.Task != "pick" || !slices.Equal(s.Streams, r.streams["c1"]) {
 			t.Fatalf("stored after start: %s stop %d task %q streams %v", s.State, s.Stop, s.Task, s.Streams)
 		}
-		if _, err := r.cells.Start(ctx, "c1", ingest.StartRequest{}); err == nil {
-			t.Fatal("a second start on a recording cell succeeded")
+		if _, err := r.cells.Start(ctx, "c1", ingest.StartRequest{}); !errors.Is(err, ingest.ErrRecording) {
+			t.Fatalf("a second start on a recording cell: %v", err)
+		}
+		if _, err := r.cells.Start(ctx, "c9", ingest.StartRequest{}); !errors.Is(err, ErrUnknownCell) {
+			t.Fatalf("start on an unknown cell: %v", err)
 		}
 		got.add(r.feed(3*time.Second, 100, nil))
+		if _, err := r.cells.Stop(ctx, "c1", "0193a1b2-0000-7000-8000-000000000000", ingest.StopAPI); !errors.Is(err, ingest.ErrNotRecording) {
+			t.Fatalf("stop of another episode id: %v", err)
+		}
 		stopped, err := r.cells.Stop(ctx, "c1", e.ID, ingest.StopAPI)
 		if err != nil {
 			t.Fatal(err)

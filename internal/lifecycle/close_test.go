@@ -58,7 +58,9 @@ func (r *rig) backfill(n int, size int) {
 // (settleLateLocked with now 0) rather than waited for.
 func TestCloseHoldsNoCellLock(t *testing.T) {
 	const pre = 30 * time.Second
-	r := newRig(t, t.TempDir(), rigOptions{cells: []CellOptions{{ID: "c1", Preroll: pre}}, cams: 8})
+	// A settle margin of an hour: no tick settles the episode on its own,
+	// however slow the machine.
+	r := newRig(t, t.TempDir(), rigOptions{cells: []CellOptions{{ID: "c1", Preroll: pre}}, cams: 8, syncInterval: time.Hour})
 	r.run()
 	ctx := context.Background()
 	r.backfill(300, 20<<10) // 8 x 300 frames of 20 KiB: segment payloads
@@ -267,11 +269,11 @@ func TestStoreRefusesWrites(t *testing.T) {
 		if len(q.GapList) == 0 || c.Verdict == nil || c.Verdict.Status != episode.QualityDegraded {
 			t.Fatalf("gaps %+v, verdict %+v: want the refusals accounted", q.GapList, c.Verdict)
 		}
-		t.Logf("%d frames stored, %d refused; gaps %+v", len(stored), refused, q.GapList)
+		// Storage refused until the stop: the trailing gap has no stored
+		// frame after it to carry the Refused flag, and is still accounted
+		// to storage.
 		for _, g := range q.GapList {
-			// A trailing gap (refused until the stop) has no stored frame
-			// after it to carry the flag.
-			if g.Cause != episode.CauseStorageRejected && g.To != c.Stop {
+			if g.Cause != episode.CauseStorageRejected {
 				t.Errorf("gap [%v, %v] caused by %s, want %s", time.Duration(g.From-c.Start), time.Duration(g.To-c.Start), g.Cause, episode.CauseStorageRejected)
 			}
 		}
@@ -296,7 +298,7 @@ func BenchmarkCloseWhileRecording(b *testing.B) {
 	)
 	for b.Loop() {
 		b.StopTimer()
-		r := newRig(b, b.TempDir(), rigOptions{cells: []CellOptions{{ID: "c1", Preroll: long + time.Minute}}, cams: cams,
+		r := newRig(b, b.TempDir(), rigOptions{cells: []CellOptions{{ID: "c1", Preroll: long + time.Minute}}, cams: cams, syncInterval: time.Hour,
 			store: func(o *storage.Options) { o.TimelineRetention = time.Hour }})
 		r.run()
 		ctx := context.Background()
@@ -393,4 +395,56 @@ func BenchmarkCloseWhileRecording(b *testing.B) {
 		b.ReportMetric(float64(maxWait.Load())/1e6, "max_write_ms")
 		b.ReportMetric(closeTook.Seconds()*1e3, "close_ms")
 	}
+}
+
+// TestRefusedGap: after storage refused samples of a stream in the middle
+// of an episode, the next stored one is flagged Refused and the gap, with
+// its exact bounds, is accounted to storage_rejected. (The refusal is
+// injected at the sink's append seam, to place it exactly;
+// TestStoreRefusesWrites has a real store refuse.)
+func TestRefusedGap(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		r := newRig(t, t.TempDir(), rigOptions{})
+		r.run()
+		realAppend := r.sink.appendFn
+		var refuse atomic.Bool
+		r.sink.appendFn = func(s []sample.Sample, done func(error)) error {
+			if refuse.Load() {
+				return storage.ErrFull
+			}
+			return realAppend(s, done)
+		}
+		ctx := context.Background()
+		e, err := r.cells.Start(ctx, "c1", ingest.StartRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		var times []int64
+		for k := range 90 {
+			refuse.Store(k >= 30 && k < 50)
+			wg.Add(1)
+			now := time.Now().UnixNano()
+			times = append(times, now)
+			err := r.sink.Write(sample.Sample{Stream: r.streams["c1"][0], RecvT: now, Payload: []byte{1}}, func(error) { wg.Done() })
+			if (err != nil) != (k >= 30 && k < 50) {
+				t.Fatalf("frame %d: %v", k, err)
+			}
+			if err != nil {
+				wg.Done()
+			}
+			time.Sleep(period)
+		}
+		wg.Wait()
+		stopped, err := r.cells.Stop(ctx, "c1", e.ID, ingest.StopAPI)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.settleWait(stopped.Stop, 0)
+		q := report(t, r.episode(e.ID), r.streams["c1"][0])
+		if q.Samples != 70 || len(q.GapList) != 1 || q.GapList[0].Cause != episode.CauseStorageRejected ||
+			q.GapList[0].From != times[29] || q.GapList[0].To != times[50] {
+			t.Fatalf("report: %d samples, gaps %+v", q.Samples, q.GapList)
+		}
+	})
 }

@@ -53,11 +53,11 @@
 //   - Sink.mu: the map of streams. Held for a lookup or an insert only; a
 //     leaf.
 //   - streamState.mu: one stream's ingest state (seq, clock estimator,
-//     counters) and its refusal flag. Held across Process and
-//     storage.Store.Append, which only queues the sample in memory (it
+//     counters), its refusal flag and refused spans. Held across Process
+//     and storage.Store.Append, which only queues the sample in memory (it
 //     blocks only under storage's backpressure, for at most storage's
 //     AppendTimeout); the cell's worker takes it to read the live clock
-//     figures into a report.
+//     figures and the refused spans into a report.
 //   - offlineLog.mu: the connections' outage log. A leaf.
 //
 // Order: cellState.mu may be held while taking jobQueue.mu, and nothing

@@ -32,6 +32,8 @@ type rigOptions struct {
 	cams  int
 	// store adjusts the store's options.
 	store func(*storage.Options)
+	// syncInterval is Options.SyncInterval (the settle margin less 1s).
+	syncInterval time.Duration
 }
 
 // rig is a real store, a sink and cells, opened on dir.
@@ -84,7 +86,7 @@ func newRig(t testing.TB, dir string, o rigOptions) *rig {
 	}
 	t.Cleanup(r.stopStore)
 
-	lo := Options{Cells: o.cells, Logger: slog.New(slog.DiscardHandler), Registerer: r.reg,
+	lo := Options{Cells: o.cells, SyncInterval: o.syncInterval, Logger: slog.New(slog.DiscardHandler), Registerer: r.reg,
 		Settled: func(e episode.Episode) {
 			r.mu.Lock()
 			r.settled = append(r.settled, e)

@@ -38,9 +38,10 @@ type Options struct {
 	// second plus this long after its window ends, so that samples still
 	// in flight (device latency, the last commit) are in it.
 	SyncInterval time.Duration
-	// Settled, if set, is called on the cell's worker after an episode is
-	// stored closed or interrupted with its final report (wake the
-	// uploader); once per episode.
+	// Settled, if set, is called after an episode is stored closed or
+	// interrupted with its final report (wake the uploader): on the
+	// cell's worker, or in Recover for an episode a crash left open; once
+	// per episode. It must not block.
 	Settled func(episode.Episode)
 	// TimeSync, if set, reads the kernel's time-sync state as an episode
 	// closes (provenance).
@@ -58,13 +59,14 @@ type CellOptions struct {
 	ID string
 	// Preroll and Postroll widen each episode's window.
 	Preroll, Postroll time.Duration
-	// MaxDuration rolls an episode over into a new, linked one; 0 never.
+	// MaxDuration rolls an episode over into a new, linked one; 0 never,
+	// else at least a second.
 	MaxDuration time.Duration
 	// IdleTimeout stops an episode when no sample arrived on the cell for
 	// this long; 0 never.
 	IdleTimeout time.Duration
 	// GapFactor: a telemetry gap longer than GapFactor times the stream's
-	// typical period counts as a gap. Default DefaultGapFactor.
+	// typical period counts as a gap; at least 1. Default DefaultGapFactor.
 	GapFactor float64
 	// MinCoverage, MaxAlignmentBound and RequiredStreams are the verdict's
 	// thresholds (ingest.QualityOptions).

@@ -143,6 +143,12 @@ func (c *Cells) priorPeriod(ctx context.Context, d sample.Descriptor, from int64
 // streamReport builds one stream's report of e with o.
 func (c *Cells) streamReport(ctx context.Context, e episode.Episode, d sample.Descriptor, o ingest.ReportOptions) (episode.StreamReport, error) {
 	from, to := o.From, o.To
+	st := c.sink.stream(d.Stream)
+	if st != nil {
+		st.mu.Lock()
+		o.Refused = st.refusalsLocked(from, to)
+		st.mu.Unlock()
+	}
 	r, err := ingest.NewReport(d, o)
 	if err != nil {
 		return episode.StreamReport{}, err
@@ -168,7 +174,7 @@ func (c *Cells) streamReport(ctx context.Context, e episode.Episode, d sample.De
 	// is taken here, on the worker, never under a cell's lock.
 	var bound int64
 	var haveBound bool
-	if st := c.sink.stream(d.Stream); st != nil && e.State != episode.Interrupted {
+	if st != nil && e.State != episode.Interrupted {
 		st.mu.Lock()
 		r.SetClock(st.proc.ClockReport(from, to))
 		bound, haveBound = st.proc.BoundOver(from, to)

@@ -32,7 +32,9 @@ import (
 // When storage refuses a sample (full, or overloaded past its bounded
 // wait), its seq is taken back, the refusal is counted and logged (once per
 // burst), the stream's next stored sample is flagged sample.Refused (so the
-// quality report accounts the gap to storage), and Write returns the error
+// quality report accounts the gap to storage; the refused span is also
+// kept, in memory, for a gap that no stored sample ends: storage refused
+// until the window's end), and Write returns the error
 // to the device, which knows what the loss means: a camera marks its next
 // stored frame with Discontinuity and the dropped count; an MQTT device
 // withholds the acknowledgement so the broker redelivers the message.
@@ -69,6 +71,40 @@ type streamState struct {
 	// refused: storage refused a sample since the last stored one; the
 	// next stored sample is flagged sample.Refused.
 	refused bool
+	// refusals are the spans (aligned time of the samples refused) over
+	// which storage refused samples, the last one open while refused, at
+	// most maxRefusals: the quality report accounts a gap no stored
+	// sample ends (refused until the window's end) to storage. Kept in
+	// memory: a report rebuilt after a restart has only the flags.
+	refusals []ingest.Interval
+}
+
+const maxRefusals = 256
+
+// refuseLocked notes that the sample at t was refused. The caller holds
+// st.mu.
+func (st *streamState) refuseLocked(t int64) {
+	if st.refused && len(st.refusals) > 0 {
+		last := &st.refusals[len(st.refusals)-1]
+		last.From, last.To = min(last.From, t), max(last.To, t)
+		return
+	}
+	if len(st.refusals) == maxRefusals {
+		st.refusals = append(st.refusals[:0], st.refusals[1:]...)
+	}
+	st.refusals = append(st.refusals, ingest.Interval{From: t, To: t})
+}
+
+// refusalsLocked returns the refusal spans overlapping [from, to]. The
+// caller holds st.mu.
+func (st *streamState) refusalsLocked(from, to int64) []ingest.Interval {
+	var out []ingest.Interval
+	for _, iv := range st.refusals {
+		if iv.From <= to && from <= iv.To {
+			out = append(out, iv)
+		}
+	}
+	return out
 }
 
 // clockOptions tune every stream's clock estimator. The estimator sees
@@ -156,6 +192,7 @@ func (p *Sink) Write(s sample.Sample, done func(error)) error {
 	err := p.appendFn([]sample.Sample{s}, done)
 	if err != nil {
 		st.proc.Unprocess(&s)
+		st.refuseLocked(s.T)
 		st.refused = true
 		reason, logNow := p.refusedLocked(st, s.Stream, err)
 		st.mu.Unlock()

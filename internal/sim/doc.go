@@ -50,8 +50,8 @@
 // Nothing here queues: each device is one goroutine that sleeps until its
 // next sample is due and hands it to the library (gortsplib's per-client
 // write queue, mochi's per-client outbound buffer). When a client's queue
-// is full the library drops for that client; the simulator does not block
-// or slow down.
+// is full the library drops for that client (RTSP: counted in
+// QueueDrops); the simulator does not block or slow down.
 //
 // # The embedded broker under SIGKILL
 //

@@ -63,6 +63,9 @@ type Sim struct {
 	trig  *trigger
 	ready chan struct{}
 	ran   atomic.Bool
+	// queueDrops counts RTP packets gortsplib did not send to a client
+	// whose write queue was full (see QueueDrops).
+	queueDrops atomic.Uint64
 
 	// set before ready is closed, read-only afterwards
 	t0       int64

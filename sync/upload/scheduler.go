@@ -124,7 +124,7 @@ func (u *Uploader) pass(ctx context.Context, budget *runBudget) (passResult, err
 		if exhausted {
 			continue
 		}
-		if d := nb.Sub(time.Now()); d > 0 {
+		if d := time.Until(nb); d > 0 {
 			setWait(d)
 			continue
 		}
@@ -153,7 +153,7 @@ func (u *Uploader) pass(ctx context.Context, budget *runBudget) (passResult, err
 	}
 	if waitingForWindow {
 		if t := u.sched.nextChange(time.Now()); !t.IsZero() {
-			setWait(t.Sub(time.Now()))
+			setWait(time.Until(t))
 		}
 	}
 	return res, nil

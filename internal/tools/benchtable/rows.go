@@ -32,6 +32,15 @@ var Rows = []Row{
 	{Figure: "RTSP: bare cameras, dropped frames", Pkg: "devices/rtsp", Bench: "BenchmarkRecord8Streams",
 		Unit: "dropped-frames", Goal: ValueAtMost(0)},
 
+	// memory of the whole daemon (docs/BENCHMARKS.md): the built binary
+	// recording 8 1080p30 cameras, telemetry and lidar for RSS_DURATION
+	{Figure: "memory: daemon peak RSS (VmHWM), 8×1080p30 + telemetry + lidar", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonRSS8Cameras",
+		Unit: "peak-RSS-MB", Goal: ValueAtMost(100)},
+	{Figure: "memory: daemon RSS at the end", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonRSS8Cameras",
+		Unit: "final-RSS-MB", Goal: ValueAtMost(100)},
+	{Figure: "memory: RSS slope over the second half (flat ≈ 0)", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonRSS8Cameras",
+		Unit: "slope-MB/min", Goal: ValueAtMost(1)},
+
 	// MQTT (docs/benchmarks/mqtt.md)
 	{Figure: "MQTT: stored rate vs mosquitto_sub -q 1", Pkg: "devices/mqtt", Bench: "BenchmarkMQTTRecordVsMosquittoSub",
 		Unit: "stored_msg/s", Peer: "sub_msg/s", Ratio: "stored/sub", Goal: RatioAtLeast(1.0)},
