@@ -7,8 +7,6 @@ import (
 	"regexp"
 	"strings"
 	"time"
-
-	"github.com/episoded/episoded/internal/redact"
 )
 
 // Validate reports every problem in c at once; nil means valid. It expects
@@ -218,8 +216,6 @@ func (c *Config) syncProblems(p *problems) {
 	o.EnsureDefaults()
 	p.component("sync", o.Validate())
 }
-
-func redactURL(u string) string { return redact.URL(u) }
 
 // apiAccessProblems checks the API's access settings (docs/SECURITY.md).
 func (c *Config) apiAccessProblems(p *problems) {
