@@ -19,6 +19,13 @@ import (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// segWriteBuf is each open segment writer's buffer. A commit flushes it
+// (every 100 ms: ~50 KB of a 4 Mbit/s camera, one lidar frame), so 256 KiB
+// still turns a commit's frames into few writes; it is live heap for every
+// stream that writes segments (9 at 8 cameras and a lidar), and 1 MiB was
+// 9 MiB of the daemon's live heap (BenchmarkDaemonRSS8Cameras).
+const segWriteBuf = 256 << 10
+
 // segStats are the segment totals, published for readers that must not
 // wait on segMu.
 type segStats struct {
@@ -203,7 +210,7 @@ func (s *Store) segmentForLocked(stream string, t int64, touched map[uint64]*seg
 	}
 	s.segMu.created = true
 	w = &segWriter{
-		id: id, f: f, bw: bufio.NewWriterSize(f, 1<<20),
+		id: id, f: f, bw: bufio.NewWriterSize(f, segWriteBuf),
 		rec: segRec{V: formatVersion, Stream: stream, Slice: slice, MinT: t, MaxT: t},
 	}
 	s.segMu.active[stream] = w
