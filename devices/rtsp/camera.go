@@ -270,6 +270,7 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 		Host:        c.u.Host,
 		ReadTimeout: c.o.ReadTimeout,
 		Transport:   c.transport(),
+		DialContext: dialBuffered,
 		// Losses are counted from sequence gaps by the assembler, which
 		// sees the same packets; this only silences the default logger.
 		OnPacketsLost: func(uint64) {},
