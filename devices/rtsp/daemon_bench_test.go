@@ -22,8 +22,13 @@ import (
 
 // benchProfileEnv: a file to write a CPU profile of the daemon to, taken
 // over the measured window through its /debug/pprof/profile (the profile
-// costs the daemon a little CPU, so leave it unset for the figures).
+// costs the daemon a little CPU, so leave it unset for the figures), and
+// FILE.allocs, its allocations since start-up.
 const benchProfileEnv = "EPISODED_RTSP_BENCH_PROFILE"
+
+// benchDaemonEnv: an episoded binary to measure instead of building the
+// worktree's (to compare two builds, run after run).
+const benchDaemonEnv = "EPISODED_RTSP_BENCH_DAEMON"
 
 // BenchmarkDaemonRecord8Cameras measures the product, not the camera: the
 // built episoded binary records 8 RTSP cameras (1080p30 H.264 at about
@@ -43,7 +48,8 @@ const benchProfileEnv = "EPISODED_RTSP_BENCH_PROFILE"
 // after the daemon has exited) with no frame the server could not send.
 //
 // Run it with -benchtime 1x: one iteration is the whole measurement. It
-// builds the daemon first (go build), which takes a while on a cold cache.
+// builds the daemon first (go build), which takes a while on a cold cache,
+// unless EPISODED_RTSP_BENCH_DAEMON names a binary to measure.
 func BenchmarkDaemonRecord8Cameras(b *testing.B) {
 	ffmpeg := ffmpegPath(b)
 	ffprobe, err := exec.LookPath("ffprobe")
@@ -53,9 +59,12 @@ func BenchmarkDaemonRecord8Cameras(b *testing.B) {
 	secs := benchSeconds(b)
 	window := time.Duration(secs * float64(time.Second))
 	dir := b.TempDir()
-	bin := filepath.Join(dir, "episoded")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/episoded/episoded/cmd/episoded").CombinedOutput(); err != nil {
-		b.Fatalf("build episoded: %v\n%s", err, out)
+	bin := os.Getenv(benchDaemonEnv)
+	if bin == "" {
+		bin = filepath.Join(dir, "episoded")
+		if out, err := exec.Command("go", "build", "-o", bin, "github.com/episoded/episoded/cmd/episoded").CombinedOutput(); err != nil {
+			b.Fatalf("build episoded: %v\n%s", err, out)
+		}
 	}
 	clipPath, mbps := makeBenchClip(b, ffmpeg, dir)
 
@@ -205,6 +214,12 @@ func BenchmarkDaemonRecord8Cameras(b *testing.B) {
 	if out := os.Getenv(benchProfileEnv); out != "" && prof.Len() > 0 {
 		if err := os.WriteFile(out, prof.Bytes(), 0o644); err != nil {
 			b.Error(err)
+		}
+		// And what was allocated since start-up, beside it.
+		if r, err := http.Get(api + "/debug/pprof/allocs"); err == nil {
+			raw, _ := io.ReadAll(r.Body)
+			r.Body.Close()
+			os.WriteFile(out+".allocs", raw, 0o644) //nolint:errcheck
 		}
 	}
 
