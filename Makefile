@@ -10,6 +10,10 @@ LDFLAGS  := -X $(PKG)/internal/buildinfo.Version=$(VERSION) -X $(PKG)/internal/b
 TEST_FLAGS ?= -count=1 -timeout 25m
 BENCH    ?= .
 BENCHTIME ?= 1s
+# staticcheck, pinned: `go run` fetches exactly this version through the Go
+# module proxy (cached after the first run); it is not a dependency of the
+# module. Bump it together with the Go version it supports.
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .PHONY: all build test test-short lint bench demo deb clean
 
@@ -32,9 +36,25 @@ test-short:
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
 
+# Every benchmark, raw output teed to $(BENCH_OUT), then one table of every
+# figure against its same-run peer and goal (internal/tools/benchtable; rows
+# in its rows.go). BENCH=Pattern narrows the run (the table then lists only
+# the rows it selects); BENCHTABLE_FLAGS=-strict makes a failed or missing
+# figure fail the target. The table can be rebuilt from saved output:
+# go run ./internal/tools/benchtable -bench '$(BENCH)' $(BENCH_OUT)
+# RSS_DURATION is how long BenchmarkDaemonRSS8Cameras records (its figure
+# is for 10m; RSS_DURATION=1m for a quick look).
+BENCH_OUT ?= bin/bench.txt
+BENCHTABLE_FLAGS ?=
+RSS_DURATION ?= 10m
 bench:
-	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -timeout 60m ./...
+	@mkdir -p $(dir $(BENCH_OUT))
+	EPISODED_RSS_BENCH_DURATION=$(RSS_DURATION) $(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -timeout 120m ./... 2>&1 | tee $(BENCH_OUT)
+	@echo
+	@echo "make bench: figures against their same-run peers (raw output: $(BENCH_OUT))"
+	@$(GO) run ./internal/tools/benchtable -bench '$(BENCH)' $(BENCHTABLE_FLAGS) $(BENCH_OUT)
 
 # The simulated cell and the daemon in one process; data in ./demo-data.
 # Stop with Ctrl-C, or pass DEMO_FLAGS='--duration 40s'.

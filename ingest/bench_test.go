@@ -168,30 +168,3 @@ func BenchmarkClockAlign(b *testing.B) {
 		c.Align(x.SrcT, x.RecvT)
 	}
 }
-
-// BenchmarkViewFrame is the cost per frame of a synchronized view over
-// three streams (30 Hz, 10 Hz, 500 Hz) at 30 frames/s.
-func BenchmarkViewFrame(b *testing.B) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	dur := 60 * time.Second
-	all := merged(
-		jittered(rng, "cam", 30, dur, 2e6, 0, 0),
-		jittered(rng, "lidar", 10, dur, 5e6, 0, 0),
-		jittered(rng, "joints", 500, dur, 3e5, 0, 0),
-	)
-	o := ViewOptions{Streams: []string{"cam", "lidar", "joints"}, From: t0, To: t0 + int64(dur) - 1, RateHz: 30, Tolerance: 20e6}
-	b.ReportAllocs()
-	b.ResetTimer()
-	frames := 0
-	for range b.N {
-		v, _ := NewView(o)
-		for _, err := range v.Frames(seqOf(all, nil)) {
-			if err != nil {
-				b.Fatal(err)
-			}
-			frames++
-		}
-	}
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(frames), "ns/frame")
-	b.ReportMetric(float64(len(all)*b.N)/b.Elapsed().Seconds()/1e6, "Msamples/s")
-}

@@ -153,6 +153,33 @@ func TestReportGapCauses(t *testing.T) {
 	}
 }
 
+// TestReportRefusedTail: storage refused the stream's samples until the
+// window's end, so no stored sample carries the Refused flag after the
+// gap; the Refused intervals still account it to storage_rejected.
+func TestReportRefusedTail(t *testing.T) {
+	const p = int64(10 * time.Millisecond)
+	d := sample.Descriptor{Stream: "c1/cam", Kind: sample.KindVideo, Clock: sample.ClockArrival}
+	from := t0
+	to := from + 100*p
+	for _, tc := range []struct {
+		refused []Interval
+		want    string
+	}{
+		{nil, episode.CauseNoData},
+		{[]Interval{{from + 60*p, from + 99*p}}, episode.CauseStorageRejected},
+	} {
+		r, _ := NewReport(d, ReportOptions{From: from, To: to, Period: p, Refused: tc.refused})
+		for i := range 60 {
+			x := sample.Sample{T: from + int64(i)*p, RecvT: from + int64(i)*p}
+			r.Add(&x)
+		}
+		rep := r.Result()
+		if len(rep.GapList) != 1 || rep.GapList[0].Cause != tc.want || rep.GapList[0].To != to {
+			t.Errorf("refused %v: gaps %+v, want one to the window's end caused by %s", tc.refused, rep.GapList, tc.want)
+		}
+	}
+}
+
 // TestReportNoWindow: without a window the span of the samples is measured
 // and a short edge silence is not a gap.
 func TestReportNoWindow(t *testing.T) {

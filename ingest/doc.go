@@ -1,6 +1,6 @@
 // Package ingest is the pure core of episoded: clock alignment per stream,
-// the episode state machine per cell, quality accounting per episode and
-// stream, and the synchronized view used by exports.
+// the episode state machine per cell, and quality accounting per episode
+// and stream.
 //
 // It does no I/O, starts no goroutines and never reads the wall clock: every
 // time is an argument, in int64 nanoseconds since the Unix epoch on the
@@ -195,7 +195,7 @@
 // API; the daemon logs and counts these and acknowledges the message anyway
 // (redelivery would not change the answer).
 //
-// # Quality (Report) and synchronized view (View)
+// # Quality (Report)
 //
 // A Report is built by feeding an episode's stored samples of one stream in
 // time order (only their index: time, flags, counts and payload size); it
@@ -204,7 +204,6 @@
 // window: expected samples at the nominal rate, coverage, and every gap as
 // an interval with a cause. Judge turns an episode's reports into its
 // verdict (ok or degraded, with reasons) against the cell's thresholds.
-// A View iterates a time-ordered sample sequence as frames at a fixed rate,
-// taking per stream the nearest sample within a tolerance and counting
-// misses.
+// (Frames on a common time grid, for datasets, are built by sync/dataset
+// from the exported MCAP.)
 package ingest

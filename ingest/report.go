@@ -39,6 +39,12 @@ type ReportOptions struct {
 	// which the stream's device was disconnected; a gap that overlaps one
 	// is accounted to device_offline.
 	Offline []Interval
+	// Refused lists the intervals (aligned time, in time order) over which
+	// storage refused the stream's samples; a gap that overlaps one is
+	// accounted to storage_rejected. The Refused flag on the stored sample
+	// after a gap says the same; these intervals also cover a gap that no
+	// stored sample ends (storage refused until the window's end).
+	Refused []Interval
 }
 
 // Interval is a time range [From, To] in ns on the gateway clock.
@@ -341,15 +347,16 @@ func (r *Report) gap(from, to int64, flags sample.Flags, lost, dropped uint32) {
 }
 
 // gapCause names why [from, to] has no data, most specific first: storage
-// refused samples (the sample after the gap is flagged Refused); the
+// refused samples (the sample after the gap is flagged Refused, or the gap
+// overlaps a Refused interval); the
 // device's connection was down during it (Offline); the source's numbering
 // shows loss (Lost, or a Discontinuity with no count); the gateway dropped
 // samples (Dropped); otherwise nothing arrived and nothing says why.
 func (r *Report) gapCause(from, to int64, flags sample.Flags, lost, dropped uint32) string {
 	switch {
-	case flags&sample.Refused != 0:
+	case flags&sample.Refused != 0, overlaps(r.o.Refused, from, to):
 		return episode.CauseStorageRejected
-	case r.offline(from, to):
+	case overlaps(r.o.Offline, from, to):
 		return episode.CauseDeviceOffline
 	case lost > 0:
 		return episode.CausePacketLoss
@@ -361,9 +368,9 @@ func (r *Report) gapCause(from, to int64, flags sample.Flags, lost, dropped uint
 	return episode.CauseNoData
 }
 
-// offline reports whether [from, to] overlaps an interval of Offline.
-func (r *Report) offline(from, to int64) bool {
-	for _, iv := range r.o.Offline {
+// overlaps reports whether [from, to] overlaps an interval of ivs.
+func overlaps(ivs []Interval, from, to int64) bool {
+	for _, iv := range ivs {
 		if iv.From < to && from < iv.To {
 			return true
 		}

@@ -500,15 +500,6 @@ func (s *Stream) coverLine(src, recv, t, bound int64) int64 {
 	return max(bound, satAdd(d, c.Bound(src)))
 }
 
-// cadence predicts a sample's T from the previous one: its T plus the
-// arrival interval in whole typical periods, rounded down (early is safe
-// for order: the samples after it are not pushed), at least one.
-func (s *Stream) cadence(recv int64) int64 {
-	p := s.cad.period
-	k := max(max(satSub(recv, s.lastRecv), 0)/p, 1)
-	return satAdd(s.lastT, k*p)
-}
-
 // fallbackBound is the error bound of arrival stamping on a device-clock
 // stream on arrival fallback: the configured latency (the assumed delay)
 // plus twice the measured arrival jitter plus the error floor, plus how

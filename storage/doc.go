@@ -54,7 +54,7 @@
 //     SegmentThreshold < 0) large values go to blob files that compactions
 //     do not rewrite; 100–500 B telemetry stays inline;
 //   - memtables sized from the capacity (MemTableSize: capacity/128,
-//     2–32 MiB), 2 queued before Pebble stalls writes; each commit is
+//     2–8 MiB), 2 queued before Pebble stalls writes; each commit is
 //     split into batches of at most min(4 MiB, MemTableSize/4), because a
 //     batch larger than half a memtable becomes its own flushable and
 //     forces a flush per commit;
@@ -76,7 +76,7 @@
 // a ballast of 2 × MemTableSize (at least 4 MiB) that is deleted the
 // moment one of Pebble's writes meets ENOSPC (vfs.OnDiskFull), so that
 // Pebble's WAL and MANIFEST writes, which it treats as fatal, succeed on
-// their retry. 22 MiB for a store below 512 MiB, 280 MiB from 4 GiB.
+// their retry. 22 MiB for a store below 512 MiB, 74 MiB from 1 GiB.
 // CheckQuota (config check) refuses a quota that leaves less than 32 MiB
 // beyond it; Open refuses a MinFree or Quota the filesystem cannot hold.
 //

@@ -151,7 +151,7 @@ func (s *Store) planLocked(live []episodeRec, now int64, extra spans, extraStrea
 // the deleted ranges when compact is set (under pressure, or an explicit
 // delete) so that Pebble's space is reclaimed at once; otherwise Pebble's
 // own compactions drop the deleted data in time. It returns the segment
-// bytes freed.
+// bytes freed. Called with recMu held (it takes segMu itself).
 func (s *Store) applyPlanLocked(b *pebble.Batch, plan evictPlan, compactNow bool) (int64, error) {
 	type rng struct{ lo, hi []byte }
 	var compact []rng
@@ -214,7 +214,7 @@ func (s *Store) applyPlanLocked(b *pebble.Batch, plan evictPlan, compactNow bool
 	}
 	s.segStats.Store(segStats{s.segMu.bytes, len(s.segMu.segs)})
 	s.segMu.Unlock()
-	freed += s.punch(holes)
+	freed += s.punchLocked(holes)
 	if !compactNow {
 		compact = nil
 	}
@@ -251,7 +251,7 @@ func (s *Store) scanDeleted(lo, hi []byte, holes map[uint64]spans) (bool, error)
 	return has, it.Close()
 }
 
-// punch frees the disk blocks of deleted payloads in segments that stay
+// punchLocked frees the disk blocks of deleted payloads in segments that stay
 // because part of their span is still live (an episode's window rarely
 // covers whole segment slices): fallocate(PUNCH_HOLE) keeps the offsets of
 // the live samples and gives the blocks back, so that eviction and
@@ -260,7 +260,7 @@ func (s *Store) scanDeleted(lo, hi []byte, holes map[uint64]spans) (bool, error)
 // (commits only append past the punched ranges; the caller holds recMu,
 // so no eviction unlinks the segment meanwhile); segMu is taken to
 // account. It returns the bytes freed.
-func (s *Store) punch(holes map[uint64]spans) int64 {
+func (s *Store) punchLocked(holes map[uint64]spans) int64 {
 	var freed int64
 	for id, hs := range holes {
 		f, err := os.OpenFile(s.segPath(id), os.O_WRONLY, 0)

@@ -99,7 +99,6 @@ func collect(t testing.TB, seq func(func(sample.Sample, error) bool)) []sample.S
 type countHandler struct {
 	mu     *sync.Mutex
 	counts map[string]int
-	attrs  []slog.Attr
 }
 
 func newCountHandler() *countHandler {

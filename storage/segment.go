@@ -138,7 +138,7 @@ func (s *Store) writeSegmentsLocked(batches []*pebble.Batch, large []largeEntry)
 }
 
 // segCommittedLocked publishes the sizes of the segments written by the
-// batch just committed.
+// batch just committed. Called with segMu held.
 func (s *Store) segCommittedLocked() {
 	for id, w := range s.segMu.pendingTouched {
 		r := s.segMu.segs[id]
@@ -177,7 +177,7 @@ func (s *Store) syncSegDir() error {
 // segmentForLocked returns the open segment for a sample of stream at t,
 // rolling to a new segment when t enters a later time slice or the segment
 // is full. Out-of-order samples from an earlier slice go to the current
-// segment; MinT/MaxT keep the segment's true span.
+// segment; MinT/MaxT keep the segment's true span. Called with segMu held.
 func (s *Store) segmentForLocked(stream string, t int64, touched map[uint64]*segWriter) (*segWriter, error) {
 	slice := floorDiv(t, int64(s.opts.SegmentSlice))
 	w := s.segMu.active[stream]
@@ -243,7 +243,7 @@ func (s *Store) spareBufLocked(w *segWriter) {
 // the stream opens a new one. Bytes beyond the committed size are cut off
 // at once (a segment no commit reached is removed), so that a failed
 // commit, for example on ENOSPC, gives its space back; what cannot be
-// cut now is truncated on the next open.
+// cut now is truncated on the next open. Called with segMu held.
 func (s *Store) abandonLocked(w *segWriter) {
 	if !w.closed {
 		w.f.Close()
@@ -263,7 +263,8 @@ func (s *Store) abandonLocked(w *segWriter) {
 }
 
 // sealLocked closes a stream's active segment (for eviction). Its data is
-// durable: commits hold segMu until their batch is committed.
+// durable: commits hold segMu until their batch is committed. Called with
+// segMu held.
 func (s *Store) sealLocked(stream string) {
 	if w := s.segMu.active[stream]; w != nil {
 		w.bw.Flush()

@@ -27,12 +27,20 @@ import (
 //
 // The memtable is sized from the store's capacity (the quota, or the
 // filesystem less min_free): capacity/128, a power of two between 2 MiB and
-// 32 MiB, so that the overhead stays near 1/10 of a small store and at
-// most ~290 MiB on a large one.
+// 8 MiB, so that the overhead stays near 1/10 of a small store and at most
+// ~74 MiB on a large one.
+//
+// The memtable is also memory: Pebble allocates it outside the Go heap
+// (cgo), fills it over minutes at the daemon's usual rate, and keeps the
+// last flushed one for reuse, so up to two memtables stay resident. At 32
+// MiB that was up to 64 MiB of the daemon's RSS, more than everything
+// else it holds at 8 cameras (BenchmarkDaemonRSS8Cameras); 8 MiB still
+// holds a second of small records at 30k/s, and flushes, which write the
+// same bytes either way, just come more often.
 const (
 	memTableStop     = 2 // Pebble's MemTableStopWritesThreshold
 	minMemTable      = 2 << 20
-	maxMemTable      = 32 << 20
+	maxMemTable      = 8 << 20
 	maxManifestBytes = 2 << 20
 	metaSlack        = 1 << 20
 	minBallast       = 4 << 20

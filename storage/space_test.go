@@ -16,9 +16,8 @@ func TestFixedOverheadTable(t *testing.T) {
 		{100 << 20, 2 << 20, "22.2MiB"},
 		{512 << 20, 4 << 20, "39.4MiB"},
 		{1 << 30, 8 << 20, "73.8MiB"},
-		{2 << 30, 16 << 20, "142.6MiB"},
-		{4 << 30, 32 << 20, "280.2MiB"},
-		{1 << 40, 32 << 20, "280.2MiB"},
+		{2 << 30, 8 << 20, "73.8MiB"},
+		{1 << 40, 8 << 20, "73.8MiB"},
 	} {
 		if m := memTableFor(c.capacity); m != c.memTable {
 			t.Errorf("capacity %s: memtable %s, want %s", FormatSize(c.capacity), FormatSize(m), FormatSize(c.memTable))

@@ -84,7 +84,7 @@ type Options struct {
 	SegmentMaxBytes int64
 	// MemTableSize is Pebble's memtable size. Default: sized from the
 	// capacity (Quota, or the filesystem less MinFree), capacity/128
-	// between 2 MiB and 32 MiB. The store's fixed overhead grows with it
+	// between 2 MiB and 8 MiB. The store's fixed overhead grows with it
 	// (see FixedOverhead); it counts against Quota.
 	MemTableSize int64
 	// FS is the filesystem for Pebble and the segment files; nil means the

@@ -62,7 +62,7 @@ func (p *binProc) alive() bool {
 
 // waitUntil polls cond until it holds, failing after within with the tail
 // of the daemon's log (log may be nil).
-func waitUntil(t *testing.T, within time.Duration, what string, cond func() bool, log fmt.Stringer) {
+func waitUntil(t testing.TB, within time.Duration, what string, cond func() bool, log fmt.Stringer) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {

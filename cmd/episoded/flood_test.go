@@ -132,7 +132,7 @@ devices:
 }
 
 // peakRSS reads the peak resident set size of process pid (VmHWM).
-func peakRSS(t *testing.T, pid int) int64 {
+func peakRSS(t testing.TB, pid int) int64 {
 	t.Helper()
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

@@ -5,22 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"iter"
 	"log/slog"
 	"net/url"
-	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
-	"time"
 
-	"github.com/episoded/episoded/devices/mqtt"
 	"github.com/episoded/episoded/devices/rtsp"
 	"github.com/episoded/episoded/internal/daemon"
 	"github.com/episoded/episoded/internal/redact"
 	"github.com/episoded/episoded/internal/replay"
-	"github.com/episoded/episoded/sample"
-	"github.com/episoded/episoded/storage"
 )
 
 const replaySynopsis = "replay ID [--rate R] [--loop] [--from DURATION] [--to DURATION] [--streams GLOB]\n" +
@@ -92,44 +85,16 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	// The source: the daemon's samples endpoint, or a store opened here.
-	var open replay.Opener
-	if *storeDir != "" {
-		st, err := openStoreReadOnly(*storeDir, log)
-		if err != nil {
-			return fail(err)
-		}
-		defer st.Close()
-		// A unique prefix becomes the full id; an unknown id is left for
-		// the opener to report.
-		full, err := daemon.ResolveEpisodeID(st, id)
-		if errors.Is(err, storage.ErrNotFound) {
-			full, err = id, nil
-		}
-		if err != nil {
-			return fail(err)
-		}
-		open = replay.StoreOpener(st, full, sel)
-	} else {
+	// The source: a store opened here, or the daemon's samples endpoint.
+	po := replay.PlayOptions{ID: id, Selection: sel, StoreDir: *storeDir, Resolve: daemon.ResolveEpisodeID,
+		Rate: *rate, Loop: *loop, TopicPrefix: *prefix, MQTTURL: *mqttURL, RTSPAddr: *rtspAddr, WaitReaders: *waitReaders,
+		Stdout: stdout, Stderr: stderr, Logger: log}
+	if *storeDir == "" {
 		c, err := cf.client()
 		if err != nil {
 			return fail(err)
 		}
-		q := url.Values{}
-		if sel.Streams != "" {
-			q.Set("streams", sel.Streams)
-		}
-		if sel.From != 0 {
-			q.Set("from", sel.From.String())
-		}
-		if sel.To != 0 {
-			q.Set("to", sel.To.String())
-		}
-		path := "/v1/episodes/" + url.PathEscape(id) + "/samples"
-		if len(q) > 0 {
-			path += "?" + q.Encode()
-		}
-		open = replay.ReaderOpener(func(context.Context) (io.ReadCloser, error) {
+		po.Get = func(_ context.Context, path string) (io.ReadCloser, error) {
 			resp, err := c.do("GET", path, nil)
 			if err != nil {
 				if errors.Is(err, errUnreachable) {
@@ -138,94 +103,9 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 				return nil, err
 			}
 			return resp.Body, nil
-		})
-	}
-
-	// Open the first pass now: an unknown or recording episode is reported
-	// before anything connects or listens.
-	h, first, closeFirst, err := open(ctx)
-	if err != nil {
-		return fail(err)
-	}
-	firstUsed := false
-	player := func(ctx context.Context) (replay.Header, iter.Seq2[sample.Sample, error], func(), error) {
-		if !firstUsed {
-			firstUsed = true
-			return h, first, closeFirst, nil
-		}
-		return open(ctx)
-	}
-	var needMQTT, needRTSP bool
-	for _, si := range h.Streams {
-		d := si.At(h.From)
-		switch {
-		case d == nil:
-		case d.Kind == sample.KindVideo:
-			needRTSP = needRTSP || d.Codec == sample.CodecH264 || d.Codec == sample.CodecH265
-		default:
-			needMQTT = true
 		}
 	}
-
-	o := replay.Options{Rate: *rate, Loop: *loop, TopicPrefix: *prefix, Logger: log}
-	if needMQTT && *mqttURL == "" {
-		fmt.Fprintln(stderr, "episoded replay: note: no --mqtt broker given, telemetry and lidar streams are not replayed")
-	}
-	if needMQTT && *mqttURL != "" {
-		pub, err := mqtt.NewPublisher(mqtt.PublisherOptions{URL: *mqttURL, Logger: log})
-		if err != nil {
-			closeFirst()
-			return fail(err)
-		}
-		if err := pub.Connect(ctx); err != nil {
-			closeFirst()
-			return fail(err)
-		}
-		defer pub.Close(replay.DefaultAckTimeout)
-		o.MQTT = pub
-	}
-	var outs []*rtsp.OutStream
-	if needRTSP {
-		srv, err := rtsp.NewServer(rtsp.ServerOptions{Addr: *rtspAddr, Logger: log})
-		if err == nil {
-			err = srv.Start()
-		}
-		if err != nil {
-			closeFirst()
-			return fail(err)
-		}
-		defer srv.Close()
-		o.Video = func(stream string, d sample.Descriptor) (replay.VideoStream, error) {
-			out, err := srv.AddStream(stream, d)
-			if err != nil {
-				return nil, err
-			}
-			outs = append(outs, out)
-			return out, nil
-		}
-	}
-	o.BeforeStart = func(ctx context.Context, h replay.Header) error {
-		for _, out := range outs {
-			fmt.Fprintf(stdout, "serving %s\n", out.URL())
-		}
-		if o.MQTT != nil {
-			fmt.Fprintf(stdout, "publishing to %s\n", redact.URL(*mqttURL))
-		}
-		if *waitReaders && len(outs) > 0 {
-			fmt.Fprintln(stdout, "waiting for an RTSP reader on every camera (Ctrl-C to stop)")
-			if err := rtsp.WaitPlayed(ctx, outs...); err != nil {
-				return err
-			}
-		}
-		fmt.Fprintf(stdout, "replaying episode %s (%s at rate %g)\n", h.Episode.ID, h.Duration().Round(time.Millisecond), *rate)
-		return nil
-	}
-	p, err := replay.New(o)
-	if err != nil {
-		closeFirst()
-		return fail(err)
-	}
-	sum, err := p.Run(ctx, player)
+	sum, err := replay.Play(ctx, po)
 	if sum != nil {
 		if *asJSON {
 			printJSON(stdout, sum)
@@ -241,17 +121,4 @@ func cmdReplay(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	return exitOK
-}
-
-// openStoreReadOnly opens an existing store for reading. It refuses a
-// directory that is not a store rather than initialising one.
-func openStoreReadOnly(dir string, log *slog.Logger) (*storage.Store, error) {
-	if _, err := os.Stat(filepath.Join(dir, "EPISODED")); err != nil {
-		return nil, fmt.Errorf("open store %s: not an episoded store (no EPISODED marker)", dir)
-	}
-	st, err := storage.Open(storage.Options{Dir: dir, MinFree: -1, Logger: log})
-	if err != nil {
-		return nil, fmt.Errorf("%w (if the daemon is running on it, leave out --store to replay through its API)", err)
-	}
-	return st, nil
 }

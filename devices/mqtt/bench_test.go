@@ -32,7 +32,7 @@ func cpuSelf() time.Duration {
 // QoS 1 as fast as mosquitto takes it (several publisher processes, see
 // TestBenchPublisherChild) and,
 // in the same run, consumes it with `mosquitto_sub -q 1` (the baseline,
-// output counted and discarded) and with a Broker recording into a real
+// output counted and discarded) and with a Client recording into a real
 // storage.Store (acknowledging only once durable). It reports both message
 // rates, their ratio, the CPU ratio and the p99 delay to durable.
 //
@@ -97,7 +97,7 @@ func runMQTTBench(b *testing.B, total, pubs, per, rate int) benchResult {
 		st.Close()
 	}()
 
-	br, err := NewBroker(BrokerOptions{ID: "bench", URL: m.url(), ClientID: "episoded-bench"})
+	br, err := NewClient(ClientOptions{ID: "bench", URL: m.url(), ClientID: "episoded-bench"})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -145,6 +145,9 @@ func (c *bufferedConn) flushOnce(spare []byte) ([]byte, error) {
 	return c.flushLocked(spare)
 }
 
+// flushLocked writes what is pending (see flushOnce). Called with flushMu
+// held; it takes mu itself, only to swap the buffers, never across the
+// write.
 func (c *bufferedConn) flushLocked(spare []byte) ([]byte, error) {
 	c.mu.Lock()
 	if c.mu.err != nil || len(c.mu.buf) == 0 {

@@ -23,7 +23,7 @@ import (
 	"github.com/episoded/episoded/storage"
 )
 
-// storeSink is the minimal pipeline between a Broker and a real
+// storeSink is the minimal pipeline between a Client and a real
 // storage.Store, for the crash test and the benchmark: it assigns Seq per
 // stream, continuing after the highest stored one, and T = SrcT, or RecvT
 // for samples without device time, then appends. The real pipeline (ingest)
@@ -101,7 +101,7 @@ func openTestStore(dir string) (*storage.Store, error) {
 	return storage.Open(storage.Options{Dir: dir, TimelineRetention: 24 * time.Hour, MinFree: -1})
 }
 
-// TestCrashChild is the daemon of TestDaemonCrash: a Broker recording into a
+// TestCrashChild is the daemon of TestDaemonCrash: a Client recording into a
 // real storage.Store. It runs only when re-executed with crashChildEnv set.
 func TestCrashChild(t *testing.T) {
 	if os.Getenv(crashChildEnv) == "" {
@@ -119,7 +119,7 @@ func TestCrashChild(t *testing.T) {
 	storeDone := make(chan error, 1)
 	go func() { storeDone <- st.Run(storeCtx) }()
 
-	b, err := NewBroker(BrokerOptions{ID: "crash", URL: url, ClientID: "episoded-crash",
+	b, err := NewClient(ClientOptions{ID: "crash", URL: url, ClientID: "episoded-crash",
 		Backoff: devices.BackoffPolicy{Min: 100 * time.Millisecond, Max: 500 * time.Millisecond}})
 	if err != nil {
 		fmt.Println("ERROR", err)
@@ -304,7 +304,7 @@ func (p *ratePublisher) finish() error {
 	return errors.Join(errs...)
 }
 
-// TestDaemonCrash SIGKILLs the daemon (a child process running a Broker and
+// TestDaemonCrash SIGKILLs the daemon (a child process running a Client and
 // a real storage.Store) several times while mosquitto_pub sends 2,000
 // msg/s, restarting it each time. Every message published ends up stored:
 // those sent while the daemon was down, and those received but not yet

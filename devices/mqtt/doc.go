@@ -5,7 +5,8 @@
 //
 // # Lifecycle
 //
-// NewBroker checks options and starts nothing. AddDevice and AddTrigger
+// A Client is one client connection to one broker. NewClient checks
+// options and starts nothing. AddDevice and AddTrigger
 // are called before Run. Run(ctx, sink) blocks until ctx is cancelled; it
 // reconnects forever through devices.Supervise (one paho client per
 // connection attempt, paho's own auto-reconnect is off). Several devices
@@ -63,7 +64,7 @@
 // order) the handler runs on the router goroutine. If the handler blocked,
 // paho would stop reading the socket, so PINGRESPs would go unread and the
 // connection would time out. The handler therefore never blocks: it puts
-// the message on the broker's bounded queue (QueueSize) and returns.
+// the message on the Client's bounded queue (QueueSize) and returns.
 //
 // Backpressure is applied by withholding acknowledgements. The broker
 // sends at most its in-flight window of unacknowledged QoS 1 messages to a

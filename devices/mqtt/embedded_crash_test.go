@@ -78,7 +78,7 @@ func killLoops(t *testing.T) int {
 // TestEmbeddedBrokerDaemonCrash is issue 13's kill loop with the embedded
 // broker of `demo` and `simulate` (sim.NewMQTTBroker, mochi-mqtt, in this
 // process like `simulate` runs it apart from the daemon): the daemon (a
-// child process running a Broker and a real storage.Store) is SIGKILLed 50
+// child process running a Client and a real storage.Store) is SIGKILLed 50
 // times at random points while the simulator's inline client publishes
 // 400 QoS 1 msg/s on 4 topics, and restarted each time. Every message
 // the broker accepted ends up stored; duplicates are counted. See the

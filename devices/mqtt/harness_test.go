@@ -316,9 +316,9 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-// runBroker runs b against sink until the test ends; it returns a stop
+// runClient runs b against sink until the test ends; it returns a stop
 // function that cancels and waits.
-func runBroker(t testing.TB, b *Broker, sink interface {
+func runClient(t testing.TB, b *Client, sink interface {
 	Describe(sample.Descriptor) error
 	Write(sample.Sample, func(error)) error
 }) (stop func()) {

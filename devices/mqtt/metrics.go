@@ -62,12 +62,12 @@ type deviceCounters struct {
 	streams                                              atomic.Int64
 }
 
-type brokerCounters struct {
+type clientCounters struct {
 	overflow, refused, unmatched, retained, redelivered, triggers atomic.Uint64
 }
 
 // Stats returns a snapshot of the broker's counters.
-func (b *Broker) Stats() Stats {
+func (b *Client) Stats() Stats {
 	st := b.tracker.Status()
 	s := Stats{
 		Broker:      b.o.ID,
@@ -105,7 +105,7 @@ func (b *Broker) Stats() Stats {
 // the broker id as a constant label, so several brokers register side by
 // side on one registry.
 type collector struct {
-	b *Broker
+	b *Client
 
 	messages, bytes, decodeErrors, oversize, writeErrors, devPending *prometheus.Desc
 	rejected, streams                                                *prometheus.Desc
@@ -113,7 +113,7 @@ type collector struct {
 	unmatched, retained, redelivered, triggers                       *prometheus.Desc
 }
 
-func newCollector(b *Broker) *collector {
+func newCollector(b *Client) *collector {
 	cl := prometheus.Labels{"broker": b.o.ID}
 	dev := []string{"device"}
 	d := func(name, help string, labels []string) *prometheus.Desc {

@@ -19,7 +19,7 @@ import (
 	"github.com/episoded/episoded/sample"
 )
 
-// Defaults for BrokerOptions and DeviceOptions.
+// Defaults for ClientOptions and DeviceOptions.
 const (
 	DefaultKeepAlive    = 30 * time.Second
 	DefaultQueueSize    = 20000
@@ -39,9 +39,9 @@ const (
 	FormatPointCloud = "pointcloud"
 )
 
-// BrokerOptions configure one broker connection, shared by every device and
-// trigger added to the Broker.
-type BrokerOptions struct {
+// ClientOptions configure one client connection to a broker, shared by
+// every device and trigger added to the Client.
+type ClientOptions struct {
 	// ID names the broker in logs, metrics and status (required).
 	ID string
 	// URL is tcp://, mqtt://, ssl://, tls://, mqtts://, ws:// or wss://
@@ -95,7 +95,7 @@ type TLSOptions struct {
 
 var brokerSchemes = map[string]bool{"tcp": true, "mqtt": true, "ssl": true, "tls": true, "mqtts": true, "ws": true, "wss": true}
 
-func (o BrokerOptions) withDefaults() BrokerOptions {
+func (o ClientOptions) withDefaults() ClientOptions {
 	if o.ClientID == "" && o.ID != "" {
 		o.ClientID = "episoded-" + o.ID
 	}
@@ -113,7 +113,7 @@ func (o BrokerOptions) withDefaults() BrokerOptions {
 
 // validate reports every problem at once. Messages never carry the
 // password, and the URL is redacted.
-func (o BrokerOptions) validate() error {
+func (o ClientOptions) validate() error {
 	var errs []error
 	if o.ID == "" {
 		errs = append(errs, errors.New("id: is required"))

@@ -85,7 +85,7 @@ func TestTemplate(t *testing.T) {
 func TestMaxStreams(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{inflight: 100})
 	reg := prometheus.NewRegistry()
-	b, lb := newTestBroker(t, m.url(), "episoded-maxstreams", func(o *BrokerOptions) { o.Registerer = reg })
+	b, lb := newTestClient(t, m.url(), "episoded-maxstreams", func(o *ClientOptions) { o.Registerer = reg })
 	if err := b.AddDevice(DeviceOptions{Device: "fleet", Topics: []string{"fleet/+/state"}, Format: FormatRaw, MaxStreams: 3}); err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestMaxStreams(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go sink.run(ctx)
-	runBroker(t, b, sink)
+	runClient(t, b, sink)
 	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
 	for i := range 10 {
 		if err := m.pubLines(fmt.Sprintf("fleet/r%d/state", i), []string{"a"}); err != nil {

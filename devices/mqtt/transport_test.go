@@ -84,7 +84,7 @@ func TestTLS(t *testing.T) {
 		port, pki.ca, pki.serverCert, pki.serverKey)})
 	url := fmt.Sprintf("ssl://127.0.0.1:%d", port)
 
-	b, _ := newTestBroker(t, url, "episoded-tls", func(o *BrokerOptions) {
+	b, _ := newTestClient(t, url, "episoded-tls", func(o *ClientOptions) {
 		o.TLS = TLSOptions{CAFile: pki.ca, CertFile: pki.clientCert, KeyFile: pki.clientKey}
 	})
 	if err := b.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"tls/+"}, TimeField: "header.stamp"}); err != nil {
@@ -94,7 +94,7 @@ func TestTLS(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go sink.run(ctx)
-	runBroker(t, b, sink)
+	runClient(t, b, sink)
 	waitFor(t, 10*time.Second, "TLS session", func() bool { return b.Stats().Connected })
 	lines := []string{telemLine("tls/a", 0, 1732650000000000000), telemLine("tls/a", 1, 1732650000000000001)}
 	if err := m.pubLines("tls/a", lines); err != nil { // plain listener of the same broker
@@ -107,11 +107,11 @@ func TestTLS(t *testing.T) {
 		"unknown CA":            {CertFile: pki.clientCert, KeyFile: pki.clientKey},
 	} {
 		t.Run(name, func(t *testing.T) {
-			bad, _ := newTestBroker(t, url, "episoded-tls-bad", func(o *BrokerOptions) {
+			bad, _ := newTestClient(t, url, "episoded-tls-bad", func(o *ClientOptions) {
 				o.ID, o.TLS = "bad", tlsOpts
 				o.Backoff = devices.BackoffPolicy{Min: time.Hour, Max: time.Hour}
 			})
-			runBroker(t, bad, newMemSink(time.Second))
+			runClient(t, bad, newMemSink(time.Second))
 			waitFor(t, 15*time.Second, "a failed attempt", func() bool { return bad.Status().State == devices.Backoff })
 			if st := bad.Status(); !strings.Contains(st.LastError, "connect") {
 				t.Fatalf("status %+v", st)
@@ -139,7 +139,7 @@ func TestWebsocket(t *testing.T) {
 	go func() { _ = srv.Serve() }()
 	defer srv.Close()
 
-	b, _ := newTestBroker(t, fmt.Sprintf("ws://127.0.0.1:%d/mqtt", port), "episoded-ws", nil)
+	b, _ := newTestClient(t, fmt.Sprintf("ws://127.0.0.1:%d/mqtt", port), "episoded-ws", nil)
 	if err := b.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"ws/#"}, Format: FormatRaw}); err != nil {
 		t.Fatal(err)
 	}
@@ -147,7 +147,7 @@ func TestWebsocket(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go sink.run(ctx)
-	runBroker(t, b, sink)
+	runClient(t, b, sink)
 	waitFor(t, 10*time.Second, "websocket session", func() bool { return b.Stats().Connected })
 	pub, err := newTestPublisher(fmt.Sprintf("127.0.0.1:%d", tcpPort))
 	if err != nil {

@@ -25,6 +25,7 @@ import (
 	"github.com/pion/rtcp"
 
 	"github.com/episoded/episoded/assets"
+	"github.com/episoded/episoded/internal/testclip"
 )
 
 // Environment variables of the benchmark.
@@ -289,24 +290,16 @@ func benchSeconds(b *testing.B) float64 {
 	return secs
 }
 
-// makeBenchClip encodes the benchmarks' clip into dir: a real 1080p30 clip
-// at ~4 Mbit/s CBR, 4 s, H.264 baseline with an IDR every 30 frames, as
-// Annex-B. It returns the file and its bitrate in Mbit/s.
+// makeBenchClip encodes the benchmarks' clip into dir (testclip.HD1080p30:
+// 1080p30 at ~4 Mbit/s CBR, 4 s, an IDR every 30 frames, Annex-B). It
+// returns the file and its bitrate in Mbit/s.
 func makeBenchClip(b *testing.B, ffmpeg, dir string) (string, float64) {
 	clipPath := filepath.Join(dir, "bench.h264")
-	gen := exec.Command(ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-		"-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=30", "-t", "4",
-		"-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-profile:v", "baseline",
-		"-b:v", "4M", "-minrate", "4M", "-maxrate", "4M", "-bufsize", "2M", "-g", "30", "-bf", "0",
-		"-x264-params", "nal-hrd=cbr:force-cfr=1:scenecut=0", "-bsf:v", "h264_mp4toannexb", "-f", "h264", clipPath)
-	if out, err := gen.CombinedOutput(); err != nil {
-		b.Fatalf("make bench clip: %v\n%s", err, out)
-	}
-	st, err := os.Stat(clipPath)
+	mbps, err := testclip.HD1080p30.Write(ffmpeg, clipPath)
 	if err != nil {
-		b.Fatal(err)
+		b.Fatalf("make bench clip: %v", err)
 	}
-	return clipPath, float64(st.Size()) * 8 / 4 / 1e6
+	return clipPath, mbps
 }
 
 func cpuTime(ru *syscall.Rusage) time.Duration {

@@ -1,6 +1,7 @@
 package webrtc
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -49,8 +50,13 @@ func TestBadRequests(t *testing.T) {
 		{"delete unknown whip session", "DELETE", "/whip/sessions/0123", "", "", 404, "no such session"},
 		{"delete unknown whep session", "DELETE", "/whep/sessions/0123", "", "", 404, "no such session"},
 	} {
-		code, body, _ := do(t, c.method, ts.url+c.path, c.ct, c.body)
-		if code != c.code || !strings.Contains(body, c.msg) {
+		code, body, hdr := do(t, c.method, ts.url+c.path, c.ct, c.body)
+		// The API's one error format: {"error": "..."} (internal/httpjson).
+		var e struct{ Error string }
+		if err := json.Unmarshal([]byte(body), &e); err != nil || hdr.Get("Content-Type") != "application/json" {
+			t.Errorf("%s: body %q (%s) is not a JSON error: %v", c.name, body, hdr.Get("Content-Type"), err)
+		}
+		if code != c.code || !strings.Contains(e.Error, c.msg) {
 			t.Errorf("%s: %s %s = %d %q, want %d containing %q", c.name, c.method, c.path, code, body, c.code, c.msg)
 		}
 	}

@@ -1,7 +1,6 @@
 package webrtc
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -413,23 +412,6 @@ func newViewer(t testing.TB, url string) (*webrtc.PeerConnection, *auReceiver, s
 	pc.OnTrack(func(tr *webrtc.TrackRemote, _ *webrtc.RTPReceiver) { go rec.read(tr) })
 	loc := negotiate(t, pc, url)
 	return pc, rec, loc
-}
-
-var annexBStart = []byte{0, 0, 0, 1}
-
-// equalAnnexB compares two Annex-B access units NAL unit by NAL unit
-// (start-code length does not matter).
-func equalAnnexB(a, b []byte) bool {
-	na, nb := splitAnnexB(a), splitAnnexB(b)
-	if len(na) != len(nb) {
-		return false
-	}
-	for i := range na {
-		if !bytes.Equal(na[i], nb[i]) {
-			return false
-		}
-	}
-	return true
 }
 
 var webrtcConfig = webrtc.Configuration{}

@@ -26,6 +26,7 @@ import (
 
 	"github.com/episoded/episoded/devices"
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/httpjson"
 	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
@@ -329,8 +330,9 @@ func errorf(code int, format string, args ...any) error {
 	return &httpError{code: code, msg: fmt.Sprintf(format, args...)}
 }
 
-// writeError answers err as a plain-text error (WHIP/WHEP clients show
-// the body).
+// writeError answers err as the API's JSON error ({"error": "..."},
+// internal/httpjson), like every other route: WHIP/WHEP clients show the
+// body, and the dashboard's viewer reads its "error".
 func (s *Server) writeError(w http.ResponseWriter, err error) {
 	code, msg := http.StatusInternalServerError, "internal error"
 	var he *httpError
@@ -340,10 +342,7 @@ func (s *Server) writeError(w http.ResponseWriter, err error) {
 		s.log.Warn("webrtc request failed", "err", err)
 		msg = err.Error()
 	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(code)
-	_, _ = io.WriteString(w, msg+"\n")
+	httpjson.Error(w, code, msg)
 }
 
 // readOffer reads and checks an SDP offer: content type application/sdp,

@@ -49,6 +49,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/episoded/episoded/internal/httpjson"
 	"github.com/episoded/episoded/internal/redact"
 )
 
@@ -187,7 +188,59 @@ func (s *Server) Routes() []Route {
 
 // Handler returns the server's whole handler, filter included, for tests
 // that serve it themselves.
-func (s *Server) Handler() http.Handler { return newGuard(&s.opts, s.mux, s.routedOpen, s.refused) }
+func (s *Server) Handler() http.Handler {
+	return newGuard(&s.opts, http.HandlerFunc(s.route), s.routedOpen, s.refused)
+}
+
+// route is the mux, except that a request under /v1, /whip or /whep that
+// no API route serves gets the API's JSON error like every route: 404, or
+// 405 with the mux's Allow header, instead of the mux's plain text or the
+// dashboard's catch-all "GET /".
+func (s *Server) route(w http.ResponseWriter, r *http.Request) {
+	if apiPath(r.URL.Path) {
+		h, pattern := s.mux.Handler(r)
+		s.mu.Lock()
+		open := s.mu.open[pattern]
+		s.mu.Unlock()
+		switch {
+		case pattern == "":
+			// The mux's own 404 or 405: keep its status and Allow.
+			rec := &statusOnly{header: http.Header{}}
+			h.ServeHTTP(rec, r)
+			if a := rec.header.Get("Allow"); a != "" {
+				w.Header().Set("Allow", a)
+			}
+			if rec.code == http.StatusMethodNotAllowed {
+				WriteError(w, rec.code, "method "+r.Method+" not allowed here (allowed: "+rec.header.Get("Allow")+")")
+				return
+			}
+			WriteError(w, http.StatusNotFound, "no API route at this path")
+			return
+		case open:
+			WriteError(w, http.StatusNotFound, "no API route at this path")
+			return
+		}
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+// statusOnly records the status and headers a handler writes and discards
+// its body.
+type statusOnly struct {
+	header http.Header
+	code   int
+}
+
+func (s *statusOnly) Header() http.Header { return s.header }
+func (s *statusOnly) WriteHeader(code int) {
+	if s.code == 0 {
+		s.code = code
+	}
+}
+func (s *statusOnly) Write(b []byte) (int, error) {
+	s.WriteHeader(http.StatusOK)
+	return len(b), nil
+}
 
 // AddStatus adds a section to /v1/status; fn is called on every request and
 // must be safe for concurrent use.
@@ -310,17 +363,9 @@ func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(append(b, '\n'))
 }
 
-// WriteJSON writes v as JSON with the given status code.
-func WriteJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
-}
+// WriteJSON writes v as JSON with the given status code (httpjson.Write).
+func WriteJSON(w http.ResponseWriter, code int, v any) { httpjson.Write(w, code, v) }
 
-// WriteError writes {"error": msg} with the given status code.
-func WriteError(w http.ResponseWriter, code int, msg string) {
-	WriteJSON(w, code, map[string]string{"error": msg})
-}
+// WriteError writes {"error": msg} with the given status code
+// (httpjson.Error, the one error format of the API).
+func WriteError(w http.ResponseWriter, code int, msg string) { httpjson.Error(w, code, msg) }

@@ -205,20 +205,6 @@ func TestDefaultsDocumented(t *testing.T) {
 	}
 }
 
-func TestParseWindow(t *testing.T) {
-	for in, want := range map[string][2]int{"22:00-06:00": {1320, 360}, "00:00-24:00": {0, 1440}, "9:30 - 17:45": {570, 1065}} {
-		a, b, err := ParseWindow(in)
-		if err != nil || a != want[0] || b != want[1] {
-			t.Errorf("ParseWindow(%q) = %d, %d, %v", in, a, b, err)
-		}
-	}
-	for _, in := range []string{"", "22:00", "25:00-01:00", "10:00-10:00", "10:61-11:00"} {
-		if _, _, err := ParseWindow(in); err == nil {
-			t.Errorf("ParseWindow(%q) accepted", in)
-		}
-	}
-}
-
 func TestByteSize(t *testing.T) {
 	for in, want := range map[string]ByteSize{"1024": 1024, "16MiB": 16 << 20, "5MB/s": 5e6, "1.5GiB": 3 << 29, "200 kb": 200e3} {
 		got, err := ParseByteSize(in)

@@ -2,6 +2,9 @@ package config
 
 import (
 	"time"
+
+	"github.com/episoded/episoded/internal/lifecycle"
+	"github.com/episoded/episoded/sync/upload"
 )
 
 // The defaults, in one place. docs/CONFIG.md repeats them for readers; a
@@ -28,9 +31,9 @@ const (
 	DefaultMaxPayload        = ByteSize(16 << 20)
 	DefaultMaxStreams        = 256
 	DefaultTimeUnit          = "ns"
-	DefaultGapFactor         = 3.0
-	DefaultMinCoverage       = 0.99
-	DefaultMaxAlignBound     = 5 * time.Millisecond
+	DefaultGapFactor         = lifecycle.DefaultGapFactor
+	DefaultMinCoverage       = lifecycle.DefaultMinCoverage
+	DefaultMaxAlignBound     = lifecycle.DefaultMaxAlignmentBound
 	DefaultSyncMode          = SyncDaemon
 	DefaultTimezone          = "Local"
 	DefaultConcurrency       = 2
@@ -38,9 +41,7 @@ const (
 	DefaultPriorityLabel     = "priority"
 	DefaultRetryMin          = 5 * time.Second
 	DefaultRetryMax          = 10 * time.Minute
-	// DefaultMaxAttempts: with the default retry backoff (5s doubling to
-	// 10m) ten attempts span about half an hour.
-	DefaultMaxAttempts = 10
+	DefaultMaxAttempts       = upload.DefaultMaxAttempts
 )
 
 // ApplyDefaults fills every unset field with its default. It is idempotent.

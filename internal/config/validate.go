@@ -6,12 +6,12 @@ import (
 	"net/url"
 	"path"
 	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/episoded/episoded/internal/redact"
 	"github.com/episoded/episoded/storage"
+	"github.com/episoded/episoded/sync/upload"
 )
 
 // maxStreamsLimit caps max_streams: every stream costs ingest state, a
@@ -340,7 +340,7 @@ func (c *Config) syncProblems(p *problems) {
 		p.addf("sync.target.prefix: %q must be relative, without ..", t.Prefix)
 	}
 	for _, w := range y.Windows {
-		if _, _, err := ParseWindow(w); err != nil {
+		if _, _, err := upload.ParseWindow(w); err != nil {
 			p.addf("sync.windows: %v", err)
 		}
 	}
@@ -357,33 +357,6 @@ func (c *Config) syncProblems(p *problems) {
 		p.addf("sync.concurrency: must be between 1 and 64")
 	}
 	p.backoff("sync.retry", y.Retry)
-}
-
-// ParseWindow parses a daily window "HH:MM-HH:MM" into minutes after
-// midnight. A window whose end is not after its start wraps past midnight
-// ("22:00-06:00"); "00:00-24:00" is the whole day.
-func ParseWindow(s string) (start, end int, err error) {
-	a, b, ok := strings.Cut(strings.TrimSpace(s), "-")
-	if ok {
-		start, err = parseClock(a)
-		if err == nil {
-			end, err = parseClock(b)
-		}
-	}
-	if !ok || err != nil || start == end {
-		return 0, 0, fmt.Errorf("window %q is not HH:MM-HH:MM", s)
-	}
-	return start, end, nil
-}
-
-func parseClock(s string) (int, error) {
-	h, m, ok := strings.Cut(strings.TrimSpace(s), ":")
-	hh, err1 := strconv.Atoi(h)
-	mm, err2 := strconv.Atoi(m)
-	if !ok || err1 != nil || err2 != nil || hh < 0 || mm < 0 || mm > 59 || hh > 24 || (hh == 24 && mm != 0) {
-		return 0, fmt.Errorf("bad clock time %q", s)
-	}
-	return hh*60 + mm, nil
 }
 
 func redactURL(u string) string { return redact.URL(u) }

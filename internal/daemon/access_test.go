@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -162,9 +163,63 @@ func call(t *testing.T, base string, row accessRow, auth string, hdr map[string]
 	if err != nil {
 		t.Fatalf("%s %s: %v", row.method, row.path, err)
 	}
-	io.Copy(io.Discard, res.Body)
+	b, _ := io.ReadAll(res.Body)
 	res.Body.Close()
+	checkJSONError(t, row.method+" "+row.path, res, b)
 	return res.StatusCode
+}
+
+// checkJSONError fails the test if res is an error (4xx, 5xx) under /v1,
+// /whip or /whep that is not the API's one error format: Content-Type
+// application/json and a body {"error": "<non-empty message>"}.
+func checkJSONError(t *testing.T, what string, res *http.Response, body []byte) {
+	t.Helper()
+	p := res.Request.URL.Path
+	if res.StatusCode < 400 || !(strings.HasPrefix(p, "/v1/") || strings.HasPrefix(p, "/whip/") || strings.HasPrefix(p, "/whep/")) {
+		return
+	}
+	var e map[string]any
+	err := json.Unmarshal(body, &e)
+	if ct := res.Header.Get("Content-Type"); ct != "application/json" || err != nil || len(e) != 1 || e["error"] == nil || e["error"] == "" {
+		t.Errorf("%s: %d error answered as %q %q, want application/json {\"error\": \"...\"}", what, res.StatusCode, ct, body)
+	}
+}
+
+// TestAPIErrorsAreJSON: every error under /v1, /whip and /whep is the
+// API's JSON error, also where no route serves the request (an unknown
+// path, a method no route takes) and where a component's own handler
+// refuses it (export, samples, WHIP/WHEP). The access, rebinding and CSRF
+// tests check the same for every route through call.
+func TestAPIErrorsAreJSON(t *testing.T) {
+	d := runDaemon(t, accessConfig(t, fmt.Sprintf(`{listen: "127.0.0.1:0", token: %q}`, adminToken)), nil)
+	base := d.URL()
+	auth := "Bearer " + adminToken
+	for _, c := range []struct {
+		row  accessRow
+		want int
+	}{
+		{accessRow{method: "GET", path: "/v1/no-such-route"}, 404},
+		{accessRow{method: "GET", path: "/v1/episodes/no-such-episode/no-such-part"}, 404},
+		{accessRow{method: "PUT", path: "/v1/episodes"}, 405},
+		{accessRow{method: "PATCH", path: "/v1/history"}, 405},
+		{accessRow{method: "GET", path: "/whep/sessions/x/y"}, 404},
+		{accessRow{method: "GET", path: "/v1/episodes/no-such-episode/export"}, 404},
+		{accessRow{method: "GET", path: "/v1/episodes/no-such-episode/samples"}, 404},
+		{accessRow{method: "POST", path: "/whip/cell1/cam1", ctype: "application/sdp", body: "not sdp"}, 400},
+		{accessRow{method: "POST", path: "/whep/cell1/nope", ctype: "application/sdp", body: "v=0\r\n"}, 404},
+		{accessRow{method: "POST", path: "/v1/cells/cell1/episodes", ctype: "application/json", body: "{"}, 400},
+	} {
+		if got := call(t, base, c.row, auth, nil); got != c.want {
+			t.Errorf("%s %s: %d, want %d", c.row.method, c.row.path, got, c.want)
+		}
+	}
+	// Refused by the access filter: no token, wrong host.
+	if got := call(t, base, accessRow{method: "GET", path: "/v1/episodes"}, "", nil); got != 401 {
+		t.Errorf("no token: %d, want 401", got)
+	}
+	if got := call(t, base, accessRow{method: "GET", path: "/v1/episodes"}, auth, map[string]string{"Host": "attacker.example"}); got != 421 {
+		t.Errorf("wrong host: %d, want 421", got)
+	}
 }
 
 // routesOf returns the daemon's registered patterns, sorted, and fails the
@@ -297,10 +352,10 @@ func TestCSRF(t *testing.T) {
 	if got := call(t, base, start, "", map[string]string{"Content-Type": "application/x-www-form-urlencoded"}); got != http.StatusUnsupportedMediaType {
 		t.Errorf("form start without Origin: %d, want 415", got)
 	}
-	if st := d.cells.status(); fmt.Sprint(st) == "" {
+	if st := d.cells.Status(); fmt.Sprint(st) == "" {
 		t.Fatal("no cell status")
 	}
-	for _, c := range d.cells.status() {
+	for _, c := range d.cells.Status() {
 		if c.Recording != nil {
 			t.Fatalf("a refused request started episode %v", c.Recording)
 		}
@@ -335,7 +390,7 @@ func TestStartBodyLimit(t *testing.T) {
 			t.Errorf("chunked %s %s over the limit: %s, want 413", r.method, r.path, res.Status)
 		}
 	}
-	for _, c := range d.cells.status() {
+	for _, c := range d.cells.Status() {
 		if c.Recording != nil {
 			t.Fatalf("an oversized request started episode %v", c.Recording)
 		}

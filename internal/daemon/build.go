@@ -65,9 +65,9 @@ func backoff(b config.Backoff) devices.BackoffPolicy {
 // triggers) and the WebRTC server. It starts nothing.
 func (d *Daemon) buildDevices() error {
 	cfg := d.cfg
-	brokers := map[string]*mqtt.Broker{}
+	brokers := map[string]*mqtt.Client{}
 	for _, b := range cfg.Brokers {
-		br, err := mqtt.NewBroker(mqtt.BrokerOptions{
+		br, err := mqtt.NewClient(mqtt.ClientOptions{
 			ID: b.ID, URL: b.URL, ClientID: b.ClientID, Username: b.Username, Password: b.Password.Value(),
 			KeepAlive: b.KeepAlive, Backoff: backoff(b.Backoff),
 			TLS:    mqtt.TLSOptions{CAFile: b.TLS.CAFile, CertFile: b.TLS.CertFile, KeyFile: b.TLS.KeyFile, InsecureSkipVerify: b.TLS.InsecureSkipVerify},
@@ -91,7 +91,7 @@ func (d *Daemon) buildDevices() error {
 				return fmt.Errorf("device %s: %w", dev.ID, err)
 			}
 			d.sources = append(d.sources, cam)
-			d.deviceComps = append(d.deviceComps, component{name: "rtsp " + dev.ID, run: func(ctx context.Context) error { return cam.Run(ctx, d.pipe) }})
+			d.deviceComps = append(d.deviceComps, component{name: "rtsp " + dev.ID, run: func(ctx context.Context) error { return cam.Run(ctx, d.sink) }})
 		case config.DeviceMQTT:
 			do := mqtt.DeviceOptions{
 				Device: dev.ID, Topics: dev.Topics, Stream: dev.Stream, Format: dev.Format,
@@ -131,7 +131,7 @@ func (d *Daemon) buildDevices() error {
 		}
 		cell := c.ID
 		err := brokers[c.Trigger.Broker].AddTrigger(c.Trigger.Topic, func(payload []byte, _ int64) {
-			d.cells.trigger(cell, payload)
+			d.cells.Trigger(cell, payload)
 		})
 		if err != nil {
 			return fmt.Errorf("cell %s trigger: %w", cell, err)
@@ -145,7 +145,7 @@ func (d *Daemon) buildDevices() error {
 	for _, id := range ids {
 		br := brokers[id]
 		d.sources = append(d.sources, br)
-		d.deviceComps = append(d.deviceComps, component{name: "mqtt " + id, run: func(ctx context.Context) error { return br.Run(ctx, d.pipe) }})
+		d.deviceComps = append(d.deviceComps, component{name: "mqtt " + id, run: func(ctx context.Context) error { return br.Run(ctx, d.sink) }})
 	}
 	return nil
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/episoded/episoded/internal/api"
 	"github.com/episoded/episoded/internal/buildinfo"
 	"github.com/episoded/episoded/internal/config"
+	"github.com/episoded/episoded/internal/lifecycle"
 	"github.com/episoded/episoded/internal/signing"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/upload"
@@ -45,8 +46,8 @@ type Daemon struct {
 	notify Notifier
 
 	store    *storage.Store
-	pipe     *pipeline
-	cells    *cells
+	sink     *lifecycle.Sink
+	cells    *lifecycle.Cells
 	rtc      *webrtc.Server
 	uploader *upload.Uploader // nil without a sync target
 	key      *signing.Key     // the gateway's manifest signing key
@@ -128,7 +129,7 @@ func (d *Daemon) Ready() <-chan struct{} { return d.ready }
 // `episoded demo --duration` does before it exits. Run must be running.
 func (d *Daemon) Finish(ctx context.Context) error {
 	<-d.ready
-	if err := d.cells.finish(ctx); err != nil {
+	if err := d.cells.Finish(ctx); err != nil {
 		return err
 	}
 	if d.uploader == nil || d.cfg.Sync.Mode != config.SyncDaemon {
@@ -198,20 +199,23 @@ func (d *Daemon) prepare(ctx context.Context) (err error) {
 			d.store.Close()
 		}
 	}()
-	d.pipe = newPipeline(d.store, d.log, d.reg)
-	if d.cells, err = newCells(d.cfg, d.store, d.pipe, d.log, d.reg); err != nil {
-		return err
-	}
-	cellOf := deviceCells(d.cfg)
-	d.pipe.cellOf = func(device string) string { return cellOf[device] }
-	d.pipe.onStream = d.cells.addStream
-	d.pipe.observe = d.cells.observe
-	if err := d.knownStreams(cellOf); err != nil {
-		return err
-	}
-
 	hub := webrtc.NewHub(d.log)
-	d.pipe.live = hub
+	d.sink = lifecycle.NewSink(d.store, lifecycle.SinkOptions{Live: hub, Logger: d.log, Registerer: d.reg})
+	lo := lifecycleOptions(d.cfg)
+	lo.Logger, lo.Registerer = d.log, d.reg
+	lo.TimeSync = d.readTimeSync
+	lo.Settled = func(e episode.Episode) {
+		if d.uploader != nil {
+			d.uploader.Wake()
+		}
+		if d.OnEpisode != nil {
+			d.OnEpisode(e)
+		}
+	}
+	lo.Sources = d.deviceStatus
+	if d.cells, err = lifecycle.New(d.store, d.sink, lo); err != nil {
+		return err
+	}
 	d.rtc, err = webrtc.NewServer(webrtc.Options{
 		Interfaces: d.cfg.API.WebRTC.Interfaces, UDPPort: d.cfg.API.WebRTC.UDPPort,
 		// Loopback candidates only when asked for by name (tests, a
@@ -222,23 +226,13 @@ func (d *Daemon) prepare(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("webrtc: %w", err)
 	}
-	d.cells.timeSync = d.readTimeSync
 	if err := d.buildUploader(); err != nil {
 		return err
-	}
-	d.cells.settled = func(e episode.Episode) {
-		if d.uploader != nil {
-			d.uploader.Wake()
-		}
-		if d.OnEpisode != nil {
-			d.OnEpisode(e)
-		}
 	}
 	if err := d.buildDevices(); err != nil {
 		return err
 	}
-	d.cells.sources = d.deviceStatus
-	if err := d.cells.recover(ctx); err != nil {
+	if err := d.cells.Recover(ctx); err != nil {
 		return fmt.Errorf("recover episodes: %w", err)
 	}
 	d.routes()
@@ -252,31 +246,12 @@ func (d *Daemon) prepare(ctx context.Context) (err error) {
 		d.comps = append(d.comps, component{name: "uploader", run: d.uploader.Run})
 	}
 	d.comps = append(d.comps,
-		component{name: "cells", run: d.cells.run},
+		component{name: "cells", run: d.cells.Run},
 		component{name: "history", run: d.runHistory},
-		component{name: "webrtc", run: func(ctx context.Context) error { return d.rtc.Run(ctx, d.pipe) }},
+		component{name: "webrtc", run: func(ctx context.Context) error { return d.rtc.Run(ctx, d.sink) }},
 		component{name: "api", run: d.api.Run},
 	)
 	d.comps = append(d.comps, d.deviceComps...)
-	return nil
-}
-
-// knownStreams tells the cells about streams stored before this start, so
-// episodes include templated MQTT streams before they reappear.
-func (d *Daemon) knownStreams(cellOf map[string]string) error {
-	streams, err := d.store.Streams()
-	if err != nil {
-		return fmt.Errorf("list streams: %w", err)
-	}
-	for _, s := range streams {
-		desc, err := d.store.Descriptor(s)
-		if err != nil {
-			continue // samples without a descriptor: nothing to attribute
-		}
-		if cell := cellOf[desc.Device]; cell != "" {
-			d.cells.addStream(cell, s)
-		}
-	}
 	return nil
 }
 
@@ -289,10 +264,10 @@ func (d *Daemon) onUploaded(e episode.Episode) {
 // statusSections adds the daemon's parts to /v1/status.
 func (d *Daemon) statusSections() {
 	d.api.AddStatus("storage", func() any { return d.store.Usage() })
-	d.api.AddStatus("streams", func() any { return d.pipe.status() })
-	d.api.AddStatus("streams_total", func() any { return d.pipe.streamCount() })
-	d.api.AddStatus("streams_truncated", func() any { return d.pipe.streamCount() > statusMaxStreams })
-	d.api.AddStatus("cells", func() any { return d.cells.status() })
+	d.api.AddStatus("streams", func() any { return d.sink.Status() })
+	d.api.AddStatus("streams_total", func() any { return d.sink.StreamCount() })
+	d.api.AddStatus("streams_truncated", func() any { return d.sink.StreamCount() > lifecycle.StatusMaxStreams })
+	d.api.AddStatus("cells", func() any { return d.cells.Status() })
 	d.api.AddStatus("devices", func() any { return d.deviceStatus() })
 	d.api.AddStatus("webrtc", func() any { return d.rtc.Stats() })
 	d.api.AddStatus("uploads", func() any {

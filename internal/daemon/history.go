@@ -14,7 +14,7 @@ import (
 // GET /v1/history. It is not stored: a restart starts it afresh.
 //
 // Memory is bounded: historySpan/historyEvery points (90), each with at
-// most statusMaxStreams streams (the same cap as /v1/status), so at most
+// most lifecycle.StatusMaxStreams streams (the same cap as /v1/status), so at most
 // 90 × 500 stream values.
 const (
 	historyEvery = 10 * time.Second
@@ -145,7 +145,7 @@ func (d *Daemon) sampleHistory(now time.Time) historyPoint {
 			p.backlogBytes, p.backlogHours, p.drainSeconds = st.BytesRemaining, st.HoursRemaining, st.DrainSeconds
 		}
 	}
-	for _, s := range d.pipe.status() { // at most statusMaxStreams
+	for _, s := range d.sink.Status() { // at most lifecycle.StatusMaxStreams
 		p.streams[s.Stream] = streamPoint{samples: s.Counters.Samples, boundNs: s.Clock.ErrorBoundNs}
 	}
 	return p

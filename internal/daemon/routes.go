@@ -15,6 +15,7 @@ import (
 	"github.com/episoded/episoded/internal/api"
 	"github.com/episoded/episoded/internal/config"
 	"github.com/episoded/episoded/internal/dashboard"
+	"github.com/episoded/episoded/internal/lifecycle"
 	"github.com/episoded/episoded/internal/replay"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/export"
@@ -80,7 +81,7 @@ func (d *Daemon) handleStart(w http.ResponseWriter, r *http.Request) {
 		api.WriteError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	e, err := d.cells.start(r.Context(), r.PathValue("cell"), sr)
+	e, err := d.cells.Start(r.Context(), r.PathValue("cell"), sr)
 	if err != nil {
 		writeEpisodeError(w, err)
 		return
@@ -99,7 +100,7 @@ func (d *Daemon) handleStop(w http.ResponseWriter, r *http.Request) {
 		api.WriteError(w, http.StatusConflict, fmt.Sprintf("episode %s is not recording (state %s)", id, stateOf(e)))
 		return
 	}
-	e, err = d.cells.stop(r.Context(), e.Cell, id, ingest.StopAPI)
+	e, err = d.cells.Stop(r.Context(), e.Cell, id, ingest.StopAPI)
 	if err != nil {
 		writeEpisodeError(w, err)
 		return
@@ -119,7 +120,7 @@ func writeEpisodeError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, storage.ErrNotFound):
 		api.WriteError(w, http.StatusNotFound, "episode not found")
-	case errors.Is(err, errUnknownCell):
+	case errors.Is(err, lifecycle.ErrUnknownCell):
 		api.WriteError(w, http.StatusNotFound, err.Error())
 	case errors.Is(err, ingest.ErrRecording), errors.Is(err, ingest.ErrNotRecording):
 		api.WriteError(w, http.StatusConflict, err.Error())

@@ -20,7 +20,6 @@ import (
 
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/buildinfo"
-	"github.com/episoded/episoded/internal/config"
 	"github.com/episoded/episoded/internal/redact"
 )
 
@@ -86,32 +85,27 @@ type Static struct {
 	Software     buildinfo.Info
 	ConfigSHA256 string
 	Devices      []Device
-	brokers      map[string]string
+}
+
+// Config is what NewStatic needs of the effective configuration;
+// *config.Config implements it. (The config package imports the components
+// and this package, never the reverse.)
+type Config interface {
+	// Print returns the config as `episoded config check --print` shows
+	// it: defaults filled in, every secret "<redacted>".
+	Print() ([]byte, error)
+	// ProvenanceDevices lists the configured devices, URLs redacted.
+	ProvenanceDevices() []Device
 }
 
 // NewStatic builds the static part from the effective config.
-func NewStatic(cfg *config.Config) (*Static, error) {
+func NewStatic(cfg Config) (*Static, error) {
 	printed, err := cfg.Print()
 	if err != nil {
 		return nil, fmt.Errorf("provenance: %w", err)
 	}
 	sum := sha256.Sum256(printed)
-	s := &Static{Software: buildinfo.Get(), ConfigSHA256: hex.EncodeToString(sum[:]), brokers: map[string]string{}}
-	for _, b := range cfg.Brokers {
-		s.brokers[b.ID] = redact.URL(b.URL)
-	}
-	for _, d := range cfg.Devices {
-		dev := Device{ID: d.ID, Type: d.Type, Clock: d.Clock, Format: d.Format}
-		switch d.Type {
-		case config.DeviceRTSP:
-			dev.URL = redact.URL(d.URL)
-		case config.DeviceMQTT:
-			dev.URL = s.brokers[d.Broker]
-			dev.Topics = slices.Clone(d.Topics)
-		}
-		s.Devices = append(s.Devices, dev)
-	}
-	return s, nil
+	return &Static{Software: buildinfo.Get(), ConfigSHA256: hex.EncodeToString(sum[:]), Devices: cfg.ProvenanceDevices()}, nil
 }
 
 // Build returns the provenance of episode e. info gives each stream's

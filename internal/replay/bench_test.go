@@ -12,7 +12,7 @@ import (
 // real mosquitto (200 Hz JSON + 20 Hz CBOR + 10 Hz 16 KB lidar frames, 3 s
 // per iteration): p99 of actual minus intended send time ("p99-ms"), and
 // the same for a baseline measured in the same run: a bare loop that
-// sleeps until the same schedule with the same clock and sends nothing
+// sleeps until the same schedule with the same sleepUntil and sends nothing
 // ("baseline-p99-ms"), i.e. what the machine's timers and scheduler allow.
 // "ratio" is p99 over baseline p99; "sub-p99-ms" is the p99 of arrival at
 // an independent subscriber minus intended send time.
@@ -25,14 +25,13 @@ func BenchmarkReplayTiming(b *testing.B) {
 	var base, send, arrive histogram
 	for b.Loop() {
 		// Baseline: the same schedule, nothing sent.
-		clock := RealClock{}
-		start := clock.Now()
+		start := time.Now()
 		for _, m := range want {
 			intended := start.Add(time.Duration(m.at.UnixNano() - t0))
-			if err := clock.SleepUntil(context.Background(), intended); err != nil {
+			if err := sleepUntil(context.Background(), intended); err != nil {
 				b.Fatal(err)
 			}
-			base.add(clock.Now().Sub(intended))
+			base.add(time.Since(intended))
 		}
 
 		sub := subscribe(b, url, "#")
@@ -45,7 +44,7 @@ func BenchmarkReplayTiming(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		got := sub.wait(b, len(want), 10*time.Second)
+		got := sub.waitAfter(b, pub, 10*time.Second)
 		if len(got) != len(want) {
 			b.Fatalf("subscriber got %d of %d", len(got), len(want))
 		}

@@ -23,13 +23,16 @@
 //
 // New checks options and starts nothing; Run plays one replay and blocks
 // until it has played (once, or forever with Loop) or ctx is cancelled,
-// which is a normal stop. One reader goroutine reads samples ahead of the
-// schedule into a bounded channel (ReadAhead samples); full-rule: the
+// which is a normal stop. It has two parts. The read-ahead (readahead.go)
+// is one goroutine that reads samples ahead of the schedule into a bounded
+// channel (ReadAhead samples, ReadAheadBytes of payload); full-rule: the
 // reader waits, nothing is dropped, and a slow source shows up as timing
-// error. Run's own goroutine sends: sample k is due at
-// start + (T_k − From + pass·(To − From)) / Rate, waited for with the Clock
-// (RealClock in production; tests fake it to check the schedule). Loop
-// passes reopen the source, so memory stays bounded for any episode size.
+// error. The schedule (schedule.go) runs on Run's own goroutine and sends:
+// sample k is due at start + (T_k − From + pass·(To − From)) / Rate,
+// waited for with the time package (a timer, then nanosleep for the last
+// 1.5 ms); tests run it in a testing/synctest bubble to check the schedule
+// exactly. Loop passes reopen the source, so memory stays bounded for any
+// episode size.
 //
 //   - MQTT: QoS 1, not retained, payload bytes unchanged, on the
 //     descriptor's Source topic (or the stream id when Source is a filter
@@ -49,6 +52,14 @@
 //     descriptor version in force prepended (counted), so a reader can
 //     start at any keyframe. A unit that cannot be sent is counted as
 //     failed and the replay goes on.
+//
+// # The command
+//
+// Play is `episoded replay` (cmd/episoded parses the flags and prints the
+// summary): it opens the source (a store directory with OpenStore, or the
+// daemon's API at SamplesPath), reads the first pass's header before
+// anything connects or listens, starts only the sinks the selected streams
+// need (an MQTT publisher, an RTSP server), and runs a Player.
 //
 // # Summary
 //

@@ -53,22 +53,41 @@ func subscribe(t testing.TB, url, filter string) *subscriber {
 	return s
 }
 
-func (s *subscriber) wait(t testing.TB, n int, timeout time.Duration) []received {
+// barrierTopic carries the marker waitAfter publishes after a replay.
+const barrierTopic = "episoded-test/barrier"
+
+// waitAfter publishes a marker with pub (after the replay, on the same
+// connection) and returns what the subscriber received before it, failing
+// the test if the marker does not arrive within timeout. The broker
+// delivers one client's QoS 1 messages in the order it received them (the
+// tests assert that order across topics too), so once the marker is in,
+// every message of the replay is, a duplicate or an extra included:
+// nothing has to be waited for on the wall clock to show that no more
+// comes.
+func (s *subscriber) waitAfter(t testing.TB, pub *mqtt.Publisher, timeout time.Duration) []received {
 	t.Helper()
+	acked := make(chan error, 1)
+	if err := pub.Publish(barrierTopic, 1, []byte("barrier"), func(err error) { acked <- err }); err != nil {
+		t.Fatalf("publish the barrier: %v", err)
+	}
+	if err := <-acked; err != nil {
+		t.Fatalf("barrier not acknowledged: %v", err)
+	}
 	deadline := time.Now().Add(timeout)
 	for {
 		s.mu.Lock()
+		i := slices.IndexFunc(s.msgs, func(m received) bool { return m.topic == barrierTopic })
+		if i >= 0 {
+			defer s.mu.Unlock()
+			return slices.Clone(s.msgs[:i])
+		}
 		got := len(s.msgs)
 		s.mu.Unlock()
-		if got >= n || time.Now().After(deadline) {
-			break
+		if time.Now().After(deadline) {
+			t.Fatalf("the barrier did not reach the subscriber within %s (%d messages before it)", timeout, got)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	time.Sleep(100 * time.Millisecond) // anything beyond n would show up now
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.msgs)
 }
 
 func connectPublisher(t testing.TB, url string) *mqtt.Publisher {
@@ -148,7 +167,7 @@ func TestReplayMQTT(t *testing.T) {
 				t.Fatal(err)
 			}
 			want := mqttWanted(te, prefix)
-			got := sub.wait(t, len(want), 10*time.Second)
+			got := sub.waitAfter(t, pub, 10*time.Second)
 			if len(got) != len(want) {
 				t.Fatalf("subscriber got %d messages, want %d", len(got), len(want))
 			}

@@ -105,9 +105,7 @@ type Options struct {
 	// AckTimeout bounds the wait for the last MQTT acknowledgements
 	// (default 10s).
 	AckTimeout time.Duration
-	// Clock defaults to RealClock.
-	Clock  Clock
-	Logger *slog.Logger
+	Logger     *slog.Logger
 }
 
 // Validate reports every problem at once.
@@ -140,9 +138,6 @@ func (o Options) withDefaults() Options {
 	}
 	if o.AckTimeout == 0 {
 		o.AckTimeout = DefaultAckTimeout
-	}
-	if o.Clock == nil {
-		o.Clock = RealClock{}
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -188,13 +183,6 @@ type stream struct {
 	sent, skipped, failed, inserted uint64
 	acked, nacked                   atomic.Uint64
 	firstErr                        atomic.Pointer[string]
-}
-
-type item struct {
-	pass int64
-	s    sample.Sample
-	err  error
-	end  bool // the pass's samples ended (err, if any, is why)
 }
 
 // topicOf is the MQTT topic a telemetry stream is published on: the
@@ -261,6 +249,10 @@ func (p *Player) plan(h Header) ([]*stream, error) {
 // acknowledgements. Cancelling ctx stops the replay; that is not an error
 // (Summary.Interrupted is set). The summary is valid whenever the header
 // could be read, even with an error.
+//
+// Two parts run at once: the read-ahead (readAhead, its own goroutine)
+// reads samples ahead of the schedule, and the schedule (schedule.play,
+// on this goroutine) sends each when it is due.
 func (p *Player) Run(ctx context.Context, open Opener) (*Summary, error) {
 	h, first, closeFirst, err := open(ctx)
 	if err != nil {
@@ -272,10 +264,6 @@ func (p *Player) Run(ctx context.Context, open Opener) (*Summary, error) {
 	if err != nil {
 		closeFirst()
 		return nil, err
-	}
-	byName := make(map[string]*stream, len(streams))
-	for _, st := range streams {
-		byName[st.info.Stream] = st
 	}
 	if p.o.BeforeStart != nil {
 		if err := p.o.BeforeStart(ctx, h); err != nil {
@@ -289,216 +277,33 @@ func (p *Player) Run(ctx context.Context, open Opener) (*Summary, error) {
 		}
 	}
 
-	// Reader: fills items ahead of the schedule, pass after pass, within
-	// ReadAhead samples and ReadAheadBytes of payload.
-	pctx, stop := context.WithCancel(ctx)
-	items := make(chan item, p.o.ReadAhead)
-	var (
-		curMu    sync.Mutex
-		curClose = closeFirst
-		wg       sync.WaitGroup
-		queued   atomic.Int64 // payload bytes in items
-		space    = make(chan struct{}, 1)
-		primed   = make(chan struct{}) // closed once the read-ahead is full or the first pass is read
-		primeOne sync.Once
-	)
-	prime := func() { primeOne.Do(func() { close(primed) }) }
-	put := func(it item) bool {
-		n := int64(len(it.s.Payload))
-		for q := queued.Load(); q > 0 && q+n > p.o.ReadAheadBytes; q = queued.Load() {
-			prime()
-			select {
-			case <-space:
-			case <-pctx.Done():
-				return false
-			}
-		}
-		queued.Add(n)
-		select {
-		case items <- it:
-		default:
-			prime()
-			select {
-			case items <- it:
-			case <-pctx.Done():
-				return false
-			}
-		}
-		return true
-	}
-	wg.Go(func() {
-		defer close(items)
-		defer prime()
-		seq, cl := first, closeFirst
-		for pass := int64(0); ; pass++ {
-			if pass > 0 {
-				h2, s2, c2, err := open(pctx)
-				if err == nil && (h2.From != h.From || h2.To != h.To) {
-					c2()
-					err = errors.New("the episode changed between passes")
-				}
-				if err != nil {
-					put(item{pass: pass, end: true, err: fmt.Errorf("reopen for pass %d: %w", pass+1, err)})
-					return
-				}
-				seq, cl = s2, c2
-				curMu.Lock()
-				curClose = cl
-				curMu.Unlock()
-			}
-			var endErr error
-			for s, err := range seq {
-				var skip *SkipError
-				if err != nil && !errors.As(err, &skip) {
-					endErr = err
-					break
-				}
-				if !put(item{pass: pass, s: s, err: err}) {
-					cl()
-					return
-				}
-			}
-			cl()
-			if !put(item{pass: pass, end: true, err: endErr}) {
-				return
-			}
-			prime()
-			if endErr != nil || !p.o.Loop {
-				return
-			}
-		}
-	})
-	defer func() {
-		stop()
-		curMu.Lock()
-		curClose() // unblocks a read in progress
-		curMu.Unlock()
-		for range items {
-		}
-		wg.Wait()
-	}()
+	ra := startReadAhead(ctx, p.o, h, open, first, closeFirst)
+	defer ra.stop()
 	// Start the clock with the read-ahead full, so that reading the first
 	// samples does not delay them.
 	select {
-	case <-primed:
+	case <-ra.primed:
 	case <-ctx.Done():
 	}
+	sc := p.newSchedule(h, streams)
+	runErr := sc.play(ctx, ra, sum)
+	p.waitAcks(&sc.outstanding)
+	p.fill(sum, streams, sc.hists)
+	return sum, runErr
+}
 
-	span := max(h.To-h.From, int64(time.Millisecond))
-	hists := map[string]*histogram{SinkMQTT: {}, SinkRTSP: {}}
-	var outstanding sync.WaitGroup
-	clock := p.o.Clock
-	t0 := clock.Now()
-	sum.Started = t0
-	var runErr error
-	lastPass := int64(-1)
-loop:
-	for it := range items {
-		if n := int64(len(it.s.Payload)); n > 0 {
-			queued.Add(-n)
-			select {
-			case space <- struct{}{}:
-			default:
-			}
-		}
-		if it.end {
-			sum.Passes = int(it.pass + 1)
-			if it.err != nil {
-				runErr = fmt.Errorf("read samples: %w", it.err)
-				break loop
-			}
-			continue
-		}
-		if it.pass != lastPass {
-			lastPass = it.pass
-			p.log.Debug("replay pass", "pass", it.pass+1)
-		}
-		st := byName[it.s.Stream]
-		if st == nil {
-			continue
-		}
-		if it.err != nil {
-			st.skipped++
-			continue
-		}
-		if st.sink == "" {
-			continue
-		}
-		media := (it.s.T - h.From) + it.pass*span
-		intended := t0.Add(time.Duration(float64(media) / p.o.Rate))
-		if err := clock.SleepUntil(ctx, intended); err != nil {
-			break loop
-		}
-		switch st.sink {
-		case SinkMQTT:
-			outstanding.Add(1)
-			err := p.o.MQTT.Publish(st.target, QoS, it.s.Payload, func(err error) {
-				defer outstanding.Done()
-				if err != nil {
-					st.nacked.Add(1)
-					msg := err.Error()
-					st.firstErr.CompareAndSwap(nil, &msg)
-					return
-				}
-				st.acked.Add(1)
-			})
-			if err != nil {
-				outstanding.Done()
-				runErr = fmt.Errorf("publish %s: %w", st.target, err)
-				break loop
-			}
-		case SinkRTSP:
-			au := it.s.Payload
-			if st.start.C == nil || st.startPass != it.pass {
-				st.start, st.startPass = video.StartFilter{C: video.CodecOf(st.sdp.Codec)}, it.pass
-			}
-			if nalus, ok := video.SplitAU(au); ok && st.start.Skip(nalus) {
-				st.skipped++
-				continue
-			}
-			if it.s.Flags.Has(sample.Keyframe) {
-				// Every keyframe carries its parameter sets, so that a
-				// reader can start decoding at any of them.
-				if d := st.info.At(it.s.T); d != nil {
-					if c := video.CodecOf(d.Codec); c != nil {
-						if nalus, ok := video.SplitAU(au); ok && !c.HasParams(nalus) {
-							au = video.AnnexB(c.WithParams(nalus, d.Params, true))
-							st.inserted++
-						}
-					}
-				}
-			}
-			// RTP and sender-report times are presentation times; the
-			// pacing above follows T, the decode order.
-			pts := media + it.s.PTSOffset
-			if err := st.video.WriteAccessUnit(time.Duration(pts), it.s.PTS(), au); err != nil {
-				st.failed++
-				msg := err.Error()
-				if st.firstErr.CompareAndSwap(nil, &msg) {
-					p.log.Warn("access unit not sent", "stream", st.info.Stream, "seq", it.s.Seq, "err", err)
-				}
-				continue
-			}
-		}
-		hists[st.sink].add(clock.Now().Sub(intended))
-		st.sent++
-	}
-	sum.Interrupted = ctx.Err() != nil
-	sum.Passes = max(sum.Passes, int(lastPass+1))
-	sum.Elapsed = clock.Now().Sub(t0)
-
-	// Wait for the acknowledgements of what was published.
+// waitAcks waits for the acknowledgements of what was published, at most
+// AckTimeout.
+func (p *Player) waitAcks(outstanding *sync.WaitGroup) {
 	acked := make(chan struct{})
 	go func() { outstanding.Wait(); close(acked) }()
 	tm := time.NewTimer(p.o.AckTimeout)
+	defer tm.Stop()
 	select {
 	case <-acked:
 	case <-tm.C:
 		p.log.Warn("MQTT acknowledgements still outstanding", "after", p.o.AckTimeout)
 	}
-	tm.Stop()
-	p.fill(sum, streams, hists)
-	return sum, runErr
 }
 
 func (p *Player) fill(sum *Summary, streams []*stream, hists map[string]*histogram) {

@@ -7,37 +7,13 @@ import (
 	"io"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/sample"
+	"github.com/episoded/episoded/storage"
 )
-
-// fakeClock jumps to whatever time is slept until, so a schedule can be
-// checked exactly and instantly. Timing accuracy is measured with the real
-// clock elsewhere (TestReplayMQTT, BenchmarkReplayTiming).
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) SleepUntil(ctx context.Context, t time.Time) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if t.After(c.now) {
-		c.now = t
-	}
-	return nil
-}
 
 type sent struct {
 	topic   string
@@ -48,11 +24,13 @@ type sent struct {
 }
 
 // recorder stands in for the sinks in schedule tests: it records what the
-// player hands to the Publisher and VideoStream interfaces. The real sinks
-// (mosquitto, the RTSP server) are exercised in TestReplayMQTT and
-// TestReplayRTSP.
+// player hands to the Publisher and VideoStream interfaces, and when. The
+// schedule tests run in a testing/synctest bubble, whose clock moves only
+// when every goroutine in it waits, so a schedule is checked exactly and
+// at once; timing accuracy is measured with the real clock elsewhere
+// (TestReplayMQTT, BenchmarkReplayTiming). The real sinks (mosquitto, the
+// RTSP server) are exercised in TestReplayMQTT and TestReplayRTSP.
 type recorder struct {
-	clock *fakeClock
 	mu    sync.Mutex
 	msgs  []sent
 	video map[string][]sent
@@ -61,7 +39,7 @@ type recorder struct {
 
 func (r *recorder) Publish(topic string, qos byte, payload []byte, done func(error)) error {
 	r.mu.Lock()
-	r.msgs = append(r.msgs, sent{topic: topic, payload: payload, at: r.clock.Now()})
+	r.msgs = append(r.msgs, sent{topic: topic, payload: payload, at: time.Now()})
 	n := len(r.msgs)
 	r.mu.Unlock()
 	if qos != 1 {
@@ -82,16 +60,15 @@ type recVideo struct {
 func (v recVideo) WriteAccessUnit(media time.Duration, abs int64, au []byte) error {
 	v.r.mu.Lock()
 	defer v.r.mu.Unlock()
-	v.r.video[v.stream] = append(v.r.video[v.stream], sent{payload: au, at: v.r.clock.Now(), media: media, abs: abs})
+	v.r.video[v.stream] = append(v.r.video[v.stream], sent{payload: au, at: time.Now(), media: media, abs: abs})
 	return nil
 }
 
 func newRecorder() *recorder {
-	return &recorder{clock: &fakeClock{now: time.Unix(1_800_000_000, 0)}, video: map[string][]sent{}}
+	return &recorder{video: map[string][]sent{}}
 }
 
 func (r *recorder) options(o Options) Options {
-	o.Clock = r.clock
 	o.MQTT = r
 	o.Video = func(stream string, d sample.Descriptor) (VideoStream, error) { return recVideo{r, stream}, nil }
 	return o
@@ -105,65 +82,69 @@ func TestScheduleRateTopics(t *testing.T) {
 	t0 := time.Now().Add(-time.Hour).UnixNano()
 	te := buildEpisode(t, st, epID, t0, time.Second, episode.Closed)
 	for _, prefix := range []string{"", "replay/"} {
-		r := newRecorder()
-		start := r.clock.Now()
-		p, err := New(r.options(Options{Rate: 2, TopicPrefix: prefix}))
-		if err != nil {
-			t.Fatal(err)
+		synctest.Test(t, func(t *testing.T) { scheduleRateTopics(t, st, t0, te, prefix) })
+	}
+}
+
+func scheduleRateTopics(t *testing.T, st *storage.Store, t0 int64, te *testEpisode, prefix string) {
+	r := newRecorder()
+	p, err := New(r.options(Options{Rate: 2, TopicPrefix: prefix}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum, err := p.Run(context.Background(), StoreOpener(st, epID, Selection{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := sum.Started
+	pre := ""
+	if prefix != "" {
+		pre = "replay/"
+	}
+	topics := map[string]string{sJoints: pre + topicJoints, sLidar: pre + topicLidar, sDoor: pre + sDoor}
+	byTopic := map[string][]sent{}
+	for _, m := range r.msgs {
+		byTopic[m.topic] = append(byTopic[m.topic], m)
+	}
+	if len(byTopic) != 3 {
+		t.Errorf("published on topics %v, want 3", keys(byTopic))
+	}
+	for stream, topic := range topics {
+		want := te.samples[stream]
+		got := byTopic[topic]
+		if len(got) != len(want) {
+			t.Fatalf("%s: %d messages on %s, want %d", stream, len(got), topic, len(want))
 		}
-		sum, err := p.Run(context.Background(), StoreOpener(st, epID, Selection{}))
-		if err != nil {
-			t.Fatal(err)
-		}
-		pre := ""
-		if prefix != "" {
-			pre = "replay/"
-		}
-		topics := map[string]string{sJoints: pre + topicJoints, sLidar: pre + topicLidar, sDoor: pre + sDoor}
-		byTopic := map[string][]sent{}
-		for _, m := range r.msgs {
-			byTopic[m.topic] = append(byTopic[m.topic], m)
-		}
-		if len(byTopic) != 3 {
-			t.Errorf("published on topics %v, want 3", keys(byTopic))
-		}
-		for stream, topic := range topics {
-			want := te.samples[stream]
-			got := byTopic[topic]
-			if len(got) != len(want) {
-				t.Fatalf("%s: %d messages on %s, want %d", stream, len(got), topic, len(want))
+		for i := range want {
+			if !bytes.Equal(got[i].payload, want[i].Payload) {
+				t.Fatalf("%s #%d: payload differs", stream, i)
 			}
-			for i := range want {
-				if !bytes.Equal(got[i].payload, want[i].Payload) {
-					t.Fatalf("%s #%d: payload differs", stream, i)
-				}
-				if d := got[i].at.Sub(start); d != time.Duration((want[i].T-t0)/2) {
-					t.Fatalf("%s #%d sent at +%s, want +%s", stream, i, d, time.Duration((want[i].T-t0)/2))
-				}
-			}
-		}
-		vs := r.video[sCam]
-		if len(vs) != len(te.samples[sCam]) {
-			t.Fatalf("%d access units, want %d", len(vs), len(te.samples[sCam]))
-		}
-		for i, s := range te.samples[sCam] {
-			if !bytes.Equal(vs[i].payload, s.Payload) || vs[i].abs != s.T || vs[i].media != time.Duration(s.T-t0) ||
-				vs[i].at.Sub(start) != time.Duration((s.T-t0)/2) {
-				t.Fatalf("access unit %d: media %s abs %d at +%s", i, vs[i].media, vs[i].abs, vs[i].at.Sub(start))
+			if d := got[i].at.Sub(start); d != time.Duration((want[i].T-t0)/2) {
+				t.Fatalf("%s #%d sent at +%s, want +%s", stream, i, d, time.Duration((want[i].T-t0)/2))
 			}
 		}
-		if sum.Passes != 1 || sum.Interrupted || sum.Failed() {
-			t.Errorf("summary %+v", sum)
+	}
+	vs := r.video[sCam]
+	if len(vs) != len(te.samples[sCam]) {
+		t.Fatalf("%d access units, want %d", len(vs), len(te.samples[sCam]))
+	}
+	for i, s := range te.samples[sCam] {
+		if !bytes.Equal(vs[i].payload, s.Payload) || vs[i].abs != s.T || vs[i].media != time.Duration(s.T-t0) ||
+			vs[i].at.Sub(start) != time.Duration((s.T-t0)/2) {
+			t.Fatalf("access unit %d: media %s abs %d at +%s", i, vs[i].media, vs[i].abs, vs[i].at.Sub(start))
 		}
-		for _, ss := range sum.Streams {
-			want := uint64(len(te.samples[ss.Stream]))
-			if ss.Sent != want || (ss.Sink == SinkMQTT && ss.Acked != want) {
-				t.Errorf("%s: sent %d acked %d, want %d", ss.Stream, ss.Sent, ss.Acked, want)
-			}
+	}
+	if sum.Passes != 1 || sum.Interrupted || sum.Failed() {
+		t.Errorf("summary %+v", sum)
+	}
+	for _, ss := range sum.Streams {
+		want := uint64(len(te.samples[ss.Stream]))
+		if ss.Sent != want || (ss.Sink == SinkMQTT && ss.Acked != want) {
+			t.Errorf("%s: sent %d acked %d, want %d", ss.Stream, ss.Sent, ss.Acked, want)
 		}
-		if all := sum.Overall(); all.N != uint64(len(r.msgs)+len(vs)) || all.Max != 0 {
-			t.Errorf("timing %+v: want every sample, and zero error with a fake clock", all)
-		}
+	}
+	if all := sum.Overall(); all.N != uint64(len(r.msgs)+len(vs)) || all.Max != 0 {
+		t.Errorf("timing %+v: want every sample, and zero error in a synctest bubble", all)
 	}
 }
 
@@ -181,8 +162,11 @@ func TestScheduleLoopRange(t *testing.T) {
 	st := openStore(t)
 	t0 := time.Now().Add(-time.Hour).UnixNano()
 	te := buildEpisode(t, st, epID, t0, time.Second, episode.Closed)
+	synctest.Test(t, func(t *testing.T) { scheduleLoopRange(t, st, t0, te) })
+}
+
+func scheduleLoopRange(t *testing.T, st *storage.Store, t0 int64, te *testEpisode) {
 	r := newRecorder()
-	start := r.clock.Now()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var inRange []sample.Sample
@@ -206,6 +190,7 @@ func TestScheduleLoopRange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	start := sum.Started
 	if !sum.Interrupted || sum.Passes != 4 {
 		t.Errorf("interrupted %v passes %d, want true, 4", sum.Interrupted, sum.Passes)
 	}
@@ -234,7 +219,11 @@ func TestScheduleSinksMissing(t *testing.T) {
 	st := openStore(t)
 	t0 := time.Now().Add(-time.Hour).UnixNano()
 	buildEpisode(t, st, epID, t0, 100*time.Millisecond, episode.Closed)
-	p, err := New(Options{Clock: &fakeClock{}})
+	synctest.Test(t, func(t *testing.T) { scheduleSinksMissing(t, st) })
+}
+
+func scheduleSinksMissing(t *testing.T, st *storage.Store) {
+	p, err := New(Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -320,6 +309,10 @@ func TestScheduleParamsInserted(t *testing.T) {
 	if err := st.PutEpisode(episode.Episode{ID: epID, Start: t0, Stop: t0 + int64(2*time.Second), Streams: []string{sCam}, State: episode.Closed}); err != nil {
 		t.Fatal(err)
 	}
+	synctest.Test(t, func(t *testing.T) { scheduleParamsInserted(t, st, idr, p, withSPS) })
+}
+
+func scheduleParamsInserted(t *testing.T, st *storage.Store, idr, p, withSPS []byte) {
 	r := newRecorder()
 	var sdp sample.Descriptor
 	o := r.options(Options{})
@@ -358,6 +351,10 @@ func TestScheduleParamsInserted(t *testing.T) {
 // A samples stream that breaks off mid-way ends the replay with an error
 // (after sending what arrived), never as a complete replay.
 func TestScheduleTruncatedSource(t *testing.T) {
+	synctest.Test(t, scheduleTruncatedSource)
+}
+
+func scheduleTruncatedSource(t *testing.T) {
 	var buf bytes.Buffer
 	enc := NewEncoder(&buf)
 	h := Header{Format: Format, Episode: episode.Episode{ID: "x", Start: 1000, Stop: 1000 + int64(time.Second), State: episode.Closed},

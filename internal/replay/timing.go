@@ -1,50 +1,6 @@
 package replay
 
-import (
-	"context"
-	"time"
-)
-
-// Clock is the time source of a replay. Tests use a fake one to check the
-// schedule; timing accuracy is measured with the real one (RealClock).
-type Clock interface {
-	Now() time.Time
-	// SleepUntil blocks until t, or returns ctx's error.
-	SleepUntil(ctx context.Context, t time.Time) error
-}
-
-// RealClock is the wall clock with monotonic readings.
-type RealClock struct{}
-
-// Now returns time.Now().
-func (RealClock) Now() time.Time { return time.Now() }
-
-// preciseWindow is the last stretch before a deadline that SleepUntil
-// sleeps with a nanosleep system call instead of a Go timer.
-const preciseWindow = 1500 * time.Microsecond
-
-// SleepUntil sleeps until t: on a Go timer (cancellable) until
-// preciseWindow before t, then with nanosleep(2) for the rest. Go timers
-// wake through the network poller, whose timeout on Linux has millisecond
-// granularity, so a plain timer is late by up to 1 ms (p50 ≈ 0.6 ms
-// measured here); the system call brings that to tens of µs without
-// busy-waiting. The final stretch is not cancellable; it is at most
-// preciseWindow long.
-func (RealClock) SleepUntil(ctx context.Context, t time.Time) error {
-	if d := time.Until(t) - preciseWindow; d > 0 {
-		tm := time.NewTimer(d)
-		select {
-		case <-tm.C:
-		case <-ctx.Done():
-			tm.Stop()
-			return ctx.Err()
-		}
-	}
-	if d := time.Until(t); d > 0 {
-		nanosleep(d)
-	}
-	return ctx.Err()
-}
+import "time"
 
 // histogram records durations with bounded memory: 1 µs buckets below
 // 10 ms, 100 µs buckets below 1 s, 10 ms buckets below 100 s, and one

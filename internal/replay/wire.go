@@ -13,7 +13,7 @@ import (
 
 	"github.com/fxamacker/cbor/v2"
 
-	"github.com/episoded/episoded/internal/api"
+	"github.com/episoded/episoded/internal/httpjson"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -301,22 +301,22 @@ func SamplesHandler(src Source, log *slog.Logger) http.Handler {
 			*p.d = d
 		}
 		if err := errors.Join(errs...); err != nil {
-			api.WriteError(w, http.StatusBadRequest, err.Error())
+			httpjson.Error(w, http.StatusBadRequest, err.Error())
 			return
 		}
 		h, samples, err := Open(src, id, sel)
 		switch {
 		case errors.Is(err, ErrNotFound):
-			api.WriteError(w, http.StatusNotFound, fmt.Sprintf("episode %s not found", id))
+			httpjson.Error(w, http.StatusNotFound, fmt.Sprintf("episode %s not found", id))
 			return
 		case errors.Is(err, ErrRecording):
-			api.WriteError(w, http.StatusConflict, fmt.Sprintf("episode %s is still recording; stop it before replaying", id))
+			httpjson.Error(w, http.StatusConflict, fmt.Sprintf("episode %s is still recording; stop it before replaying", id))
 			return
 		case errors.Is(err, ErrSelection):
-			api.WriteError(w, http.StatusBadRequest, err.Error())
+			httpjson.Error(w, http.StatusBadRequest, err.Error())
 			return
 		case err != nil:
-			api.WriteError(w, http.StatusInternalServerError, err.Error())
+			httpjson.Error(w, http.StatusInternalServerError, err.Error())
 			return
 		}
 		w.Header().Set("Content-Type", ContentType)

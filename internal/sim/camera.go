@@ -369,6 +369,20 @@ func (h *rtspHandler) lookup(path string) (*base.Response, *gortsplib.ServerStre
 	return &base.Response{StatusCode: base.StatusOK}, st, nil
 }
 
+// OnStreamWriteError: gortsplib could not queue a packet for a client
+// that reads too slowly, and dropped it for that client. Counted (see
+// Sim.QueueDrops) instead of gortsplib's default of one log line per
+// packet on stdout.
+func (h *rtspHandler) OnStreamWriteError(*gortsplib.ServerHandlerOnStreamWriteErrorCtx) {
+	h.s.queueDrops.Add(1)
+}
+
+// QueueDrops returns how many RTP packets the RTSP server dropped for
+// clients whose write queue was full: the client read too slowly. These
+// are not camera losses (Options.Loss); the client sees them as lost
+// packets.
+func (s *Sim) QueueDrops() uint64 { return s.queueDrops.Load() }
+
 func (h *rtspHandler) OnDescribe(ctx *gortsplib.ServerHandlerOnDescribeCtx) (*base.Response, *gortsplib.ServerStream, error) {
 	return h.lookup(ctx.Path)
 }

@@ -52,12 +52,12 @@ func play(t *testing.T, url string, d time.Duration) (*session, error) {
 	tcp := gortsplib.TransportTCP
 	var mu sync.Mutex
 	ses := &session{firstSR: -1}
-	c := &gortsplib.Client{Transport: &tcp, OnPacketsLost: func(n uint64) {
+	c := &gortsplib.Client{Scheme: u.Scheme, Host: u.Host, Transport: &tcp, OnPacketsLost: func(n uint64) {
 		mu.Lock()
 		ses.lost += n
 		mu.Unlock()
 	}}
-	if err := c.Start(u.Scheme, u.Host); err != nil {
+	if err := c.Start2(); err != nil {
 		return nil, err
 	}
 	defer c.Close()
@@ -421,5 +421,45 @@ func TestCameraLossAndOutage(t *testing.T) {
 	inOutage := last1.srcT + mulDivFloor(10, 1e9, 30) // ~10 frames after, inside the 45
 	if _, ok := s.Truth("cell1/cam1", inOutage); ok {
 		t.Error("Truth returned a frame withheld by the outage")
+	}
+}
+
+// TestCameraPlaysGivenClip: Options.Clip replaces the embedded clip. Here
+// it is the embedded clip's first two GOPs (60 frames), so the stream
+// must wrap to frame 0 after frame 59, which the 120-frame default never
+// does.
+func TestCameraPlaysGivenClip(t *testing.T) {
+	all, err := assets.H264AccessUnits()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clip := all[:60]
+	s := startSim(t, Options{Cameras: 1, Clip: clip, TriggerPeriod: -1})
+	ses, err := play(t, s.CameraURLs()[0], 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frames := ses.frames(t, clip)
+	if len(frames) < 70 {
+		t.Fatalf("got %d frames in 3 s, want at least 70", len(frames))
+	}
+	frames = frames[1 : len(frames)-1]
+	wraps := 0
+	for i, f := range frames {
+		if f.clip < 0 {
+			t.Fatalf("frame %d is not a frame of the given clip", i)
+		}
+		if i > 0 && f.clip != (frames[i-1].clip+1)%len(clip) {
+			t.Fatalf("frame %d: clip frame %d after %d", i, f.clip, frames[i-1].clip)
+		}
+		if i > 0 && f.clip == 0 {
+			wraps++
+		}
+	}
+	if wraps == 0 {
+		t.Fatal("never wrapped after the given clip's 60 frames")
+	}
+	if _, err := New(Options{Clip: [][][]byte{{{0x65, 0x88}}}}); err == nil || !contains(err.Error(), "clip: 1 access units without an SPS and a PPS") {
+		t.Errorf("clip without parameter sets: %v", err)
 	}
 }

@@ -9,7 +9,8 @@
 //
 //   - rtsp://ADDR/cam1 ... /camN: H.264 (packetization mode 1) at 30 fps
 //     over RTSP/TCP (interleaved; UDP is not offered), looping
-//     assets.H264AccessUnits() (120 access units, an IDR every 30) with
+//     assets.H264AccessUnits() (120 access units, an IDR every 30; or
+//     Options.Clip) with
 //     continuous RTP timestamps (+3000 per frame at 90 kHz, across loops
 //     and outages) and sequence numbers. The server's own sender reports
 //     are disabled; each camera sends RFC 3550 sender reports mapping RTP
@@ -49,8 +50,8 @@
 // Nothing here queues: each device is one goroutine that sleeps until its
 // next sample is due and hands it to the library (gortsplib's per-client
 // write queue, mochi's per-client outbound buffer). When a client's queue
-// is full the library drops for that client; the simulator does not block
-// or slow down.
+// is full the library drops for that client (RTSP: counted in
+// QueueDrops); the simulator does not block or slow down.
 //
 // # The embedded broker under SIGKILL
 //

@@ -41,6 +41,12 @@ type Options struct {
 	// Cameras is the number of cameras, served at /cam1 ... /camN.
 	// Default 2.
 	Cameras int
+	// Clip is the H.264 clip every camera loops at 30 fps: access units
+	// (NAL units without start codes) in decode order, no B-frames, with
+	// an SPS and a PPS (sent out of band in the SDP). Default: the 320x240
+	// assets.H264AccessUnits(). Benchmarks pass a 1080p clip (see
+	// internal/testclip).
+	Clip [][][]byte
 
 	// ClockOffset and ClockDriftPPM bound the device clocks: each device
 	// (cam1..camN, robot1, gripper, lidar) draws its offset uniformly from
@@ -168,6 +174,11 @@ func (o *Options) Validate() error {
 	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if o.Cameras < 0 || o.Cameras > 64 {
 		bad("cameras: %d is not between 0 and 64", o.Cameras)
+	}
+	if o.Clip != nil {
+		if sps, pps := paramSets(o.Clip); sps == nil || pps == nil {
+			bad("clip: %d access units without an SPS and a PPS", len(o.Clip))
+		}
 	}
 	if o.ClockOffset < 0 {
 		bad("clock offset: %s must not be negative (it bounds offsets of either sign)", o.ClockOffset)

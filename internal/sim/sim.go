@@ -63,6 +63,9 @@ type Sim struct {
 	trig  *trigger
 	ready chan struct{}
 	ran   atomic.Bool
+	// queueDrops counts RTP packets gortsplib did not send to a client
+	// whose write queue was full (see QueueDrops).
+	queueDrops atomic.Uint64
 
 	// set before ready is closed, read-only afterwards
 	t0       int64
@@ -77,9 +80,12 @@ func New(o Options) (*Sim, error) {
 	if err := o.Validate(); err != nil {
 		return nil, fmt.Errorf("sim options: %w", err)
 	}
-	aus, err := assets.H264AccessUnits()
-	if err != nil {
-		return nil, fmt.Errorf("load clip: %w", err)
+	aus := o.Clip
+	if aus == nil {
+		var err error
+		if aus, err = assets.H264AccessUnits(); err != nil {
+			return nil, fmt.Errorf("load clip: %w", err)
+		}
 	}
 	s := &Sim{o: o, log: o.Logger.With("component", "sim"), aus: aus, ready: make(chan struct{})}
 	for i := 1; i <= o.Cameras; i++ {

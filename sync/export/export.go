@@ -59,16 +59,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/foxglove/mcap/go/mcap"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/episoded/episoded/episode"
-	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
-	"github.com/episoded/episoded/storage"
 )
 
 // Source is what Write reads; *storage.Store implements it.
@@ -183,296 +180,216 @@ type StreamInfo struct {
 // ManifestFormat identifies the manifest layout.
 const ManifestFormat = "episoded.episode/v1"
 
-const (
-	schemaVideo = 1
-	schemaCloud = 2
-
-	encRaw = "application/octet-stream"
-)
-
-type chanKind int
-
-const (
-	kindRaw chanKind = iota
-	kindVideo
-	kindCloud
-	kindJSON
-	kindCBOR
-)
-
-type streamState struct {
-	name    string
-	descs   []sample.Descriptor
-	di      int
-	topic   string
-	kind    chanKind
-	mainID  uint16
-	rawID   uint16 // 0 until first needed
-	prefix  map[uint32][]byte
-	samples uint64
-	// start drops what a decoder starting at the first keyframe cannot
-	// decode (H.265 RASL pictures after a starting CRA).
-	start video.StartFilter
-}
-
-func (s *streamState) desc(t int64) *sample.Descriptor {
-	if len(s.descs) == 0 {
-		return nil
-	}
-	for s.di+1 < len(s.descs) && s.descs[s.di+1].Since <= t {
-		s.di++
-	}
-	return &s.descs[s.di]
-}
-
-func kindOf(d *sample.Descriptor) (chanKind, string, uint16) {
-	if d == nil {
-		return kindRaw, "", 0
-	}
-	switch {
-	case d.Kind == sample.KindVideo && (d.Codec == sample.CodecH264 || d.Codec == sample.CodecH265):
-		return kindVideo, SchemaCompressedVideo, schemaVideo
-	case d.Kind == sample.KindPointCloud && d.Layout != nil && d.Layout.Stride > 0:
-		return kindCloud, SchemaPointCloud, schemaCloud
-	case d.Codec == sample.CodecJSON:
-		return kindJSON, "", 0
-	case d.Codec == sample.CodecCBOR:
-		return kindCBOR, "", 0
-	}
-	return kindRaw, "", 0
-}
-
-// Plan returns the manifest an export of e would carry, reading the
-// stream descriptors from src.
-func Plan(src Source, e episode.Episode) (Manifest, error) {
-	m, _, err := plan(src, e)
-	return m, err
-}
-
-func streamsOf(e episode.Episode) []string {
-	names := slices.Clone(e.Streams)
-	if len(names) == 0 {
-		for _, q := range e.Quality {
-			names = append(names, q.Stream)
-		}
-	}
-	sort.Strings(names)
-	return slices.Compact(names)
-}
-
-func plan(src Source, e episode.Episode) (Manifest, []*streamState, error) {
-	m, states, _, err := planStarts(src, e)
-	return m, states, err
-}
-
-// planStarts is plan, also returning where each video stream starts.
-func planStarts(src Source, e episode.Episode) (Manifest, []*streamState, map[string]sample.VideoStart, error) {
-	starts := map[string]sample.VideoStart{}
-	from, to := e.Window(0)
-	m := Manifest{
-		Format: ManifestFormat, ID: e.ID, Cell: e.Cell, Task: e.Task, Operator: e.Operator, Robot: e.Robot,
-		Labels: e.Labels, Priority: e.Priority, Trigger: e.Trigger, StopReason: e.StopReason,
-		Start: e.Start, Stop: e.Stop, Preroll: e.Preroll, Postroll: e.Postroll, From: from, To: to,
-		Previous: e.Previous, Next: e.Next, Created: e.Created,
-	}
-	var states []*streamState
-	for i, name := range streamsOf(e) {
-		descs, err := src.Descriptors(name)
-		if err != nil && !isNotFound(err) {
-			return m, nil, nil, fmt.Errorf("read descriptors of %s: %w", name, err)
-		}
-		st := &streamState{name: name, descs: descs, topic: name, mainID: uint16(i + 1), prefix: map[uint32][]byte{}}
-		var last *sample.Descriptor
-		if len(descs) > 0 {
-			last = &descs[len(descs)-1]
-		}
-		kind, schema, _ := kindOf(last)
-		st.kind = kind
-		info := StreamInfo{Stream: name, Versions: len(descs), Schema: schema}
-		if last != nil {
-			info.Kind, info.Codec, info.Device, info.Source, info.Clock =
-				string(last.Kind), string(last.Codec), last.Device, last.Source, string(last.Clock)
-			if (kind == kindJSON || kind == kindCBOR) && last.Source != "" {
-				st.topic = last.Source
-			}
-		}
-		if kind == kindVideo {
-			vs, err := src.VideoStart(name, from, to)
-			if err != nil {
-				return m, nil, nil, fmt.Errorf("find the first keyframe of %s: %w", name, err)
-			}
-			if vs.Found && last.Codec == sample.CodecH265 {
-				// Leading pictures of a starting CRA are left out too.
-				f := video.StartFilter{C: video.H265}
-				for x, err := range src.MergeFrom([]string{name}, map[string]sample.VideoStart{name: vs}, from, to) {
-					if err != nil {
-						continue
-					}
-					nalus, ok := video.SplitAU(x.Payload)
-					if !ok {
-						continue
-					}
-					if !f.Skip(nalus) {
-						if x.Seq != vs.Seq {
-							break
-						}
-						continue
-					}
-					if x.T >= from {
-						vs.Skipped++
-					}
-				}
-			}
-			starts[name] = vs
-			if vs.Found {
-				info.VideoStart = &vs.T
-			}
-			info.VideoLeftOut = vs.Skipped
-		}
-		switch kind {
-		case kindVideo, kindCloud:
-			info.Encoding = "protobuf"
-		case kindJSON, kindCBOR:
-			info.Encoding = "json"
-		default:
-			st.topic = name + "/raw"
-			info.Encoding = encRaw
-		}
-		info.Topic = st.topic
-		m.Streams = append(m.Streams, info)
-		states = append(states, st)
-	}
-	return m, states, starts, nil
-}
-
-func isNotFound(err error) bool { return errors.Is(err, storage.ErrNotFound) }
-
-type countingWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
-}
-
 // Write exports episode id from src to w as MCAP. See the package doc for
 // the layout. On error, w holds a partial file.
+//
+// The steps, in the order the file is written: plan (the episode, its
+// streams and where their video starts; nothing written yet), open (the
+// MCAP writer and the header), the episode metadata, the attachments, the
+// schemas and main channels, the messages in log-time order (creating a
+// "/raw" channel the first time a stream needs one), and finish (summary
+// and footer, flush).
 func Write(ctx context.Context, w io.Writer, src Source, id string, o Options) (Stats, error) {
-	st := Stats{Streams: map[string]uint64{}, Channels: map[string]uint64{}}
-	e, err := src.Episode(id)
-	if err != nil {
-		return st, fmt.Errorf("export %s: read episode: %w", id, err)
+	x := &exporter{src: src, o: o, st: Stats{Streams: map[string]uint64{}, Channels: map[string]uint64{}}}
+	if err := x.run(ctx, w, id); err != nil {
+		return x.st, fmt.Errorf("export %s: %w", id, err)
 	}
-	if !e.State.Finished() || e.Stop == 0 {
-		return st, fmt.Errorf("export %s: %w", id, ErrRecording)
-	}
-	manifest, streams, starts, err := planStarts(src, e)
-	if err != nil {
-		return st, fmt.Errorf("export %s: %w", id, err)
-	}
-	if o.ChunkSize <= 0 {
-		o.ChunkSize = DefaultChunkSize
-	}
-	var prog Progress
-	names := make([]string, len(streams))
-	byName := make(map[string]*streamState, len(streams))
-	for i, s := range streams {
-		names[i] = s.name
-		byName[s.name] = s
-	}
-	for _, q := range e.Quality {
-		if byName[q.Stream] != nil {
-			prog.TotalMessages += q.Samples
-			prog.TotalBytes += q.Bytes
-		}
-	}
+	return x.st, nil
+}
 
+// exporter is the state of one Write, used by one goroutine.
+type exporter struct {
+	src Source
+	o   Options
+
+	// From plan.
+	e        episode.Episode
+	manifest Manifest
+	streams  []*streamState // sorted by name; main channel ids 1..n
+	byName   map[string]*streamState
+	starts   map[string]sample.VideoStart
+
+	// From open.
+	cw *countingWriter
+	bw *bufio.Writer
+	mw *mcap.Writer
+
+	nextID uint16            // the next "/raw" channel id
+	topics map[uint16]string // channel id -> topic, for Stats.Channels
+
+	st         Stats
+	prog       Progress
+	lastReport int64 // cw.n at the last Progress call
+
+	// Reused for every message.
+	msg       mcap.Message
+	buf, pbuf []byte
+}
+
+func (x *exporter) run(ctx context.Context, w io.Writer, id string) error {
+	if err := x.plan(id); err != nil {
+		return err
+	}
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest))
 	if err != nil {
-		return st, fmt.Errorf("export %s: zstd: %w", id, err)
+		return fmt.Errorf("zstd: %w", err)
 	}
 	defer enc.Close()
-	cw := &countingWriter{w: w}
-	bw := bufio.NewWriterSize(cw, 1<<20)
-	mw, err := mcap.NewWriter(bw, &mcap.WriterOptions{
+	if err := x.open(w, enc); err != nil {
+		return err
+	}
+	if err := x.writeMetadata(); err != nil {
+		return err
+	}
+	if err := x.writeAttachments(); err != nil {
+		return err
+	}
+	if err := x.writeSchemas(); err != nil {
+		return err
+	}
+	if err := x.writeChannels(); err != nil {
+		return err
+	}
+	if err := x.writeMessages(ctx); err != nil {
+		return err
+	}
+	return x.finish()
+}
+
+// plan reads the episode (it must be finished), plans its streams, and
+// takes the progress totals from its quality report.
+func (x *exporter) plan(id string) error {
+	e, err := x.src.Episode(id)
+	if err != nil {
+		return fmt.Errorf("read episode: %w", err)
+	}
+	if !e.State.Finished() || e.Stop == 0 {
+		return ErrRecording
+	}
+	x.e = e
+	x.manifest, x.streams, x.starts, err = plan(x.src, e)
+	if err != nil {
+		return err
+	}
+	if x.o.ChunkSize <= 0 {
+		x.o.ChunkSize = DefaultChunkSize
+	}
+	x.byName = make(map[string]*streamState, len(x.streams))
+	for _, s := range x.streams {
+		x.byName[s.name] = s
+	}
+	for _, q := range e.Quality {
+		if x.byName[q.Stream] != nil {
+			x.prog.TotalMessages += q.Samples
+			x.prog.TotalBytes += q.Bytes
+		}
+	}
+	return nil
+}
+
+// open starts the MCAP writer over w (counted, buffered; chunks
+// compressed by enc) and writes the header.
+func (x *exporter) open(w io.Writer, enc *zstd.Encoder) error {
+	x.cw = &countingWriter{w: w}
+	x.bw = bufio.NewWriterSize(x.cw, 1<<20)
+	mw, err := mcap.NewWriter(x.bw, &mcap.WriterOptions{
 		IncludeCRC:      true,
 		Chunked:         true,
-		ChunkSize:       o.ChunkSize,
+		ChunkSize:       x.o.ChunkSize,
 		Compressor:      mcap.NewCustomCompressor(mcap.CompressionZSTD, enc),
 		OverrideLibrary: true,
 	})
 	if err != nil {
-		return st, fmt.Errorf("export %s: new writer: %w", id, err)
+		return fmt.Errorf("new writer: %w", err)
 	}
-	fail := func(op string, err error) (Stats, error) {
-		return st, fmt.Errorf("export %s: %s: %w", id, op, err)
-	}
+	x.mw = mw
 	if err := mw.WriteHeader(&mcap.Header{Profile: Profile, Library: Library}); err != nil {
-		return fail("write header", err)
+		return fmt.Errorf("write header: %w", err)
 	}
-	mj, err := json.Marshal(manifest)
+	return nil
+}
+
+// writeMetadata writes the "episode" metadata record: the manifest, the
+// quality report (with the video frames left out) and the verdict.
+func (x *exporter) writeMetadata() error {
+	mj, err := json.Marshal(x.manifest)
 	if err != nil {
-		return fail("encode manifest", err)
+		return fmt.Errorf("encode manifest: %w", err)
 	}
-	quality := slices.Clone(e.Quality)
+	quality := slices.Clone(x.e.Quality)
 	if quality == nil {
 		quality = []episode.StreamReport{}
 	}
 	for i := range quality {
-		if vs, ok := starts[quality[i].Stream]; ok {
+		if vs, ok := x.starts[quality[i].Stream]; ok {
 			quality[i].VideoLeftOut = vs.Skipped
 		}
 	}
 	qj, err := json.Marshal(quality)
 	if err != nil {
-		return fail("encode quality", err)
+		return fmt.Errorf("encode quality: %w", err)
 	}
 	meta := map[string]string{"manifest": string(mj), "quality": string(qj)}
-	if e.Verdict != nil {
-		vj, err := json.Marshal(e.Verdict)
+	if x.e.Verdict != nil {
+		vj, err := json.Marshal(x.e.Verdict)
 		if err != nil {
-			return fail("encode verdict", err)
+			return fmt.Errorf("encode verdict: %w", err)
 		}
 		meta["verdict"] = string(vj)
 	}
-	if err := mw.WriteMetadata(&mcap.Metadata{Name: "episode", Metadata: meta}); err != nil {
-		return fail("write metadata", err)
+	if err := x.mw.WriteMetadata(&mcap.Metadata{Name: "episode", Metadata: meta}); err != nil {
+		return fmt.Errorf("write metadata: %w", err)
 	}
-	for _, path := range o.Attachments {
+	return nil
+}
+
+// writeAttachments writes Options.Attachments in order, stamped with the
+// episode start.
+func (x *exporter) writeAttachments() error {
+	at := uint64(max(x.e.Start, 0))
+	for _, path := range x.o.Attachments {
 		data, err := os.ReadFile(path)
 		if err != nil {
-			return fail("read attachment", err)
+			return fmt.Errorf("read attachment: %w", err)
 		}
-		if err := mw.WriteAttachment(&mcap.Attachment{
-			LogTime: uint64(max(e.Start, 0)), CreateTime: uint64(max(e.Start, 0)),
+		if err := x.mw.WriteAttachment(&mcap.Attachment{
+			LogTime: at, CreateTime: at,
 			Name: filepath.Base(path), MediaType: mediaType(path),
 			DataSize: uint64(len(data)), Data: bytes.NewReader(data),
 		}); err != nil {
-			return fail("write attachment", err)
+			return fmt.Errorf("write attachment: %w", err)
 		}
 	}
+	return nil
+}
 
-	// Schemas and main channels, in sorted stream order.
+// writeSchemas writes the protobuf schemas the streams use.
+func (x *exporter) writeSchemas() error {
 	var haveVideo, haveCloud bool
-	for _, s := range streams {
+	for _, s := range x.streams {
 		haveVideo = haveVideo || s.kind == kindVideo
 		haveCloud = haveCloud || s.kind == kindCloud
 	}
 	if haveVideo {
-		if err := mw.WriteSchema(&mcap.Schema{ID: schemaVideo, Name: SchemaCompressedVideo, Encoding: "protobuf", Data: CompressedVideoSchema()}); err != nil {
-			return fail("write schema", err)
+		if err := x.mw.WriteSchema(&mcap.Schema{ID: schemaVideo, Name: SchemaCompressedVideo, Encoding: "protobuf", Data: CompressedVideoSchema()}); err != nil {
+			return fmt.Errorf("write schema: %w", err)
 		}
 	}
 	if haveCloud {
-		if err := mw.WriteSchema(&mcap.Schema{ID: schemaCloud, Name: SchemaPointCloud, Encoding: "protobuf", Data: PointCloudSchema()}); err != nil {
-			return fail("write schema", err)
+		if err := x.mw.WriteSchema(&mcap.Schema{ID: schemaCloud, Name: SchemaPointCloud, Encoding: "protobuf", Data: PointCloudSchema()}); err != nil {
+			return fmt.Errorf("write schema: %w", err)
 		}
 	}
-	nextID := uint16(len(streams) + 1)
-	for i, s := range streams {
+	return nil
+}
+
+// writeChannels writes each stream's main channel, in sorted stream
+// order. A stream with no representable kind has only its raw channel,
+// which is then its main one.
+func (x *exporter) writeChannels() error {
+	x.nextID = uint16(len(x.streams) + 1)
+	x.topics = make(map[uint16]string, len(x.streams))
+	for i, s := range x.streams {
 		ch := &mcap.Channel{ID: s.mainID, Topic: s.topic, Metadata: map[string]string{"stream": s.name}}
 		switch s.kind {
 		case kindVideo:
@@ -485,145 +402,167 @@ func Write(ctx context.Context, w io.Writer, src Source, id string, o Options) (
 			ch.MessageEncoding = encRaw
 			s.rawID = s.mainID
 		}
-		if d := manifest.Streams[i]; d.Device != "" {
+		if d := x.manifest.Streams[i]; d.Device != "" {
 			ch.Metadata["device"] = d.Device
 		}
-		if err := mw.WriteChannel(ch); err != nil {
-			return fail("write channel", err)
+		if err := x.mw.WriteChannel(ch); err != nil {
+			return fmt.Errorf("write channel: %w", err)
 		}
+		x.topics[s.mainID] = s.topic
 	}
-	rawChannel := func(s *streamState) (uint16, error) {
-		if s.rawID != 0 {
-			return s.rawID, nil
-		}
-		s.rawID = nextID
-		nextID++
-		topic := s.topic + "/raw"
-		return s.rawID, mw.WriteChannel(&mcap.Channel{ID: s.rawID, Topic: topic, MessageEncoding: encRaw,
-			Metadata: map[string]string{"stream": s.name}})
-	}
-	topics := map[uint16]string{}
-	for _, s := range streams {
-		topics[s.mainID] = s.topic
-	}
+	return nil
+}
 
-	from, to := e.Window(0)
-	var buf, pbuf []byte
-	msg := &mcap.Message{}
-	lastReport := int64(0)
-	for smp, err := range src.MergeFrom(names, starts, from, to) {
+// rawChannel returns the id of s's "/raw" channel, writing the channel the
+// first time it is needed.
+func (x *exporter) rawChannel(s *streamState) (uint16, error) {
+	if s.rawID != 0 {
+		return s.rawID, nil
+	}
+	s.rawID = x.nextID
+	x.nextID++
+	topic := s.topic + "/raw"
+	x.topics[s.rawID] = topic
+	return s.rawID, x.mw.WriteChannel(&mcap.Channel{ID: s.rawID, Topic: topic, MessageEncoding: encRaw,
+		Metadata: map[string]string{"stream": s.name}})
+}
+
+// writeMessages writes every sample of the window in storage's merge
+// order, each video stream from its planned start, checking ctx every 256
+// messages.
+func (x *exporter) writeMessages(ctx context.Context) error {
+	names := make([]string, len(x.streams))
+	for i, s := range x.streams {
+		names[i] = s.name
+	}
+	from, to := x.e.Window(0)
+	for smp, err := range x.src.MergeFrom(names, x.starts, from, to) {
 		if err != nil {
-			return fail("read samples", err)
+			return fmt.Errorf("read samples: %w", err)
 		}
-		s := byName[smp.Stream]
+		s := x.byName[smp.Stream]
 		if s == nil {
 			continue
 		}
-		if prog.Messages%256 == 0 {
+		if x.prog.Messages%256 == 0 {
 			if err := ctx.Err(); err != nil {
-				return fail("cancelled", err)
+				return fmt.Errorf("cancelled: %w", err)
 			}
 		}
 		d := s.desc(smp.T)
-		data, chID, raw := []byte(nil), s.mainID, false
-		kind, _, _ := kindOf(d)
-		if smp.Flags.Has(sample.DecodeError) || kind != s.kind {
-			raw = true
-		} else {
-			switch s.kind {
-			case kindVideo:
-				if s.start.C == nil {
-					s.start.C = video.CodecOf(d.Codec)
-				}
-				if nalus, ok := video.SplitAU(smp.Payload); ok && s.start.Skip(nalus) {
-					continue // counted in the manifest's video_left_out
-				}
-				var au []byte
-				var ok bool
-				au, ok = annexB(buf[:0], d.Codec, d.Params, smp.Payload, smp.Flags.Has(sample.Keyframe))
-				if ok {
-					buf = au
-					pbuf = appendCompressedVideo(pbuf[:0], smp.PTS(), s.name, au, string(d.Codec))
-					data = pbuf
-				} else {
-					raw = true
-				}
-			case kindCloud:
-				l := d.Layout
-				body := smp.Payload
-				if len(body) < l.HeaderSize || (len(body)-l.HeaderSize)%l.Stride != 0 {
-					raw = true
-					break
-				}
-				pfx, ok := s.prefix[d.Version]
-				if !ok {
-					pfx = pointCloudPrefix(l)
-					s.prefix[d.Version] = pfx
-				}
-				pbuf = appendPointCloud(pbuf[:0], smp.T, s.name, pfx, body[l.HeaderSize:])
-				data = pbuf
-			case kindJSON:
-				if json.Valid(smp.Payload) {
-					data = smp.Payload
-				} else {
-					raw = true
-				}
-			case kindCBOR:
-				if j, err := cborToJSON(smp.Payload); err == nil {
-					data = j
-				} else {
-					raw = true
-				}
-			default:
-				raw = true
+		var data []byte
+		ok := false
+		if kind, _, _ := kindOf(d); kind == s.kind && !smp.Flags.Has(sample.DecodeError) {
+			if s.kind == kindVideo && s.leading(d, smp) {
+				continue // counted in the manifest's video_left_out
 			}
+			data, ok = x.convert(s, d, smp)
 		}
-		if raw {
-			id, err := rawChannel(s)
-			if err != nil {
-				return fail("write channel", err)
-			}
-			chID, data = id, smp.Payload
-			topics[id] = s.topic + "/raw"
-			if s.kind == kindRaw {
-				topics[id] = s.topic
-			}
-			st.Raw++
-		}
-		pub := smp.SrcT
-		if pub == 0 {
-			pub = smp.T
-		}
-		msg.ChannelID, msg.Sequence, msg.LogTime, msg.PublishTime, msg.Data =
-			chID, uint32(smp.Seq), uint64(max(smp.T, 0)), uint64(max(pub, 0)), data
-		if err := mw.WriteMessage(msg); err != nil {
-			return fail("write message", err)
-		}
-		s.samples++
-		st.Streams[s.name]++
-		st.Channels[topics[chID]]++
-		st.Messages++
-		st.PayloadBytes += uint64(len(smp.Payload))
-		prog.Messages++
-		prog.Bytes += uint64(len(smp.Payload))
-		if o.Progress != nil && cw.n-lastReport >= 4<<20 {
-			lastReport = cw.n
-			prog.Written = cw.n
-			o.Progress(prog)
+		if err := x.writeMessage(s, smp, data, ok); err != nil {
+			return err
 		}
 	}
-	if err := mw.Close(); err != nil {
-		return fail("close writer", err)
+	return nil
+}
+
+// convert returns the message data of smp on s's main channel, described
+// by d (of s's kind), or false if it cannot be represented there and goes
+// to the raw channel. The data may be in a buffer reused by the next call.
+func (x *exporter) convert(s *streamState, d *sample.Descriptor, smp sample.Sample) ([]byte, bool) {
+	switch s.kind {
+	case kindVideo:
+		au, ok := annexB(x.buf[:0], d.Codec, d.Params, smp.Payload, smp.Flags.Has(sample.Keyframe))
+		if !ok {
+			return nil, false
+		}
+		x.buf = au
+		x.pbuf = appendCompressedVideo(x.pbuf[:0], smp.PTS(), s.name, au, string(d.Codec))
+		return x.pbuf, true
+	case kindCloud:
+		l := d.Layout
+		body := smp.Payload
+		if len(body) < l.HeaderSize || (len(body)-l.HeaderSize)%l.Stride != 0 {
+			return nil, false
+		}
+		pfx, ok := s.prefix[d.Version]
+		if !ok {
+			pfx = pointCloudPrefix(l)
+			s.prefix[d.Version] = pfx
+		}
+		x.pbuf = appendPointCloud(x.pbuf[:0], smp.T, s.name, pfx, body[l.HeaderSize:])
+		return x.pbuf, true
+	case kindJSON:
+		return smp.Payload, json.Valid(smp.Payload)
+	case kindCBOR:
+		j, err := cborToJSON(smp.Payload)
+		return j, err == nil
 	}
-	if err := bw.Flush(); err != nil {
-		return fail("flush", err)
+	return nil, false
+}
+
+// writeMessage writes smp on s's main channel with data, or, if !ok, its
+// payload as is on s's raw channel; it counts it and reports progress
+// every 4 MiB of output.
+func (x *exporter) writeMessage(s *streamState, smp sample.Sample, data []byte, ok bool) error {
+	chID := s.mainID
+	if !ok {
+		id, err := x.rawChannel(s)
+		if err != nil {
+			return fmt.Errorf("write channel: %w", err)
+		}
+		chID, data = id, smp.Payload
+		x.st.Raw++
 	}
-	st.Size = cw.n
-	if o.Progress != nil {
-		prog.Written = cw.n
-		o.Progress(prog)
+	pub := smp.SrcT
+	if pub == 0 {
+		pub = smp.T
 	}
-	return st, nil
+	x.msg.ChannelID, x.msg.Sequence, x.msg.LogTime, x.msg.PublishTime, x.msg.Data =
+		chID, uint32(smp.Seq), uint64(max(smp.T, 0)), uint64(max(pub, 0)), data
+	if err := x.mw.WriteMessage(&x.msg); err != nil {
+		return fmt.Errorf("write message: %w", err)
+	}
+	s.samples++
+	x.st.Streams[s.name]++
+	x.st.Channels[x.topics[chID]]++
+	x.st.Messages++
+	x.st.PayloadBytes += uint64(len(smp.Payload))
+	x.prog.Messages++
+	x.prog.Bytes += uint64(len(smp.Payload))
+	if x.o.Progress != nil && x.cw.n-x.lastReport >= 4<<20 {
+		x.lastReport = x.cw.n
+		x.prog.Written = x.cw.n
+		x.o.Progress(x.prog)
+	}
+	return nil
+}
+
+// finish writes the summary and footer, flushes, and reports the final
+// progress.
+func (x *exporter) finish() error {
+	if err := x.mw.Close(); err != nil {
+		return fmt.Errorf("close writer: %w", err)
+	}
+	if err := x.bw.Flush(); err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
+	x.st.Size = x.cw.n
+	if x.o.Progress != nil {
+		x.prog.Written = x.cw.n
+		x.o.Progress(x.prog)
+	}
+	return nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func mediaType(path string) string {

@@ -341,9 +341,16 @@ func TestExportHandler(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != code {
 			t.Errorf("%s: status %d, want %d", id, resp.StatusCode, code)
+		}
+		// The API's one error format (internal/httpjson).
+		var e struct{ Error string }
+		if err := json.Unmarshal(body, &e); err != nil || e.Error == "" || resp.Header.Get("Content-Type") != "application/json" ||
+			resp.Header.Get("Content-Disposition") != "" {
+			t.Errorf("%s: error answered as %q %q: %v", id, resp.Header.Get("Content-Type"), body, err)
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 
+	"github.com/episoded/episoded/internal/httpjson"
 	"github.com/episoded/episoded/storage"
 )
 
@@ -22,7 +23,8 @@ type HandlerOptions struct {
 // Handler serves GET /v1/episodes/{id}/export: the episode as an MCAP
 // download (application/x-mcap, Content-Disposition attachment
 // "<id>.mcap"). The id is taken from the {id} path value of the route the
-// handler is mounted on. An unknown episode is 404, a recording one 409.
+// handler is mounted on. An unknown episode is 404, a recording one 409;
+// errors are JSON ({"error": "..."}, internal/httpjson).
 // The body streams while it is written, so an error after the first byte
 // can only abort the connection; it is logged.
 func Handler(src Source, o HandlerOptions) http.Handler {
@@ -34,20 +36,20 @@ func Handler(src Source, o HandlerOptions) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
-			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			httpjson.Error(w, http.StatusMethodNotAllowed, "method not allowed")
 			return
 		}
 		id := r.PathValue("id")
 		e, err := src.Episode(id)
 		switch {
 		case errors.Is(err, storage.ErrNotFound):
-			http.Error(w, fmt.Sprintf("episode %q not found", id), http.StatusNotFound)
+			httpjson.Error(w, http.StatusNotFound, fmt.Sprintf("episode %q not found", id))
 			return
 		case err != nil:
-			http.Error(w, "read episode: "+err.Error(), http.StatusInternalServerError)
+			httpjson.Error(w, http.StatusInternalServerError, "read episode: "+err.Error())
 			return
 		case !e.State.Finished() || e.Stop == 0:
-			http.Error(w, ErrRecording.Error(), http.StatusConflict)
+			httpjson.Error(w, http.StatusConflict, ErrRecording.Error())
 			return
 		}
 		var att []string
@@ -67,7 +69,7 @@ func Handler(src Source, o HandlerOptions) http.Handler {
 			}
 			if !tw.wrote {
 				w.Header().Del("Content-Disposition")
-				http.Error(w, err.Error(), http.StatusInternalServerError)
+				httpjson.Error(w, http.StatusInternalServerError, err.Error())
 				return
 			}
 			panic(http.ErrAbortHandler) // abort the half-written body

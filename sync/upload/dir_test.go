@@ -3,6 +3,7 @@ package upload_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/internal/synctest"
 	"github.com/episoded/episoded/sync/upload"
 )
@@ -59,9 +61,13 @@ func TestDirTarget(t *testing.T) {
 	}
 
 	// Idempotent: a re-run, and a run after the local state was reset,
-	// write nothing.
+	// write nothing. The manifest's time is set back a day, so that a
+	// rewrite shows whatever the file system's time resolution.
 	sent := u.Sent()
-	time.Sleep(20 * time.Millisecond)
+	old := mi.ModTime().Add(-24 * time.Hour)
+	if err := os.Chtimes(filepath.Join(dir, "manifest.json"), old, old); err != nil {
+		t.Fatal(err)
+	}
 	e := state(t, st, fx.Episode.ID)
 	e.State = episode.Closed
 	if err := st.PutEpisode(e); err != nil {
@@ -74,7 +80,7 @@ func TestDirTarget(t *testing.T) {
 		t.Fatalf("re-run sent %d bytes", u.Sent()-sent)
 	}
 	mi2, _ := os.Stat(filepath.Join(dir, "manifest.json"))
-	if !mi2.ModTime().Equal(mi.ModTime()) {
+	if !mi2.ModTime().Equal(old) {
 		t.Fatalf("manifest rewritten")
 	}
 	if e := state(t, st, fx.Episode.ID); e.State != episode.Uploaded {
@@ -97,11 +103,9 @@ func TestDirTargetMissingIsQuarantined(t *testing.T) {
 		t.Fatalf("state %s reason %q", e.State, e.Reason)
 	}
 
-	// The HTTP handlers the daemon mounts.
-	mux := http.NewServeMux()
-	mux.Handle("GET /v1/uploads", u.StatusHandler())
-	mux.Handle("POST /v1/episodes/{id}/retry", u.RetryHandler())
-	srv := httptest.NewServer(mux)
+	// The status handler the daemon mounts, and Retry (the daemon's POST
+	// /v1/episodes/{id}/retry).
+	srv := httptest.NewServer(u.StatusHandler())
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + "/v1/uploads")
 	if err != nil {
@@ -112,15 +116,11 @@ func TestDirTargetMissingIsQuarantined(t *testing.T) {
 		t.Fatalf("GET /v1/uploads: %+v %v", stt, err)
 	}
 	resp.Body.Close()
-	for id, code := range map[string]int{fx.Episode.ID: http.StatusAccepted, "nope": http.StatusNotFound} {
-		resp, err := http.Post(srv.URL+"/v1/episodes/"+id+"/retry", "", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != code {
-			t.Errorf("retry %s: %d, want %d", id, resp.StatusCode, code)
-		}
+	if err := u.Retry("nope"); !errors.Is(err, storage.ErrNotFound) {
+		t.Errorf("retry of an unknown episode: %v, want not found", err)
+	}
+	if err := u.Retry(fx.Episode.ID); err != nil {
+		t.Fatal(err)
 	}
 	if e := state(t, st, fx.Episode.ID); e.State != episode.Closed {
 		t.Fatalf("after retry: %s", e.State)

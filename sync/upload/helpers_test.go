@@ -23,54 +23,6 @@ import (
 	"github.com/episoded/episoded/sync/internal/synctest"
 )
 
-// fakeClock is a manually set clock for windows and backoff.
-type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	waiters []waiter
-}
-
-type waiter struct {
-	at time.Time
-	c  chan time.Time
-}
-
-func newFakeClock(t time.Time) *fakeClock { return &fakeClock{now: t} }
-
-func (f *fakeClock) Now() time.Time {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.now
-}
-
-func (f *fakeClock) After(d time.Duration) <-chan time.Time {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	c := make(chan time.Time, 1)
-	if d <= 0 {
-		c <- f.now
-		return c
-	}
-	f.waiters = append(f.waiters, waiter{at: f.now.Add(d), c: c})
-	return c
-}
-
-// Set moves the clock to t and fires the timers that are due.
-func (f *fakeClock) Set(t time.Time) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.now = t
-	kept := f.waiters[:0]
-	for _, w := range f.waiters {
-		if !w.at.After(t) {
-			w.c <- t
-		} else {
-			kept = append(kept, w)
-		}
-	}
-	f.waiters = kept
-}
-
 // proxy is a reverse proxy in front of versitygw that counts and observes
 // requests: request body bytes, acknowledged parts and the order in which
 // objects were committed. It is an observer on the real wire, not a fake.

@@ -2,14 +2,19 @@ package upload
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/episoded/episoded/episode"
 )
 
 func TestScheduleWindows(t *testing.T) {
@@ -99,7 +104,7 @@ func (f *failingReader) Read(p []byte) (int, error) {
 // temp file: the rename is atomic.
 func TestDirWriteAtomic(t *testing.T) {
 	root := t.TempDir()
-	u := &Uploader{chunk: 64 << 10, m: newMetrics(nil), clock: realClock{}}
+	u := &Uploader{chunk: 64 << 10, m: newMetrics(nil)}
 	d := &dirTarget{root: root, u: u}
 	if _, _, err := d.writeAtomic(context.Background(), "a/b/episode.mcap", &failingReader{n: 100 << 10}); err == nil {
 		t.Fatal("write with a failing reader succeeded")
@@ -114,5 +119,40 @@ func TestDirWriteAtomic(t *testing.T) {
 	sum, n, err := d.writeAtomic(context.Background(), "a/b/episode.mcap", io.LimitReader(&failingReader{n: 1 << 20}, 1<<20))
 	if err != nil || n != 1<<20 || len(sum) != 64 {
 		t.Fatalf("write: %v %d %s", err, n, sum)
+	}
+}
+
+// brokenStore is a store whose episode list cannot be read.
+type brokenStore struct{ Store }
+
+func (brokenStore) Episodes() ([]episode.Episode, error) { return nil, errors.New("disk on fire") }
+
+// The status handler answers a store failure with the JSON error of every
+// /v1 route, not plain text.
+func TestStatusHandlerJSONError(t *testing.T) {
+	u, err := New(brokenStore{}, Options{Target: Target{Type: "dir", Path: t.TempDir()}, StageDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	u.StatusHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/v1/uploads", nil))
+	var body struct{ Error string }
+	if rec.Code != http.StatusInternalServerError || rec.Header().Get("Content-Type") != "application/json" ||
+		json.Unmarshal(rec.Body.Bytes(), &body) != nil || !strings.Contains(body.Error, "disk on fire") {
+		t.Fatalf("status %d, %s: %q", rec.Code, rec.Header().Get("Content-Type"), rec.Body.String())
+	}
+}
+
+func TestParseWindow(t *testing.T) {
+	for in, want := range map[string][2]int{"22:00-06:00": {1320, 360}, "00:00-24:00": {0, 1440}, "9:30 - 17:45": {570, 1065}} {
+		a, b, err := ParseWindow(in)
+		if err != nil || a != want[0] || b != want[1] {
+			t.Errorf("ParseWindow(%q) = %d, %d, %v", in, a, b, err)
+		}
+	}
+	for _, in := range []string{"", "22:00", "25:00-01:00", "10:00-10:00", "10:61-11:00", "24:01-01:00"} {
+		if _, _, err := ParseWindow(in); err == nil {
+			t.Errorf("ParseWindow(%q) accepted", in)
+		}
 	}
 }

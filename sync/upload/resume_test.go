@@ -53,6 +53,7 @@ func TestResumeAfterS3ServerKilled(t *testing.T) {
 		}
 	})
 	o := s3Options(t, s, px.endpoint())
+	o.MaxAttempts = 3
 	u, err := upload.New(st, o)
 	if err != nil {
 		t.Fatal(err)
@@ -64,8 +65,12 @@ func TestResumeAfterS3ServerKilled(t *testing.T) {
 
 	<-killed
 	s.Stop() // SIGKILL mid-upload
-	// The uploader keeps retrying against a dead server for a while.
-	time.Sleep(1500 * time.Millisecond)
+	// The uploader keeps retrying against the dead server, past
+	// MaxAttempts: an unreachable server quarantines nothing.
+	waitFor(t, 60*time.Second, "retries past max_attempts", func() bool {
+		us, err := st.UploadState(fx.Episode.ID)
+		return err == nil && us.Attempts > o.MaxAttempts
+	})
 	if e := state(t, st, fx.Episode.ID); e.State != episode.Uploading {
 		t.Fatalf("state while the server is down: %s (%s)", e.State, e.Reason)
 	}

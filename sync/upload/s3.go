@@ -90,6 +90,10 @@ func newS3Target(t Target, u *Uploader) (*s3Target, error) {
 		}
 		tr.TLSClientConfig = tc
 	}
+	var rt http.RoundTripper = tr
+	if u.o.transport != nil {
+		rt = u.o.transport
+	}
 	lookup := minio.BucketLookupAuto
 	if t.PathStyle {
 		lookup = minio.BucketLookupPath
@@ -97,7 +101,7 @@ func newS3Target(t Target, u *Uploader) (*s3Target, error) {
 	cl, err := minio.New(endpoint, &minio.Options{
 		Creds:        credentials.NewStaticV4(access, secret, ""),
 		Secure:       secure,
-		Transport:    tr,
+		Transport:    rt,
 		Region:       t.Region,
 		BucketLookup: lookup,
 		MaxRetries:   1, // the uploader retries with its own backoff
@@ -388,16 +392,24 @@ func (s *s3Target) multipart(ctx context.Context, f *os.File, obj *storage.Objec
 	}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(s.conc)
+	// At most conc parts in flight. The window (cont) is checked once a
+	// slot is free, right before the part starts: a part never starts
+	// after its window closed, and the parts in flight finish.
+	slots := make(chan struct{}, s.conc)
 	for _, num := range remaining {
-		if err := cont(); err != nil {
-			_ = g.Wait()
-			return err
+		select {
+		case slots <- struct{}{}:
+		case <-gctx.Done():
 		}
 		if gctx.Err() != nil {
 			break
 		}
+		if err := cont(); err != nil {
+			_ = g.Wait()
+			return err
+		}
 		g.Go(func() error {
+			defer func() { <-slots }()
 			off, l := s.partRange(num, size)
 			sum, err := md5Of(io.NewSectionReader(f, off, l))
 			if err != nil {

@@ -1,33 +1,48 @@
 package upload
 
 import (
+	"fmt"
 	"math/rand/v2"
+	"strconv"
+	"strings"
 	"time"
-
-	"github.com/episoded/episoded/internal/config"
 )
-
-// Clock is the time source of the uploader: windows, backoff and the
-// bandwidth limiter all go through it, so tests can use a fake one.
-type Clock interface {
-	Now() time.Time
-	// After returns a channel that receives once d has elapsed.
-	After(d time.Duration) <-chan time.Time
-}
-
-type realClock struct{}
-
-func (realClock) Now() time.Time                         { return time.Now() }
-func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // window is [start, end) in minutes after local midnight; end < start wraps
 // past midnight.
 type window struct{ start, end int }
 
-// parseWindow parses "HH:MM-HH:MM" (24:00 allowed as an end) with
-// config.ParseWindow, so the config check and the uploader agree.
+// ParseWindow parses a daily window "HH:MM-HH:MM" into minutes after
+// midnight. A window whose end is not after its start wraps past midnight
+// ("22:00-06:00"); "00:00-24:00" is the whole day. The config check
+// (internal/config) uses it too, so the check and the uploader agree.
+func ParseWindow(s string) (start, end int, err error) {
+	a, b, ok := strings.Cut(strings.TrimSpace(s), "-")
+	if ok {
+		start, err = parseClock(a)
+		if err == nil {
+			end, err = parseClock(b)
+		}
+	}
+	if !ok || err != nil || start == end {
+		return 0, 0, fmt.Errorf("window %q is not HH:MM-HH:MM", s)
+	}
+	return start, end, nil
+}
+
+func parseClock(s string) (int, error) {
+	h, m, ok := strings.Cut(strings.TrimSpace(s), ":")
+	hh, err1 := strconv.Atoi(h)
+	mm, err2 := strconv.Atoi(m)
+	if !ok || err1 != nil || err2 != nil || hh < 0 || mm < 0 || mm > 59 || hh > 24 || (hh == 24 && mm != 0) {
+		return 0, fmt.Errorf("bad clock time %q", s)
+	}
+	return hh*60 + mm, nil
+}
+
+// parseWindow is ParseWindow as a window.
 func parseWindow(s string) (window, error) {
-	st, en, err := config.ParseWindow(s)
+	st, en, err := ParseWindow(s)
 	if err != nil {
 		return window{}, err
 	}

@@ -114,7 +114,7 @@ func (u *Uploader) entry(e episode.Episode) QueueEntry {
 		q.Attempts, q.LastError = st.Attempts, st.LastError
 	}
 	u.mu.Lock()
-	if t, ok := u.mu.backoff[e.ID]; ok && t.After(u.clock.Now()) {
+	if t, ok := u.mu.backoff[e.ID]; ok && t.After(time.Now()) {
 		q.NextAttempt = t
 	}
 	u.mu.Unlock()
@@ -123,7 +123,7 @@ func (u *Uploader) entry(e episode.Episode) QueueEntry {
 
 // Status returns a snapshot of the queue, the window and the estimates.
 func (u *Uploader) Status() (Status, error) {
-	now := u.clock.Now()
+	now := time.Now()
 	s := Status{
 		Target:    u.target.String(),
 		Bandwidth: u.o.Bandwidth,
@@ -197,7 +197,7 @@ func (u *Uploader) updateBacklog(eps []episode.Episode) {
 	u.m.backlogBytes.Set(float64(bytes))
 	u.m.backlogSeconds.Set(secs)
 	u.m.backlogEpisodes.Set(float64(n))
-	u.m.windowOpen.Set(b2f(u.sched.open(u.clock.Now())))
+	u.m.windowOpen.Set(b2f(u.sched.open(time.Now())))
 }
 
 type metrics struct {

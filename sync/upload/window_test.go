@@ -3,96 +3,12 @@ package upload_test
 import (
 	"context"
 	"strings"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/sync/internal/synctest"
 	"github.com/episoded/episoded/sync/upload"
 )
-
-func TestWindowsPriorityAndPause(t *testing.T) {
-	s := synctest.StartS3(t)
-	makeBucket(t, s, bucket)
-	px := newProxy(t, s.Endpoint)
-	st := synctest.OpenStore(t)
-	normal := synctest.Build(t, st, synctest.Spec{ID: "0193a1b2-0000-7000-8000-0000000000c1", RawBytes: 40 << 20})
-	prio := synctest.Build(t, st, synctest.Spec{ID: "0193a1b2-0000-7000-8000-0000000000c2", Telemetry: true,
-		Labels: map[string]string{"priority": "yes"}})
-	normalKey := upload.Dir("episodes", "plant1", "gw7", normal.Episode) + "/episode.mcap"
-
-	// Noon in Berlin; the window is 22:00-06:00 there.
-	berlin, err := time.LoadLocation("Europe/Berlin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	clk := newFakeClock(time.Date(2026, 11, 26, 12, 0, 0, 0, berlin))
-	o := s3Options(t, s, px.endpoint())
-	o.Windows, o.Timezone, o.Clock, o.Concurrency = []string{"22:00-06:00"}, "Europe/Berlin", clk, 1
-	u, err := upload.New(st, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	runErr := make(chan error, 1)
-	go func() { runErr <- u.Run(ctx) }()
-
-	// Outside the window only the priority episode goes.
-	waitFor(t, 30*time.Second, "priority upload", func() bool { return state(t, st, prio.Episode.ID).State == episode.Uploaded })
-	time.Sleep(300 * time.Millisecond)
-	if e := state(t, st, normal.Episode.ID); e.State != episode.Closed {
-		t.Fatalf("normal episode is %s outside the window", e.State)
-	}
-	for _, c := range px.commits() {
-		if strings.Contains(c, normal.Episode.ID) {
-			t.Fatalf("normal episode committed outside the window: %s", c)
-		}
-	}
-	if len(px.partSends(normalKey)) != 0 {
-		t.Fatalf("parts of the normal episode sent outside the window")
-	}
-	stt, err := u.Status()
-	if err != nil || stt.Window.Open || len(stt.Queue) != 1 || stt.Queue[0].ID != normal.Episode.ID ||
-		!stt.Window.NextChange.Equal(time.Date(2026, 11, 26, 22, 0, 0, 0, berlin)) || stt.BytesRemaining < 40<<20 || stt.HoursRemaining <= 0 {
-		t.Fatalf("status %+v %v", stt, err)
-	}
-
-	// The window opens; after 3 parts it closes again.
-	var closed atomic.Bool
-	px.setHook(func(k string, part int) {
-		if k == normalKey && len(px.partsOK(normalKey)) >= 3 && !closed.Load() {
-			closed.Store(true)
-			clk.Set(time.Date(2026, 11, 27, 6, 0, 0, 0, berlin))
-		}
-	})
-	clk.Set(time.Date(2026, 11, 26, 22, 0, 0, 0, berlin))
-	waitFor(t, 30*time.Second, "window to close mid-upload", closed.Load)
-	time.Sleep(500 * time.Millisecond)
-	n := len(px.partsOK(normalKey))
-	time.Sleep(500 * time.Millisecond)
-	if m := len(px.partsOK(normalKey)); m != n || n >= 8 {
-		t.Fatalf("upload went on after the window closed: %d then %d parts of 8", n, m)
-	}
-	if e := state(t, st, normal.Episode.ID); e.State != episode.Uploading {
-		t.Fatalf("paused episode is %s", e.State)
-	}
-	us, err := st.UploadState(normal.Episode.ID)
-	if err != nil || len(us.Objects[0].Parts) != n {
-		t.Fatalf("recorded parts %+v, %d acknowledged", us, n)
-	}
-	acked := recorded(us)
-
-	// The next window resumes it.
-	clk.Set(time.Date(2026, 11, 27, 22, 0, 0, 0, berlin))
-	waitFor(t, 30*time.Second, "resume in the next window", func() bool { return state(t, st, normal.Episode.ID).State == episode.Uploaded })
-	checkNoResend(t, px, normalKey, acked)
-	cancel()
-	if err := <-runErr; err != nil {
-		t.Fatal(err)
-	}
-}
 
 func TestTerminalErrorsQuarantine(t *testing.T) {
 	s := synctest.StartS3(t)

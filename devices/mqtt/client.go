@@ -21,7 +21,7 @@ import (
 var (
 	// ErrRunning is returned by AddDevice and AddTrigger after Run started,
 	// and by a second Run.
-	ErrRunning = errors.New("mqtt: broker already running")
+	ErrRunning = errors.New("mqtt: client already running")
 	// errRedeliver ends a session on purpose so that the broker redelivers
 	// the messages this package could not store (queue overflow, a sample
 	// that did not become durable).
@@ -40,10 +40,11 @@ const (
 	barrierFilter = "episoded/internal/ack-barrier"
 )
 
-// Broker is one connection to an MQTT broker, shared by the devices and
-// triggers added to it. See the package doc for its lifecycle and rules.
-type Broker struct {
-	o       BrokerOptions
+// Client is one client connection to an MQTT broker, shared by the
+// devices and triggers added to it. See the package doc for its lifecycle
+// and rules. (It was called Broker; its methods' receiver is still b.)
+type Client struct {
+	o       ClientOptions
 	log     *slog.Logger
 	tracker *devices.Tracker
 	rl      *rateLog
@@ -74,7 +75,7 @@ type Broker struct {
 	}
 	ackWake chan struct{} // cap 1
 
-	stats brokerCounters
+	stats clientCounters
 }
 
 type device struct {
@@ -109,10 +110,10 @@ type ackState struct {
 	failed atomic.Bool
 }
 
-// NewBroker checks o and returns a Broker. It starts nothing and opens no
+// NewClient checks o and returns a Client. It starts nothing and opens no
 // connection; the TLS files are read once here to report problems early.
-// It registers the broker's metrics on o.Registerer.
-func NewBroker(o BrokerOptions) (*Broker, error) {
+// It registers the client's metrics (labelled broker=ID) on o.Registerer.
+func NewClient(o ClientOptions) (*Client, error) {
 	o = o.withDefaults()
 	if err := o.validate(); err != nil {
 		return nil, fmt.Errorf("mqtt broker %s: %w", o.ID, err)
@@ -121,7 +122,7 @@ func NewBroker(o BrokerOptions) (*Broker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	b := &Broker{
+	b := &Client{
 		o:         o,
 		log:       log.With("component", "devices.mqtt", "broker", o.ID),
 		tracker:   devices.NewTracker(o.ID, "mqtt", nil),
@@ -140,7 +141,7 @@ func NewBroker(o BrokerOptions) (*Broker, error) {
 }
 
 // AddDevice adds a telemetry or lidar device. It must be called before Run.
-func (b *Broker) AddDevice(o DeviceOptions) error {
+func (b *Client) AddDevice(o DeviceOptions) error {
 	if b.started.Load() {
 		return ErrRunning
 	}
@@ -178,7 +179,7 @@ func (b *Broker) AddDevice(o DeviceOptions) error {
 // own worker goroutine, never paho's. The message is acknowledged after fn
 // returns, so fn should be quick. Retained messages are skipped. It must be
 // called before Run.
-func (b *Broker) AddTrigger(topic string, fn func(payload []byte, recvT int64)) error {
+func (b *Client) AddTrigger(topic string, fn func(payload []byte, recvT int64)) error {
 	if b.started.Load() {
 		return ErrRunning
 	}
@@ -195,7 +196,7 @@ func (b *Broker) AddTrigger(topic string, fn func(payload []byte, recvT int64)) 
 
 // Status returns the broker connection's state for /v1/status. LastError
 // never carries the password.
-func (b *Broker) Status() devices.Status { return b.tracker.Status() }
+func (b *Client) Status() devices.Status { return b.tracker.Status() }
 
 // Run connects, subscribes and records until ctx is cancelled, reconnecting
 // forever through devices.Supervise. On cancel it stops taking messages,
@@ -203,7 +204,7 @@ func (b *Broker) Status() devices.Status { return b.tracker.Status() }
 // durable (so their acknowledgements reach the broker), disconnects and
 // returns nil. Messages not yet handed to sink are left unacknowledged; the
 // broker redelivers them on the next start.
-func (b *Broker) Run(ctx context.Context, sink devices.Sink) error {
+func (b *Client) Run(ctx context.Context, sink devices.Sink) error {
 	if sink == nil {
 		return errors.New("mqtt: run: nil sink")
 	}
@@ -225,7 +226,7 @@ func (b *Broker) Run(ctx context.Context, sink devices.Sink) error {
 
 // session is one connection: connect, subscribe (in OnConnect), stream
 // until the connection is lost, a redelivery is requested or ctx ends.
-func (b *Broker) session(ctx context.Context, streaming func()) error {
+func (b *Client) session(ctx context.Context, streaming func()) error {
 	gen := b.gen.Add(1)
 	select {
 	case <-b.redeliver:
@@ -306,7 +307,7 @@ func (b *Broker) session(ctx context.Context, streaming func()) error {
 
 // logCounts logs what happened since prev, once per statsLogEvery, when
 // anything did: the hot path counts, it does not log.
-func (b *Broker) logCounts(prev Stats) Stats {
+func (b *Client) logCounts(prev Stats) Stats {
 	cur := b.Stats()
 	var msgs, decodeErrs, oversize, writeErrs uint64
 	for id, d := range cur.Devices {
@@ -327,7 +328,7 @@ func (b *Broker) logCounts(prev Stats) Stats {
 
 // shutdown stops taking messages, lets what is already in the sink become
 // durable and acknowledged, then disconnects.
-func (b *Broker) shutdown(client paho.Client, lost <-chan error) {
+func (b *Client) shutdown(client paho.Client, lost <-chan error) {
 	b.refusing.Store(true)
 	drained := b.waitDrained(context.Background(), lost) && b.barrier(client)
 	if !drained {
@@ -340,7 +341,7 @@ func (b *Broker) shutdown(client paho.Client, lost <-chan error) {
 // waitDrained waits until every accepted message is acknowledged or given
 // up, the connection is lost, ctx ends or DrainTimeout passes. The worker
 // drops queued messages meanwhile (refusing is set).
-func (b *Broker) waitDrained(ctx context.Context, lost <-chan error) bool {
+func (b *Client) waitDrained(ctx context.Context, lost <-chan error) bool {
 	b.refusing.Store(true)
 	deadline := time.NewTimer(b.o.DrainTimeout)
 	defer deadline.Stop()
@@ -367,12 +368,12 @@ func (b *Broker) waitDrained(ctx context.Context, lost <-chan error) bool {
 // redelivered and stored twice. The broker handles a client's packets in
 // order, so the UNSUBACK for a filter we never subscribed to comes back
 // only after the preceding PUBACKs were applied.
-func (b *Broker) barrier(client paho.Client) bool {
+func (b *Client) barrier(client paho.Client) bool {
 	tok := client.Unsubscribe(barrierFilter)
 	return tok.WaitTimeout(barrierTimeout) && tok.Error() == nil
 }
 
-func (b *Broker) clientOptions(gen uint64, lost, subscribed chan error) (*paho.ClientOptions, error) {
+func (b *Client) clientOptions(gen uint64, lost, subscribed chan error) (*paho.ClientOptions, error) {
 	u, err := url.Parse(b.o.URL)
 	if err != nil {
 		return nil, fmt.Errorf("parse url %s: %w", redact.URL(b.o.URL), err)
@@ -421,7 +422,7 @@ func (b *Broker) clientOptions(gen uint64, lost, subscribed chan error) (*paho.C
 // subscribe runs in paho's OnConnect goroutine (not the router), on every
 // connection. Subscriptions carry no callback: every message goes through
 // the default publish handler exactly once, and is routed here.
-func (b *Broker) subscribe(c paho.Client) error {
+func (b *Client) subscribe(c paho.Client) error {
 	if len(b.filters) == 0 {
 		return nil
 	}
@@ -449,7 +450,7 @@ func (b *Broker) subscribe(c paho.Client) error {
 
 // onMessage is paho's default publish handler. It runs on paho's router
 // goroutine and never blocks: it enqueues or refuses.
-func (b *Broker) onMessage(gen uint64) paho.MessageHandler {
+func (b *Client) onMessage(gen uint64) paho.MessageHandler {
 	return func(_ paho.Client, m paho.Message) {
 		recvT := time.Now().UnixNano()
 		if b.refusing.Load() {
@@ -467,7 +468,7 @@ func (b *Broker) onMessage(gen uint64) paho.MessageHandler {
 	}
 }
 
-func (b *Broker) requestRedelivery(why string) {
+func (b *Client) requestRedelivery(why string) {
 	if b.refusing.CompareAndSwap(false, true) {
 		if ok, n := b.rl.allow("redeliver"); ok {
 			b.log.Warn("mqtt message not stored; draining and reconnecting so that the broker redelivers it",
@@ -482,9 +483,9 @@ func (b *Broker) requestRedelivery(why string) {
 
 // release gives up n accepted messages (acknowledged or left for
 // redelivery).
-func (b *Broker) release(n int64) { b.pending.Add(-n) }
+func (b *Client) release(n int64) { b.pending.Add(-n) }
 
-func (b *Broker) worker(stop <-chan struct{}) {
+func (b *Client) worker(stop <-chan struct{}) {
 	for {
 		select {
 		case <-stop:
@@ -502,7 +503,7 @@ func (b *Broker) worker(stop <-chan struct{}) {
 	}
 }
 
-func (b *Broker) handle(in inbound) {
+func (b *Client) handle(in inbound) {
 	if b.refusing.Load() || in.gen < b.discardBelow.Load() {
 		b.release(1) // not acknowledged: the broker redelivers it
 		return
@@ -562,7 +563,7 @@ func (b *Broker) handle(in inbound) {
 	}
 }
 
-func (b *Broker) deliver(d *device, a *ackState, topic string, payload []byte, recvT int64) {
+func (b *Client) deliver(d *device, a *ackState, topic string, payload []byte, recvT int64) {
 	d.stats.messages.Add(1)
 	d.stats.bytes.Add(uint64(len(payload)))
 	si := d.stream(topic)
@@ -618,7 +619,7 @@ func (b *Broker) deliver(d *device, a *ackState, topic string, payload []byte, r
 	}
 }
 
-func (b *Broker) writeFailed(d *device, a *ackState, err error) {
+func (b *Client) writeFailed(d *device, a *ackState, err error) {
 	d.stats.writeErrors.Add(1)
 	if ok, n := b.rl.allow(d.o.Device + "/write"); ok {
 		b.log.Warn("mqtt sample not stored; it stays unacknowledged for redelivery", "device", d.o.Device,
@@ -630,7 +631,7 @@ func (b *Broker) writeFailed(d *device, a *ackState, err error) {
 // finish records one consumer's outcome; the last one acknowledges the
 // message, or leaves it for redelivery if any consumer failed. It never
 // blocks: it may run on the sink's goroutine.
-func (b *Broker) finish(a *ackState, err error) {
+func (b *Client) finish(a *ackState, err error) {
 	if err != nil {
 		a.failed.Store(true)
 	}
@@ -648,7 +649,7 @@ func (b *Broker) finish(a *ackState, err error) {
 // queueAck hands m to the acker goroutine. The list is bounded by the
 // accepted-but-unacknowledged messages, themselves bounded by the broker's
 // in-flight window.
-func (b *Broker) queueAck(m paho.Message) {
+func (b *Client) queueAck(m paho.Message) {
 	b.acks.Lock()
 	b.acks.list = append(b.acks.list, m)
 	b.acks.Unlock()
@@ -660,7 +661,7 @@ func (b *Broker) queueAck(m paho.Message) {
 
 // acker sends acknowledgements from its own goroutine: paho's Ack may
 // block on the connection, and must not stall the sink's callbacks.
-func (b *Broker) acker(stop <-chan struct{}) {
+func (b *Client) acker(stop <-chan struct{}) {
 	var batch []paho.Message
 	for {
 		stopping := false
@@ -709,7 +710,7 @@ func (d *device) stream(topic string) streamInfo {
 
 // cleanErr removes the password from err's text (paho errors should not
 // carry it, but a URL or server message might).
-func (b *Broker) cleanErr(err error) error {
+func (b *Client) cleanErr(err error) error {
 	if err == nil || b.o.Password == "" {
 		return err
 	}

@@ -1,4 +1,4 @@
-package daemon
+package lifecycle
 
 import (
 	"sync"
@@ -11,7 +11,7 @@ import (
 // offlineLog remembers when each device connection (a camera, or the
 // broker an MQTT device is on) was down, so that the quality report can
 // account a gap to device_offline. It is fed by polling the devices'
-// Status every second (cells.run): a down period starts at the Since of
+// Status every second (Cells.Run): a down period starts at the Since of
 // the first non-streaming state seen and ends at the Since of the next
 // streaming one, which the trackers stamp exactly. A down period shorter
 // than a poll that ends in a reconnect is seen only through the
@@ -74,6 +74,8 @@ func (l *offlineLog) poll(now time.Time, sts []devices.Status) {
 	}
 }
 
+// closeLocked adds the closed down period iv. Called with offlineLog.mu
+// held.
 func (c *connLog) closeLocked(iv ingest.Interval) {
 	if iv.To < iv.From {
 		iv.To = iv.From

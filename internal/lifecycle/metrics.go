@@ -1,4 +1,4 @@
-package daemon
+package lifecycle
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,7 +13,7 @@ import (
 // number of streams, which devices' max_streams bounds. Units are
 // Prometheus base units: seconds, and ratios for the drift.
 type streamCollector struct {
-	p *pipeline
+	p *Sink
 
 	samples, bytes, held, reordered  *prometheus.Desc
 	offset, drift, bound, jitter     *prometheus.Desc
@@ -21,7 +21,7 @@ type streamCollector struct {
 	outliers                         *prometheus.Desc
 }
 
-func newStreamCollector(p *pipeline) *streamCollector {
+func newStreamCollector(p *Sink) *streamCollector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(name, help, append([]string{"stream"}, labels...), nil)
 	}
@@ -51,7 +51,7 @@ func (c *streamCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *streamCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, s := range c.p.status() {
+	for _, s := range c.p.Status() {
 		counter := func(d *prometheus.Desc, v uint64, l ...string) {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), append([]string{s.Stream}, l...)...)
 		}

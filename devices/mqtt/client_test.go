@@ -38,15 +38,15 @@ func telemLine(topic string, seq int, stamp int64) string {
 	return string(b)
 }
 
-func newTestBroker(t testing.TB, url, clientID string, mut func(*BrokerOptions)) (*Broker, *logBuf) {
+func newTestClient(t testing.TB, url, clientID string, mut func(*ClientOptions)) (*Client, *logBuf) {
 	t.Helper()
 	log, lb := newTestLogger()
-	o := BrokerOptions{ID: "test", URL: url, ClientID: clientID, Logger: log,
+	o := ClientOptions{ID: "test", URL: url, ClientID: clientID, Logger: log,
 		Backoff: devices.BackoffPolicy{Min: 200 * time.Millisecond, Max: time.Second}}
 	if mut != nil {
 		mut(&o)
 	}
-	b, err := NewBroker(o)
+	b, err := NewClient(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func seqsByTopic(t *testing.T, samples []sample.Sample) (map[string][]int, int) 
 // payload field.
 func TestTelemetry10k(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{inflight: 2000})
-	b, _ := newTestBroker(t, m.url(), "episoded-10k", nil)
+	b, _ := newTestClient(t, m.url(), "episoded-10k", nil)
 	if err := b.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"factory/+/state"},
 		Stream: "cell1/{2}/state", TimeField: "header.stamp", TimeUnit: "ns"}); err != nil {
 		t.Fatal(err)
@@ -95,7 +95,7 @@ func TestTelemetry10k(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go sink.run(ctx)
-	runBroker(t, b, sink)
+	runClient(t, b, sink)
 	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
 
 	const topics, per = 20, 500
@@ -159,7 +159,7 @@ func TestTelemetry10k(t *testing.T) {
 // all arrive, and so do messages published before the restart.
 func TestBrokerRestart(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{persistence: true, inflight: 1000})
-	b, lb := newTestBroker(t, m.url(), "episoded-restart", func(o *BrokerOptions) {
+	b, lb := newTestClient(t, m.url(), "episoded-restart", func(o *ClientOptions) {
 		// The first retry comes after 4-8 s: time to restart mosquitto and
 		// publish 500 messages while the daemon is still in backoff.
 		o.Backoff = devices.BackoffPolicy{Min: 8 * time.Second, Max: 8 * time.Second}
@@ -171,7 +171,7 @@ func TestBrokerRestart(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go sink.run(ctx)
-	runBroker(t, b, sink)
+	runClient(t, b, sink)
 	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
 
 	base := time.Now().UnixNano()
@@ -225,7 +225,7 @@ func TestBrokerRestart(t *testing.T) {
 // in the descriptor and the capture time from the header.
 func TestLidarFrames(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{inflight: 100})
-	b, _ := newTestBroker(t, m.url(), "episoded-lidar", nil)
+	b, _ := newTestClient(t, m.url(), "episoded-lidar", nil)
 	lo := lidarDev(8)
 	lo.Stream = "cell1/lidar"
 	if err := b.AddDevice(lo); err != nil {
@@ -235,7 +235,7 @@ func TestLidarFrames(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go sink.run(ctx)
-	runBroker(t, b, sink)
+	runClient(t, b, sink)
 	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
 
 	const frames = 20
@@ -282,8 +282,8 @@ func TestLidarFrames(t *testing.T) {
 func TestBadPayloads(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{persistence: true, inflight: 100})
 	const clientID = "episoded-bad"
-	mk := func() (*Broker, *logBuf) {
-		b, lb := newTestBroker(t, m.url(), clientID, nil)
+	mk := func() (*Client, *logBuf) {
+		b, lb := newTestClient(t, m.url(), clientID, nil)
 		if err := b.AddDevice(DeviceOptions{Device: "json", Topics: []string{"bad/json"}, TimeField: "header.stamp", MaxPayload: 4096}); err != nil {
 			t.Fatal(err)
 		}
@@ -300,7 +300,7 @@ func TestBadPayloads(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go sink.run(ctx)
-	stop := runBroker(t, b, sink)
+	stop := runClient(t, b, sink)
 	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
 
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -379,7 +379,7 @@ func TestBadPayloads(t *testing.T) {
 	b2, _ := mk()
 	sink2 := newMemSink(50 * time.Millisecond)
 	go sink2.run(ctx)
-	runBroker(t, b2, sink2)
+	runClient(t, b2, sink2)
 	waitFor(t, 10*time.Second, "second session", func() bool { return b2.Stats().Connected })
 	time.Sleep(time.Second)
 	if n := sink2.count(); n != 0 || b2.Stats().Redelivered != 0 {
@@ -391,7 +391,7 @@ func TestBadPayloads(t *testing.T) {
 // their payload, and are acknowledged after it returns.
 func TestTrigger(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{persistence: true, inflight: 20})
-	b, _ := newTestBroker(t, m.url(), "episoded-trigger", nil)
+	b, _ := newTestClient(t, m.url(), "episoded-trigger", nil)
 	var mu sync.Mutex
 	var got []string
 	if err := b.AddTrigger("cell1/trigger", func(p []byte, recvT int64) {
@@ -411,7 +411,7 @@ func TestTrigger(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go sink.run(ctx)
-	stop := runBroker(t, b, sink)
+	stop := runClient(t, b, sink)
 	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
 	if err := m.pubLines("cell1/trigger", []string{`{"action":"start","task":"pick"}`, `{"action":"stop"}`}); err != nil {
 		t.Fatal(err)
@@ -425,12 +425,12 @@ func TestTrigger(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "acks", func() bool { return b.Stats().AcksPending == 0 })
 	stop()
-	b2, _ := newTestBroker(t, m.url(), "episoded-trigger", nil)
+	b2, _ := newTestClient(t, m.url(), "episoded-trigger", nil)
 	n := 0
 	if err := b2.AddTrigger("cell1/trigger", func([]byte, int64) { n++ }); err != nil {
 		t.Fatal(err)
 	}
-	runBroker(t, b2, sink)
+	runClient(t, b2, sink)
 	waitFor(t, 10*time.Second, "second session", func() bool { return b2.Stats().Connected })
 	time.Sleep(500 * time.Millisecond)
 	if b2.Stats().Triggers != 0 {
@@ -443,7 +443,7 @@ func TestTrigger(t *testing.T) {
 // broker redelivers them after the reconnect, and nothing is lost.
 func TestQueueOverflowRedelivers(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{inflight: 0})
-	b, _ := newTestBroker(t, m.url(), "episoded-overflow", func(o *BrokerOptions) {
+	b, _ := newTestClient(t, m.url(), "episoded-overflow", func(o *ClientOptions) {
 		o.QueueSize = 16
 		o.Backoff = devices.BackoffPolicy{Min: 100 * time.Millisecond, Max: 200 * time.Millisecond}
 	})
@@ -454,7 +454,7 @@ func TestQueueOverflowRedelivers(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go sink.run(ctx)
-	runBroker(t, b, sink)
+	runClient(t, b, sink)
 	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
 	const n = 2000
 	lines := make([]string, n)
@@ -493,7 +493,7 @@ func TestQueueOverflowRedelivers(t *testing.T) {
 // durable, are not acknowledged and come back after a reconnect.
 func TestWriteFailureRedelivers(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{inflight: 100})
-	b, _ := newTestBroker(t, m.url(), "episoded-wfail", func(o *BrokerOptions) {
+	b, _ := newTestClient(t, m.url(), "episoded-wfail", func(o *ClientOptions) {
 		o.Backoff = devices.BackoffPolicy{Min: 100 * time.Millisecond, Max: 200 * time.Millisecond}
 	})
 	if err := b.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"r/#"}, TimeField: "header.stamp"}); err != nil {
@@ -505,7 +505,7 @@ func TestWriteFailureRedelivers(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go sink.run(ctx)
-	runBroker(t, b, sink)
+	runClient(t, b, sink)
 	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
 	lines := make([]string, 300)
 	for j := range lines {
@@ -537,13 +537,13 @@ func TestSecretsStayOut(t *testing.T) {
 	// allow_anonymous true comes first in the file; an explicit false wins.
 	const secret = "wrong-staple-secret"
 	reg := prometheus.NewRegistry()
-	b, lb := newTestBroker(t, m.url(), "episoded-secret", func(o *BrokerOptions) {
+	b, lb := newTestClient(t, m.url(), "episoded-secret", func(o *ClientOptions) {
 		o.Username, o.Password, o.Registerer = "robot", secret, reg
 	})
 	if err := b.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"r"}}); err != nil {
 		t.Fatal(err)
 	}
-	runBroker(t, b, newMemSink(time.Second))
+	runClient(t, b, newMemSink(time.Second))
 	waitFor(t, 10*time.Second, "a failed attempt", func() bool { return b.Status().LastError != "" })
 	st := b.Status()
 	if st.State == devices.Streaming || !strings.Contains(st.LastError, "connect") {
@@ -557,13 +557,13 @@ func TestSecretsStayOut(t *testing.T) {
 	}
 
 	// The right password connects.
-	b2, _ := newTestBroker(t, m.url(), "episoded-secret2", func(o *BrokerOptions) {
+	b2, _ := newTestClient(t, m.url(), "episoded-secret2", func(o *ClientOptions) {
 		o.ID, o.Username, o.Password, o.Registerer = "good", "robot", "right-horse-battery", reg
 	})
 	if err := b2.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"r"}}); err != nil {
 		t.Fatal(err)
 	}
-	runBroker(t, b2, newMemSink(time.Second))
+	runClient(t, b2, newMemSink(time.Second))
 	waitFor(t, 10*time.Second, "authenticated session", func() bool { return b2.Status().State == devices.Streaming })
 }
 
@@ -592,18 +592,18 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 func TestMetricsAndStatus(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{inflight: 20})
 	reg := prometheus.NewRegistry()
-	b, _ := newTestBroker(t, m.url(), "episoded-metrics", func(o *BrokerOptions) { o.Registerer = reg })
+	b, _ := newTestClient(t, m.url(), "episoded-metrics", func(o *ClientOptions) { o.Registerer = reg })
 	if err := b.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"r/#"}, TimeField: "t"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewBroker(BrokerOptions{ID: "test", URL: m.url(), Registerer: reg}); err == nil {
+	if _, err := NewClient(ClientOptions{ID: "test", URL: m.url(), Registerer: reg}); err == nil {
 		t.Fatal("a second broker with the same id registered its metrics")
 	}
 	sink := newMemSink(20 * time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go sink.run(ctx)
-	runBroker(t, b, sink)
+	runClient(t, b, sink)
 	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
 	if err := m.pubLines("r/a", []string{`{"t":1732650000000000000}`, `{"t":`, `{"t":1732650000000000001}`}); err != nil {
 		t.Fatal(err)
@@ -629,27 +629,27 @@ func TestMetricsAndStatus(t *testing.T) {
 	}
 }
 
-func TestBrokerOptions(t *testing.T) {
+func TestClientOptions(t *testing.T) {
 	for _, tc := range []struct {
-		o    BrokerOptions
+		o    ClientOptions
 		want string
 	}{
-		{BrokerOptions{}, "id: is required"},
-		{BrokerOptions{ID: "b", URL: "http://x:1"}, `scheme "http"`},
-		{BrokerOptions{ID: "b", URL: "tcp://user:hunter22@"}, "redacted"},
-		{BrokerOptions{ID: "b", URL: "tcp://h:1", KeepAlive: time.Millisecond}, "keepalive"},
-		{BrokerOptions{ID: "b", URL: "tcp://h:1", TLS: TLSOptions{CertFile: "c"}}, "go together"},
-		{BrokerOptions{ID: "b", URL: "ssl://h:1", TLS: TLSOptions{CAFile: "/nonexistent/ca.pem"}}, "read ca file"},
+		{ClientOptions{}, "id: is required"},
+		{ClientOptions{ID: "b", URL: "http://x:1"}, `scheme "http"`},
+		{ClientOptions{ID: "b", URL: "tcp://user:hunter22@"}, "redacted"},
+		{ClientOptions{ID: "b", URL: "tcp://h:1", KeepAlive: time.Millisecond}, "keepalive"},
+		{ClientOptions{ID: "b", URL: "tcp://h:1", TLS: TLSOptions{CertFile: "c"}}, "go together"},
+		{ClientOptions{ID: "b", URL: "ssl://h:1", TLS: TLSOptions{CAFile: "/nonexistent/ca.pem"}}, "read ca file"},
 	} {
-		_, err := NewBroker(tc.o)
+		_, err := NewClient(tc.o)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("NewBroker(%+v) = %v, want error containing %q", tc.o, err, tc.want)
+			t.Errorf("NewClient(%+v) = %v, want error containing %q", tc.o, err, tc.want)
 		}
 		if err != nil && strings.Contains(err.Error(), "hunter22") {
 			t.Errorf("password in error: %v", err)
 		}
 	}
-	b, err := NewBroker(BrokerOptions{ID: "gw", URL: "tcp://127.0.0.1:1"})
+	b, err := NewClient(ClientOptions{ID: "gw", URL: "tcp://127.0.0.1:1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -680,8 +680,8 @@ func TestBrokerOptions(t *testing.T) {
 // to the next session).
 func TestFanOut(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{persistence: true, inflight: 20})
-	mk := func() (*Broker, *memSink, *atomic.Int64) {
-		b, _ := newTestBroker(t, m.url(), "episoded-fanout", nil)
+	mk := func() (*Client, *memSink, *atomic.Int64) {
+		b, _ := newTestClient(t, m.url(), "episoded-fanout", nil)
 		var trig atomic.Int64
 		if err := b.AddDevice(DeviceOptions{Device: "events", Topics: []string{"cell1/events"}, Stream: "cell1/events"}); err != nil {
 			t.Fatal(err)
@@ -695,7 +695,7 @@ func TestFanOut(t *testing.T) {
 	defer cancel()
 	b, sink, trig := mk()
 	go sink.run(ctx)
-	stop := runBroker(t, b, sink)
+	stop := runClient(t, b, sink)
 	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
 	if err := m.pubLines("cell1/events", []string{`{"action":"start"}`, `{"action":"stop"}`}); err != nil {
 		t.Fatal(err)
@@ -706,7 +706,7 @@ func TestFanOut(t *testing.T) {
 
 	b2, sink2, trig2 := mk()
 	go sink2.run(ctx)
-	runBroker(t, b2, sink2)
+	runClient(t, b2, sink2)
 	waitFor(t, 10*time.Second, "second session", func() bool { return b2.Stats().Connected })
 	time.Sleep(500 * time.Millisecond)
 	if sink2.count() != 0 || trig2.Load() != 0 {

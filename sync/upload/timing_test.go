@@ -1,0 +1,315 @@
+package upload_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"log/slog"
+	"math"
+	"slices"
+	"strings"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/storage"
+	fixtures "github.com/episoded/episoded/sync/internal/synctest"
+	"github.com/episoded/episoded/sync/upload"
+)
+
+// The tests in this file run the uploader in a testing/synctest bubble:
+// time is fake and jumps ahead whenever every goroutine of the bubble
+// waits on it, so hours of windows and minutes of backoff take no wall
+// time, and nothing here depends on how loaded the machine is. The target
+// is memS3 (see mems3_test.go for why it is a fake); the same code paths
+// run against versitygw in the other tests.
+
+// memOptions returns the uploader options for an s3 target served by m.
+func memOptions(t testing.TB, m *memS3) upload.Options {
+	o := upload.Options{
+		Target: upload.Target{Type: "s3", Endpoint: "https://s3.mem.invalid", Bucket: m.bucket, PathStyle: true,
+			Region: "us-east-1", AccessKey: "mem-access", SecretKey: "mem-secret", Prefix: "episodes"},
+		Site: "plant1", Gateway: "gw7", PartSize: 5 << 20, Concurrency: 2,
+		StageDir: t.TempDir(),
+		Logger:   slog.New(slog.NewTextHandler(t.Output(), nil)),
+	}
+	upload.WithTransport(&o, m)
+	return o
+}
+
+// waitUntil polls cond every (fake) second until the (fake) deadline.
+func waitUntil(t *testing.T, deadline time.Time, what string, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not done by %v", what, deadline)
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+// checkObject fails unless the target holds the export of id at key.
+func checkObject(t *testing.T, m *memS3, st *storage.Store, id, key string) {
+	t.Helper()
+	want, size := exportSHA(t, st, id)
+	data, ok := m.object(key)
+	sum := sha256.Sum256(data)
+	if !ok || hex.EncodeToString(sum[:]) != want || int64(len(data)) != size {
+		t.Fatalf("object %s: %d bytes (present %v), want %d bytes with sha256 %s", key, len(data), ok, size, want)
+	}
+}
+
+// TestBandwidthCap checks the token bucket: with a 1 MB/s cap shared by
+// two parts in flight, the bytes that reach the server in 20 s are within
+// 1% of 20 MB, and the whole object takes at least size/cap.
+func TestBandwidthCap(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const limit = 1_000_000
+		m := newMemS3(bucket)
+		st := fixtures.OpenStore(t)
+		fx := fixtures.Build(t, st, fixtures.Spec{ID: "0193a1b2-0000-7000-8000-0000000001a1", RawBytes: 32 << 20})
+		key := upload.Dir("episodes", "plant1", "gw7", fx.Episode) + "/episode.mcap"
+		o := memOptions(t, m)
+		o.Bandwidth = limit
+		u, err := upload.New(st, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		runErr := make(chan error, 1)
+		go func() { runErr <- u.Run(ctx) }()
+
+		start := time.Now()
+		waitUntil(t, start.Add(time.Minute), "upload to start", func() bool { return m.putBytes() > 0 })
+		time.Sleep(time.Second)
+		b0, t0 := m.putBytes(), time.Now()
+		time.Sleep(20 * time.Second)
+		b1, t1 := m.putBytes(), time.Now()
+		rate := float64(b1-b0) / t1.Sub(t0).Seconds()
+		t.Logf("%.0f B/s with a cap of %d B/s (%+.2f%%)", rate, limit, 100*(rate/limit-1))
+		if math.Abs(rate/limit-1) > 0.01 {
+			t.Errorf("rate %.0f B/s is not within 1%% of %d B/s", rate, limit)
+		}
+
+		waitUntil(t, start.Add(10*time.Minute), "upload to finish", func() bool {
+			return state(t, st, fx.Episode.ID).State == episode.Uploaded
+		})
+		checkObject(t, m, st, fx.Episode.ID, key)
+		data, _ := m.object(key)
+		burst := int64(64 << 10)
+		if took, least := time.Since(start), time.Duration(float64(int64(len(data))-burst)/limit*float64(time.Second)); took < least {
+			t.Errorf("%d bytes took %v at a cap of %d B/s, want at least %v", len(data), took, limit, least)
+		}
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestWindowsPriorityAndPause: outside the window (02:00-03:00 in Berlin)
+// only the priority episode goes; in the window the other one starts, and
+// when the window closes the part in flight finishes and the rest waits,
+// with nothing sent while it is closed; the next day's window finishes it
+// without sending an acknowledged part again. Every part starts inside a
+// window.
+func TestWindowsPriorityAndPause(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		berlin, err := time.LoadLocation("Europe/Berlin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		now := time.Now().In(berlin)
+		at := func(day, h, min int) time.Time {
+			return time.Date(now.Year(), now.Month(), now.Day()+day, h, min, 0, 0, berlin)
+		}
+		if !now.Before(at(0, 1, 30)) {
+			t.Fatalf("the bubble starts at %v, want before 01:30 in Berlin", now)
+		}
+		m := newMemS3(bucket)
+		st := fixtures.OpenStore(t)
+		normal := fixtures.Build(t, st, fixtures.Spec{ID: "0193a1b2-0000-7000-8000-0000000001c1", RawBytes: 22 << 20})
+		prio := fixtures.Build(t, st, fixtures.Spec{ID: "0193a1b2-0000-7000-8000-0000000001c2", Telemetry: true,
+			Labels: map[string]string{"priority": "yes"}})
+		normalKey := upload.Dir("episodes", "plant1", "gw7", normal.Episode) + "/episode.mcap"
+		_, size := exportSHA(t, st, normal.Episode.ID)
+		// A 5 MiB part takes about 25 minutes at 3500 B/s: parts 1-3
+		// start in the first window (02:00, 02:25, 02:50), part 4 would
+		// start at 03:15.
+		parts := int((size + 5<<20 - 1) / (5 << 20))
+		if parts != 5 {
+			t.Fatalf("the normal episode exports to %d bytes, %d parts; the test needs 5", size, parts)
+		}
+		o := memOptions(t, m)
+		o.Windows, o.Timezone, o.Concurrency, o.Bandwidth = []string{"02:00-03:00"}, "Europe/Berlin", 1, 3500
+		u, err := upload.New(st, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		runErr := make(chan error, 1)
+		go func() { runErr <- u.Run(ctx) }()
+
+		// Outside the window only the priority episode goes.
+		waitUntil(t, at(0, 1, 59), "priority upload", func() bool { return state(t, st, prio.Episode.ID).State == episode.Uploaded })
+		synctest.Wait()
+		if e := state(t, st, normal.Episode.ID); e.State != episode.Closed {
+			t.Fatalf("normal episode is %s outside the window", e.State)
+		}
+		if n := len(m.sends(normalKey)); n != 0 {
+			t.Fatalf("%d parts of the normal episode sent outside the window", n)
+		}
+		stt, err := u.Status()
+		if err != nil || stt.Window.Open || len(stt.Queue) != 1 || stt.Queue[0].ID != normal.Episode.ID ||
+			!stt.Window.NextChange.Equal(at(0, 2, 0)) || stt.BytesRemaining < 22<<20 || stt.HoursRemaining <= 0 {
+			t.Fatalf("status %+v %v", stt, err)
+		}
+
+		// The window opens at 02:00 and closes at 03:00 with part 3 in
+		// flight: it finishes, and nothing more goes until the next window.
+		time.Sleep(time.Until(at(0, 3, 30)))
+		synctest.Wait()
+		if got := m.acked(normalKey); !slices.Equal(got, []int{1, 2, 3}) {
+			t.Fatalf("parts acknowledged in the first window: %v, want [1 2 3]", got)
+		}
+		if e := state(t, st, normal.Episode.ID); e.State != episode.Uploading {
+			t.Fatalf("paused episode is %s", e.State)
+		}
+		us, err := st.UploadState(normal.Episode.ID)
+		if err != nil || !slices.Equal(recorded(us), []int{1, 2, 3}) {
+			t.Fatalf("recorded parts %+v %v", us, err)
+		}
+		time.Sleep(time.Until(at(1, 1, 59)))
+		synctest.Wait()
+		if got := m.acked(normalKey); !slices.Equal(got, []int{1, 2, 3}) {
+			t.Fatalf("parts acknowledged while the window was closed: %v", got)
+		}
+
+		// The next window finishes it: parts 4 and 5 from 02:00 and 02:25.
+		waitUntil(t, at(1, 3, 0), "upload in the next window", func() bool {
+			return state(t, st, normal.Episode.ID).State == episode.Uploaded
+		})
+		checkNoResendMem(t, m, normalKey, parts)
+		checkObject(t, m, st, normal.Episode.ID, normalKey)
+		for _, pt := range m.partTimes() {
+			if lt := pt.In(berlin); lt.Hour() != 2 {
+				t.Errorf("a part started at %v, outside the window", lt)
+			}
+		}
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// checkNoResendMem fails unless each of the n parts of key was sent once.
+func checkNoResendMem(t *testing.T, m *memS3, key string, n int) {
+	t.Helper()
+	sends := m.sends(key)
+	for p := 1; p <= n; p++ {
+		if sends[p] != 1 {
+			t.Errorf("part %d of %s sent %d times, want once", p, key, sends[p])
+		}
+	}
+}
+
+// attemptTimes groups part uploads into attempts: the parts of one attempt
+// start at the same (fake) instant, since only waiting moves time.
+func attemptTimes(parts []time.Time) []time.Time {
+	var out []time.Time
+	for _, p := range parts {
+		if len(out) == 0 || !p.Equal(out[len(out)-1]) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// checkBackoff fails unless the gap after failed attempt k (1-based) is
+// within [d/2, d+slack], d = min(retryMin·2^(k-1), retryMax). The slack
+// covers the store's own waits between a failure and the next part (its
+// commits wait on a sync timer, which is fake time here too).
+func checkBackoff(t *testing.T, attempts []time.Time, retryMin, retryMax time.Duration) {
+	t.Helper()
+	const slack = time.Second
+	for k := 1; k < len(attempts); k++ {
+		d := min(retryMin<<(k-1), retryMax)
+		if gap := attempts[k].Sub(attempts[k-1]); gap < d/2 || gap > d+slack {
+			t.Errorf("attempt %d came %v after attempt %d, want within [%v, %v]", k+1, gap, k, d/2, d+slack)
+		}
+	}
+}
+
+// TestBackoffAndMaxAttempts: a server that answers every part with a 500
+// InternalError. RunOnce tries OnceAttempts times with exponential backoff
+// and full jitter between the attempts, returns without waiting out a
+// backoff it will not use, and names the episode; the daemon loop goes on
+// from there (the attempt count survives across runs) until MaxAttempts,
+// then quarantines the episode and aborts its multipart upload. Every gap
+// between attempts is within the backoff bounds.
+func TestBackoffAndMaxAttempts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := newMemS3(bucket)
+		m.failParts(true)
+		st := fixtures.OpenStore(t)
+		fx := fixtures.Build(t, st, fixtures.Spec{ID: "0193a1b2-0000-7000-8000-0000000001f2", RawBytes: 12 << 20})
+		o := memOptions(t, m)
+		o.Concurrency = 1
+		o.RetryMin, o.RetryMax = 5*time.Second, 2*time.Minute
+		o.MaxAttempts, o.OnceAttempts = 8, 3
+		u, err := upload.New(st, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = u.RunOnce(t.Context())
+		if err == nil || !strings.Contains(err.Error(), fx.Episode.ID) || !strings.Contains(err.Error(), "after 3 attempts") {
+			t.Fatalf("run once: %v; want an error naming %s after 3 attempts", err, fx.Episode.ID)
+		}
+		attempts := attemptTimes(m.partTimes())
+		if len(attempts) != 3 {
+			t.Fatalf("%d attempts in RunOnce, want 3", len(attempts))
+		}
+		checkBackoff(t, attempts, o.RetryMin, o.RetryMax)
+		if d := time.Since(attempts[2]); d > time.Second {
+			t.Errorf("RunOnce returned %v after its last attempt, want at once", d)
+		}
+		e := state(t, st, fx.Episode.ID)
+		if e.State != episode.Uploading || !strings.Contains(e.Reason, "attempt 3 of 8") || !strings.Contains(e.Reason, "InternalError") {
+			t.Fatalf("after RunOnce: state %s, reason %q", e.State, e.Reason)
+		}
+
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		runErr := make(chan error, 1)
+		go func() { runErr <- u.Run(ctx) }()
+		waitUntil(t, time.Now().Add(time.Hour), "quarantine", func() bool {
+			return state(t, st, fx.Episode.ID).State == episode.Quarantined
+		})
+		e = state(t, st, fx.Episode.ID)
+		if !strings.Contains(e.Reason, "gave up after 8 attempts") || !strings.Contains(e.Reason, "InternalError: HTTP 500") {
+			t.Errorf("quarantine reason %q", e.Reason)
+		}
+		attempts = attemptTimes(m.partTimes())
+		if len(attempts) != 8 {
+			t.Fatalf("%d attempts, want 8", len(attempts))
+		}
+		checkBackoff(t, attempts, o.RetryMin, o.RetryMax)
+		if n := m.uploads(); n != 0 {
+			t.Errorf("%d unfinished multipart uploads left on the server", n)
+		}
+		// Quarantined: nothing more is tried, however long we wait.
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		if n := len(attemptTimes(m.partTimes())); n != 8 {
+			t.Errorf("%d attempts after the quarantine, want 8", n)
+		}
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
