@@ -117,6 +117,9 @@ type BackoffPolicy struct {
 	// StableAfter: a session that streamed at least this long resets the
 	// backoff to Min (default 10s).
 	StableAfter time.Duration
+	// Jitter draws the jitter for each delay, in [0,1) (default: the
+	// global math/rand/v2 source). Tests set it to get exact delays.
+	Jitter func() float64
 }
 
 func (p BackoffPolicy) withDefaults() BackoffPolicy {
@@ -153,25 +156,36 @@ type Session func(ctx context.Context, streaming func()) error
 // Supervise runs session until ctx is cancelled, reconnecting with backoff
 // after every failure and tracking state in t. It returns nil when ctx is
 // cancelled; it never gives up on a device.
+//
+// Supervise reads time only through the time package (time.Now, timers) and
+// jitter only through p.Jitter, so a test runs it inside a testing/synctest
+// bubble with a fixed Jitter and sees exact, instant backoff delays.
 func Supervise(ctx context.Context, t *Tracker, p BackoffPolicy, session Session) error {
 	p = p.withDefaults()
+	jitter := p.Jitter
+	if jitter == nil {
+		jitter = rand.Float64
+	}
 	attempt := 0
 	for {
 		t.Set(Connecting, nil)
-		// streaming may be called from any goroutine of the session.
-		var started atomic.Int64
+		// streaming may be called from any goroutine of the session. The
+		// start keeps its monotonic reading, so a wall-clock step cannot
+		// make a session look stable or short.
+		var started atomic.Pointer[time.Time]
 		err := session(ctx, func() {
-			started.CompareAndSwap(0, time.Now().UnixNano())
+			now := time.Now()
+			started.CompareAndSwap(nil, &now)
 			t.Set(Streaming, nil)
 		})
 		if ctx.Err() != nil {
 			t.Set(Stopped, nil)
 			return nil
 		}
-		if s := started.Load(); s != 0 && time.Since(time.Unix(0, s)) >= p.StableAfter {
+		if s := started.Load(); s != nil && time.Since(*s) >= p.StableAfter {
 			attempt = 0
 		}
-		wait := p.Delay(attempt, rand.Float64())
+		wait := p.Delay(attempt, jitter())
 		attempt++
 		t.Set(Backoff, err)
 		t.addReconnect()

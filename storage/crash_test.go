@@ -95,12 +95,12 @@ func TestCrashChild(t *testing.T) {
 			}
 		})
 		if err != nil {
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // a producer backs off after a refusal
 			continue
 		}
 		next[i] = to + 1
 		if rng.IntN(4) == 0 {
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // pacing: vary where the kill lands
 		}
 	}
 }

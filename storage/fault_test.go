@@ -18,6 +18,7 @@ import (
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 
+	"github.com/episoded/episoded/internal/testwait"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -228,13 +229,13 @@ func startProducer(t *testing.T, s *Store) *producer {
 			switch {
 			case errors.Is(err, ErrFull), errors.Is(err, ErrFailed):
 				p.nRefused.Add(1)
-				time.Sleep(time.Millisecond)
+				time.Sleep(time.Millisecond) // a producer backs off after a refusal
 			case errors.Is(err, ErrOverloaded):
 			case err != nil:
 				t.Errorf("append: %v", err)
 				return
 			}
-			time.Sleep(200 * time.Microsecond)
+			time.Sleep(200 * time.Microsecond) // pacing: a steady producer
 		}
 	}()
 	return p
@@ -248,14 +249,10 @@ func (p *producer) stop() {
 // waitFor polls cond for up to 60 s; extra adds to the failure message.
 func (p *producer) waitFor(what string, extra func() string, cond func() bool) {
 	p.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			p.t.Fatalf("timed out waiting for %s (durable %d, failed %d, refused %d, %s, usage %+v)",
-				what, p.nDurable.Load(), p.nFailed.Load(), p.nRefused.Load(), extra(), p.s.Usage())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testwait.For(p.t, 60*time.Second, what, cond, func() string {
+		return fmt.Sprintf("durable %d, failed %d, refused %d, %s, usage %+v",
+			p.nDurable.Load(), p.nFailed.Load(), p.nRefused.Load(), extra(), p.s.Usage())
+	})
 }
 
 // verify checks that every sample reported durable reads back from s byte

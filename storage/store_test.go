@@ -16,6 +16,7 @@ import (
 	"github.com/cockroachdb/pebble/v2"
 
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/testwait"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -465,15 +466,15 @@ func TestRunGoesFullOnQuota(t *testing.T) {
 			if u = s.Usage(); u.Full && u.Room < 1<<20 {
 				full = true
 			}
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // a producer backs off after a refusal
 		case errors.Is(err, ErrOverloaded):
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // a producer backs off after a refusal
 			seq--
 		case err != nil:
 			t.Fatal(err)
 		}
 		if seq%20 == 0 {
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // pacing: let commits keep up
 		}
 	}
 	if !full {
@@ -493,12 +494,10 @@ func TestRunGoesFullOnQuota(t *testing.T) {
 	}
 	// (Full may clear before: the refusal counted bytes in flight that
 	// were still to land; the eviction follows once they have.)
-	for time.Now().Before(deadline) {
-		if info, _ := s.Evicted("e1"); info.At != 0 && !s.Usage().Full {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testwait.For(t, 30*time.Second, "the uploaded episode evicted and the store not full", func() bool {
+		info, _ := s.Evicted("e1")
+		return info.At != 0 && !s.Usage().Full
+	})
 	if s.Usage().Full {
 		t.Fatal("still full after the uploaded episode became evictable")
 	}

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/episoded/episoded/internal/testwait"
 )
 
 // binProc is `episoded run` started by a test.
@@ -60,21 +62,15 @@ func (p *binProc) alive() bool {
 	return p.cmd.Process.Signal(syscall.Signal(0)) == nil
 }
 
-// waitUntil polls cond until it holds, failing after within with the tail
-// of the daemon's log (log may be nil).
+// waitUntil polls cond until it holds (testwait.For), failing after within
+// with the tail of the daemon's log (log may be nil).
 func waitUntil(t testing.TB, within time.Duration, what string, cond func() bool, log fmt.Stringer) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			msg := ""
-			if log != nil {
-				msg = "\nstderr:\n" + tail(log.String(), 3000)
-			}
-			t.Fatalf("%s: not within %s%s", what, within, msg)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var detail []func() string
+	if log != nil {
+		detail = append(detail, func() string { return "stderr:\n" + tail(log.String(), 3000) })
 	}
+	testwait.For(t, within, what, cond, detail...)
 }
 
 // TestOpenListenRefused: no token and a non-loopback listen address is a

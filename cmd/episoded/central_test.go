@@ -181,17 +181,14 @@ func versitygw(t *testing.T, access, secret string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+	waitUntil(t, 30*time.Second, "versitygw listening on "+addr, func() bool {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
 			c.Close()
-			return "http://" + addr
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("versitygw did not come up on %s", addr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return err == nil
+	}, nil)
+	return "http://" + addr
 }
 
 // verify and catalog compact reach an S3 store: s3://bucket/prefix with

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -56,13 +57,7 @@ func runDemo(t *testing.T, n int) (string, string) {
 	go func() { runDone <- d.Run(runCtx) }()
 	t.Cleanup(func() { cancel(); <-runDone })
 	<-d.Ready()
-	deadline := time.Now().Add(2 * time.Minute)
-	for countManifests(central) < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("demo uploaded %d episodes in 2 minutes, want %d", countManifests(central), n)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitUntil(t, 2*time.Minute, fmt.Sprintf("%d episodes uploaded", n), func() bool { return countManifests(central) >= n }, nil)
 	// Stop the triggers' next episode from racing the builds: finish what
 	// is recording and upload it.
 	ctx, c2 := context.WithTimeout(context.Background(), time.Minute)

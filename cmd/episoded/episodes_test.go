@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -37,13 +39,7 @@ func startDaemon(t *testing.T, cfg, addr string) *daemonProc {
 	}
 	go func() { p.exited <- p.cmd.Wait() }()
 	t.Cleanup(func() { p.cmd.Process.Kill() })
-	deadline := time.Now().Add(20 * time.Second)
-	for httpCode("http://"+addr+"/readyz") != 200 {
-		if time.Now().After(deadline) {
-			t.Fatalf("daemon not ready; stderr:\n%s", p.stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitUntil(t, 60*time.Second, "daemon ready", func() bool { return httpCode("http://"+addr+"/readyz") == 200 }, &p.stderr)
 	return p
 }
 
@@ -75,6 +71,66 @@ func (p *daemonProc) episode(id string) episode.Episode {
 		p.t.Fatalf("GET episode %s: %d %s", id, code, b)
 	}
 	return e
+}
+
+// streamSamples returns each stream's ingested sample count from /v1/status.
+func (p *daemonProc) streamSamples() map[string]uint64 {
+	p.t.Helper()
+	code, b := p.api("GET", "/v1/status", nil)
+	var st struct {
+		Streams []struct {
+			Stream   string `json:"stream"`
+			Counters struct {
+				Samples uint64 `json:"samples"`
+			} `json:"counters"`
+		} `json:"streams"`
+	}
+	if code != 200 || json.Unmarshal(b, &st) != nil {
+		p.t.Fatalf("GET /v1/status: %d %s", code, b)
+	}
+	m := map[string]uint64{}
+	for _, s := range st.Streams {
+		m[s.Stream] = s.Counters.Samples
+	}
+	return m
+}
+
+// durableSamples returns episoded_storage_samples_written_total.
+func (p *daemonProc) durableSamples() float64 {
+	p.t.Helper()
+	code, b := p.api("GET", "/metrics", nil)
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "episoded_storage_samples_written_total "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return f
+			}
+		}
+	}
+	p.t.Fatalf("GET /metrics: %d, no episoded_storage_samples_written_total", code)
+	return 0
+}
+
+// recordSome waits until each of at least streams streams has taken n
+// more samples, and a commit after that made them durable: a condition,
+// where a fixed sleep would record nothing on a stalled machine.
+func (p *daemonProc) recordSome(streams int, n uint64) {
+	p.t.Helper()
+	base := p.streamSamples()
+	waitUntil(p.t, 30*time.Second, fmt.Sprintf("%d more samples on each of %d streams", n, streams), func() bool {
+		cur := p.streamSamples()
+		if len(cur) < streams {
+			return false
+		}
+		for s, c := range cur {
+			if c < base[s]+n {
+				return false
+			}
+		}
+		return true
+	}, &p.stderr)
+	d := p.durableSamples()
+	waitUntil(p.t, 30*time.Second, "a durable commit after them", func() bool { return p.durableSamples() > d }, &p.stderr)
 }
 
 // cli runs the episoded CLI in-process against this daemon.
@@ -123,7 +179,7 @@ func TestEpisodesAPIAndCrash(t *testing.T) {
 	if code, b := d.api("POST", "/v1/cells/cell1/episodes", map[string]any{"task": "again"}); code != 409 {
 		t.Fatalf("second start while recording: %d %s, want 409", code, b)
 	}
-	time.Sleep(2 * time.Second)
+	d.recordSome(4, 5)
 	if code, b := d.api("POST", "/v1/episodes/"+e1.ID+"/stop", nil); code != 200 {
 		t.Fatalf("stop: %d %s", code, b)
 	}
@@ -132,13 +188,7 @@ func TestEpisodesAPIAndCrash(t *testing.T) {
 	}
 	// Closed (and then uploaded to the dir target) once post-roll and the
 	// settle margin have passed.
-	deadline := time.Now().Add(15 * time.Second)
-	for e := d.episode(e1.ID); e.State == episode.Recording; e = d.episode(e1.ID) {
-		if time.Now().After(deadline) {
-			t.Fatalf("episode still recording after stop: %+v", e)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitUntil(t, 30*time.Second, "the stopped episode to close", func() bool { return d.episode(e1.ID).State != episode.Recording }, nil)
 	got := d.episode(e1.ID)
 	if len(got.Quality) < 4 || got.StopReason != "api" {
 		t.Fatalf("closed episode: %+v", got)
@@ -229,13 +279,7 @@ func TestEpisodesAPIAndCrash(t *testing.T) {
 	if code, _ := d.api("DELETE", "/v1/episodes/"+e2.ID, nil); code != 409 {
 		t.Fatalf("delete while recording: %d, want 409", code)
 	}
-	deadline = time.Now().Add(15 * time.Second)
-	for d.episode(e1.ID).State != episode.Uploaded {
-		if time.Now().After(deadline) {
-			t.Fatalf("e1 not uploaded: %+v", d.episode(e1.ID))
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	waitUntil(t, 30*time.Second, "e1 uploaded", func() bool { return d.episode(e1.ID).State == episode.Uploaded }, nil)
 	if c, out, errs := d.cli("episodes", "delete", e1.ID); c != 0 || !strings.Contains(out, "deleted") {
 		t.Fatalf("episodes delete: %d %q %q", c, out, errs)
 	}
@@ -245,7 +289,7 @@ func TestEpisodesAPIAndCrash(t *testing.T) {
 
 	// Crash mid-episode: SIGKILL, restart, and the episode is interrupted
 	// at its last durable sample.
-	time.Sleep(2 * time.Second)
+	d.recordSome(4, 5)
 	killedAt := time.Now().UnixNano()
 	d.cmd.Process.Kill()
 	<-d.exited

@@ -128,13 +128,9 @@ shutdown_timeout: 5s
 
 	waitMsg(t, msgs, "READY=1", 20*time.Second)
 	waitMsg(t, msgs, "WATCHDOG=1", 2*time.Second)
-	deadline := time.Now().Add(10 * time.Second)
-	for httpCode("http://"+addr+"/healthz") != 200 || httpCode("http://"+addr+"/readyz") != 200 {
-		if time.Now().After(deadline) {
-			t.Fatalf("healthz/readyz never turned 200; stderr:\n%s", stderr.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitUntil(t, 30*time.Second, "healthz and readyz 200", func() bool {
+		return httpCode("http://"+addr+"/healthz") == 200 && httpCode("http://"+addr+"/readyz") == 200
+	}, &stderr)
 	if code := httpCode("http://" + addr + "/metrics"); code != 200 {
 		t.Fatalf("/metrics = %d", code)
 	}

@@ -179,7 +179,7 @@ func startBroker(t *testing.T) string {
 }
 
 // startBrokerConf runs mosquitto with extra configuration lines.
-func startBrokerConf(t *testing.T, extra string) string {
+func startBrokerConf(t testing.TB, extra string) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("needs a real mosquitto broker; skipped under -short")
@@ -198,17 +198,14 @@ func startBrokerConf(t *testing.T, extra string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+	waitUntil(t, 30*time.Second, "mosquitto listening", func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
 			c.Close()
-			return "tcp://" + addr
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("mosquitto did not start")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil
+	}, nil)
+	return "tcp://" + addr
 }
 
 // The command replays through the daemon's API to a real mosquitto, the
@@ -221,15 +218,23 @@ func TestReplayCommandMQTT(t *testing.T) {
 	st, _, stored := replayStore(t)
 	api := daemonStandIn(t, st)
 	port := broker[strings.LastIndexByte(broker, ':')+1:]
-	sub := exec.Command("mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-q", "1", "-t", "#", "-v", "-C", fmt.Sprint(len(stored)), "-W", "30")
-	var subOut bytes.Buffer
+	// A retained probe reaches mosquitto_sub as soon as its subscription
+	// is active: the replay starts after it (not after a sleep), and the
+	// probe is the one extra message counted.
+	if out, err := exec.Command("mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-q", "1", "-r", "-t", "probe/ready", "-m", "1").CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_pub: %v %s", err, out)
+	}
+	sub := exec.Command("mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-q", "1", "-t", "#", "-v", "-C", fmt.Sprint(len(stored)+1), "-W", "30")
+	var subOut lockedBuffer
 	sub.Stdout = &subOut
 	subErr, _ := sub.StderrPipe()
 	if err := sub.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go bufio.NewReader(subErr).WriteTo(os.Stderr)
-	time.Sleep(500 * time.Millisecond) // let mosquitto_sub subscribe
+	waitUntil(t, 30*time.Second, "mosquitto_sub subscribed (the retained probe)", func() bool {
+		return strings.HasPrefix(subOut.String(), "probe/ready 1\n")
+	}, nil)
 
 	// --streams 'cell1/*' (the help's example) selects cell1/robot1/joints:
 	// '*' matches across '/'.
@@ -240,7 +245,7 @@ func TestReplayCommandMQTT(t *testing.T) {
 	if err := sub.Wait(); err != nil {
 		t.Fatalf("mosquitto_sub: %v (got %q)", err, subOut.String())
 	}
-	lines := strings.Split(strings.TrimSpace(subOut.String()), "\n")
+	lines := strings.Split(strings.TrimSpace(strings.TrimPrefix(subOut.String(), "probe/ready 1\n")), "\n")
 	if len(lines) != len(stored) {
 		t.Fatalf("mosquitto_sub got %d messages, want %d", len(lines), len(stored))
 	}
@@ -301,17 +306,13 @@ func TestReplayCommandRTSP(t *testing.T) {
 		done <- result{code, o, e}
 	}()
 	// Wait for the server, then record with ffmpeg.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+	waitUntil(t, 30*time.Second, "the RTSP server listening", func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
 			c.Close()
-			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the RTSP server did not listen")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil
+	}, nil)
 	out := filepath.Join(t.TempDir(), "out.h264")
 	ff := exec.Command("ffmpeg", "-hide_banner", "-loglevel", "error", "-rtsp_transport", "tcp",
 		"-i", "rtsp://"+addr+"/cell1/cam1", "-c", "copy", "-f", "h264", "-y", out)
@@ -363,6 +364,16 @@ func TestReplayCommandInterrupt(t *testing.T) {
 	broker := startBroker(t)
 	st, dir, stored := replayStore(t)
 	st.Close()
+	// An independent subscriber counts the telemetry messages (one topic
+	// per line): more than one pass holds means the second pass began.
+	port := broker[strings.LastIndexByte(broker, ':')+1:]
+	sub := exec.Command("mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-t", "#", "-F", "%t")
+	var subOut lockedBuffer
+	sub.Stdout = &subOut
+	if err := sub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Process.Kill(); _ = sub.Wait() })
 	cmd := exec.Command(bin, "replay", "--store", dir, "--loop", "--mqtt", broker, replayEp)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -394,7 +405,10 @@ func TestReplayCommandInterrupt(t *testing.T) {
 			t.Fatal("replay did not start")
 		}
 	}
-	time.Sleep(1500 * time.Millisecond) // a 1 s episode: into the second pass
+	// A 1 s episode: wait until it is into its second pass.
+	waitUntil(t, 60*time.Second, "the second pass", func() bool {
+		return strings.Count(subOut.String(), "joint_states\n") > len(stored)
+	}, nil)
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
 	}

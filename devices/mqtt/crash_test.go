@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -119,7 +121,10 @@ func TestCrashChild(t *testing.T) {
 	storeDone := make(chan error, 1)
 	go func() { storeDone <- st.Run(storeCtx) }()
 
-	b, err := NewClient(ClientOptions{ID: "crash", URL: url, ClientID: "episoded-crash",
+	// The log goes to stdout: the parent shows the last lines
+	// when a child fails to start.
+	log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	b, err := NewClient(ClientOptions{ID: "crash", URL: url, ClientID: "episoded-crash", Logger: log,
 		Backoff: devices.BackoffPolicy{Min: 100 * time.Millisecond, Max: 500 * time.Millisecond}})
 	if err != nil {
 		fmt.Println("ERROR", err)
@@ -139,7 +144,7 @@ func TestCrashChild(t *testing.T) {
 				ready = true
 			}
 			fmt.Printf("STATS durable=%d pending=%d queued=%d redelivered=%d\n", sink.durable.Load(), s.AcksPending, s.Queued, s.Redelivered)
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond) // pacing: a progress report every 100 ms
 		}
 	}()
 	if err := b.Run(ctx, sink); err != nil {
@@ -187,6 +192,9 @@ func startChild(t *testing.T, url, dir string) *child {
 				c.last = line
 			} else {
 				c.outTail = append(c.outTail, line)
+				if len(c.outTail) > 40 {
+					c.outTail = c.outTail[1:]
+				}
 			}
 			c.mu.Unlock()
 			if line == "READY" {
@@ -201,8 +209,10 @@ func startChild(t *testing.T, url, dir string) *child {
 	case <-c.ready:
 	case <-c.exited:
 		t.Fatalf("child exited before READY: %v", c.outTail)
-	case <-time.After(30 * time.Second):
-		t.Fatalf("child not ready in 30s: %v", c.outTail)
+	case <-time.After(60 * time.Second):
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		t.Fatalf("child not ready in 60s: %s; output:\n%s", c.last, strings.Join(c.outTail, "\n"))
 	}
 	return c
 }
@@ -216,6 +226,18 @@ func (c *child) stats() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.last
+}
+
+// parsedStats returns the child's last STATS line as name -> value.
+func (c *child) parsedStats() map[string]int64 {
+	m := map[string]int64{}
+	for _, f := range strings.Fields(strings.TrimPrefix(c.stats(), "STATS")) {
+		k, v, ok := strings.Cut(f, "=")
+		if n, err := strconv.ParseInt(v, 10, 64); ok && err == nil {
+			m[k] = n
+		}
+	}
+	return m
 }
 
 // ratePublisher feeds mosquitto_pub -l (an independent QoS 1 publisher)
@@ -268,6 +290,8 @@ func startRatePublisher(m *mosquitto, topics []string, perSecond int) *ratePubli
 					w.Flush()
 					// mosquitto_pub drops what it still queues at EOF:
 					// close stdin only once every line is acknowledged.
+					// (A poll in a goroutine, which cannot fail the test:
+					// a shortfall is reported through p.errs below.)
 					for deadline := time.Now().Add(30 * time.Second); acked.Load() < int64(seq) && time.Now().Before(deadline); {
 						time.Sleep(10 * time.Millisecond)
 					}
@@ -320,6 +344,8 @@ func TestDaemonCrash(t *testing.T) {
 	c := startChild(t, m.url(), dir)
 	pub := startRatePublisher(m, topics, 2000)
 	const kills = 4
+	// The sleeps below are the kill schedule (pacing a real publisher and
+	// daemon), not waits for a condition.
 	for i := range kills {
 		time.Sleep(time.Duration(1000+300*i) * time.Millisecond)
 		before := c.stats()

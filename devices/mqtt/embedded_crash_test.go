@@ -108,18 +108,28 @@ func TestEmbeddedBrokerDaemonCrash(t *testing.T) {
 	rnd := rand.New(rand.NewPCG(1, 2))
 	start := time.Now()
 	for i := range kills {
-		// Kill at a random point: while receiving, while committing, or
-		// right after the resent backlog arrived.
+		// Each daemon first catches up with the broker's resend (something
+		// durable, its queue drained): the publisher does not slow down for
+		// a daemon that is down or starting, so on a loaded machine lives
+		// cut short by the clock let the backlog grow until no daemon can
+		// start. Progress, not the wall clock, decides when that is.
+		waitFor(t, 60*time.Second, fmt.Sprintf("daemon %d to catch up", i+1), func() bool {
+			st := c.parsedStats()
+			return st["durable"] > 0 && st["queued"] == 0
+		}, c.stats)
+		// Then kill at a random point: while receiving, while committing,
+		// or right after the resent backlog arrived. The delay is pacing,
+		// not a wait for anything.
 		time.Sleep(time.Duration(150+rnd.IntN(450)) * time.Millisecond)
 		before := c.stats()
 		c.kill()
 		if i%10 == 9 {
 			t.Logf("kill %d (%s): sent %d, child %s", i+1, time.Since(start).Round(time.Second), pub.sent.Load(), before)
 		}
-		time.Sleep(time.Duration(rnd.IntN(300)) * time.Millisecond) // down: the broker holds the session
+		time.Sleep(time.Duration(rnd.IntN(300)) * time.Millisecond) // down (pacing): the broker holds the session
 		c = startChild(t, url, dir)
 	}
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond) // pacing: the last daemon receives live traffic before the publisher stops
 	pub.finish()
 	if n := pub.failed.Load(); n > 0 {
 		t.Logf("%d publishes refused by the broker (retried)", n)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
+	"github.com/episoded/episoded/internal/testwait"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -304,17 +305,8 @@ func (s *memSink) count() int {
 	return len(s.mu.samples)
 }
 
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+// waitFor polls cond until it holds (testwait.For).
+var waitFor = testwait.For
 
 // runClient runs b against sink until the test ends; it returns a stop
 // function that cancels and waits.
@@ -422,4 +414,85 @@ func (p *testPublisher) publish(topic string, payload []byte) error {
 func (p *testPublisher) close() {
 	_ = packets.NewControlPacket(packets.Disconnect).Write(p.conn)
 	p.conn.Close()
+}
+
+// gate is a TCP forwarder on loopback between the daemon and a broker.
+// While it is shut, it cuts every connection and closes new ones at once,
+// so a test decides exactly when the daemon can reach the broker again
+// instead of racing its backoff timer.
+type gate struct {
+	ln     net.Listener
+	target string
+	mu     struct {
+		sync.Mutex
+		shut  bool
+		conns []net.Conn
+	}
+}
+
+func startGate(t testing.TB, target string) *gate {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gate{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close(); g.shut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go g.serve(c)
+		}
+	}()
+	return g
+}
+
+func (g *gate) url() string { return "tcp://" + g.ln.Addr().String() }
+
+func (g *gate) serve(c net.Conn) {
+	g.mu.Lock()
+	if g.mu.shut {
+		g.mu.Unlock()
+		c.Close()
+		return
+	}
+	g.mu.Unlock()
+	up, err := net.Dial("tcp", g.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	g.mu.Lock()
+	if g.mu.shut {
+		g.mu.Unlock()
+		c.Close()
+		up.Close()
+		return
+	}
+	g.mu.conns = append(g.mu.conns, c, up)
+	g.mu.Unlock()
+	go func() { io.Copy(up, c); up.Close() }()
+	io.Copy(c, up)
+	c.Close()
+}
+
+// shut cuts every connection through the gate and refuses new ones.
+func (g *gate) shut() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.mu.shut = true
+	for _, c := range g.mu.conns {
+		c.Close()
+	}
+	g.mu.conns = nil
+}
+
+// open lets connections through again.
+func (g *gate) open() {
+	g.mu.Lock()
+	g.mu.shut = false
+	g.mu.Unlock()
 }

@@ -104,7 +104,8 @@ func testUntrusted(t *testing.T, mode string) {
 	var sends []sent
 	start := time.Now()
 	for k := range frames {
-		// Real time: frame k leaves at start + k/30 s.
+		// Real time: frame k leaves at start + k/30 s (pacing: the test
+		// is about arrival times).
 		if d := time.Until(start.Add(time.Duration(k) * time.Second / 30)); d > 0 {
 			time.Sleep(d)
 		}
@@ -118,8 +119,8 @@ func testUntrusted(t *testing.T, mode string) {
 		sends = append(sends, sent{annexBOf(cl.aus[k%len(cl.aus)]), at.UnixNano()})
 		if k == 0 {
 			// The client matches a sender report to the SSRC it has seen,
-			// so the report follows the first packet.
-			time.Sleep(5 * time.Millisecond)
+			// so the report follows the first frame.
+			waitFor(t, 15*time.Second, "the first frame", func() bool { return len(sink.snapshot()) >= 1 })
 			senderReport(t, srv.str(), cl, ts, at)
 		}
 	}

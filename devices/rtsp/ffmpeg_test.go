@@ -69,7 +69,7 @@ func TestFFmpegPublisher(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCamera(t, cam, sink)
+	stopCam, _ := runCamera(t, cam, sink)
 
 	want := loops * len(cl.aus)
 	select {
@@ -81,7 +81,9 @@ func TestFFmpegPublisher(t *testing.T) {
 		t.Fatalf("ffmpeg still running after 60s; got %d samples", sink.count())
 	}
 	waitFor(t, 10*time.Second, "all frames", func() bool { return sink.count() >= want })
-	time.Sleep(300 * time.Millisecond)
+	if err := stopCam(); err != nil { // the counts below are final
+		t.Fatal(err)
+	}
 	descs, samples := sink.snapshot()
 	if len(samples) != want {
 		t.Fatalf("got %d samples, want %d", len(samples), want)

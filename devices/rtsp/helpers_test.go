@@ -21,6 +21,7 @@ import (
 
 	"github.com/episoded/episoded/assets"
 	"github.com/episoded/episoded/devices"
+	"github.com/episoded/episoded/internal/testwait"
 	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
@@ -88,17 +89,8 @@ func (s *memSink) count() int {
 	return s.n
 }
 
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+// waitFor polls cond until it holds (testwait.For).
+var waitFor = testwait.For
 
 // runCamera starts cam.Run in a goroutine. stop cancels it and returns
 // Run's result; done is closed when Run returns.
@@ -137,7 +129,11 @@ type testServer struct {
 
 	mu     sync.Mutex
 	stream *gortsplib.ServerStream
-	played chan struct{}
+	// played gets a value when a PLAY has been answered with 200: the
+	// reader is then active on the stream, so every packet written after
+	// it reaches the reader (see OnResponse).
+	played  chan struct{}
+	methods sync.Map // *gortsplib.ServerConn -> base.Method of the request being answered
 
 	// record mode: packets from the publisher, relayed to the stream once
 	// a reader is playing so that the reader sees the whole clip.
@@ -275,11 +271,26 @@ func (s *testServer) OnSetup(ctx *gortsplib.ServerHandlerOnSetupCtx) (*base.Resp
 }
 
 func (s *testServer) OnPlay(*gortsplib.ServerHandlerOnPlayCtx) (*base.Response, error) {
-	select {
-	case s.played <- struct{}{}:
-	default:
-	}
 	return &base.Response{StatusCode: base.StatusOK}, nil
+}
+
+// OnRequest and OnResponse signal played once a PLAY is answered. A
+// connection's requests are handled one at a time, and gortsplib calls
+// OnResponse after the session has made the reader active on the stream
+// (OnPlay is too early: packets written then are dropped). Over TCP the
+// reader's writer starts after the response is sent, but packets written
+// before that wait in its queue.
+func (s *testServer) OnRequest(c *gortsplib.ServerConn, req *base.Request) {
+	s.methods.Store(c, req.Method)
+}
+
+func (s *testServer) OnResponse(c *gortsplib.ServerConn, res *base.Response) {
+	if m, _ := s.methods.LoadAndDelete(c); m == base.Play && res.StatusCode == base.StatusOK {
+		select {
+		case s.played <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (s *testServer) OnRecord(ctx *gortsplib.ServerHandlerOnRecordCtx) (*base.Response, error) {
@@ -302,7 +313,6 @@ func (s *testServer) relayAfterPlay(ctx context.Context) {
 	case <-ctx.Done():
 		return
 	}
-	time.Sleep(200 * time.Millisecond) // let the reader's session become active
 	for {
 		select {
 		case <-ctx.Done():
@@ -318,16 +328,15 @@ func (s *testServer) relayAfterPlay(ctx context.Context) {
 	}
 }
 
-// waitPlay waits for a reader's PLAY and a little more, so that packets
-// written afterwards reach it.
+// waitPlay waits until a reader's PLAY is answered: packets written
+// afterwards reach it.
 func (s *testServer) waitPlay(t testing.TB) {
 	t.Helper()
 	select {
 	case <-s.played:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no PLAY within 10s")
+	case <-time.After(30 * time.Second):
+		t.Fatal("no PLAY within 30s")
 	}
-	time.Sleep(200 * time.Millisecond)
 }
 
 // clip is a test clip: its access units and an RTP description of it.

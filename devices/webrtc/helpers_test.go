@@ -21,6 +21,7 @@ import (
 	"github.com/pion/webrtc/v4"
 
 	"github.com/episoded/episoded/assets"
+	"github.com/episoded/episoded/internal/testwait"
 	"github.com/episoded/episoded/internal/video"
 	"github.com/episoded/episoded/sample"
 )
@@ -89,16 +90,8 @@ func startServer(t testing.TB, o Options, hub *Hub, src episodeSource, whip ...s
 	return &testServer{Server: s, url: hs.URL, sink: sink, stop: stop}
 }
 
-func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+// waitFor polls cond until it holds (testwait.For).
+var waitFor = testwait.For
 
 // testSink records what a device writes. It is the real devices.Sink
 // contract, with storage replaced by a slice.

@@ -2,6 +2,7 @@ package webrtc
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -160,7 +161,7 @@ func TestWHIPRecordsClip(t *testing.T) {
 	// Send sender reports until the server has one, before any RTP.
 	waitFor(t, 5*time.Second, "a sender report at the server", func() bool {
 		p.sendSR(0)
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // pacing: one report per 20 ms until the server has one
 		return ts.Stats().WHIP[0].SenderReports > 0
 	})
 
@@ -170,7 +171,7 @@ func TestWHIPRecordsClip(t *testing.T) {
 			p.sendSR(i)
 		}
 		p.write(p.packets(i, au))
-		time.Sleep(3 * time.Millisecond)
+		time.Sleep(3 * time.Millisecond) // pacing, like a camera
 	}
 	waitFor(t, 10*time.Second, "all frames in the sink", func() bool { return ts.sink.count() >= len(aus) })
 
@@ -233,7 +234,7 @@ func TestWHIPRecordsClip(t *testing.T) {
 	p2 := newPublisher(t, ts.url+"/whip/"+whipBase.Stream, ntp0)
 	waitFor(t, 5*time.Second, "a sender report from the second publisher", func() bool {
 		p2.sendSR(0)
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // pacing: one report per 20 ms until the server has one
 		return ts.Stats().WHIP[0].SenderReports > 1
 	})
 	for i := 30; i < 35; i++ {
@@ -262,10 +263,12 @@ func TestWHIPLoss(t *testing.T) {
 			pkts = pkts[1:] // sequence numbers were taken: a real gap
 		}
 		p.write(pkts)
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond) // pacing, like a camera
 	}
 	waitFor(t, 10*time.Second, "frames after the loss", func() bool { return ts.sink.count() >= 60-20 })
-	time.Sleep(100 * time.Millisecond)
+	// While frames were discarded, the server asked for a keyframe.
+	waitFor(t, 5*time.Second, "a PLI at the publisher", func() bool { return p.plis.Load() > 0 })
+	ts.stop() // Run has returned: the counts below are final
 	_, got := ts.sink.snapshot()
 	if len(got) != 40 {
 		t.Fatalf("recorded %d samples, want 40 (frames 0-9 and 30-59)", len(got))
@@ -292,8 +295,6 @@ func TestWHIPLoss(t *testing.T) {
 	if st.LostPackets != 1 || st.DroppedFrames != 20 {
 		t.Fatalf("stats: lost %d dropped %d, want 1 and 20", st.LostPackets, st.DroppedFrames)
 	}
-	// While frames were discarded, the server asked for a keyframe.
-	waitFor(t, 5*time.Second, "a PLI at the publisher", func() bool { return p.plis.Load() > 0 })
 }
 
 // Cancelling Run closes every open session (WHIP and WHEP), writes the
@@ -372,10 +373,10 @@ func TestWHIPSinkRefuses(t *testing.T) {
 	aus := clipAUs(t)
 	for i := 0; i < 40; i++ {
 		p.write(p.packets(i, aus[i]))
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond) // pacing, like a camera
 	}
 	waitFor(t, 10*time.Second, "frames after the refusal", func() bool { return ts.sink.count() >= 15 })
-	time.Sleep(100 * time.Millisecond)
+	ts.stop() // Run has returned: the counts below are final
 	_, got := ts.sink.snapshot()
 	if len(got) != 15 { // frames 0-4 and 30-39
 		t.Fatalf("recorded %d samples, want 15", len(got))
@@ -403,12 +404,12 @@ func TestWHIPRetransmitAndReorder(t *testing.T) {
 			slices.Reverse(pkts)
 		}
 		p.write(pkts)
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond) // pacing, like a camera
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for ts.sink.count() < 60 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, 10*time.Second, "60 frames", func() bool { return ts.sink.count() >= 60 }, func() string {
+		return fmt.Sprintf("stats %+v; NACKs at the publisher %d", ts.Stats().WHIP[0], p.nacks.Load())
+	})
+	ts.stop() // Run has returned: the counts below are final
 	_, got := ts.sink.snapshot()
 	if len(got) != 60 {
 		t.Fatalf("recorded %d frames, want 60; stats %+v; NACKs at the publisher %d", len(got), ts.Stats().WHIP[0], p.nacks.Load())

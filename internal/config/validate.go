@@ -106,6 +106,9 @@ func (c *Config) problems() []string {
 		}
 		brokers[b.ID] = true
 		where = fmt.Sprintf("brokers[%s]", b.ID)
+		if b.MaxPendingBytes < 0 {
+			p.addf("%s.max_pending_bytes: %s is negative", where, b.MaxPendingBytes)
+		}
 		if u, err := url.Parse(b.URL); err != nil || u.Host == "" {
 			p.addf("%s.url: %q is not a broker URL such as tcp://host:1883", where, redactURL(b.URL))
 		} else {

@@ -69,7 +69,7 @@ func (d *Daemon) buildDevices() error {
 	for _, b := range cfg.Brokers {
 		br, err := mqtt.NewClient(mqtt.ClientOptions{
 			ID: b.ID, URL: b.URL, ClientID: b.ClientID, Username: b.Username, Password: b.Password.Value(),
-			KeepAlive: b.KeepAlive, Backoff: backoff(b.Backoff),
+			KeepAlive: b.KeepAlive, Backoff: backoff(b.Backoff), MaxPendingBytes: int64(b.MaxPendingBytes),
 			TLS:    mqtt.TLSOptions{CAFile: b.TLS.CAFile, CertFile: b.TLS.CertFile, KeyFile: b.TLS.KeyFile, InsecureSkipVerify: b.TLS.InsecureSkipVerify},
 			Logger: d.log, Registerer: d.reg,
 		})

@@ -20,6 +20,7 @@ import (
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
 	"github.com/episoded/episoded/internal/daemon"
+	"github.com/episoded/episoded/internal/testwait"
 	"github.com/episoded/episoded/sample"
 	"github.com/episoded/episoded/storage"
 )
@@ -56,17 +57,14 @@ func startMosquitto(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+	waitFor(t, 30*time.Second, "mosquitto listening", func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
 			c.Close()
-			return port
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("mosquitto did not start")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil
+	})
+	return port
 }
 
 // TestWildTimestampOverMQTT: a device publishes, through a real mosquitto
@@ -268,16 +266,8 @@ func abs(v int64) int64 {
 	return v
 }
 
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+// waitFor polls cond until it holds (testwait.For).
+var waitFor = testwait.For
 
 type status struct {
 	Streams []struct {

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/episoded/episoded/internal/testwait"
 )
 
 // TestHistoryBoundedAndRates checks the dashboard's history: it keeps at
@@ -61,8 +63,7 @@ func TestHistoryBoundedAndRates(t *testing.T) {
 func TestHistoryServed(t *testing.T) {
 	d := runDaemon(t, accessConfig(t, fmt.Sprintf(`{listen: "127.0.0.1:0", token: %q, read_token: %q}`, adminToken, readToken)), nil)
 	var h historyJSON
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testwait.For(t, 30*time.Second, "a history point", func() bool {
 		req, _ := http.NewRequest("GET", "http://"+d.Addr()+"/v1/history", nil)
 		req.Header.Set("Authorization", "Bearer "+readToken)
 		res, err := http.DefaultClient.Do(req)
@@ -74,14 +75,8 @@ func TestHistoryServed(t *testing.T) {
 		if res.StatusCode != http.StatusOK || err != nil {
 			t.Fatalf("GET /v1/history: %s, %v", res.Status, err)
 		}
-		if len(h.T) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no history point 30 s after start")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return len(h.T) > 0
+	})
 	if h.IntervalSeconds != 10 || h.SpanSeconds != 900 || len(h.DiskUsedBytes) != len(h.T) || h.DiskUsedBytes[0] <= 0 ||
 		h.DiskLimitBytes[0] < h.DiskUsedBytes[0] || len(h.UploadBacklogBytes) != len(h.T) || h.UploadBacklogBytes[0] == nil {
 		t.Errorf("history %+v", h)

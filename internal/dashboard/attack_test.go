@@ -17,6 +17,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/episoded/episoded/internal/config"
+	"github.com/episoded/episoded/internal/testwait"
 )
 
 // attackerPage is a hostile page the operator opens while the daemon runs
@@ -87,13 +88,8 @@ cells: [{id: cell1, devices: [cam1]}]
 	// CSRF from a page on another site.
 	b.do("open the hostile page", 30*time.Second, chromedp.Navigate("http://evil.example:"+evilPort+"/"))
 	b.waitFor("the hostile requests went out", `document.title === 'done'`, 20*time.Second)
-	deadline := time.Now().Add(20 * time.Second)
-	for refused("origin") < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the daemon refused %d cross-site requests, want 2", refused("origin"))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testwait.For(t, 30*time.Second, "two cross-site requests refused", func() bool { return refused("origin") >= 2 },
+		func() string { return fmt.Sprintf("refused %d", refused("origin")) })
 	var list []map[string]any
 	res, err := http.Get(gw + "/v1/episodes")
 	if err != nil {

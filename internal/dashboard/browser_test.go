@@ -448,7 +448,7 @@ func TestDashboardInChromium(t *testing.T) {
 	if got := eval[string](b, cellSel+`.querySelector('.cell-info .mono').title`); got != id {
 		t.Errorf("the page shows recording %q, the daemon %q", got, id)
 	}
-	time.Sleep(2 * time.Second) // record something
+	time.Sleep(2 * time.Second) // pacing: an episode two seconds long
 	b.do("click stop", 10*time.Second, chromedp.WaitEnabled(chromedp.CSS(stopBtn)), chromedp.Click(chromedp.CSS(stopBtn)))
 	row := `document.querySelector('#episodes tr[data-episode=` + jsString(id) + `]')`
 	b.waitFor("the episode list shows the finished episode", `(() => { const r = `+row+`;

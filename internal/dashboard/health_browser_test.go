@@ -13,6 +13,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/episoded/episoded/internal/sim"
+	"github.com/episoded/episoded/internal/testwait"
 )
 
 // post sends a JSON request with the admin token and decodes the answer.
@@ -135,17 +136,11 @@ func TestDashboardHealthInChromium(t *testing.T) {
 	// The episode spanning the outage closes degraded, with reasons.
 	api.post("/v1/episodes/"+e.ID+"/stop", "", nil)
 	var closed map[string]any
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	testwait.For(t, 60*time.Second, "episode "+e.ID+" closed after stop", func() bool {
 		api.get("/v1/episodes/"+e.ID, &closed)
-		if st, _ := closed["state"].(string); st != "recording" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("episode %s still recording 60 s after stop", e.ID)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		st, _ := closed["state"].(string)
+		return st != "recording"
+	})
 	v, _ := closed["verdict"].(map[string]any)
 	if v == nil || v["status"] != "degraded" {
 		t.Fatalf("episode %s spanning a %s outage has verdict %v, want degraded", e.ID, down, closed["verdict"])

@@ -15,6 +15,7 @@ import (
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
 	"github.com/episoded/episoded/internal/sim"
+	"github.com/episoded/episoded/internal/testwait"
 )
 
 // metricSum sums the samples of every series of metric in a Prometheus
@@ -65,13 +66,7 @@ func TestCloseWhileRecordingRealCameras(t *testing.T) {
 	_, api := daemontest.Start(t, cfg, log)
 	// Every camera streaming (its first frames before a keyframe are
 	// dropped by design; the baseline is taken after).
-	deadline := time.Now().Add(30 * time.Second)
-	for metricSum(t, api, "episoded_rtsp_keyframes_total") < 8*2 {
-		if time.Now().After(deadline) {
-			t.Fatal("cameras not streaming")
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	testwait.For(t, 60*time.Second, "every camera streaming", func() bool { return metricSum(t, api, "episoded_rtsp_keyframes_total") >= 8*2 })
 	dropped0 := metricSum(t, api, "episoded_rtsp_dropped_frames_total")
 	frames0 := metricSum(t, api, "episoded_rtsp_frames_total")
 
@@ -79,25 +74,15 @@ func TestCloseWhileRecordingRealCameras(t *testing.T) {
 	if code := call(t, "POST", api+"/v1/cells/cell1/episodes", map[string]string{"task": "long"}, &e1); code != 201 {
 		t.Fatalf("start: %d", code)
 	}
-	time.Sleep(20 * time.Second) // record
+	time.Sleep(20 * time.Second) // pacing: a 20 s episode is the input under test
 	if code := call(t, "POST", api+"/v1/episodes/"+e1.ID+"/stop", nil, nil); code != 200 {
 		t.Fatalf("stop: %d", code)
 	}
 	if code := call(t, "POST", api+"/v1/cells/cell1/episodes", map[string]string{"task": "next"}, &e2); code != 201 {
 		t.Fatalf("start the next: %d", code)
 	}
-	deadline = time.Now().Add(30 * time.Second)
-	for {
-		call(t, "GET", api+"/v1/episodes/"+e1.ID, nil, &e1)
-		if e1.State != episode.Recording {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("first episode not closed")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	time.Sleep(2 * time.Second) // the next one records on
+	e1 = waitSettled(t, api, e1.ID, "the first episode")
+	time.Sleep(2 * time.Second) // pacing: the next one records on, across the close
 	if code := call(t, "POST", api+"/v1/episodes/"+e2.ID+"/stop", nil, nil); code != 200 {
 		t.Fatalf("stop the next: %d", code)
 	}
@@ -114,17 +99,7 @@ func TestCloseWhileRecordingRealCameras(t *testing.T) {
 	// The reports agree. (The long episode's pre-roll reaches back to the
 	// cameras' connection, whose frames before the first keyframe are
 	// dropped by design: its drops are not checked.)
-	deadline = time.Now().Add(30 * time.Second)
-	for {
-		call(t, "GET", api+"/v1/episodes/"+e2.ID, nil, &e2)
-		if e2.State != episode.Recording {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("second episode not closed")
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	e2 = waitSettled(t, api, e2.ID, "the second episode")
 	for _, c := range []struct {
 		e       episode.Episode
 		min     uint64

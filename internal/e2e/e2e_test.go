@@ -81,7 +81,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatalf("daemon did not start: %v", err)
 	}
 
-	time.Sleep(runFor)
+	time.Sleep(runFor) // pacing: the recording's length is the input under test
 	fctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	if err := d.Finish(fctx); err != nil {
 		t.Fatalf("finish: %v", err)

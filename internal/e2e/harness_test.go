@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/testwait"
 )
 
 // waitSettled polls the API until episode id is no longer recording (its
@@ -12,15 +13,9 @@ import (
 func waitSettled(t *testing.T, api, id, name string) episode.Episode {
 	t.Helper()
 	var e episode.Episode
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testwait.For(t, 60*time.Second, name+" settled", func() bool {
 		call(t, "GET", api+"/v1/episodes/"+id, nil, &e)
-		if e.State != episode.Recording {
-			return e
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: still recording", name)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return e.State != episode.Recording
+	})
+	return e
 }

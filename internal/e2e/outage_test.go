@@ -69,6 +69,7 @@ func TestOutagesRealCamera(t *testing.T) {
 	}
 	_, api := daemontest.Start(t, cfg, log)
 	t0 := s.T0()
+	// at paces the outage schedule: it waits for a time, not a condition.
 	at := func(rel time.Duration) { time.Sleep(time.Until(time.Unix(0, t0+int64(rel)))) }
 
 	ids := make([]string, len(cases))

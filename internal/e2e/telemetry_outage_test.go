@@ -139,7 +139,7 @@ cells:
 		var ts []int64
 		for k := int64(0); k*period < end; k++ {
 			rel := k * period
-			time.Sleep(time.Until(time.Unix(0, t0+rel)))
+			time.Sleep(time.Until(time.Unix(0, t0+rel))) // pacing: the publisher's schedule
 			if silent(rel) {
 				continue
 			}
@@ -150,6 +150,7 @@ cells:
 		sent <- ts
 	}()
 
+	// at paces the outage schedule: it waits for a time, not a condition.
 	at := func(rel int64) { time.Sleep(time.Until(time.Unix(0, t0+rel))) }
 	ids := make([]string, len(cases))
 	for i, c := range cases {

@@ -41,7 +41,7 @@ func subscribe(t *testing.T, addr, filter string, d time.Duration) []gotMsg {
 	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
 		t.Fatalf("subscribe: %v", tok.Error())
 	}
-	time.Sleep(d)
+	time.Sleep(d) // the observation window: what arrives in it is the input under test
 	c.Unsubscribe(filter).WaitTimeout(time.Second)
 	mu.Lock()
 	defer mu.Unlock()

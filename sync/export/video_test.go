@@ -162,7 +162,7 @@ func record(t *testing.T, cl *videotest.Clip) *recording {
 		capture[k] = t0 + cl.PTS[k]*1e6
 		sendAt := t0 + (sorted[k]-shift+delay)*1e6
 		if d := time.Until(time.Unix(0, sendAt)); d > 0 {
-			time.Sleep(d)
+			time.Sleep(d) // pacing: a live encoder's send schedule
 		}
 		if err := out.WriteAccessUnit(time.Duration(cl.PTS[k])*time.Millisecond, capture[k]+devOffset, video.AnnexB(au)); err != nil {
 			t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/minio/minio-go/v7"
 
@@ -127,7 +128,8 @@ func failingProxy(t *testing.T, backend string) (endpoint string, parts *atomic.
 }
 
 // TestMaxAttemptsQuarantines: a server error that does not go away is
-// retried with backoff (small here: 50-300 ms), every attempt recording
+// retried (with a 1 ms backoff here: the backoff schedule itself is
+// checked on fake time in TestBackoffAndMaxAttempts), every attempt recording
 // last_error on the upload state and the reason on the episode, until
 // max_attempts; then the episode is quarantined with the server's code
 // and message, and the multipart upload it had started is aborted.
@@ -139,6 +141,7 @@ func TestMaxAttemptsQuarantines(t *testing.T) {
 	fx := synctest.Build(t, st, synctest.Spec{ID: "0193a1b2-0000-7000-8000-0000000000f2", RawBytes: 12 << 20})
 	o := s3Options(t, s, endpoint)
 	o.MaxAttempts, o.OnceAttempts = 3, 2
+	o.RetryMin, o.RetryMax = time.Millisecond, time.Millisecond
 	u, err := upload.New(st, o)
 	if err != nil {
 		t.Fatal(err)

@@ -109,12 +109,13 @@ func TestBandwidthCap(t *testing.T) {
 	})
 }
 
-// TestWindowsPriorityAndPause: outside the window (02:00-03:00 in Berlin)
-// only the priority episode goes; in the window the other one starts, and
-// when the window closes the part in flight finishes and the rest waits,
-// with nothing sent while it is closed; the next day's window finishes it
-// without sending an acknowledged part again. Every part starts inside a
-// window.
+// TestWindowsPriorityAndPause: outside the windows (01:10-01:11 and
+// 01:20-01:21 in Berlin) only the priority episode goes; in the first
+// window the other one starts, and when the window closes the part in
+// flight finishes and the rest waits, with nothing sent while it is
+// closed; the second window finishes it without sending an acknowledged
+// part again. Every part starts inside a window. (Short windows keep the
+// fake span short: the store's commit ticker runs in the bubble too.)
 func TestWindowsPriorityAndPause(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		berlin, err := time.LoadLocation("Europe/Berlin")
@@ -122,11 +123,15 @@ func TestWindowsPriorityAndPause(t *testing.T) {
 			t.Fatal(err)
 		}
 		now := time.Now().In(berlin)
-		at := func(day, h, min int) time.Time {
-			return time.Date(now.Year(), now.Month(), now.Day()+day, h, min, 0, 0, berlin)
+		at := func(h, min, sec int) time.Time {
+			return time.Date(now.Year(), now.Month(), now.Day(), h, min, sec, 0, berlin)
 		}
-		if !now.Before(at(0, 1, 30)) {
-			t.Fatalf("the bubble starts at %v, want before 01:30 in Berlin", now)
+		if now.Before(at(0, 0, 0)) || !now.Before(at(1, 5, 0)) {
+			t.Fatalf("the bubble starts at %v, want before 01:05 in Berlin", now)
+		}
+		inWindow := func(tm time.Time) bool {
+			tm = tm.In(berlin)
+			return (!tm.Before(at(1, 10, 0)) && tm.Before(at(1, 11, 0))) || (!tm.Before(at(1, 20, 0)) && tm.Before(at(1, 21, 0)))
 		}
 		m := newMemS3(bucket)
 		st := fixtures.OpenStore(t)
@@ -135,15 +140,15 @@ func TestWindowsPriorityAndPause(t *testing.T) {
 			Labels: map[string]string{"priority": "yes"}})
 		normalKey := upload.Dir("episodes", "plant1", "gw7", normal.Episode) + "/episode.mcap"
 		_, size := exportSHA(t, st, normal.Episode.ID)
-		// A 5 MiB part takes about 25 minutes at 3500 B/s: parts 1-3
-		// start in the first window (02:00, 02:25, 02:50), part 4 would
-		// start at 03:15.
+		// A 5 MiB part takes 25 s at 210 kB/s: parts 1-3 start in the
+		// first window (01:10:00, :25, :50), part 4 would start at
+		// 01:11:15.
 		parts := int((size + 5<<20 - 1) / (5 << 20))
 		if parts != 5 {
 			t.Fatalf("the normal episode exports to %d bytes, %d parts; the test needs 5", size, parts)
 		}
 		o := memOptions(t, m)
-		o.Windows, o.Timezone, o.Concurrency, o.Bandwidth = []string{"02:00-03:00"}, "Europe/Berlin", 1, 3500
+		o.Windows, o.Timezone, o.Concurrency, o.Bandwidth = []string{"01:10-01:11", "01:20-01:21"}, "Europe/Berlin", 1, 210_000
 		u, err := upload.New(st, o)
 		if err != nil {
 			t.Fatal(err)
@@ -153,8 +158,8 @@ func TestWindowsPriorityAndPause(t *testing.T) {
 		runErr := make(chan error, 1)
 		go func() { runErr <- u.Run(ctx) }()
 
-		// Outside the window only the priority episode goes.
-		waitUntil(t, at(0, 1, 59), "priority upload", func() bool { return state(t, st, prio.Episode.ID).State == episode.Uploaded })
+		// Outside the windows only the priority episode goes.
+		waitUntil(t, at(1, 9, 0), "priority upload", func() bool { return state(t, st, prio.Episode.ID).State == episode.Uploaded })
 		synctest.Wait()
 		if e := state(t, st, normal.Episode.ID); e.State != episode.Closed {
 			t.Fatalf("normal episode is %s outside the window", e.State)
@@ -164,13 +169,13 @@ func TestWindowsPriorityAndPause(t *testing.T) {
 		}
 		stt, err := u.Status()
 		if err != nil || stt.Window.Open || len(stt.Queue) != 1 || stt.Queue[0].ID != normal.Episode.ID ||
-			!stt.Window.NextChange.Equal(at(0, 2, 0)) || stt.BytesRemaining < 22<<20 || stt.HoursRemaining <= 0 {
+			!stt.Window.NextChange.Equal(at(1, 10, 0)) || stt.BytesRemaining < 22<<20 || stt.HoursRemaining <= 0 {
 			t.Fatalf("status %+v %v", stt, err)
 		}
 
-		// The window opens at 02:00 and closes at 03:00 with part 3 in
-		// flight: it finishes, and nothing more goes until the next window.
-		time.Sleep(time.Until(at(0, 3, 30)))
+		// The first window closes with part 3 in flight: it finishes, and
+		// nothing more goes until the next window.
+		time.Sleep(time.Until(at(1, 12, 0)))
 		synctest.Wait()
 		if got := m.acked(normalKey); !slices.Equal(got, []int{1, 2, 3}) {
 			t.Fatalf("parts acknowledged in the first window: %v, want [1 2 3]", got)
@@ -182,21 +187,21 @@ func TestWindowsPriorityAndPause(t *testing.T) {
 		if err != nil || !slices.Equal(recorded(us), []int{1, 2, 3}) {
 			t.Fatalf("recorded parts %+v %v", us, err)
 		}
-		time.Sleep(time.Until(at(1, 1, 59)))
+		time.Sleep(time.Until(at(1, 19, 59)))
 		synctest.Wait()
 		if got := m.acked(normalKey); !slices.Equal(got, []int{1, 2, 3}) {
 			t.Fatalf("parts acknowledged while the window was closed: %v", got)
 		}
 
-		// The next window finishes it: parts 4 and 5 from 02:00 and 02:25.
-		waitUntil(t, at(1, 3, 0), "upload in the next window", func() bool {
+		// The second window finishes it: parts 4 and 5 from 01:20:00.
+		waitUntil(t, at(1, 21, 0), "upload in the next window", func() bool {
 			return state(t, st, normal.Episode.ID).State == episode.Uploaded
 		})
 		checkNoResendMem(t, m, normalKey, parts)
 		checkObject(t, m, st, normal.Episode.ID, normalKey)
 		for _, pt := range m.partTimes() {
-			if lt := pt.In(berlin); lt.Hour() != 2 {
-				t.Errorf("a part started at %v, outside the window", lt)
+			if !inWindow(pt) {
+				t.Errorf("a part started at %v, outside the windows", pt.In(berlin))
 			}
 		}
 		cancel()
@@ -302,10 +307,47 @@ func TestBackoffAndMaxAttempts(t *testing.T) {
 			t.Errorf("%d unfinished multipart uploads left on the server", n)
 		}
 		// Quarantined: nothing more is tried, however long we wait.
-		time.Sleep(time.Hour)
+		time.Sleep(15 * time.Minute)
 		synctest.Wait()
 		if n := len(attemptTimes(m.partTimes())); n != 8 {
 			t.Errorf("%d attempts after the quarantine, want 8", n)
+		}
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestRunWakesOnClose: the daemon loop idles until PollInterval (a minute)
+// passes, but an episode closed in between is uploaded at once when Wake
+// says so.
+func TestRunWakesOnClose(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := newMemS3(bucket)
+		st := fixtures.OpenStore(t)
+		u, err := upload.New(st, memOptions(t, m))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		runErr := make(chan error, 1)
+		go func() { runErr <- u.Run(ctx) }()
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+
+		fx := fixtures.Build(t, st, fixtures.Spec{ID: "0193a1b2-0000-7000-8000-0000000001e1", Telemetry: true})
+		woken := time.Now()
+		u.Wake()
+		for state(t, st, fx.Episode.ID).State != episode.Uploaded {
+			if time.Since(woken) > 2*time.Minute {
+				t.Fatal("not uploaded two minutes after Wake")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if d := time.Since(woken); d > time.Second {
+			t.Errorf("uploaded %v after Wake, want at once (the poll interval is a minute)", d)
 		}
 		cancel()
 		if err := <-runErr; err != nil {

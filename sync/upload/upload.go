@@ -63,8 +63,9 @@
 // Once uploaded, storage may evict its data under its retention rules.
 //
 // Windows (for example "22:00-06:00", in Timezone) are checked before
-// every part: when a window closes, the parts in flight finish, the rest
-// wait for the next window. The bandwidth cap is a token bucket shared by
+// every part, when it is about to start (a part slot is free): when a
+// window closes, the parts in flight finish, the rest wait for the next
+// window. The bandwidth cap is a token bucket shared by
 // all parts. All timing (windows, backoff, the token bucket) uses the time
 // package directly; the tests run it in a testing/synctest bubble over an
 // in-memory S3 (memS3 in the tests), and the real-S3 tests check the wiring.
