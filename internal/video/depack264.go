@@ -27,17 +27,22 @@ import (
 // both alike. After an error the depacketizer must be discarded, as the
 // Assembler does.
 type H264Depacketizer struct {
-	buf   []byte      // the access unit being built, Annex-B
-	spans [][2]int    // its NAL units: [from, to) in buf, without start codes
-	ts    uint32      // of the access unit being built
-	have  bool        // buf holds NAL units
-	fu    bool        // a FU-A is in progress; its NAL unit starts at fuAt
-	fuAt  int         //
-	fuSeq uint16      // the sequence number the next fragment must have
-	first bool        // a packet that starts a NAL unit was received
-	annex bool        // the camera wraps NAL units in Annex-B
-	last  []byte      // the Annex-B bytes of the access unit last returned
-	hint  int         // capacity for the next buffer: the last unit's size
+	buf   []byte   // the access unit being built, Annex-B
+	spans [][2]int // its NAL units: [from, to) in buf, without start codes
+	ts    uint32   // of the access unit being built
+	have  bool     // buf holds NAL units
+	fu    bool     // a FU-A is in progress; its NAL unit starts at fuAt
+	fuAt  int      //
+	fuSeq uint16   // the sequence number the next fragment must have
+	first bool     // a packet that starts a NAL unit was received
+	annex bool     // the camera wraps NAL units in Annex-B
+	last  []byte   // the Annex-B bytes of the access unit last returned
+	// hint is the size of the last access unit that began with a
+	// parameter set or an IDR slice (hint[1]) or with anything else
+	// (hint[0]): keyframes are several times larger than the frames
+	// between them, so each kind sizes the next buffer of its kind.
+	hint  [2]int
+	kind  int         // of the access unit being built
 	split h264.AnnexB // scratch for an Annex-B-wrapped NAL unit
 }
 
@@ -111,7 +116,20 @@ func (d *H264Depacketizer) Decode(pkt *rtp.Packet) ([][]byte, error) {
 	if !d.have {
 		d.have, d.ts = true, pkt.Timestamp
 		if d.buf == nil {
-			d.buf = make([]byte, 0, max(d.hint+d.hint/4, 4096))
+			first := typ
+			if typ == h264.NALUTypeFUA {
+				first = h264.NALUType(p[1] & 0x1f)
+			} else if typ == h264.NALUTypeSTAPA && len(p) > 3 {
+				first = h264.NALUType(p[3] & 0x1f)
+			}
+			d.kind = 0
+			switch first {
+			case h264.NALUTypeSPS, h264.NALUTypePPS, h264.NALUTypeIDR:
+				d.kind = 1
+			}
+			// The last unit of the kind and a packet more: it rarely
+			// grows (a copy), and holds little spare room.
+			d.buf = make([]byte, 0, max(d.hint[d.kind]+d.hint[d.kind]/8+1500, 4096))
 		}
 	}
 
@@ -208,7 +226,7 @@ func (d *H264Depacketizer) finish() [][]byte {
 	for i, s := range d.spans {
 		nalus[i] = d.buf[s[0]:s[1]:s[1]]
 	}
-	d.last, d.hint = d.buf, len(d.buf)
+	d.last, d.hint[d.kind] = d.buf, len(d.buf)
 	d.buf, d.spans, d.have = nil, d.spans[:0], false
 	return nalus
 }
