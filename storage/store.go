@@ -298,6 +298,11 @@ type Store struct {
 
 	// batchBytes caps one Pebble batch (maxBatchBytes; tests lower it).
 	batchBytes int
+	// spare holds committed batches for reuse (newBatch, recycleBatch).
+	spare struct {
+		sync.Mutex
+		batches []*pebble.Batch
+	}
 	// testCrashAfter > 0 makes a commit stop after that many Pebble
 	// batches, as a crash between them would (tests only).
 	testCrashAfter int

@@ -179,7 +179,7 @@ func startBroker(t *testing.T) string {
 }
 
 // startBrokerConf runs mosquitto with extra configuration lines.
-func startBrokerConf(t *testing.T, extra string) string {
+func startBrokerConf(t testing.TB, extra string) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("needs a real mosquitto broker; skipped under -short")

@@ -1,11 +1,9 @@
 package mqtt
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -17,8 +15,7 @@ import (
 	"testing"
 	"time"
 
-	packets "github.com/eclipse/paho.mqtt.golang/packets"
-
+	"github.com/episoded/episoded/internal/mqttload"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -264,82 +261,10 @@ func TestBenchPublisherChild(t *testing.T) {
 	addr, topic := os.Getenv("ADDR"), os.Getenv("TOPIC")
 	n, _ := strconv.Atoi(os.Getenv("COUNT"))
 	rate, _ := strconv.Atoi(os.Getenv("RATE"))
-	if err := benchPublish(addr, topic, n, rate); err != nil {
+	if err := mqttload.Publish(addr, topic, n, rate); err != nil {
 		fmt.Println("ERROR", err)
 		os.Exit(2)
 	}
 	fmt.Println("DONE")
 	os.Exit(0)
-}
-
-func benchPublish(addr, topic string, n, rate int) error {
-	conn, err := net.Dial("tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	bw := bufio.NewWriterSize(conn, 64<<10)
-	br := bufio.NewReaderSize(conn, 64<<10)
-	cp := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
-	cp.ProtocolName, cp.ProtocolVersion, cp.CleanSession, cp.Keepalive = "MQTT", 4, true, 60
-	cp.ClientIdentifier = fmt.Sprintf("bench-pub-%d", os.Getpid())
-	if err := cp.Write(bw); err != nil {
-		return err
-	}
-	if err := bw.Flush(); err != nil {
-		return err
-	}
-	if p, err := packets.ReadPacket(br); err != nil {
-		return err
-	} else if ca, ok := p.(*packets.ConnackPacket); !ok || ca.ReturnCode != 0 {
-		return fmt.Errorf("connect refused: %v", p)
-	}
-	const window = 1000
-	sem := make(chan struct{}, window)
-	done := make(chan error, 1)
-	go func() {
-		for acked := 0; acked < n; {
-			p, err := packets.ReadPacket(br)
-			if err != nil {
-				done <- err
-				return
-			}
-			if _, ok := p.(*packets.PubackPacket); ok {
-				<-sem
-				acked++
-			}
-		}
-		done <- nil
-	}()
-	start := time.Now()
-	var payload []byte
-	for i := range n {
-		select {
-		case sem <- struct{}{}:
-		default:
-			if err := bw.Flush(); err != nil {
-				return err
-			}
-			sem <- struct{}{}
-		}
-		if rate > 0 && i%50 == 0 {
-			if d := time.Duration(float64(i)/float64(rate)*float64(time.Second)) - time.Since(start); d > 0 {
-				if err := bw.Flush(); err != nil {
-					return err
-				}
-				time.Sleep(d)
-			}
-		}
-		payload = fmt.Appendf(payload[:0], `{"header":{"stamp":%d,"seq":%d,"frame":"%s"},"joint":[0.1234,0.2345,0.3456,1.4567,-2.5678,3.6789],"tool":{"x":0.51,"y":-0.22,"z":1.03},"io":255,"alarm":0}`,
-			time.Now().UnixNano(), i, topic)
-		pp := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
-		pp.Qos, pp.TopicName, pp.MessageID, pp.Payload = 1, topic, uint16(i%65535+1), payload
-		if err := pp.Write(bw); err != nil {
-			return err
-		}
-	}
-	if err := bw.Flush(); err != nil {
-		return err
-	}
-	return <-done
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"sync"
 	"sync/atomic"
@@ -72,12 +73,20 @@ type Client struct {
 	connected    atomic.Bool
 	pending      atomic.Int64  // messages accepted and neither acknowledged nor given up
 	received     atomic.Uint64 // messages paho handed over, refused or not: progress while subscribing
+	// pendingBytes is what those messages cost (heldBytes each); the
+	// full-rule keeps it at or under MaxPendingBytes. pendingBytesMax is
+	// its high-water mark.
+	pendingBytes    atomic.Int64
+	pendingBytesMax atomic.Int64
 
 	acks struct {
 		sync.Mutex
-		list []paho.Message
+		list []pendingAck
 	}
 	ackWake chan struct{} // cap 1
+	// conn is the current session's connection, which the acker writes
+	// PUBACKs to directly.
+	conn atomic.Pointer[sessionConn]
 
 	stats clientCounters
 }
@@ -100,16 +109,39 @@ type trigger struct {
 	fn    func(payload []byte, recvT int64)
 }
 
+// pendingAck is a message to acknowledge, with the session it came on.
+type pendingAck struct {
+	m   paho.Message
+	gen uint64
+}
+
+// sessionConn is one session's connection (conn.go).
+type sessionConn struct {
+	gen uint64
+	c   *bufferedConn
+}
+
 type inbound struct {
 	m     paho.Message
 	recvT int64
 	gen   uint64
 }
 
+// heldOverhead is what one held message costs beyond its payload: paho's
+// packet and message, the queue slot, the ack state, the sample and its
+// callback, the store's key and record fields.
+const heldOverhead = 512
+
+// heldBytes is the memory one accepted, unacknowledged message of n
+// payload bytes is counted for: the received packet's payload, the store's
+// encoded copy of it (kept until the commit), and heldOverhead.
+func heldBytes(n int) int64 { return 2*int64(n) + heldOverhead }
+
 // ackState tracks one message delivered to one or more consumers; it is
 // acknowledged when the last of them is done, and only if all succeeded.
 type ackState struct {
 	m      paho.Message
+	gen    uint64
 	left   atomic.Int32
 	failed atomic.Bool
 }
@@ -396,9 +428,9 @@ func (b *Client) clientOptions(gen uint64, lost, subscribed chan error) (*paho.C
 		SetOrderMatters(true).    // one router goroutine calls our handler in order
 		SetAutoAckDisabled(true). // acknowledged once durable
 		SetResumeSubs(false).
-		SetProtocolVersion(4).           // MQTT 3.1.1, no fallback to 3.1
-		SetCustomOpenConnectionFn(dial). // buffered reads, coalesced writes (conn.go)
-		SetStore(nopStore{}).            // the broker's session redelivers, not paho
+		SetProtocolVersion(4).                    // MQTT 3.1.1, no fallback to 3.1
+		SetCustomOpenConnectionFn(b.dialer(gen)). // buffered reads, coalesced writes (conn.go)
+		SetStore(nopStore{}).                     // the broker's session redelivers, not paho
 		SetKeepAlive(b.o.KeepAlive).
 		SetPingTimeout(max(b.o.KeepAlive/2, time.Second)).
 		SetConnectTimeout(connectTimeout).
@@ -426,6 +458,19 @@ func (b *Client) clientOptions(gen uint64, lost, subscribed chan error) (*paho.C
 		opts.SetTLSConfig(tc)
 	}
 	return opts, nil
+}
+
+// dialer returns the connection function of session gen: dial, and
+// remember the connection for the acker.
+func (b *Client) dialer(gen uint64) paho.OpenConnectionFunc {
+	return func(u *url.URL, o paho.ClientOptions) (net.Conn, error) {
+		c, err := dial(u, o)
+		if err != nil {
+			return nil, err
+		}
+		b.conn.Store(&sessionConn{gen: gen, c: c})
+		return c, nil
+	}
 }
 
 // subscribe runs in paho's OnConnect goroutine (not the router), on every
@@ -478,11 +523,23 @@ func (b *Client) onMessage(gen uint64) paho.MessageHandler {
 			b.stats.refused.Add(1)
 			return // not acknowledged: redelivered on the next connection
 		}
+		size := heldBytes(len(m.Payload()))
+		if n := b.pending.Load(); n > 0 && b.pendingBytes.Load()+size > b.o.MaxPendingBytes {
+			// A broker that ignores its window (or a window too large for
+			// these payloads): what is held stays bounded, this message
+			// stays unacknowledged.
+			b.stats.overflow.Add(1)
+			b.requestRedelivery("max_pending_bytes reached: the broker sent more unacknowledged data than the daemon holds")
+			return
+		}
 		b.pending.Add(1)
+		if v := b.pendingBytes.Add(size); v > b.pendingBytesMax.Load() {
+			b.pendingBytesMax.Store(v) // only this goroutine raises pendingBytes
+		}
 		select {
 		case b.queue <- inbound{m: m, recvT: recvT, gen: gen}:
 		default:
-			b.pending.Add(-1)
+			b.release(1, size)
 			b.stats.overflow.Add(1)
 			b.requestRedelivery("queue full: the broker's in-flight window is larger than queue_size")
 		}
@@ -502,9 +559,15 @@ func (b *Client) requestRedelivery(why string) {
 	}
 }
 
-// release gives up n accepted messages (acknowledged or left for
-// redelivery).
-func (b *Client) release(n int64) { b.pending.Add(-n) }
+// release gives up n accepted messages of the given heldBytes total
+// (acknowledged or left for redelivery).
+func (b *Client) release(n, bytes int64) {
+	b.pendingBytes.Add(-bytes)
+	b.pending.Add(-n)
+}
+
+// releaseMsg gives up one accepted message.
+func (b *Client) releaseMsg(m paho.Message) { b.release(1, heldBytes(len(m.Payload()))) }
 
 func (b *Client) worker(stop <-chan struct{}) {
 	for {
@@ -512,8 +575,8 @@ func (b *Client) worker(stop <-chan struct{}) {
 		case <-stop:
 			for {
 				select {
-				case <-b.queue:
-					b.release(1)
+				case in := <-b.queue:
+					b.releaseMsg(in.m)
 				default:
 					return
 				}
@@ -526,7 +589,7 @@ func (b *Client) worker(stop <-chan struct{}) {
 
 func (b *Client) handle(in inbound) {
 	if b.refusing.Load() || in.gen < b.discardBelow.Load() {
-		b.release(1) // not acknowledged: the broker redelivers it
+		b.releaseMsg(in.m) // not acknowledged: the broker redelivers it
 		return
 	}
 	m := in.m
@@ -537,7 +600,7 @@ func (b *Client) handle(in inbound) {
 		// Re-sent by the broker on every (re)subscribe; it is old state,
 		// not a new sample.
 		b.stats.retained.Add(1)
-		b.queueAck(m)
+		b.queueAck(m, in.gen)
 		return
 	}
 	topic := m.Topic()
@@ -564,10 +627,10 @@ func (b *Client) handle(in inbound) {
 			b.log.Info("mqtt message on a topic no device wants (a subscription left in the persistent session?); acknowledged and dropped",
 				"topic", topic, "suppressed", sup)
 		}
-		b.queueAck(m)
+		b.queueAck(m, in.gen)
 		return
 	}
-	a := &ackState{m: m}
+	a := &ackState{m: m, gen: in.gen}
 	a.left.Store(int32(n))
 	payload := m.Payload()
 	for i, d := range matched {
@@ -660,19 +723,19 @@ func (b *Client) finish(a *ackState, err error) {
 		return
 	}
 	if a.failed.Load() {
-		b.release(1)
+		b.releaseMsg(a.m)
 		b.requestRedelivery("a sample was refused or failed to become durable")
 		return
 	}
-	b.queueAck(a.m)
+	b.queueAck(a.m, a.gen)
 }
 
 // queueAck hands m to the acker goroutine. The list is bounded by the
 // accepted-but-unacknowledged messages, themselves bounded by the broker's
 // in-flight window.
-func (b *Client) queueAck(m paho.Message) {
+func (b *Client) queueAck(m paho.Message, gen uint64) {
 	b.acks.Lock()
-	b.acks.list = append(b.acks.list, m)
+	b.acks.list = append(b.acks.list, pendingAck{m, gen})
 	b.acks.Unlock()
 	select {
 	case b.ackWake <- struct{}{}:
@@ -680,10 +743,20 @@ func (b *Client) queueAck(m paho.Message) {
 	}
 }
 
-// acker sends acknowledgements from its own goroutine: paho's Ack may
-// block on the connection, and must not stall the sink's callbacks.
+// acker sends acknowledgements from its own goroutine: a write may block
+// on the connection, and must not stall the sink's callbacks.
+//
+// The PUBACKs of QoS 1 messages of the current session are written
+// straight to its connection, all of a wake-up in one Write (4 bytes each,
+// in order, ahead of any later packet such as the drain barrier's
+// UNSUBSCRIBE). Through paho each one was a packet object, a buffer, a key
+// string and two goroutine hand-offs: 15% of the daemon's CPU at
+// saturation. paho keeps no state for them (the store is nopStore).
+// Messages of an older session, and any of another QoS, go through paho's
+// Ack, which drops them after a disconnect (the broker redelivers).
 func (b *Client) acker(stop <-chan struct{}) {
-	var batch []paho.Message
+	var batch []pendingAck
+	var out []byte
 	for {
 		stopping := false
 		select {
@@ -694,11 +767,25 @@ func (b *Client) acker(stop <-chan struct{}) {
 		b.acks.Lock()
 		batch, b.acks.list = b.acks.list, batch[:0]
 		b.acks.Unlock()
-		for i, m := range batch {
-			m.Ack() // after a disconnect paho drops it; the broker redelivers
-			batch[i] = nil
+		var bytes int64
+		sc := b.conn.Load()
+		out = out[:0]
+		for i, a := range batch {
+			if sc != nil && a.gen == sc.gen && a.m.Qos() == 1 {
+				id := a.m.MessageID()
+				out = append(out, 0x40, 0x02, byte(id>>8), byte(id))
+			} else {
+				a.m.Ack()
+			}
+			bytes += heldBytes(len(a.m.Payload()))
+			batch[i] = pendingAck{}
 		}
-		b.release(int64(len(batch)))
+		if len(out) > 0 {
+			// An error means the connection failed; paho's reader reports
+			// it and the broker redelivers what was not acknowledged.
+			_, _ = sc.c.Write(out)
+		}
+		b.release(int64(len(batch)), bytes)
 		if stopping {
 			return
 		}

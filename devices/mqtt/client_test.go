@@ -643,7 +643,7 @@ func TestMetricsAndStatus(t *testing.T) {
 			t.Errorf("%s = %v, want %v", name, v, want)
 		}
 	}
-	if mfs, err := reg.Gather(); err != nil || len(mfs) != 18 { // 16 + rejected_total, device_streams
+	if mfs, err := reg.Gather(); err != nil || len(mfs) != 19 { // 16 + rejected_total, device_streams, pending_bytes
 		t.Fatalf("%d metric families, err %v", len(mfs), err)
 	}
 	st := b.Status()

@@ -29,7 +29,7 @@ const (
 // dial opens the network connection for paho (SetCustomOpenConnectionFn),
 // for tcp/mqtt, ssl/tls/mqtts and ws/wss URLs. Unlike paho's own dialer it
 // ignores proxy environment variables.
-func dial(uri *url.URL, o paho.ClientOptions) (net.Conn, error) {
+func dial(uri *url.URL, o paho.ClientOptions) (*bufferedConn, error) {
 	d := &net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
 	host := uri.Host
 	withPort := func(port string) string {

@@ -139,7 +139,7 @@ func (d *decoder) pointTime(p []byte) (int64, error) {
 // ---- JSON ----
 
 func (d *decoder) jsonTime(p []byte) (int64, error) {
-	if !json.Valid(p) {
+	if !validJSON(p) {
 		var v any
 		err := json.Unmarshal(p, &v) // only for the reason; p is bad anyway
 		if err == nil {

@@ -13,8 +13,12 @@
 // and triggers share the one connection per broker.
 //
 // Goroutines while running: paho's (reader, router, writer), one worker
-// that routes, decodes and writes to the sink in arrival order, and one
-// acker that sends acknowledgements.
+// that routes, decodes and writes to the sink in arrival order, one acker
+// that sends acknowledgements, and the connection's write flusher
+// (conn.go). The acker writes the PUBACKs of the current session's QoS 1
+// messages straight to the connection, a batch per write, bypassing
+// paho's per-message Ack (a packet object and two goroutine hand-offs
+// each); paho keeps no state for them, since its store is a no-op.
 //
 // # No loss: QoS 1, persistent session, acknowledge when durable
 //
@@ -66,19 +70,40 @@
 // connection would time out. The handler therefore never blocks: it puts
 // the message on the Client's bounded queue (QueueSize) and returns.
 //
-// Backpressure is applied by withholding acknowledgements. The broker
-// sends at most its in-flight window of unacknowledged QoS 1 messages to a
-// client (mosquitto: max_inflight_messages, default 20, 0 = unlimited;
-// MQTT 5's Receive Maximum is not available in paho v1, which speaks
-// 3.1.1), then queues the rest on its side (mosquitto: max_queued_messages,
-// default 1000, after which it DROPS messages for the offline/slow client;
-// set it to 0 or large). When the sink is slow, acks stop, the window fills
-// and the broker holds the rest. Every message in our queue is
-// unacknowledged, so the queue never holds more than the window.
+// Backpressure is applied by withholding acknowledgements. A broker is
+// supposed to send at most its in-flight window of unacknowledged QoS 1
+// messages to a client (mosquitto: max_inflight_messages, default 20, 0 =
+// unlimited; MQTT 5's Receive Maximum is not available in paho v1, which
+// speaks 3.1.1) and queue the rest on its side (mosquitto:
+// max_queued_messages, default 1000, after which it DROPS messages for the
+// offline/slow client; set it to 0 or large).
 //
-// Full-rule: if a message finds the queue full anyway (the broker's window
-// is larger than QueueSize), it is not acknowledged and is counted as
-// overflow. The broker then stops taking messages (they are refused, not
+// The broker's window does NOT bound what the daemon holds. In the MQTT
+// benchmark mosquitto 2.0.11 was seen sending 15,000 messages at once
+// after a burst of acknowledgements, and the daemon then held up
+// to 35,000 unacknowledged messages; a broker may also simply ignore its
+// window. What bounds memory is MaxPendingBytes (config
+// brokers[].max_pending_bytes, default 64 MiB): every message received
+// and not yet acknowledged (in the queue, in the sink waiting for its
+// commit, or waiting to be acked) is counted as twice its payload (the
+// received packet and the store's encoded copy, kept until the commit)
+// plus 512 B, and a message that would take the count past the limit is
+// not taken (one message is always taken when nothing is held, so a
+// single payload larger than the limit still gets through).
+// Stats.PendingBytes and the episoded_mqtt_pending_bytes gauge show the
+// count; Stats.PendingBytesMax its high-water mark.
+// TestMaxPendingBytesHoldsAgainstAFlood proves the bound with a server
+// that ignores its window: the count never exceeds the limit, and no
+// message beyond it is acknowledged until the sink has drained.
+// QueueSize (20,000 messages) separately bounds the messages waiting for
+// the worker. The store's own MaxPending (storage.Options, 256 MiB, not a
+// config key) bounds what all devices together queue for a commit; for
+// small MQTT messages it is no bound worth the name (256 MiB is about a
+// million 200 B messages), hence MaxPendingBytes.
+//
+// Full-rule: if a message finds the queue full or would exceed
+// MaxPendingBytes, it is not acknowledged and is counted as overflow. The
+// broker then stops taking messages (they are refused, not
 // acknowledged), drops what is still queued, waits up to DrainTimeout for
 // the samples already in the sink to become durable and acknowledged,
 // confirms with an UNSUBSCRIBE round trip (of a filter never subscribed)
@@ -88,16 +113,16 @@
 // nothing is lost and each cycle makes progress. The same happens when the
 // sink refuses a sample or reports it failed to become durable.
 //
-// Sizing: throughput ≤ window / (time to durable). With storage syncing
-// every 100 ms, 50,000 msg/s needs a window of at least 5,000 and a queue
-// at least as large: set mosquitto max_inflight_messages between 5000 and
-// QueueSize (default 20000). With the mosquitto default of 20 a client
-// that acks on durability gets about 200 msg/s.
-//
-// Memory: the queue and the samples in the sink are all unacknowledged, so
-// what this package holds is bounded by the broker's window times the
-// payload size (plus the store's own MaxPending, past which Append blocks
-// and the window fills). For large lidar frames keep that product in mind.
+// Sizing: throughput ≤ window / (time to durable), and also ≤
+// MaxPendingBytes / (2 × payload + 512 B) / (time to durable). With storage
+// syncing every 100 ms, 50,000 msg/s needs a window of at least 5,000:
+// set mosquitto max_inflight_messages to a few thousand (below QueueSize,
+// default 20000). With the mosquitto default of 20 a client
+// that acks on durability gets about 200 msg/s. The default 64 MiB holds
+// about 70,000 messages of 200 B or 30 lidar frames of 1 MiB: raise it
+// only for large frames at a high rate, and set the broker's window so
+// that window × (2 × payload + 512 B) stays below it, so that the
+// full-rule (which costs a reconnect) does not fire in normal operation.
 //
 // QoS: messages are subscribed at QoS 1, but a publisher that sends at QoS 0
 // gets QoS 0 delivery (the broker downgrades); such messages have no ack and

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/episoded/episoded/sample"
@@ -67,6 +68,42 @@ func FuzzDecode(f *testing.F) {
 			if o.Format == FormatCBOR && cborDec.Wellformed(payload) != nil {
 				t.Fatal("malformed CBOR accepted")
 			}
+		}
+	})
+}
+
+// FuzzValidJSON checks that validJSON accepts exactly what encoding/json's
+// Valid accepts. The seeds below run in every go test.
+//
+//	go test -run '^$' -fuzz FuzzValidJSON -fuzztime 60s ./devices/mqtt/
+func FuzzValidJSON(f *testing.F) {
+	for _, s := range []string{
+		``, ` `, `{}`, `[]`, `{"a":1}`, ` {"a" : [1, 2.5e-3, -0, true, false, null, "x\u00e9\n"]} `,
+		`{"header":{"stamp":1700000000123456789,"frame":"r"},"joint":[0.1,-2.5678],"io":255}`,
+		`01`, `-`, `1.`, `1e`, `.5`, `+1`, `[1,]`, `{"a":1,}`, `{"a"}`, `{1:2}`, `"\x"`, `"\u12"`, `"a` + "\x01" + `"`,
+		"\"\xff\xfe\"", `tru`, `nulll`, `[1 2]`, `{"a":1 "b":2}`, `"a"x`, `[[[[]]]]`, `]`, `}`, `{"a":[}]`,
+		strings.Repeat("[", 10000) + strings.Repeat("]", 10000), strings.Repeat("[", 10001) + strings.Repeat("]", 10001),
+		strings.Repeat(`{"a":`, 10001) + "1" + strings.Repeat("}", 10001),
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if got, want := validJSON(b), json.Valid(b); got != want {
+			t.Fatalf("validJSON(%q) = %v, json.Valid = %v", b, got, want)
+		}
+	})
+}
+
+func BenchmarkValidJSON(b *testing.B) {
+	p := []byte(`{"header":{"stamp":1700000000123456789,"seq":12345,"frame":"bench/robot0"},"joint":[0.1234,0.2345,0.3456,1.4567,-2.5678,3.6789],"tool":{"x":0.51,"y":-0.22,"z":1.03},"io":255,"alarm":0}`)
+	b.Run("validJSON", func(b *testing.B) {
+		for range b.N {
+			validJSON(p)
+		}
+	})
+	b.Run("json.Valid", func(b *testing.B) {
+		for range b.N {
+			json.Valid(p)
 		}
 	})
 }

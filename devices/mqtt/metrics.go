@@ -19,8 +19,14 @@ type Stats struct {
 	// sink; AcksPending the number received and not yet acknowledged.
 	Queued      int
 	AcksPending int64
-	Reconnects  uint64
-	// Overflow counts messages that found the queue full; Refused those
+	// PendingBytes is the memory those unacknowledged messages are
+	// counted for (twice the payload plus 512 B each);
+	// PendingBytesMax its high-water mark since NewClient. Both stay at or
+	// under ClientOptions.MaxPendingBytes (or one message, if larger).
+	PendingBytes, PendingBytesMax int64
+	Reconnects                    uint64
+	// Overflow counts messages that found the queue full or would have
+	// exceeded MaxPendingBytes; Refused those
 	// that arrived while draining for a reconnect or shutdown. Neither is
 	// acknowledged, so the broker redelivers them on the next connection.
 	Overflow, Refused uint64
@@ -70,19 +76,21 @@ type clientCounters struct {
 func (b *Client) Stats() Stats {
 	st := b.tracker.Status()
 	s := Stats{
-		Broker:      b.o.ID,
-		State:       st.State,
-		Connected:   b.connected.Load(),
-		Queued:      len(b.queue),
-		AcksPending: b.pending.Load(),
-		Reconnects:  st.Reconnects,
-		Overflow:    b.stats.overflow.Load(),
-		Refused:     b.stats.refused.Load(),
-		Unmatched:   b.stats.unmatched.Load(),
-		Retained:    b.stats.retained.Load(),
-		Redelivered: b.stats.redelivered.Load(),
-		Triggers:    b.stats.triggers.Load(),
-		Devices:     map[string]DeviceStats{},
+		Broker:          b.o.ID,
+		State:           st.State,
+		Connected:       b.connected.Load(),
+		Queued:          len(b.queue),
+		AcksPending:     b.pending.Load(),
+		PendingBytes:    b.pendingBytes.Load(),
+		PendingBytesMax: b.pendingBytesMax.Load(),
+		Reconnects:      st.Reconnects,
+		Overflow:        b.stats.overflow.Load(),
+		Refused:         b.stats.refused.Load(),
+		Unmatched:       b.stats.unmatched.Load(),
+		Retained:        b.stats.retained.Load(),
+		Redelivered:     b.stats.redelivered.Load(),
+		Triggers:        b.stats.triggers.Load(),
+		Devices:         map[string]DeviceStats{},
 	}
 	for _, d := range b.devs {
 		c := &d.stats
@@ -110,6 +118,7 @@ type collector struct {
 	messages, bytes, decodeErrors, oversize, writeErrors, devPending *prometheus.Desc
 	rejected, streams                                                *prometheus.Desc
 	connected, reconnects, queued, pending, overflow, refused        *prometheus.Desc
+	pendingBytes                                                     *prometheus.Desc
 	unmatched, retained, redelivered, triggers                       *prometheus.Desc
 }
 
@@ -129,23 +138,24 @@ func newCollector(b *Client) *collector {
 		devPending:   d("device_acks_pending", "Samples handed to the sink and not yet durable.", dev),
 		rejected: d("rejected_total", "Messages refused, acknowledged and dropped, by reason (max_streams: the message would have created more than the device's max_streams streams).",
 			[]string{"device", "reason"}),
-		streams:     d("device_streams", "Streams the device created in this run (at most its max_streams).", dev),
-		connected:   d("connected", "1 while the broker connection is up and subscribed.", nil),
-		reconnects:  d("reconnects_total", "Broker sessions that ended and were retried.", nil),
-		queued:      d("queue_length", "Messages received and not yet handed to the sink.", nil),
-		pending:     d("acks_pending", "Messages received and not yet acknowledged to the broker.", nil),
-		overflow:    d("queue_overflow_total", "Messages that found the queue full (not acknowledged; redelivered after a reconnect).", nil),
-		refused:     d("refused_total", "Messages refused while draining for a reconnect or shutdown (redelivered).", nil),
-		unmatched:   d("unmatched_total", "Messages no device or trigger subscribed to (acknowledged and dropped).", nil),
-		retained:    d("retained_skipped_total", "Retained messages re-sent on subscribe (acknowledged and skipped).", nil),
-		redelivered: d("redelivered_total", "Messages carrying the DUP flag (redelivered by the broker).", nil),
-		triggers:    d("trigger_messages_total", "Trigger messages handed to their callbacks.", nil),
+		streams:      d("device_streams", "Streams the device created in this run (at most its max_streams).", dev),
+		connected:    d("connected", "1 while the broker connection is up and subscribed.", nil),
+		reconnects:   d("reconnects_total", "Broker sessions that ended and were retried.", nil),
+		queued:       d("queue_length", "Messages received and not yet handed to the sink.", nil),
+		pending:      d("acks_pending", "Messages received and not yet acknowledged to the broker.", nil),
+		pendingBytes: d("pending_bytes", "Memory of the messages received and not yet acknowledged (twice the payload plus 512 B each), bounded by max_pending_bytes.", nil),
+		overflow:     d("queue_overflow_total", "Messages that found the queue full or max_pending_bytes reached (not acknowledged; redelivered after a reconnect).", nil),
+		refused:      d("refused_total", "Messages refused while draining for a reconnect or shutdown (redelivered).", nil),
+		unmatched:    d("unmatched_total", "Messages no device or trigger subscribed to (acknowledged and dropped).", nil),
+		retained:     d("retained_skipped_total", "Retained messages re-sent on subscribe (acknowledged and skipped).", nil),
+		redelivered:  d("redelivered_total", "Messages carrying the DUP flag (redelivered by the broker).", nil),
+		triggers:     d("trigger_messages_total", "Trigger messages handed to their callbacks.", nil),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.messages, c.bytes, c.decodeErrors, c.oversize, c.writeErrors, c.devPending, c.rejected, c.streams,
-		c.connected, c.reconnects, c.queued, c.pending, c.overflow, c.refused, c.unmatched, c.retained, c.redelivered, c.triggers} {
+		c.connected, c.reconnects, c.queued, c.pending, c.pendingBytes, c.overflow, c.refused, c.unmatched, c.retained, c.redelivered, c.triggers} {
 		ch <- d
 	}
 }
@@ -176,6 +186,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.reconnects, s.Reconnects)
 	gauge(c.queued, float64(s.Queued))
 	gauge(c.pending, float64(s.AcksPending))
+	gauge(c.pendingBytes, float64(s.PendingBytes))
 	counter(c.overflow, s.Overflow)
 	counter(c.refused, s.Refused)
 	counter(c.unmatched, s.Unmatched)

@@ -21,10 +21,13 @@ import (
 // Defaults and limits for ClientOptions and DeviceOptions. internal/config
 // fills the config file's brokers and mqtt devices from these.
 const (
-	DefaultKeepAlive    = 30 * time.Second
-	DefaultQueueSize    = 20000
-	DefaultDrainTimeout = 5 * time.Second
-	DefaultMaxPayload   = 16 << 20
+	DefaultKeepAlive = 30 * time.Second
+	DefaultQueueSize = 20000
+	// DefaultMaxPendingBytes bounds the memory of the messages a broker
+	// connection holds unacknowledged (ClientOptions.MaxPendingBytes).
+	DefaultMaxPendingBytes = 64 << 20
+	DefaultDrainTimeout    = 5 * time.Second
+	DefaultMaxPayload      = 16 << 20
 	// DefaultMaxStreams bounds the streams of one device: every stream
 	// costs ingest state, a status row and metric series.
 	DefaultMaxStreams = 256
@@ -79,9 +82,16 @@ type ClientOptions struct {
 	// Backoff between reconnect attempts (devices.BackoffPolicy defaults).
 	Backoff devices.BackoffPolicy
 	// QueueSize bounds the messages received but not yet handed to the sink
-	// (default 20000). It must be at least the broker's in-flight window for
-	// this client (mosquitto max_inflight_messages), see the package doc.
+	// (default 20000). It should be at least the broker's in-flight window
+	// for this client (mosquitto max_inflight_messages), see the package doc.
 	QueueSize int
+	// MaxPendingBytes bounds the memory of every message received and not
+	// yet acknowledged (queued, in the sink, or waiting to be acked),
+	// counted as twice its payload plus 512 B (default 64 MiB). A message
+	// that would exceed it is not acknowledged and the session is drained
+	// and reconnected (the full-rule of the package doc), whatever the
+	// broker's window. One message is always taken when nothing is held.
+	MaxPendingBytes int64
 	// DrainTimeout bounds how long a shutdown, or a reconnect this package
 	// asks for, waits for samples already handed to the sink to become
 	// durable so that their acknowledgements reach the broker (default 5s).
@@ -122,6 +132,9 @@ func (o *ClientOptions) EnsureDefaults() {
 	if o.QueueSize == 0 {
 		o.QueueSize = DefaultQueueSize
 	}
+	if o.MaxPendingBytes == 0 {
+		o.MaxPendingBytes = DefaultMaxPendingBytes
+	}
 	if o.DrainTimeout == 0 {
 		o.DrainTimeout = DefaultDrainTimeout
 	}
@@ -143,6 +156,9 @@ func (o *ClientOptions) Validate() error {
 	}
 	if o.QueueSize < 1 {
 		errs = append(errs, fmt.Errorf("queue_size: %d is not positive", o.QueueSize))
+	}
+	if o.MaxPendingBytes < 1 {
+		errs = append(errs, fmt.Errorf("max_pending_bytes: %d is not positive", o.MaxPendingBytes))
 	}
 	if o.DrainTimeout < 0 {
 		errs = append(errs, fmt.Errorf("drain_timeout: %s is negative", o.DrainTimeout))

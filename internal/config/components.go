@@ -139,7 +139,7 @@ func policy(b Backoff) devices.BackoffPolicy { return devices.BackoffPolicy{Min:
 func (b *Broker) options() mqtt.ClientOptions {
 	return mqtt.ClientOptions{
 		ID: b.ID, URL: b.URL, ClientID: b.ClientID, Username: b.Username, Password: b.Password.Value(),
-		KeepAlive: b.KeepAlive, Backoff: policy(b.Backoff),
+		KeepAlive: b.KeepAlive, Backoff: policy(b.Backoff), MaxPendingBytes: int64(b.MaxPendingBytes),
 		TLS: mqtt.TLSOptions{CAFile: b.TLS.CAFile, CertFile: b.TLS.CertFile, KeyFile: b.TLS.KeyFile, InsecureSkipVerify: b.TLS.InsecureSkipVerify},
 	}
 }

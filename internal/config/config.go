@@ -142,6 +142,10 @@ type Broker struct {
 	KeepAlive    time.Duration `yaml:"keepalive"`
 	TLS          TLS           `yaml:"tls,omitempty"`
 	Backoff      Backoff       `yaml:"backoff"`
+	// MaxPendingBytes bounds the memory of the messages received on this
+	// connection and not yet acknowledged (devices/mqtt
+	// ClientOptions.MaxPendingBytes); 0 takes its default.
+	MaxPendingBytes ByteSize `yaml:"max_pending_bytes,omitempty"`
 }
 
 // TLS configures a TLS client.

@@ -47,6 +47,17 @@ var Rows = []Row{
 	{Figure: "MQTT: CPU for the same messages vs mosquitto_sub", Pkg: "devices/mqtt", Bench: "BenchmarkMQTTRecordVsMosquittoSub",
 		Unit: "cpu_ours_s", Peer: "cpu_sub_s", Ratio: "cpu_ours/sub", Goal: RatioAtMost(1.0)},
 
+	{Figure: "MQTT, built daemon alone: CPU per stored message vs mosquitto_sub alone", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonMQTT",
+		Unit: "cpu-ns/msg", Peer: "sub-cpu-ns/msg", Ratio: "x-mosquitto_sub", Goal: RatioAtMost(1.0)},
+	{Figure: "MQTT, built daemon alone: stored rate vs mosquitto_sub alone", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonMQTT",
+		Unit: "stored-msg/s", Peer: "sub-msg/s", Ratio: "stored/sub", Goal: RatioAtLeast(1.0)},
+	{Figure: "MQTT, daemon and mosquitto_sub both subscribed: CPU ratio", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonMQTT",
+		Unit: "both-x-mosquitto_sub", Goal: ValueAtMost(1.0)},
+	{Figure: "MQTT, daemon and mosquitto_sub both subscribed: stored rate ratio", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonMQTT",
+		Unit: "both-stored/sub", Goal: ValueAtLeast(1.0)},
+	{Figure: "MQTT publish→durable p99 at half the ceiling vs sync_interval+50ms", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonMQTT",
+		Unit: "p99-durable-ms", Ratio: "p99/target", Goal: RatioAtMost(1.0)},
+
 	// export and upload (docs/benchmarks/sync.md)
 	{Figure: "upload at daemon defaults, staging included (500 MB episode → versitygw) vs the faster rclone copy", Pkg: "sync/upload", Bench: "BenchmarkUploadDefaults",
 		Unit: "ours_MB/s", Peer: "rclone_best_MB/s", Ratio: "ratio_vs_best_rclone", Goal: RatioAtLeast(1.0)},
