@@ -205,7 +205,10 @@ func TestQuotaEvictionOrder(t *testing.T) {
 	if got := m.count("c/cam", t0-800, t0-700); got != 0 {
 		t.Errorf("E2 still has %d frames", got)
 	}
-	if u2.SegmentBytes > uFill.SegmentBytes-4_500_000 || u2.Bytes >= uFill.Bytes-3<<20 {
+	// The segments are where E2's frames were; the total also counts
+	// Pebble's files, which a background flush or compaction can grow by a
+	// few MB at any moment, so it is only required to go down.
+	if u2.SegmentBytes > uFill.SegmentBytes-4_500_000 || u2.Bytes >= uFill.Bytes {
 		t.Errorf("evicting E2 did not free its ~5 MB: %d -> %d (segments %d -> %d)", uFill.Bytes, u2.Bytes, uFill.SegmentBytes, u2.SegmentBytes)
 	}
 	// reject-new: not-uploaded episodes stay intact, new samples refused.

@@ -109,9 +109,9 @@ type Camera struct {
 // New validates o and returns a Camera. It starts nothing; it registers the
 // camera's metrics on o.Registerer.
 func New(o Options) (*Camera, error) {
-	o.setDefaults()
-	if err := o.validate(); err != nil {
-		return nil, err
+	o.EnsureDefaults()
+	if err := o.Validate(); err != nil {
+		return nil, fmt.Errorf("rtsp options: %w", err)
 	}
 	u, err := base.ParseURL(o.URL)
 	if err != nil { // validated above

@@ -79,17 +79,46 @@ func Play(ctx context.Context, o PlayOptions) (*Summary, error) {
 	if err != nil {
 		return nil, err
 	}
-	firstUsed := false
-	reopen := func(ctx context.Context) (Header, iter.Seq2[sample.Sample, error], func(), error) {
-		if !firstUsed {
-			firstUsed = true
+	po, closeSinks, err := o.sinks(ctx, h)
+	if err != nil {
+		closeFirst()
+		return nil, err
+	}
+	defer closeSinks()
+	p, err := New(po)
+	if err != nil {
+		closeFirst()
+		return nil, err
+	}
+	return p.Run(ctx, firstThen(h, first, closeFirst, open))
+}
+
+// firstThen is an Opener that yields the pass already opened first, then
+// reopens with open.
+func firstThen(h Header, first iter.Seq2[sample.Sample, error], closeFirst func(), open Opener) Opener {
+	used := false
+	return func(ctx context.Context) (Header, iter.Seq2[sample.Sample, error], func(), error) {
+		if !used {
+			used = true
 			return h, first, closeFirst, nil
 		}
 		return open(ctx)
 	}
-	needMQTT, needRTSP := sinksNeeded(h)
+}
 
+// sinks starts the sinks the streams of h need, and returns the Player's
+// options with them and what closes them: an MQTT publisher for anything
+// that is not video (if MQTTURL is set; a note says so if not), an RTSP
+// server for H.264 and H.265 video.
+func (o PlayOptions) sinks(ctx context.Context, h Header) (Options, func(), error) {
 	po := Options{Rate: o.Rate, Loop: o.Loop, TopicPrefix: o.TopicPrefix, Logger: o.Logger}
+	var closers []func()
+	closeAll := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	needMQTT, needRTSP := sinksNeeded(h)
 	if needMQTT && o.MQTTURL == "" {
 		fmt.Fprintln(o.Stderr, "episoded replay: note: no --mqtt broker given, telemetry and lidar streams are not replayed")
 	}
@@ -99,10 +128,9 @@ func Play(ctx context.Context, o PlayOptions) (*Summary, error) {
 			err = pub.Connect(ctx)
 		}
 		if err != nil {
-			closeFirst()
-			return nil, err
+			return po, nil, err
 		}
-		defer pub.Close(DefaultAckTimeout)
+		closers = append(closers, func() { pub.Close(DefaultAckTimeout) })
 		po.MQTT = pub
 	}
 	var outs []*rtsp.OutStream
@@ -112,10 +140,10 @@ func Play(ctx context.Context, o PlayOptions) (*Summary, error) {
 			err = srv.Start()
 		}
 		if err != nil {
-			closeFirst()
-			return nil, err
+			closeAll()
+			return po, nil, err
 		}
-		defer srv.Close()
+		closers = append(closers, srv.Close)
 		po.Video = func(stream string, d sample.Descriptor) (VideoStream, error) {
 			out, err := srv.AddStream(stream, d)
 			if err != nil {
@@ -141,12 +169,7 @@ func Play(ctx context.Context, o PlayOptions) (*Summary, error) {
 		fmt.Fprintf(o.Stdout, "replaying episode %s (%s at rate %g)\n", h.Episode.ID, h.Duration().Round(time.Millisecond), po.Rate)
 		return nil
 	}
-	p, err := New(po)
-	if err != nil {
-		closeFirst()
-		return nil, err
-	}
-	return p.Run(ctx, reopen)
+	return po, closeAll, nil
 }
 
 // opener returns the Opener of o's source and what releases it.

@@ -28,12 +28,11 @@ func serveSamples(t *testing.T, src Source) *httptest.Server {
 	return ts
 }
 
-func getSamples(t *testing.T, ts *httptest.Server, id, query string) (Header, []sample.Sample) {
+// getSamples reads the samples stream of id with sel, at the path the
+// replay command asks for (SamplesPath).
+func getSamples(t *testing.T, ts *httptest.Server, id string, sel Selection) (Header, []sample.Sample) {
 	t.Helper()
-	u := ts.URL + "/v1/episodes/" + id + "/samples"
-	if query != "" {
-		u += "?" + query
-	}
+	u := ts.URL + SamplesPath(id, sel)
 	resp, err := http.Get(u)
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +79,7 @@ func TestSamplesEndpointRoundTrip(t *testing.T) {
 	}
 	ts := serveSamples(t, st)
 
-	h, got := getSamples(t, ts, epID, "")
+	h, got := getSamples(t, ts, epID, Selection{})
 	ep, err := st.Episode(epID)
 	if err != nil {
 		t.Fatal(err)
@@ -140,8 +139,9 @@ func TestSamplesEndpointRoundTrip(t *testing.T) {
 		t.Errorf("flags/lost lost in transit: %+v", brief(s))
 	}
 
-	// Selection: a pattern and a range.
-	h, got = getSamples(t, ts, epID, "streams=cell1/robot1/*&from=500ms&to=1s")
+	// Selection: a pattern and a range, as SamplesPath puts them in the
+	// query.
+	h, got = getSamples(t, ts, epID, Selection{Streams: "cell1/robot1/*", From: 500 * time.Millisecond, To: time.Second})
 	if len(h.Streams) != 1 || h.Streams[0].Stream != sJoints {
 		t.Fatalf("streams %+v, want only %s", h.Streams, sJoints)
 	}

@@ -267,7 +267,7 @@ func (x *exporter) plan(id string) error {
 		return ErrRecording
 	}
 	x.e = e
-	x.manifest, x.streams, x.starts, err = plan(x.src, e)
+	x.manifest, x.streams, x.starts, err = planStreams(x.src, e)
 	if err != nil {
 		return err
 	}

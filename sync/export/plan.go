@@ -90,7 +90,7 @@ func kindOf(d *sample.Descriptor) (chanKind, string, uint16) {
 // stream descriptors from src. sync/upload uses it for the video starts
 // of the upload manifest, so both state the same starts.
 func Plan(src Source, e episode.Episode) (Manifest, error) {
-	m, _, _, err := plan(src, e)
+	m, _, _, err := planStreams(src, e)
 	return m, err
 }
 
@@ -105,10 +105,10 @@ func streamsOf(e episode.Episode) []string {
 	return slices.Compact(names)
 }
 
-// plan returns the manifest of an export of e, the state of each stream
+// planStreams returns the manifest of an export of e, the state of each stream
 // (sorted by name; main channel ids 1..n in that order) and where each
 // video stream starts.
-func plan(src Source, e episode.Episode) (Manifest, []*streamState, map[string]sample.VideoStart, error) {
+func planStreams(src Source, e episode.Episode) (Manifest, []*streamState, map[string]sample.VideoStart, error) {
 	starts := map[string]sample.VideoStart{}
 	from, to := e.Window(0)
 	m := Manifest{
