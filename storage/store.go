@@ -277,6 +277,8 @@ type Store struct {
 		created bool // a segment file was created since the last dir fsync
 		// pendingTouched are the segments written by the batch being committed.
 		pendingTouched map[uint64]*segWriter
+		// spareBufs are write buffers of closed segments, for new ones.
+		spareBufs []*bufio.Writer
 	}
 
 	segStats atomic.Value // segStats, updated under segMu

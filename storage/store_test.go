@@ -542,7 +542,7 @@ func TestClosedStore(t *testing.T) {
 }
 
 func TestRunCommitsPendingOnCancel(t *testing.T) {
-	s, err := Open(Options{Dir: t.TempDir(), MinFree: -1, SyncInterval: time.Hour})
+	s, err := Open(Options{Dir: t.TempDir(), MinFree: -1, SyncInterval: MaxSyncInterval})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,12 +21,12 @@ import (
 // Defaults and limits for ClientOptions and DeviceOptions. internal/config
 // fills the config file's brokers and mqtt devices from these.
 const (
-	DefaultKeepAlive    = 30 * time.Second
-	DefaultQueueSize    = 20000
-	DefaultDrainTimeout = 5 * time.Second
+	DefaultKeepAlive = 30 * time.Second
+	DefaultQueueSize = 20000
 	// DefaultMaxPendingBytes bounds the memory of the messages a broker
 	// connection holds unacknowledged (ClientOptions.MaxPendingBytes).
 	DefaultMaxPendingBytes = 64 << 20
+	DefaultDrainTimeout    = 5 * time.Second
 	DefaultMaxPayload      = 16 << 20
 	// DefaultMaxStreams bounds the streams of one device: every stream
 	// costs ingest state, a status row and metric series.

@@ -206,7 +206,7 @@ func TestDefaultsDocumented(t *testing.T) {
 		storage.DefaultSyncInterval.String(), DefaultMinFree.String(), storage.DefaultFullPolicy,
 		storage.DefaultRetention.String(), storage.DefaultTimelineRetention.String(), storage.MaxSyncInterval.String(),
 		// brokers and devices
-		mqtt.DefaultKeepAlive.String(), devices.DefaultBackoffMin.String(), devices.DefaultBackoffMax.String(),
+		mqtt.DefaultKeepAlive.String(), size(mqtt.DefaultMaxPendingBytes), devices.DefaultBackoffMin.String(), devices.DefaultBackoffMax.String(),
 		rtsp.DefaultTransport, rtsp.DefaultClock, rtsp.DefaultReadTimeout.String(),
 		mqtt.DefaultStream, mqtt.DefaultFormat, mqtt.DefaultTimeUnit, size(mqtt.DefaultMaxPayload), size(mqtt.MaxMaxPayload),
 		strconv.Itoa(mqtt.DefaultMaxStreams), strconv.Itoa(mqtt.MaxMaxStreams),

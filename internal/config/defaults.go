@@ -53,7 +53,7 @@ func (c *Config) EnsureDefaults() {
 		setStr(&b.ClientID, "episoded-"+c.Gateway.ID+"-"+b.ID)
 		o := b.options()
 		o.EnsureDefaults()
-		b.KeepAlive, b.Backoff = o.KeepAlive, fromPolicy(o.Backoff)
+		b.KeepAlive, b.Backoff, b.MaxPendingBytes = o.KeepAlive, fromPolicy(o.Backoff), ByteSize(o.MaxPendingBytes)
 	}
 	for i := range c.Devices {
 		d := &c.Devices[i]
