@@ -223,7 +223,7 @@ type Store struct {
 	room atomic.Int64
 	// enospc: the filesystem said ENOSPC (Pebble, via the ballast, or a
 	// segment write); samples are refused until the watcher sees space.
-	enospc atomic.Bool
+	enospc diskFull
 	// failed: Pebble's commit path hit a fatal error (ErrFailed).
 	failed atomic.Bool
 	// watchIters counts the iterators eviction opened (tests check that an
@@ -343,7 +343,7 @@ func Open(opts Options) (*Store, error) {
 	s.batchBytes = int(min(int64(maxBatchBytes), s.opts.MemTableSize/4))
 	s.fs = s.opts.FS
 	if !s.ensureBallast() {
-		s.enospc.Store(true)
+		s.enospc.report()
 	}
 	s.m = newMetrics(opts.Registerer)
 	db, err := pebble.Open(filepath.Join(s.dir, "db"), s.pebbleOptions())
