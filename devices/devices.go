@@ -10,6 +10,8 @@ package devices
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -110,6 +112,13 @@ func (t *Tracker) addReconnect() {
 	t.mu.Unlock()
 }
 
+// Defaults for BackoffPolicy.
+const (
+	DefaultBackoffMin  = time.Second
+	DefaultBackoffMax  = 30 * time.Second
+	DefaultStableAfter = 10 * time.Second
+)
+
 // BackoffPolicy is exponential backoff with full jitter in [d/2, d].
 type BackoffPolicy struct {
 	// Min is the first delay (default 1s), Max the ceiling (default 30s).
@@ -122,28 +131,47 @@ type BackoffPolicy struct {
 	Jitter func() float64
 }
 
-func (p BackoffPolicy) withDefaults() BackoffPolicy {
-	if p.Min <= 0 {
-		p.Min = time.Second
+// EnsureDefaults fills unset fields with their defaults. It is idempotent.
+func (p *BackoffPolicy) EnsureDefaults() {
+	if p.Min == 0 {
+		p.Min = DefaultBackoffMin
 	}
-	if p.Max < p.Min {
-		p.Max = max(30*time.Second, p.Min)
+	if p.Max == 0 {
+		p.Max = DefaultBackoffMax
 	}
-	if p.StableAfter <= 0 {
-		p.StableAfter = 10 * time.Second
+	if p.StableAfter == 0 {
+		p.StableAfter = DefaultStableAfter
 	}
-	return p
+	if p.Jitter == nil {
+		p.Jitter = rand.Float64
+	}
+}
+
+// Validate reports every problem at once. It expects EnsureDefaults to
+// have run.
+func (p *BackoffPolicy) Validate() error {
+	var errs []error
+	if p.Min <= 0 || p.Max < p.Min {
+		errs = append(errs, fmt.Errorf("need 0 < min <= max (got min %s, max %s)", p.Min, p.Max))
+	}
+	if p.StableAfter < 0 {
+		errs = append(errs, fmt.Errorf("stable after %s is negative", p.StableAfter))
+	}
+	return errors.Join(errs...)
 }
 
 // Delay returns the wait before reconnect attempt n (0-based), with jitter
-// taken from r in [0,1).
+// taken from r in [0,1). An invalid policy (see Validate) is clamped: the
+// delay is never below 1ms and Max is never below Min.
 func (p BackoffPolicy) Delay(n int, r float64) time.Duration {
-	p = p.withDefaults()
-	d := p.Min
-	for i := 0; i < n && d < p.Max; i++ {
+	p.EnsureDefaults()
+	lo := max(p.Min, time.Millisecond)
+	hi := max(p.Max, lo)
+	d := lo
+	for i := 0; i < n && d < hi; i++ {
 		d *= 2
 	}
-	d = min(d, p.Max)
+	d = min(d, hi)
 	return d/2 + time.Duration(r*float64(d/2))
 }
 
@@ -161,11 +189,8 @@ type Session func(ctx context.Context, streaming func()) error
 // jitter only through p.Jitter, so a test runs it inside a testing/synctest
 // bubble with a fixed Jitter and sees exact, instant backoff delays.
 func Supervise(ctx context.Context, t *Tracker, p BackoffPolicy, session Session) error {
-	p = p.withDefaults()
+	p.EnsureDefaults()
 	jitter := p.Jitter
-	if jitter == nil {
-		jitter = rand.Float64
-	}
 	attempt := 0
 	for {
 		t.Set(Connecting, nil)

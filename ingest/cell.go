@@ -58,21 +58,32 @@ type CellOptions struct {
 	NewID func(now int64) (string, error)
 }
 
-// Validate reports every invalid field at once.
+// EnsureDefaults fills unset fields with their defaults. It is idempotent.
+func (o *CellOptions) EnsureDefaults() {
+	if o.NewID == nil {
+		o.NewID = NewV7At
+	}
+}
+
+// Validate reports every invalid field at once (joined with errors.Join;
+// each problem starts with the config key, under cells, it is about).
 func (o CellOptions) Validate() error {
 	var errs []error
 	if o.ID == "" {
-		errs = append(errs, errors.New("id: required"))
+		errs = append(errs, errors.New("id: is required"))
 	}
-	for name, d := range map[string]time.Duration{"preroll": o.Preroll, "postroll": o.Postroll, "max_duration": o.MaxDuration, "idle_timeout": o.IdleTimeout} {
-		if d < 0 {
-			errs = append(errs, fmt.Errorf("%s: negative", name))
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{{"preroll", o.Preroll}, {"postroll", o.Postroll}, {"max_duration", o.MaxDuration}, {"idle_timeout", o.IdleTimeout}} {
+		if d.d < 0 {
+			errs = append(errs, fmt.Errorf("%s: must not be negative", d.name))
 		}
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("ingest: cell %q options: %w", o.ID, errors.Join(errs...))
+	if o.MaxDuration > 0 && o.MaxDuration < time.Second {
+		errs = append(errs, errors.New("max_duration: must be at least 1s"))
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // TransitionKind says what happened to an episode.
@@ -112,11 +123,9 @@ type Cell struct {
 
 // NewCell returns an idle cell.
 func NewCell(o CellOptions) (*Cell, error) {
+	o.EnsureDefaults()
 	if err := o.Validate(); err != nil {
-		return nil, err
-	}
-	if o.NewID == nil {
-		o.NewID = NewV7At
+		return nil, fmt.Errorf("ingest: cell %q options: %w", o.ID, err)
 	}
 	o.Streams = slices.Clone(o.Streams)
 	return &Cell{o: o}, nil

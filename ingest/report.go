@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"cmp"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -141,16 +142,32 @@ type Report struct {
 	override    *episode.ClockReport
 }
 
-// NewReport starts the report of the stream described by d.
-func NewReport(d sample.Descriptor, o ReportOptions) (*Report, error) {
+// EnsureDefaults fills unset fields with their defaults (the clock
+// options are defaulted by NewClock). It is idempotent.
+func (o *ReportOptions) EnsureDefaults() {
 	if o.GapFactor == 0 {
 		o.GapFactor = DefaultGapFactor
 	}
+}
+
+// Validate reports every invalid field at once. It expects EnsureDefaults
+// to have run.
+func (o *ReportOptions) Validate() error {
+	var errs []error
 	if o.GapFactor < 1 || math.IsNaN(o.GapFactor) {
-		return nil, fmt.Errorf("ingest: report %s: gap factor %v: must be at least 1", d.Stream, o.GapFactor)
+		errs = append(errs, fmt.Errorf("gap factor %v: must be at least 1", o.GapFactor))
 	}
 	if o.Period < 0 || o.PriorPeriod < 0 {
-		return nil, fmt.Errorf("ingest: report %s: period %d/%d: must not be negative", d.Stream, o.Period, o.PriorPeriod)
+		errs = append(errs, fmt.Errorf("period %d/%d: must not be negative", o.Period, o.PriorPeriod))
+	}
+	return errors.Join(errs...)
+}
+
+// NewReport starts the report of the stream described by d.
+func NewReport(d sample.Descriptor, o ReportOptions) (*Report, error) {
+	o.EnsureDefaults()
+	if err := o.Validate(); err != nil {
+		return nil, fmt.Errorf("ingest: report %s: %w", d.Stream, err)
 	}
 	c, err := NewClock(o.Clock)
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 )
 
 // QualityOptions are a cell's quality thresholds (config key
-// cells[].quality; the defaults live in internal/config).
+// cells[].quality; the defaults live in internal/lifecycle).
 type QualityOptions struct {
 	// MinCoverage is the least coverage a required stream may have; 0
 	// checks nothing.

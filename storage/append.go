@@ -68,7 +68,7 @@ func (s *Store) Append(samples []sample.Sample, done func(error)) error {
 	if s.failed.Load() {
 		return ErrFailed
 	}
-	if s.enospc.Load() {
+	if s.enospc.refusing() {
 		return s.refuse(len(samples))
 	}
 	var size int64
@@ -291,7 +291,7 @@ func (s *Store) commit() error {
 		s.m.samplesWritten.Add(float64(p.n))
 		s.m.bytesWritten.Add(float64(p.bytes))
 	}
-	if err != nil && isENOSPC(err) && !s.enospc.Swap(true) {
+	if err != nil && isENOSPC(err) && s.enospc.report() {
 		s.log.Error("disk full (ENOSPC) on commit: refusing samples until space returns", "err", err)
 		s.kick(s.kickWatch)
 	}

@@ -350,7 +350,7 @@ func (s *Store) checkSpace() {
 	s.evictStep(recs, expired, now, "timeline", s.pressure(u, false))
 
 	u = s.measure()
-	if s.enospc.Load() {
+	if s.enospc.refusing() {
 		u = s.recoverSpace(u)
 	}
 	if !s.pressure(u, false) {
@@ -410,14 +410,21 @@ func (s *Store) measure() Usage {
 // recoverSpace runs while the store is refusing samples after ENOSPC: once
 // the filesystem has room for the ballast again (on top of min_free and
 // the WAL reserve), it recreates the ballast and accepts samples again.
+// It clears only the ENOSPC it saw before restoring the ballast: Pebble may
+// meet ENOSPC again meanwhile and release the ballast just restored, and
+// then the store keeps refusing until the next pass restores it again.
 func (s *Store) recoverSpace(u Usage) Usage {
+	seen := s.enospc.latest()
 	if u.Free-u.MinFree-s.reserve(u) < s.spaceSlack() {
 		return u
 	}
 	if !s.ensureBallast() {
 		return u
 	}
-	s.enospc.Store(false)
+	if !s.enospc.clear(seen) {
+		s.log.Warn("disk full (ENOSPC) again while the ballast was restored: still refusing samples")
+		return u
+	}
 	s.log.Info("disk space is back: ballast restored, accepting samples", "free", u.Free)
 	return s.measure()
 }
@@ -427,7 +434,7 @@ func (s *Store) recoverSpace(u Usage) Usage {
 // disk (ENOSPC), or failed. Append itself refuses by the room, not by this
 // flag.
 func (s *Store) settle(u Usage) {
-	full := u.Room < s.spaceSlack() || s.enospc.Load() || s.failed.Load()
+	full := u.Room < s.spaceSlack() || s.enospc.refusing() || s.failed.Load()
 	s.setFull(full, u)
 }
 
@@ -586,7 +593,7 @@ func (s *Store) segBytes() int64 {
 
 func (s *Store) refreshUsage() Usage {
 	u := Usage{Quota: s.opts.Quota, MinFree: s.opts.MinFree, Overhead: overheadFor(s.opts.MemTableSize),
-		Full: s.full.Load() || s.failed.Load() || s.enospc.Load()}
+		Full: s.full.Load() || s.failed.Load() || s.enospc.refusing()}
 	u.DBBytes, u.WALBytes = s.dbBytes()
 	u.BallastBytes = s.ballastBytes()
 	if st := s.segStats.Load(); st != nil {
@@ -613,7 +620,7 @@ func (s *Store) refreshUsage() Usage {
 	if u.MinFree > 0 && u.Free < u.MinFree {
 		u.Alarms = append(u.Alarms, fmt.Sprintf("low_disk_space: %s free, below min_free %s", FormatSize(u.Free), FormatSize(u.MinFree)))
 	}
-	if s.enospc.Load() {
+	if s.enospc.refusing() {
 		u.Alarms = append(u.Alarms, "disk_full: the filesystem returned ENOSPC; samples are refused until space returns")
 	}
 	if p := s.bgErr.Load(); p != nil {

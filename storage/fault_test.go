@@ -125,15 +125,26 @@ func TestFaultInjectionCommitPath(t *testing.T) {
 
 	// ENOSPC on Pebble's WAL: the ballast goes, the write is retried and
 	// succeeds, samples are refused until the watcher sees space again and
-	// restores the ballast.
+	// restores the ballast. The watcher logs "ballast restored" after the
+	// segment cases' ENOSPC too, so that log alone does not show this
+	// recovery (waiting for it let the checks below run before the watcher
+	// had restored anything, and fail under load): the test waits for the
+	// segment cases to be over, then for the restored ballast itself.
+	const released = "disk full (ENOSPC): released the ballast for Pebble, refusing samples until space returns"
+	const restored = "disk space is back: ballast restored, accepting samples"
+	recovered := func() bool {
+		_, err := os.Stat(filepath.Join(dir, ballastName))
+		return err == nil && !s.Usage().Full
+	}
+	waitFor("recovered from the segment cases", recovered)
+	if n := logs.count(released); n != 0 {
+		t.Fatalf("the ballast was released %d times before the WAL's ENOSPC", n)
+	}
+	restoredBefore := logs.count(restored)
 	inj.walOnce.Store(true)
 	waitFor("the WAL's ENOSPC", func() bool { return !inj.walOnce.Load() })
-	waitFor("ballast released", func() bool {
-		return logs.count("disk full (ENOSPC): released the ballast for Pebble, refusing samples until space returns") > 0
-	})
-	waitFor("ballast restored", func() bool {
-		return logs.count("disk space is back: ballast restored, accepting samples") > 0
-	})
+	waitFor("ballast released", func() bool { return logs.count(released) > 0 })
+	waitFor("ballast restored after its release", func() bool { return recovered() && logs.count(restored) > restoredBefore })
 	moreDurable("durable after the WAL's ENOSPC", 50)
 	if _, err := os.Stat(filepath.Join(dir, ballastName)); err != nil {
 		t.Errorf("ballast not restored: %v", err)

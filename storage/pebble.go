@@ -86,7 +86,7 @@ func (s *Store) eventListener() *pebble.EventListener {
 			s.bgErr.Store(&msg)
 			s.m.backgroundErrors.Inc()
 			if isENOSPC(err) {
-				s.enospc.Store(true)
+				s.enospc.report()
 				s.kick(s.kickWatch)
 			}
 			s.log.Error("pebble background error", "err", err)

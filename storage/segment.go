@@ -188,6 +188,7 @@ func (s *Store) segmentForLocked(stream string, t int64, touched map[uint64]*seg
 		}
 		w.f.Close()
 		w.closed = true
+		s.spareBufLocked(w)
 		delete(s.segMu.active, stream)
 		w = nil
 	}
@@ -202,13 +203,42 @@ func (s *Store) segmentForLocked(stream string, t int64, touched map[uint64]*seg
 		return nil, fmt.Errorf("create segment: %w", err)
 	}
 	s.segMu.created = true
+	var bw *bufio.Writer
+	if n := len(s.segMu.spareBufs); n > 0 {
+		bw = s.segMu.spareBufs[n-1]
+		s.segMu.spareBufs = s.segMu.spareBufs[:n-1]
+		bw.Reset(f)
+	} else {
+		bw = bufio.NewWriterSize(f, segBufSize)
+	}
 	w = &segWriter{
-		id: id, f: f, bw: bufio.NewWriterSize(f, 1<<20),
+		id: id, f: f, bw: bw,
 		rec: segRec{V: formatVersion, Stream: stream, Slice: slice, MinT: t, MaxT: t},
 	}
 	s.segMu.active[stream] = w
 	touched[id] = w
 	return w, nil
+}
+
+// segBufSize is a segment writer's buffer: a commit's payloads of one
+// stream (a 100 ms commit of a 4 Mbit/s camera is 50 KB, a lidar frame
+// 100 KB) go out in one write. It is live heap for every stream that
+// writes segments plus the spares (13 at 8 cameras and a lidar): at 1 MiB
+// that was 9-13 MiB of the daemon's live heap (BenchmarkDaemonRSS8Cameras).
+const segBufSize = 256 << 10
+
+// maxSpareBufs bounds the buffers kept for reuse.
+const maxSpareBufs = 4
+
+// spareBufLocked keeps the buffer of w, flushed and closed, for the next
+// segment: every stream rolls to a new segment each SegmentSlice, and a
+// fresh buffer each time was most of what the commit path allocated.
+func (s *Store) spareBufLocked(w *segWriter) {
+	if w.bw != nil && len(s.segMu.spareBufs) < maxSpareBufs {
+		w.bw.Reset(nil)
+		s.segMu.spareBufs = append(s.segMu.spareBufs, w.bw)
+	}
+	w.bw = nil // a closed segment is never written again
 }
 
 // abandonLocked closes a segment after a write error; the next sample of
@@ -242,6 +272,7 @@ func (s *Store) sealLocked(stream string) {
 		w.bw.Flush()
 		w.f.Close()
 		w.closed = true
+		s.spareBufLocked(w)
 		delete(s.segMu.active, stream)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -208,13 +209,33 @@ func writeZeros(f *os.File, n int64) error {
 // makes the store refuse samples until the space is back. It must be quick:
 // Pebble's writes wait for it.
 func (s *Store) onDiskFull() {
-	s.enospc.Store(true)
+	s.enospc.report()
 	if err := os.Remove(s.ballastPath()); err != nil && !os.IsNotExist(err) {
 		s.log.Error("disk full: remove ballast", "err", err)
 	}
 	s.log.Error("disk full (ENOSPC): released the ballast for Pebble, refusing samples until space returns")
 	s.kick(s.kickWatch)
 }
+
+// diskFull is the store's ENOSPC state: 0 while samples are taken,
+// otherwise the number of the latest ENOSPC report. Every report takes a
+// new number, so that the watcher, which restores the ballast outside any
+// lock, clears only the report it saw before restoring it: a report that
+// came meanwhile (onDiskFull releasing the ballast again) is never lost.
+type diskFull struct{ state, seq atomic.Uint64 }
+
+// report records an ENOSPC; it returns whether the store was taking
+// samples until now (the first report of an episode of ENOSPC).
+func (d *diskFull) report() bool { return d.state.Swap(d.seq.Add(1)) == 0 }
+
+// refusing reports whether an ENOSPC is outstanding.
+func (d *diskFull) refusing() bool { return d.state.Load() != 0 }
+
+// latest returns the outstanding report (0: none).
+func (d *diskFull) latest() uint64 { return d.state.Load() }
+
+// clear ends the ENOSPC episode if seen is still the latest report.
+func (d *diskFull) clear(seen uint64) bool { return seen != 0 && d.state.CompareAndSwap(seen, 0) }
 
 // isENOSPC reports whether err is the filesystem saying it is full.
 func isENOSPC(err error) bool { return errors.Is(err, syscall.ENOSPC) }

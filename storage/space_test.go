@@ -74,3 +74,26 @@ func TestOpenRefusesLimitsThatCannotFit(t *testing.T) {
 		t.Errorf("min_free 0: %+v", u)
 	}
 }
+
+// TestDiskFullReportDuringRecovery: an ENOSPC reported while the watcher
+// restores the ballast (Pebble released it again) is not cleared by that
+// recovery; the store keeps refusing until a later pass clears it.
+func TestDiskFullReportDuringRecovery(t *testing.T) {
+	var d diskFull
+	if d.refusing() || d.clear(d.latest()) {
+		t.Fatal("a fresh state refuses or clears")
+	}
+	if !d.report() {
+		t.Fatal("the first report did not start an ENOSPC episode")
+	}
+	seen := d.latest() // the watcher starts restoring the ballast
+	if d.report() {    // meanwhile Pebble meets ENOSPC again
+		t.Fatal("a second report started a new episode")
+	}
+	if d.clear(seen) || !d.refusing() {
+		t.Fatal("the recovery cleared a report that came after it started")
+	}
+	if !d.clear(d.latest()) || d.refusing() {
+		t.Fatal("the next pass did not clear the report")
+	}
+}

@@ -99,45 +99,68 @@ type Options struct {
 	Now func() time.Time
 }
 
-func (o *Options) setDefaults() {
-	if o.SyncInterval <= 0 {
-		o.SyncInterval = 100 * time.Millisecond
+// Defaults for Options. internal/config fills the config file's storage
+// section from these; docs/CONFIG.md documents them (a test keeps it true).
+const (
+	DefaultSyncInterval      = 100 * time.Millisecond
+	DefaultMinFree           = 1 << 30
+	DefaultFullPolicy        = PolicyRejectNew
+	DefaultRetention         = 7 * 24 * time.Hour
+	DefaultTimelineRetention = time.Minute
+	DefaultAppendTimeout     = 2 * time.Second
+	DefaultMaxPending        = 256 << 20
+	DefaultCommitBytes       = 16 << 20
+	DefaultSegmentThreshold  = 4096
+	DefaultSegmentSlice      = 10 * time.Second
+	DefaultSegmentMaxBytes   = 64 << 20
+	DefaultWatchInterval     = time.Second
+	// MaxSyncInterval bounds SyncInterval: it is how much acknowledged-to-
+	// the-device data a crash may lose, and MQTT acks wait for it.
+	MaxSyncInterval = 10 * time.Second
+)
+
+// EnsureDefaults fills unset fields with their defaults. It is idempotent.
+// MinFree is not defaulted here: 0 means no floor (the config file's
+// min_free defaults to DefaultMinFree).
+func (o *Options) EnsureDefaults() {
+	if o.SyncInterval == 0 {
+		o.SyncInterval = DefaultSyncInterval
 	}
 	if o.MinFree < 0 {
 		o.MinFree = 0
 	}
 	if o.FullPolicy == "" {
-		o.FullPolicy = PolicyRejectNew
+		o.FullPolicy = DefaultFullPolicy
 	}
 	if o.Retention == 0 {
-		o.Retention = 7 * 24 * time.Hour
+		o.Retention = DefaultRetention
 	}
 	if o.TimelineRetention == 0 {
-		o.TimelineRetention = time.Minute
+		o.TimelineRetention = DefaultTimelineRetention
 	}
 	if o.AppendTimeout <= 0 {
-		o.AppendTimeout = 2 * time.Second
+		o.AppendTimeout = DefaultAppendTimeout
 	}
 	if o.MaxPending <= 0 {
-		o.MaxPending = 256 << 20
+		o.MaxPending = DefaultMaxPending
 	}
 	if o.CommitBytes <= 0 {
-		o.CommitBytes = 16 << 20
+		o.CommitBytes = DefaultCommitBytes
 	}
 	if o.SegmentThreshold == 0 {
-		o.SegmentThreshold = 4096
+		o.SegmentThreshold = DefaultSegmentThreshold
 	}
 	if o.SegmentSlice <= 0 {
-		o.SegmentSlice = 10 * time.Second
+		o.SegmentSlice = DefaultSegmentSlice
 	}
 	if o.SegmentMaxBytes <= 0 {
-		o.SegmentMaxBytes = 64 << 20
+		o.SegmentMaxBytes = DefaultSegmentMaxBytes
 	}
 	if o.FS == nil {
 		o.FS = vfs.Default
 	}
 	if o.WatchInterval <= 0 {
-		o.WatchInterval = time.Second
+		o.WatchInterval = DefaultWatchInterval
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -147,30 +170,37 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// Validate reports every problem with the options in one error.
-func (o Options) Validate() error {
+// Validate reports every problem with the options in one error (joined
+// with errors.Join; each problem starts with the config key it is about).
+// It expects EnsureDefaults to have run; Open runs both.
+func (o *Options) Validate() error {
 	var errs []error
 	if o.Dir == "" {
-		errs = append(errs, errors.New("dir is required"))
+		errs = append(errs, errors.New("dir: is required"))
+	}
+	if o.SyncInterval <= 0 || o.SyncInterval > MaxSyncInterval {
+		errs = append(errs, fmt.Errorf("sync_interval: must be between 0 and %s (got %s)", MaxSyncInterval, o.SyncInterval))
 	}
 	if o.Quota < 0 {
-		errs = append(errs, fmt.Errorf("quota %d is negative", o.Quota))
+		errs = append(errs, fmt.Errorf("quota: %d is negative", o.Quota))
+	} else if err := CheckQuota(o.Quota); err != nil {
+		errs = append(errs, fmt.Errorf("quota: %w", err))
 	}
 	switch o.FullPolicy {
-	case "", PolicyRejectNew, PolicyEvictOldest:
+	case PolicyRejectNew, PolicyEvictOldest:
 	default:
-		errs = append(errs, fmt.Errorf("full_policy %q: want %q or %q", o.FullPolicy, PolicyRejectNew, PolicyEvictOldest))
+		errs = append(errs, fmt.Errorf("full_policy: %q is not one of %s, %s", o.FullPolicy, PolicyRejectNew, PolicyEvictOldest))
 	}
-	if o.Retention < 0 || o.TimelineRetention < 0 {
-		errs = append(errs, errors.New("retention must not be negative"))
+	if o.Retention < 0 {
+		errs = append(errs, errors.New("retention: must not be negative"))
+	}
+	if o.TimelineRetention < 0 {
+		errs = append(errs, errors.New("timeline_retention: must not be negative"))
 	}
 	if o.MaxPending > 0 && o.CommitBytes > o.MaxPending {
-		errs = append(errs, fmt.Errorf("commit_bytes %d exceeds max_pending %d", o.CommitBytes, o.MaxPending))
+		errs = append(errs, fmt.Errorf("commit_bytes: %d exceeds max_pending %d", o.CommitBytes, o.MaxPending))
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("storage options: %w", err)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // Store is the episoded store. It is safe for concurrent use.
@@ -193,7 +223,7 @@ type Store struct {
 	room atomic.Int64
 	// enospc: the filesystem said ENOSPC (Pebble, via the ballast, or a
 	// segment write); samples are refused until the watcher sees space.
-	enospc atomic.Bool
+	enospc diskFull
 	// failed: Pebble's commit path hit a fatal error (ErrFailed).
 	failed atomic.Bool
 	// watchIters counts the iterators eviction opened (tests check that an
@@ -247,6 +277,8 @@ type Store struct {
 		created bool // a segment file was created since the last dir fsync
 		// pendingTouched are the segments written by the batch being committed.
 		pendingTouched map[uint64]*segWriter
+		// spareBufs are write buffers of closed segments, for new ones.
+		spareBufs []*bufio.Writer
 	}
 
 	segStats atomic.Value // segStats, updated under segMu
@@ -287,10 +319,10 @@ const markerName = "EPISODED"
 // Open opens or initialises a store. It starts no goroutine of its own
 // (Pebble runs its own background compactions); call Run to commit.
 func Open(opts Options) (*Store, error) {
+	opts.EnsureDefaults()
 	if err := opts.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("storage options: %w", err)
 	}
-	opts.setDefaults()
 	s := &Store{
 		opts:       opts,
 		log:        opts.Logger.With("component", "storage"),
@@ -311,7 +343,7 @@ func Open(opts Options) (*Store, error) {
 	s.batchBytes = int(min(int64(maxBatchBytes), s.opts.MemTableSize/4))
 	s.fs = s.opts.FS
 	if !s.ensureBallast() {
-		s.enospc.Store(true)
+		s.enospc.report()
 	}
 	s.m = newMetrics(opts.Registerer)
 	db, err := pebble.Open(filepath.Join(s.dir, "db"), s.pebbleOptions())

@@ -342,7 +342,7 @@ func TestOpenRefusesForeignAndNewer(t *testing.T) {
 	})
 	t.Run("bad options", func(t *testing.T) {
 		_, err := Open(Options{FullPolicy: "drop-all", Quota: -1})
-		for _, want := range []string{"dir is required", "full_policy", "quota"} {
+		for _, want := range []string{"dir: is required", "full_policy", "quota"} {
 			if err == nil || !strings.Contains(err.Error(), want) {
 				t.Fatalf("got %v, want it to mention %q", err, want)
 			}
@@ -542,7 +542,7 @@ func TestClosedStore(t *testing.T) {
 }
 
 func TestRunCommitsPendingOnCancel(t *testing.T) {
-	s, err := Open(Options{Dir: t.TempDir(), MinFree: -1, SyncInterval: time.Hour})
+	s, err := Open(Options{Dir: t.TempDir(), MinFree: -1, SyncInterval: MaxSyncInterval})
 	if err != nil {
 		t.Fatal(err)
 	}

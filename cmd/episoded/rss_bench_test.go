@@ -260,7 +260,7 @@ func saveHeapProfile(b *testing.B, base, dir string) {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		b.Errorf("heap profile: %s", resp.Status)
+		b.Logf("no heap profile: %s (this build serves no /debug/pprof/)", resp.Status)
 		return
 	}
 	path := filepath.Join(dir, "daemon-heap.pprof")

@@ -150,8 +150,12 @@ type ackState struct {
 // connection; the TLS files are read once here to report problems early.
 // It registers the client's metrics (labelled broker=ID) on o.Registerer.
 func NewClient(o ClientOptions) (*Client, error) {
-	o = o.withDefaults()
-	if err := o.validate(); err != nil {
+	o.EnsureDefaults()
+	err := o.Validate()
+	if err == nil {
+		err = o.TLS.checkFiles()
+	}
+	if err != nil {
 		return nil, fmt.Errorf("mqtt broker %s: %w", o.ID, err)
 	}
 	log := o.Logger
@@ -181,10 +185,11 @@ func (b *Client) AddDevice(o DeviceOptions) error {
 	if b.started.Load() {
 		return ErrRunning
 	}
-	o = o.withDefaults()
-	if err := o.validate(); err != nil {
+	o.EnsureDefaults()
+	if err := o.Validate(); err != nil {
 		return fmt.Errorf("mqtt device %s: %w", o.Device, err)
 	}
+	o = o.onClock()
 	for _, d := range b.devs {
 		if d.o.Device == o.Device {
 			return fmt.Errorf("mqtt device %s: already added to broker %s", o.Device, b.o.ID)

@@ -87,10 +87,11 @@ func newDecoder(o DeviceOptions) decoder {
 // The payload slice is kept, not copied. o gets its defaults applied; an
 // invalid o is reported as an error before any decoding.
 func Decode(o DeviceOptions, payload []byte, recvT int64) (sample.Sample, error) {
-	o = o.withDefaults()
-	if err := o.validate(); err != nil {
+	o.EnsureDefaults()
+	if err := o.Validate(); err != nil {
 		return sample.Sample{}, fmt.Errorf("mqtt: decode options: %w", err)
 	}
+	o = o.onClock()
 	dec := newDecoder(o)
 	return dec.decode(payload, recvT)
 }

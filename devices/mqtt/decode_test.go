@@ -246,7 +246,7 @@ func TestDecodePointCloud(t *testing.T) {
 }
 
 func TestDescriptor(t *testing.T) {
-	o := lidarDev(8).withDefaults()
+	o := defaulted(lidarDev(8))
 	d := o.descriptor("cell1/lidar", "cell1/lidar")
 	if d.Kind != sample.KindPointCloud || d.Codec != sample.CodecRaw || d.Clock != sample.ClockDevice ||
 		d.Layout == nil || !d.Layout.Equal(*o.Layout) || d.Device != "lidar" {
@@ -258,14 +258,14 @@ func TestDescriptor(t *testing.T) {
 	}
 	j := jsonDev("", "")
 	j.Latency = 30 * time.Millisecond
-	d = j.withDefaults().descriptor("s", "r/a")
+	d = defaulted(j).descriptor("s", "r/a")
 	if d.Kind != sample.KindTelemetry || d.Codec != sample.CodecJSON || d.Clock != sample.ClockArrival || d.Latency != int64(30*time.Millisecond) {
 		t.Fatalf("descriptor %+v", d)
 	}
-	if d := jsonDev("t", "ms").withDefaults().descriptor("s", "r/a"); d.Clock != sample.ClockDevice {
+	if d := defaulted(jsonDev("t", "ms")).descriptor("s", "r/a"); d.Clock != sample.ClockDevice {
 		t.Fatalf("time field: clock %s", d.Clock)
 	}
-	if d := cborDevice("", "").withDefaults().descriptor("s", "r/a"); d.Codec != sample.CodecCBOR {
+	if d := defaulted(cborDevice("", "")).descriptor("s", "r/a"); d.Codec != sample.CodecCBOR {
 		t.Fatalf("codec %s", d.Codec)
 	}
 }
@@ -277,14 +277,14 @@ func TestDeviceOptionsValidate(t *testing.T) {
 		o    DeviceOptions
 		want []string
 	}{
-		{"empty", DeviceOptions{}, []string{"device: is required", "topics: list at least one"}},
+		{"empty", DeviceOptions{}, []string{"id: is required", "topics: list at least one"}},
 		{"bad filter", DeviceOptions{Device: "d", Topics: []string{"a/#/b", "a+"}}, []string{`"a/#/b" is not a valid`, `"a+" is not a valid`}},
 		{"bad template", DeviceOptions{Device: "d", Topics: []string{"a"}, Stream: "{x}"}, []string{"unknown placeholder {x}"}},
 		{"bad format", DeviceOptions{Device: "d", Topics: []string{"a"}, Format: "xml"}, []string{`"xml" is not one of`}},
 		{"time field on raw", DeviceOptions{Device: "d", Topics: []string{"a"}, Format: "raw", TimeField: "t"}, []string{"only json and cbor"}},
 		{"bad unit", DeviceOptions{Device: "d", Topics: []string{"a"}, TimeField: "t", TimeUnit: "min"}, []string{`"min" is not one of`}},
 		{"empty path element", DeviceOptions{Device: "d", Topics: []string{"a"}, TimeField: "a..b"}, []string{"empty path element"}},
-		{"negative", DeviceOptions{Device: "d", Topics: []string{"a"}, Latency: -1, MaxPayload: -1}, []string{"latency", "max payload"}},
+		{"negative", DeviceOptions{Device: "d", Topics: []string{"a"}, Latency: -1, MaxPayload: -1}, []string{"latency", "max_payload"}},
 		{"layout on json", DeviceOptions{Device: "d", Topics: []string{"a"}, Layout: layout}, []string{"only format pointcloud"}},
 		{"no layout", DeviceOptions{Device: "d", Topics: []string{"a"}, Format: "pointcloud"}, []string{"needs a layout"}},
 		{"time offset outside header", DeviceOptions{Device: "d", Topics: []string{"a"}, Format: "pointcloud", Layout: layout, TimeOffset: 12}, []string{"does not fit in a 16-byte header"}},
@@ -292,10 +292,10 @@ func TestDeviceOptionsValidate(t *testing.T) {
 			Layout: &sample.PointLayout{Stride: 4, Fields: []sample.PointField{{Name: "x", Type: "float32"}}}}, []string{"use -1 for arrival"}},
 		{"bad fields", DeviceOptions{Device: "d", Topics: []string{"a"}, Format: "pointcloud", TimeOffset: -1,
 			Layout: &sample.PointLayout{Stride: 4, Fields: []sample.PointField{{Name: "x", Type: "float64"}, {Name: "y", Type: "int128"}, {Type: "uint8"}}}},
-			[]string{"field x: offset 0 does not fit in stride 4", `"int128" is not one of`, "every field needs a name"}},
+			[]string{"fields[x]: offset 0 does not fit in stride 4", `"int128" is not one of`, "every field needs a name"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := tc.o.withDefaults().validate()
+			err := checkOpts(tc.o)
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -307,7 +307,7 @@ func TestDeviceOptionsValidate(t *testing.T) {
 		})
 	}
 	for _, o := range []DeviceOptions{jsonDev("header.stamp", "ms"), lidarDev(8), lidarDev(-1), cborDevice("", "")} {
-		if err := o.withDefaults().validate(); err != nil {
+		if err := checkOpts(o); err != nil {
 			t.Errorf("valid options %+v: %v", o, err)
 		}
 	}
@@ -341,4 +341,16 @@ func TestScaleDecimal(t *testing.T) {
 			t.Errorf("scaleDecimal(%q, %d) = %d, %v; want %d, err %v", tc.lit, tc.exp, got, err, tc.want, tc.err)
 		}
 	}
+}
+
+// defaulted returns o with its defaults filled in.
+func defaulted(o DeviceOptions) DeviceOptions {
+	o.EnsureDefaults()
+	return o
+}
+
+// checkOpts fills in o's defaults and validates it.
+func checkOpts(o DeviceOptions) error {
+	o.EnsureDefaults()
+	return o.Validate()
 }

@@ -33,7 +33,7 @@ var fuzzDevices = []DeviceOptions{
 //	go test -run '^$' -fuzz FuzzDecode -fuzztime 60s ./devices/mqtt/
 func FuzzDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, mode uint8, payload []byte) {
-		o := fuzzDevices[int(mode)%len(fuzzDevices)].withDefaults()
+		o := defaulted(fuzzDevices[int(mode)%len(fuzzDevices)])
 		s, err := Decode(o, payload, recvT)
 		if int64(len(payload)) > o.MaxPayload {
 			if !errors.Is(err, ErrTooLarge) {

@@ -14,12 +14,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/episoded/episoded/devices"
-	"github.com/episoded/episoded/internal/config"
 	"github.com/episoded/episoded/internal/redact"
 	"github.com/episoded/episoded/sample"
 )
 
-// Defaults for ClientOptions and DeviceOptions.
+// Defaults and limits for ClientOptions and DeviceOptions. internal/config
+// fills the config file's brokers and mqtt devices from these.
 const (
 	DefaultKeepAlive = 30 * time.Second
 	DefaultQueueSize = 20000
@@ -28,10 +28,26 @@ const (
 	DefaultMaxPendingBytes = 64 << 20
 	DefaultDrainTimeout    = 5 * time.Second
 	DefaultMaxPayload      = 16 << 20
-	DefaultMaxStreams      = config.DefaultMaxStreams
-	DefaultStream          = "{topic}"
-	DefaultFormat          = FormatJSON
-	DefaultTimeUnit        = "ns"
+	// DefaultMaxStreams bounds the streams of one device: every stream
+	// costs ingest state, a status row and metric series.
+	DefaultMaxStreams = 256
+	DefaultStream     = "{topic}"
+	DefaultFormat     = FormatJSON
+	DefaultTimeUnit   = "ns"
+
+	// MaxMaxPayload and MaxMaxStreams are the largest MaxPayload and
+	// MaxStreams accepted.
+	MaxMaxPayload = 256 << 20
+	MaxMaxStreams = 10000
+)
+
+// Device clocks: where a sample's time comes from.
+const (
+	// ClockPayload reads device time from the payload (TimeField, or a
+	// point cloud's TimeOffset).
+	ClockPayload = "payload"
+	// ClockArrival stamps samples on arrival, less Latency.
+	ClockArrival = "arrival"
 )
 
 // Payload formats.
@@ -105,7 +121,8 @@ type TLSOptions struct {
 
 var brokerSchemes = map[string]bool{"tcp": true, "mqtt": true, "ssl": true, "tls": true, "mqtts": true, "ws": true, "wss": true}
 
-func (o ClientOptions) withDefaults() ClientOptions {
+// EnsureDefaults fills unset fields with their defaults. It is idempotent.
+func (o *ClientOptions) EnsureDefaults() {
 	if o.ClientID == "" && o.ID != "" {
 		o.ClientID = "episoded-" + o.ID
 	}
@@ -121,32 +138,45 @@ func (o ClientOptions) withDefaults() ClientOptions {
 	if o.DrainTimeout == 0 {
 		o.DrainTimeout = DefaultDrainTimeout
 	}
-	return o
+	o.Backoff.EnsureDefaults()
 }
 
-// validate reports every problem at once. Messages never carry the
-// password, and the URL is redacted.
-func (o ClientOptions) validate() error {
+// Validate reports every problem at once (joined with errors.Join; each
+// problem starts with the config key it is about). Messages never carry
+// the password, and the URL is redacted. It reads no file: NewClient also
+// loads the TLS files (checkFiles). It expects EnsureDefaults to have run.
+func (o *ClientOptions) Validate() error {
 	var errs []error
 	if o.ID == "" {
 		errs = append(errs, errors.New("id: is required"))
 	}
 	errs = append(errs, connProblems(o.URL, o.KeepAlive, o.TLS)...)
+	if u, err := url.Parse(o.URL); err == nil && u.User != nil {
+		errs = append(errs, errors.New("url: put credentials in username and password_file, not in the URL"))
+	}
 	if o.QueueSize < 1 {
-		errs = append(errs, fmt.Errorf("queue size: %d is not positive", o.QueueSize))
+		errs = append(errs, fmt.Errorf("queue_size: %d is not positive", o.QueueSize))
 	}
 	if o.MaxPendingBytes < 1 {
-		errs = append(errs, fmt.Errorf("max pending bytes: %d is not positive", o.MaxPendingBytes))
+		errs = append(errs, fmt.Errorf("max_pending_bytes: %d is not positive", o.MaxPendingBytes))
 	}
 	if o.DrainTimeout < 0 {
-		errs = append(errs, fmt.Errorf("drain timeout: %s is negative", o.DrainTimeout))
+		errs = append(errs, fmt.Errorf("drain_timeout: %s is negative", o.DrainTimeout))
 	}
-	if o.TLS.hasFiles() {
-		if _, err := o.TLS.config(""); err != nil {
-			errs = append(errs, err)
-		}
+	if err := o.Backoff.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("backoff: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// checkFiles reads the TLS files, as every connection attempt will, and
+// reports what is wrong with them; nil when no file is named.
+func (t TLSOptions) checkFiles() error {
+	if !t.hasFiles() {
+		return nil
+	}
+	_, err := t.config("")
+	return err
 }
 
 func (t TLSOptions) hasFiles() bool { return t.CAFile != "" || t.CertFile != "" }
@@ -220,6 +250,11 @@ type DeviceOptions struct {
 	// a little-endian int64 capture time in ns since the Unix epoch, or -1
 	// to stamp frames on arrival. Note that 0 is a valid offset.
 	TimeOffset int
+	// Clock is payload (read TimeField or TimeOffset) or arrival (ignore
+	// them and stamp samples on arrival less Latency). Default payload
+	// when TimeField is set or a point cloud has TimeOffset >= 0, else
+	// arrival.
+	Clock string
 }
 
 var timeUnits = map[string]int{"s": 9, "ms": 6, "us": 3, "ns": 0, "rfc3339": -1}
@@ -229,7 +264,10 @@ var pointTypes = map[string]int{
 	"float32": 4, "float64": 8,
 }
 
-func (o DeviceOptions) withDefaults() DeviceOptions {
+// EnsureDefaults fills unset fields with their defaults. It is idempotent.
+// Clock defaults to payload when there is a time field (or a point-cloud
+// time offset), else arrival.
+func (o *DeviceOptions) EnsureDefaults() {
 	if o.Stream == "" {
 		o.Stream = DefaultStream
 	}
@@ -245,15 +283,22 @@ func (o DeviceOptions) withDefaults() DeviceOptions {
 	if o.MaxStreams == 0 {
 		o.MaxStreams = DefaultMaxStreams
 	}
-	return o
+	if o.Clock == "" {
+		o.Clock = ClockArrival
+		if o.TimeField != "" || (o.Format == FormatPointCloud && o.TimeOffset >= 0) {
+			o.Clock = ClockPayload
+		}
+	}
 }
 
-// validate reports every problem at once; o has its defaults applied.
-func (o DeviceOptions) validate() error {
+// Validate reports every problem at once (joined with errors.Join; each
+// problem starts with the config key it is about). It expects
+// EnsureDefaults to have run.
+func (o *DeviceOptions) Validate() error {
 	var errs []error
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	if o.Device == "" {
-		add("device: is required")
+		add("id: is required")
 	}
 	if len(o.Topics) == 0 {
 		add("topics: list at least one topic filter")
@@ -273,26 +318,35 @@ func (o DeviceOptions) validate() error {
 	}
 	if o.TimeField != "" {
 		if o.Format != FormatJSON && o.Format != FormatCBOR {
-			add("time field: only json and cbor payloads have fields")
+			add("time_field: only json and cbor payloads have fields")
 		}
 		if _, ok := timeUnits[o.TimeUnit]; !ok {
-			add("time unit: %q is not one of s, ms, us, ns, rfc3339", o.TimeUnit)
+			add("time_unit: %q is not one of s, ms, us, ns, rfc3339", o.TimeUnit)
 		}
 		for _, p := range strings.Split(o.TimeField, ".") {
 			if p == "" {
-				add("time field: %q has an empty path element", o.TimeField)
+				add("time_field: %q has an empty path element", o.TimeField)
 				break
 			}
 		}
 	}
+	switch o.Clock {
+	case ClockArrival:
+	case ClockPayload:
+		if o.TimeField == "" && (o.Format != FormatPointCloud || o.TimeOffset < 0) {
+			add("clock: payload time needs time_field (or layout.time_offset for pointcloud)")
+		}
+	default:
+		add("clock: %q is not one of payload, arrival", o.Clock)
+	}
 	if o.Latency < 0 {
-		add("latency: %s is negative", o.Latency)
+		add("latency: must not be negative")
 	}
-	if o.MaxPayload < 1 {
-		add("max payload: %d is not positive", o.MaxPayload)
+	if o.MaxPayload < 1 || o.MaxPayload > MaxMaxPayload {
+		add("max_payload: must be between 1 byte and 256MiB")
 	}
-	if o.MaxStreams < 1 {
-		add("max streams: %d is not positive", o.MaxStreams)
+	if o.MaxStreams < 1 || o.MaxStreams > MaxMaxStreams {
+		add("max_streams: %d must be between 1 and %d", o.MaxStreams, MaxMaxStreams)
 	}
 	if o.Format != FormatPointCloud {
 		if o.Layout != nil {
@@ -306,26 +360,35 @@ func (o DeviceOptions) validate() error {
 		return errors.Join(errs...)
 	}
 	if l.Stride <= 0 || l.HeaderSize < 0 {
-		add("layout: stride must be positive and header size not negative")
+		add("layout: stride must be positive and header_size not negative")
 	}
 	if o.TimeOffset < -1 || (o.TimeOffset >= 0 && o.TimeOffset+8 > l.HeaderSize) {
-		add("time offset: the int64 time at %d does not fit in a %d-byte header (use -1 for arrival time)", o.TimeOffset, l.HeaderSize)
+		add("layout.time_offset: the int64 time at %d does not fit in a %d-byte header (use -1 for arrival time)", o.TimeOffset, l.HeaderSize)
 	}
 	if len(l.Fields) == 0 {
-		add("layout: list at least one field")
+		add("layout.fields: list at least one field")
 	}
 	for _, f := range l.Fields {
 		size, ok := pointTypes[f.Type]
 		switch {
 		case f.Name == "":
-			add("layout: every field needs a name")
+			add("layout.fields: every field needs a name")
 		case !ok:
-			add("layout: field %s: type %q is not one of uint8, int8, uint16, int16, uint32, int32, float32, float64", f.Name, f.Type)
+			add("layout.fields[%s].type: %q is not one of uint8, int8, uint16, int16, uint32, int32, float32, float64", f.Name, f.Type)
 		case f.Offset < 0 || f.Offset+size > l.Stride:
-			add("layout: field %s: offset %d does not fit in stride %d", f.Name, f.Offset, l.Stride)
+			add("layout.fields[%s]: offset %d does not fit in stride %d", f.Name, f.Offset, l.Stride)
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// onClock returns o with the time sources its Clock does not use
+// removed: on arrival time the time field and time offset are ignored.
+func (o DeviceOptions) onClock() DeviceOptions {
+	if o.Clock == ClockArrival {
+		o.TimeField, o.TimeUnit, o.TimeOffset = "", "", -1
+	}
+	return o
 }
 
 // descriptor returns the stream descriptor for stream, fed by topic.

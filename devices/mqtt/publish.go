@@ -62,6 +62,36 @@ type PublisherOptions struct {
 	Logger *slog.Logger
 }
 
+// EnsureDefaults fills unset fields with their defaults. It is idempotent.
+func (o *PublisherOptions) EnsureDefaults() {
+	if o.KeepAlive == 0 {
+		o.KeepAlive = DefaultKeepAlive
+	}
+	if o.ConnectTimeout == 0 {
+		o.ConnectTimeout = DefaultConnectTimeout
+	}
+	if o.MaxInflight == 0 {
+		o.MaxInflight = DefaultPublishInflight
+	}
+	if o.ClientID == "" {
+		o.ClientID = fmt.Sprintf("episoded-pub-%08x", rand.Uint32())
+	}
+}
+
+// Validate reports every problem at once. User info in the URL is allowed
+// here (it is used as Username and Password). It expects EnsureDefaults to
+// have run.
+func (o *PublisherOptions) Validate() error {
+	errs := connProblems(o.URL, o.KeepAlive, o.TLS)
+	if o.ConnectTimeout < 0 {
+		errs = append(errs, fmt.Errorf("connect_timeout: %s is negative", o.ConnectTimeout))
+	}
+	if o.MaxInflight < 1 {
+		errs = append(errs, fmt.Errorf("max_inflight: %d is not positive", o.MaxInflight))
+	}
+	return errors.Join(errs...)
+}
+
 // Publisher publishes messages to one broker. NewPublisher starts nothing;
 // Connect connects and starts the waiter; Close drains and disconnects.
 type Publisher struct {
@@ -87,26 +117,8 @@ type pendingPub struct {
 
 // NewPublisher checks the options. The password never appears in an error.
 func NewPublisher(o PublisherOptions) (*Publisher, error) {
-	if o.KeepAlive == 0 {
-		o.KeepAlive = DefaultKeepAlive
-	}
-	if o.ConnectTimeout == 0 {
-		o.ConnectTimeout = DefaultConnectTimeout
-	}
-	if o.MaxInflight == 0 {
-		o.MaxInflight = DefaultPublishInflight
-	}
-	if o.ClientID == "" {
-		o.ClientID = fmt.Sprintf("episoded-pub-%08x", rand.Uint32())
-	}
-	errs := connProblems(o.URL, o.KeepAlive, o.TLS)
-	if o.ConnectTimeout < 0 {
-		errs = append(errs, fmt.Errorf("connect timeout: %s is negative", o.ConnectTimeout))
-	}
-	if o.MaxInflight < 1 {
-		errs = append(errs, fmt.Errorf("max inflight: %d is not positive", o.MaxInflight))
-	}
-	if err := errors.Join(errs...); err != nil {
+	o.EnsureDefaults()
+	if err := o.Validate(); err != nil {
 		return nil, fmt.Errorf("mqtt publisher options: %w", err)
 	}
 	u, _ := url.Parse(o.URL) // checked by connProblems

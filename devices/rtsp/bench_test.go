@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/bluenviron/gortsplib/v4/pkg/base"
 	"github.com/bluenviron/gortsplib/v4/pkg/description"
 	"github.com/bluenviron/gortsplib/v4/pkg/format"
+	"github.com/pion/rtcp"
 
 	"github.com/episoded/episoded/assets"
 	"github.com/episoded/episoded/internal/testclip"
@@ -45,7 +47,7 @@ func procCPU(b *testing.B, cmds []*exec.Cmd) time.Duration {
 	for _, c := range cmds {
 		raw, err := os.ReadFile("/proc/" + strconv.Itoa(c.Process.Pid) + "/stat")
 		if err != nil {
-			b.Fatalf("ffmpeg exited early: %v", err)
+			b.Fatalf("process %d exited early: %v", c.Process.Pid, err)
 		}
 		// Fields after the parenthesised command name; utime and stime
 		// are fields 14 and 15 of the whole line.
@@ -71,13 +73,57 @@ func TestMain(m *testing.M) {
 // benchServer serves n copies of an H.264 Annex-B clip, looped in real time
 // at 30 fps, on rtsp://addr/s0 ... s<n-1>, until SIGINT/SIGTERM.
 func benchServer(addr, clipPath string, n int) error {
-	raw, err := os.ReadFile(clipPath)
+	cs, err := startClipServer(addr, clipPath, n, 0)
 	if err != nil {
 		return err
 	}
+	defer cs.close()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	fmt.Println("ready")
+	cs.run(ctx)
+	return nil
+}
+
+// clipServer is the benchmarks' camera: a gortsplib server that serves n
+// copies of an H.264 Annex-B clip, looped in real time at 30 fps, on
+// rtsp://addr/s0 ... s<n-1>.
+type clipServer struct {
+	srv   *gortsplib.Server
+	aus   [][][]byte
+	paths []*clipPath
+	// readers: when > 0, a path sends its first frame (the clip's first
+	// access unit, an IDR) only once this many readers play it, so that
+	// every reader gets every frame sent and frames sent can be compared
+	// with frames stored.
+	readers int
+
+	mu       sync.Mutex
+	sessions map[string][]*gortsplib.ServerSession // played, by path
+
+	closeOnce sync.Once
+}
+
+// clipPath is one served stream and its counters.
+type clipPath struct {
+	name  string
+	st    *gortsplib.ServerStream
+	medi  *description.Media
+	forma *format.H264
+	// sent counts the frames written; short those some reader did not
+	// get (the server's write queue to it was full), which it sees as
+	// lost packets.
+	sent, short atomic.Int64
+}
+
+func startClipServer(addr, clipFile string, n, readers int) (*clipServer, error) {
+	raw, err := os.ReadFile(clipFile)
+	if err != nil {
+		return nil, err
+	}
 	aus, err := assets.AccessUnits(raw, false)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var sps, pps []byte
 	for _, nalu := range aus[0] {
@@ -88,85 +134,172 @@ func benchServer(addr, clipPath string, n int) error {
 			pps = nalu
 		}
 	}
-	h := &benchHandler{streams: map[string]*gortsplib.ServerStream{}}
-	srv := &gortsplib.Server{Handler: h, RTSPAddress: addr}
-	if err := srv.Start(); err != nil {
-		return err
+	cs := &clipServer{aus: aus, readers: readers, sessions: map[string][]*gortsplib.ServerSession{}}
+	// A write queue of 256 packets (the default) is 15 frames of this
+	// clip: enough on a quiet machine, but a reader that a loaded machine
+	// stalls for half a second would lose packets at the server. 4096 is
+	// what a camera's kernel socket buffer holds.
+	cs.srv = &gortsplib.Server{Handler: cs, RTSPAddress: addr, WriteQueueSize: 4096}
+	if err := cs.srv.Start(); err != nil {
+		return nil, err
 	}
-	defer srv.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	var wg sync.WaitGroup
 	for i := range n {
 		f := &format.H264{PayloadTyp: 96, PacketizationMode: 1, SPS: sps, PPS: pps}
 		medi := &description.Media{Type: description.MediaTypeVideo, Formats: []format.Format{f}}
-		st := &gortsplib.ServerStream{Server: srv, Desc: &description.Session{Medias: []*description.Media{medi}}}
+		st := &gortsplib.ServerStream{Server: cs.srv, Desc: &description.Session{Medias: []*description.Media{medi}}}
 		if err := st.Initialize(); err != nil {
-			return err
+			cs.close()
+			return nil, err
 		}
-		defer st.Close()
-		h.mu.Lock()
-		h.streams["s"+strconv.Itoa(i)] = st
-		h.mu.Unlock()
-		enc, err := f.CreateEncoder()
+		cs.paths = append(cs.paths, &clipPath{name: "s" + strconv.Itoa(i), st: st, medi: medi, forma: f})
+	}
+	return cs, nil
+}
+
+// close ends every session (readers see the end of the stream) and stops
+// the server. It may be called more than once.
+func (cs *clipServer) close() {
+	cs.closeOnce.Do(func() {
+		for _, p := range cs.paths {
+			p.st.Close()
+		}
+		cs.srv.Close()
+	})
+}
+
+// run loops the clip on every path until ctx is cancelled.
+func (cs *clipServer) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, p := range cs.paths {
+		wg.Go(func() {
+			if err := cs.loop(ctx, p); err != nil && ctx.Err() == nil {
+				panic(err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// playing reports whether want readers play path p: each has been sent an
+// RTCP packet (a probe: an empty receiver report, which readers ignore),
+// which the stream writes only to active readers.
+func (cs *clipServer) playing(p *clipPath) bool {
+	cs.mu.Lock()
+	ss := append([]*gortsplib.ServerSession(nil), cs.sessions[p.name]...)
+	cs.mu.Unlock()
+	if len(ss) < cs.readers {
+		return false
+	}
+	p.st.WritePacketRTCP(p.medi, &rtcp.ReceiverReport{}) //nolint:errcheck
+	active := 0
+	for _, s := range ss {
+		if m, ok := s.Stats().Medias[p.medi]; ok && m.RTCPPacketsSent > 0 {
+			active++
+		}
+	}
+	return active >= cs.readers
+}
+
+func (cs *clipServer) loop(ctx context.Context, p *clipPath) error {
+	enc, err := p.forma.CreateEncoder()
+	if err != nil {
+		return err
+	}
+	tick := time.NewTicker(time.Second / 30)
+	defer tick.Stop()
+	for cs.readers > 0 && !cs.playing(p) {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+	for k := 0; ; k++ {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		pkts, err := enc.Encode(cs.aus[k%len(cs.aus)])
 		if err != nil {
 			return err
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tick := time.NewTicker(time.Second / 30)
-			defer tick.Stop()
-			for k := 0; ; k++ {
-				select {
-				case <-ctx.Done():
-					return
-				case <-tick.C:
-				}
-				pkts, err := enc.Encode(aus[k%len(aus)])
-				if err != nil {
-					panic(err)
-				}
-				for _, p := range pkts {
-					p.Timestamp = uint32(k * 3000)
-					st.WritePacketRTP(medi, p) //nolint:errcheck
-				}
-			}
-		}()
+		var before uint64
+		if cs.readers > 0 {
+			before = cs.rtpSent(p)
+		}
+		for _, pk := range pkts {
+			pk.Timestamp = uint32(k * 3000)
+			p.st.WritePacketRTP(p.medi, pk) //nolint:errcheck
+		}
+		p.sent.Add(1)
+		if cs.readers > 0 && cs.rtpSent(p)-before < uint64(len(pkts)*cs.readers) {
+			p.short.Add(1)
+		}
 	}
-	fmt.Println("ready")
-	wg.Wait()
-	return nil
 }
 
-type benchHandler struct {
-	mu      sync.Mutex
-	streams map[string]*gortsplib.ServerStream
+// rtpSent is the number of RTP packets the stream has written to its
+// readers (one per reader per packet).
+func (cs *clipServer) rtpSent(p *clipPath) uint64 {
+	return p.st.Stats().Medias[p.medi].Formats[p.forma].RTPPacketsSent
 }
 
-func (h *benchHandler) find(path string) (*base.Response, *gortsplib.ServerStream, error) {
+func (cs *clipServer) find(path string) (*base.Response, *gortsplib.ServerStream, error) {
 	path = strings.TrimPrefix(path, "/")
 	if i := strings.IndexByte(path, '/'); i >= 0 {
 		path = path[:i]
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if st := h.streams[path]; st != nil {
-		return &base.Response{StatusCode: base.StatusOK}, st, nil
+	for _, p := range cs.paths {
+		if p.name == path {
+			return &base.Response{StatusCode: base.StatusOK}, p.st, nil
+		}
 	}
 	return &base.Response{StatusCode: base.StatusNotFound}, nil, nil
 }
 
-func (h *benchHandler) OnDescribe(ctx *gortsplib.ServerHandlerOnDescribeCtx) (*base.Response, *gortsplib.ServerStream, error) {
-	return h.find(ctx.Path)
+func (cs *clipServer) OnDescribe(ctx *gortsplib.ServerHandlerOnDescribeCtx) (*base.Response, *gortsplib.ServerStream, error) {
+	return cs.find(ctx.Path)
 }
 
-func (h *benchHandler) OnSetup(ctx *gortsplib.ServerHandlerOnSetupCtx) (*base.Response, *gortsplib.ServerStream, error) {
-	return h.find(ctx.Path)
+func (cs *clipServer) OnSetup(ctx *gortsplib.ServerHandlerOnSetupCtx) (*base.Response, *gortsplib.ServerStream, error) {
+	return cs.find(ctx.Path)
 }
 
-func (h *benchHandler) OnPlay(*gortsplib.ServerHandlerOnPlayCtx) (*base.Response, error) {
+func (cs *clipServer) OnPlay(ctx *gortsplib.ServerHandlerOnPlayCtx) (*base.Response, error) {
+	path := strings.TrimPrefix(ctx.Path, "/")
+	if i := strings.IndexByte(path, '/'); i >= 0 {
+		path = path[:i]
+	}
+	cs.mu.Lock()
+	cs.sessions[path] = append(cs.sessions[path], ctx.Session)
+	cs.mu.Unlock()
 	return &base.Response{StatusCode: base.StatusOK}, nil
+}
+
+// benchSeconds is the recording time: EPISODED_RTSP_BENCH_SECONDS, default 30.
+func benchSeconds(b *testing.B) float64 {
+	secs := 30.0
+	if v := os.Getenv(benchSecondsEnv); v != "" {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil || f <= 0 {
+			b.Fatalf("%s=%q: want a positive number of seconds", benchSecondsEnv, v)
+		}
+		secs = f
+	}
+	return secs
+}
+
+// makeBenchClip encodes the benchmarks' clip into dir (testclip.HD1080p30:
+// 1080p30 at ~4 Mbit/s CBR, 4 s, an IDR every 30 frames, Annex-B). It
+// returns the file and its bitrate in Mbit/s.
+func makeBenchClip(b *testing.B, ffmpeg, dir string) (string, float64) {
+	clipPath := filepath.Join(dir, "bench.h264")
+	mbps, err := testclip.HD1080p30.Write(ffmpeg, clipPath)
+	if err != nil {
+		b.Fatalf("make bench clip: %v", err)
+	}
+	return clipPath, mbps
 }
 
 func cpuTime(ru *syscall.Rusage) time.Duration {
@@ -184,23 +317,10 @@ func cpuTime(ru *syscall.Rusage) time.Duration {
 // Run it with -benchtime 1x: one iteration is the whole measurement.
 func BenchmarkRecord8Streams(b *testing.B) {
 	ffmpeg := ffmpegPath(b)
-	secs := 30.0
-	if v := os.Getenv(benchSecondsEnv); v != "" {
-		f, err := strconv.ParseFloat(v, 64)
-		if err != nil || f <= 0 {
-			b.Fatalf("%s=%q: want a positive number of seconds", benchSecondsEnv, v)
-		}
-		secs = f
-	}
+	secs := benchSeconds(b)
 	dur := time.Duration(secs * float64(time.Second))
-
-	// A real 1080p30 clip at ~4 Mbit/s CBR, 4 s, looped by the server.
 	dir := b.TempDir()
-	clipPath := filepath.Join(dir, "bench.h264")
-	mbps, err := testclip.HD1080p30.Write(ffmpeg, clipPath)
-	if err != nil {
-		b.Fatalf("make bench clip: %v", err)
-	}
+	clipPath, mbps := makeBenchClip(b, ffmpeg, dir)
 
 	addr := freeAddr(b)
 	server := exec.Command(os.Args[0], "-test.run=^$")

@@ -109,9 +109,9 @@ type Camera struct {
 // New validates o and returns a Camera. It starts nothing; it registers the
 // camera's metrics on o.Registerer.
 func New(o Options) (*Camera, error) {
-	o.setDefaults()
-	if err := o.validate(); err != nil {
-		return nil, err
+	o.EnsureDefaults()
+	if err := o.Validate(); err != nil {
+		return nil, fmt.Errorf("rtsp options: %w", err)
 	}
 	u, err := base.ParseURL(o.URL)
 	if err != nil { // validated above
@@ -270,6 +270,7 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 		Host:        c.u.Host,
 		ReadTimeout: c.o.ReadTimeout,
 		Transport:   c.transport(),
+		DialContext: dialBuffered,
 		// Losses are counted from sequence gaps by the assembler, which
 		// sees the same packets; this only silences the default logger.
 		OnPacketsLost: func(uint64) {},
@@ -299,7 +300,9 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 		medi, forma, cd = m, h264f, video.H264
 		sps, pps := h264f.SafeParams()
 		sdp = [][]byte{sps, pps}
-		dec = func() (video.Depacketizer, error) { return h264f.CreateDecoder() }
+		// Frames are built in Annex-B as their packets arrive (no
+		// join-then-copy); see video.H264Depacketizer.
+		dec = func() (video.Depacketizer, error) { return video.NewH264Depacketizer(h264f.PacketizationMode) }
 	} else if m := desc.FindFormat(&h265f); m != nil {
 		medi, forma, cd = m, h265f, video.H265
 		vps, sps, pps := h265f.SafeParams()
@@ -353,7 +356,7 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 	}
 	var recvT int64
 	asm := video.NewAssembler(cd, sdp, dec, &c.cnt.asm, func(u video.Unit) bool {
-		f := frame{payload: video.AnnexB(u.AU), key: u.Key, recvT: recvT, ptsOffset: u.PTSOffset,
+		f := frame{payload: u.Payload(), key: u.Key, recvT: recvT, ptsOffset: u.PTSOffset,
 			lost: u.Lost, dropped: u.Dropped, disc: u.Disc}
 		if rtcpClock {
 			if m := srMap.Load(); m != nil && m.SSRC == u.SSRC {

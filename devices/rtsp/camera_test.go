@@ -424,7 +424,7 @@ func TestOptionsValidate(t *testing.T) {
 	if err == nil {
 		t.Fatal("no error for bad options")
 	}
-	for _, want := range []string{"device", "url", "transport", "clock", "latency"} {
+	for _, want := range []string{"id: is required", "url", "transport", "clock", "latency"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not mention %s", err, want)
 		}

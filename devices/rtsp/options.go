@@ -57,7 +57,8 @@ type Options struct {
 	Registerer prometheus.Registerer
 }
 
-func (o *Options) setDefaults() {
+// EnsureDefaults fills unset fields with their defaults. It is idempotent.
+func (o *Options) EnsureDefaults() {
 	if o.Stream == "" {
 		o.Stream = o.Device
 	}
@@ -67,46 +68,50 @@ func (o *Options) setDefaults() {
 	if o.Clock == "" {
 		o.Clock = DefaultClock
 	}
-	if o.ReadTimeout <= 0 {
+	if o.ReadTimeout == 0 {
 		o.ReadTimeout = DefaultReadTimeout
 	}
 	if o.QueueSize <= 0 {
 		o.QueueSize = DefaultQueueSize
 	}
+	o.Backoff.EnsureDefaults()
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 }
 
-// validate reports every problem at once. It never echoes a credential.
-func (o *Options) validate() error {
+// Validate reports every problem at once (joined with errors.Join; each
+// problem starts with the config key it is about). It never echoes a
+// credential. It expects EnsureDefaults to have run; New runs both.
+func (o *Options) Validate() error {
 	var errs []error
 	if o.Device == "" {
-		errs = append(errs, errors.New("device: empty"))
+		errs = append(errs, errors.New("id: is required"))
 	}
-	if u, err := base.ParseURL(o.URL); err != nil {
-		errs = append(errs, fmt.Errorf("url %q: want an rtsp:// or rtsps:// URL with a host", redact.URL(o.URL)))
-	} else if u.Scheme != "rtsp" && u.Scheme != "rtsps" {
-		errs = append(errs, fmt.Errorf("url %q: scheme must be rtsp or rtsps", redact.URL(o.URL)))
+	if u, err := base.ParseURL(o.URL); err != nil || u.Host == "" || (u.Scheme != "rtsp" && u.Scheme != "rtsps") {
+		errs = append(errs, fmt.Errorf("url: %q is not an rtsp:// or rtsps:// URL", redact.URL(o.URL)))
 	}
 	switch o.Transport {
 	case "tcp", "udp", "auto":
 	default:
-		errs = append(errs, fmt.Errorf("transport %q: want tcp, udp or auto", o.Transport))
+		errs = append(errs, fmt.Errorf("transport: %q is not one of tcp, udp, auto", o.Transport))
 	}
 	switch o.Clock {
 	case "rtcp", "arrival":
 	default:
-		errs = append(errs, fmt.Errorf("clock %q: want rtcp or arrival", o.Clock))
+		errs = append(errs, fmt.Errorf("clock: %q is not one of rtcp, arrival", o.Clock))
 	}
 	if o.Latency < 0 {
-		errs = append(errs, fmt.Errorf("latency %v: negative", o.Latency))
+		errs = append(errs, errors.New("latency: must not be negative"))
+	}
+	if o.ReadTimeout <= 0 {
+		errs = append(errs, errors.New("read_timeout: must be positive"))
 	}
 	if o.Password != "" && o.Username == "" {
 		errs = append(errs, errors.New("password: set without username"))
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("rtsp options: %w", err)
+	if err := o.Backoff.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("backoff: %w", err))
 	}
-	return nil
+	return errors.Join(errs...)
 }

@@ -120,7 +120,7 @@ func TestNotRunning(t *testing.T) {
 // Options are validated all at once.
 func TestOptionsValidate(t *testing.T) {
 	_, err := NewServer(Options{UDPPort: 70000, Interfaces: []string{"eth0", ""}}, nil, nil)
-	if err == nil || !strings.Contains(err.Error(), "udp port 70000") || !strings.Contains(err.Error(), "interfaces[1]") {
+	if err == nil || !strings.Contains(err.Error(), "udp_port: 70000") || !strings.Contains(err.Error(), "interfaces[1]") {
 		t.Fatalf("NewServer with bad options: %v", err)
 	}
 }

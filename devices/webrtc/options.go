@@ -64,7 +64,8 @@ type Options struct {
 	Registerer prometheus.Registerer
 }
 
-func (o *Options) setDefaults() {
+// EnsureDefaults fills unset fields with their defaults. It is idempotent.
+func (o *Options) EnsureDefaults() {
 	if o.QueueSize <= 0 {
 		o.QueueSize = DefaultQueueSize
 	}
@@ -82,19 +83,18 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// Validate reports every problem in o at once.
+// Validate reports every problem in o at once (joined with errors.Join;
+// each problem starts with the config key it is about). It expects
+// EnsureDefaults to have run; NewServer runs both.
 func (o *Options) Validate() error {
 	var errs []error
 	if o.UDPPort < 0 || o.UDPPort > 65535 {
-		errs = append(errs, fmt.Errorf("udp port %d is out of range", o.UDPPort))
+		errs = append(errs, fmt.Errorf("udp_port: %d is out of range", o.UDPPort))
 	}
 	for i, n := range o.Interfaces {
 		if n == "" {
-			errs = append(errs, fmt.Errorf("interfaces[%d] is empty", i))
+			errs = append(errs, fmt.Errorf("interfaces[%d]: is empty", i))
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("webrtc options: %w", err)
-	}
-	return nil
+	return errors.Join(errs...)
 }

@@ -133,9 +133,9 @@ type session struct {
 // from src (nil disables replay). It starts nothing and binds nothing; it
 // registers its metrics on o.Registerer.
 func NewServer(o Options, hub *Hub, src episodeSource) (*Server, error) {
-	o.setDefaults()
+	o.EnsureDefaults()
 	if err := o.Validate(); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("webrtc options: %w", err)
 	}
 	if hub == nil {
 		hub = NewHub(o.Logger)

@@ -189,7 +189,7 @@ func (wh *whipSession) readRTP(track *webrtc.TrackRemote) {
 	deviceClock := wh.base.Clock == sample.ClockDevice
 	var recvT int64
 	asm := video.NewAssembler(video.H264, nil, nil, &ws.cnt, func(u video.Unit) bool {
-		f := frame{payload: video.AnnexB(u.AU), key: u.Key, recvT: recvT, ptsOffset: u.PTSOffset,
+		f := frame{payload: u.Payload(), key: u.Key, recvT: recvT, ptsOffset: u.PTSOffset,
 			lost: u.Lost, dropped: u.Dropped, disc: u.Disc}
 		if deviceClock {
 			if sr := wh.sr.Load(); sr != nil {

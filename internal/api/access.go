@@ -21,7 +21,8 @@ const (
 	// Read routes take the read token or the admin token: every GET under
 	// /v1, /whep and /whip, and WHEP viewing (POST and DELETE under /whep).
 	Read
-	// Admin routes take only the admin token: every other method.
+	// Admin routes take only the admin token: every other method, and
+	// every method under /debug/ (runtime profiles).
 	Admin
 )
 
@@ -48,6 +49,9 @@ func AccessOf(method, path string) Access {
 		return Open
 	case "/metrics":
 		return Metrics
+	}
+	if strings.HasPrefix(path, "/debug/") {
+		return Admin
 	}
 	switch method {
 	case http.MethodGet, http.MethodHead, http.MethodOptions:

@@ -293,7 +293,7 @@ func TestOpenOnlyByRegistration(t *testing.T) {
 		}
 	}
 	for _, r := range s.Routes() {
-		want := map[string]Access{"GET /healthz": Open, "GET /readyz": Open, "GET /metrics": Metrics, "GET /v1/status": Read, "GET /debug/thing": Read, "GET /": Open}[r.Pattern]
+		want := map[string]Access{"GET /healthz": Open, "GET /readyz": Open, "GET /metrics": Metrics, "GET /v1/status": Read, "GET /debug/thing": Admin, "GET /": Open}[r.Pattern]
 		if r.Access != want {
 			t.Errorf("route %s: access %s, want %s", r.Pattern, r.Access, want)
 		}

@@ -2,8 +2,21 @@
 //
 // Loading is strict: an unknown key is an error naming the key and its line,
 // and every problem (unknown keys, bad values, broken references) is
-// reported at once. Defaults live in one place, defaults.go, and the key
-// reference is docs/CONFIG.md.
+// reported at once. The key reference is docs/CONFIG.md.
+//
+// One source of truth for options: the keys that configure a component
+// (storage, brokers, rtsp and mqtt devices, WebRTC, cells, the uploader) become
+// that component's Options in one function, Components. Their defaults are
+// the components' exported constants, applied by the components'
+// EnsureDefaults (Config.EnsureDefaults copies them back so that --print
+// shows them), and they are checked by the components' Validate methods,
+// never a second time here; this package checks only what belongs to no
+// component: ids, references between sections, the API's access settings,
+// log, whip devices, device rates, sync.mode and sync.target.type (which may
+// be empty). `episoded config check` and the daemon's
+// start-up both Load the file and build the components from Components, so
+// they cannot disagree (cmd/episoded TestConfigCheckAgreesWithStart).
+// Component packages never import this package.
 //
 // Secrets come from three places, never from anything that gets logged:
 //   - `${NAME}` in any value is replaced by the environment variable NAME;
@@ -131,7 +144,7 @@ type Broker struct {
 	Backoff      Backoff       `yaml:"backoff"`
 	// MaxPendingBytes bounds the memory of the messages received on this
 	// connection and not yet acknowledged (devices/mqtt
-	// BrokerOptions.MaxPendingBytes); 0 takes its default.
+	// ClientOptions.MaxPendingBytes); 0 takes its default.
 	MaxPendingBytes ByteSize `yaml:"max_pending_bytes,omitempty"`
 }
 

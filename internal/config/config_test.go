@@ -8,6 +8,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/episoded/episoded/devices"
+	"github.com/episoded/episoded/devices/mqtt"
+	"github.com/episoded/episoded/devices/rtsp"
+	"github.com/episoded/episoded/internal/lifecycle"
+	"github.com/episoded/episoded/storage"
+	"github.com/episoded/episoded/sync/upload"
 )
 
 // noEnv is an environment with nothing in it but what the test names.
@@ -182,26 +189,48 @@ cells: [{id: c1, devices: [cam, arm]}]
 }
 
 // TestDefaultsDocumented keeps docs/CONFIG.md, the reference for users, in
-// step with defaults.go.
+// step with the defaults: the components' exported constants (where each
+// default is defined) and the effective config EnsureDefaults makes from
+// them.
 func TestDefaultsDocumented(t *testing.T) {
 	doc, err := os.ReadFile("../../docs/CONFIG.md")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var cfg Config
-	cfg.ApplyDefaults()
+	cfg.EnsureDefaults()
+	size := func(n int64) string { return ByteSize(n).String() }
 	for _, v := range []string{
 		cfg.Log.Level, cfg.Log.Format, cfg.ShutdownTimeout.String(), cfg.API.Listen, cfg.Storage.Dir,
-		cfg.Storage.SyncInterval.String(), cfg.Storage.MinFree.String(), cfg.Storage.FullPolicy,
-		cfg.Storage.Retention.String(), cfg.Storage.TimelineRetention.String(), DefaultKeepAlive.String(),
-		DefaultBackoffMin.String(), DefaultBackoffMax.String(), DefaultReadTimeout.String(),
-		DefaultMaxPayload.String(), strconv.Itoa(DefaultMaxStreams), strconv.Itoa(DefaultMaxAttempts), DefaultPartSize.String(), DefaultRetryMin.String(), DefaultRetryMax.String(),
-		DefaultTimezone, DefaultPriorityLabel, DefaultSyncMode,
-		strconv.FormatFloat(DefaultMinCoverage, 'g', -1, 64), DefaultMaxAlignBound.String(),
+		// storage
+		storage.DefaultSyncInterval.String(), DefaultMinFree.String(), storage.DefaultFullPolicy,
+		storage.DefaultRetention.String(), storage.DefaultTimelineRetention.String(), storage.MaxSyncInterval.String(),
+		// brokers and devices
+		mqtt.DefaultKeepAlive.String(), size(mqtt.DefaultMaxPendingBytes), devices.DefaultBackoffMin.String(), devices.DefaultBackoffMax.String(),
+		rtsp.DefaultTransport, rtsp.DefaultClock, rtsp.DefaultReadTimeout.String(),
+		mqtt.DefaultStream, mqtt.DefaultFormat, mqtt.DefaultTimeUnit, size(mqtt.DefaultMaxPayload), size(mqtt.MaxMaxPayload),
+		strconv.Itoa(mqtt.DefaultMaxStreams), strconv.Itoa(mqtt.MaxMaxStreams),
+		// cells
+		strconv.FormatFloat(lifecycle.DefaultGapFactor, 'g', -1, 64),
+		strconv.FormatFloat(lifecycle.DefaultMinCoverage, 'g', -1, 64), lifecycle.DefaultMaxAlignmentBound.String(),
+		// sync
+		strconv.Itoa(upload.DefaultMaxAttempts), size(upload.DefaultPartSize), upload.DefaultRetryMin.String(), upload.DefaultRetryMax.String(),
+		upload.DefaultTimezone, upload.DefaultPriorityLabel, DefaultSyncMode, strconv.Itoa(upload.DefaultConcurrency),
 	} {
 		if !strings.Contains(string(doc), "`"+v+"`") {
 			t.Errorf("docs/CONFIG.md does not mention the default `%s`", v)
 		}
+	}
+	// The effective config is made of those constants.
+	d := Config{Gateway: Gateway{ID: "g"}, Cells: []Cell{{ID: "c"}}, Devices: []Device{{ID: "c", Type: DeviceRTSP}, {ID: "m", Type: DeviceMQTT, TimeField: "t"}}, Brokers: []Broker{{ID: "b"}}}
+	d.EnsureDefaults()
+	if d.Storage.SyncInterval != storage.DefaultSyncInterval || d.Storage.FullPolicy != storage.DefaultFullPolicy ||
+		d.Brokers[0].KeepAlive != mqtt.DefaultKeepAlive || d.Brokers[0].Backoff.Max != devices.DefaultBackoffMax ||
+		d.Devices[0].ReadTimeout != rtsp.DefaultReadTimeout || d.Devices[0].Transport != rtsp.DefaultTransport ||
+		d.Devices[1].TimeUnit != mqtt.DefaultTimeUnit || d.Devices[1].Clock != mqtt.ClockPayload || d.Devices[1].MaxStreams != mqtt.DefaultMaxStreams ||
+		d.Cells[0].GapFactor != lifecycle.DefaultGapFactor || d.Cells[0].Quality.MinCoverage != lifecycle.DefaultMinCoverage ||
+		d.Sync.Concurrency != upload.DefaultConcurrency || d.Sync.Retry.Min != upload.DefaultRetryMin || d.Sync.Timezone != upload.DefaultTimezone {
+		t.Errorf("EnsureDefaults does not give the components' defaults: %+v", d)
 	}
 }
 

@@ -3,49 +3,36 @@ package config
 import (
 	"time"
 
-	"github.com/episoded/episoded/internal/lifecycle"
-	"github.com/episoded/episoded/sync/upload"
+	"github.com/episoded/episoded/devices"
+	"github.com/episoded/episoded/devices/rtsp"
+	"github.com/episoded/episoded/storage"
 )
 
-// The defaults, in one place. docs/CONFIG.md repeats them for readers; a
-// test checks that every value below appears there.
+// The defaults of the keys that belong to no component. Every other
+// default lives in the component that uses it, as an exported constant and
+// in the component's EnsureDefaults (storage, devices, devices/mqtt,
+// devices/rtsp, internal/lifecycle, sync/upload); EnsureDefaults below takes them from
+// there. docs/CONFIG.md repeats them for readers; TestDefaultsDocumented
+// checks that every one appears there.
 const (
-	DefaultLogLevel          = "info"
-	DefaultLogFormat         = "text"
-	DefaultShutdownTimeout   = 10 * time.Second
-	DefaultListen            = "127.0.0.1:7480"
-	DefaultStorageDir        = "/var/lib/episoded"
-	DefaultSyncInterval      = 100 * time.Millisecond
-	DefaultMinFree           = ByteSize(1 << 30)
-	DefaultFullPolicy        = "reject-new"
-	DefaultRetention         = 7 * 24 * time.Hour
-	DefaultTimelineRetention = time.Minute
-	DefaultKeepAlive         = 30 * time.Second
-	DefaultBackoffMin        = time.Second
-	DefaultBackoffMax        = 30 * time.Second
-	DefaultTransport         = "tcp"
-	DefaultRTSPClock         = "rtcp"
-	DefaultReadTimeout       = 10 * time.Second
-	DefaultMQTTFormat        = "json"
-	DefaultMQTTStream        = "{topic}"
-	DefaultMaxPayload        = ByteSize(16 << 20)
-	DefaultMaxStreams        = 256
-	DefaultTimeUnit          = "ns"
-	DefaultGapFactor         = lifecycle.DefaultGapFactor
-	DefaultMinCoverage       = lifecycle.DefaultMinCoverage
-	DefaultMaxAlignBound     = lifecycle.DefaultMaxAlignmentBound
-	DefaultSyncMode          = SyncDaemon
-	DefaultTimezone          = "Local"
-	DefaultConcurrency       = 2
-	DefaultPartSize          = ByteSize(16 << 20)
-	DefaultPriorityLabel     = "priority"
-	DefaultRetryMin          = 5 * time.Second
-	DefaultRetryMax          = 10 * time.Minute
-	DefaultMaxAttempts       = upload.DefaultMaxAttempts
+	DefaultLogLevel        = "info"
+	DefaultLogFormat       = "text"
+	DefaultShutdownTimeout = 10 * time.Second
+	DefaultListen          = "127.0.0.1:7480"
+	DefaultStorageDir      = "/var/lib/episoded"
+	// DefaultMinFree is the config file's min_free default; to
+	// storage.Options a 0 MinFree means no floor.
+	DefaultMinFree  = ByteSize(storage.DefaultMinFree)
+	DefaultSyncMode = SyncDaemon
 )
 
-// ApplyDefaults fills every unset field with its default. It is idempotent.
-func (c *Config) ApplyDefaults() {
+// EnsureDefaults fills every unset field with its default. It is
+// idempotent. For the sections that become component options (storage,
+// brokers, rtsp and mqtt devices, cells, sync), the defaults are the components' own:
+// the section is converted (Components), the component's EnsureDefaults
+// runs, and the values the file can set are copied back, so that --print
+// shows what the daemon will use.
+func (c *Config) EnsureDefaults() {
 	setStr(&c.Log.Level, DefaultLogLevel)
 	setStr(&c.Log.Format, DefaultLogFormat)
 	setDur(&c.ShutdownTimeout, DefaultShutdownTimeout)
@@ -53,20 +40,20 @@ func (c *Config) ApplyDefaults() {
 
 	s := &c.Storage
 	setStr(&s.Dir, DefaultStorageDir)
-	setDur(&s.SyncInterval, DefaultSyncInterval)
 	if s.MinFree == nil { // an explicit 0 stays 0
 		v := DefaultMinFree
 		s.MinFree = &v
 	}
-	setStr(&s.FullPolicy, DefaultFullPolicy)
-	setDur(&s.Retention, DefaultRetention)
-	setDur(&s.TimelineRetention, DefaultTimelineRetention)
+	so := c.storageOptions()
+	so.EnsureDefaults()
+	s.SyncInterval, s.FullPolicy, s.Retention, s.TimelineRetention = so.SyncInterval, so.FullPolicy, so.Retention, so.TimelineRetention
 
 	for i := range c.Brokers {
 		b := &c.Brokers[i]
 		setStr(&b.ClientID, "episoded-"+c.Gateway.ID+"-"+b.ID)
-		setDur(&b.KeepAlive, DefaultKeepAlive)
-		b.Backoff.applyDefaults(DefaultBackoffMin, DefaultBackoffMax)
+		o := b.options()
+		o.EnsureDefaults()
+		b.KeepAlive, b.Backoff, b.MaxPendingBytes = o.KeepAlive, fromPolicy(o.Backoff), ByteSize(o.MaxPendingBytes)
 	}
 	for i := range c.Devices {
 		d := &c.Devices[i]
@@ -76,57 +63,33 @@ func (c *Config) ApplyDefaults() {
 				setStr(&d.Stream, cell+"/"+d.ID)
 			}
 			setStr(&d.Stream, d.ID)
-			setStr(&d.Clock, DefaultRTSPClock)
-			if d.Type == DeviceRTSP {
-				setStr(&d.Transport, DefaultTransport)
-				setDur(&d.ReadTimeout, DefaultReadTimeout)
-				d.Backoff.applyDefaults(DefaultBackoffMin, DefaultBackoffMax)
+			if d.Type == DeviceWHIP {
+				setStr(&d.Clock, rtsp.DefaultClock) // as for rtsp cameras
+				continue
 			}
+			o := d.rtspOptions()
+			o.EnsureDefaults()
+			d.Transport, d.Clock, d.ReadTimeout, d.Backoff = o.Transport, o.Clock, o.ReadTimeout, fromPolicy(o.Backoff)
 		case DeviceMQTT:
-			setStr(&d.Stream, DefaultMQTTStream)
-			setStr(&d.Format, DefaultMQTTFormat)
-			if d.MaxPayload == 0 {
-				d.MaxPayload = DefaultMaxPayload
-			}
-			if d.MaxStreams == 0 {
-				d.MaxStreams = DefaultMaxStreams
-			}
-			if d.Clock == "" {
-				d.Clock = "arrival"
-				if d.TimeField != "" || (d.Layout != nil && d.Layout.TimeOffset >= 0) {
-					d.Clock = "payload"
-				}
-			}
-			if d.TimeField != "" {
-				setStr(&d.TimeUnit, DefaultTimeUnit)
-			}
+			o := d.mqttOptions()
+			o.EnsureDefaults()
+			d.Stream, d.Format, d.TimeUnit, d.Clock = o.Stream, o.Format, o.TimeUnit, o.Clock
+			d.MaxPayload, d.MaxStreams = ByteSize(o.MaxPayload), o.MaxStreams
 		}
 	}
 	for i := range c.Cells {
-		if c.Cells[i].GapFactor == 0 {
-			c.Cells[i].GapFactor = DefaultGapFactor
-		}
-		q := &c.Cells[i].Quality
-		if q.MinCoverage == 0 {
-			q.MinCoverage = DefaultMinCoverage
-		}
-		setDur(&q.MaxAlignmentBound, DefaultMaxAlignBound)
+		cell := &c.Cells[i]
+		o := cell.options()
+		o.EnsureDefaults()
+		cell.GapFactor, cell.Quality.MinCoverage, cell.Quality.MaxAlignmentBound = o.GapFactor, o.MinCoverage, o.MaxAlignmentBound
 	}
 
 	y := &c.Sync
 	setStr(&y.Mode, DefaultSyncMode)
-	setStr(&y.Timezone, DefaultTimezone)
-	if y.Concurrency == 0 {
-		y.Concurrency = DefaultConcurrency
-	}
-	if y.PartSize == 0 {
-		y.PartSize = DefaultPartSize
-	}
-	setStr(&y.PriorityLabel, DefaultPriorityLabel)
-	y.Retry.applyDefaults(DefaultRetryMin, DefaultRetryMax)
-	if y.MaxAttempts == 0 {
-		y.MaxAttempts = DefaultMaxAttempts
-	}
+	uo := c.uploadOptions()
+	uo.EnsureDefaults()
+	y.Timezone, y.Concurrency, y.PartSize, y.PriorityLabel = uo.Timezone, uo.Concurrency, ByteSize(uo.PartSize), uo.PriorityLabel
+	y.Retry, y.MaxAttempts = Backoff{Min: uo.RetryMin, Max: uo.RetryMax}, uo.MaxAttempts
 }
 
 // cellOf returns the id of the cell that lists device id, or "" if none.
@@ -141,10 +104,7 @@ func (c *Config) cellOf(id string) string {
 	return ""
 }
 
-func (b *Backoff) applyDefaults(lo, hi time.Duration) {
-	setDur(&b.Min, lo)
-	setDur(&b.Max, hi)
-}
+func fromPolicy(p devices.BackoffPolicy) Backoff { return Backoff{Min: p.Min, Max: p.Max} }
 
 func setStr(p *string, v string) {
 	if *p == "" {

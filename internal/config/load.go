@@ -128,7 +128,7 @@ func (p *parser) parse(data []byte, baseDir string) *Config {
 		}
 	}
 	p.resolveSecrets(cfg, baseDir)
-	cfg.ApplyDefaults()
+	cfg.EnsureDefaults()
 	p.problems = append(p.problems, cfg.problems()...)
 	return cfg
 }

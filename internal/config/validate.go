@@ -1,25 +1,21 @@
 package config
 
 import (
+	"cmp"
 	"fmt"
 	"net"
-	"net/url"
-	"path"
 	"regexp"
 	"strings"
 	"time"
-
-	"github.com/episoded/episoded/internal/redact"
-	"github.com/episoded/episoded/storage"
-	"github.com/episoded/episoded/sync/upload"
 )
 
-// maxStreamsLimit caps max_streams: every stream costs ingest state, a
-// status row and metric series.
-const maxStreamsLimit = 10000
-
 // Validate reports every problem in c at once; nil means valid. It expects
-// ApplyDefaults to have run.
+// EnsureDefaults to have run. The keys that become component options are
+// checked by the components' own Validate methods, on the options
+// Components builds (the same options the daemon starts with); this file
+// checks only what belongs to no component: ids, references between
+// sections, the API's access settings, log, whip devices, device rates,
+// sync.mode and sync.target.type.
 func (c *Config) Validate() error {
 	if p := c.problems(); len(p) > 0 {
 		return &Error{File: "(in memory)", Problems: p}
@@ -57,9 +53,23 @@ func (p *problems) nonNegative(where string, d time.Duration) {
 	}
 }
 
-func (p *problems) backoff(where string, b Backoff) {
-	if b.Min <= 0 || b.Max < b.Min {
-		p.addf("%s: need 0 < min <= max (got min %s, max %s)", where, b.Min, b.Max)
+// component adds the problems a component's Validate reported, each
+// prefixed with where the component's keys sit in the file (each problem
+// starts with its key, so "devices[cam]" and "transport: ..." make
+// "devices[cam].transport: ..."). An "id" problem is dropped: ids are
+// checked here, more strictly (p.id), under the section's index.
+func (p *problems) component(where string, err error) {
+	if err == nil {
+		return
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			p.component(where, e)
+		}
+		return
+	}
+	if msg := err.Error(); !strings.HasPrefix(msg, "id: ") {
+		p.addf("%s.%s", where, msg)
 	}
 }
 
@@ -77,25 +87,13 @@ func (c *Config) problems() []string {
 		p.addf("shutdown_timeout: must be positive")
 	}
 	c.apiAccessProblems(&p)
-	if c.API.WebRTC.UDPPort < 0 || c.API.WebRTC.UDPPort > 65535 {
-		p.addf("api.webrtc.udp_port: %d is out of range", c.API.WebRTC.UDPPort)
-	}
 
-	s := c.Storage
-	if s.Dir == "" {
-		p.addf("storage.dir: is required")
-	}
-	if s.SyncInterval <= 0 || s.SyncInterval > 10*time.Second {
-		p.addf("storage.sync_interval: must be between 0 and 10s (got %s)", s.SyncInterval)
-	}
-	if s.Quota < 0 || (s.MinFree != nil && *s.MinFree < 0) {
-		p.addf("storage: quota and min_free must not be negative")
-	}
-	if err := storage.CheckQuota(int64(s.Quota)); err != nil {
-		p.addf("storage.quota: %v", err)
-	}
-	p.oneOf("storage.full_policy", s.FullPolicy, "reject-new", "evict-oldest")
-	p.nonNegative("storage.retention", s.Retention)
+	so := c.storageOptions()
+	so.EnsureDefaults()
+	p.component("storage", so.Validate())
+	wo := c.API.WebRTC.options()
+	wo.EnsureDefaults()
+	p.component("api.webrtc", wo.Validate())
 
 	brokers := map[string]bool{}
 	for i, b := range c.Brokers {
@@ -105,25 +103,9 @@ func (c *Config) problems() []string {
 			p.addf("%s: duplicate broker id %q", where, b.ID)
 		}
 		brokers[b.ID] = true
-		where = fmt.Sprintf("brokers[%s]", b.ID)
-		if b.MaxPendingBytes < 0 {
-			p.addf("%s.max_pending_bytes: %s is negative", where, b.MaxPendingBytes)
-		}
-		if u, err := url.Parse(b.URL); err != nil || u.Host == "" {
-			p.addf("%s.url: %q is not a broker URL such as tcp://host:1883", where, redactURL(b.URL))
-		} else {
-			p.oneOf(where+".url scheme", u.Scheme, "tcp", "ssl", "tls", "mqtt", "mqtts", "ws", "wss")
-			if u.User != nil {
-				p.addf("%s.url: put credentials in username and password_file, not in the URL", where)
-			}
-		}
-		if b.KeepAlive < time.Second {
-			p.addf("%s.keepalive: must be at least 1s", where)
-		}
-		if (b.TLS.CertFile == "") != (b.TLS.KeyFile == "") {
-			p.addf("%s.tls: cert_file and key_file go together", where)
-		}
-		p.backoff(where+".backoff", b.Backoff)
+		o := c.Brokers[i].options()
+		o.EnsureDefaults()
+		p.component(fmt.Sprintf("brokers[%s]", b.ID), o.Validate())
 	}
 
 	devices := map[string]*Device{}
@@ -137,25 +119,26 @@ func (c *Config) problems() []string {
 		}
 		devices[d.ID] = d
 		where = fmt.Sprintf("devices[%s]", d.ID)
-		p.nonNegative(where+".latency", d.Latency)
 		if !(d.Rate >= 0 && d.Rate <= 1e6) {
 			p.addf("%s.rate: %v Hz is not between 0 (learn it) and 1000000", where, d.Rate)
 		}
 		switch d.Type {
 		case DeviceRTSP:
-			if u, err := url.Parse(d.URL); err != nil || u.Host == "" || (u.Scheme != "rtsp" && u.Scheme != "rtsps") {
-				p.addf("%s.url: %q is not an rtsp:// or rtsps:// URL", where, redactURL(d.URL))
-			}
-			p.oneOf(where+".transport", d.Transport, "tcp", "udp", "auto")
-			p.oneOf(where+".clock", d.Clock, "rtcp", "arrival")
-			if d.ReadTimeout <= 0 {
-				p.addf("%s.read_timeout: must be positive", where)
-			}
-			p.backoff(where+".backoff", d.Backoff)
+			o := d.rtspOptions()
+			o.EnsureDefaults()
+			p.component(where, o.Validate())
 		case DeviceWHIP:
 			p.oneOf(where+".clock", d.Clock, "rtcp", "arrival")
+			p.nonNegative(where+".latency", d.Latency)
 		case DeviceMQTT:
-			c.mqttDeviceProblems(&p, where, d, brokers)
+			if d.Broker == "" {
+				p.addf("%s.broker: is required for mqtt devices", where)
+			} else if !brokers[d.Broker] {
+				p.addf("%s.broker: broker %q is not defined under brokers", where, d.Broker)
+			}
+			o := d.mqttOptions()
+			o.EnsureDefaults()
+			p.component(where, o.Validate())
 		default:
 			p.addf("%s.type: %q is not one of rtsp, mqtt, whip", where, d.Type)
 		}
@@ -193,25 +176,9 @@ func (c *Config) problems() []string {
 			}
 			inCell[id] = cell.ID
 		}
-		p.nonNegative(where+".preroll", cell.Preroll)
-		p.nonNegative(where+".postroll", cell.Postroll)
-		p.nonNegative(where+".max_duration", cell.MaxDuration)
-		p.nonNegative(where+".idle_timeout", cell.IdleTimeout)
-		if cell.MaxDuration > 0 && cell.MaxDuration < time.Second {
-			p.addf("%s.max_duration: must be at least 1s", where)
-		}
-		if cell.GapFactor < 1 {
-			p.addf("%s.gap_factor: must be at least 1", where)
-		}
-		if q := cell.Quality; !(q.MinCoverage >= 0 && q.MinCoverage <= 1) {
-			p.addf("%s.quality.min_coverage: %v is not between 0 and 1", where, q.MinCoverage)
-		}
-		p.nonNegative(where+".quality.max_alignment_bound", cell.Quality.MaxAlignmentBound)
-		for _, pat := range cell.Quality.RequiredStreams {
-			if _, err := path.Match(pat, ""); err != nil || pat == "" {
-				p.addf("%s.quality.required_streams: %q is not a stream id or pattern", where, pat)
-			}
-		}
+		o := c.Cells[i].options()
+		o.EnsureDefaults()
+		p.component(where, o.Validate())
 		if t := cell.Trigger; t != nil {
 			if !brokers[t.Broker] {
 				p.addf("%s.trigger.broker: broker %q is not defined under brokers", where, t.Broker)
@@ -230,139 +197,25 @@ func (c *Config) problems() []string {
 	return p
 }
 
-var timeFieldUnits = []string{"s", "ms", "us", "ns", "rfc3339"}
-
-var pointTypes = map[string]int{"uint8": 1, "int8": 1, "uint16": 2, "int16": 2, "uint32": 4, "int32": 4, "float32": 4, "float64": 8}
-
-func (c *Config) mqttDeviceProblems(p *problems, where string, d *Device, brokers map[string]bool) {
-	if d.Broker == "" {
-		p.addf("%s.broker: is required for mqtt devices", where)
-	} else if !brokers[d.Broker] {
-		p.addf("%s.broker: broker %q is not defined under brokers", where, d.Broker)
-	}
-	if len(d.Topics) == 0 {
-		p.addf("%s.topics: list at least one topic filter", where)
-	}
-	for _, t := range d.Topics {
-		if !validTopicFilter(t) {
-			p.addf("%s.topics: %q is not a valid MQTT topic filter", where, t)
-		}
-	}
-	p.oneOf(where+".format", d.Format, "json", "cbor", "raw", "pointcloud")
-	p.oneOf(where+".clock", d.Clock, "payload", "arrival")
-	if d.TimeField != "" {
-		p.oneOf(where+".time_unit", d.TimeUnit, timeFieldUnits...)
-		if d.Format != "json" && d.Format != "cbor" {
-			p.addf("%s.time_field: only json and cbor payloads have fields", where)
-		}
-	}
-	if d.Clock == "payload" && d.TimeField == "" && (d.Layout == nil || d.Layout.TimeOffset < 0) {
-		p.addf("%s.clock: payload time needs time_field (or layout.time_offset for pointcloud)", where)
-	}
-	if d.MaxPayload <= 0 || d.MaxPayload > 256<<20 {
-		p.addf("%s.max_payload: must be between 1 byte and 256MiB", where)
-	}
-	if d.MaxStreams < 1 || d.MaxStreams > maxStreamsLimit {
-		p.addf("%s.max_streams: %d must be between 1 and %d", where, d.MaxStreams, maxStreamsLimit)
-	}
-	if d.Format != "pointcloud" {
-		if d.Layout != nil {
-			p.addf("%s.layout: only format pointcloud has a layout", where)
-		}
-		return
-	}
-	l := d.Layout
-	if l == nil {
-		p.addf("%s.layout: format pointcloud needs a layout", where)
-		return
-	}
-	if l.Stride <= 0 || l.HeaderSize < 0 {
-		p.addf("%s.layout: stride must be positive and header_size not negative", where)
-	}
-	if l.TimeOffset >= 0 && l.TimeOffset+8 > l.HeaderSize {
-		p.addf("%s.layout.time_offset: the int64 time at %d does not fit in a %d-byte header (use -1 for arrival time)", where, l.TimeOffset, l.HeaderSize)
-	}
-	if len(l.Fields) == 0 {
-		p.addf("%s.layout.fields: list at least one field", where)
-	}
-	for _, f := range l.Fields {
-		size, ok := pointTypes[f.Type]
-		switch {
-		case f.Name == "":
-			p.addf("%s.layout.fields: every field needs a name", where)
-		case !ok:
-			p.addf("%s.layout.fields[%s].type: %q is not one of uint8, int8, uint16, int16, uint32, int32, float32, float64", where, f.Name, f.Type)
-		case f.Offset < 0 || f.Offset+size > l.Stride:
-			p.addf("%s.layout.fields[%s]: offset %d does not fit in stride %d", where, f.Name, f.Offset, l.Stride)
-		}
-	}
-}
-
-func validTopicFilter(t string) bool {
-	if t == "" {
-		return false
-	}
-	levels := strings.Split(t, "/")
-	for i, l := range levels {
-		if l == "#" && i != len(levels)-1 {
-			return false
-		}
-		if l != "#" && l != "+" && strings.ContainsAny(l, "+#") {
-			return false
-		}
-	}
-	return true
-}
-
 func (c *Config) syncProblems(p *problems) {
-	y := c.Sync
-	p.oneOf("sync.mode", y.Mode, SyncDaemon, SyncOneshot)
-	t := y.Target
-	switch t.Type {
+	p.oneOf("sync.mode", c.Sync.Mode, SyncDaemon, SyncOneshot)
+	// The uploader's keys are checked by upload.Options.Validate, even
+	// without a target (the file may name windows for a later one); only
+	// the target type is this file's: empty means nothing uploads.
+	o := c.uploadOptions()
+	switch o.Target.Type {
 	case "":
-	case TargetDir:
-		if t.Path == "" {
-			p.addf("sync.target.path: is required for a dir target")
-		}
-	case TargetS3:
-		if u, err := url.Parse(t.Endpoint); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
-			p.addf("sync.target.endpoint: %q is not an http:// or https:// URL", redactURL(t.Endpoint))
-		} else if u.User != nil {
-			p.addf("sync.target.endpoint: %q has credentials in it; put them in access_key and secret_key (or access_key_file and secret_key_file)", redactURL(t.Endpoint))
-		}
-		if t.Bucket == "" {
-			p.addf("sync.target.bucket: is required for an s3 target")
-		}
-		if y.PartSize < 5<<20 {
-			p.addf("sync.part_size: S3 needs at least 5MiB (got %s)", y.PartSize)
-		}
+		o.Target.Type = TargetDir
+		o.Target.Path = "-" // no target: check the rest
+	case TargetS3, TargetDir:
 	default:
-		p.addf("sync.target.type: %q is not one of s3, dir", t.Type)
+		p.addf("sync.target.type: %q is not one of s3, dir", o.Target.Type)
+		o.Target.Type = TargetDir
+		o.Target.Path = cmp.Or(o.Target.Path, "-")
 	}
-	if strings.HasPrefix(t.Prefix, "/") || strings.Contains(t.Prefix, "..") {
-		p.addf("sync.target.prefix: %q must be relative, without ..", t.Prefix)
-	}
-	for _, w := range y.Windows {
-		if _, _, err := upload.ParseWindow(w); err != nil {
-			p.addf("sync.windows: %v", err)
-		}
-	}
-	if _, err := time.LoadLocation(y.Timezone); err != nil {
-		p.addf("sync.timezone: unknown time zone %q", y.Timezone)
-	}
-	if y.Bandwidth < 0 {
-		p.addf("sync.bandwidth: must not be negative")
-	}
-	if y.MaxAttempts < 1 {
-		p.addf("sync.max_attempts: %d must be at least 1", y.MaxAttempts)
-	}
-	if y.Concurrency < 1 || y.Concurrency > 64 {
-		p.addf("sync.concurrency: must be between 1 and 64")
-	}
-	p.backoff("sync.retry", y.Retry)
+	o.EnsureDefaults()
+	p.component("sync", o.Validate())
 }
-
-func redactURL(u string) string { return redact.URL(u) }
 
 // apiAccessProblems checks the API's access settings (docs/SECURITY.md).
 func (c *Config) apiAccessProblems(p *problems) {

@@ -71,6 +71,10 @@ var accessTable = map[string]accessRow{
 	"POST /whep/episodes/{id}/{stream...}": {"POST", "/whep/episodes/no-such-episode/cell1/cam1", "application/sdp", "v=0\r\n", readable(404)},
 	"POST /whep/{stream...}":               {"POST", "/whep/cell1/cam1", "application/sdp", "v=0\r\n", readable(404)},
 	"DELETE /whep/sessions/{id}":           {"DELETE", "/whep/sessions/no-such-session", "", "", readable(404)},
+	"GET /debug/pprof/":                    {"GET", "/debug/pprof/", "", "", adminOnly(200)},
+	"GET /debug/pprof/profile":             {"GET", "/debug/pprof/profile?seconds=1", "", "", adminOnly(200)},
+	"GET /debug/pprof/trace":               {"GET", "/debug/pprof/trace?seconds=0.01", "", "", adminOnly(200)},
+	"GET /debug/pprof/symbol":              {"GET", "/debug/pprof/symbol", "", "", adminOnly(200)},
 	"GET /":                                {"GET", "/", "", "", open(200)},
 }
 

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 
 	"github.com/episoded/episoded/devices"
@@ -27,38 +26,14 @@ type statusSource interface {
 }
 
 // openStore opens the store with the config's storage section.
-func openStore(cfg *config.Config, d *Daemon) (*storage.Store, error) {
-	s := cfg.Storage
-	store, err := storage.Open(storage.Options{
-		Dir:               s.Dir,
-		SyncInterval:      s.SyncInterval,
-		Quota:             int64(s.Quota),
-		MinFree:           int64(*s.MinFree),
-		FullPolicy:        s.FullPolicy,
-		Retention:         s.Retention,
-		TimelineRetention: s.TimelineRetention,
-		Logger:            d.log,
-		Registerer:        d.reg,
-	})
+func openStore(d *Daemon) (*storage.Store, error) {
+	o := d.opts.Storage
+	o.Logger, o.Registerer = d.log, d.reg
+	store, err := storage.Open(o)
 	if err != nil {
 		return nil, err // storage names the directory and the operation
 	}
 	return store, nil
-}
-
-// deviceCells maps every device id to its cell id.
-func deviceCells(cfg *config.Config) map[string]string {
-	m := map[string]string{}
-	for _, c := range cfg.Cells {
-		for _, d := range c.Devices {
-			m[d] = c.ID
-		}
-	}
-	return m
-}
-
-func backoff(b config.Backoff) devices.BackoffPolicy {
-	return devices.BackoffPolicy{Min: b.Min, Max: b.Max}
 }
 
 // buildDevices creates the cameras, brokers (with their devices and cell
@@ -66,64 +41,40 @@ func backoff(b config.Backoff) devices.BackoffPolicy {
 func (d *Daemon) buildDevices() error {
 	cfg := d.cfg
 	brokers := map[string]*mqtt.Client{}
-	for _, b := range cfg.Brokers {
-		br, err := mqtt.NewClient(mqtt.ClientOptions{
-			ID: b.ID, URL: b.URL, ClientID: b.ClientID, Username: b.Username, Password: b.Password.Value(),
-			KeepAlive: b.KeepAlive, Backoff: backoff(b.Backoff), MaxPendingBytes: int64(b.MaxPendingBytes),
-			TLS:    mqtt.TLSOptions{CAFile: b.TLS.CAFile, CertFile: b.TLS.CertFile, KeyFile: b.TLS.KeyFile, InsecureSkipVerify: b.TLS.InsecureSkipVerify},
-			Logger: d.log, Registerer: d.reg,
-		})
+	for _, o := range d.opts.Brokers {
+		o.Logger, o.Registerer = d.log, d.reg
+		br, err := mqtt.NewClient(o)
 		if err != nil {
-			return fmt.Errorf("broker %s: %w", b.ID, err)
+			return fmt.Errorf("broker %s: %w", o.ID, err)
 		}
-		brokers[b.ID] = br
+		brokers[o.ID] = br
+	}
+	for _, o := range d.opts.Cameras {
+		o.Logger, o.Registerer = d.log, d.reg
+		cam, err := rtsp.New(o)
+		if err != nil {
+			return fmt.Errorf("device %s: %w", o.Device, err)
+		}
+		d.sources = append(d.sources, cam)
+		d.deviceComps = append(d.deviceComps, component{name: "rtsp " + o.Device, run: func(ctx context.Context) error { return cam.Run(ctx, d.sink) }})
+	}
+	for _, m := range d.opts.MQTTDevices {
+		if err := brokers[m.Broker].AddDevice(m.Options); err != nil {
+			return fmt.Errorf("device %s: %w", m.Options.Device, err)
+		}
 	}
 	for _, dev := range cfg.Devices {
-		switch dev.Type {
-		case config.DeviceRTSP:
-			cam, err := rtsp.New(rtsp.Options{
-				Device: dev.ID, Stream: dev.Stream, URL: dev.URL, Transport: dev.Transport,
-				Username: dev.Username, Password: dev.Password.Value(), Clock: dev.Clock,
-				Latency: dev.Latency, ReadTimeout: dev.ReadTimeout, Backoff: backoff(dev.Backoff),
-				Logger: d.log, Registerer: d.reg,
-			})
-			if err != nil {
-				return fmt.Errorf("device %s: %w", dev.ID, err)
-			}
-			d.sources = append(d.sources, cam)
-			d.deviceComps = append(d.deviceComps, component{name: "rtsp " + dev.ID, run: func(ctx context.Context) error { return cam.Run(ctx, d.sink) }})
-		case config.DeviceMQTT:
-			do := mqtt.DeviceOptions{
-				Device: dev.ID, Topics: dev.Topics, Stream: dev.Stream, Format: dev.Format,
-				TimeUnit: dev.TimeUnit, Latency: dev.Latency,
-				MaxPayload: int64(dev.MaxPayload), MaxStreams: dev.MaxStreams, TimeOffset: -1,
-			}
-			payloadClock := dev.Clock == "payload"
-			if payloadClock {
-				do.TimeField = dev.TimeField
-			}
-			if l := dev.Layout; l != nil {
-				do.Layout = &sample.PointLayout{HeaderSize: l.HeaderSize, Stride: l.Stride}
-				for _, f := range l.Fields {
-					do.Layout.Fields = append(do.Layout.Fields, sample.PointField{Name: f.Name, Offset: f.Offset, Type: f.Type})
-				}
-				if payloadClock {
-					do.TimeOffset = l.TimeOffset
-				}
-			}
-			if err := brokers[dev.Broker].AddDevice(do); err != nil {
-				return fmt.Errorf("device %s: %w", dev.ID, err)
-			}
-		case config.DeviceWHIP:
-			clock := sample.ClockDevice
-			if dev.Clock == "arrival" {
-				clock = sample.ClockArrival
-			}
-			d.rtc.AddWHIPStream(sample.Descriptor{
-				Stream: dev.Stream, Kind: sample.KindVideo, Codec: sample.CodecH264, Device: dev.ID,
-				Source: "whip", Clock: clock, Latency: int64(dev.Latency),
-			})
+		if dev.Type != config.DeviceWHIP {
+			continue
 		}
+		clock := sample.ClockDevice
+		if dev.Clock == "arrival" {
+			clock = sample.ClockArrival
+		}
+		d.rtc.AddWHIPStream(sample.Descriptor{
+			Stream: dev.Stream, Kind: sample.KindVideo, Codec: sample.CodecH264, Device: dev.ID,
+			Source: "whip", Clock: clock, Latency: int64(dev.Latency),
+		})
 	}
 	for _, c := range cfg.Cells {
 		if c.Trigger == nil {
@@ -162,42 +113,30 @@ func (d *Daemon) attachments(cell string) []string {
 
 // buildUploader creates the uploader when a sync target is configured.
 func (d *Daemon) buildUploader() error {
-	y := d.cfg.Sync
 	if err := d.loadKey(); err != nil {
 		return err
 	}
-	if y.Target.Type == "" {
+	if d.opts.Upload == nil {
 		return nil
 	}
 	prov, err := provenance.NewStatic(d.cfg)
 	if err != nil {
 		return err
 	}
-	t := y.Target
-	u, err := upload.New(d.store, upload.Options{
-		Target: upload.Target{
-			Type: t.Type, Prefix: t.Prefix, Path: t.Path, Endpoint: t.Endpoint, Region: t.Region, Bucket: t.Bucket,
-			PathStyle: t.PathStyle, AccessKey: t.AccessKey.Value(), SecretKey: t.SecretKey.Value(),
-			CAFile: t.CAFile, InsecureSkipVerify: t.InsecureSkipVerify,
-		},
-		Site: d.cfg.Gateway.Site, Gateway: d.cfg.Gateway.ID,
-		Windows: y.Windows, Timezone: y.Timezone, PriorityLabel: y.PriorityLabel,
-		Bandwidth: int64(y.Bandwidth), Concurrency: y.Concurrency, PartSize: int64(y.PartSize),
-		RetryMin: y.Retry.Min, RetryMax: y.Retry.Max, MaxAttempts: y.MaxAttempts,
-		StageDir:    filepath.Join(d.cfg.Storage.Dir, "outbox"),
-		Attachments: d.attachments,
-		Logger:      d.log, Registerer: d.reg,
-		OnUploaded: d.onUploaded,
-		Signer:     d.key,
-		Provenance: func(e episode.Episode) *provenance.Provenance {
-			return prov.Build(e, d.streamInfo, func() *episode.TimeSync {
-				ts, _ := provenance.ReadTimeSync("upload")
-				return ts
-			})
-		},
-	})
+	o := *d.opts.Upload
+	o.Attachments = d.attachments
+	o.Logger, o.Registerer = d.log, d.reg
+	o.OnUploaded = d.onUploaded
+	o.Signer = d.key
+	o.Provenance = func(e episode.Episode) *provenance.Provenance {
+		return prov.Build(e, d.streamInfo, func() *episode.TimeSync {
+			ts, _ := provenance.ReadTimeSync("upload")
+			return ts
+		})
+	}
+	u, err := upload.New(d.store, o)
 	if err != nil {
-		return fmt.Errorf("sync target %s: %w", redact.URL(cmp.Or(t.Endpoint, t.Path)), err)
+		return fmt.Errorf("sync target %s: %w", redact.URL(cmp.Or(o.Target.Endpoint, o.Target.Path)), err)
 	}
 	d.uploader = u
 	return nil

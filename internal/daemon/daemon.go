@@ -19,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,7 +38,10 @@ import (
 
 // Daemon is a configured episoded.
 type Daemon struct {
-	cfg    *config.Config
+	cfg *config.Config
+	// opts are the component options cfg describes (config.Components,
+	// the same conversion `config check` validates), made at start-up.
+	opts   config.Components
 	log    *slog.Logger
 	reg    *prometheus.Registry
 	api    *api.Server
@@ -191,7 +193,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 // prepare does everything that can fail fast, before anything runs, and
 // lists the components in start order: downstream first.
 func (d *Daemon) prepare(ctx context.Context) (err error) {
-	if d.store, err = openStore(d.cfg, d); err != nil {
+	// The same validation as `config check` (config.Load ran it already
+	// for a config read from a file; a config built in memory gets it
+	// here), then the same conversion into component options.
+	if err := d.cfg.Validate(); err != nil {
+		return err
+	}
+	d.opts = d.cfg.Components()
+	if d.store, err = openStore(d); err != nil {
 		return err
 	}
 	defer func() {
@@ -201,7 +210,7 @@ func (d *Daemon) prepare(ctx context.Context) (err error) {
 	}()
 	hub := webrtc.NewHub(d.log)
 	d.sink = lifecycle.NewSink(d.store, lifecycle.SinkOptions{Live: hub, Logger: d.log, Registerer: d.reg})
-	lo := lifecycleOptions(d.cfg)
+	lo := d.opts.Lifecycle
 	lo.Logger, lo.Registerer = d.log, d.reg
 	lo.TimeSync = d.readTimeSync
 	lo.Settled = func(e episode.Episode) {
@@ -216,13 +225,9 @@ func (d *Daemon) prepare(ctx context.Context) (err error) {
 	if d.cells, err = lifecycle.New(d.store, d.sink, lo); err != nil {
 		return err
 	}
-	d.rtc, err = webrtc.NewServer(webrtc.Options{
-		Interfaces: d.cfg.API.WebRTC.Interfaces, UDPPort: d.cfg.API.WebRTC.UDPPort,
-		// Loopback candidates only when asked for by name (tests, a
-		// dashboard opened on the gateway itself).
-		IncludeLoopback: slices.Contains(d.cfg.API.WebRTC.Interfaces, "lo"),
-		ErrNotFound:     storage.ErrNotFound, Logger: d.log, Registerer: d.reg,
-	}, hub, d.store)
+	wo := d.opts.WebRTC
+	wo.ErrNotFound, wo.Logger, wo.Registerer = storage.ErrNotFound, d.log, d.reg
+	d.rtc, err = webrtc.NewServer(wo, hub, d.store)
 	if err != nil {
 		return fmt.Errorf("webrtc: %w", err)
 	}

@@ -18,8 +18,8 @@ func SyncOnce(ctx context.Context, cfg *config.Config, log *slog.Logger) (upload
 	if cfg.Sync.Target.Type == "" {
 		return upload.Status{}, errors.New("sync run: no sync target is configured")
 	}
-	d := &Daemon{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
-	store, err := openStore(cfg, d)
+	d := &Daemon{cfg: cfg, opts: cfg.Components(), log: log, reg: prometheus.NewRegistry()}
+	store, err := openStore(d)
 	if err != nil {
 		return upload.Status{}, err
 	}

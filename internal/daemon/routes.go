@@ -39,6 +39,7 @@ import (
 //	POST   /v1/sync/run                upload what is due now and return when idle (sync mode oneshot)
 //	GET    /v1/episodes/{id}/samples   the episode's raw samples, for `episoded replay`
 //	GET    /v1/history                 the last 15 minutes of rates, alignment, disk and backlog (dashboard trends)
+//	GET    /debug/pprof/...            Go runtime profiles, admin only (pprof.go)
 //	GET    /                           the dashboard
 func (d *Daemon) routes() {
 	a := d.api
@@ -57,6 +58,7 @@ func (d *Daemon) routes() {
 	a.Handle("GET /v1/episodes/{id}/samples", d.resolveID(replay.SamplesHandler(d.store, d.log)))
 	a.HandleFunc("GET /v1/history", d.handleHistory)
 	d.rtc.Mount(a.Handle)
+	mountPprof(a)
 	a.HandleOpen("GET /", dashboard.Handler())
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -12,15 +13,16 @@ import (
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/ingest"
 	"github.com/episoded/episoded/sample"
+	"github.com/episoded/episoded/storage"
 )
 
 // Defaults of the cells' quality thresholds (internal/config refers to
 // them) and of the store's commit cadence the settle margin allows for.
 const (
-	DefaultGapFactor         = 3.0
+	DefaultGapFactor         = ingest.DefaultGapFactor
 	DefaultMinCoverage       = 0.99
 	DefaultMaxAlignmentBound = 5 * time.Millisecond
-	DefaultSyncInterval      = 100 * time.Millisecond
+	DefaultSyncInterval      = storage.DefaultSyncInterval
 )
 
 // Options configure the Cells. Zero values take the defaults above
@@ -142,7 +144,7 @@ func (o Options) Validate() error {
 		}
 		cells[c.ID] = true
 		if err := c.Validate(); err != nil {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("cell %q: %w", c.ID, err))
 		}
 	}
 	devs := map[string]bool{}
@@ -167,23 +169,24 @@ func (o Options) Validate() error {
 	return nil
 }
 
-// Validate reports every problem with the cell's options in one error.
+// Validate reports every problem with the cell's options in one error
+// (joined with errors.Join; each problem starts with the config key, under
+// cells[id], it is about). It expects EnsureDefaults to have run.
 func (o CellOptions) Validate() error {
-	var errs []error
-	if err := o.machine().Validate(); err != nil {
-		errs = append(errs, err)
-	}
-	if o.MaxDuration > 0 && o.MaxDuration < time.Second {
-		errs = append(errs, fmt.Errorf("cell %q: max duration %s: must be at least 1s", o.ID, o.MaxDuration))
-	}
+	errs := []error{o.machine().Validate()}
 	if !(o.GapFactor >= 1) {
-		errs = append(errs, fmt.Errorf("cell %q: gap factor %v: must be at least 1", o.ID, o.GapFactor))
+		errs = append(errs, fmt.Errorf("gap_factor: must be at least 1 (got %v)", o.GapFactor))
 	}
 	if !(o.MinCoverage >= 0 && o.MinCoverage <= 1) {
-		errs = append(errs, fmt.Errorf("cell %q: min coverage %v is not in [0, 1]", o.ID, o.MinCoverage))
+		errs = append(errs, fmt.Errorf("quality.min_coverage: %v is not between 0 and 1", o.MinCoverage))
 	}
 	if o.MaxAlignmentBound < 0 {
-		errs = append(errs, fmt.Errorf("cell %q: max alignment bound %s is negative", o.ID, o.MaxAlignmentBound))
+		errs = append(errs, errors.New("quality.max_alignment_bound: must not be negative"))
+	}
+	for _, pat := range o.RequiredStreams {
+		if _, err := path.Match(pat, ""); err != nil || pat == "" {
+			errs = append(errs, fmt.Errorf("quality.required_streams: %q is not a stream id or pattern", pat))
+		}
 	}
 	return errors.Join(errs...)
 }

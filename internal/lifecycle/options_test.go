@@ -18,7 +18,8 @@ func TestOptionsValidate(t *testing.T) {
 	if err == nil {
 		t.Fatal("invalid options accepted")
 	}
-	for _, want := range []string{"postroll: negative", "min coverage 2", "gap factor 0.5", "max duration 1ms", `cell "c1": duplicate id`, "id: required",
+	for _, want := range []string{`cell "c1": postroll: must not be negative`, "quality.min_coverage: 2 is not between 0 and 1", "gap_factor: must be at least 1 (got 0.5)",
+		"max_duration: must be at least 1s", `cell "c1": duplicate id`, "id: is required",
 		`device "cam": unknown cell "c9"`, `device "cam": duplicate id`, "device: id required", "rate -1"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)

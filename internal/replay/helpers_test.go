@@ -20,6 +20,7 @@ import (
 
 	"github.com/episoded/episoded/assets"
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/testwait"
 	"github.com/episoded/episoded/sample"
 	"github.com/episoded/episoded/storage"
 )
@@ -265,17 +266,15 @@ func startMosquitto(t testing.TB) string {
 		logf.Close()
 	})
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testwait.For(t, 10*time.Second, "mosquitto to listen on "+addr, func() bool {
 		c, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			c.Close()
-			return "tcp://" + addr
 		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(logf.Name())
-			t.Fatalf("mosquitto did not listen on %s: %v\n%s", addr, err, strings.TrimSpace(string(b)))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err == nil
+	}, func() string {
+		b, _ := os.ReadFile(logf.Name())
+		return strings.TrimSpace(string(b))
+	})
+	return "tcp://" + addr
 }

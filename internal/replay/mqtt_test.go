@@ -14,6 +14,7 @@ import (
 
 	"github.com/episoded/episoded/devices/mqtt"
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/testwait"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -73,21 +74,18 @@ func (s *subscriber) waitAfter(t testing.TB, pub *mqtt.Publisher, timeout time.D
 	if err := <-acked; err != nil {
 		t.Fatalf("barrier not acknowledged: %v", err)
 	}
-	deadline := time.Now().Add(timeout)
-	for {
+	var before []received
+	testwait.For(t, timeout, "the barrier message at the subscriber", func() bool {
 		s.mu.Lock()
+		defer s.mu.Unlock()
 		i := slices.IndexFunc(s.msgs, func(m received) bool { return m.topic == barrierTopic })
-		if i >= 0 {
-			defer s.mu.Unlock()
-			return slices.Clone(s.msgs[:i])
+		if i < 0 {
+			return false
 		}
-		got := len(s.msgs)
-		s.mu.Unlock()
-		if time.Now().After(deadline) {
-			t.Fatalf("the barrier did not reach the subscriber within %s (%d messages before it)", timeout, got)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		before = slices.Clone(s.msgs[:i])
+		return true
+	})
+	return before
 }
 
 func connectPublisher(t testing.TB, url string) *mqtt.Publisher {

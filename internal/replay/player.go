@@ -108,8 +108,9 @@ type Options struct {
 	Logger     *slog.Logger
 }
 
-// Validate reports every problem at once.
-func (o Options) Validate() error {
+// Validate reports every problem at once. New runs EnsureDefaults, then
+// Validate.
+func (o *Options) Validate() error {
 	var errs []error
 	if o.Rate < 0 || math.IsNaN(o.Rate) || math.IsInf(o.Rate, 0) {
 		errs = append(errs, fmt.Errorf("rate: %v is not a positive number", o.Rate))
@@ -126,7 +127,8 @@ func (o Options) Validate() error {
 	return errors.Join(errs...)
 }
 
-func (o Options) withDefaults() Options {
+// EnsureDefaults fills unset fields with their defaults. It is idempotent.
+func (o *Options) EnsureDefaults() {
 	if o.Rate == 0 {
 		o.Rate = 1
 	}
@@ -142,7 +144,6 @@ func (o Options) withDefaults() Options {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	return o
 }
 
 // Sinks.
@@ -159,10 +160,10 @@ type Player struct {
 
 // New checks the options.
 func New(o Options) (*Player, error) {
+	o.EnsureDefaults()
 	if err := o.Validate(); err != nil {
 		return nil, fmt.Errorf("replay options: %w", err)
 	}
-	o = o.withDefaults()
 	return &Player{o: o, log: o.Logger.With("component", "replay")}, nil
 }
 

@@ -126,7 +126,7 @@ func TestOptionsValidate(t *testing.T) {
 
 func TestClocksDeterministic(t *testing.T) {
 	o := Options{ClockOffset: 2 * time.Second, ClockDriftPPM: 80, Seed: 42, Clocks: map[string]Clock{"lidar": {Offset: 7}}}
-	o.applyDefaults()
+	o.EnsureDefaults()
 	a, b := o.clockFor("cam1"), o.clockFor("cam1")
 	if a != b {
 		t.Fatalf("clock draw not deterministic: %+v %+v", a, b)

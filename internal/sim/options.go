@@ -125,7 +125,8 @@ func ParseOutage(s string) (Outage, error) {
 	return Outage{Camera: cam, At: a, For: d}, nil
 }
 
-func (o *Options) applyDefaults() {
+// EnsureDefaults fills unset fields with their defaults. It is idempotent.
+func (o *Options) EnsureDefaults() {
 	if o.RTSPAddr == "" {
 		o.RTSPAddr = DefaultRTSPAddr
 	}

@@ -76,7 +76,7 @@ type Sim struct {
 
 // New checks o and prepares a Sim; it starts nothing.
 func New(o Options) (*Sim, error) {
-	o.applyDefaults()
+	o.EnsureDefaults()
 	if err := o.Validate(); err != nil {
 		return nil, fmt.Errorf("sim options: %w", err)
 	}

@@ -33,6 +33,25 @@ type Unit struct {
 	// Params is non-nil for the first unit and whenever the parameter
 	// sets changed: the stream must be described (again) before it.
 	Params [][]byte
+	// annexB is AU in Annex-B form when the depacketizer built it so
+	// (H264Depacketizer), else nil.
+	annexB []byte
+}
+
+// Payload returns the unit as stored: Annex-B with 4-byte start codes. It
+// is the depacketizer's buffer when it built one (no copy), else a new
+// slice. The caller owns it.
+func (u Unit) Payload() []byte {
+	if u.annexB != nil {
+		return u.annexB
+	}
+	return AnnexB(u.AU)
+}
+
+// annexBDepacketizer is a Depacketizer that builds its access units in
+// Annex-B form (H264Depacketizer).
+type annexBDepacketizer interface {
+	AnnexB() []byte
 }
 
 // Counters are an Assembler's running totals, read lock-free by stats and
@@ -120,10 +139,7 @@ func defaultDepacketizer(c *Codec) func() (Depacketizer, error) {
 			return d, d.Init()
 		}
 	}
-	return func() (Depacketizer, error) {
-		d := &rtph264.Decoder{PacketizationMode: 1}
-		return d, d.Init()
-	}
+	return func() (Depacketizer, error) { return NewH264Depacketizer(1) }
 }
 
 // WaitingForKey reports whether the assembler is discarding until a
@@ -221,11 +237,15 @@ func (a *Assembler) Push(pkt *rtp.Packet) {
 	} else {
 		a.inFlight = false
 	}
-	a.unit(au, ts)
+	var annexB []byte
+	if ab, ok := a.dec.(annexBDepacketizer); ok {
+		annexB = ab.AnnexB()
+	}
+	a.unit(au, ts, annexB)
 }
 
 // unit handles one complete access unit.
-func (a *Assembler) unit(au [][]byte, ts uint32) {
+func (a *Assembler) unit(au [][]byte, ts uint32, annexB []byte) {
 	key := a.c.randomAccess(au)
 	suspect := a.suspect
 	a.suspect = false
@@ -261,7 +281,7 @@ func (a *Assembler) unit(au [][]byte, ts uint32) {
 	if disc {
 		a.dts.Reset()
 	}
-	u := Unit{AU: au, TS: ts, SSRC: a.ssrc, Key: key, Lost: a.pendLost, Dropped: a.pendDropped, Disc: disc}
+	u := Unit{AU: au, TS: ts, SSRC: a.ssrc, Key: key, Lost: a.pendLost, Dropped: a.pendDropped, Disc: disc, annexB: annexB}
 	u.PTSOffset = a.dts.Offset(au, a.params, key, ts)
 	if a.describe {
 		u.Params = make([][]byte, 0, len(a.params))

@@ -130,24 +130,32 @@ func ParseMapping(b []byte) (*Mapping, error) {
 	return &m, nil
 }
 
-// EnsureDefaults fills in the documented defaults.
+// Defaults for Mapping.
+const (
+	DefaultTolerance   = 20 * time.Millisecond
+	DefaultMissing     = PolicyFillPrevious
+	DefaultCodec       = "auto"
+	DefaultInterpolate = "nearest"
+)
+
+// EnsureDefaults fills in the documented defaults. It is idempotent.
 func (m *Mapping) EnsureDefaults() {
 	if m.Tolerance == 0 {
-		m.Tolerance = Duration(20 * time.Millisecond)
+		m.Tolerance = Duration(DefaultTolerance)
 	}
 	if m.VideoTolerance == 0 && m.FPS > 0 {
 		m.VideoTolerance = Duration(time.Second / time.Duration(2*m.FPS))
 	}
 	if m.Missing == "" {
-		m.Missing = PolicyFillPrevious
+		m.Missing = DefaultMissing
 	}
 	if m.Codec == "" {
-		m.Codec = "auto"
+		m.Codec = DefaultCodec
 	}
 	for _, fs := range [][]Field{m.State, m.Action.Fields} {
 		for i := range fs {
 			if fs[i].Interpolate == "" {
-				fs[i].Interpolate = "nearest"
+				fs[i].Interpolate = DefaultInterpolate
 			}
 			if fs[i].Tolerance == 0 {
 				fs[i].Tolerance = m.Tolerance

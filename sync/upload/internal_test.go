@@ -81,11 +81,19 @@ func TestBackoffBounds(t *testing.T) {
 }
 
 func TestOptionsValidate(t *testing.T) {
-	err := Options{Target: Target{Type: "s3"}, Windows: []string{"nope"}, Timezone: "Mars/Base", PartSize: 1 << 20}.Validate()
-	for _, want := range []string{"endpoint", "bucket", "part_size", "stage dir", "nope", "Mars/Base"} {
+	o := Options{Target: Target{Type: "s3"}, Windows: []string{"nope"}, Timezone: "Mars/Base", PartSize: 1 << 20, Concurrency: -1}
+	o.EnsureDefaults()
+	err := o.Validate()
+	for _, want := range []string{"target.endpoint", "target.bucket", "part_size", "stage_dir", "nope", "Mars/Base", "concurrency"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("validate error %v does not mention %q", err, want)
 		}
+	}
+	// The defaults are the config file's (docs/CONFIG.md says why).
+	var d Options
+	d.EnsureDefaults()
+	if d.Concurrency != 2 || d.RetryMin != 5*time.Second || d.RetryMax != 10*time.Minute || d.Timezone != "Local" || d.MaxAttempts != 10 {
+		t.Errorf("defaults: concurrency %d, retry %s-%s, timezone %q, max attempts %d", d.Concurrency, d.RetryMin, d.RetryMax, d.Timezone, d.MaxAttempts)
 	}
 }
 

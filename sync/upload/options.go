@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -12,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/episoded/episoded/episode"
+	"github.com/episoded/episoded/internal/redact"
+	"github.com/episoded/episoded/storage"
 )
 
 // Target says where episodes go.
@@ -22,8 +25,8 @@ type Target struct {
 	Prefix string
 	// Path is the root directory of a dir target.
 	Path string
-	// Endpoint is host:port or a URL with http:// or https:// (default
-	// https) of an S3-compatible server.
+	// Endpoint is the http:// or https:// URL of an S3-compatible server,
+	// without credentials in it.
 	Endpoint, Region, Bucket string
 	// PathStyle forces path-style bucket addressing (MinIO, Ceph, ...).
 	PathStyle bool
@@ -36,10 +39,35 @@ type Target struct {
 	InsecureSkipVerify bool
 }
 
-// DefaultMaxAttempts is the default Options.MaxAttempts: with the
-// daemon's default retry backoff (5s doubling to 10m) ten attempts span
-// about half an hour.
-const DefaultMaxAttempts = 10
+// Defaults and limits for Options. internal/config fills the config file's
+// sync section from these; docs/CONFIG.md says why concurrency 2, retry 5s
+// to 10m and local time (they replaced this package's old 4, 2s to 5m and
+// UTC, which disagreed with the config file's).
+const (
+	DefaultSite          = "default"
+	DefaultPriorityLabel = "priority"
+	// DefaultConcurrency: two parts in flight keep a long uplink busy
+	// while one waits for its answer; more only queue on a link the
+	// gateway shares with production traffic.
+	DefaultConcurrency = 2
+	MaxConcurrency     = 64
+	DefaultPartSize    = 16 << 20
+	// MinS3PartSize is S3's smallest multipart part.
+	MinS3PartSize = 5 << 20
+	// DefaultRetryMin and DefaultRetryMax bound the retry backoff: an
+	// upload is not urgent, and a slow backoff spares a recovering
+	// central store.
+	DefaultRetryMin = 5 * time.Second
+	DefaultRetryMax = 10 * time.Minute
+	// DefaultTimezone: windows are written in the plant's wall-clock time,
+	// the gateway's local time.
+	DefaultTimezone = "Local"
+	// DefaultMaxAttempts: with the default retry backoff (5s doubling to
+	// 10m) ten attempts span about half an hour.
+	DefaultMaxAttempts  = 10
+	DefaultOnceAttempts = 5
+	DefaultPollInterval = time.Minute
+)
 
 // Options configure an Uploader. Zero values take the documented defaults.
 type Options struct {
@@ -49,20 +77,22 @@ type Options struct {
 	Site, Gateway string
 	// Windows such as "22:00-06:00"; empty means always.
 	Windows []string
-	// Timezone of the windows (IANA name); default UTC.
+	// Timezone of the windows (IANA name, or "Local", the default: the
+	// gateway's local time; "UTC" for UTC).
 	Timezone string
 	// PriorityLabel: episodes carrying this label upload at once. Default
 	// "priority".
 	PriorityLabel string
 	// Bandwidth caps upload bytes per second; 0 means unlimited.
 	Bandwidth int64
-	// Concurrency is the number of parts uploaded in parallel. Default 4.
+	// Concurrency is the number of parts uploaded in parallel (1 to 64).
+	// Default 2.
 	Concurrency int
 	// PartSize of multipart uploads; objects up to it go in one PUT.
 	// Default 16 MiB, minimum 5 MiB for s3.
 	PartSize int64
-	// RetryMin and RetryMax bound the backoff between attempts. Defaults
-	// 2s and 5m.
+	// RetryMin and RetryMax bound the backoff between attempts
+	// (0 < RetryMin <= RetryMax). Defaults 5s and 10m.
 	RetryMin, RetryMax time.Duration
 	// OnceAttempts is how often RunOnce tries an episode that fails with
 	// a transient error before giving up for this run. Default 5.
@@ -99,9 +129,10 @@ type Options struct {
 	transport http.RoundTripper
 }
 
-func (o *Options) setDefaults() {
+// EnsureDefaults fills unset fields with their defaults. It is idempotent.
+func (o *Options) EnsureDefaults() {
 	if o.Site == "" {
-		o.Site = "default"
+		o.Site = DefaultSite
 	}
 	if o.Gateway == "" {
 		o.Gateway, _ = os.Hostname()
@@ -109,78 +140,98 @@ func (o *Options) setDefaults() {
 			o.Gateway = "gateway"
 		}
 	}
+	if o.Timezone == "" {
+		o.Timezone = DefaultTimezone
+	}
 	if o.PriorityLabel == "" {
-		o.PriorityLabel = "priority"
+		o.PriorityLabel = DefaultPriorityLabel
 	}
-	if o.Concurrency <= 0 {
-		o.Concurrency = 4
+	if o.Concurrency == 0 {
+		o.Concurrency = DefaultConcurrency
 	}
-	if o.PartSize <= 0 {
-		o.PartSize = 16 << 20
+	if o.PartSize == 0 {
+		o.PartSize = DefaultPartSize
 	}
-	if o.RetryMin <= 0 {
-		o.RetryMin = 2 * time.Second
+	if o.RetryMin == 0 {
+		o.RetryMin = DefaultRetryMin
 	}
-	if o.RetryMax <= 0 {
-		o.RetryMax = 5 * time.Minute
-	}
-	if o.RetryMax < o.RetryMin {
-		o.RetryMax = o.RetryMin
+	if o.RetryMax == 0 {
+		o.RetryMax = DefaultRetryMax
 	}
 	if o.OnceAttempts <= 0 {
-		o.OnceAttempts = 5
+		o.OnceAttempts = DefaultOnceAttempts
 	}
-	if o.MaxAttempts <= 0 {
+	if o.MaxAttempts == 0 {
 		o.MaxAttempts = DefaultMaxAttempts
 	}
 	if o.PollInterval <= 0 {
-		o.PollInterval = time.Minute
+		o.PollInterval = DefaultPollInterval
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 }
 
-// Validate reports every problem with o at once.
-func (o Options) Validate() error {
+// Validate reports every problem with o at once (joined with errors.Join;
+// each problem starts with the config key, under sync, it is about). It
+// never echoes a credential. It expects EnsureDefaults to have run; New
+// runs both.
+func (o *Options) Validate() error {
 	var errs []error
-	switch o.Target.Type {
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+	t := o.Target
+	switch t.Type {
 	case "s3":
-		if o.Target.Endpoint == "" {
-			errs = append(errs, errors.New("target.endpoint is required for s3"))
+		if u, err := url.Parse(t.Endpoint); err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+			add("target.endpoint: %q is not an http:// or https:// URL", redact.URL(t.Endpoint))
+		} else if u.User != nil {
+			add("target.endpoint: %q has credentials in it; put them in access_key and secret_key (or access_key_file and secret_key_file)", redact.URL(t.Endpoint))
 		}
-		if o.Target.Bucket == "" {
-			errs = append(errs, errors.New("target.bucket is required for s3"))
+		if t.Bucket == "" {
+			add("target.bucket: is required for an s3 target")
 		}
-		if o.PartSize > 0 && o.PartSize < 5<<20 {
-			errs = append(errs, fmt.Errorf("part_size %d is below the S3 minimum of 5 MiB", o.PartSize))
+		if o.PartSize < MinS3PartSize {
+			add("part_size: S3 needs at least 5MiB (got %s)", storage.FormatSize(o.PartSize))
 		}
 	case "dir":
-		if o.Target.Path == "" {
-			errs = append(errs, errors.New("target.path is required for dir"))
+		if t.Path == "" {
+			add("target.path: is required for a dir target")
 		}
 	default:
-		errs = append(errs, fmt.Errorf("target.type %q: want s3 or dir", o.Target.Type))
+		add("target.type: %q is not one of s3, dir", t.Type)
+	}
+	if strings.HasPrefix(t.Prefix, "/") || strings.Contains(t.Prefix, "..") {
+		add("target.prefix: %q must be relative, without ..", t.Prefix)
+	}
+	if o.PartSize <= 0 {
+		add("part_size: must be positive")
 	}
 	if o.StageDir == "" {
-		errs = append(errs, errors.New("stage dir is required"))
+		add("stage_dir: is required")
 	}
 	for _, w := range o.Windows {
 		if _, err := parseWindow(w); err != nil {
-			errs = append(errs, err)
+			add("windows: %v", err)
 		}
 	}
-	if o.Timezone != "" {
-		if _, err := time.LoadLocation(o.Timezone); err != nil {
-			errs = append(errs, fmt.Errorf("timezone %q: %w", o.Timezone, err))
-		}
+	if _, err := time.LoadLocation(o.Timezone); err != nil {
+		add("timezone: unknown time zone %q", o.Timezone)
 	}
 	if o.Bandwidth < 0 {
-		errs = append(errs, errors.New("bandwidth must not be negative"))
+		add("bandwidth: must not be negative")
+	}
+	if o.Concurrency < 1 || o.Concurrency > MaxConcurrency {
+		add("concurrency: must be between 1 and %d", MaxConcurrency)
+	}
+	if o.RetryMin <= 0 || o.RetryMax < o.RetryMin {
+		add("retry: need 0 < min <= max (got min %s, max %s)", o.RetryMin, o.RetryMax)
+	}
+	if o.MaxAttempts < 1 {
+		add("max_attempts: %d must be at least 1", o.MaxAttempts)
 	}
 	for _, s := range []string{o.Site, o.Gateway} {
 		if strings.ContainsAny(s, "/\\") {
-			errs = append(errs, fmt.Errorf("site and gateway must not contain slashes: %q", s))
+			add("gateway: site and gateway id must not contain slashes: %q", s)
 		}
 	}
 	return errors.Join(errs...)

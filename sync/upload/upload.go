@@ -140,17 +140,13 @@ type Uploader struct {
 // New checks the options and builds an Uploader; it starts nothing and does
 // no I/O.
 func New(store Store, o Options) (*Uploader, error) {
-	o.setDefaults()
+	o.EnsureDefaults()
 	if err := o.Validate(); err != nil {
 		return nil, fmt.Errorf("upload options: %w", err)
 	}
 	u := &Uploader{store: store, o: o, wake: make(chan struct{}, 1)}
 	u.log = o.Logger.With("component", "sync.upload")
-	loc := time.UTC
-	if o.Timezone != "" {
-		loc, _ = time.LoadLocation(o.Timezone)
-	}
-	u.sched.loc = loc
+	u.sched.loc, _ = time.LoadLocation(o.Timezone) // checked by Validate
 	for _, w := range o.Windows {
 		win, _ := parseWindow(w)
 		u.sched.windows = append(u.sched.windows, win)

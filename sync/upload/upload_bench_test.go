@@ -15,7 +15,6 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 
 	"github.com/episoded/episoded/episode"
-	"github.com/episoded/episoded/internal/config"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/export"
 	"github.com/episoded/episoded/sync/internal/synctest"
@@ -24,7 +23,7 @@ import (
 
 // BenchmarkUploadDefaults measures what the daemon does with a closed
 // episode, at the daemon's default sync settings (sync.concurrency and
-// sync.part_size from internal/config's defaults, no bandwidth cap, no
+// sync.part_size: the defaults in sync/upload, no bandwidth cap, no
 // window): stage the export to the outbox (export, sha256, fsync), upload
 // it multipart with Content-MD5 per part and ETag checks, HEAD-verify it,
 // then write the manifest and the catalog row. That is one
@@ -54,7 +53,7 @@ func BenchmarkUploadDefaults(b *testing.B) {
 		mb = int64(v)
 	}
 	// The daemon's defaults (internal/config builds upload.Options from these).
-	concurrency, partSize := config.DefaultConcurrency, int64(config.DefaultPartSize)
+	concurrency, partSize := upload.DefaultConcurrency, int64(upload.DefaultPartSize)
 
 	s := synctest.StartS3(b)
 	cl, err := minio.New(s.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(s.Access, s.Secret, ""), BucketLookup: minio.BucketLookupPath})

@@ -24,7 +24,12 @@ var Rows = []Row{
 	{Figure: "ingest: whole episode path per sample", Pkg: "ingest", Bench: "BenchmarkEpisodePath",
 		Unit: "ns/sample", Ratio: "x_chan_handoff", Goal: ValueAtMost(1000)},
 
-	// RTSP (docs/benchmarks/rtsp.md)
+	// RTSP (docs/benchmarks/rtsp.md): the built daemon storing to disk,
+	// steady state, against 8 ffmpeg -c copy -f mpegts in the same run
+	{Figure: "RTSP: daemon storing 8×1080p30 to disk, CPU vs 8 ffmpeg -c copy -f mpegts (steady state)", Pkg: "devices/rtsp", Bench: "BenchmarkDaemonRecord8Cameras",
+		Unit: "daemon-cpu-s/stream-min", Peer: "ffmpeg-cpu-s/stream-min", Ratio: "x-ffmpeg", Goal: RatioAtMost(1.0)},
+	{Figure: "RTSP: daemon, frames sent but not stored", Pkg: "devices/rtsp", Bench: "BenchmarkDaemonRecord8Cameras",
+		Unit: "dropped-frames", Goal: ValueAtMost(0)},
 	{Figure: "RTSP: 8×1080p30, bare cameras (sink discards), CPU vs 8 ffmpeg -c copy", Pkg: "devices/rtsp", Bench: "BenchmarkRecord8Streams",
 		Unit: "cpu-s/stream-min", Peer: "ffmpeg-cpu-s/stream-min", Ratio: "cpu-ratio", Goal: RatioAtMost(1.0)},
 	{Figure: "RTSP: bare cameras, steady-state CPU ratio (after 5 s)", Pkg: "devices/rtsp", Bench: "BenchmarkRecord8Streams",

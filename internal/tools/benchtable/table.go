@@ -280,7 +280,7 @@ func Render(w io.Writer, lines []Line, skipped []Row, cpu string) {
 	if len(skipped) > 0 {
 		fmt.Fprintf(w, "; %d rows not selected by the -bench pattern", len(skipped))
 	}
-	fmt.Fprintln(w, ". Value, peer and ratio are medians over runs, the range in brackets.")
+	fmt.Fprintln(w, ". Value, peer and ratio are medians over runs; the range over runs in parentheses.")
 	if cpu != "" {
 		fmt.Fprintf(w, "cpu: %s\n", cpu)
 	}
