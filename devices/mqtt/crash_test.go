@@ -485,8 +485,10 @@ func verifyAfterCrashes(t *testing.T, c *child, dir string, published map[string
 			c.kill()
 		}
 	}()
+	waitStart := time.Now()
 	waitFor(t, 3*time.Minute, fmt.Sprintf("the last daemon to store the last of %v messages on each topic (published %v)", sent, published), caughtUp,
 		func() string { return "child: " + c.stats() })
+	t.Logf("the last daemon caught up %s after the publisher stopped: %s", time.Since(waitStart).Round(time.Millisecond), c.stats())
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-c.exited:
