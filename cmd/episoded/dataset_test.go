@@ -48,8 +48,8 @@ func runDemo(t *testing.T, n int) (string, string, []string) {
 		t.Fatal(err)
 	}
 	simCtx, stopSim := context.WithCancel(context.Background())
-	simDone := make(chan error, 1)
-	go func() { simDone <- s.Run(simCtx) }()
+	simDone := make(chan struct{}) // closed: read by runDemo and its cleanup
+	go func() { s.Run(simCtx); close(simDone) }()
 	t.Cleanup(func() { stopSim(); <-simDone })
 	<-s.Ready()
 	central := filepath.Join(dir, "central")
