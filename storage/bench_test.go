@@ -1,19 +1,18 @@
 package storage
 
 import (
-	"bufio"
 	"context"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/episoded/episoded/internal/procstat"
 	"github.com/episoded/episoded/sample"
 )
 
@@ -26,26 +25,6 @@ const (
 	benchSync   = 100 * time.Millisecond
 	benchCommit = 16 << 20
 )
-
-// resetPeakRSS resets VmHWM (Linux: writing 5 to clear_refs).
-func resetPeakRSS() { os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
-
-// peakRSSMB returns VmHWM in MiB.
-func peakRSSMB() float64 {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return kb / 1024
-		}
-	}
-	return 0
-}
 
 // rawBaseline writes n records of size bytes to one file, fdatasyncing at
 // the store's cadence, and returns MB/s.
@@ -82,13 +61,6 @@ type benchResult struct {
 	mbps, recsPerSec, p99ms, writeAmp, rssMB, cpuUsPerRec float64
 }
 
-// cpuTime is the process's user+system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // runStoreBench appends n samples of size bytes round-robin over streams
 // from producers goroutines, one sample per Append call, and waits until
 // all are durable.
@@ -122,9 +94,10 @@ func runStoreBench(b *testing.B, n, size, streams, producers, segThreshold int) 
 		}
 	}
 	base := time.Now().UnixNano()
-	resetPeakRSS()
+	procstat.ResetPeak(os.Getpid()) //nolint:errcheck // the figure is then the whole run's peak: a best effort
 	b.ResetTimer()
-	start, cpu0 := time.Now(), cpuTime()
+	start := time.Now()
+	cpu0, _ := procstat.Self() // getrusage of self does not fail
 	var wg sync.WaitGroup
 	per := n / producers
 	for p := range producers {
@@ -157,9 +130,12 @@ func runStoreBench(b *testing.B, n, size, streams, producers, segThreshold int) 
 	}
 	wg.Wait()
 	<-allDone
-	elapsed, cpu := time.Since(start), cpuTime()-cpu0
+	elapsed := time.Since(start)
+	cpu1, _ := procstat.Self()
+	cpu := cpu1 - cpu0
 	b.StopTimer()
-	rss := peakRSSMB()
+	hwmKB, _ := procstat.StatusKB(os.Getpid(), "VmHWM") // 0 if unreadable, as before
+	rss := float64(hwmKB) / 1024
 	cancel()
 	<-runDone
 	// Flush the memtable so that write amplification counts the bytes a

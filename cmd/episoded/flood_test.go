@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -15,6 +14,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/episoded/episoded/internal/procstat"
 )
 
 // TestTopicFlood is issue 14's flood: 20,000 distinct topics, as fast as a
@@ -131,26 +132,14 @@ devices:
 	}
 }
 
-// peakRSS reads the peak resident set size of process pid (VmHWM).
+// peakRSS returns the peak resident set size of process pid (VmHWM) in bytes.
 func peakRSS(t testing.TB, pid int) int64 {
 	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	kb, err := procstat.StatusKB(pid, "VmHWM")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			if err != nil {
-				t.Fatalf("VmHWM %q: %v", v, err)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatal("no VmHWM in /proc/PID/status")
-	return 0
+	return kb << 10
 }
 
 // metric returns the value of the Prometheus sample named exactly by

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/episoded/episoded/internal/mqttload"
+	"github.com/episoded/episoded/internal/procstat"
 )
 
 // BenchmarkDaemonMQTT measures the built daemon recording MQTT telemetry
@@ -209,10 +210,10 @@ devices:
 	// 1a. The daemon alone.
 	before := warmDaemon("a")
 	stopPerf := perfRecord(b, pid)
-	cpu0, t0 := procCPUTicks(pid), time.Now()
+	cpu0, t0 := procCPU(pid), time.Now()
 	errc := publish("a", total, 0)
 	tEnd := daemonStored("a", before, total)
-	r.daemonAlone = consumerRun{n: total, cpu: procCPUTicks(pid) - cpu0, rate: float64(total) / tEnd.Sub(t0).Seconds()}
+	r.daemonAlone = consumerRun{n: total, cpu: procCPU(pid) - cpu0, rate: float64(total) / tEnd.Sub(t0).Seconds()}
 	stopPerf()
 	if err := <-errc; err != nil {
 		b.Fatal(err)
@@ -236,11 +237,11 @@ devices:
 		return metric(base, `episoded_mqtt_acks_pending{broker="b1"}`) == 0
 	}, stderr)
 	before = messages("c")
-	cpu0, t0 = procCPUTicks(pid), time.Now()
+	cpu0, t0 = procCPU(pid), time.Now()
 	errc = publish("c", total, 0)
 	tSub := <-exited
 	tEnd = daemonStored("c", before, total)
-	r.daemonBoth = consumerRun{n: total, cpu: procCPUTicks(pid) - cpu0, rate: float64(total) / tEnd.Sub(t0).Seconds()}
+	r.daemonBoth = consumerRun{n: total, cpu: procCPU(pid) - cpu0, rate: float64(total) / tEnd.Sub(t0).Seconds()}
 	r.subBoth = consumerRun{n: total, cpu: subCPU(sub), rate: float64(total) / tSub.Sub(t0).Seconds()}
 	if err := <-errc; err != nil {
 		b.Fatal(err)
@@ -367,21 +368,11 @@ func benchWait(b *testing.B, within time.Duration, what string, cond func() bool
 // its rate by up to 200 ms / phase length, about 3%).
 const benchPoll = 200 * time.Millisecond
 
-// procCPUTicks returns the user+system CPU time of process pid from
-// /proc/PID/stat (10 ms ticks).
-func procCPUTicks(pid int) time.Duration {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	i := bytes.LastIndexByte(data, ')')
-	f := strings.Fields(string(data[i+2:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond
+// procCPU is process pid's user+system CPU time (procstat.CPU: /proc,
+// 10 ms resolution); 0 if unreadable, as it always has been here.
+func procCPU(pid int) time.Duration {
+	d, _ := procstat.CPU(pid)
+	return d
 }
 
 // ackProxy forwards one MQTT connection between the daemon and mosquitto

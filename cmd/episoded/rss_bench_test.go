@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/episoded/episoded/internal/daemon/daemontest"
+	"github.com/episoded/episoded/internal/procstat"
 	"github.com/episoded/episoded/internal/sim"
 	"github.com/episoded/episoded/internal/testclip"
 )
@@ -137,7 +138,7 @@ func runRSS(b *testing.B, cfg, base, logPath string, dur, every time.Duration) r
 	defer tick.Stop()
 	for {
 		el := time.Since(t0)
-		mb, err := procStatusKB(cmd.Process.Pid, "VmRSS:")
+		mb, err := procstat.StatusKB(cmd.Process.Pid, "VmRSS")
 		if err != nil {
 			b.Fatalf("daemon gone after %s: %v\n%s", el.Round(time.Second), err, log.String())
 		}
@@ -155,7 +156,7 @@ func runRSS(b *testing.B, cfg, base, logPath string, dur, every time.Duration) r
 	if dir := os.Getenv(rssProfileEnv); dir != "" {
 		saveHeapProfile(b, base, dir)
 	}
-	hwm, err := procStatusKB(cmd.Process.Pid, "VmHWM:")
+	hwm, err := procstat.StatusKB(cmd.Process.Pid, "VmHWM")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -209,22 +210,6 @@ func runRSS(b *testing.B, cfg, base, logPath string, dur, every time.Duration) r
 		b.Errorf("the daemon stored %.1f frames/s from %d cameras, want at least 25 each: the load is not what the figure claims", r.fps, cameras)
 	}
 	return r
-}
-
-// procStatusKB reads a "Name:   123 kB" line of /proc/PID/status.
-func procStatusKB(pid int, name string) (int64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name); ok {
-			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-		}
-	}
-	return 0, fmt.Errorf("no %s in /proc/%d/status", name, pid)
 }
 
 // metricSum adds up every Prometheus sample whose line starts with prefix

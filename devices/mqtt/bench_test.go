@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -16,14 +15,9 @@ import (
 	"time"
 
 	"github.com/episoded/episoded/internal/mqttload"
+	"github.com/episoded/episoded/internal/procstat"
 	"github.com/episoded/episoded/sample"
 )
-
-func cpuSelf() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // BenchmarkMQTTRecordVsMosquittoSub publishes ~200 B JSON telemetry at
 // QoS 1 as fast as mosquitto takes it (several publisher processes, see
@@ -165,8 +159,9 @@ func runMQTTBench(b *testing.B, total, pubs, per, rate int) benchResult {
 	// Publishers: one child process per topic (TestBenchPublisherChild).
 	var pubCmds []*exec.Cmd
 	var pubOut []*bytes.Buffer
-	cpu0 := cpuSelf()
-	mosqCPU0 := procCPU(m.cmd.Process.Pid)
+	// An unreadable figure counts as 0, as it always has here.
+	cpu0, _ := procstat.Self()
+	mosqCPU0, _ := procstat.CPU(m.cmd.Process.Pid)
 	t0 := time.Now()
 	for i := range pubs {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestBenchPublisherChild$")
@@ -187,8 +182,9 @@ func runMQTTBench(b *testing.B, total, pubs, per, rate int) benchResult {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	cpuOurs := cpuSelf() - cpu0
-	cpuMosq := procCPU(m.cmd.Process.Pid) - mosqCPU0
+	cpu1, _ := procstat.Self()
+	mosqCPU1, _ := procstat.CPU(m.cmd.Process.Pid)
+	cpuOurs, cpuMosq := cpu1-cpu0, mosqCPU1-mosqCPU0
 	if tRecv == 0 {
 		tRecv = time.Now().UnixNano()
 	}
@@ -226,25 +222,6 @@ func runMQTTBench(b *testing.B, total, pubs, per, rate int) benchResult {
 		total, pubs, res.subRate, cpuSub.Seconds(), res.recvRate, res.storedRate, cpuOurs.Seconds(), res.p99Pub, res.p99Recv, st2.Overflow, st2.Redelivered,
 		cpuMosq.Seconds(), cpuPubs.Seconds())
 	return res
-}
-
-// procCPU returns the user+system CPU time of process pid from
-// /proc/pid/stat (clock ticks of 10 ms).
-func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the ")" of the command name: state is field 3; utime
-	// and stime are fields 14 and 15.
-	i := bytes.LastIndexByte(b, ')')
-	f := strings.Fields(string(b[i+2:]))
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * 10 * time.Millisecond
 }
 
 const benchPubEnv = "EPISODED_MQTT_BENCH_PUBLISHER"

@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -135,6 +137,12 @@ func TestCrashChild(t *testing.T) {
 		os.Exit(2)
 	}
 	sink := newStoreSink(st)
+	tail, err := newDurableTail(st)
+	if err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(2)
+	}
+	sink.onDurableSample = tail.add
 	go func() {
 		ready := false
 		for ctx.Err() == nil {
@@ -143,7 +151,7 @@ func TestCrashChild(t *testing.T) {
 				fmt.Println("READY")
 				ready = true
 			}
-			fmt.Printf("STATS durable=%d pending=%d queued=%d redelivered=%d\n", sink.durable.Load(), s.AcksPending, s.Queued, s.Redelivered)
+			fmt.Printf("STATS durable=%d pending=%d queued=%d redelivered=%d%s\n", sink.durable.Load(), s.AcksPending, s.Queued, s.Redelivered, tail.fields())
 			time.Sleep(100 * time.Millisecond) // pacing: a progress report every 100 ms
 		}
 	}()
@@ -158,6 +166,60 @@ func TestCrashChild(t *testing.T) {
 	}
 	fmt.Println("CLEAN EXIT")
 	os.Exit(0)
+}
+
+// durableTail is the crash child's report of how far each topic is
+// durable: the highest message seq (the publisher's header.seq) stored,
+// seeded at start from the newest sample of each stream already in the
+// store, then raised by every sample made durable. The parent reads it
+// from the STATS line ("max:<topic>=<seq>") to know when the last daemon
+// holds the tail of every topic, since it cannot open the store while the
+// child has it open.
+type durableTail struct {
+	mu  sync.Mutex
+	max map[string]int
+}
+
+func newDurableTail(st *storage.Store) (*durableTail, error) {
+	d := &durableTail{max: map[string]int{}}
+	streams, err := st.Streams()
+	if err != nil {
+		return nil, err
+	}
+	for _, stream := range streams {
+		x, err := st.LastSample(stream)
+		if errors.Is(err, storage.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		d.add(x)
+	}
+	return d, nil
+}
+
+func (d *durableTail) add(x sample.Sample) {
+	var m telem
+	if json.Unmarshal(x.Payload, &m) != nil || m.Topic == "" {
+		return // not a test message: the verification reports it
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if seq, ok := d.max[m.Topic]; !ok || m.Header.Seq > seq {
+		d.max[m.Topic] = m.Header.Seq
+	}
+}
+
+// fields returns " max:<topic>=<seq>" for each topic, in no fixed order.
+func (d *durableTail) fields() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var b strings.Builder
+	for topic, seq := range d.max {
+		fmt.Fprintf(&b, " max:%s=%d", topic, seq)
+	}
+	return b.String()
 }
 
 type child struct {
@@ -243,15 +305,19 @@ func (c *child) parsedStats() map[string]int64 {
 // ratePublisher feeds mosquitto_pub -l (an independent QoS 1 publisher)
 // with JSON lines at a steady rate, one process per topic.
 type ratePublisher struct {
-	sent atomic.Int64
-	stop chan struct{}
-	wg   sync.WaitGroup
-	errs chan error
+	sent     atomic.Int64
+	perTopic map[string]*atomic.Int64 // lines written per topic (seq 0..n-1)
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	errs     chan error
 }
 
 func startRatePublisher(m *mosquitto, topics []string, perSecond int) *ratePublisher {
-	p := &ratePublisher{stop: make(chan struct{}), errs: make(chan error, len(topics))}
+	p := &ratePublisher{stop: make(chan struct{}), errs: make(chan error, len(topics)), perTopic: map[string]*atomic.Int64{}}
 	per := perSecond / len(topics)
+	for _, topic := range topics {
+		p.perTopic[topic] = new(atomic.Int64)
+	}
 	for _, topic := range topics {
 		cmd := exec.Command("stdbuf", "-oL", "mosquitto_pub", "-d", "-h", "127.0.0.1", "-p", fmt.Sprint(m.port), "-q", "1", "-t", topic, "-l")
 		stdin, err := cmd.StdinPipe()
@@ -308,6 +374,7 @@ func startRatePublisher(m *mosquitto, topics []string, perSecond int) *ratePubli
 					for ; seq < due; seq++ {
 						fmt.Fprintln(w, telemLine(topic, seq, time.Now().UnixNano()))
 						p.sent.Add(1)
+						p.perTopic[topic].Add(1)
 					}
 					w.Flush()
 				}
@@ -315,6 +382,19 @@ func startRatePublisher(m *mosquitto, topics []string, perSecond int) *ratePubli
 		})
 	}
 	return p
+}
+
+// published returns the number of messages sent per topic.
+func (p *ratePublisher) published() map[string]int {
+	return loadCounts(p.perTopic)
+}
+
+func loadCounts(m map[string]*atomic.Int64) map[string]int {
+	out := make(map[string]int, len(m))
+	for k, v := range m {
+		out[k] = int(v.Load())
+	}
+	return out
 }
 
 func (p *ratePublisher) finish() error {
@@ -358,28 +438,57 @@ func TestDaemonCrash(t *testing.T) {
 	if err := pub.finish(); err != nil {
 		t.Fatal(err)
 	}
-	sent := int(pub.sent.Load())
-	verifyAfterCrashes(t, c, dir, topics, sent, kills, nil)
+	verifyAfterCrashes(t, c, dir, pub.published(), kills, nil)
 }
 
 // verifyAfterCrashes lets the last daemon c catch up, stops it with
-// SIGTERM, and checks the store in dir: every one of the sent messages
-// published on topics (seq 0..n-1 per topic) is stored at least once, seq
-// numbers have no holes, and duplicates are counted. explain, if not nil,
-// describes a missing message.
-func verifyAfterCrashes(t *testing.T, c *child, dir string, topics []string, sent, kills int, explain func(topic string, seq int) string) {
+// SIGTERM, and checks the store in dir: every message published (seq
+// 0..n-1 for each topic, n = published[topic]) is stored at least once,
+// seq numbers have no holes, and duplicates are counted. explain, if not
+// nil, describes a missing message.
+//
+// Catching up is a condition, not a quiet period: the child reports, for
+// every topic, that the last published message is durable (and nothing is
+// pending or queued). A broker still holding the tail of the persistent
+// session's queue keeps the wait going; one that lost it fails the check.
+func verifyAfterCrashes(t *testing.T, c *child, dir string, published map[string]int, kills int, explain func(topic string, seq int) string) {
 	t.Helper()
-	// Let the last daemon catch up: no progress for 1s with nothing pending.
-	var last string
-	quiet := time.Now()
-	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		s := c.stats()
-		if s != last {
-			last, quiet = s, time.Now()
-		} else if time.Since(quiet) > time.Second && strings.Contains(s, "pending=0 queued=0") {
-			break
-		}
+	topics := slices.Sorted(maps.Keys(published))
+	sent := 0
+	for _, n := range published {
+		sent += n
 	}
+	caughtUp := func() bool {
+		st := c.parsedStats()
+		if st["pending"] != 0 || st["queued"] != 0 {
+			return false
+		}
+		for topic, n := range published {
+			if n == 0 {
+				continue
+			}
+			if seq, ok := st["max:"+topic]; !ok || seq < int64(n-1) {
+				return false
+			}
+		}
+		return true
+	}
+	select {
+	case <-c.exited:
+		t.Fatalf("the last daemon exited before verification: %v", c.outTail)
+	default:
+	}
+	defer func() { // a failed wait must not leave the child running
+		select {
+		case <-c.exited:
+		default:
+			c.kill()
+		}
+	}()
+	waitStart := time.Now()
+	waitFor(t, 3*time.Minute, fmt.Sprintf("the last daemon to store the last of %v messages on each topic (published %v)", sent, published), caughtUp,
+		func() string { return "child: " + c.stats() })
+	t.Logf("the last daemon caught up %s after the publisher stopped: %s", time.Since(waitStart).Round(time.Millisecond), c.stats())
 	_ = c.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-c.exited:

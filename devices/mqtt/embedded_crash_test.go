@@ -27,15 +27,19 @@ import (
 // last, until no daemon gets through its resend (a test artefact: a real
 // cell's backlog is bounded by the outage, not by the test's clock).
 type inlinePublisher struct {
-	sent   atomic.Int64
-	failed atomic.Int64
-	stop   chan struct{}
-	wg     sync.WaitGroup
+	sent     atomic.Int64
+	perTopic map[string]*atomic.Int64 // messages published per topic (seq 0..n-1)
+	failed   atomic.Int64
+	stop     chan struct{}
+	wg       sync.WaitGroup
 }
 
 func startInlinePublisher(b *sim.Broker, topics []string, perSecond int, acked func() int64, maxBacklog int64) *inlinePublisher {
-	p := &inlinePublisher{stop: make(chan struct{})}
+	p := &inlinePublisher{stop: make(chan struct{}), perTopic: map[string]*atomic.Int64{}}
 	per := perSecond / len(topics)
+	for _, topic := range topics {
+		p.perTopic[topic] = new(atomic.Int64)
+	}
 	for _, topic := range topics {
 		p.wg.Go(func() {
 			tick := time.NewTicker(5 * time.Millisecond)
@@ -62,12 +66,18 @@ func startInlinePublisher(b *sim.Broker, topics []string, perSecond int, acked f
 							break
 						}
 						p.sent.Add(1)
+						p.perTopic[topic].Add(1)
 					}
 				}
 			}
 		})
 	}
 	return p
+}
+
+// published returns the number of messages published per topic.
+func (p *inlinePublisher) published() map[string]int {
+	return loadCounts(p.perTopic)
 }
 
 func (p *inlinePublisher) finish() {
@@ -159,7 +169,7 @@ func TestEmbeddedBrokerDaemonCrash(t *testing.T) {
 	}
 	info := b.Info.Clone()
 	t.Logf("broker: inflight dropped %d, messages dropped %d", info.InflightDropped, info.MessagesDropped)
-	verifyAfterCrashes(t, c, dir, topics, int(pub.sent.Load()), kills, hist.explain)
+	verifyAfterCrashes(t, c, dir, pub.published(), kills, hist.explain)
 	if info.InflightDropped+info.MessagesDropped > 0 {
 		t.Errorf("the embedded broker dropped messages: %s", fmt.Sprint(info.InflightDropped, " inflight, ", info.MessagesDropped, " pending writes"))
 	}

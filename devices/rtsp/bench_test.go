@@ -2,7 +2,6 @@ package rtsp
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -25,6 +24,7 @@ import (
 	"github.com/pion/rtcp"
 
 	"github.com/episoded/episoded/assets"
+	"github.com/episoded/episoded/internal/procstat"
 	"github.com/episoded/episoded/internal/testclip"
 )
 
@@ -40,21 +40,16 @@ const (
 	benchWarmup    = 5 * time.Second
 )
 
-// procCPU sums user+system time of running processes from /proc/<pid>/stat
-// (clock ticks of 1/100 s, Linux's USER_HZ).
+// procCPU sums the user+system CPU time of running processes (procstat.CPU:
+// /proc, 10 ms resolution); one that has exited fails the benchmark.
 func procCPU(b *testing.B, cmds []*exec.Cmd) time.Duration {
 	var total time.Duration
 	for _, c := range cmds {
-		raw, err := os.ReadFile("/proc/" + strconv.Itoa(c.Process.Pid) + "/stat")
+		d, err := procstat.CPU(c.Process.Pid)
 		if err != nil {
 			b.Fatalf("process %d exited early: %v", c.Process.Pid, err)
 		}
-		// Fields after the parenthesised command name; utime and stime
-		// are fields 14 and 15 of the whole line.
-		f := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+2:]))
-		ut, _ := strconv.ParseInt(f[11], 10, 64)
-		st, _ := strconv.ParseInt(f[12], 10, 64)
-		total += time.Duration(ut+st) * 10 * time.Millisecond
+		total += d
 	}
 	return total
 }
@@ -302,10 +297,6 @@ func makeBenchClip(b *testing.B, ffmpeg, dir string) (string, float64) {
 	return clipPath, mbps
 }
 
-func cpuTime(ru *syscall.Rusage) time.Duration {
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // BenchmarkRecord8Streams records 8 concurrent ~4 Mbit/s 1080p30 H.264
 // streams for EPISODED_RTSP_BENCH_SECONDS (default 30) and, at the same
 // time from the same server, lets 8 ffmpeg processes do the same with
@@ -417,12 +408,12 @@ func BenchmarkRecord8Streams(b *testing.B) {
 		c.Process.Signal(os.Interrupt) //nolint:errcheck
 		c.Wait()                       //nolint:errcheck
 		if ru, ok := c.ProcessState.SysUsage().(*syscall.Rusage); ok {
-			ffCPU += cpuTime(ru)
+			ffCPU += procstat.Rusage(ru)
 		}
 	}
 	b.StopTimer()
 
-	ourCPU := cpuTime(&ruEnd) - cpuTime(&ruStart)
+	ourCPU := procstat.Rusage(&ruEnd) - procstat.Rusage(&ruStart)
 	streamMinutes := float64(benchStreams) * secs / 60
 	var frames, dropped, lost uint64
 	for _, c := range cams {
@@ -437,7 +428,7 @@ func BenchmarkRecord8Streams(b *testing.B) {
 	b.ReportMetric(theirs, "ffmpeg-cpu-s/stream-min")
 	b.ReportMetric(ours/theirs, "cpu-ratio")
 	steadyMin := float64(benchStreams) * (dur - warm).Seconds() / 60
-	steadyOurs := (cpuTime(&ruSteady) - cpuTime(&ruWarm)).Seconds() / steadyMin
+	steadyOurs := (procstat.Rusage(&ruSteady) - procstat.Rusage(&ruWarm)).Seconds() / steadyMin
 	steadyTheirs := ffSteady.Seconds() / steadyMin
 	b.ReportMetric(steadyOurs/steadyTheirs, "steady-cpu-ratio")
 	b.ReportMetric(float64(ruEnd.Maxrss)/1024, "peak-rss-MiB")

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/episoded/episoded/internal/procstat"
 	"github.com/episoded/episoded/storage"
 )
 
@@ -209,7 +210,11 @@ func BenchmarkDaemonRecord8Cameras(b *testing.B) {
 	time.Sleep(window)
 	ours, theirs := procCPU(b, self)-ourStart, procCPU(b, ffs)-ffStart
 	b.StopTimer()
-	rssMiB := procStatusKiB(b, daemon.Process.Pid, "VmHWM") / 1024
+	hwmKiB, err := procstat.StatusKB(daemon.Process.Pid, "VmHWM")
+	if err != nil {
+		b.Fatal(err)
+	}
+	rssMiB := float64(hwmKiB) / 1024
 	profWG.Wait()
 	if out := os.Getenv(benchProfileEnv); out != "" && prof.Len() > 0 {
 		if err := os.WriteFile(out, prof.Bytes(), 0o644); err != nil {
@@ -366,23 +371,4 @@ func ingested(b *testing.B, api string) map[string]uint64 {
 		out[s.Stream] = s.Counters.Samples
 	}
 	return out
-}
-
-// procStatusKiB reads a "kB" field of /proc/<pid>/status (VmRSS, VmHWM).
-func procStatusKiB(b *testing.B, pid int, field string) float64 {
-	raw, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		b.Fatal(err)
-	}
-	for line := range strings.SplitSeq(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(line, field+":"); ok {
-			f := strings.Fields(v)
-			if len(f) > 0 {
-				n, _ := strconv.ParseFloat(f[0], 64)
-				return n
-			}
-		}
-	}
-	b.Fatalf("no %s in /proc/%d/status", field, pid)
-	return 0
 }

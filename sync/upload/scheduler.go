@@ -305,6 +305,12 @@ func (u *Uploader) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
+		if errors.Is(err, storage.ErrClosed) {
+			// The store closes only when the daemon stops: nothing more
+			// can be read or recorded, so retrying would only log.
+			u.log.Info("uploader stopped: the store is closed")
+			return nil
+		}
 		if err != nil {
 			u.log.Error("upload pass", "err", err)
 			res.wait = u.o.RetryMin

@@ -355,3 +355,31 @@ func TestRunWakesOnClose(t *testing.T) {
 		}
 	})
 }
+
+// TestRunStopsWhenStoreClosed: once the store is closed (the daemon is
+// stopping), Run returns instead of retrying a pass that can only fail.
+func TestRunStopsWhenStoreClosed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := newMemS3(bucket)
+		st := fixtures.OpenStore(t)
+		u, err := upload.New(st, memOptions(t, m))
+		if err != nil {
+			t.Fatal(err)
+		}
+		runErr := make(chan error, 1)
+		go func() { runErr <- u.Run(t.Context()) }()
+		synctest.Wait()
+		if err := st.Close(); err != nil {
+			t.Fatal(err)
+		}
+		u.Wake()
+		select {
+		case err := <-runErr:
+			if err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+		case <-time.After(time.Hour):
+			t.Fatal("Run still running an hour after the store closed")
+		}
+	})
+}
