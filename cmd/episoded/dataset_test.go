@@ -9,10 +9,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
 	"github.com/episoded/episoded/internal/daemon"
 	"github.com/episoded/episoded/internal/sim"
@@ -20,10 +23,15 @@ import (
 	"github.com/episoded/episoded/sync/dataset/datasetcheck"
 )
 
-// runDemo records the simulated cell as `episoded demo` does until at
-// least n episodes are uploaded, and returns the demo directory and the
-// still-running daemon's API address.
-func runDemo(t *testing.T, n int) (string, string) {
+// runDemo records the simulated cell as `episoded demo` does, but with
+// the simulator's triggers limited to exactly n episodes
+// (sim.Options.TriggerCount), and returns the demo directory, the
+// still-running daemon's API address and the ids of those n episodes,
+// all uploaded. The limit is what makes the set fixed on a loaded
+// machine: with endless triggers, episodes can start between Finish and
+// the simulator's stop (and upload while the datasets are built), or
+// come faster than they upload.
+func runDemo(t *testing.T, n int) (string, string, []string) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("records the simulated cell for ~20 s; skipped under -short")
@@ -33,14 +41,15 @@ func runDemo(t *testing.T, n int) (string, string) {
 	s, err := sim.New(sim.Options{
 		RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: 2,
 		ClockOffset: 500 * time.Millisecond, ClockDriftPPM: 30, Jitter: 2 * time.Millisecond, Seed: 1,
-		TriggerFirst: 4 * time.Second, TriggerOn: 4 * time.Second, TriggerPeriod: 6 * time.Second, Logger: log,
+		TriggerFirst: 4 * time.Second, TriggerOn: 4 * time.Second, TriggerPeriod: 6 * time.Second,
+		TriggerCount: n, Logger: log,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	simCtx, stopSim := context.WithCancel(context.Background())
-	simDone := make(chan error, 1)
-	go func() { simDone <- s.Run(simCtx) }()
+	simDone := make(chan struct{}) // closed: read by runDemo and its cleanup
+	go func() { s.Run(simCtx); close(simDone) }()
 	t.Cleanup(func() { stopSim(); <-simDone })
 	<-s.Ready()
 	central := filepath.Join(dir, "central")
@@ -52,39 +61,66 @@ func runDemo(t *testing.T, n int) (string, string) {
 		t.Fatal(err)
 	}
 	d := daemon.New(cfg, log, nil)
+	var mu sync.Mutex
+	state := map[string]episode.State{}
+	d.OnEpisode = func(e episode.Episode) {
+		mu.Lock()
+		defer mu.Unlock()
+		state[e.ID] = e.State
+	}
+	closed := func() (ids []string) {
+		mu.Lock()
+		defer mu.Unlock()
+		for id, st := range state {
+			if st != episode.Recording {
+				ids = append(ids, id)
+			}
+		}
+		slices.Sort(ids)
+		return ids
+	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	runDone := make(chan error, 1)
 	go func() { runDone <- d.Run(runCtx) }()
 	t.Cleanup(func() { cancel(); <-runDone })
 	<-d.Ready()
-	waitUntil(t, 2*time.Minute, fmt.Sprintf("%d episodes uploaded", n), func() bool { return countManifests(central) >= n }, nil)
-	// Stop the triggers' next episode from racing the builds: finish what
-	// is recording and upload it, stop the simulator (no trigger starts
-	// another), then finish again: a trigger may have started an episode
-	// between the first Finish's stop and stopSim, which is likelier on a
-	// loaded machine, where Finish takes longer. Then the uploads are
-	// final, and every build below sees the same episodes.
-	ctx, c2 := context.WithTimeout(context.Background(), 3*time.Minute)
+	// The n episodes are closed by their stop triggers, and the simulator
+	// publishes no further trigger; stop it anyway (its streams are no
+	// longer needed), then Finish: nothing is recording, so it only waits
+	// for the uploads of those n episodes (generously: a loaded machine
+	// uploads slowly).
+	waitUntil(t, 3*time.Minute, fmt.Sprintf("%d episodes closed", n), func() bool { return len(closed()) >= n }, nil)
+	stopSim()
+	<-simDone
+	ctx, c2 := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer c2()
 	if err := d.Finish(ctx); err != nil {
 		t.Fatal(err)
 	}
-	stopSim()
-	if err := d.Finish(ctx); err != nil {
-		t.Fatal(err)
+	if trig := s.Triggers(); len(trig) != 2*n {
+		t.Fatalf("the simulator published %d triggers, want %d (%d episodes): %+v", len(trig), 2*n, n, trig)
 	}
-	return dir, "http://" + d.Addr()
+	ids := closed()
+	if len(ids) != n {
+		t.Fatalf("%d episodes closed, want exactly %d: %v", len(ids), n, ids)
+	}
+	if got := manifestIDs(central); !slices.Equal(got, ids) {
+		t.Fatalf("uploaded %v, want exactly the closed episodes %v", got, ids)
+	}
+	return dir, "http://" + d.Addr(), ids
 }
 
-func countManifests(root string) int {
-	n := 0
+// manifestIDs lists the ids of the episodes uploaded under root, sorted.
+func manifestIDs(root string) []string {
+	var ids []string
 	filepath.WalkDir(root, func(p string, de fs.DirEntry, err error) error {
 		if err == nil && de.Name() == "manifest.json" {
-			n++
+			ids = append(ids, filepath.Base(filepath.Dir(p)))
 		}
 		return nil
 	})
-	return n
+	slices.Sort(ids)
+	return ids
 }
 
 func mappingPath(t *testing.T) string {
@@ -126,7 +162,8 @@ func treeHash(t *testing.T, dir string) map[string][32]byte {
 // episode by episode must give the same bytes as building once; a
 // tampered episode.mcap is refused, naming the object.
 func TestDatasetFromDemo(t *testing.T) {
-	demo, api := runDemo(t, 2)
+	const n = 2
+	demo, api, ids := runDemo(t, n)
 	central := filepath.Join(demo, "central")
 	mp := mappingPath(t)
 
@@ -141,7 +178,7 @@ func TestDatasetFromDemo(t *testing.T) {
 			t.Errorf("no summary: %s", out)
 		}
 		rep := datasetcheck.Run(t, once)
-		if rep.Episodes < 2 || rep.Decode.Queries != 2*rep.Frames {
+		if rep.Episodes != n || rep.Decode.Queries != 2*rep.Frames {
 			t.Errorf("checked %d episodes, %d frame lookups for %d rows and 2 cameras", rep.Episodes, rep.Decode.Queries, rep.Frames)
 		}
 		if len(rep.Tasks) != 1 || rep.Tasks[0] != "pick-and-place" {
@@ -205,15 +242,13 @@ func TestDatasetFromDemo(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("exit %d: %s\n%s", code, errs, out)
 		}
-		datasetcheck.Run(t, dir)
+		if !strings.Contains(out, itoa(n)+" added") {
+			t.Errorf("--api over the %d episodes: %s", n, out)
+		}
+		if rep := datasetcheck.Run(t, dir); rep.Episodes != n {
+			t.Errorf("--api gave %d episodes, want %d", rep.Episodes, n)
+		}
 		// Selectors: one id; a task no episode has.
-		var ids []string
-		filepath.WalkDir(central, func(p string, de fs.DirEntry, err error) error {
-			if err == nil && de.Name() == "manifest.json" {
-				ids = append(ids, filepath.Base(filepath.Dir(p)))
-			}
-			return nil
-		})
 		one := filepath.Join(t.TempDir(), "one")
 		if out, errs, code := build(t, "--api", api, "--id", ids[len(ids)-1], "--map", mp, "--out", one); code != 0 || !strings.Contains(out, "1 added") {
 			t.Fatalf("--id: exit %d: %s\n%s", code, errs, out)
@@ -226,6 +261,9 @@ func TestDatasetFromDemo(t *testing.T) {
 		}
 		// Same episodes, same exports: the same dataset as from the uploads.
 		a, b := treeHash(t, once), treeHash(t, dir)
+		if len(a) != len(b) {
+			t.Errorf("the api build made %d files, the dir build %d", len(b), len(a))
+		}
 		for k, v := range a {
 			if k != "meta/info.json" && b[k] != v {
 				t.Errorf("%s differs between the dir and api builds", k)
@@ -241,6 +279,9 @@ func TestDatasetFromDemo(t *testing.T) {
 			}
 			return nil
 		})
+		if len(dirs) != n {
+			t.Fatalf("%d uploaded episodes, want %d", len(dirs), n)
+		}
 		inc := filepath.Join(t.TempDir(), "inc")
 		for _, d := range dirs { // WalkDir order is by name: ids sort by time
 			if out, errs, code := build(t, "--from", d, "--map", mp, "--out", inc); code != 0 {

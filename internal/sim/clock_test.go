@@ -110,14 +110,14 @@ func TestParseOutage(t *testing.T) {
 
 func TestOptionsValidate(t *testing.T) {
 	_, err := New(Options{
-		Cameras: 2, Loss: 1.5, Jitter: -1,
+		Cameras: 2, Loss: 1.5, Jitter: -1, TriggerCount: -1,
 		Outages: []Outage{{Camera: "cam3", At: time.Second, For: time.Second}},
 		Clocks:  map[string]Clock{"cam9": {}, "robot1": {DriftPPB: 2e6}},
 	})
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, want := range []string{"loss", "jitter", `no camera "cam3"`, `"cam9" is not a device`, "clocks[robot1]"} {
+	for _, want := range []string{"loss", "jitter", `no camera "cam3"`, `"cam9" is not a device`, "clocks[robot1]", "trigger count"} {
 		if !contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}

@@ -105,7 +105,8 @@ type TriggerEvent struct {
 	SentT int64 `json:"sent_t"`
 }
 
-// trigger publishes the episode start/stop cycle.
+// trigger publishes the episode start/stop cycle, TriggerCount times if
+// that is positive.
 type trigger struct {
 	s      *Sim
 	sent   atomic.Uint64
@@ -120,7 +121,7 @@ func (g *trigger) run(ctx context.Context) {
 	o := g.s.o
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	for n := int64(0); ; n++ {
+	for n := int64(0); o.TriggerCount <= 0 || n < int64(o.TriggerCount); n++ {
 		start := g.s.t0 + int64(o.TriggerFirst) + n*int64(o.TriggerPeriod)
 		for _, ev := range []struct {
 			at     int64

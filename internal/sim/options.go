@@ -90,6 +90,11 @@ type Options struct {
 	// 15s; negative disables triggers) and TriggerOn how long each
 	// episode lasts before its stop (default 10s, less than the period).
 	TriggerFirst, TriggerPeriod, TriggerOn time.Duration
+	// TriggerCount, if positive, is how many episodes the triggers start:
+	// after the last one's stop no trigger is published, so a test can
+	// record exactly that many episodes however slow the machine is.
+	// Default 0: no limit.
+	TriggerCount int
 
 	// Logger receives the simulator's logs (nil: discard).
 	Logger *slog.Logger
@@ -229,6 +234,9 @@ func (o *Options) Validate() error {
 		}
 		if o.TriggerOn <= 0 || o.TriggerOn >= o.TriggerPeriod {
 			bad("trigger on: %s must be positive and shorter than the period %s", o.TriggerOn, o.TriggerPeriod)
+		}
+		if o.TriggerCount < 0 {
+			bad("trigger count: %d must not be negative (0: no limit)", o.TriggerCount)
 		}
 	}
 	return errors.Join(errs...)
