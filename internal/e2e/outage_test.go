@@ -17,6 +17,7 @@ import (
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
 	"github.com/episoded/episoded/internal/sim"
+	"github.com/episoded/episoded/internal/testwait"
 )
 
 // TestOutagesRealCamera: a camera served by a real RTSP server (gortsplib,
@@ -155,15 +156,20 @@ func TestOutagesRealCamera(t *testing.T) {
 	if code := call(t, "GET", api+"/v1/episodes?quality=degraded", nil, &list); code != 200 || len(list) < len(cases) {
 		t.Errorf("?quality=degraded: %d, %d episodes, want at least %d", code, len(list), len(cases))
 	}
-	resp, err := http.Get(api + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(body), `episoded_episodes_closed_total{cell="cell1",quality="degraded"} `+fmt.Sprint(len(list))) {
-		t.Errorf("metric episoded_episodes_closed_total{quality=degraded} is not %d:\n%s", len(list), grepLines(string(body), "episodes_closed"))
-	}
+	// The counter is incremented just after the episode is stored closed,
+	// so a scrape may briefly lag the list: wait for it, then compare.
+	want := `episoded_episodes_closed_total{cell="cell1",quality="degraded"} ` + fmt.Sprint(len(list)) + "\n"
+	var metrics string
+	testwait.For(t, 10*time.Second, "the degraded-episode metric to count the listed episodes", func() bool {
+		resp, err := http.Get(api + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		metrics = string(body)
+		return strings.Contains(metrics, want)
+	}, func() string { return grepLines(metrics, "episodes_closed") })
 }
 
 func rel(t, t0 int64) time.Duration { return time.Duration(t - t0).Round(time.Millisecond) }
