@@ -60,6 +60,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/foxglove/mcap/go/mcap"
 	"github.com/klauspost/compress/zstd"
@@ -230,12 +231,11 @@ func (x *exporter) run(ctx context.Context, w io.Writer, id string) error {
 	if err := x.plan(id); err != nil {
 		return err
 	}
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest))
+	ws, err := getWriterState()
 	if err != nil {
-		return fmt.Errorf("zstd: %w", err)
+		return err
 	}
-	defer enc.Close()
-	if err := x.open(w, enc); err != nil {
+	if err := x.open(w, ws); err != nil {
 		return err
 	}
 	if err := x.writeMetadata(); err != nil {
@@ -253,7 +253,71 @@ func (x *exporter) run(ctx context.Context, w io.Writer, id string) error {
 	if err := x.writeMessages(ctx); err != nil {
 		return err
 	}
-	return x.finish()
+	if err := x.finish(); err != nil {
+		return err
+	}
+	// Only a writer that finished cleanly is kept for the next export:
+	// after an error the encoder may be mid-frame.
+	x.bw = nil
+	putWriterState(ws)
+	return nil
+}
+
+// writerState is what one export needs besides the MCAP writer itself and
+// is worth keeping for the next: the zstd encoder (SpeedFastest with its
+// default 8 MiB window allocates a 16 MiB history buffer and a 256 KiB
+// table on its first chunk) and the 1 MiB output buffer. The daemon
+// exports every episode once (one 10 s episode every 15 s in the demo
+// cell), so allocating these afresh each time made the Go heap grow by
+// about 17 MiB per export, zeroed (touched) each time, until the next
+// collection. Encoder.Reset starts an independent stream (the mcap writer
+// already resets it for every chunk), so a reused encoder writes the same
+// bytes as a new one; TestExportGolden checks the output is unchanged.
+type writerState struct {
+	enc *zstd.Encoder
+	bw  *bufio.Writer
+}
+
+// maxIdleWriters bounds the writer states kept between exports: the
+// daemon runs at most sync.concurrency (default 2) at once; more
+// concurrent exports allocate and drop theirs. A sync.Pool would not do:
+// it is emptied by every second collection, and at this daemon's
+// allocation rate (frames) that is many times between two exports.
+const maxIdleWriters = 2
+
+var idleWriters struct {
+	sync.Mutex
+	l []*writerState
+}
+
+func getWriterState() (*writerState, error) {
+	idleWriters.Lock()
+	if n := len(idleWriters.l); n > 0 {
+		ws := idleWriters.l[n-1]
+		idleWriters.l[n-1] = nil
+		idleWriters.l = idleWriters.l[:n-1]
+		idleWriters.Unlock()
+		return ws, nil
+	}
+	idleWriters.Unlock()
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest))
+	if err != nil {
+		return nil, fmt.Errorf("zstd: %w", err)
+	}
+	return &writerState{enc: enc, bw: bufio.NewWriterSize(nil, 1<<20)}, nil
+}
+
+// putWriterState keeps ws for the next export, dropping its references
+// to this export's buffers and writer (the mcap writer's chunk buffer
+// would otherwise stay reachable from the encoder).
+func putWriterState(ws *writerState) {
+	ws.enc.Reset(nil)
+	ws.bw.Reset(nil)
+	idleWriters.Lock()
+	defer idleWriters.Unlock()
+	if len(idleWriters.l) < maxIdleWriters {
+		idleWriters.l = append(idleWriters.l, ws)
+	}
 }
 
 // plan reads the episode (it must be finished), plans its streams, and
@@ -288,15 +352,16 @@ func (x *exporter) plan(id string) error {
 }
 
 // open starts the MCAP writer over w (counted, buffered; chunks
-// compressed by enc) and writes the header.
-func (x *exporter) open(w io.Writer, enc *zstd.Encoder) error {
+// compressed by ws.enc, buffered by ws.bw) and writes the header.
+func (x *exporter) open(w io.Writer, ws *writerState) error {
 	x.cw = &countingWriter{w: w}
-	x.bw = bufio.NewWriterSize(x.cw, 1<<20)
+	ws.bw.Reset(x.cw)
+	x.bw = ws.bw
 	mw, err := mcap.NewWriter(x.bw, &mcap.WriterOptions{
 		IncludeCRC:      true,
 		Chunked:         true,
 		ChunkSize:       x.o.ChunkSize,
-		Compressor:      mcap.NewCustomCompressor(mcap.CompressionZSTD, enc),
+		Compressor:      mcap.NewCustomCompressor(mcap.CompressionZSTD, ws.enc),
 		OverrideLibrary: true,
 	})
 	if err != nil {
