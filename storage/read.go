@@ -56,6 +56,12 @@ func (s *Store) decodeSample(key, value []byte, segs *segReader) (sample.Sample,
 // by (T, Seq). A record that cannot be decoded is yielded as an error
 // (with Stream, T and Seq set from its key) and iteration goes on.
 func (s *Store) Range(stream string, from, to int64) iter.Seq2[sample.Sample, error] {
+	return s.rangeSamples(stream, from, to, false)
+}
+
+// rangeSamples is Range; with shared, payloads read from segment files
+// share one buffer, overwritten by the next sample's (see MergeFromShared).
+func (s *Store) rangeSamples(stream string, from, to int64, shared bool) iter.Seq2[sample.Sample, error] {
 	return func(yield func(sample.Sample, error) bool) {
 		if s.closed.Load() {
 			yield(sample.Sample{}, ErrClosed)
@@ -74,7 +80,7 @@ func (s *Store) Range(stream string, from, to int64) iter.Seq2[sample.Sample, er
 			yield(sample.Sample{}, fmt.Errorf("range %s: %w", stream, err))
 			return
 		}
-		segs := &segReader{s: s}
+		segs := &segReader{s: s, shared: shared}
 		defer segs.close()
 		defer it.Close()
 		for it.First(); it.Valid(); it.Next() {
@@ -129,6 +135,12 @@ func (h *mergeHeap) Pop() any {
 // (T, Stream, Seq). Errors (such as a corrupt record) are yielded in place
 // and iteration goes on.
 func (s *Store) Merge(streams []string, from, to int64) iter.Seq2[sample.Sample, error] {
+	return s.merge(streams, from, to, false)
+}
+
+// merge is Merge; shared as in rangeSamples (each stream has its own
+// buffer, refilled only after its current sample was yielded).
+func (s *Store) merge(streams []string, from, to int64, shared bool) iter.Seq2[sample.Sample, error] {
 	return func(yield func(sample.Sample, error) bool) {
 		streams := slices.Clone(streams)
 		slices.Sort(streams)
@@ -140,7 +152,7 @@ func (s *Store) Merge(streams []string, from, to int64) iter.Seq2[sample.Sample,
 			}
 		}()
 		for _, st := range streams {
-			next, stop := iter.Pull2(s.Range(st, from, to))
+			next, stop := iter.Pull2(s.rangeSamples(st, from, to, shared))
 			src := &mergeSrc{stop: stop}
 			src.next = func() (sample.Sample, error, bool) { return next() }
 			var ok bool

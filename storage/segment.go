@@ -369,10 +369,14 @@ func beUint64(b []byte) uint64 {
 		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
 }
 
-// segReader reads payloads for one iteration, caching open files.
+// segReader reads payloads for one iteration, caching open files. With
+// shared, every payload is read into buf (grown to the largest), so a
+// payload is only valid until the next read.
 type segReader struct {
-	s     *Store
-	files map[uint64]segFile
+	s      *Store
+	files  map[uint64]segFile
+	shared bool
+	buf    []byte
 }
 
 type segFile struct {
@@ -413,7 +417,15 @@ func (r *segReader) read(rec *sampleRec) ([]byte, error) {
 			return nil, fmt.Errorf("segment %d: range %d+%d beyond its %d bytes", rec.Seg, rec.Off, rec.Len, sf.size)
 		}
 	}
-	buf := make([]byte, rec.Len)
+	var buf []byte
+	if r.shared {
+		if cap(r.buf) < int(rec.Len) {
+			r.buf = make([]byte, rec.Len)
+		}
+		buf = r.buf[:rec.Len]
+	} else {
+		buf = make([]byte, rec.Len)
+	}
 	if _, err := sf.f.ReadAt(buf, rec.Off); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF

@@ -1,6 +1,8 @@
 package storage
 
 import (
+	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -123,5 +125,61 @@ func TestEvictionKeepsKeyframe(t *testing.T) {
 	}
 	if n != 101-60 {
 		t.Fatalf("%d samples left, want frames 60..100 (keyframe, pre-roll and window)", n)
+	}
+}
+
+// MergeFromShared yields the same samples as MergeFrom; payloads from
+// segment files share one buffer per stream, so a reader that copies each
+// payload on receipt gets every byte right while the buffer is reused.
+func TestMergeFromShared(t *testing.T) {
+	s := openRunning(t, Options{Dir: t.TempDir(), SegmentThreshold: 64})
+	t0 := int64(1_800_000_000) * 1e9
+	var in []sample.Sample
+	for i := range 60 {
+		for j, st := range []string{"c/a", "c/b"} {
+			p := make([]byte, 100+(i*37+j*11)%400) // above the threshold: in segment files
+			for k := range p {
+				p[k] = byte(i*7 + j + k)
+			}
+			in = append(in, sample.Sample{Stream: st, Seq: uint64(i + 1), T: t0 + int64(i)*1e7 + int64(j), Payload: p})
+		}
+		in = append(in, sample.Sample{Stream: "c/small", Seq: uint64(i + 1), T: t0 + int64(i)*1e7 + 5, Payload: []byte{byte(i)}})
+	}
+	appendWait(t, s, in)
+	streams := []string{"c/a", "c/b", "c/small"}
+	var want, got []sample.Sample
+	for x, err := range s.MergeFrom(streams, nil, t0, t0+1e9) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, x)
+	}
+	bufs := map[string]map[*byte]bool{}
+	for x, err := range s.MergeFromShared(streams, nil, t0, t0+1e9) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bufs[x.Stream] == nil {
+			bufs[x.Stream] = map[*byte]bool{}
+		}
+		bufs[x.Stream][&x.Payload[0]] = true
+		x.Payload = slices.Clone(x.Payload)
+		got = append(got, x)
+	}
+	if len(want) != len(in) || !reflect.DeepEqual(got, want) {
+		t.Fatalf("MergeFromShared yielded %d samples unlike MergeFrom's %d", len(got), len(want))
+	}
+	// The buffer is reused: a new one only for a payload larger than any
+	// before it in its stream.
+	for _, st := range []string{"c/a", "c/b"} {
+		maxes, largest := 0, 0
+		for _, x := range in {
+			if x.Stream == st && len(x.Payload) > largest {
+				maxes, largest = maxes+1, len(x.Payload)
+			}
+		}
+		if n := len(bufs[st]); n != maxes {
+			t.Errorf("%s: payloads in %d distinct buffers, want %d (one per new largest payload)", st, n, maxes)
+		}
 	}
 }
