@@ -78,6 +78,24 @@ type Source interface {
 	MergeFrom(streams []string, starts map[string]sample.VideoStart, from, to int64) func(yield func(sample.Sample, error) bool)
 }
 
+// sharedMerger is a Source whose MergeFromShared is MergeFrom with
+// payloads valid only until the next sample (*storage.Store: a frame
+// buffer reused per stream instead of one allocation per frame). Export
+// is done with each sample before it takes the next: its data is copied
+// into the chunk (mcap.Writer.WriteMessage) or into a reused conversion
+// buffer first.
+type sharedMerger interface {
+	MergeFromShared(streams []string, starts map[string]sample.VideoStart, from, to int64) func(yield func(sample.Sample, error) bool)
+}
+
+// mergeFrom is src.MergeFromShared where src has it, else src.MergeFrom.
+func mergeFrom(src Source, streams []string, starts map[string]sample.VideoStart, from, to int64) func(yield func(sample.Sample, error) bool) {
+	if m, ok := src.(sharedMerger); ok {
+		return m.MergeFromShared(streams, starts, from, to)
+	}
+	return src.MergeFrom(streams, starts, from, to)
+}
+
 // ErrRecording is returned for an episode that is still recording: its
 // window and report are not final, so it cannot be exported yet.
 var ErrRecording = errors.New("export: episode is still recording")
@@ -501,7 +519,7 @@ func (x *exporter) writeMessages(ctx context.Context) error {
 		names[i] = s.name
 	}
 	from, to := x.e.Window(0)
-	for smp, err := range x.src.MergeFrom(names, x.starts, from, to) {
+	for smp, err := range mergeFrom(x.src, names, x.starts, from, to) {
 		if err != nil {
 			return fmt.Errorf("read samples: %w", err)
 		}

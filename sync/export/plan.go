@@ -178,7 +178,7 @@ func videoStart(src Source, name string, codec sample.Codec, from, to int64) (sa
 		return vs, nil
 	}
 	f := video.StartFilter{C: video.H265}
-	for x, err := range src.MergeFrom([]string{name}, map[string]sample.VideoStart{name: vs}, from, to) {
+	for x, err := range mergeFrom(src, []string{name}, map[string]sample.VideoStart{name: vs}, from, to) {
 		if err != nil {
 			continue
 		}
