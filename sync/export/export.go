@@ -43,8 +43,12 @@
 // re-create a staged file after a restart and resume a multipart upload.
 //
 // Write reads everything through the small Source interface (storage's
-// *Store implements it) and streams to an io.Writer; memory use is bounded
-// by the chunk size plus one message.
+// *Store implements it) and streams to an io.Writer, buffered (1 MiB
+// blocks: the caller need not buffer); memory use is bounded by the chunk
+// size plus one message. The zstd encoder and the output buffer are kept
+// between exports (at most two idle), and payloads are read into a buffer
+// reused per stream where the Source allows it (storage's
+// MergeFromShared): the daemon exports every episode it records.
 package export
 
 import (

@@ -1,7 +1,6 @@
 package upload
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -50,15 +49,14 @@ func (u *Uploader) stage(ctx context.Context, e episode.Episode, obj *storage.Ob
 	defer os.Remove(tmp)
 	h := sha256.New()
 	sw := &stageWriter{w: f}
-	bw := bufio.NewWriterSize(io.MultiWriter(sw, h), 1<<20)
+	// No buffer of its own: export.Write buffers its output (1 MiB,
+	// kept between exports) and writes it in blocks of that size.
+	w := io.MultiWriter(sw, h)
 	var att []string
 	if u.o.Attachments != nil {
 		att = u.o.Attachments(e.Cell)
 	}
-	stats, err := export.Write(ctx, bw, u.store, e.ID, export.Options{Attachments: att})
-	if err == nil {
-		err = bw.Flush()
-	}
+	stats, err := export.Write(ctx, w, u.store, e.ID, export.Options{Attachments: att})
 	if err == nil {
 		err = f.Sync()
 	}
