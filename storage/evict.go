@@ -329,6 +329,11 @@ func (s *Store) checkSpace() {
 	if s.closed.Load() {
 		return
 	}
+	// Pebble's memory outside the Go heap, for the RSS benchmark and
+	// whoever watches the daemon's memory (docs/BENCHMARKS.md).
+	pm := s.db.Metrics()
+	s.m.memtableBytes.Set(float64(pm.MemTable.Size + pm.MemTable.ZombieSize))
+	s.m.cacheBytes.Set(float64(pm.BlockCache.Size))
 	now := s.opts.Now().UnixNano()
 	recs, err := s.episodeRecs()
 	if err != nil {

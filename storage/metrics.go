@@ -24,6 +24,8 @@ type metrics struct {
 	compactions      prometheus.Counter
 	flushes          prometheus.Counter
 	backgroundErrors prometheus.Counter
+	memtableBytes    prometheus.Gauge
+	cacheBytes       prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -56,6 +58,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "episoded_storage_overloaded_samples_total", Help: "Samples refused after AppendTimeout under backpressure."}),
 		stalls: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "episoded_storage_write_stalls_total", Help: "Pebble write stalls (memtables or L0 full)."}),
+		memtableBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "episoded_storage_memtable_bytes", Help: "Bytes Pebble's memtables hold, outside the Go heap (C memory, resident): at most 2 memtables plus one kept for reuse; updated by the space watcher."}),
+		cacheBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "episoded_storage_block_cache_bytes", Help: "Bytes in Pebble's block cache, outside the Go heap (C memory, resident; at most CacheSize, 8 MiB); updated by the space watcher."}),
 		stallSeconds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "episoded_storage_write_stall_seconds_total", Help: "Time spent in Pebble write stalls."}),
 		compactions: prometheus.NewCounter(prometheus.CounterOpts{
@@ -67,7 +73,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.cs = []prometheus.Collector{m.bytesWritten, m.samplesWritten, m.commitSeconds, m.commitErrors, m.pendingBytes,
 		m.diskBytes, m.freeBytes, m.full, m.evictions, m.evictedBytes, m.rejected, m.overloaded, m.stalls,
-		m.stallSeconds, m.compactions, m.flushes, m.backgroundErrors}
+		m.stallSeconds, m.compactions, m.flushes, m.backgroundErrors, m.memtableBytes, m.cacheBytes}
 	return m
 }
 
