@@ -10,13 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/episoded/episoded/internal/daemon/daemontest"
+	"github.com/episoded/episoded/internal/daemonproc"
 	"github.com/episoded/episoded/internal/procstat"
 	"github.com/episoded/episoded/internal/sim"
 	"github.com/episoded/episoded/internal/testclip"
@@ -45,7 +46,16 @@ const (
 // EPISODED_RSS_BENCH_DURATION (10m). Reported: peak-RSS-MB (the kernel's
 // VmHWM, so no peak between samples is missed), final-RSS-MB, the slope
 // over the second half (least squares, MB/min: flat is about 0) and the
-// mean over the second half, in MB of 10^6 bytes. The recording itself is
+// mean over the second half, in MB of 10^6 bytes; growth-last-third-MB,
+// the median of the last third of the samples minus that of the middle
+// third (about 0 once the caches are full, L x run/3 for a leak of L
+// MB/min: see docs/BENCHMARKS.md, "What bounds memory"), and the same
+// for RSS minus Pebble's memtables and block cache (growth-ex-pebble-...,
+// from the store's metrics: what grows there is no cache filling up to
+// its bound); and the resident
+// set at the end split into anonymous memory, the Go runtime's share of it
+// (its sys minus released bytes, an upper bound) and file pages. The
+// daemon is started by internal/daemonproc. The recording itself is
 // checked: every camera must have stored at least 25 frames/s on average,
 // else the figure would not be the load it claims. Frames the daemon
 // dropped and RTP packets the simulator's server dropped because the
@@ -75,7 +85,6 @@ func BenchmarkDaemonRSS8Cameras(b *testing.B) {
 		ClockOffset: 500 * time.Millisecond, ClockDriftPPM: 30, Jitter: 2 * time.Millisecond, Seed: 1,
 	})
 	addr := freeAddr(b)
-	base := "http://" + addr
 	central := filepath.Join(dir, "central") // the upload target, as in episoded demo
 	if err := os.MkdirAll(central, 0o755); err != nil {
 		b.Fatal(err)
@@ -84,65 +93,73 @@ func BenchmarkDaemonRSS8Cameras(b *testing.B) {
 
 	for range b.N {
 		logDir := cmp.Or(os.Getenv(rssProfileEnv), dir)
-		r := runRSS(b, cfg, base, filepath.Join(logDir, "daemon.log"), dur, every)
+		r := runRSS(b, cfg, addr, filepath.Join(logDir, "daemon.log"), dur, every)
 		b.ReportMetric(r.peak, "peak-RSS-MB")
 		b.ReportMetric(r.final, "final-RSS-MB")
 		b.ReportMetric(r.slope, "slope-MB/min")
 		b.ReportMetric(r.mean, "mean-2nd-half-RSS-MB")
+		b.ReportMetric(r.growth, "growth-last-third-MB")
+		b.ReportMetric(r.growthExPebble, "growth-ex-pebble-last-third-MB")
+		b.ReportMetric(r.pebble, "final-pebble-MB")
+		b.ReportMetric(r.anon, "final-anon-MB")
+		b.ReportMetric(r.goMem, "final-go-MB")
+		b.ReportMetric(r.file, "final-file-MB")
 		b.ReportMetric(r.fps/cameras, "fps/camera")
 		b.ReportMetric(r.dropped, "dropped-frames")
 		b.ReportMetric(r.minutes, "minutes")
 		b.ReportMetric(float64(s.QueueDrops()), "server-queue-drops")
 		b.ReportMetric(0, "ns/op")
-		b.Logf("%d cameras of %.2f Mbit/s 1080p30 + simulator telemetry and lidar for %s: daemon RSS peak %.1f MB, final %.1f MB, 2nd half mean %.1f MB, slope %+.2f MB/min; %.1f fps/camera, %v dropped frames",
-			cameras, mbps, dur, r.peak, r.final, r.mean, r.slope, r.fps/cameras, r.dropped)
+		b.Logf("%d cameras of %.2f Mbit/s 1080p30 + simulator telemetry and lidar for %s: daemon RSS peak %.1f MB, final %.1f MB, 2nd half mean %.1f MB, slope %+.2f MB/min, last third %+.1f MB over the middle third (medians; %+.1f MB without Pebble's memtables and block cache); at the end anon %.1f MB (Go at most %.1f; Pebble's memtables and block cache %.1f), file %.1f MB; %.1f fps/camera, %v dropped frames",
+			cameras, mbps, dur, r.peak, r.final, r.mean, r.slope, r.growth, r.growthExPebble, r.anon, r.goMem, r.pebble, r.file, r.fps/cameras, r.dropped)
 		b.Logf("RSS samples (min MB): %s", r.series)
 	}
 }
 
 type rssResult struct {
 	peak, final, slope, mean float64
+	growth                   float64 // median of the last third minus that of the middle third
+	growthExPebble, pebble   float64 // growth of RSS minus Pebble's C memory; Pebble's at the end
+	anon, file, goMem        float64 // at the end: RssAnon, RssFile, Go's sys minus released
 	fps, dropped, minutes    float64
 	series                   string
 }
 
-func runRSS(b *testing.B, cfg, base, logPath string, dur, every time.Duration) rssResult {
-	logf, err := os.Create(logPath)
-	if err != nil {
-		b.Fatal(err)
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
 	}
-	defer logf.Close()
-	cmd := exec.Command(bin, "run", "--config", cfg)
-	cmd.Env = append(os.Environ(), strings.Fields(os.Getenv(rssDaemonEnv))...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
+	v = slices.Clone(v)
+	slices.Sort(v)
+	if n := len(v); n%2 == 0 {
+		return (v[n/2-1] + v[n/2]) / 2
 	}
-	exited := false
-	defer func() {
-		if !exited {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
-	}()
-	log := fileTail(logPath)
+	return v[len(v)/2]
+}
+
+func runRSS(b *testing.B, cfg, addr, logPath string, dur, every time.Duration) rssResult {
+	d := daemonproc.Start(b, daemonproc.Options{Bin: bin, Config: cfg, API: addr, Log: logPath,
+		Env: strings.Fields(os.Getenv(rssDaemonEnv))})
+	base := d.Base
+	log := stringerFunc(d.LogTail)
 	const cameras = 8
 	waitUntil(b, 60*time.Second, "every camera streaming", func() bool {
 		return metricSum(base, "episoded_rtsp_fps{") >= cameras*20
 	}, log)
 	framesStart, t0 := metricSum(base, "episoded_rtsp_frames_total{"), time.Now()
 
-	type point struct{ t, mb float64 } // minutes since start, MB
+	// minutes since start, RSS and Pebble's C memory (memtables and block
+	// cache, bounded by the store's options) in MB
+	type point struct{ t, mb, pebble float64 }
 	var pts []point
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
 		el := time.Since(t0)
-		mb, err := procstat.StatusKB(cmd.Process.Pid, "VmRSS")
+		mb, err := procstat.StatusKB(d.Pid(), "VmRSS")
 		if err != nil {
 			b.Fatalf("daemon gone after %s: %v\n%s", el.Round(time.Second), err, log.String())
 		}
-		pts = append(pts, point{el.Minutes(), float64(mb) * 1024 / 1e6})
+		pts = append(pts, point{el.Minutes(), float64(mb) * 1024 / 1e6, pebbleMB(base)})
 		if el >= dur {
 			break
 		}
@@ -156,7 +173,21 @@ func runRSS(b *testing.B, cfg, base, logPath string, dur, every time.Duration) r
 	if dir := os.Getenv(rssProfileEnv); dir != "" {
 		saveHeapProfile(b, base, dir)
 	}
-	hwm, err := procstat.StatusKB(cmd.Process.Pid, "VmHWM")
+	// What the resident set is made of at the end: anonymous memory (the
+	// Go runtime's share of it from its own statistics, the rest is C
+	// memory: Pebble's memtables and block cache) and file pages (the
+	// binary).
+	anon, err := procstat.StatusKB(d.Pid(), "RssAnon")
+	if err != nil {
+		b.Fatal(err)
+	}
+	file, err := procstat.StatusKB(d.Pid(), "RssFile")
+	if err != nil {
+		b.Fatal(err)
+	}
+	r.anon, r.file = float64(anon)*1024/1e6, float64(file)*1024/1e6
+	r.goMem = (metricSum(base, "go_memstats_sys_bytes") - metricSum(base, "go_memstats_heap_released_bytes")) / 1e6
+	hwm, err := procstat.StatusKB(d.Pid(), "VmHWM")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -186,6 +217,31 @@ func runRSS(b *testing.B, cfg, base, logPath string, dur, every time.Duration) r
 	if sxx > 0 {
 		r.slope = sxy / sxx
 	}
+	// Growth over the last third: the median of the last third of the
+	// samples minus the median of the middle third. The caches that fill
+	// after start-up (Pebble's memtables and block cache, the export's
+	// buffers) are full by the middle third of a 10-minute run, so a
+	// bounded daemon shows about 0 here whatever its sawtooth (the
+	// collector's cycles, a 16 MiB export every 15 s); a leak of L MB/min
+	// shows L x run/3 (3.3 MB at 1 MB/min over 10 minutes). A median is
+	// not moved by a single spike, where the least-squares slope over the
+	// second half is moved by where in the run the spikes fall.
+	third := func(i int, f func(point) float64) []float64 {
+		var v []float64
+		for _, p := range pts {
+			if p.t >= r.minutes*float64(i)/3 && p.t < r.minutes*float64(i+1)/3+1e-9 {
+				v = append(v, f(p))
+			}
+		}
+		return v
+	}
+	rss := func(p point) float64 { return p.mb }
+	exPebble := func(p point) float64 { return p.mb - p.pebble }
+	r.growth = median(third(2, rss)) - median(third(1, rss))
+	// The same without what Pebble's memtables and block cache hold: what
+	// grows here is not a cache filling to its bound.
+	r.growthExPebble = median(third(2, exPebble)) - median(third(1, exPebble))
+	r.pebble = pts[len(pts)-1].pebble
 	var sb strings.Builder
 	step := max(1, len(pts)/40)
 	for i := 0; i < len(pts); i += step {
@@ -194,17 +250,8 @@ func runRSS(b *testing.B, cfg, base, logPath string, dur, every time.Duration) r
 	r.series = strings.TrimSpace(sb.String())
 
 	// A clean stop: SIGTERM, and the daemon exits 0.
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		exited = true
-		if err != nil {
-			b.Errorf("daemon exit: %v\n%s", err, log.String())
-		}
-	case <-time.After(2 * time.Minute):
-		b.Errorf("daemon did not stop within 2 minutes of SIGTERM")
+	if err := d.Stop(2 * time.Minute); err != nil {
+		b.Errorf("daemon stop: %v\n%s", err, d.LogTail())
 	}
 	if r.fps < cameras*25 {
 		b.Errorf("the daemon stored %.1f frames/s from %d cameras, want at least 25 each: the load is not what the figure claims", r.fps, cameras)
@@ -234,6 +281,13 @@ func metricSum(base, prefix string) float64 {
 		}
 	}
 	return sum
+}
+
+// pebbleMB is what the daemon's Pebble holds in C memory (memtables and
+// block cache, from its storage metrics), in MB; 0 if the scrape fails.
+func pebbleMB(base string) float64 {
+	v := metricSum(base, "episoded_storage_memtable_bytes") + metricSum(base, "episoded_storage_block_cache_bytes")
+	return max(v, 0) / 1e6
 }
 
 // saveHeapProfile fetches the daemon's heap profile into dir.
@@ -273,10 +327,8 @@ func envDuration(b *testing.B, name string, def time.Duration) time.Duration {
 	return d
 }
 
-// fileTail shows the end of a log file when a wait fails.
-type fileTail string
+// stringerFunc turns a func into a fmt.Stringer (the daemon's log tail
+// for waitUntil).
+type stringerFunc func() string
 
-func (f fileTail) String() string {
-	data, _ := os.ReadFile(string(f))
-	return string(data[max(0, len(data)-3000):])
-}
+func (f stringerFunc) String() string { return f() }

@@ -13,10 +13,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/episoded/episoded/internal/daemonproc"
 	"github.com/episoded/episoded/internal/procstat"
 	"github.com/episoded/episoded/storage"
 )
@@ -62,10 +62,7 @@ func BenchmarkDaemonRecord8Cameras(b *testing.B) {
 	dir := b.TempDir()
 	bin := os.Getenv(benchDaemonEnv)
 	if bin == "" {
-		bin = filepath.Join(dir, "episoded")
-		if out, err := exec.Command("go", "build", "-o", bin, "github.com/episoded/episoded/cmd/episoded").CombinedOutput(); err != nil {
-			b.Fatalf("build episoded: %v\n%s", err, out)
-		}
+		bin = daemonproc.Build(b, dir)
 	}
 	clipPath, mbps := makeBenchClip(b, ffmpeg, dir)
 
@@ -105,48 +102,8 @@ func BenchmarkDaemonRecord8Cameras(b *testing.B) {
 	if err := os.WriteFile(cfgPath, []byte(y.String()), 0o600); err != nil {
 		b.Fatal(err)
 	}
-	logPath := filepath.Join(dir, "episoded.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer logf.Close()
-	daemon := exec.Command(bin, "run", "--config", cfgPath)
-	daemon.Stdout, daemon.Stderr = logf, logf
-	if err := daemon.Start(); err != nil {
-		b.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- daemon.Wait() }()
-	daemonLog := func() string {
-		raw, _ := os.ReadFile(logPath)
-		if len(raw) > 4000 {
-			raw = raw[len(raw)-4000:]
-		}
-		return string(raw)
-	}
-	stopped := false
-	defer func() {
-		if !stopped {
-			daemon.Process.Kill() //nolint:errcheck
-			<-exited
-		}
-	}()
-	api := "http://" + apiAddr
-	waitFor(b, 60*time.Second, "daemon ready", func() bool {
-		select {
-		case err := <-exited:
-			stopped = true
-			b.Fatalf("daemon exited during start-up: %v\n%s", err, daemonLog())
-		default:
-		}
-		r, err := http.Get(api + "/readyz")
-		if err != nil {
-			return false
-		}
-		r.Body.Close()
-		return r.StatusCode == http.StatusOK
-	})
+	d := daemonproc.Start(b, daemonproc.Options{Bin: bin, Config: cfgPath, API: apiAddr, Log: filepath.Join(dir, "episoded.log")})
+	daemon, daemonLog, api := d.Cmd, d.LogTail, d.Base
 	r, err := http.Post(api+"/v1/cells/bench/episodes", "application/json", strings.NewReader(`{"task":"bench"}`))
 	if err != nil {
 		b.Fatal(err)
@@ -275,17 +232,8 @@ func BenchmarkDaemonRecord8Cameras(b *testing.B) {
 		<-ffExited
 	}
 	ffStopped = true
-	if err := daemon.Process.Signal(syscall.SIGTERM); err != nil {
-		b.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		stopped = true
-		if err != nil {
-			b.Fatalf("daemon exit: %v\n%s", err, daemonLog())
-		}
-	case <-time.After(60 * time.Second):
-		b.Fatalf("daemon did not stop within 60s of SIGTERM\n%s", daemonLog())
+	if err := d.Stop(60 * time.Second); err != nil {
+		b.Fatalf("daemon stop (SIGTERM, 60 s): %v\n%s", err, daemonLog())
 	}
 
 	// What is durable: every stream's last seq in the store (gapless from
