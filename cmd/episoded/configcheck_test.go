@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -134,16 +133,6 @@ sync:
 		case <-time.After(60 * time.Second):
 			t.Fatalf("the daemon was not ready within 60s; stderr:\n%s", stderr.String())
 		}
-		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Fatalf("exit after SIGTERM: %v\n%s", err, stderr.String())
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("no exit within 30s of SIGTERM; stderr:\n%s", stderr.String())
-		}
+		terminate(t, cmd, exited, 30*time.Second, &stderr)
 	})
 }
