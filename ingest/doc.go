@@ -110,7 +110,12 @@
 //     later samples move the line earlier the bound history (BoundOver,
 //     what an episode's report states) of the samples stamped before
 //     convergence is widened by how far the line moved (settleEarly);
-//     the bounds stated as they were stamped cannot be taken back.
+//     the bounds stated as they were stamped cannot be taken back. A run
+//     below the envelope is such evidence of lower delays only while it
+//     lies within maxLate (10s) of the line; lower than that it is a
+//     step of the device clock (for example the return from a burst of
+//     wild times just taken for a step), never merged: merging it moved
+//     the line, and so the stated bound, by the whole step (an hour).
 //   - When the line moves earlier (lower delays revealed), T does not
 //     stand still (a run of equal T would shrink the median interval of
 //     the quality report and turn normal intervals into gaps): a sample
