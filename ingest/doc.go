@@ -173,7 +173,8 @@
 // (the episode stops at Start+MaxDuration exactly and continues as a new
 // episode linked by Previous/Next, with no post-roll on the old one and no
 // pre-roll on the new one), the idle timeout (the episode stops at its last
-// sample, as passed to Observe) and settling; Start and Stop fire due timers
+// sample, as passed to Observe, with no post-roll: the cell is silent) and
+// settling; Start and Stop fire due timers
 // first. The window is [Start−Preroll, Stop+Postroll]; pre-roll data comes
 // from the stored timeline. On restart, Interrupt closes an episode left
 // recording at its last durable sample, as interrupted, without post-roll.
