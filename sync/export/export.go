@@ -46,7 +46,7 @@
 // *Store implements it) and streams to an io.Writer, buffered (1 MiB
 // blocks: the caller need not buffer); memory use is bounded by the chunk
 // size plus one message. The zstd encoder and the output buffer are kept
-// between exports (at most two idle), and payloads are read into a buffer
+// between exports (one of each), and payloads are read into a buffer
 // reused per stream where the Source allows it (storage's
 // MergeFromShared): the daemon exports every episode it records.
 package export
@@ -287,25 +287,32 @@ func (x *exporter) run(ctx context.Context, w io.Writer, id string) error {
 
 // writerState is what one export needs besides the MCAP writer itself and
 // is worth keeping for the next: the zstd encoder (SpeedFastest with its
-// default 8 MiB window allocates a 16 MiB history buffer and a 256 KiB
-// table on its first chunk) and the 1 MiB output buffer. The daemon
-// exports every episode once (one 10 s episode every 15 s in the demo
-// cell), so allocating these afresh each time made the Go heap grow by
-// about 17 MiB per export, zeroed (touched) each time, until the next
-// collection. Encoder.Reset starts an independent stream (the mcap writer
-// already resets it for every chunk), so a reused encoder writes the same
-// bytes as a new one; TestExportGolden checks the output is unchanged.
+// default 8 MiB window allocates its history buffer and a 256 KiB table
+// on its first chunk) and the 1 MiB output buffer. The daemon exports
+// every episode once (one 10 s episode every 15 s in the demo cell), so
+// allocating these afresh each time made the Go heap take 17 MiB more
+// per export, zeroed (touched) each time, until the next collection.
+// Encoder.Reset starts an independent stream (the mcap writer already
+// resets it for every chunk), so a reused encoder writes the same bytes
+// as a new one; TestExportGolden checks the output is unchanged.
+//
+// WithLowerEncoderMem sizes the history to the window plus one block
+// (8.1 MiB) instead of twice the window: a chunk (4 MiB plus one message)
+// never fills either, and the output is the same. What is kept counts in
+// the live heap, so in the heap goal under the daemon's memory limit:
+// half of it matters.
 type writerState struct {
 	enc *zstd.Encoder
 	bw  *bufio.Writer
 }
 
-// maxIdleWriters bounds the writer states kept between exports: the
-// daemon runs at most sync.concurrency (default 2) at once; more
-// concurrent exports allocate and drop theirs. A sync.Pool would not do:
-// it is emptied by every second collection, and at this daemon's
+// maxIdleWriters bounds the writer states kept between exports: one,
+// which is what the daemon needs when its exports do not overlap (one
+// episode every 15 s, exported in about a second); an export that runs
+// beside another allocates its own and drops it. A sync.Pool would not
+// do: it is emptied by every second collection, and at this daemon's
 // allocation rate (frames) that is many times between two exports.
-const maxIdleWriters = 2
+const maxIdleWriters = 1
 
 var idleWriters struct {
 	sync.Mutex
@@ -322,7 +329,7 @@ func getWriterState() (*writerState, error) {
 		return ws, nil
 	}
 	idleWriters.Unlock()
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest))
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithLowerEncoderMem(true))
 	if err != nil {
 		return nil, fmt.Errorf("zstd: %w", err)
 	}
