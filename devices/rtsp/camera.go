@@ -445,7 +445,7 @@ func (c *Camera) tapRTP(d *dialer, setupRes *base.Response, payloadType uint8, o
 		return // UDP
 	}
 	var pkt rtp.Packet
-	conn.setTap(th.InterleavedIDs[0], func(b []byte, now int64) {
+	conn.setTap(th.InterleavedIDs[0], min(tapPassEvery, c.o.ReadTimeout/4), func(b []byte, now int64) {
 		if err := pkt.Unmarshal(b); err != nil || pkt.PayloadType != payloadType {
 			c.cnt.asm.DecodeErrors.Add(1)
 			return

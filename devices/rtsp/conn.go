@@ -21,15 +21,17 @@ import (
 const readBufferSize = 72 << 10
 
 // tapPassEvery: while the tap takes the RTP packets, one packet in this
-// interval is still handed to gortsplib, which reads it as before (it
-// reaches the same handler through OnPacketRTP). gortsplib closes a TCP
-// session in which it has seen no interleaved frame for its ReadTimeout.
-const tapPassEvery = int64(500 * time.Millisecond)
+// interval (or a quarter of the read timeout, if shorter) is still handed
+// to gortsplib, which reads it as before (it reaches the same handler
+// through OnPacketRTP). gortsplib closes a TCP session in which it has
+// seen no interleaved frame for its ReadTimeout.
+const tapPassEvery = 500 * time.Millisecond
 
 // rtpTap takes the RTP packets of one interleaved channel on the reader
 // goroutine, straight from the read buffer, before gortsplib sees them.
 type rtpTap struct {
-	channel int
+	channel   int
+	passEvery int64 // ns
 	// handle gets the RTP packet (valid only during the call) and its
 	// arrival time. It must not keep the slice.
 	handle   func(pkt []byte, now int64)
@@ -61,9 +63,10 @@ type bufferedConn struct {
 	untracked bool // stopped following message boundaries: pass everything
 }
 
-// setTap starts handing the RTP packets of channel to handle.
-func (c *bufferedConn) setTap(channel int, handle func([]byte, int64)) {
-	c.tap.Store(&rtpTap{channel: channel, handle: handle})
+// setTap starts handing the RTP packets of channel to handle; gortsplib
+// still gets one in passEvery.
+func (c *bufferedConn) setTap(channel int, passEvery time.Duration, handle func([]byte, int64)) {
+	c.tap.Store(&rtpTap{channel: channel, passEvery: int64(passEvery), handle: handle})
 }
 
 func (c *bufferedConn) Read(p []byte) (int, error) {
@@ -88,7 +91,7 @@ func (c *bufferedConn) Read(p []byte) (int, error) {
 			size := 4 + (int(h[2])<<8 | int(h[3]))
 			if t := c.tap.Load(); t != nil && int(h[1]) == t.channel {
 				now := time.Now().UnixNano()
-				if now-t.lastPass < tapPassEvery {
+				if now-t.lastPass < t.passEvery {
 					f, err := c.r.Peek(size)
 					if err != nil {
 						c.untracked = true

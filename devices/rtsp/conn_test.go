@@ -83,7 +83,7 @@ func TestTapDeliversEveryMessageOnceInOrder(t *testing.T) {
 	bc := &bufferedConn{Conn: client, r: bufio.NewReaderSize(client, readBufferSize)}
 	var got []string
 	tapped := 0
-	bc.setTap(0, func(p []byte, _ int64) {
+	bc.setTap(0, tapPassEvery, func(p []byte, _ int64) {
 		tapped++
 		got = append(got, fmt.Sprintf("frame 0 %x", p))
 	})
