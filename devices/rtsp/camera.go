@@ -78,7 +78,10 @@ type counters struct {
 	fpsBits, bitrateBits atomic.Uint64 // math.Float64bits
 	codec                atomic.Value  // string
 	lastPacket           atomic.Int64  // unix ns of the last RTP packet
-	sessionsWithData     atomic.Uint64
+	// tapped counts RTP packets read by the tap (bufferedConn) rather
+	// than through gortsplib (for tests).
+	tapped           atomic.Uint64
+	sessionsWithData atomic.Uint64
 }
 
 // frame is one access unit queued for the sink.
@@ -450,6 +453,7 @@ func (c *Camera) tapRTP(d *dialer, setupRes *base.Response, payloadType uint8, o
 			c.cnt.asm.DecodeErrors.Add(1)
 			return
 		}
+		c.cnt.tapped.Add(1)
 		onRTP(&pkt, now)
 	})
 }
