@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/pion/rtcp"
 )
 
 // readBufferSize is the read buffer below gortsplib's own. gortsplib reads
@@ -113,6 +115,36 @@ func (c *bufferedConn) Read(p []byte) (int, error) {
 		}
 		c.pass = n
 	}
+}
+
+// Write writes p, except an interleaved RTCP receiver report on the
+// tapped channel's RTCP channel, which it drops (and reports written).
+// gortsplib v4.16.2 sends receiver reports only over UDP, so this never
+// happens with it; it is here so that a gortsplib that sent them over TCP
+// could not report the tapped stream from the one packet in passEvery it
+// sees (as ~99 % loss, with a wrong highest sequence number and jitter).
+// gortsplib writes one interleaved frame per Write.
+func (c *bufferedConn) Write(p []byte) (int, error) {
+	if t := c.tap.Load(); t != nil && len(p) > 4 && p[0] == '$' && int(p[1]) == t.channel+1 &&
+		len(p) == 4+(int(p[2])<<8|int(p[3])) && isReceiverReport(p[4:]) {
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// isReceiverReport reports whether the compound RTCP packet b holds a
+// receiver report.
+func isReceiverReport(b []byte) bool {
+	pkts, err := rtcp.Unmarshal(b)
+	if err != nil {
+		return false
+	}
+	for _, p := range pkts {
+		if _, ok := p.(*rtcp.ReceiverReport); ok {
+			return true
+		}
+	}
+	return false
 }
 
 var headerEnd = []byte("\r\n\r\n")

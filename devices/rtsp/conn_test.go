@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"testing"
 
 	"github.com/bluenviron/gortsplib/v4/pkg/base"
 	"github.com/bluenviron/gortsplib/v4/pkg/conn"
+	"github.com/pion/rtcp"
 )
 
 // TestTapDeliversEveryMessageOnceInOrder feeds a bufferedConn with a tap on
@@ -126,5 +128,47 @@ func TestTapDeliversEveryMessageOnceInOrder(t *testing.T) {
 	}
 	if !bc.untracked {
 		t.Error("the conn kept following boundaries after bytes it does not recognise")
+	}
+}
+
+// TestTapDropsReceiverReports: with a tap on channel 0, an interleaved
+// RTCP receiver report on channel 1 is not written (gortsplib sees one RTP
+// packet in passEvery and would report the rest as lost); sender reports,
+// other channels and RTSP requests are written unchanged.
+func TestTapDropsReceiverReports(t *testing.T) {
+	client, server := net.Pipe()
+	bc := &bufferedConn{Conn: client, r: bufio.NewReaderSize(client, readBufferSize)}
+	bc.setTap(0, tapPassEvery, func([]byte, int64) {})
+	frame := func(ch int, p rtcp.Packet) []byte {
+		b, err := p.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return append([]byte{'$', byte(ch), byte(len(b) >> 8), byte(len(b))}, b...)
+	}
+	rr := &rtcp.ReceiverReport{SSRC: 1, Reports: []rtcp.ReceptionReport{{SSRC: 2, FractionLost: 250, TotalLost: 1000}}}
+	sr := &rtcp.SenderReport{SSRC: 1}
+	writes := [][]byte{
+		frame(1, rr),
+		frame(1, sr),
+		frame(3, rr), // another media's channel
+		[]byte("GET_PARAMETER rtsp://x/ RTSP/1.0\r\nCSeq: 5\r\n\r\n"),
+		frame(1, rr),
+	}
+	want := append(append(append([]byte(nil), writes[1]...), writes[2]...), writes[3]...)
+	go func() {
+		for _, w := range writes {
+			if n, err := bc.Write(w); err != nil || n != len(w) {
+				t.Errorf("Write = %d, %v; want %d, nil", n, err, len(w))
+			}
+		}
+		client.Close()
+	}()
+	got, err := io.ReadAll(server)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("written %q\nwant %q", got, want)
 	}
 }

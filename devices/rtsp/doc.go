@@ -59,6 +59,10 @@
 // connection follows message boundaries from its first byte and, on any
 // byte sequence it does not recognise, passes everything to gortsplib from
 // then on. UDP, rtsps:// and H.265 go through gortsplib's callbacks.
+// RTCP receiver reports: gortsplib v4.16.2 sends them only over UDP, where
+// it sees every packet; over a tapped TCP session it sends none (and the
+// connection drops any it would write on the tapped media's RTCP channel,
+// which would describe only the packets gortsplib saw).
 //
 // The assembler (RTP to access units, its loss rule and the DTS
 // extraction) is internal/video.Assembler, shared with devices/webrtc.
