@@ -60,7 +60,36 @@ func dial(uri *url.URL, o paho.ClientOptions) (*bufferedConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newBufferedConn(c), nil
+	return newBufferedConn(c, readCoalesce), nil
+}
+
+// After a read of less than readCoalesceBelow bytes, the next read waits
+// readCoalesce first, so that a steady stream of small messages is read
+// in batches: one read syscall and one wake-up of the reader per
+// millisecond rather than per few messages (the socket reads were a third
+// of the daemon's CPU at 40k msg/s once the packets were parsed here). It
+// adds at most readCoalesce to a message's way to durable, which waits for
+// the next storage commit (sync_interval, 100 ms by default) anyway.
+const (
+	readCoalesce      = time.Millisecond
+	readCoalesceBelow = 8 << 10
+)
+
+// coalescingReader is the socket side of bufferedConn's read buffer (see
+// readCoalesce).
+type coalescingReader struct {
+	c     net.Conn
+	wait  time.Duration
+	short bool
+}
+
+func (r *coalescingReader) Read(p []byte) (int, error) {
+	if r.short {
+		time.Sleep(r.wait)
+	}
+	n, err := r.c.Read(p)
+	r.short = r.wait > 0 && n > 0 && n < readCoalesceBelow
+	return n, err
 }
 
 // bufferedConn buffers reads and coalesces writes. Write copies into a
@@ -95,10 +124,12 @@ type bufferedConn struct {
 
 var errConnClosed = errors.New("mqtt: connection closed")
 
-func newBufferedConn(c net.Conn) *bufferedConn {
+// newBufferedConn wraps c; coalesce is readCoalesce, or 0 to read as
+// soon as anything arrives.
+func newBufferedConn(c net.Conn, coalesce time.Duration) *bufferedConn {
 	bc := &bufferedConn{
 		Conn: c,
-		r:    bufio.NewReaderSize(c, readBufSize),
+		r:    bufio.NewReaderSize(&coalescingReader{c: c, wait: coalesce}, readBufSize),
 		wake: make(chan struct{}, 1),
 		done: make(chan struct{}),
 	}

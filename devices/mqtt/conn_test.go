@@ -87,7 +87,7 @@ func TestReadTakesPublishes(t *testing.T) {
 		"whole":             func() io.Reader { return bytes.NewReader(stream) },
 	} {
 		t.Run(name, func(t *testing.T) {
-			c := newBufferedConn(readerConn{r: r()})
+			c := newBufferedConn(readerConn{r: r()}, 0)
 			defer c.Close()
 			var got []pub
 			c.onPublish = func(m *publishMsg) {
@@ -155,7 +155,7 @@ func TestReadRefusesMalformedPublish(t *testing.T) {
 		"empty":              {0x30, 0x00},
 	} {
 		t.Run(name, func(t *testing.T) {
-			c := newBufferedConn(readerConn{r: bytes.NewReader(pkt)})
+			c := newBufferedConn(readerConn{r: bytes.NewReader(pkt)}, 0)
 			defer c.Close()
 			c.onPublish = func(m *publishMsg) { t.Errorf("delivered %+v", m) }
 			if _, err := packets.ReadPacket(c); !errors.Is(err, errMalformed) {
