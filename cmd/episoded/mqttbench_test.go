@@ -81,6 +81,7 @@ func BenchmarkDaemonMQTT(b *testing.B) {
 		b.ReportMetric(float64(r.p50.Microseconds())/1000, "p50-durable-ms")
 		b.ReportMetric(float64(r.p99.Microseconds())/1000, "p99-durable-ms")
 		b.ReportMetric(float64(r.p99)/float64(r.target), "p99/target")
+		b.ReportMetric(float64(r.p99in.Microseconds())/1000, "p99-in-daemon-ms")
 	}
 }
 
@@ -113,6 +114,7 @@ type daemonMQTTResult struct {
 	pubAlone, pubSubAlone, pubBoth float64
 	latRate                        float64
 	p50, p99, target               time.Duration
+	p99in                          time.Duration // the daemon's part: proxy -> PUBACK
 }
 
 const benchSyncInterval = 100 * time.Millisecond
@@ -317,17 +319,19 @@ devices:
 	pubDone(publish("d", n, int(r.latRate)))
 	benchWait(b, 5*time.Minute, "every paced message acknowledged by the daemon", func() bool { return proxy.count() >= n }, stderr)
 	commits := histogram(base, "episoded_storage_commit_seconds").sub(commits0)
-	lat := proxy.latencies()
+	lat, inLat := proxy.latencies()
 	slices.Sort(lat)
+	slices.Sort(inLat)
 	r.p50, r.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
+	r.p99in = inLat[len(inLat)*99/100]
 	r.target = benchSyncInterval + 50*time.Millisecond
 
 	b.Logf("%d msgs, %d publishers. alone: daemon stored %.0f msg/s (published %.0f), %.0f ns CPU/msg; mosquitto_sub %.0f msg/s (published %.0f), %.0f ns CPU/msg. "+
 		"both: daemon %.0f msg/s, %.0f ns/msg; mosquitto_sub %.0f msg/s, %.0f ns/msg; published %.0f msg/s. "+
-		"publish->durable at %.0f msg/s (%d msgs): p50 %s, p99 %s (target %s); meanwhile %.0f commits, p50 <= %gs, p99 <= %gs",
+		"publish->durable at %.0f msg/s (%d msgs): p50 %s, p99 %s (target %s), p99 in the daemon (proxy->PUBACK) %s; meanwhile %.0f commits, p50 <= %gs, p99 <= %gs",
 		total, pubs, r.daemonAlone.rate, r.pubAlone, r.daemonAlone.cpuPerMsg(), r.subAlone.rate, r.pubSubAlone, r.subAlone.cpuPerMsg(),
 		r.daemonBoth.rate, r.daemonBoth.cpuPerMsg(), r.subBoth.rate, r.subBoth.cpuPerMsg(), r.pubBoth,
-		r.latRate, len(lat), r.p50, r.p99, r.target, commits.count(), commits.quantile(0.5), commits.quantile(0.99))
+		r.latRate, len(lat), r.p50, r.p99, r.target, r.p99in, commits.count(), commits.quantile(0.5), commits.quantile(0.99))
 	return r
 }
 
@@ -447,10 +451,15 @@ type ackProxy struct {
 	target string
 	mu     struct {
 		sync.Mutex
-		stamps map[uint16]int64
-		lat    []time.Duration
+		stamps map[uint16]proxySeen
+		lat    []time.Duration // publish stamp -> PUBACK
+		inLat  []time.Duration // PUBLISH read by the proxy -> PUBACK: the daemon's part
 	}
 }
+
+// proxySeen is a PUBLISH on its way to the daemon: its publish stamp, and
+// when the proxy read it.
+type proxySeen struct{ stamp, seen int64 }
 
 func newAckProxy(b *testing.B, target string) *ackProxy {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -458,7 +467,7 @@ func newAckProxy(b *testing.B, target string) *ackProxy {
 		b.Fatal(err)
 	}
 	p := &ackProxy{b: b, ln: ln, target: target}
-	p.mu.stamps = map[uint16]int64{}
+	p.mu.stamps = map[uint16]proxySeen{}
 	b.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -483,7 +492,7 @@ func (p *ackProxy) addr() string { return p.ln.Addr().String() }
 func (p *ackProxy) reset() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.mu.lat = nil
+	p.mu.lat, p.mu.inLat = nil, nil
 }
 
 func (p *ackProxy) count() int {
@@ -492,10 +501,12 @@ func (p *ackProxy) count() int {
 	return len(p.mu.lat)
 }
 
-func (p *ackProxy) latencies() []time.Duration {
+// latencies returns publish->PUBACK and, per message, the daemon's part
+// of it (from the proxy reading the PUBLISH to the PUBACK).
+func (p *ackProxy) latencies() (total, inDaemon []time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return slices.Clone(p.mu.lat)
+	return slices.Clone(p.mu.lat), slices.Clone(p.mu.inLat)
 }
 
 // pipe copies packets from src to dst, flushing whenever src has nothing
@@ -538,7 +549,7 @@ func (p *ackProxy) pipe(src, dst net.Conn, fromBroker bool) {
 				id := binary.BigEndian.Uint16(body[2+tl:])
 				stamp := mqttload.Stamp(body[2+tl+2:])
 				p.mu.Lock()
-				p.mu.stamps[id] = stamp
+				p.mu.stamps[id] = proxySeen{stamp, time.Now().UnixNano()}
 				p.mu.Unlock()
 			}
 		case !fromBroker && h>>4 == 4 && len(body) >= 2:
@@ -547,8 +558,9 @@ func (p *ackProxy) pipe(src, dst net.Conn, fromBroker bool) {
 			p.mu.Lock()
 			if s, ok := p.mu.stamps[id]; ok {
 				delete(p.mu.stamps, id)
-				if s > 0 {
-					p.mu.lat = append(p.mu.lat, time.Duration(now-s))
+				if s.stamp > 0 {
+					p.mu.lat = append(p.mu.lat, time.Duration(now-s.stamp))
+					p.mu.inLat = append(p.mu.inLat, time.Duration(now-s.seen))
 				}
 			}
 			p.mu.Unlock()
