@@ -44,6 +44,8 @@ lint:
 # the rows it selects); BENCHTABLE_FLAGS=-strict makes a failed or missing
 # figure fail the target. The table can be rebuilt from saved output:
 # go run ./internal/tools/benchtable -bench '$(BENCH)' $(BENCH_OUT)
+# One package at a time (-p 1): two packages' benchmarks at once would
+# measure each other on this machine's 2 cores.
 # RSS_DURATION is how long BenchmarkDaemonRSS8Cameras records (its figure
 # is for 10m; RSS_DURATION=1m for a quick look).
 BENCH_OUT ?= bin/bench.txt
@@ -51,7 +53,7 @@ BENCHTABLE_FLAGS ?=
 RSS_DURATION ?= 10m
 bench:
 	@mkdir -p $(dir $(BENCH_OUT))
-	EPISODED_RSS_BENCH_DURATION=$(RSS_DURATION) $(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -timeout 120m ./... 2>&1 | tee $(BENCH_OUT)
+	EPISODED_RSS_BENCH_DURATION=$(RSS_DURATION) $(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -p 1 -timeout 120m ./... 2>&1 | tee $(BENCH_OUT)
 	@echo
 	@echo "make bench: figures against their same-run peers (raw output: $(BENCH_OUT))"
 	@$(GO) run ./internal/tools/benchtable -bench '$(BENCH)' $(BENCHTABLE_FLAGS) $(BENCH_OUT)

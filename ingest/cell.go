@@ -51,7 +51,8 @@ type CellOptions struct {
 	// MaxDuration rolls an episode over into a new, linked one; 0 = never.
 	MaxDuration time.Duration
 	// IdleTimeout stops an episode when no sample arrived on the cell for
-	// this long; 0 = never.
+	// this long; 0 = never. The episode ends at its last sample, with no
+	// post-roll.
 	IdleTimeout time.Duration
 	// NewID makes episode ids; default NewV7At. Tests inject a
 	// deterministic one.
@@ -249,7 +250,10 @@ func (c *Cell) tick(now int64, tr []Transition) []Transition {
 		}
 		switch {
 		case idle >= 0 && idle <= now && (roll < 0 || idle <= roll):
-			// The episode ends at its last data; post-roll still applies.
+			// The episode ends at its last data, with no post-roll: the
+			// cell has been silent since, so a post-roll would only add a
+			// gap to every stream and make the episode degraded.
+			c.cur.Postroll = 0
 			tr = c.stop(last, now, StopIdleTimeout, tr)
 		case roll >= 0 && roll <= now:
 			tr = c.rollover(roll, now, tr)

@@ -215,7 +215,7 @@ func TestCellScripts(t *testing.T) {
 				{1 * s, "sample", ""},
 				{3 * s, "sample", ""},
 				{12 * s, "tick", ""},
-				{13 * s, "tick", "stopped e1 stop=3s reason=idle_timeout; settled e1 window=[0s,5s]"},
+				{13 * s, "tick", "stopped e1 stop=3s reason=idle_timeout; settled e1 window=[0s,3s]"},
 				{14 * s, "tick", ""},
 			},
 		},

@@ -537,11 +537,15 @@ func (c *Clock) candidate(src, y, recv int64, r float64) int64 {
 	// has lasted stepBackUnconverged: then it is a step.
 	early := sign > 0 && !c.converged && satSub(recv, c.runSince) < stepBackUnconverged
 	if !early && c.confirm() {
-		if sign < 0 && !c.converged {
+		if sign < 0 && !c.converged && -r <= float64(maxLate) {
 			// Before the estimate converges the envelope is still being
 			// found: samples that agree on lower delays than the line
 			// (a device that sends in bursts, a first offset taken from
-			// delayed samples) are evidence, not a step.
+			// delayed samples) are evidence, not a step. Lower by more
+			// than any delivery delay (maxLate) is no delay swing: the
+			// device clock stepped forward (or back from a wild burst
+			// just taken for a step), and merging it would move the line
+			// by the whole step.
 			c.merge()
 		} else {
 			c.jump(recv)

@@ -525,3 +525,56 @@ func TestClockBurstyDevice(t *testing.T) {
 		t.Fatalf("source %s (%s), %d jumps, worst error %.3fms", st.Source, st.SourceReason, st.Jumps, worst/1e6)
 	}
 }
+
+// TestClockWildBurst: a converged 30 Hz device sends a burst of 10
+// samples stamped an hour behind (or ahead), then its clock is right
+// again. The burst looks like a step until it ends, and the return looks
+// like a step too, taken while the estimate has not converged on the
+// burst's few samples. A return by an hour is no swing of the network
+// delays and must not be merged into the evidence (that moved the line by
+// the hour, and the stated bound of the minutes before by as much). Every
+// sample stays within its stated bound of ground truth, and the stream's
+// bound over the whole run stays below a second.
+func TestClockWildBurst(t *testing.T) {
+	for _, dir := range []int64{-1, +1} {
+		t.Run(fmt.Sprintf("%+d hour", dir), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(7, uint64(dir+2)))
+			sc := synthClock{rateHz: 30, dur: 40 * time.Second, offset: int64(40 * time.Millisecond), driftPPM: 50}
+			data := sc.generate(rng)
+			d := sample.Descriptor{Stream: "c1/cam", Kind: sample.KindTelemetry, Clock: sample.ClockDevice}
+			s, err := NewStream(d, 0, ClockOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			const from, to = 600, 610 // 20 s in: converged long before
+			worst := int64(0)
+			for i, o := range data {
+				src := o.src
+				if i >= from && i < to {
+					src += dir * int64(time.Hour)
+				}
+				x := sample.Sample{SrcT: src, RecvT: o.recv}
+				s.Process(&x)
+				e := x.T - o.g
+				if e < 0 {
+					e = -e
+				}
+				worst = max(worst, e)
+				if i >= 60 && e > s.bound {
+					t.Errorf("sample %d (burst %v): %v from ground truth, stated bound %v", i, i >= from && i < to,
+						time.Duration(e), time.Duration(s.bound))
+				}
+			}
+			b, ok := s.BoundOver(data[0].g, data[len(data)-1].recv)
+			st := s.ClockStatus()
+			t.Logf("worst error %v; bound over the run %v; jumps %d outliers %d held %d", time.Duration(worst), time.Duration(b),
+				st.Jumps, st.Outliers, s.Counters().ClockHeld)
+			if !ok || b <= 0 || b > int64(time.Second) {
+				t.Errorf("bound over the run %v (%v), want (0, 1s]: a burst of wild times must not widen it to the burst's offset", time.Duration(b), ok)
+			}
+			if s.Counters().ClockHeld == 0 {
+				t.Error("no sample of the burst was held back")
+			}
+		})
+	}
+}

@@ -110,7 +110,12 @@
 //     later samples move the line earlier the bound history (BoundOver,
 //     what an episode's report states) of the samples stamped before
 //     convergence is widened by how far the line moved (settleEarly);
-//     the bounds stated as they were stamped cannot be taken back.
+//     the bounds stated as they were stamped cannot be taken back. A run
+//     below the envelope is such evidence of lower delays only while it
+//     lies within maxLate (10s) of the line; lower than that it is a
+//     step of the device clock (for example the return from a burst of
+//     wild times just taken for a step), never merged: merging it moved
+//     the line, and so the stated bound, by the whole step (an hour).
 //   - When the line moves earlier (lower delays revealed), T does not
 //     stand still (a run of equal T would shrink the median interval of
 //     the quality report and turn normal intervals into gaps): a sample
@@ -168,7 +173,8 @@
 // (the episode stops at Start+MaxDuration exactly and continues as a new
 // episode linked by Previous/Next, with no post-roll on the old one and no
 // pre-roll on the new one), the idle timeout (the episode stops at its last
-// sample, as passed to Observe) and settling; Start and Stop fire due timers
+// sample, as passed to Observe, with no post-roll: the cell is silent) and
+// settling; Start and Stop fire due timers
 // first. The window is [Start−Preroll, Stop+Postroll]; pre-roll data comes
 // from the stored timeline. On restart, Interrupt closes an episode left
 // recording at its last durable sample, as interrupted, without post-roll.

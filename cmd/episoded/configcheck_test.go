@@ -9,9 +9,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/episoded/episoded/internal/config/configtest"
 )
 
 // runExit runs the built binary with args and returns its exit code and
@@ -54,42 +55,27 @@ func runExit(t *testing.T, args ...string) (int, string) {
 // on its first line. A config using every component is accepted by both:
 // the check passes and the daemon starts.
 func TestConfigCheckAgreesWithStart(t *testing.T) {
-	files, err := filepath.Glob("../../internal/config/testdata/*.bad.yaml")
-	if err != nil || len(files) < 15 {
-		t.Fatalf("want at least 15 bad configs, got %d (%v)", len(files), err)
-	}
-	for _, f := range files {
-		t.Run(filepath.Base(f), func(t *testing.T) {
-			data, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			first, _, _ := strings.Cut(string(data), "\n")
-			want, ok := strings.CutPrefix(first, "# want: ")
-			if !ok {
-				t.Fatalf("%s must start with a '# want: <error text>' line", f)
-			}
-			checkCode, checkErr := runExit(t, "config", "check", f)
-			if checkCode == exitOK {
-				// Do not start a daemon on it: it would use the default
-				// storage.dir of this machine.
-				t.Fatalf("config check accepted a bad config; want %q", want)
-			}
-			runCode, runErr := runExit(t, "run", "--config", f)
-			if checkCode != exitUsage || runCode != exitUsage {
-				t.Fatalf("exit codes: config check %d, run %d; want %d for both\ncheck: %s\nrun: %s", checkCode, runCode, exitUsage, checkErr, runErr)
-			}
-			checkMsg := oneLine(errors.New(strings.TrimSpace(checkErr)))
-			runLines := nonEmptyLines(runErr)
-			runMsg := runLines[len(runLines)-1]
-			if checkMsg != runMsg {
-				t.Fatalf("config check and run disagree:\ncheck: %s\nrun:   %s", checkMsg, runMsg)
-			}
-			if !strings.Contains(checkErr, want) {
-				t.Fatalf("the message does not say %q:\n%s", want, checkErr)
-			}
-		})
-	}
+	configtest.EachBad(t, "../../internal/config/testdata", 15, func(t *testing.T, f string, _ []byte, want string) {
+		checkCode, checkErr := runExit(t, "config", "check", f)
+		if checkCode == exitOK {
+			// Do not start a daemon on it: it would use the default
+			// storage.dir of this machine.
+			t.Fatalf("config check accepted a bad config; want %q", want)
+		}
+		runCode, runErr := runExit(t, "run", "--config", f)
+		if checkCode != exitUsage || runCode != exitUsage {
+			t.Fatalf("exit codes: config check %d, run %d; want %d for both\ncheck: %s\nrun: %s", checkCode, runCode, exitUsage, checkErr, runErr)
+		}
+		checkMsg := oneLine(errors.New(strings.TrimSpace(checkErr)))
+		runLines := nonEmptyLines(runErr)
+		runMsg := runLines[len(runLines)-1]
+		if checkMsg != runMsg {
+			t.Fatalf("config check and run disagree:\ncheck: %s\nrun:   %s", checkMsg, runMsg)
+		}
+		if !strings.Contains(checkErr, want) {
+			t.Fatalf("the message does not say %q:\n%s", want, checkErr)
+		}
+	})
 
 	t.Run("every component, good", func(t *testing.T) {
 		dir := t.TempDir()
@@ -147,16 +133,6 @@ sync:
 		case <-time.After(60 * time.Second):
 			t.Fatalf("the daemon was not ready within 60s; stderr:\n%s", stderr.String())
 		}
-		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Fatalf("exit after SIGTERM: %v\n%s", err, stderr.String())
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatalf("no exit within 30s of SIGTERM; stderr:\n%s", stderr.String())
-		}
+		terminate(t, cmd, exited, 30*time.Second, &stderr)
 	})
 }

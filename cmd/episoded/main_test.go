@@ -94,6 +94,23 @@ func waitMsg(t *testing.T, msgs <-chan string, want string, within time.Duration
 	}
 }
 
+// terminate sends cmd SIGTERM and fails the test unless it exits cleanly
+// (exited is its Wait) within the given time; stderr is shown on failure.
+func terminate(t *testing.T, cmd *exec.Cmd, exited <-chan error, within time.Duration, stderr fmt.Stringer) {
+	t.Helper()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v; stderr:\n%s", err, stderr)
+		}
+	case <-time.After(within):
+		t.Fatalf("no exit within %s of SIGTERM; stderr:\n%s", within, stderr)
+	}
+}
+
 func httpCode(url string) int {
 	c := http.Client{Timeout: time.Second}
 	resp, err := c.Get(url)
@@ -136,17 +153,7 @@ shutdown_timeout: 5s
 	}
 
 	start := time.Now()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v; stderr:\n%s", err, stderr.String())
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatalf("no exit within the 5s shutdown timeout; stderr:\n%s", stderr.String())
-	}
+	terminate(t, cmd, exited, 5*time.Second, &stderr) // the shutdown timeout
 	t.Logf("stopped in %s", time.Since(start))
 	waitMsg(t, msgs, "STOPPING=1", time.Second)
 }

@@ -38,21 +38,6 @@ func telemLine(topic string, seq int, stamp int64) string {
 	return string(b)
 }
 
-func newTestClient(t testing.TB, url, clientID string, mut func(*ClientOptions)) (*Client, *logBuf) {
-	t.Helper()
-	log, lb := newTestLogger()
-	o := ClientOptions{ID: "test", URL: url, ClientID: clientID, Logger: log,
-		Backoff: devices.BackoffPolicy{Min: 200 * time.Millisecond, Max: time.Second}}
-	if mut != nil {
-		mut(&o)
-	}
-	b, err := NewClient(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b, lb
-}
-
 // seqsByTopic checks per-topic order and returns the seqs seen per topic,
 // counting duplicates.
 func seqsByTopic(t *testing.T, samples []sample.Sample) (map[string][]int, int) {
@@ -86,17 +71,10 @@ func seqsByTopic(t *testing.T, samples []sample.Sample) (map[string][]int, int) 
 // payload field.
 func TestTelemetry10k(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{inflight: 2000})
-	b, _ := newTestClient(t, m.url(), "episoded-10k", nil)
-	if err := b.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"factory/+/state"},
-		Stream: "cell1/{2}/state", TimeField: "header.stamp", TimeUnit: "ns"}); err != nil {
-		t.Fatal(err)
-	}
-	sink := newMemSink(100 * time.Millisecond)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go sink.run(ctx)
-	runClient(t, b, sink)
-	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
+	b, _ := newTestClient(t, m.url(), "episoded-10k", nil, DeviceOptions{Device: "robot", Topics: []string{"factory/+/state"},
+		Stream: "cell1/{2}/state", TimeField: "header.stamp", TimeUnit: "ns"})
+	sink := startSink(t, newMemSink(100*time.Millisecond))
+	runConnected(t, b, sink)
 
 	const topics, per = 20, 500
 	base := time.Now().UnixNano()
@@ -165,16 +143,9 @@ func TestBrokerRestart(t *testing.T) {
 	g := startGate(t, fmt.Sprintf("127.0.0.1:%d", m.port))
 	b, lb := newTestClient(t, g.url(), "episoded-restart", func(o *ClientOptions) {
 		o.Backoff = devices.BackoffPolicy{Min: 50 * time.Millisecond, Max: 200 * time.Millisecond}
-	})
-	if err := b.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"r/+/state"}, TimeField: "header.stamp"}); err != nil {
-		t.Fatal(err)
-	}
-	sink := newMemSink(100 * time.Millisecond)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go sink.run(ctx)
-	runClient(t, b, sink)
-	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
+	}, DeviceOptions{Device: "robot", Topics: []string{"r/+/state"}, TimeField: "header.stamp"})
+	sink := startSink(t, newMemSink(100*time.Millisecond))
+	runConnected(t, b, sink)
 
 	base := time.Now().UnixNano()
 	before := make([]string, 200)
@@ -229,18 +200,11 @@ func TestBrokerRestart(t *testing.T) {
 // in the descriptor and the capture time from the header.
 func TestLidarFrames(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{inflight: 100})
-	b, _ := newTestClient(t, m.url(), "episoded-lidar", nil)
 	lo := lidarDev(8)
 	lo.Stream = "cell1/lidar"
-	if err := b.AddDevice(lo); err != nil {
-		t.Fatal(err)
-	}
-	sink := newMemSink(100 * time.Millisecond)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go sink.run(ctx)
-	runClient(t, b, sink)
-	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
+	b, _ := newTestClient(t, m.url(), "episoded-lidar", nil, lo)
+	sink := startSink(t, newMemSink(100*time.Millisecond))
+	runConnected(t, b, sink)
 
 	const frames = 20
 	const points = (200_000 - 16) / 16
@@ -287,25 +251,14 @@ func TestBadPayloads(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{persistence: true, inflight: 100})
 	const clientID = "episoded-bad"
 	mk := func() (*Client, *logBuf) {
-		b, lb := newTestClient(t, m.url(), clientID, nil)
-		if err := b.AddDevice(DeviceOptions{Device: "json", Topics: []string{"bad/json"}, TimeField: "header.stamp", MaxPayload: 4096}); err != nil {
-			t.Fatal(err)
-		}
-		if err := b.AddDevice(DeviceOptions{Device: "cbor", Topics: []string{"bad/cbor"}, Format: FormatCBOR, TimeField: "t", TimeUnit: "ms"}); err != nil {
-			t.Fatal(err)
-		}
-		if err := b.AddDevice(lidarDev(8)); err != nil {
-			t.Fatal(err)
-		}
-		return b, lb
+		return newTestClient(t, m.url(), clientID, nil,
+			DeviceOptions{Device: "json", Topics: []string{"bad/json"}, TimeField: "header.stamp", MaxPayload: 4096},
+			DeviceOptions{Device: "cbor", Topics: []string{"bad/cbor"}, Format: FormatCBOR, TimeField: "t", TimeUnit: "ms"},
+			lidarDev(8))
 	}
 	b, lb := mk()
-	sink := newMemSink(50 * time.Millisecond)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go sink.run(ctx)
-	stop := runClient(t, b, sink)
-	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
+	sink := startSink(t, newMemSink(50*time.Millisecond))
+	stop := runConnected(t, b, sink)
 
 	rng := rand.New(rand.NewPCG(1, 2))
 	random := make([]byte, 300)
@@ -381,10 +334,8 @@ func TestBadPayloads(t *testing.T) {
 	// A new daemon with the same client id gets nothing redelivered: every
 	// message, kept or rejected, was acknowledged.
 	b2, _ := mk()
-	sink2 := newMemSink(50 * time.Millisecond)
-	go sink2.run(ctx)
-	runClient(t, b2, sink2)
-	waitFor(t, 10*time.Second, "second session", func() bool { return b2.Stats().Connected })
+	sink2 := startSink(t, newMemSink(50*time.Millisecond))
+	runConnected(t, b2, sink2)
 	// A marker published now reaches the sink after anything the broker
 	// resends: it resends a session's unacknowledged messages first, and
 	// one router and one worker keep the order. So once the marker is
@@ -419,12 +370,8 @@ func TestTrigger(t *testing.T) {
 	if err := b.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"cell1/robot"}}); err != nil {
 		t.Fatal(err)
 	}
-	sink := newMemSink(50 * time.Millisecond)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go sink.run(ctx)
-	stop := runClient(t, b, sink)
-	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
+	sink := startSink(t, newMemSink(50*time.Millisecond))
+	stop := runConnected(t, b, sink)
 	if err := m.pubLines("cell1/trigger", []string{`{"action":"start","task":"pick"}`, `{"action":"stop"}`}); err != nil {
 		t.Fatal(err)
 	}
@@ -446,8 +393,7 @@ func TestTrigger(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	runClient(t, b2, sink)
-	waitFor(t, 10*time.Second, "second session", func() bool { return b2.Stats().Connected })
+	runConnected(t, b2, sink)
 	// The marker arrives after anything the broker resends (see
 	// TestBadPayloads): once it is here, nothing else may be.
 	if err := m.pubLines("cell1/trigger", []string{`{"action":"marker"}`}); err != nil {
@@ -469,16 +415,9 @@ func TestQueueOverflowRedelivers(t *testing.T) {
 	b, _ := newTestClient(t, m.url(), "episoded-overflow", func(o *ClientOptions) {
 		o.QueueSize = 16
 		o.Backoff = devices.BackoffPolicy{Min: 100 * time.Millisecond, Max: 200 * time.Millisecond}
-	})
-	if err := b.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"r/#"}, TimeField: "header.stamp"}); err != nil {
-		t.Fatal(err)
-	}
-	sink := newMemSink(20 * time.Millisecond)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go sink.run(ctx)
-	runClient(t, b, sink)
-	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
+	}, DeviceOptions{Device: "robot", Topics: []string{"r/#"}, TimeField: "header.stamp"})
+	sink := startSink(t, newMemSink(20*time.Millisecond))
+	runConnected(t, b, sink)
 	const n = 2000
 	lines := make([]string, n)
 	base := time.Now().UnixNano()
@@ -518,18 +457,11 @@ func TestWriteFailureRedelivers(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{inflight: 100})
 	b, _ := newTestClient(t, m.url(), "episoded-wfail", func(o *ClientOptions) {
 		o.Backoff = devices.BackoffPolicy{Min: 100 * time.Millisecond, Max: 200 * time.Millisecond}
-	})
-	if err := b.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"r/#"}, TimeField: "header.stamp"}); err != nil {
-		t.Fatal(err)
-	}
+	}, DeviceOptions{Device: "robot", Topics: []string{"r/#"}, TimeField: "header.stamp"})
 	sink := newMemSink(50 * time.Millisecond)
 	sink.mu.failWrites = 3
 	sink.mu.failDone = 2
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go sink.run(ctx)
-	runClient(t, b, sink)
-	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
+	runConnected(t, b, startSink(t, sink))
 	lines := make([]string, 300)
 	for j := range lines {
 		lines[j] = telemLine("r/y", j, 1732650000000000000+int64(j))
@@ -562,10 +494,7 @@ func TestSecretsStayOut(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	b, lb := newTestClient(t, m.url(), "episoded-secret", func(o *ClientOptions) {
 		o.Username, o.Password, o.Registerer = "robot", secret, reg
-	})
-	if err := b.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"r"}}); err != nil {
-		t.Fatal(err)
-	}
+	}, DeviceOptions{Device: "robot", Topics: []string{"r"}})
 	runClient(t, b, newMemSink(time.Second))
 	waitFor(t, 10*time.Second, "a failed attempt", func() bool { return b.Status().LastError != "" })
 	st := b.Status()
@@ -582,10 +511,7 @@ func TestSecretsStayOut(t *testing.T) {
 	// The right password connects.
 	b2, _ := newTestClient(t, m.url(), "episoded-secret2", func(o *ClientOptions) {
 		o.ID, o.Username, o.Password, o.Registerer = "good", "robot", "right-horse-battery", reg
-	})
-	if err := b2.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"r"}}); err != nil {
-		t.Fatal(err)
-	}
+	}, DeviceOptions{Device: "robot", Topics: []string{"r"}})
 	runClient(t, b2, newMemSink(time.Second))
 	waitFor(t, 10*time.Second, "authenticated session", func() bool { return b2.Status().State == devices.Streaming })
 }
@@ -615,19 +541,13 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 func TestMetricsAndStatus(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{inflight: 20})
 	reg := prometheus.NewRegistry()
-	b, _ := newTestClient(t, m.url(), "episoded-metrics", func(o *ClientOptions) { o.Registerer = reg })
-	if err := b.AddDevice(DeviceOptions{Device: "robot", Topics: []string{"r/#"}, TimeField: "t"}); err != nil {
-		t.Fatal(err)
-	}
+	b, _ := newTestClient(t, m.url(), "episoded-metrics", func(o *ClientOptions) { o.Registerer = reg },
+		DeviceOptions{Device: "robot", Topics: []string{"r/#"}, TimeField: "t"})
 	if _, err := NewClient(ClientOptions{ID: "test", URL: m.url(), Registerer: reg}); err == nil {
 		t.Fatal("a second broker with the same id registered its metrics")
 	}
-	sink := newMemSink(20 * time.Millisecond)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go sink.run(ctx)
-	runClient(t, b, sink)
-	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
+	sink := startSink(t, newMemSink(20*time.Millisecond))
+	runConnected(t, b, sink)
 	if err := m.pubLines("r/a", []string{`{"t":1732650000000000000}`, `{"t":`, `{"t":1732650000000000001}`}); err != nil {
 		t.Fatal(err)
 	}
@@ -704,22 +624,16 @@ func TestClientOptions(t *testing.T) {
 func TestFanOut(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{persistence: true, inflight: 20})
 	mk := func() (*Client, *memSink, *atomic.Int64) {
-		b, _ := newTestClient(t, m.url(), "episoded-fanout", nil)
+		b, _ := newTestClient(t, m.url(), "episoded-fanout", nil,
+			DeviceOptions{Device: "events", Topics: []string{"cell1/events"}, Stream: "cell1/events"})
 		var trig atomic.Int64
-		if err := b.AddDevice(DeviceOptions{Device: "events", Topics: []string{"cell1/events"}, Stream: "cell1/events"}); err != nil {
-			t.Fatal(err)
-		}
 		if err := b.AddTrigger("cell1/events", func([]byte, int64) { trig.Add(1) }); err != nil {
 			t.Fatal(err)
 		}
-		return b, newMemSink(50 * time.Millisecond), &trig
+		return b, startSink(t, newMemSink(50*time.Millisecond)), &trig
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	b, sink, trig := mk()
-	go sink.run(ctx)
-	stop := runClient(t, b, sink)
-	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
+	stop := runConnected(t, b, sink)
 	if err := m.pubLines("cell1/events", []string{`{"action":"start"}`, `{"action":"stop"}`}); err != nil {
 		t.Fatal(err)
 	}
@@ -728,9 +642,7 @@ func TestFanOut(t *testing.T) {
 	stop()
 
 	b2, sink2, trig2 := mk()
-	go sink2.run(ctx)
-	runClient(t, b2, sink2)
-	waitFor(t, 10*time.Second, "second session", func() bool { return b2.Stats().Connected })
+	runConnected(t, b2, sink2)
 	// The marker arrives after anything the broker resends (see
 	// TestBadPayloads): once both consumers have it, nothing else may be.
 	if err := m.pubLines("cell1/events", []string{`{"action":"marker"}`}); err != nil {

@@ -1,7 +1,6 @@
 package mqtt
 
 import (
-	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -85,16 +84,10 @@ func TestTemplate(t *testing.T) {
 func TestMaxStreams(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{inflight: 100})
 	reg := prometheus.NewRegistry()
-	b, lb := newTestClient(t, m.url(), "episoded-maxstreams", func(o *ClientOptions) { o.Registerer = reg })
-	if err := b.AddDevice(DeviceOptions{Device: "fleet", Topics: []string{"fleet/+/state"}, Format: FormatRaw, MaxStreams: 3}); err != nil {
-		t.Fatal(err)
-	}
-	sink := newMemSink(20 * time.Millisecond)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go sink.run(ctx)
-	runClient(t, b, sink)
-	waitFor(t, 10*time.Second, "subscription", func() bool { return b.Stats().Connected })
+	b, lb := newTestClient(t, m.url(), "episoded-maxstreams", func(o *ClientOptions) { o.Registerer = reg },
+		DeviceOptions{Device: "fleet", Topics: []string{"fleet/+/state"}, Format: FormatRaw, MaxStreams: 3})
+	sink := startSink(t, newMemSink(20*time.Millisecond))
+	runConnected(t, b, sink)
 	for i := range 10 {
 		if err := m.pubLines(fmt.Sprintf("fleet/r%d/state", i), []string{"a"}); err != nil {
 			t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"github.com/episoded/episoded/devices"
 	"github.com/episoded/episoded/devices/mqtt"
 	"github.com/episoded/episoded/devices/rtsp"
+	"github.com/episoded/episoded/internal/config/configtest"
 	"github.com/episoded/episoded/internal/lifecycle"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/upload"
@@ -23,30 +24,15 @@ func env(vars map[string]string) Env {
 }
 
 func TestBadConfigs(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.bad.yaml")
-	if err != nil || len(files) < 10 {
-		t.Fatalf("want at least 10 bad configs, got %d (%v)", len(files), err)
-	}
-	for _, f := range files {
-		t.Run(filepath.Base(f), func(t *testing.T) {
-			data, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			first, _, _ := strings.Cut(string(data), "\n")
-			want, ok := strings.CutPrefix(first, "# want: ")
-			if !ok {
-				t.Fatalf("%s must start with a '# want: <error text>' line", f)
-			}
-			_, err = Parse(f, data, env(nil))
-			if err == nil {
-				t.Fatalf("Parse accepted a bad config; want error containing %q", want)
-			}
-			if !strings.Contains(err.Error(), want) {
-				t.Fatalf("error does not mention %q:\n%v", want, err)
-			}
-		})
-	}
+	configtest.EachBad(t, "testdata", 10, func(t *testing.T, f string, data []byte, want string) {
+		_, err := Parse(f, data, env(nil))
+		if err == nil {
+			t.Fatalf("Parse accepted a bad config; want error containing %q", want)
+		}
+		if !strings.Contains(err.Error(), want) {
+			t.Fatalf("error does not mention %q:\n%v", want, err)
+		}
+	})
 }
 
 func TestAllProblemsAtOnce(t *testing.T) {

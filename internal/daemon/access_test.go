@@ -1,21 +1,20 @@
-package daemon
+package daemon_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/episoded/episoded/internal/api"
 	"github.com/episoded/episoded/internal/config"
+	"github.com/episoded/episoded/internal/daemon"
+	"github.com/episoded/episoded/internal/daemon/daemontest"
 )
 
 // The tokens of the access tests.
@@ -101,39 +100,6 @@ sync:
 	return cfg
 }
 
-// runDaemon runs a daemon until the test ends and returns it, ready.
-func runDaemon(t *testing.T, cfg *config.Config, log *slog.Logger) *Daemon {
-	t.Helper()
-	if log == nil {
-		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	}
-	d := New(cfg, log, nopNotifier{})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("daemon: %v", err)
-		}
-	})
-	select {
-	case <-d.Ready():
-	case err := <-done:
-		t.Fatalf("daemon: %v", err)
-	case <-time.After(60 * time.Second):
-		t.Fatal("daemon not ready after 60s")
-	}
-	return d
-}
-
-type nopNotifier struct{}
-
-func (nopNotifier) Ready()                          {}
-func (nopNotifier) Stopping()                       {}
-func (nopNotifier) WatchdogInterval() time.Duration { return 0 }
-func (nopNotifier) Watchdog()                       {}
-
 // call sends row's request with the given Authorization header (none if
 // "") and extra headers, and returns the status.
 func call(t *testing.T, base string, row accessRow, auth string, hdr map[string]string) int {
@@ -191,8 +157,7 @@ func checkJSONError(t *testing.T, what string, res *http.Response, body []byte) 
 // refuses it (export, samples, WHIP/WHEP). The access, rebinding and CSRF
 // tests check the same for every route through call.
 func TestAPIErrorsAreJSON(t *testing.T) {
-	d := runDaemon(t, accessConfig(t, fmt.Sprintf(`{listen: "127.0.0.1:0", token: %q}`, adminToken)), nil)
-	base := d.URL()
+	_, base := daemontest.Start(t, accessConfig(t, fmt.Sprintf(`{listen: "127.0.0.1:0", token: %q}`, adminToken)), nil)
 	auth := "Bearer " + adminToken
 	for _, c := range []struct {
 		row  accessRow
@@ -224,9 +189,9 @@ func TestAPIErrorsAreJSON(t *testing.T) {
 
 // routesOf returns the daemon's registered patterns, sorted, and fails the
 // test for any route without a row in accessTable or row without a route.
-func routesOf(t *testing.T, d *Daemon) []api.Route {
+func routesOf(t *testing.T, d *daemon.Daemon) []api.Route {
 	t.Helper()
-	routes := d.api.Routes()
+	routes := daemon.Routes(d)
 	seen := map[string]bool{}
 	for _, r := range routes {
 		seen[r.Pattern] = true
@@ -247,9 +212,8 @@ func routesOf(t *testing.T, d *Daemon) []api.Route {
 // token) on a daemon with both tokens, and every route on a daemon without
 // any (loopback), against the table.
 func TestAccessTable(t *testing.T) {
-	d := runDaemon(t, accessConfig(t, fmt.Sprintf(`{listen: "127.0.0.1:0", token: %q, read_token: %q}`, adminToken, readToken)), nil)
-	open := runDaemon(t, accessConfig(t, `{listen: "127.0.0.1:0"}`), nil)
-	base, openBase := d.URL(), open.URL()
+	d, base := daemontest.Start(t, accessConfig(t, fmt.Sprintf(`{listen: "127.0.0.1:0", token: %q, read_token: %q}`, adminToken, readToken)), nil)
+	_, openBase := daemontest.Start(t, accessConfig(t, `{listen: "127.0.0.1:0"}`), nil)
 	for _, r := range routesOf(t, d) {
 		row, ok := accessTable[r.Pattern]
 		if !ok {
@@ -278,8 +242,7 @@ func TestAccessTable(t *testing.T) {
 // but the probes, whatever token it carries; the listen address, an IP
 // literal, localhost and allowed_hosts are served.
 func TestDNSRebinding(t *testing.T) {
-	d := runDaemon(t, accessConfig(t, fmt.Sprintf(`{listen: "127.0.0.1:0", token: %q, allowed_hosts: [gw1.factory.lan]}`, adminToken)), nil)
-	base := d.URL()
+	d, base := daemontest.Start(t, accessConfig(t, fmt.Sprintf(`{listen: "127.0.0.1:0", token: %q, allowed_hosts: [gw1.factory.lan]}`, adminToken)), nil)
 	_, port, _ := strings.Cut(d.Addr(), ":")
 	for _, r := range routesOf(t, d) {
 		row, ok := accessTable[r.Pattern]
@@ -309,8 +272,7 @@ func TestDNSRebinding(t *testing.T) {
 // state-changing route, and the start request that the issue reproduced
 // starts nothing.
 func TestCSRF(t *testing.T) {
-	d := runDaemon(t, accessConfig(t, `{listen: "127.0.0.1:0"}`), nil)
-	base := d.URL()
+	d, base := daemontest.Start(t, accessConfig(t, `{listen: "127.0.0.1:0"}`), nil)
 	simple := []map[string]string{
 		{"Origin": "http://evil.example", "Content-Type": "text/plain"},
 		{"Origin": "http://evil.example", "Content-Type": "application/x-www-form-urlencoded"},
@@ -352,10 +314,10 @@ func TestCSRF(t *testing.T) {
 	if got := call(t, base, start, "", map[string]string{"Content-Type": "application/x-www-form-urlencoded"}); got != http.StatusUnsupportedMediaType {
 		t.Errorf("form start without Origin: %d, want 415", got)
 	}
-	if st := d.cells.Status(); fmt.Sprint(st) == "" {
+	if st := daemon.CellStatus(d); fmt.Sprint(st) == "" {
 		t.Fatal("no cell status")
 	}
-	for _, c := range d.cells.Status() {
+	for _, c := range daemon.CellStatus(d) {
 		if c.Recording != nil {
 			t.Fatalf("a refused request started episode %v", c.Recording)
 		}
@@ -370,16 +332,16 @@ func TestCSRF(t *testing.T) {
 // TestStartBodyLimit: a start request over the body limit gets 413, with
 // or without a declared length, and starts nothing.
 func TestStartBodyLimit(t *testing.T) {
-	d := runDaemon(t, accessConfig(t, `{listen: "127.0.0.1:0"}`), nil)
+	d, base := daemontest.Start(t, accessConfig(t, `{listen: "127.0.0.1:0"}`), nil)
 	big := `{"task":"` + strings.Repeat("x", api.DefaultMaxBody) + `"}`
 	row := accessRow{"POST", "/v1/cells/cell1/episodes", "application/json", big, codes{}}
-	if got := call(t, d.URL(), row, "", nil); got != http.StatusRequestEntityTooLarge {
+	if got := call(t, base, row, "", nil); got != http.StatusRequestEntityTooLarge {
 		t.Errorf("start with a %d-byte body: %d, want 413", len(big), got)
 	}
 	// Without a declared length (chunked), the limit is hit while reading:
 	// still 413, on the JSON route and on a WHIP offer.
 	for _, r := range []accessRow{row, {"POST", "/whip/cell1/cam1", "application/sdp", "v=0\r\n" + strings.Repeat("a=x\r\n", api.DefaultMaxBody/5), codes{}}} {
-		req, _ := http.NewRequest(r.method, d.URL()+r.path, io.MultiReader(strings.NewReader(r.body)))
+		req, _ := http.NewRequest(r.method, base+r.path, io.MultiReader(strings.NewReader(r.body)))
 		req.Header.Set("Content-Type", r.ctype)
 		res, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -390,7 +352,7 @@ func TestStartBodyLimit(t *testing.T) {
 			t.Errorf("chunked %s %s over the limit: %s, want 413", r.method, r.path, res.Status)
 		}
 	}
-	for _, c := range d.cells.Status() {
+	for _, c := range daemon.CellStatus(d) {
 		if c.Recording != nil {
 			t.Fatalf("an oversized request started episode %v", c.Recording)
 		}

@@ -1,7 +1,6 @@
-package daemon
+package daemon_test
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/episoded/episoded/internal/config"
+	"github.com/episoded/episoded/internal/daemon"
+	"github.com/episoded/episoded/internal/daemon/daemontest"
 	"github.com/episoded/episoded/internal/sim"
 )
 
@@ -23,15 +24,7 @@ func TestMetricsPassPromlint(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the daemon against a simulated cell; skipped under -short")
 	}
-	s, err := sim.New(sim.Options{RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: 1, TriggerPeriod: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	<-s.Ready()
+	s := daemontest.StartSim(t, sim.Options{RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: 1, TriggerPeriod: -1})
 	dir := t.TempDir()
 	central := filepath.Join(dir, "central")
 	if err := os.MkdirAll(central, 0o755); err != nil {
@@ -41,14 +34,15 @@ func TestMetricsPassPromlint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := runDaemon(t, cfg, nil)
+	d, _ := daemontest.Start(t, cfg, nil)
+	reg := daemon.Registry(d)
 
 	// Each family below comes from a different component; wait until all
 	// have registered (the camera's once its session is up).
 	want := []string{"episoded_rtsp_frames_total", "episoded_rtsp_payload_bytes_per_second", "episoded_upload_backlog_seconds"}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		mfs, err := d.reg.Gather()
+		mfs, err := reg.Gather()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -75,9 +69,9 @@ func TestMetricsPassPromlint(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	mfs, _ := d.reg.Gather()
+	mfs, _ := reg.Gather()
 	t.Logf("linting %d metric families", len(mfs))
-	problems, err := testutil.GatherAndLint(d.reg)
+	problems, err := testutil.GatherAndLint(reg)
 	if err != nil {
 		t.Fatal(err)
 	}

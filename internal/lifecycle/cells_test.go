@@ -137,7 +137,7 @@ func TestRollover(t *testing.T) {
 }
 
 // TestIdleTimeout: when no sample arrives on the cell for idle_timeout the
-// episode stops at its last sample (post-roll still applies) and settles;
+// episode stops at its last sample (with no post-roll) and settles;
 // the cell then takes a new start.
 func TestIdleTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
@@ -164,11 +164,18 @@ func TestIdleTimeout(t *testing.T) {
 		if c.State != episode.Closed || c.StopReason != ingest.StopIdleTimeout || c.Stop != last {
 			t.Fatalf("after idling: %s reason %q stop %+d (want the last sample, %+d)", c.State, c.StopReason, c.Stop-e.Start, last-e.Start)
 		}
-		// The post-roll after an idle stop is silent too: the report says
-		// so (a gap from the last sample to the window's end).
+		// No post-roll after an idle stop: the cell has been silent since
+		// the last sample, so a post-roll would only be a gap in every
+		// stream, and every idle-stopped episode degraded.
 		q := report(t, c, s)
-		if q.Samples != uint64(len(got[s])) || len(q.GapList) != 1 || q.GapList[0].From != last || q.GapList[0].To != last+int64(post) {
-			t.Fatalf("report: %d samples of %d, gaps %+v (want [last, last+postroll])", q.Samples, len(got[s]), q.GapList)
+		if _, to := c.Window(0); c.Postroll != 0 || to != last {
+			t.Errorf("window ends %+d after the last sample (post-roll %v), want at it", to-last, time.Duration(c.Postroll))
+		}
+		if q.Samples != uint64(len(got[s])) || len(q.GapList) != 0 {
+			t.Fatalf("report: %d samples of %d, gaps %+v (want none)", q.Samples, len(got[s]), q.GapList)
+		}
+		if c.QualityStatus() != episode.QualityOK {
+			t.Errorf("verdict %+v, want ok: the recording itself was whole", c.Verdict)
 		}
 		if _, err := r.cells.Start(ctx, "c1", ingest.StartRequest{}); err != nil {
 			t.Fatalf("start after the idle stop: %v", err)

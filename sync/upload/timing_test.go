@@ -38,6 +38,39 @@ func memOptions(t testing.TB, m *memS3) upload.Options {
 	return o
 }
 
+// newMemUploader returns an uploader on st whose target is m, with
+// memOptions changed by set, and the options it got.
+func newMemUploader(t *testing.T, st *storage.Store, m *memS3, set func(*upload.Options)) (*upload.Uploader, upload.Options) {
+	t.Helper()
+	o := memOptions(t, m)
+	if set != nil {
+		set(&o)
+	}
+	u, err := upload.New(st, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u, o
+}
+
+// runUploader runs u's daemon loop (Run) until stop is called: stop ends
+// it and fails the test if Run returned an error. A test that fails first
+// ends the loop when it returns.
+func runUploader(t *testing.T, u *upload.Uploader) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	t.Cleanup(cancel)
+	runErr := make(chan error, 1)
+	go func() { runErr <- u.Run(ctx) }()
+	return func() {
+		t.Helper()
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // waitUntil polls cond every (fake) second until the (fake) deadline.
 func waitUntil(t *testing.T, deadline time.Time, what string, cond func() bool) {
 	t.Helper()
@@ -70,16 +103,8 @@ func TestBandwidthCap(t *testing.T) {
 		st := fixtures.OpenStore(t)
 		fx := fixtures.Build(t, st, fixtures.Spec{ID: "0193a1b2-0000-7000-8000-0000000001a1", RawBytes: 32 << 20})
 		key := upload.Dir("episodes", "plant1", "gw7", fx.Episode) + "/episode.mcap"
-		o := memOptions(t, m)
-		o.Bandwidth = limit
-		u, err := upload.New(st, o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(t.Context())
-		defer cancel()
-		runErr := make(chan error, 1)
-		go func() { runErr <- u.Run(ctx) }()
+		u, _ := newMemUploader(t, st, m, func(o *upload.Options) { o.Bandwidth = limit })
+		stop := runUploader(t, u)
 
 		start := time.Now()
 		waitUntil(t, start.Add(time.Minute), "upload to start", func() bool { return m.putBytes() > 0 })
@@ -102,10 +127,7 @@ func TestBandwidthCap(t *testing.T) {
 		if took, least := time.Since(start), time.Duration(float64(int64(len(data))-burst)/limit*float64(time.Second)); took < least {
 			t.Errorf("%d bytes took %v at a cap of %d B/s, want at least %v", len(data), took, limit, least)
 		}
-		cancel()
-		if err := <-runErr; err != nil {
-			t.Fatal(err)
-		}
+		stop()
 	})
 }
 
@@ -147,16 +169,10 @@ func TestWindowsPriorityAndPause(t *testing.T) {
 		if parts != 5 {
 			t.Fatalf("the normal episode exports to %d bytes, %d parts; the test needs 5", size, parts)
 		}
-		o := memOptions(t, m)
-		o.Windows, o.Timezone, o.Concurrency, o.Bandwidth = []string{"01:10-01:11", "01:20-01:21"}, "Europe/Berlin", 1, 210_000
-		u, err := upload.New(st, o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(t.Context())
-		defer cancel()
-		runErr := make(chan error, 1)
-		go func() { runErr <- u.Run(ctx) }()
+		u, _ := newMemUploader(t, st, m, func(o *upload.Options) {
+			o.Windows, o.Timezone, o.Concurrency, o.Bandwidth = []string{"01:10-01:11", "01:20-01:21"}, "Europe/Berlin", 1, 210_000
+		})
+		stop := runUploader(t, u)
 
 		// Outside the windows only the priority episode goes.
 		waitUntil(t, at(1, 9, 0), "priority upload", func() bool { return state(t, st, prio.Episode.ID).State == episode.Uploaded })
@@ -204,10 +220,7 @@ func TestWindowsPriorityAndPause(t *testing.T) {
 				t.Errorf("a part started at %v, outside the windows", pt.In(berlin))
 			}
 		}
-		cancel()
-		if err := <-runErr; err != nil {
-			t.Fatal(err)
-		}
+		stop()
 	})
 }
 
@@ -262,15 +275,12 @@ func TestBackoffAndMaxAttempts(t *testing.T) {
 		m.failParts(true)
 		st := fixtures.OpenStore(t)
 		fx := fixtures.Build(t, st, fixtures.Spec{ID: "0193a1b2-0000-7000-8000-0000000001f2", RawBytes: 12 << 20})
-		o := memOptions(t, m)
-		o.Concurrency = 1
-		o.RetryMin, o.RetryMax = 5*time.Second, 2*time.Minute
-		o.MaxAttempts, o.OnceAttempts = 8, 3
-		u, err := upload.New(st, o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = u.RunOnce(t.Context())
+		u, o := newMemUploader(t, st, m, func(o *upload.Options) {
+			o.Concurrency = 1
+			o.RetryMin, o.RetryMax = 5*time.Second, 2*time.Minute
+			o.MaxAttempts, o.OnceAttempts = 8, 3
+		})
+		err := u.RunOnce(t.Context())
 		if err == nil || !strings.Contains(err.Error(), fx.Episode.ID) || !strings.Contains(err.Error(), "after 3 attempts") {
 			t.Fatalf("run once: %v; want an error naming %s after 3 attempts", err, fx.Episode.ID)
 		}
@@ -287,10 +297,7 @@ func TestBackoffAndMaxAttempts(t *testing.T) {
 			t.Fatalf("after RunOnce: state %s, reason %q", e.State, e.Reason)
 		}
 
-		ctx, cancel := context.WithCancel(t.Context())
-		defer cancel()
-		runErr := make(chan error, 1)
-		go func() { runErr <- u.Run(ctx) }()
+		stop := runUploader(t, u)
 		waitUntil(t, time.Now().Add(time.Hour), "quarantine", func() bool {
 			return state(t, st, fx.Episode.ID).State == episode.Quarantined
 		})
@@ -312,10 +319,7 @@ func TestBackoffAndMaxAttempts(t *testing.T) {
 		if n := len(attemptTimes(m.partTimes())); n != 8 {
 			t.Errorf("%d attempts after the quarantine, want 8", n)
 		}
-		cancel()
-		if err := <-runErr; err != nil {
-			t.Fatal(err)
-		}
+		stop()
 	})
 }
 
@@ -326,14 +330,8 @@ func TestRunWakesOnClose(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		m := newMemS3(bucket)
 		st := fixtures.OpenStore(t)
-		u, err := upload.New(st, memOptions(t, m))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(t.Context())
-		defer cancel()
-		runErr := make(chan error, 1)
-		go func() { runErr <- u.Run(ctx) }()
+		u, _ := newMemUploader(t, st, m, nil)
+		stop := runUploader(t, u)
 		time.Sleep(10 * time.Second)
 		synctest.Wait()
 
@@ -349,10 +347,7 @@ func TestRunWakesOnClose(t *testing.T) {
 		if d := time.Since(woken); d > time.Second {
 			t.Errorf("uploaded %v after Wake, want at once (the poll interval is a minute)", d)
 		}
-		cancel()
-		if err := <-runErr; err != nil {
-			t.Fatal(err)
-		}
+		stop()
 	})
 }
 
@@ -362,10 +357,7 @@ func TestRunStopsWhenStoreClosed(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		m := newMemS3(bucket)
 		st := fixtures.OpenStore(t)
-		u, err := upload.New(st, memOptions(t, m))
-		if err != nil {
-			t.Fatal(err)
-		}
+		u, _ := newMemUploader(t, st, m, nil)
 		runErr := make(chan error, 1)
 		go func() { runErr <- u.Run(t.Context()) }()
 		synctest.Wait()

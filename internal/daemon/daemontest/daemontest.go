@@ -1,5 +1,6 @@
 // Package daemontest runs a simulated cell and a daemon inside a test, for
-// the packages that test the whole daemon from outside (e2e, dashboard).
+// the packages that test the whole daemon from outside (e2e, dashboard, and
+// internal/daemon's own external tests).
 // Both stop when the test ends; cleanups run last-in first-out, so a daemon
 // started after the simulator stops before it.
 package daemontest
@@ -47,9 +48,15 @@ func StartSim(t testing.TB, o sim.Options) *sim.Sim {
 
 // Start runs the daemon on cfg until the test ends and returns it with its
 // API's base URL once it is ready. A non-nil exit error fails the test.
+// A nil log logs warnings and errors to the test's output. The daemon never
+// notifies a service manager (a test run under systemd must not report
+// READY=1 for its service).
 func Start(t testing.TB, cfg *config.Config, log *slog.Logger) (*daemon.Daemon, string) {
 	t.Helper()
-	d := daemon.New(cfg, log, nil)
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	d := daemon.New(cfg, log, nopNotifier{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
@@ -68,3 +75,11 @@ func Start(t testing.TB, cfg *config.Config, log *slog.Logger) (*daemon.Daemon, 
 	}
 	return d, "http://" + d.Addr()
 }
+
+// nopNotifier is a daemon.Notifier that tells nobody.
+type nopNotifier struct{}
+
+func (nopNotifier) Ready()                          {}
+func (nopNotifier) Stopping()                       {}
+func (nopNotifier) WatchdogInterval() time.Duration { return 0 }
+func (nopNotifier) Watchdog()                       {}
