@@ -798,7 +798,7 @@ func (b *Client) acker(stop <-chan struct{}) {
 		if len(out) > 0 {
 			// An error means the connection failed; paho's reader reports
 			// it and the broker redelivers what was not acknowledged.
-			_, _ = sc.c.Write(out)
+			_ = sc.c.writeNow(out)
 		}
 		b.release(int64(len(batch)), bytes)
 		if stopping {

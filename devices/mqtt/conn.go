@@ -112,6 +112,7 @@ type bufferedConn struct {
 	done      chan struct{}
 
 	flushMu sync.Mutex // held while writing to the socket
+	spare   []byte     // writeNow's spare buffer, under flushMu
 	mu      struct {
 		sync.Mutex
 		buf    []byte
@@ -273,6 +274,22 @@ func (c *bufferedConn) Write(p []byte) (int, error) {
 	default:
 	}
 	return len(p), nil
+}
+
+// writeNow is Write, then the write to the socket from the caller's
+// goroutine when no flush is under way (else the flusher takes it): the
+// acker's PUBACKs leave without a wake-up of the flusher in between.
+func (c *bufferedConn) writeNow(p []byte) error {
+	if _, err := c.Write(p); err != nil {
+		return err
+	}
+	if !c.flushMu.TryLock() {
+		return nil
+	}
+	defer c.flushMu.Unlock()
+	var err error
+	c.spare, err = c.flushLocked(c.spare)
+	return err
 }
 
 func (c *bufferedConn) flusher() {
