@@ -103,11 +103,13 @@ type bufferedConn struct {
 	r *bufio.Reader
 	// onPublish, when set (before paho reads), takes every QoS 0 and 1
 	// PUBLISH off the stream before paho sees it (see Read); pass is what
-	// is left of the packet paho is reading; topics interns topic names.
-	// All three are used only by the goroutine that calls Read.
+	// is left of the packet paho is reading; topics interns topic names;
+	// slab is cut into packet bodies. All four are used only by the
+	// goroutine that calls Read.
 	onPublish func(*publishMsg)
 	pass      int
 	topics    map[string]string
+	slab      []byte // see alloc
 	wake      chan struct{}
 	done      chan struct{}
 
@@ -200,7 +202,7 @@ func (c *bufferedConn) nextPacket() (int, error) {
 	if _, err := c.r.Discard(hdr); err != nil {
 		return 0, err
 	}
-	body := make([]byte, remLen)
+	body := c.alloc(remLen)
 	if _, err := io.ReadFull(c.r, body); err != nil {
 		return 0, err
 	}
@@ -222,6 +224,29 @@ func (c *bufferedConn) nextPacket() (int, error) {
 	m.payload = body[off:]
 	c.onPublish(m)
 	return 0, nil
+}
+
+// Packet bodies up to slabMax bytes are cut from slabs of slabSize: one
+// allocation per ~100 telemetry messages instead of one each. A slab lives
+// as long as any message cut from it (until its acknowledgement, one
+// commit later); larger bodies (lidar frames) get their own.
+const (
+	slabSize = 32 << 10
+	slabMax  = 2 << 10
+)
+
+// alloc returns n bytes for a packet body (see slabSize). Each piece is
+// capped at its length, so an append to one never touches the next.
+func (c *bufferedConn) alloc(n int) []byte {
+	if n > slabMax {
+		return make([]byte, n)
+	}
+	if cap(c.slab)-len(c.slab) < n {
+		c.slab = make([]byte, 0, slabSize)
+	}
+	l := len(c.slab)
+	c.slab = c.slab[:l+n]
+	return c.slab[l : l+n : l+n]
 }
 
 // topic returns name as a string, the same string for a topic seen
