@@ -16,8 +16,8 @@
 // and 1 PUBLISH packets off the stream for the Client, see below; comms,
 // router, writer, keepalive), one worker
 // that routes, decodes and writes to the sink in arrival order, one acker
-// that sends acknowledgements, and the connection's write flusher
-// (conn.go). The acker writes the PUBACKs of the current session's QoS 1
+// that sends acknowledgements (writing them to the socket itself unless a
+// flush is under way), and the connection's write flusher (conn.go). The acker writes the PUBACKs of the current session's QoS 1
 // messages straight to the connection, a batch per write, bypassing
 // paho's per-message Ack (a packet object and two goroutine hand-offs
 // each); paho keeps no state for them, since its store is a no-op.
