@@ -168,8 +168,8 @@ func (c *bufferedConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// errMalformed ends the connection on a PUBLISH that does not parse (paho
-// would have done the same).
+// errMalformed ends the connection on a packet length or a PUBLISH that
+// does not parse (paho would have done the same).
 var errMalformed = errors.New("mqtt: malformed PUBLISH packet")
 
 // nextPacket looks at the packet at the head of the stream. A QoS 0 or 1
@@ -190,7 +190,7 @@ func (c *bufferedConn) nextPacket() (int, error) {
 			break
 		}
 		if i == 4 {
-			return hdr + remLen, nil // malformed: paho reports it
+			return 0, errMalformed // a fifth length byte
 		}
 	}
 	b, _ := c.r.Peek(1)

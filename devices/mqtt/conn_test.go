@@ -146,13 +146,16 @@ func packetName(p packets.ControlPacket) string {
 }
 
 // TestReadRefusesMalformedPublish: a PUBLISH whose topic length runs past
-// its packet, or a QoS 1 PUBLISH with no room for its packet id, ends the
-// connection (paho reports the error) instead of being delivered.
+// its packet, or a QoS 1 PUBLISH with no room for its packet id, or any
+// packet whose remaining length goes on past four bytes, ends the
+// connection (paho reports the error) instead of being delivered (or, for
+// the length, read again for ever).
 func TestReadRefusesMalformedPublish(t *testing.T) {
 	for name, pkt := range map[string][]byte{
 		"topic past the end": {0x32, 0x04, 0x00, 0x09, 'a', 'b'},
 		"no packet id":       {0x32, 0x03, 0x00, 0x01, 'a'},
 		"empty":              {0x30, 0x00},
+		"five length bytes":  {0xd0, 0x80, 0x80, 0x80, 0x80, 0x00},
 	} {
 		t.Run(name, func(t *testing.T) {
 			c := newBufferedConn(readerConn{r: bytes.NewReader(pkt)}, 0)
