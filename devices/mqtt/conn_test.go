@@ -167,3 +167,28 @@ func TestReadRefusesMalformedPublish(t *testing.T) {
 		})
 	}
 }
+
+// FuzzReadPackets: whatever bytes the broker sends, Read either delivers
+// packets or fails; it never spins, panics or hands out a payload longer
+// than what was sent.
+func FuzzReadPackets(f *testing.F) {
+	f.Add([]byte{0x32, 0x04, 0x00, 0x09, 'a', 'b'})
+	f.Add([]byte{0xd0, 0x80, 0x80, 0x80, 0x80, 0x00})
+	f.Add([]byte{0x20, 0x02, 0x00, 0x00, 0x30, 0x05, 0x00, 0x01, 't', 'h', 'i', 0xd0, 0x00})
+	f.Add([]byte{0x32, 0x08, 0x00, 0x01, 'a', 0x01, 0x2c, '{', '}', '\n', 0x3b, 0x03, 0x00, 0x01, 'b'})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c := newBufferedConn(readerConn{r: bytes.NewReader(data)}, 0)
+		defer c.Close()
+		c.onPublish = func(m *publishMsg) {
+			if len(m.payload)+len(m.topic) > len(data) {
+				t.Fatalf("message of %d+%d bytes from %d", len(m.topic), len(m.payload), len(data))
+			}
+		}
+		for range len(data)/2 + 1 { // every packet is at least 2 bytes
+			if _, err := packets.ReadPacket(c); err != nil {
+				return
+			}
+		}
+		t.Fatal("more packets read than the bytes hold")
+	})
+}
