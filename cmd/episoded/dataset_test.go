@@ -18,6 +18,7 @@ import (
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
 	"github.com/episoded/episoded/internal/daemon"
+	"github.com/episoded/episoded/internal/daemon/daemontest"
 	"github.com/episoded/episoded/internal/sim"
 	"github.com/episoded/episoded/sync/dataset"
 	"github.com/episoded/episoded/sync/dataset/datasetcheck"
@@ -60,10 +61,9 @@ func runDemo(t *testing.T, n int) (string, string, []string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := daemon.New(cfg, log, nil)
 	var mu sync.Mutex
 	state := map[string]episode.State{}
-	d.OnEpisode = func(e episode.Episode) {
+	onEpisode := func(e episode.Episode) {
 		mu.Lock()
 		defer mu.Unlock()
 		state[e.ID] = e.State
@@ -79,11 +79,7 @@ func runDemo(t *testing.T, n int) (string, string, []string) {
 		slices.Sort(ids)
 		return ids
 	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan error, 1)
-	go func() { runDone <- d.Run(runCtx) }()
-	t.Cleanup(func() { cancel(); <-runDone })
-	<-d.Ready()
+	d, _ := daemontest.Run(t, cfg, log, func(d *daemon.Daemon) { d.OnEpisode = onEpisode })
 	// The n episodes are closed by their stop triggers, and the simulator
 	// publishes no further trigger; stop it anyway (its streams are no
 	// longer needed), then Finish: nothing is recording, so it only waits

@@ -19,7 +19,7 @@ import (
 
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
-	"github.com/episoded/episoded/internal/daemon"
+	"github.com/episoded/episoded/internal/daemon/daemontest"
 	"github.com/episoded/episoded/internal/testwait"
 	"github.com/episoded/episoded/sample"
 	"github.com/episoded/episoded/storage"
@@ -113,19 +113,7 @@ sync:
 		t.Fatal(err)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	d := daemon.New(cfg, log, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
-	select {
-	case <-d.Ready():
-	case err := <-done:
-		t.Fatalf("daemon did not start: %v", err)
-	}
+	d, stopDaemon := daemontest.Run(t, cfg, log, nil)
 	api := "http://" + d.Addr()
 
 	// The broker connection turns "streaming" once the daemon has
@@ -203,11 +191,9 @@ sync:
 	if err := d.Finish(fctx); err != nil {
 		t.Fatalf("finish: %v", err)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stopDaemon(); err != nil {
 		t.Fatalf("daemon exit: %v", err)
 	}
-	done <- nil
 
 	store, err := storage.Open(storage.Options{Dir: filepath.Join(dir, "store"), MinFree: -1})
 	if err != nil {

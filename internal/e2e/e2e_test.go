@@ -22,7 +22,7 @@ import (
 
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
-	"github.com/episoded/episoded/internal/daemon"
+	"github.com/episoded/episoded/internal/daemon/daemontest"
 	"github.com/episoded/episoded/internal/sim"
 	"github.com/episoded/episoded/storage"
 	"github.com/episoded/episoded/sync/export"
@@ -45,7 +45,7 @@ func TestEndToEnd(t *testing.T) {
 		runFor    = 40 * time.Second
 	)
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	s, err := sim.New(sim.Options{
+	s := daemontest.StartSim(t, sim.Options{
 		RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: 2,
 		ClockOffset: 2 * time.Second, ClockDriftPPM: 150, Jitter: 3 * time.Millisecond,
 		Loss:    0.01,
@@ -53,14 +53,6 @@ func TestEndToEnd(t *testing.T) {
 		Seed:    42, TriggerFirst: 3 * time.Second, TriggerPeriod: 15 * time.Second, TriggerOn: 10 * time.Second,
 		Logger: log,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	simCtx, stopSim := context.WithCancel(context.Background())
-	simDone := make(chan error, 1)
-	go func() { simDone <- s.Run(simCtx) }()
-	defer func() { stopSim(); <-simDone }()
-	<-s.Ready()
 
 	central := filepath.Join(dir, "central")
 	if err := os.MkdirAll(central, 0o755); err != nil {
@@ -71,15 +63,7 @@ func TestEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := daemon.New(cfg, log, nil)
-	runCtx, cancelRun := context.WithCancel(context.Background())
-	runDone := make(chan error, 1)
-	go func() { runDone <- d.Run(runCtx) }()
-	select {
-	case <-d.Ready():
-	case err := <-runDone:
-		t.Fatalf("daemon did not start: %v", err)
-	}
+	d, stopDaemon := daemontest.Run(t, cfg, log, nil)
 
 	time.Sleep(runFor) // pacing: the recording's length is the input under test
 	fctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -87,8 +71,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatalf("finish: %v", err)
 	}
 	cancel()
-	cancelRun()
-	if err := <-runDone; err != nil {
+	if err := stopDaemon(); err != nil {
 		t.Fatalf("daemon exit: %v", err)
 	}
 

@@ -20,7 +20,7 @@ import (
 
 	"github.com/episoded/episoded/episode"
 	"github.com/episoded/episoded/internal/config"
-	"github.com/episoded/episoded/internal/daemon"
+	"github.com/episoded/episoded/internal/daemon/daemontest"
 	"github.com/episoded/episoded/internal/mcapcheck"
 	"github.com/episoded/episoded/internal/sim"
 	"github.com/episoded/episoded/internal/smallfs"
@@ -71,20 +71,12 @@ func TestSmallFilesystem(t *testing.T) {
 func runSmallFS(t *testing.T, c smallFSCase) {
 	mnt := smallfs.Mount(t, "256M")
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	s, err := sim.New(sim.Options{
+	s := daemontest.StartSim(t, sim.Options{
 		RTSPAddr: "127.0.0.1:0", MQTTAddr: "127.0.0.1:0", Cameras: 2, Seed: 7,
 		LidarRate:    50, // ~5 MB/s: fills the disk in under a minute
 		TriggerFirst: time.Second, TriggerPeriod: 5 * time.Second, TriggerOn: 3 * time.Second,
 		Logger: log,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	simCtx, stopSim := context.WithCancel(context.Background())
-	simDone := make(chan error, 1)
-	go func() { simDone <- s.Run(simCtx) }()
-	defer func() { stopSim(); <-simDone }()
-	<-s.Ready()
 
 	outside := filepath.Join(mnt, "outside.bin")
 	if c.outside > 0 {
@@ -103,15 +95,7 @@ func runSmallFS(t *testing.T, c smallFSCase) {
 	cfg.Storage.MinFree = &minFree
 	cfg.Storage.TimelineRetention = 5 * time.Second
 	cfg.Sync.Mode = config.SyncOneshot // nothing uploads: no episode becomes evictable by upload
-	d := daemon.New(cfg, log, nil)
-	runCtx, cancelRun := context.WithCancel(context.Background())
-	runDone := make(chan error, 1)
-	go func() { runDone <- d.Run(runCtx) }()
-	select {
-	case <-d.Ready():
-	case err := <-runDone:
-		t.Fatalf("daemon did not start: %v", err)
-	}
+	d, stopDaemon := daemontest.Run(t, cfg, log, nil)
 	base := "http://" + d.Addr()
 
 	var polls []poll
@@ -237,8 +221,7 @@ func runSmallFS(t *testing.T, c smallFSCase) {
 		t.Errorf("finish: %v", err)
 	}
 	cancel()
-	cancelRun()
-	if err := <-runDone; err != nil {
+	if err := stopDaemon(); err != nil {
 		t.Fatalf("daemon exit: %v", err)
 	}
 

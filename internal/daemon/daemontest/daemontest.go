@@ -8,6 +8,7 @@ package daemontest
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,27 +54,51 @@ func StartSim(t testing.TB, o sim.Options) *sim.Sim {
 // READY=1 for its service).
 func Start(t testing.TB, cfg *config.Config, log *slog.Logger) (*daemon.Daemon, string) {
 	t.Helper()
+	d, stop := Run(t, cfg, log, nil)
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("daemon exit: %v", err)
+		}
+	})
+	return d, "http://" + d.Addr()
+}
+
+// Run is Start for a test that stops the daemon itself, for example to
+// open its store afterwards: it returns the ready daemon and stop, which
+// cancels it and returns its exit error (every call the same one). If the
+// test does not call stop, its cleanup does. before, if not nil, is called
+// with the daemon before it runs (to set OnEpisode, say).
+func Run(t testing.TB, cfg *config.Config, log *slog.Logger, before func(*daemon.Daemon)) (*daemon.Daemon, func() error) {
+	t.Helper()
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	}
 	d := daemon.New(cfg, log, nopNotifier{})
+	if before != nil {
+		before(d)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("daemon exit: %v", err)
-		}
-	})
+	var once sync.Once
+	var exit error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			exit = <-done
+		})
+		return exit
+	}
+	t.Cleanup(func() { _ = stop() })
 	select {
 	case <-d.Ready():
 	case err := <-done:
+		done <- err // for stop, at cleanup
 		t.Fatalf("daemon did not start: %v", err)
 	case <-time.After(readyWithin):
 		t.Fatalf("daemon not ready after %v", readyWithin)
 	}
-	return d, "http://" + d.Addr()
+	return d, stop
 }
 
 // nopNotifier is a daemon.Notifier that tells nobody.
