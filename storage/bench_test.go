@@ -277,3 +277,102 @@ func BenchmarkMergeFrames(b *testing.B) { benchRead(b, max(b.N, 100), 100_000, 8
 func BenchmarkMergeSmall(b *testing.B) { benchRead(b, max(b.N, 1000), 200, 50) }
 
 func fdatasync(f *os.File) error { return syscall.Fdatasync(int(f.Fd())) }
+
+// tailRate is BenchmarkCommitTail's steady record rate: about half the
+// MQTT ceiling measured on a 2-core machine (docs/benchmarks/mqtt.md), and
+// the "real rate" this page has always assumed for telemetry.
+const tailRate = 50_000
+
+// BenchmarkCommitTail appends 200 B records from 50 streams at a steady
+// tailRate records/s (4 producers, one record per Append, paced against
+// the wall clock) and reports the delay from each Append to its durable
+// callback: the storage side of MQTT's publish->durable at half the
+// ceiling. b.N is the record count; -benchtime=500000x is 10 s.
+func BenchmarkCommitTail(b *testing.B) {
+	n := max(b.N, 20_000)
+	s, err := Open(Options{Dir: b.TempDir(), SyncInterval: benchSync, TimelineRetention: time.Hour, MinFree: -1, Logger: testLogger(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var latMu sync.Mutex
+	var commits []time.Duration
+	s.commitHook = func(d time.Duration) { latMu.Lock(); commits = append(commits, d); latMu.Unlock() }
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- s.Run(ctx) }()
+	const streams, producers = 50, 4
+	names := make([]string, streams)
+	for i := range names {
+		names[i] = "cell1/stream-" + strconv.Itoa(i)
+	}
+	payload := payloadFor("bench", 1, 200)
+	lats := make([]time.Duration, n)
+	var durable atomic.Int64
+	allDone := make(chan struct{})
+	base := time.Now().UnixNano()
+	b.ResetTimer()
+	start := time.Now()
+	cpu0, _ := procstat.Self()
+	var wg sync.WaitGroup
+	for p := range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			batch := make([]sample.Sample, 1)
+			// Record i (i = p, p+producers, ...) is due at start + i/tailRate.
+			for i := p; i < n; i += producers {
+				due := start.Add(time.Duration(i) * time.Second / tailRate)
+				if d := time.Until(due); d > time.Millisecond {
+					time.Sleep(d)
+				}
+				seq := uint64(i + 1)
+				batch[0] = sample.Sample{Stream: names[i%streams], Seq: seq, T: base + int64(seq)*1000, RecvT: base, Payload: payload}
+				t0 := time.Now()
+				done := func(err error) {
+					if err != nil {
+						b.Error(err)
+					}
+					lats[i] = time.Since(t0)
+					if durable.Add(1) == int64(n) {
+						close(allDone)
+					}
+				}
+				for {
+					err := s.Append(batch, done)
+					if err == nil {
+						break
+					}
+					if err != ErrOverloaded {
+						b.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	<-allDone
+	elapsed := time.Since(start)
+	cpu1, _ := procstat.Self()
+	b.StopTimer()
+	cancel()
+	<-runDone
+	stalls := s.db.Metrics()
+	s.Close()
+	slices.Sort(lats)
+	slices.Sort(commits)
+	q := func(v []time.Duration, f float64) float64 {
+		if len(v) == 0 {
+			return 0
+		}
+		return float64(v[min(len(v)-1, int(float64(len(v))*f))]) / 1e6
+	}
+	b.Logf("%d records in %v (%.0f/s), %d commits: commit p50 %.1f ms p99 %.1f ms max %.1f ms; durable p50 %.1f ms p99 %.1f ms max %.1f ms; flushes %d compactions %d",
+		n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), len(commits), q(commits, 0.5), q(commits, 0.99), q(commits, 1),
+		q(lats, 0.5), q(lats, 0.99), q(lats, 1), stalls.Flush.Count, stalls.Compact.Count)
+	b.ReportMetric(q(lats, 0.5), "p50-durable-ms")
+	b.ReportMetric(q(lats, 0.99), "p99-durable-ms")
+	b.ReportMetric(q(commits, 0.99), "p99-commit-ms")
+	b.ReportMetric(float64((cpu1-cpu0).Microseconds())/float64(n), "cpu-us/record")
+	b.ReportMetric(0, "ns/op")
+}

@@ -305,6 +305,8 @@ type Store struct {
 		sync.Mutex
 		batches []*pebble.Batch
 	}
+	// sorter is sortBatch's scratch (commitMu).
+	sorter batchSorter
 	// testCrashAfter > 0 makes a commit stop after that many Pebble
 	// batches, as a crash between them would (tests only).
 	testCrashAfter int

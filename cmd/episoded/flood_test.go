@@ -145,24 +145,33 @@ func peakRSS(t testing.TB, pid int) int64 {
 // metric returns the value of the Prometheus sample named exactly by
 // series (name and labels, in the order the exposition prints them), or
 // -1 if absent.
-func metric(base, series string) float64 {
+func metric(base, series string) float64 { return metrics(base, series)[0] }
+
+// metrics reads several series from one /metrics scrape; -1 for each
+// one not found (or if the scrape failed).
+func metrics(base string, series ...string) []float64 {
+	out := make([]float64, len(series))
+	for i := range out {
+		out[i] = -1
+	}
 	c := http.Client{Timeout: 10 * time.Second}
 	resp, err := c.Get(base + "/metrics")
 	if err != nil {
-		return -1
+		return out
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err == nil {
-				return f
+		for i, name := range series {
+			if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+				if f, err := strconv.ParseFloat(v, 64); err == nil {
+					out[i] = f
+				}
 			}
 		}
 	}
-	return -1
+	return out
 }
 
 func tail(s string, n int) string {

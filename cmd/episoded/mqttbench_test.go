@@ -46,8 +46,14 @@ import (
 // CPU is user+system from /proc/PID/stat (10 ms ticks) for the daemon and
 // from wait4 for mosquitto_sub, between the first publish and the last
 // message stored (daemon: every message counted and none left
-// unacknowledged, polled on /metrics every 200 ms, which the daemon's
-// figure includes) or received (mosquitto_sub exits after N).
+// unacknowledged, polled on /metrics every 200 ms and every 20 ms once 95%
+// have arrived, which the daemon's figure includes) or received
+// (mosquitto_sub exits after N). In phase 2 each consumer's end is watched
+// on its own (the daemon's poll runs while mosquitto_sub is still
+// receiving), and the publishers' rate is reported beside both
+// (both-stored/published, both-sub/published): at 1.0 a consumer kept up
+// with what was published, and the ratio between the two consumers cannot
+// rise above 1.0 by much.
 //
 //	go test -run '^$' -bench BenchmarkDaemonMQTT -benchtime 1x ./cmd/episoded/
 func BenchmarkDaemonMQTT(b *testing.B) {
@@ -67,12 +73,15 @@ func BenchmarkDaemonMQTT(b *testing.B) {
 		b.ReportMetric(r.daemonAlone.rate/r.subAlone.rate, "stored/sub")
 		b.ReportMetric(r.daemonBoth.cpuPerMsg()/r.subBoth.cpuPerMsg(), "both-x-mosquitto_sub")
 		b.ReportMetric(r.daemonBoth.rate/r.subBoth.rate, "both-stored/sub")
+		b.ReportMetric(r.daemonBoth.rate/r.pubBoth, "both-stored/published")
+		b.ReportMetric(r.subBoth.rate/r.pubBoth, "both-sub/published")
 		b.ReportMetric(r.daemonAlone.rate, "stored-msg/s")
 		b.ReportMetric(r.subAlone.rate, "sub-msg/s")
 		b.ReportMetric(r.latRate, "latency-at-msg/s")
 		b.ReportMetric(float64(r.p50.Microseconds())/1000, "p50-durable-ms")
 		b.ReportMetric(float64(r.p99.Microseconds())/1000, "p99-durable-ms")
 		b.ReportMetric(float64(r.p99)/float64(r.target), "p99/target")
+		b.ReportMetric(float64(r.p99in.Microseconds())/1000, "p99-in-daemon-ms")
 	}
 }
 
@@ -84,10 +93,28 @@ type consumerRun struct {
 
 func (c consumerRun) cpuPerMsg() float64 { return float64(c.cpu.Nanoseconds()) / float64(c.n) }
 
+// consumerEnd is when the daemon was seen done, and its CPU time then.
+type consumerEnd struct {
+	at  time.Time
+	cpu time.Duration
+	err error
+}
+
+type pubResult struct {
+	err error
+	at  time.Time
+}
+
 type daemonMQTTResult struct {
 	daemonAlone, subAlone, daemonBoth, subBoth consumerRun
-	latRate                                    float64
-	p50, p99, target                           time.Duration
+	// pubAlone, pubSubAlone, pubBoth: the publishers' rate in phases 1a,
+	// 1b and 2 (until mosquitto acknowledged their last message). A
+	// consumer cannot store faster than this; when both consumers reach
+	// it, the ratio between them says only that neither fell behind.
+	pubAlone, pubSubAlone, pubBoth float64
+	latRate                        float64
+	p50, p99, target               time.Duration
+	p99in                          time.Duration // the daemon's part: proxy -> PUBACK
 }
 
 const benchSyncInterval = 100 * time.Millisecond
@@ -128,14 +155,16 @@ devices:
 		return metric(base, `episoded_mqtt_connected{broker="b1"}`) == 1 && metric(base, `episoded_mqtt_connected{broker="b2"}`) == 1
 	}, stderr)
 
-	publish := func(prefix string, n, rate int) <-chan error {
+	// publish starts the publishers; the channel gives the first error and
+	// when the last publisher had every message acknowledged by mosquitto.
+	publish := func(prefix string, n, rate int) <-chan pubResult {
 		errc := make(chan error, pubs)
 		for i := range pubs {
 			go func() {
 				errc <- mqttload.Publish(brokerAddr, fmt.Sprintf("%s/robot%d", prefix, i), n/pubs, rate/pubs)
 			}()
 		}
-		out := make(chan error, 1)
+		out := make(chan pubResult, 1)
 		go func() {
 			var first error
 			for range pubs {
@@ -143,27 +172,67 @@ devices:
 					first = err
 				}
 			}
-			out <- first
+			out <- pubResult{first, time.Now()}
 		}()
 		return out
 	}
-	// daemonStored waits until the daemon has received n more messages on
-	// device dev than before and acknowledged every one (acks follow
-	// durability); it returns when that was seen.
-	messages := func(dev string) float64 {
-		return metric(base, fmt.Sprintf(`episoded_mqtt_messages_total{broker="b1",device="%s"}`, dev))
+	pubDone := func(c <-chan pubResult) time.Time {
+		r := <-c
+		if r.err != nil {
+			b.Fatal(r.err)
+		}
+		return r.at
 	}
-	daemonStored := func(dev string, before float64, n int) time.Time {
-		benchWait(b, 5*time.Minute, "the daemon stored every message on "+dev, func() bool {
-			return messages(dev)-before >= float64(n) && metric(base, `episoded_mqtt_acks_pending{broker="b1"}`) == 0
-		}, stderr)
-		return time.Now()
+	messagesSeries := func(dev string) string {
+		return fmt.Sprintf(`episoded_mqtt_messages_total{broker="b1",device="%s"}`, dev)
+	}
+	messages := func(dev string) float64 { return metric(base, messagesSeries(dev)) }
+	// daemonStored watches, from its own goroutine, until the daemon has
+	// received n more messages on device dev than before and acknowledged
+	// every one (acks follow durability). It sends when that was seen and
+	// the daemon's CPU time then. One scrape per poll: every benchPoll,
+	// then every benchPollNear once 95% have arrived, so that the end is
+	// seen at most benchPollNear late (the scrapes are in the daemon's CPU
+	// figure, about as many as a 200 ms poll took before). It runs
+	// concurrently with mosquitto_sub, so neither consumer's end waits for
+	// the other's.
+	daemonStored := func(dev string, before float64, n int) <-chan consumerEnd {
+		out := make(chan consumerEnd, 1)
+		go func() {
+			deadline := time.Now().Add(5 * time.Minute)
+			for {
+				v := metrics(base, messagesSeries(dev), `episoded_mqtt_acks_pending{broker="b1"}`)
+				got := v[0] - before
+				if got >= float64(n) && v[1] == 0 {
+					out <- consumerEnd{at: time.Now(), cpu: procCPU(pid)}
+					return
+				}
+				if time.Now().After(deadline) {
+					out <- consumerEnd{err: fmt.Errorf("timed out waiting for the daemon to store every message on %s (%.0f of %d)\n%s",
+						dev, got, n, tail(stderr.String(), 4000))}
+					return
+				}
+				if got >= 0.95*float64(n) {
+					time.Sleep(benchPollNear)
+				} else {
+					time.Sleep(benchPoll)
+				}
+			}
+		}()
+		return out
+	}
+	daemonEnd := func(c <-chan consumerEnd) consumerEnd {
+		e := <-c
+		if e.err != nil {
+			b.Fatal(e.err)
+		}
+		return e
 	}
 	warmDaemon := func(dev string) float64 {
 		if err := mqttload.Publish(brokerAddr, dev+"/warm", 1, 0); err != nil {
 			b.Fatal(err)
 		}
-		daemonStored(dev, 0, 1)
+		daemonEnd(daemonStored(dev, 0, 1))
 		return messages(dev)
 	}
 	// mosquittoSub starts `mosquitto_sub -C n+1` on filter (output to a
@@ -211,23 +280,19 @@ devices:
 	before := warmDaemon("a")
 	stopPerf := perfRecord(b, pid)
 	cpu0, t0 := procCPU(pid), time.Now()
-	errc := publish("a", total, 0)
-	tEnd := daemonStored("a", before, total)
-	r.daemonAlone = consumerRun{n: total, cpu: procCPU(pid) - cpu0, rate: float64(total) / tEnd.Sub(t0).Seconds()}
+	pubc := publish("a", total, 0)
+	end := daemonEnd(daemonStored("a", before, total))
+	r.daemonAlone = consumerRun{n: total, cpu: end.cpu - cpu0, rate: float64(total) / end.at.Sub(t0).Seconds()}
 	stopPerf()
-	if err := <-errc; err != nil {
-		b.Fatal(err)
-	}
+	r.pubAlone = float64(total) / pubDone(pubc).Sub(t0).Seconds()
 
 	// 1b. mosquitto_sub alone.
 	sub, exited := mosquittoSub("b", total)
 	t0 = time.Now()
-	errc = publish("b", total, 0)
-	tEnd = <-exited
+	pubc = publish("b", total, 0)
+	tEnd := <-exited
 	r.subAlone = consumerRun{n: total, cpu: subCPU(sub), rate: float64(total) / tEnd.Sub(t0).Seconds()}
-	if err := <-errc; err != nil {
-		b.Fatal(err)
-	}
+	r.pubSubAlone = float64(total) / pubDone(pubc).Sub(t0).Seconds()
 
 	// 2. Both subscribed to the same messages.
 	warmDaemon("c")
@@ -238,37 +303,35 @@ devices:
 	}, stderr)
 	before = messages("c")
 	cpu0, t0 = procCPU(pid), time.Now()
-	errc = publish("c", total, 0)
+	pubc = publish("c", total, 0)
+	stored := daemonStored("c", before, total)
 	tSub := <-exited
-	tEnd = daemonStored("c", before, total)
-	r.daemonBoth = consumerRun{n: total, cpu: procCPU(pid) - cpu0, rate: float64(total) / tEnd.Sub(t0).Seconds()}
+	end = daemonEnd(stored)
+	r.daemonBoth = consumerRun{n: total, cpu: end.cpu - cpu0, rate: float64(total) / end.at.Sub(t0).Seconds()}
 	r.subBoth = consumerRun{n: total, cpu: subCPU(sub), rate: float64(total) / tSub.Sub(t0).Seconds()}
-	if err := <-errc; err != nil {
-		b.Fatal(err)
-	}
+	r.pubBoth = float64(total) / pubDone(pubc).Sub(t0).Seconds()
 
 	// 3. Publish -> durable at half the ceiling, for about 10 s.
 	r.latRate = r.subAlone.rate / 2
 	n := max(int(r.latRate*10)/pubs*pubs, 10*pubs)
 	proxy.reset()
 	commits0 := histogram(base, "episoded_storage_commit_seconds")
-	errc = publish("d", n, int(r.latRate))
-	if err := <-errc; err != nil {
-		b.Fatal(err)
-	}
+	pubDone(publish("d", n, int(r.latRate)))
 	benchWait(b, 5*time.Minute, "every paced message acknowledged by the daemon", func() bool { return proxy.count() >= n }, stderr)
 	commits := histogram(base, "episoded_storage_commit_seconds").sub(commits0)
-	lat := proxy.latencies()
+	lat, inLat := proxy.latencies()
 	slices.Sort(lat)
+	slices.Sort(inLat)
 	r.p50, r.p99 = lat[len(lat)/2], lat[len(lat)*99/100]
+	r.p99in = inLat[len(inLat)*99/100]
 	r.target = benchSyncInterval + 50*time.Millisecond
 
-	b.Logf("%d msgs, %d publishers. alone: daemon stored %.0f msg/s, %.0f ns CPU/msg; mosquitto_sub %.0f msg/s, %.0f ns CPU/msg. "+
-		"both: daemon %.0f msg/s, %.0f ns/msg; mosquitto_sub %.0f msg/s, %.0f ns/msg. "+
-		"publish->durable at %.0f msg/s (%d msgs): p50 %s, p99 %s (target %s); meanwhile %.0f commits, p50 <= %gs, p99 <= %gs",
-		total, pubs, r.daemonAlone.rate, r.daemonAlone.cpuPerMsg(), r.subAlone.rate, r.subAlone.cpuPerMsg(),
-		r.daemonBoth.rate, r.daemonBoth.cpuPerMsg(), r.subBoth.rate, r.subBoth.cpuPerMsg(),
-		r.latRate, len(lat), r.p50, r.p99, r.target, commits.count(), commits.quantile(0.5), commits.quantile(0.99))
+	b.Logf("%d msgs, %d publishers. alone: daemon stored %.0f msg/s (published %.0f), %.0f ns CPU/msg; mosquitto_sub %.0f msg/s (published %.0f), %.0f ns CPU/msg. "+
+		"both: daemon %.0f msg/s, %.0f ns/msg; mosquitto_sub %.0f msg/s, %.0f ns/msg; published %.0f msg/s. "+
+		"publish->durable at %.0f msg/s (%d msgs): p50 %s, p99 %s (target %s), p99 in the daemon (proxy->PUBACK) %s; meanwhile %.0f commits, p50 <= %gs, p99 <= %gs",
+		total, pubs, r.daemonAlone.rate, r.pubAlone, r.daemonAlone.cpuPerMsg(), r.subAlone.rate, r.pubSubAlone, r.subAlone.cpuPerMsg(),
+		r.daemonBoth.rate, r.daemonBoth.cpuPerMsg(), r.subBoth.rate, r.subBoth.cpuPerMsg(), r.pubBoth,
+		r.latRate, len(lat), r.p50, r.p99, r.target, r.p99in, commits.count(), commits.quantile(0.5), commits.quantile(0.99))
 	return r
 }
 
@@ -368,6 +431,9 @@ func benchWait(b *testing.B, within time.Duration, what string, cond func() bool
 // its rate by up to 200 ms / phase length, about 3%).
 const benchPoll = 200 * time.Millisecond
 
+// benchPollNear is the poll once a phase is nearly done (see daemonStored).
+const benchPollNear = 20 * time.Millisecond
+
 // procCPU is process pid's user+system CPU time (procstat.CPU: /proc,
 // 10 ms resolution); 0 if unreadable, as it always has been here.
 func procCPU(pid int) time.Duration {
@@ -385,10 +451,15 @@ type ackProxy struct {
 	target string
 	mu     struct {
 		sync.Mutex
-		stamps map[uint16]int64
-		lat    []time.Duration
+		stamps map[uint16]proxySeen
+		lat    []time.Duration // publish stamp -> PUBACK
+		inLat  []time.Duration // PUBLISH read by the proxy -> PUBACK: the daemon's part
 	}
 }
+
+// proxySeen is a PUBLISH on its way to the daemon: its publish stamp, and
+// when the proxy read it.
+type proxySeen struct{ stamp, seen int64 }
 
 func newAckProxy(b *testing.B, target string) *ackProxy {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -396,7 +467,7 @@ func newAckProxy(b *testing.B, target string) *ackProxy {
 		b.Fatal(err)
 	}
 	p := &ackProxy{b: b, ln: ln, target: target}
-	p.mu.stamps = map[uint16]int64{}
+	p.mu.stamps = map[uint16]proxySeen{}
 	b.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -421,7 +492,7 @@ func (p *ackProxy) addr() string { return p.ln.Addr().String() }
 func (p *ackProxy) reset() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.mu.lat = nil
+	p.mu.lat, p.mu.inLat = nil, nil
 }
 
 func (p *ackProxy) count() int {
@@ -430,10 +501,12 @@ func (p *ackProxy) count() int {
 	return len(p.mu.lat)
 }
 
-func (p *ackProxy) latencies() []time.Duration {
+// latencies returns publish->PUBACK and, per message, the daemon's part
+// of it (from the proxy reading the PUBLISH to the PUBACK).
+func (p *ackProxy) latencies() (total, inDaemon []time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return slices.Clone(p.mu.lat)
+	return slices.Clone(p.mu.lat), slices.Clone(p.mu.inLat)
 }
 
 // pipe copies packets from src to dst, flushing whenever src has nothing
@@ -476,7 +549,7 @@ func (p *ackProxy) pipe(src, dst net.Conn, fromBroker bool) {
 				id := binary.BigEndian.Uint16(body[2+tl:])
 				stamp := mqttload.Stamp(body[2+tl+2:])
 				p.mu.Lock()
-				p.mu.stamps[id] = stamp
+				p.mu.stamps[id] = proxySeen{stamp, time.Now().UnixNano()}
 				p.mu.Unlock()
 			}
 		case !fromBroker && h>>4 == 4 && len(body) >= 2:
@@ -485,8 +558,9 @@ func (p *ackProxy) pipe(src, dst net.Conn, fromBroker bool) {
 			p.mu.Lock()
 			if s, ok := p.mu.stamps[id]; ok {
 				delete(p.mu.stamps, id)
-				if s > 0 {
-					p.mu.lat = append(p.mu.lat, time.Duration(now-s))
+				if s.stamp > 0 {
+					p.mu.lat = append(p.mu.lat, time.Duration(now-s.stamp))
+					p.mu.inLat = append(p.mu.inLat, time.Duration(now-s.seen))
 				}
 			}
 			p.mu.Unlock()

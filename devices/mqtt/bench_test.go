@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -23,7 +23,7 @@ import (
 // QoS 1 as fast as mosquitto takes it (several publisher processes, see
 // TestBenchPublisherChild) and,
 // in the same run, consumes it with `mosquitto_sub -q 1` (the baseline,
-// output counted and discarded) and with a Client recording into a real
+// output to a file) and with a Client recording into a real
 // storage.Store (acknowledging only once durable). It reports both message
 // rates, their ratio, the CPU ratio and the p99 delay to durable.
 //
@@ -53,6 +53,7 @@ func BenchmarkMQTTRecordVsMosquittoSub(b *testing.B) {
 		b.ReportMetric(r.recvRate, "recv_msg/s")
 		b.ReportMetric(r.storedRate, "stored_msg/s")
 		b.ReportMetric(r.storedRate/r.subRate, "stored/sub")
+		b.ReportMetric(r.pubRate, "pub_msg/s")
 		b.ReportMetric(r.cpuOurs.Seconds(), "cpu_ours_s")
 		b.ReportMetric(r.cpuSub.Seconds(), "cpu_sub_s")
 		b.ReportMetric(r.cpuOurs.Seconds()/r.cpuSub.Seconds(), "cpu_ours/sub")
@@ -64,6 +65,7 @@ func BenchmarkMQTTRecordVsMosquittoSub(b *testing.B) {
 
 type benchResult struct {
 	subRate, recvRate, storedRate float64
+	pubRate                       float64 // until the last publisher had every message acknowledged
 	cpuOurs, cpuSub               time.Duration
 	p99Pub, p99Recv               time.Duration
 	dups                          int
@@ -119,45 +121,51 @@ func runMQTTBench(b *testing.B, total, pubs, per, rate int) benchResult {
 	go func() { brDone <- br.Run(brCtx, sink) }()
 	defer func() { brCancel(); <-brDone }()
 
-	// Baseline: mosquitto_sub at QoS 1, output counted and dropped.
-	sub := exec.Command("mosquitto_sub", "-h", "127.0.0.1", "-p", fmt.Sprint(m.port), "-q", "1", "-t", "bench/+", "-i", "bench-sub")
-	subOut, err := sub.StdoutPipe()
+	// Baseline: mosquitto_sub at QoS 1, its output written to a file (one
+	// line per message), exiting after the warm-up line and total messages
+	// (-C). Nothing in this process reads its output during the run: that
+	// reading was charged to our CPU until wave 4.
+	subOutName := filepath.Join(b.TempDir(), "sub.out")
+	subOut, err := os.Create(subOutName)
 	if err != nil {
 		b.Fatal(err)
 	}
+	defer subOut.Close()
+	sub := exec.Command("mosquitto_sub", "-h", "127.0.0.1", "-p", fmt.Sprint(m.port), "-q", "1", "-t", "bench/+", "-i", "bench-sub",
+		"-C", strconv.Itoa(total+1))
+	sub.Stdout = subOut
 	if err := sub.Start(); err != nil {
 		b.Fatal(err)
 	}
-	var subCount atomic.Int64
-	var tSub atomic.Int64
-	go func() {
-		buf := make([]byte, 256<<10)
-		for {
-			n, err := subOut.Read(buf)
-			if c := int64(bytes.Count(buf[:n], []byte{'\n'})); c > 0 {
-				if subCount.Add(c) >= int64(total)+1 && tSub.Load() == 0 {
-					tSub.Store(time.Now().UnixNano())
-				}
-			}
-			if err != nil {
-				return
-			}
-		}
-	}()
+	subExited := make(chan time.Time, 1)
+	go func() { _ = sub.Wait(); subExited <- time.Now() }()
+	defer func() { _ = sub.Process.Kill() }() // an error once it has exited
 	waitFor(b, 10*time.Second, "broker subscription", func() bool { return br.Stats().Connected })
-	// Warm-up message: both consumers are subscribed once it arrived.
-	for subCount.Load() == 0 {
+	// Warm-up message: both consumers are subscribed once it arrived. -C
+	// counts exactly one warm-up line.
+	for {
 		if err := exec.Command("mosquitto_pub", "-h", "127.0.0.1", "-p", fmt.Sprint(m.port), "-q", "1", "-t", "bench/warmup", "-m", `{"header":{"stamp":1}}`).Run(); err != nil {
 			b.Fatal(err)
 		}
 		time.Sleep(200 * time.Millisecond)
+		if fi, err := os.Stat(subOutName); err == nil && fi.Size() > 0 {
+			break
+		}
 	}
-	subCount.Store(1) // count exactly one warm-up line, however many were sent
+	if data, _ := os.ReadFile(subOutName); bytes.Count(data, []byte{'\n'}) != 1 {
+		b.Fatalf("mosquitto_sub received %d warm-up messages; the run would end early", bytes.Count(data, []byte{'\n'}))
+	}
 	waitFor(b, 10*time.Second, "warm-up stored", func() bool { return br.Stats().AcksPending == 0 && br.Stats().Devices["robot"].Messages > 0 })
 	recvBase := br.Stats().Devices["robot"].Messages
 
 	// Publishers: one child process per topic (TestBenchPublisherChild).
 	var pubCmds []*exec.Cmd
+	type pubExitAt struct {
+		i   int
+		err error
+		at  time.Time
+	}
+	pubExit := make(chan pubExitAt, pubs)
 	var pubOut []*bytes.Buffer
 	// An unreadable figure counts as 0, as it always has here.
 	cpu0, _ := procstat.Self()
@@ -173,14 +181,22 @@ func runMQTTBench(b *testing.B, total, pubs, per, rate int) benchResult {
 			b.Fatal(err)
 		}
 		pubCmds, pubOut = append(pubCmds, cmd), append(pubOut, out)
+		go func() { pubExit <- pubExitAt{i, cmd.Wait(), time.Now()} }()
 	}
-	var tRecv int64
+	// Our progress from the device's counter (Stats builds maps: too
+	// costly for a 5 ms poll charged to our CPU).
+	robot := br.devs[0]
+	var tRecv, tSub int64
 	deadline := time.Now().Add(5 * time.Minute)
-	for (tSub.Load() == 0 || tDurable.Load() == 0) && time.Now().Before(deadline) {
-		if tRecv == 0 && br.Stats().Devices["robot"].Messages-recvBase >= uint64(total) {
+	for (tSub == 0 || tDurable.Load() == 0) && time.Now().Before(deadline) {
+		if tRecv == 0 && robot.stats.messages.Load()-recvBase >= uint64(total) {
 			tRecv = time.Now().UnixNano()
 		}
-		time.Sleep(5 * time.Millisecond)
+		select {
+		case t := <-subExited:
+			tSub = t.UnixNano()
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 	cpu1, _ := procstat.Self()
 	mosqCPU1, _ := procstat.CPU(m.cmd.Process.Pid)
@@ -188,18 +204,24 @@ func runMQTTBench(b *testing.B, total, pubs, per, rate int) benchResult {
 	if tRecv == 0 {
 		tRecv = time.Now().UnixNano()
 	}
-	if tSub.Load() == 0 || tDurable.Load() == 0 {
-		b.Fatalf("incomplete after 5 min: mosquitto_sub %d, durable %d of %d", subCount.Load()-1, durable.Load(), total)
+	if tSub == 0 || tDurable.Load() == 0 {
+		data, _ := os.ReadFile(subOutName)
+		b.Fatalf("incomplete after 5 min: mosquitto_sub %d, durable %d of %d", bytes.Count(data, []byte{'\n'})-1, durable.Load(), total)
 	}
 	var cpuPubs time.Duration
-	for i, cmd := range pubCmds {
-		if err := cmd.Wait(); err != nil {
-			b.Fatalf("publisher %d: %v: %s", i, err, pubOut[i])
+	var tPub time.Time // the last publisher's exit: all its messages acknowledged by mosquitto
+	for range pubCmds {
+		e := <-pubExit
+		if e.err != nil {
+			b.Fatalf("publisher %d: %v: %s", e.i, e.err, pubOut[e.i])
 		}
+		if e.at.After(tPub) {
+			tPub = e.at
+		}
+	}
+	for _, cmd := range pubCmds {
 		cpuPubs += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	}
-	_ = sub.Process.Signal(syscall.SIGTERM)
-	_ = sub.Wait()
 	cpuSub := sub.ProcessState.UserTime() + sub.ProcessState.SystemTime()
 
 	dmu.Lock()
@@ -208,7 +230,8 @@ func runMQTTBench(b *testing.B, total, pubs, per, rate int) benchResult {
 	slices.Sort(recvDelays)
 	p99 := func(d []time.Duration) time.Duration { return d[len(d)*99/100] }
 	res := benchResult{
-		subRate:    float64(total) / (time.Duration(tSub.Load() - t0.UnixNano())).Seconds(),
+		subRate:    float64(total) / (time.Duration(tSub - t0.UnixNano())).Seconds(),
+		pubRate:    float64(total) / tPub.Sub(t0).Seconds(),
 		recvRate:   float64(total) / (time.Duration(tRecv - t0.UnixNano())).Seconds(),
 		storedRate: float64(total) / (time.Duration(tDurable.Load() - t0.UnixNano())).Seconds(),
 		cpuOurs:    cpuOurs,
@@ -218,8 +241,8 @@ func runMQTTBench(b *testing.B, total, pubs, per, rate int) benchResult {
 		dups:       int(durable.Load()) - total,
 	}
 	st2 := br.Stats()
-	b.Logf("%d msgs, %d publishers: mosquitto_sub %.0f msg/s (%.2fs CPU); ours received %.0f msg/s, stored %.0f msg/s (%.2fs CPU); p99 publish→durable %s, receive→durable %s; overflow %d, redelivered %d; CPU mosquitto %.2fs, publishers %.2fs",
-		total, pubs, res.subRate, cpuSub.Seconds(), res.recvRate, res.storedRate, cpuOurs.Seconds(), res.p99Pub, res.p99Recv, st2.Overflow, st2.Redelivered,
+	b.Logf("%d msgs, %d publishers (%.0f msg/s published): mosquitto_sub %.0f msg/s (%.2fs CPU); ours received %.0f msg/s, stored %.0f msg/s (%.2fs CPU); p99 publish→durable %s, receive→durable %s; overflow %d, redelivered %d; CPU mosquitto %.2fs, publishers %.2fs",
+		total, pubs, res.pubRate, res.subRate, cpuSub.Seconds(), res.recvRate, res.storedRate, cpuOurs.Seconds(), res.p99Pub, res.p99Recv, st2.Overflow, st2.Redelivered,
 		cpuMosq.Seconds(), cpuPubs.Seconds())
 	return res
 }

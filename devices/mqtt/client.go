@@ -69,10 +69,15 @@ type Client struct {
 	gen          atomic.Uint64 // session generation, incremented per connection attempt
 	discardBelow atomic.Uint64 // queued messages of older generations are dropped: the broker redelivers them
 	refusing     atomic.Bool   // draining for a reconnect or shutdown: take no new message
-	redeliver    chan struct{} // cap 1: asks the session to drain and reconnect
-	connected    atomic.Bool
-	pending      atomic.Int64  // messages accepted and neither acknowledged nor given up
-	received     atomic.Uint64 // messages paho handed over, refused or not: progress while subscribing
+	// dropQueued: the worker drops queued messages instead of storing them
+	// (shutdown, or a sample failed). After an overflow it stores them:
+	// they were accepted in order before the refused one, so every
+	// overflow cycle stores at least what was queued.
+	dropQueued atomic.Bool
+	redeliver  chan struct{} // cap 1: asks the session to drain and reconnect
+	connected  atomic.Bool
+	pending    atomic.Int64  // messages accepted and neither acknowledged nor given up
+	received   atomic.Uint64 // messages taken off the connection, refused or not: progress while subscribing
 	// pendingBytes is what those messages cost (heldBytes each); the
 	// full-rule keeps it at or under MaxPendingBytes. pendingBytesMax is
 	// its high-water mark.
@@ -274,6 +279,7 @@ func (b *Client) session(ctx context.Context, streaming func()) error {
 	default:
 	}
 	b.refusing.Store(false)
+	b.dropQueued.Store(false)
 
 	lost := make(chan error, 1)
 	subscribed := make(chan error, 1)
@@ -370,6 +376,7 @@ func (b *Client) logCounts(prev Stats) Stats {
 // shutdown stops taking messages, lets what is already in the sink become
 // durable and acknowledged, then disconnects.
 func (b *Client) shutdown(client paho.Client, lost <-chan error) {
+	b.dropQueued.Store(true)
 	b.refusing.Store(true)
 	drained := b.waitDrained(context.Background(), lost) && b.barrier(client)
 	if !drained {
@@ -381,7 +388,7 @@ func (b *Client) shutdown(client paho.Client, lost <-chan error) {
 
 // waitDrained waits until every accepted message is acknowledged or given
 // up, the connection is lost, ctx ends or DrainTimeout passes. The worker
-// drops queued messages meanwhile (refusing is set).
+// stores or drops (dropQueued) the queued messages meanwhile.
 func (b *Client) waitDrained(ctx context.Context, lost <-chan error) bool {
 	b.refusing.Store(true)
 	deadline := time.NewTimer(b.o.DrainTimeout)
@@ -460,14 +467,16 @@ func (b *Client) clientOptions(gen uint64, lost, subscribed chan error) (*paho.C
 	return opts, nil
 }
 
-// dialer returns the connection function of session gen: dial, and
-// remember the connection for the acker.
+// dialer returns the connection function of session gen: dial, take QoS
+// 0 and 1 PUBLISH packets straight from the connection (conn.go, Read),
+// and remember the connection for the acker.
 func (b *Client) dialer(gen uint64) paho.OpenConnectionFunc {
 	return func(u *url.URL, o paho.ClientOptions) (net.Conn, error) {
 		c, err := dial(u, o)
 		if err != nil {
 			return nil, err
 		}
+		c.onPublish = func(m *publishMsg) { b.accept(m, gen) }
 		b.conn.Store(&sessionConn{gen: gen, c: c})
 		return c, nil
 	}
@@ -513,36 +522,41 @@ func (b *Client) subscribe(c paho.Client) error {
 	return nil
 }
 
-// onMessage is paho's default publish handler. It runs on paho's router
-// goroutine and never blocks: it enqueues or refuses.
+// onMessage is paho's default publish handler, for the messages paho still
+// delivers (QoS 2; QoS 0 and 1 are taken off the connection before paho
+// sees them, see dialer). It runs on paho's router goroutine.
 func (b *Client) onMessage(gen uint64) paho.MessageHandler {
-	return func(_ paho.Client, m paho.Message) {
-		recvT := time.Now().UnixNano()
-		b.received.Add(1)
-		if b.refusing.Load() {
-			b.stats.refused.Add(1)
-			return // not acknowledged: redelivered on the next connection
-		}
-		size := heldBytes(len(m.Payload()))
-		if n := b.pending.Load(); n > 0 && b.pendingBytes.Load()+size > b.o.MaxPendingBytes {
-			// A broker that ignores its window (or a window too large for
-			// these payloads): what is held stays bounded, this message
-			// stays unacknowledged.
-			b.stats.overflow.Add(1)
-			b.requestRedelivery("max_pending_bytes reached: the broker sent more unacknowledged data than the daemon holds")
-			return
-		}
-		b.pending.Add(1)
-		if v := b.pendingBytes.Add(size); v > b.pendingBytesMax.Load() {
-			b.pendingBytesMax.Store(v) // only this goroutine raises pendingBytes
-		}
-		select {
-		case b.queue <- inbound{m: m, recvT: recvT, gen: gen}:
-		default:
-			b.release(1, size)
-			b.stats.overflow.Add(1)
-			b.requestRedelivery("queue full: the broker's in-flight window is larger than queue_size")
-		}
+	return func(_ paho.Client, m paho.Message) { b.accept(m, gen) }
+}
+
+// accept takes one message of session gen, on paho's reader or router
+// goroutine, and never blocks: it enqueues or refuses.
+func (b *Client) accept(m paho.Message, gen uint64) {
+	recvT := time.Now().UnixNano()
+	b.received.Add(1)
+	if b.refusing.Load() {
+		b.stats.refused.Add(1)
+		return // not acknowledged: redelivered on the next connection
+	}
+	size := heldBytes(len(m.Payload()))
+	if n := b.pending.Load(); n > 0 && b.pendingBytes.Load()+size > b.o.MaxPendingBytes {
+		// A broker that ignores its window (or a window too large for
+		// these payloads): what is held stays bounded, this message
+		// stays unacknowledged.
+		b.stats.overflow.Add(1)
+		b.requestRedelivery("max_pending_bytes reached: the broker sent more unacknowledged data than the daemon holds")
+		return
+	}
+	b.pending.Add(1)
+	v := b.pendingBytes.Add(size)
+	for hw := b.pendingBytesMax.Load(); v > hw && !b.pendingBytesMax.CompareAndSwap(hw, v); hw = b.pendingBytesMax.Load() {
+	}
+	select {
+	case b.queue <- inbound{m: m, recvT: recvT, gen: gen}:
+	default:
+		b.release(1, size)
+		b.stats.overflow.Add(1)
+		b.requestRedelivery("queue full: the broker's in-flight window is larger than queue_size")
 	}
 }
 
@@ -588,7 +602,7 @@ func (b *Client) worker(stop <-chan struct{}) {
 }
 
 func (b *Client) handle(in inbound) {
-	if b.refusing.Load() || in.gen < b.discardBelow.Load() {
+	if b.dropQueued.Load() || in.gen < b.discardBelow.Load() {
 		b.releaseMsg(in.m) // not acknowledged: the broker redelivers it
 		return
 	}
@@ -724,6 +738,7 @@ func (b *Client) finish(a *ackState, err error) {
 	}
 	if a.failed.Load() {
 		b.releaseMsg(a.m)
+		b.dropQueued.Store(true)
 		b.requestRedelivery("a sample was refused or failed to become durable")
 		return
 	}
@@ -783,7 +798,7 @@ func (b *Client) acker(stop <-chan struct{}) {
 		if len(out) > 0 {
 			// An error means the connection failed; paho's reader reports
 			// it and the broker redelivers what was not acknowledged.
-			_, _ = sc.c.Write(out)
+			_ = sc.c.writeNow(out)
 		}
 		b.release(int64(len(batch)), bytes)
 		if stopping {

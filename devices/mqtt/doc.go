@@ -12,10 +12,12 @@
 // connection attempt, paho's own auto-reconnect is off). Several devices
 // and triggers share the one connection per broker.
 //
-// Goroutines while running: paho's (reader, router, writer), one worker
+// Goroutines while running: paho's (socket reader, which also takes QoS 0
+// and 1 PUBLISH packets off the stream for the Client, see below; comms,
+// router, writer, keepalive), one worker
 // that routes, decodes and writes to the sink in arrival order, one acker
-// that sends acknowledgements, and the connection's write flusher
-// (conn.go). The acker writes the PUBACKs of the current session's QoS 1
+// that sends acknowledgements (writing them to the socket itself unless a
+// flush is under way), and the connection's write flusher (conn.go). The acker writes the PUBACKs of the current session's QoS 1
 // messages straight to the connection, a batch per write, bypassing
 // paho's per-message Ack (a packet object and two goroutine hand-offs
 // each); paho keeps no state for them, since its store is a no-op.
@@ -25,9 +27,10 @@
 //   - Every filter is subscribed at QoS 1 with CleanSession=false and a
 //     stable client id, so the broker queues messages while the daemon is
 //     away. Subscriptions are (re)made in paho's OnConnect handler on every
-//     connection; they carry no callback, and a default publish handler
-//     receives every message exactly once (including messages the broker
-//     resends before the subscription completes).
+//     connection; they carry no callback. Every message is taken exactly
+//     once, from the connection (QoS 0 and 1) or by paho's default publish
+//     handler (QoS 2), including messages the broker resends before the
+//     subscription completes.
 //   - Acknowledgements are manual (SetAutoAckDisabled). A message is acked
 //     only after the sink's done callback reports its sample durable
 //     (devices.Sink.Write). A crash therefore loses nothing the broker has
@@ -63,12 +66,18 @@
 //
 // # Backpressure, the queue and its full-rule
 //
-// paho has no inbound buffer: socket reader, router and handler are chained
-// by unbuffered channels, and with OrderMatters (kept on, for per-topic
-// order) the handler runs on the router goroutine. If the handler blocked,
-// paho would stop reading the socket, so PINGRESPs would go unread and the
-// connection would time out. The handler therefore never blocks: it puts
-// the message on the Client's bounded queue (QueueSize) and returns.
+// QoS 0 and 1 PUBLISH packets never go through paho: the connection paho
+// reads from (conn.go, bufferedConn.Read) parses them off the stream and
+// hands them to the Client on paho's socket-reader goroutine; every other
+// packet (CONNACK, SUBACK, UNSUBACK, PINGRESP, QoS 2 flows) is passed
+// through to paho unchanged. paho chained socket reader, comms, router and
+// handler by unbuffered channels, three goroutine hand-offs and several
+// allocations per message, most of the daemon's CPU per message at
+// saturation. Order is kept: one goroutine reads the socket and enqueues.
+// If that goroutine blocked, the socket would go unread, so PINGRESPs
+// would go unread and the connection would time out. It therefore never
+// blocks: it puts the message on the Client's bounded queue (QueueSize)
+// and returns.
 //
 // Backpressure is applied by withholding acknowledgements. A broker is
 // supposed to send at most its in-flight window of unacknowledged QoS 1
@@ -104,14 +113,17 @@
 // Full-rule: if a message finds the queue full or would exceed
 // MaxPendingBytes, it is not acknowledged and is counted as overflow. The
 // broker then stops taking messages (they are refused, not
-// acknowledged), drops what is still queued, waits up to DrainTimeout for
+// acknowledged), still stores what is queued (accepted, in order, before
+// the refused message), waits up to DrainTimeout for
 // the samples already in the sink to become durable and acknowledged,
 // confirms with an UNSUBSCRIBE round trip (of a filter never subscribed)
 // that the broker has applied every PUBACK — closing a socket with unread
 // inbound data sends a TCP RST, on which the broker discards PUBACKs it has
 // not read — and reconnects. The broker redelivers everything unacknowledged, in order, so
-// nothing is lost and each cycle makes progress. The same happens when the
-// sink refuses a sample or reports it failed to become durable.
+// nothing is lost and each cycle stores at least what was queued. The same
+// happens when the sink refuses a sample or reports it failed to become
+// durable, except that what is still queued is then dropped (redelivered
+// after the failed one), as it is on shutdown.
 //
 // Sizing: throughput ≤ window / (time to durable), and also ≤
 // MaxPendingBytes / (2 × payload + 512 B) / (time to durable). With storage

@@ -15,6 +15,7 @@ import (
 	"github.com/bluenviron/gortsplib/v4/pkg/base"
 	"github.com/bluenviron/gortsplib/v4/pkg/description"
 	"github.com/bluenviron/gortsplib/v4/pkg/format"
+	"github.com/bluenviron/gortsplib/v4/pkg/headers"
 	"github.com/bluenviron/gortsplib/v4/pkg/liberrors"
 	"github.com/pion/rtcp"
 	"github.com/pion/rtp"
@@ -77,7 +78,10 @@ type counters struct {
 	fpsBits, bitrateBits atomic.Uint64 // math.Float64bits
 	codec                atomic.Value  // string
 	lastPacket           atomic.Int64  // unix ns of the last RTP packet
-	sessionsWithData     atomic.Uint64
+	// tapped counts RTP packets read by the tap (bufferedConn) rather
+	// than through gortsplib (for tests).
+	tapped           atomic.Uint64
+	sessionsWithData atomic.Uint64
 }
 
 // frame is one access unit queued for the sink.
@@ -265,12 +269,13 @@ func (c *Camera) transport() *gortsplib.Transport {
 // session is one connection: connect, describe, set up the video media,
 // play, and pump packets until an error, a read timeout or ctx.
 func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func()) error {
+	var dial dialer
 	client := &gortsplib.Client{
 		Scheme:      c.u.Scheme,
 		Host:        c.u.Host,
 		ReadTimeout: c.o.ReadTimeout,
 		Transport:   c.transport(),
-		DialContext: dialBuffered,
+		DialContext: dial.dial,
 		// Losses are counted from sequence gaps by the assembler, which
 		// sees the same packets; this only silences the default logger.
 		OnPacketsLost: func(uint64) {},
@@ -324,7 +329,8 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 		return &Error{Op: "describe", Msg: fmt.Sprintf("%s: %s: %s", c.source, ErrNoSupportedCodec.Error(),
 			redact.String(err.Error(), c.secrets...)), kind: ErrNoSupportedCodec}
 	}
-	if _, err := client.Setup(desc.BaseURL, medi, 0, 0); err != nil {
+	setupRes, err := client.Setup(desc.BaseURL, medi, 0, 0)
+	if err != nil {
 		return c.scrub("setup", err)
 	}
 
@@ -383,14 +389,18 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 	if reconnected {
 		asm.MarkDiscontinuity() // the outage is one gap
 	}
-	client.OnPacketRTP(medi, forma, func(pkt *rtp.Packet) {
-		recvT = time.Now().UnixNano()
+	onRTP := func(pkt *rtp.Packet, now int64) {
+		recvT = now
 		c.cnt.lastPacket.Store(recvT)
 		asm.Push(pkt)
-	})
+	}
+	client.OnPacketRTP(medi, forma, func(pkt *rtp.Packet) { onRTP(pkt, time.Now().UnixNano()) })
 
 	if _, err := client.Play(nil); err != nil {
 		return c.scrub("play", err)
+	}
+	if h264f != nil && c.u.Scheme == "rtsp" && len(medi.Formats) == 1 {
+		c.tapRTP(&dial, setupRes, forma.PayloadType(), onRTP)
 	}
 	c.log.Info("camera playing", "codec", cd.Name, "transport", c.o.Transport)
 	started := time.Now()
@@ -419,6 +429,33 @@ func (c *Camera) session(ctx context.Context, queue chan<- frame, streaming func
 			}
 		}
 	}
+}
+
+// tapRTP hands the session's RTP packets to onRTP straight from the read
+// buffer (see bufferedConn) when the session runs over TCP on a plain
+// connection (under TLS the buffer holds ciphertext). Only for H.264:
+// video.H264Depacketizer copies what it keeps out of the packet, which is
+// valid only during the call (gortsplib's H.265 decoder keeps fragments).
+// Packets are checked as gortsplib checks them (a malformed packet or
+// another payload type is a decode error).
+func (c *Camera) tapRTP(d *dialer, setupRes *base.Response, payloadType uint8, onRTP func(*rtp.Packet, int64)) {
+	conn := d.last.Load()
+	if conn == nil || setupRes == nil {
+		return
+	}
+	var th headers.Transport
+	if err := th.Unmarshal(setupRes.Header["Transport"]); err != nil || th.InterleavedIDs == nil {
+		return // UDP
+	}
+	var pkt rtp.Packet
+	conn.setTap(th.InterleavedIDs[0], min(tapPassEvery, c.o.ReadTimeout/4), func(b []byte, now int64) {
+		if err := pkt.Unmarshal(b); err != nil || pkt.PayloadType != payloadType {
+			c.cnt.asm.DecodeErrors.Add(1)
+			return
+		}
+		c.cnt.tapped.Add(1)
+		onRTP(&pkt, now)
+	})
 }
 
 // writeLoop is the only goroutine that calls the sink. It drains queue

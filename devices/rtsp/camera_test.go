@@ -89,6 +89,11 @@ func testRecordClip(t *testing.T, codec sample.Codec, transport string) {
 	if len(samples) != len(cl.aus) {
 		t.Fatalf("got %d samples, want %d", len(samples), len(cl.aus))
 	}
+	// Over TCP, H.264 packets are read by the tap (conn.go), the rest
+	// through gortsplib; the payloads below must be the same either way.
+	if tapped := cam.cnt.tapped.Load(); (codec == sample.CodecH264 && transport == "tcp") != (tapped > 0) {
+		t.Errorf("%s over %s: %d RTP packets read by the tap", codec, transport, tapped)
+	}
 	for i, s := range samples {
 		if !bytes.Equal(s.Payload, annexBOf(cl.aus[i])) {
 			t.Fatalf("sample %d: payload differs (%d bytes, want %d)", i, len(s.Payload), len(annexBOf(cl.aus[i])))

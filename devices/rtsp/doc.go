@@ -47,6 +47,23 @@
 // the access unit is dropped and counted, and every following unit is
 // dropped until the next keyframe.
 //
+// # The read path
+//
+// The connection is read through a 72 KiB buffer (conn.go). Over TCP on a
+// plain rtsp:// connection, with H.264 in a one-format media, RTP packets
+// of the video channel are parsed in place from that buffer, on the same
+// reader goroutine, and handed to the assembler without gortsplib (which
+// allocates and copies every packet twice); gortsplib still gets every
+// other message (RTCP, RTSP responses and requests) and one RTP packet in
+// every 500 ms, so its session timeout and keep-alives work as before. The
+// connection follows message boundaries from its first byte and, on any
+// byte sequence it does not recognise, passes everything to gortsplib from
+// then on. UDP, rtsps:// and H.265 go through gortsplib's callbacks.
+// RTCP receiver reports: gortsplib v4.16.2 sends them only over UDP, where
+// it sees every packet; over a tapped TCP session it sends none (and the
+// connection drops any it would write on the tapped media's RTCP channel,
+// which would describe only the packets gortsplib saw).
+//
 // The assembler (RTP to access units, its loss rule and the DTS
 // extraction) is internal/video.Assembler, shared with devices/webrtc.
 //

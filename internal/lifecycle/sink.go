@@ -66,6 +66,8 @@ type streamState struct {
 	mu   sync.Mutex
 	proc *ingest.Stream
 	cell string
+	// one passes a sample to Append without allocating a slice per call.
+	one [1]sample.Sample
 	// rejectLogged limits the refusal log to one line per burst.
 	rejectLogged time.Time
 	// refused: storage refused a sample since the last stored one; the
@@ -189,7 +191,11 @@ func (p *Sink) Write(s sample.Sample, done func(error)) error {
 		s.Flags |= sample.Refused
 	}
 	st.proc.Process(&s)
-	err := p.appendFn([]sample.Sample{s}, done)
+	// One sample per Append, through the stream's own one-element
+	// array: storage reads the slice only during the call.
+	st.one[0] = s
+	err := p.appendFn(st.one[:], done)
+	st.one[0] = sample.Sample{}
 	if err != nil {
 		st.proc.Unprocess(&s)
 		st.refuseLocked(s.T)

@@ -201,7 +201,7 @@ func (d *H264Depacketizer) add(nalu []byte) {
 func (d *H264Depacketizer) unwrapAnnexB(i int) error {
 	s := d.spans[i]
 	nalu := d.buf[s[0]:s[1]]
-	if !d.annex && !bytes.Contains(nalu, annexBCode) {
+	if !d.annex && !hasStartCode(nalu) {
 		return nil
 	}
 	d.annex = true
@@ -217,6 +217,24 @@ func (d *H264Depacketizer) unwrapAnnexB(i int) error {
 		d.add(n)
 	}
 	return nil
+}
+
+// hasStartCode reports whether b holds a 4-byte Annex-B start code, as
+// bytes.Contains(b, annexBCode), looking for its last byte first: in a
+// NAL unit 0x01 is rare and zeros are not (bytes.Contains stopped at each
+// zero; this scan ran on every byte of every frame).
+func hasStartCode(b []byte) bool {
+	for i := 3; i < len(b); i++ {
+		j := bytes.IndexByte(b[i:], 1)
+		if j < 0 {
+			return false
+		}
+		i += j
+		if b[i-1] == 0 && b[i-2] == 0 && b[i-3] == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // finish returns the access unit built so far and starts the next one in

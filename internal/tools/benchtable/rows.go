@@ -17,6 +17,8 @@ var Rows = []Row{
 		Unit: "MB/s", Peer: "raw-MB/s", Ratio: "x-raw", Goal: RatioAtLeast(0.7)},
 	{Figure: "storage: 200 B records, 50 streams", Pkg: "storage", Bench: "BenchmarkAppendSmall",
 		Unit: "records/s", Goal: ValueAtLeast(1_000_000)},
+	{Figure: "storage: Append→durable p99 at 50k records/s paced (sync_interval 100 ms)", Pkg: "storage", Bench: "BenchmarkCommitTail",
+		Unit: "p99-durable-ms", Goal: ValueAtMost(150)},
 
 	// ingest (docs/benchmarks/ingest.md): ratio to a channel hand-off
 	{Figure: "ingest: per-sample alignment (device clock)", Pkg: "ingest", Bench: "BenchmarkStreamProcess/device",
@@ -58,10 +60,19 @@ var Rows = []Row{
 		Unit: "stored-msg/s", Peer: "sub-msg/s", Ratio: "stored/sub", Goal: RatioAtLeast(1.0)},
 	{Figure: "MQTT, daemon and mosquitto_sub both subscribed: CPU ratio", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonMQTT",
 		Unit: "both-x-mosquitto_sub", Goal: ValueAtMost(1.0)},
+	// Both subscribed, both consumers run at the publishers' rate (capped
+	// by them), so the rate ratio is reported, not judged: the rate goal
+	// is judged alone, above (docs/benchmarks/mqtt.md).
 	{Figure: "MQTT, daemon and mosquitto_sub both subscribed: stored rate ratio", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonMQTT",
-		Unit: "both-stored/sub", Goal: ValueAtLeast(1.0)},
+		Unit: "both-stored/sub"},
+	{Figure: "MQTT, both subscribed: daemon's stored rate vs the publishers' rate", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonMQTT",
+		Unit: "both-stored/published"},
+	{Figure: "MQTT, both subscribed: mosquitto_sub's rate vs the publishers' rate", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonMQTT",
+		Unit: "both-sub/published"},
 	{Figure: "MQTT publish→durable p99 at half the ceiling vs sync_interval+50ms", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonMQTT",
 		Unit: "p99-durable-ms", Ratio: "p99/target", Goal: RatioAtMost(1.0)},
+	{Figure: "MQTT publish→durable p99: the daemon's part (PUBLISH read → PUBACK)", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonMQTT",
+		Unit: "p99-in-daemon-ms"},
 
 	// export and upload (docs/benchmarks/sync.md)
 	{Figure: "upload at daemon defaults, staging included (500 MB episode → versitygw) vs the faster rclone copy", Pkg: "sync/upload", Bench: "BenchmarkUploadDefaults",
