@@ -410,13 +410,33 @@ func TestTrigger(t *testing.T) {
 // TestQueueOverflowRedelivers: with an unlimited broker window and a tiny
 // queue, messages that find the queue full are not acknowledged; the
 // broker redelivers them after the reconnect, and nothing is lost.
+//
+// The overflow is forced, not hoped for: the sink's first Write blocks
+// until the client has counted an overflow (the consumer is held, so the
+// 16-slot queue fills from the 2,000 messages the broker sends at once).
+// On a loaded machine the publisher can otherwise be slower than the
+// consumer, and the queue never fills.
 func TestQueueOverflowRedelivers(t *testing.T) {
 	m := startMosquitto(t, mosqConfig{inflight: 0})
 	b, _ := newTestClient(t, m.url(), "episoded-overflow", func(o *ClientOptions) {
 		o.QueueSize = 16
 		o.Backoff = devices.BackoffPolicy{Min: 100 * time.Millisecond, Max: 200 * time.Millisecond}
 	}, DeviceOptions{Device: "robot", Topics: []string{"r/#"}, TimeField: "header.stamp"})
-	sink := startSink(t, newMemSink(20*time.Millisecond))
+	ms := newMemSink(20 * time.Millisecond)
+	var overflowed atomic.Bool
+	ms.gate = func() {
+		// Runs on the client's worker goroutine, so it cannot fail the
+		// test: after a bound it lets the consumer go, and the overflow
+		// check below reports what did not happen.
+		for deadline := time.Now().Add(30 * time.Second); !overflowed.Load() && time.Now().Before(deadline); {
+			if b.Stats().Overflow > 0 {
+				overflowed.Store(true)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	sink := startSink(t, ms)
 	runConnected(t, b, sink)
 	const n = 2000
 	lines := make([]string, n)

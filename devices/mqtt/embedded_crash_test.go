@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -168,7 +169,7 @@ func TestEmbeddedBrokerDaemonCrash(t *testing.T) {
 		t.Logf("%d publishes refused by the broker (retried)", n)
 	}
 	info := b.Info.Clone()
-	t.Logf("broker: inflight dropped %d, messages dropped %d", info.InflightDropped, info.MessagesDropped)
+	t.Logf("broker: inflight dropped %d, messages dropped %d, takeover gate: released without CONNACK %d, longest hold %s", info.InflightDropped, info.MessagesDropped, b.GateTimeouts(), b.MaxTakeover())
 	verifyAfterCrashes(t, c, dir, pub.published(), kills, hist.explain)
 	if info.InflightDropped+info.MessagesDropped > 0 {
 		t.Errorf("the embedded broker dropped messages: %s", fmt.Sprint(info.InflightDropped, " inflight, ", info.MessagesDropped, " pending writes"))
@@ -178,23 +179,42 @@ func TestEmbeddedBrokerDaemonCrash(t *testing.T) {
 // historyHook records what the embedded broker did with each message for
 // one client (sent, resent, acknowledged, dropped), so that a failure says
 // where a missing message went. It is how the takeover race was found.
+//
+// Each connection of the client gets a number (#n, in order of
+// OnSessionEstablish), packet ids are resolved per connection (ids are
+// reused across connections and after acknowledgement, so a global map
+// could attribute an ack to the wrong message), and every event carries a
+// global order number, so that a message's events can be placed against
+// its connection's establishment, takeover and end.
 type historyHook struct {
 	mochi.HookBase
 	client string
 	acked  atomic.Int64 // PUBACKs from the client
 	mu     sync.Mutex
-	byID   map[uint16]string   // packet id -> message key, for PUBACKs
+	order  int
+	conns  map[*mochi.Client]*connHistory
 	events map[string][]string // "topic/seq" -> events
 }
 
+type connHistory struct {
+	n      int
+	byID   map[uint16]string // packet id -> message key, while in flight on this connection
+	events []string          // establishment, end
+}
+
 func newHistoryHook(client string) *historyHook {
-	return &historyHook{client: client, byID: map[uint16]string{}, events: map[string][]string{}}
+	return &historyHook{client: client, conns: map[*mochi.Client]*connHistory{}, events: map[string][]string{}}
 }
 
 func (h *historyHook) ID() string { return "test-history" }
 
 func (h *historyHook) Provides(b byte) bool {
-	return b == mochi.OnQosPublish || b == mochi.OnQosComplete || b == mochi.OnQosDropped || b == mochi.OnPublishDropped
+	switch b {
+	case mochi.OnQosPublish, mochi.OnQosComplete, mochi.OnQosDropped, mochi.OnPublishDropped,
+		mochi.OnSessionEstablish, mochi.OnSessionEstablished, mochi.OnDisconnect:
+		return true
+	}
+	return false
 }
 
 func msgKey(pk packets.Packet) string {
@@ -203,10 +223,54 @@ func msgKey(pk packets.Packet) string {
 	return fmt.Sprintf("%s/%d", m.Topic, m.Header.Seq)
 }
 
-func (h *historyHook) add(cl *mochi.Client, k, ev string) {
+// conn returns cl's history; h.mu is held.
+func (h *historyHook) conn(cl *mochi.Client) *connHistory {
+	c := h.conns[cl]
+	if c == nil {
+		c = &connHistory{n: len(h.conns) + 1, byID: map[uint16]string{}}
+		h.conns[cl] = c
+	}
+	return c
+}
+
+// connEvent records an event of cl's connection; h.mu is held.
+func (h *historyHook) connEvent(cl *mochi.Client, ev string) {
+	h.order++
+	c := h.conn(cl)
+	c.events = append(c.events, fmt.Sprintf("@%d %s", h.order, ev))
+}
+
+// msgEvent records an event of message k on cl's connection; h.mu is held.
+func (h *historyHook) msgEvent(cl *mochi.Client, k, ev string) {
+	h.order++
+	h.events[k] = append(h.events[k], fmt.Sprintf("@%d %s on #%d", h.order, ev, h.conn(cl).n))
+}
+
+func (h *historyHook) OnSessionEstablish(cl *mochi.Client, _ packets.Packet) {
+	if cl.ID != h.client {
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.events[k] = append(h.events[k], fmt.Sprintf("%s (connection %p)", ev, cl))
+	h.connEvent(cl, "establishing")
+}
+
+func (h *historyHook) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
+	if cl.ID != h.client {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.connEvent(cl, fmt.Sprintf("established, %d in flight after the resend", cl.State.Inflight.Len()))
+}
+
+func (h *historyHook) OnDisconnect(cl *mochi.Client, err error, expire bool) {
+	if cl.ID != h.client {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.connEvent(cl, fmt.Sprintf("disconnected (%v, expire %v, taken over %v, %d in flight)", err, expire, cl.IsTakenOver(), cl.State.Inflight.Len()))
 }
 
 func (h *historyHook) OnQosPublish(cl *mochi.Client, pk packets.Packet, _ int64, _ int) {
@@ -215,9 +279,10 @@ func (h *historyHook) OnQosPublish(cl *mochi.Client, pk packets.Packet, _ int64,
 	}
 	k := msgKey(pk)
 	h.mu.Lock()
-	h.byID[pk.PacketID] = k
-	h.mu.Unlock()
-	h.add(cl, k, fmt.Sprintf("sent id=%d dup=%v", pk.PacketID, pk.FixedHeader.Dup))
+	defer h.mu.Unlock()
+	c := h.conn(cl)
+	c.byID[pk.PacketID] = k
+	h.msgEvent(cl, k, fmt.Sprintf("sent id=%d dup=%v (taken over %v, closed %v)", pk.PacketID, pk.FixedHeader.Dup, cl.IsTakenOver(), cl.Closed()))
 }
 
 func (h *historyHook) OnQosComplete(cl *mochi.Client, pk packets.Packet) {
@@ -226,27 +291,73 @@ func (h *historyHook) OnQosComplete(cl *mochi.Client, pk packets.Packet) {
 	}
 	h.acked.Add(1)
 	h.mu.Lock()
-	k := h.byID[pk.PacketID]
-	h.mu.Unlock()
-	h.add(cl, k, fmt.Sprintf("acknowledged id=%d", pk.PacketID))
+	defer h.mu.Unlock()
+	c := h.conn(cl)
+	k, ok := c.byID[pk.PacketID]
+	if !ok {
+		k = "unknown"
+	}
+	delete(c.byID, pk.PacketID)
+	h.msgEvent(cl, k, fmt.Sprintf("acknowledged id=%d", pk.PacketID))
 }
 
 func (h *historyHook) OnQosDropped(cl *mochi.Client, pk packets.Packet) {
-	if cl.ID != h.client || pk.FixedHeader.Type != packets.Publish {
+	if cl.ID != h.client {
 		return
 	}
-	h.add(cl, msgKey(pk), fmt.Sprintf("dropped from in-flight id=%d", pk.PacketID))
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c := h.conn(cl)
+	k, ok := c.byID[pk.PacketID]
+	if pk.FixedHeader.Type == packets.Publish {
+		k, ok = msgKey(pk), true
+	}
+	if !ok {
+		k = "unknown"
+	}
+	delete(c.byID, pk.PacketID)
+	h.msgEvent(cl, k, fmt.Sprintf("dropped from in-flight id=%d type=%d", pk.PacketID, pk.FixedHeader.Type))
 }
 
 func (h *historyHook) OnPublishDropped(cl *mochi.Client, pk packets.Packet) {
 	if cl.ID != h.client {
 		return
 	}
-	h.add(cl, msgKey(pk), "dropped: outbound queue full")
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.msgEvent(cl, msgKey(pk), "dropped: outbound queue full")
 }
 
+// explain returns the message's events and the life of every connection
+// they name.
 func (h *historyHook) explain(topic string, seq int) string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return fmt.Sprintf("(broker history: %v)", h.events[fmt.Sprintf("%s/%d", topic, seq)])
+	evs := h.events[fmt.Sprintf("%s/%d", topic, seq)]
+	var b strings.Builder
+	fmt.Fprintf(&b, "(broker history: %v", evs)
+	seen := map[int]bool{}
+	for _, c := range h.conns {
+		for _, ev := range evs {
+			if strings.HasSuffix(ev, fmt.Sprintf(" on #%d", c.n)) && !seen[c.n] {
+				seen[c.n] = true
+				fmt.Fprintf(&b, "; connection #%d: %v", c.n, c.events)
+				if next := h.connByN(c.n + 1); next != nil {
+					fmt.Fprintf(&b, "; connection #%d: %v", c.n+1, next.events)
+				}
+			}
+		}
+	}
+	b.WriteString(")")
+	return b.String()
+}
+
+// connByN returns connection #n; h.mu is held.
+func (h *historyHook) connByN(n int) *connHistory {
+	for _, c := range h.conns {
+		if c.n == n {
+			return c
+		}
+	}
+	return nil
 }

@@ -221,7 +221,11 @@ func (m *mosquitto) pubBytes(topic string, payload []byte) error {
 // benchmark use the real storage.Store.)
 type memSink struct {
 	interval time.Duration
-	mu       struct {
+	// gate, if set, is called at the start of every Write (outside the
+	// lock) and may block: a test holds the consumer back with it until
+	// a condition it needs (a full queue) holds.
+	gate func()
+	mu   struct {
 		sync.Mutex
 		samples []sample.Sample
 		descs   map[string]sample.Descriptor
@@ -247,6 +251,9 @@ func (s *memSink) Describe(d sample.Descriptor) error {
 }
 
 func (s *memSink) Write(x sample.Sample, done func(error)) error {
+	if s.gate != nil {
+		s.gate()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.mu.failWrites > 0 {

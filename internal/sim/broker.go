@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -23,10 +24,14 @@ const (
 	// brokerWritesPending bounds a client's outbound queue; mochi drops a
 	// QoS 1 message that finds it full (default 8,192).
 	brokerWritesPending = 1 << 16
-	// takeoverGateMax bounds how long a connecting session can hold
-	// publishes back, should mochi never encode its CONNACK.
-	takeoverGateMax = 5 * time.Second
 )
+
+// takeoverGateCheck is how often a connecting session that holds publishes
+// back checks whether it can let them go without its CONNACK (mochi
+// skips encoding it when the new connection closed first): once the new
+// client is registered under its id, a publish reaches it, not the old
+// connection. A variable so that a test can shorten it.
+var takeoverGateCheck = 5 * time.Second
 
 // Broker is the embedded MQTT broker (mochi-mqtt) of `demo` and
 // `simulate`. Publish is the inline client's publish, made safe against
@@ -50,7 +55,7 @@ func NewMQTTBroker(addr string, log *slog.Logger) (*Broker, error) {
 	if err := srv.AddHook(new(allowHook), nil); err != nil {
 		return nil, fmt.Errorf("mqtt auth hook: %w", err)
 	}
-	gate := &takeoverGate{}
+	gate := &takeoverGate{srv: srv}
 	if err := srv.AddHook(gate, nil); err != nil {
 		return nil, fmt.Errorf("mqtt takeover hook: %w", err)
 	}
@@ -64,6 +69,14 @@ func NewMQTTBroker(addr string, log *slog.Logger) (*Broker, error) {
 	}
 	return &Broker{Server: srv, gate: gate, addr: l.Address()}, nil
 }
+
+// GateTimeouts returns how many session takeovers were released without
+// their CONNACK (the new connection closed first), once registered.
+func (b *Broker) GateTimeouts() int64 { return b.gate.timeouts.Load() }
+
+// MaxTakeover returns the longest time a connecting session held
+// publishes back (from OnSessionEstablish to its release).
+func (b *Broker) MaxTakeover() time.Duration { return time.Duration(b.gate.maxHold.Load()) }
 
 // Addr is the bound listen address (host:port).
 func (b *Broker) Addr() string { return b.addr }
@@ -86,9 +99,15 @@ type takeoverGate struct {
 	// pub is held shared by each inline publish and exclusively by a
 	// connecting client.
 	pub sync.RWMutex
-	mu  struct {
+	srv *mqtt.Server
+	// timeouts counts releases by expire rather than by the CONNACK or
+	// the connection's end.
+	timeouts atomic.Int64
+	maxHold  atomic.Int64 // longest hold so far, ns
+	mu       struct {
 		sync.Mutex
 		holder *mqtt.Client
+		since  time.Time
 		timer  *time.Timer
 	}
 }
@@ -103,8 +122,29 @@ func (g *takeoverGate) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	g.pub.Lock() // waits for publishes in progress
 	g.mu.Lock()
 	g.mu.holder = cl
-	g.mu.timer = time.AfterFunc(takeoverGateMax, func() { g.release(cl) })
+	g.mu.since = time.Now()
+	g.mu.timer = time.AfterFunc(takeoverGateCheck, func() { g.expire(cl) })
 	g.mu.Unlock()
+}
+
+// expire runs takeoverGateCheck after cl took the gate, if no CONNACK
+// released it: it lets publishes go once cl is registered under its id
+// (the takeover done), and otherwise checks again later. Releasing on the
+// clock alone let publishes into the old connection of a takeover that a
+// loaded machine made slower than the bound: the lost messages of
+// TestEmbeddedBrokerDaemonCrash under a CPU hog (see the package doc).
+func (g *takeoverGate) expire(cl *mqtt.Client) {
+	if cur, ok := g.srv.Clients.Get(cl.ID); ok && cur == cl {
+		if g.release(cl) {
+			g.timeouts.Add(1)
+		}
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.mu.holder == cl {
+		g.mu.timer = time.AfterFunc(takeoverGateCheck, func() { g.expire(cl) })
+	}
 }
 
 func (g *takeoverGate) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
@@ -116,14 +156,19 @@ func (g *takeoverGate) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packet
 
 func (g *takeoverGate) OnDisconnect(cl *mqtt.Client, _ error, _ bool) { g.release(cl) }
 
-// release opens the gate if cl holds it; it is idempotent.
-func (g *takeoverGate) release(cl *mqtt.Client) {
+// release opens the gate if cl holds it, and says whether it did; it is
+// idempotent.
+func (g *takeoverGate) release(cl *mqtt.Client) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.mu.holder != cl {
-		return
+		return false
 	}
 	g.mu.holder = nil
 	g.mu.timer.Stop()
+	if d := int64(time.Since(g.mu.since)); d > g.maxHold.Load() {
+		g.maxHold.Store(d) // under g.mu
+	}
 	g.pub.Unlock()
+	return true
 }

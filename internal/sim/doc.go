@@ -86,9 +86,20 @@
 // Fix, without patching the library: Broker.Publish (the inline client,
 // which every simulated device and the trigger use) holds a read lock,
 // and a hook takes the write lock from OnSessionEstablish (before the
-// copy) until the new client's CONNACK is encoded (after Clients.Add),
-// with a 5 s safety release. Publishes wait out the takeover, which
-// takes well under a millisecond. Messages that external clients publish
+// copy) until the new client's CONNACK is encoded (after Clients.Add).
+// Publishes wait out the takeover, which usually takes well under a
+// millisecond. Should mochi never encode the CONNACK (the new connection
+// closed first), the gate opens once the new client is registered under
+// the id, checked every 5 s. It must not open on the clock alone: the
+// gate used to open after a fixed 5 s, and a takeover slower than that
+// (a loaded machine: race detector, two busy loops beside make test,
+// thousands of in-flight messages to copy and clear) then let the
+// publishers' burst, held back for those 5 s, into the old connection:
+// acknowledged to the publisher, never delivered. That is the signature
+// of the 1,119 messages TestEmbeddedBrokerDaemonCrash lost under a CPU
+// hog (each sent once to one connection, never resent, acknowledged or
+// dropped); TestPublishDuringSlowTakeover reproduces the mechanism
+// deterministically. Messages that external clients publish
 // into the embedded broker are not gated (mochi offers no hook that
 // brackets their fan-out reliably); for real devices use mosquitto.
 //
