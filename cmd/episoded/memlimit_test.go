@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -12,14 +13,18 @@ import (
 // TestRunSetsMemoryLimit: `episoded run` (the built binary) applies the
 // default soft memory limit, and GOMEMLIMIT overrides it. The figure is
 // read from the daemon's own /metrics (go_gc_gomemlimit_bytes, the Go
-// runtime's value).
+// runtime's value). Likewise it caps glibc's malloc arenas (mallopt, which
+// reports success only if glibc took it) unless MALLOC_ARENA_MAX is set;
+// that is read from its log, the only place it shows.
 func TestRunSetsMemoryLimit(t *testing.T) {
 	for _, c := range []struct {
-		env  string
-		want float64
+		env    string
+		want   float64
+		arenas string // the log line about malloc arenas
 	}{
-		{"", defaultMemoryLimit},
-		{"GOMEMLIMIT=256MiB", 256 << 20},
+		{"", defaultMemoryLimit, fmt.Sprintf("malloc arenas capped (set MALLOC_ARENA_MAX to change)\" arenas=%d", defaultMallocArenas)},
+		{"GOMEMLIMIT=256MiB", 256 << 20, ""},
+		{"MALLOC_ARENA_MAX=4", defaultMemoryLimit, "malloc arenas from MALLOC_ARENA_MAX\" arenas=4"},
 	} {
 		t.Run(c.env, func(t *testing.T) {
 			dir := t.TempDir()
@@ -28,8 +33,8 @@ func TestRunSetsMemoryLimit(t *testing.T) {
 			cmd := exec.Command(bin, "run", "--config", cfg)
 			cmd.Env = os.Environ()
 			for i, kv := range cmd.Env {
-				if len(kv) >= 11 && kv[:11] == "GOMEMLIMIT=" {
-					cmd.Env[i] = "EPISODED_UNSET_GOMEMLIMIT=" // the test's own environment must not decide
+				if strings.HasPrefix(kv, "GOMEMLIMIT=") || strings.HasPrefix(kv, "MALLOC_ARENA_MAX=") {
+					cmd.Env[i] = "EPISODED_UNSET=" // the test's own environment must not decide
 				}
 			}
 			if c.env != "" {
@@ -45,6 +50,9 @@ func TestRunSetsMemoryLimit(t *testing.T) {
 			waitUntil(t, 30*time.Second, "the daemon's /metrics", func() bool { return metric(base, "go_gc_gomemlimit_bytes") >= 0 }, stderr)
 			if got := metric(base, "go_gc_gomemlimit_bytes"); got != c.want {
 				t.Errorf("go_gc_gomemlimit_bytes = %v, want %v", got, c.want)
+			}
+			if c.arenas != "" && !strings.Contains(stderr.String(), c.arenas) {
+				t.Errorf("log has no %q:\n%s", c.arenas, stderr.String())
 			}
 		})
 	}

@@ -47,6 +47,10 @@ var Rows = []Row{
 		Unit: "final-RSS-MB", Goal: ValueAtMost(100)},
 	{Figure: "memory: RSS slope over the second half (flat ≈ 0)", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonRSS8Cameras",
 		Unit: "slope-MB/min", Goal: ValueAtMost(1)},
+	{Figure: "memory: RSS growth, last third over middle third (medians; 1 MB/min leak = 3.3 MB in 10 min)", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonRSS8Cameras",
+		Unit: "growth-last-third-MB", Goal: ValueAtMost(2)},
+	{Figure: "memory: same, RSS minus Pebble's memtables and block cache", Pkg: "cmd/episoded", Bench: "BenchmarkDaemonRSS8Cameras",
+		Unit: "growth-ex-pebble-last-third-MB", Goal: ValueAtMost(2)},
 
 	// MQTT (docs/benchmarks/mqtt.md)
 	{Figure: "MQTT: stored rate vs mosquitto_sub -q 1", Pkg: "devices/mqtt", Bench: "BenchmarkMQTTRecordVsMosquittoSub",
