@@ -174,7 +174,18 @@ func runStoreBench(b *testing.B, n, size, streams, producers, segThreshold int) 
 // either side of a burst of someone else's I/O.
 const benchRounds = 3
 
+// benchMaxBytes caps what one benchmark run writes (its store and its
+// raw baseline each): b.N is a sample count, and under a time-based
+// -benchtime (make bench's default 1s) the testing package grows b.N up to
+// 100-fold per run from the timed part alone, which filled a 45 GB disk
+// with 100 KB frames. Within the cap a run is long enough to time.
+const benchMaxBytes = 1_500_000_000
+
+// benchCount is n samples of size bytes, capped at benchMaxBytes.
+func benchCount(n, size int) int { return min(n, benchMaxBytes/size) }
+
 func benchInterleaved(b *testing.B, n, size, streams, producers, segThreshold int) {
+	n = benchCount(n, size)
 	var ratios, mbps, raws, recs, amps, p99s, rss, cpus []float64
 	for r := range benchRounds {
 		raw := rawBaseline(b, n/benchRounds, size)
@@ -224,6 +235,7 @@ func BenchmarkAppendSmall(b *testing.B) {
 // benchRead fills a store with n samples of size bytes over streams, then
 // measures reading them all back through Merge (all streams, time order).
 func benchRead(b *testing.B, n, size, streams int) {
+	n = benchCount(n, size)
 	s := openRunning(b, Options{Dir: b.TempDir(), SyncInterval: benchSync, TimelineRetention: time.Hour, MinFree: -1})
 	base := time.Now().UnixNano()
 	names := make([]string, streams)
