@@ -41,6 +41,7 @@ import (
 	"time"
 
 	"github.com/parquet-go/parquet-go"
+	"github.com/parquet-go/parquet-go/compress/zstd"
 )
 
 // Version is the catalog layout version (the v1 in the path).
@@ -134,9 +135,15 @@ type Stream struct {
 func Micros(ns int64) int64 { return ns / 1000 }
 
 // Encode writes rows as one Parquet file (zstd, one row group).
+//
+// Each call has its own zstd codec. parquet-go's shared parquet.Zstd pools
+// its encoders, and an encoder owns goroutines and channels of whoever
+// made it: one made inside a testing/synctest bubble (the uploader's
+// timing tests) killed the next bubble that took it from the pool. A
+// catalog file is one row; an encoder per file costs little.
 func Encode(rows []Row) ([]byte, error) {
 	var buf bytes.Buffer
-	w := parquet.NewGenericWriter[Row](&buf, parquet.Compression(&parquet.Zstd))
+	w := parquet.NewGenericWriter[Row](&buf, parquet.Compression(&zstd.Codec{}))
 	if _, err := w.Write(rows); err != nil {
 		return nil, fmt.Errorf("encode catalog rows: %w", err)
 	}
