@@ -115,15 +115,9 @@ func runStoreBench(b *testing.B, n, size, streams, producers, segThreshold int) 
 				// The store owns payloads; frames share one buffer here
 				// because nothing mutates it.
 				batch[0] = sample.Sample{Stream: names[st], Seq: seq, T: base + int64(seq)*1000, RecvT: base, Payload: payload}
-				for {
-					err := s.Append(batch, done)
-					if err == nil {
-						break
-					}
-					if err != ErrOverloaded {
-						b.Error(err)
-						return
-					}
+				if err := appendRetry(s, batch, done); err != nil {
+					b.Error(err)
+					return
 				}
 			}
 		}()
@@ -183,6 +177,16 @@ const benchMaxBytes = 1_500_000_000
 
 // benchCount is n samples of size bytes, capped at benchMaxBytes.
 func benchCount(n, size int) int { return min(n, benchMaxBytes/size) }
+
+// appendRetry appends batch, retrying while the store is overloaded (a
+// benchmark producer outruns the commit loop on purpose).
+func appendRetry(s *Store, batch []sample.Sample, done func(error)) error {
+	for {
+		if err := s.Append(batch, done); err != ErrOverloaded {
+			return err
+		}
+	}
+}
 
 func benchInterleaved(b *testing.B, n, size, streams, producers, segThreshold int) {
 	n = benchCount(n, size)
@@ -349,15 +353,9 @@ func BenchmarkCommitTail(b *testing.B) {
 						close(allDone)
 					}
 				}
-				for {
-					err := s.Append(batch, done)
-					if err == nil {
-						break
-					}
-					if err != ErrOverloaded {
-						b.Error(err)
-						return
-					}
+				if err := appendRetry(s, batch, done); err != nil {
+					b.Error(err)
+					return
 				}
 			}
 		}()
