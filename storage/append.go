@@ -2,8 +2,10 @@ package storage
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"slices"
 	"strings"
 	"sync"
@@ -157,7 +159,10 @@ func (s *Store) Append(samples []sample.Sample, done func(error)) error {
 	// Every sample of one Append goes into one batch (inline records now,
 	// index entries of large payloads at commit), in Append order, so a
 	// crash keeps a prefix of the Appends: never a hole in a stream.
-	if n := len(p.batches); n == 0 || p.batches[n-1].Len() >= s.batchBytes {
+	// A batch is cut before this Append would take it past batchBytes
+	// (unless it is empty), so that its buffer stays within what
+	// newBatch retains for reuse.
+	if n := len(p.batches); n == 0 || (p.batches[n-1].Count() > 0 && p.batches[n-1].Len()+batchSize(len(enc), len(kvs)) > s.batchBytes) {
 		p.batches = append(p.batches, s.newBatch())
 	}
 	bi := len(p.batches) - 1
@@ -192,10 +197,18 @@ func (s *Store) Append(samples []sample.Sample, done func(error)) error {
 // commit of small records uses one or two.
 const spareBatches = 4
 
-// newBatch returns an empty batch with room for batchBytes and a little
-// more, preallocated (growing by doubling costs a copy of every byte) and
-// reused across commits: allocating a fresh 4 MiB batch for every 100 ms
-// commit was half of all the bytes the MQTT path allocated.
+// batchSize is what n keys and values of enc bytes in all take in a
+// Pebble batch: each entry adds a kind byte and two uvarint lengths.
+func batchSize(enc, n int) int { return enc + n*(1+2*binary.MaxVarintLen32) }
+
+// newBatch returns an empty batch, reused across commits: allocating a
+// fresh 4 MiB batch for every 100 ms commit was half of all the bytes the
+// MQTT path allocated. A new batch starts small and grows (by doubling)
+// to what commits need; a recycled one keeps its buffer up to
+// batchBytes rounded up to a power of two, so a daemon whose commits
+// hold a few KiB of index entries and telemetry keeps a few KiB per
+// batch, not batchBytes each (issue 20: four preallocated 2 MiB batches
+// were a quarter of the daemon's live heap).
 func (s *Store) newBatch() *pebble.Batch {
 	s.spare.Lock()
 	if n := len(s.spare.batches); n > 0 {
@@ -205,8 +218,7 @@ func (s *Store) newBatch() *pebble.Batch {
 		return b
 	}
 	s.spare.Unlock()
-	size := s.batchBytes + 64<<10
-	return s.db.NewBatchWithSize(size, pebble.WithMaxRetainedSizeBytes(size))
+	return s.db.NewBatch(pebble.WithMaxRetainedSizeBytes(1 << bits.Len(uint(s.batchBytes-1))))
 }
 
 // recycleBatch keeps a committed (or abandoned) batch for reuse, or closes

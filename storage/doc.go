@@ -58,7 +58,7 @@
 //     split into batches of at most min(4 MiB, MemTableSize/4), because a
 //     batch larger than half a memtable becomes its own flushable and
 //     forces a flush per commit;
-//   - L0 compaction at 16 sublevels, stop at 64, Lbase 256 MiB, 8 MiB L0
+//   - L0 compaction at 32 sublevels, stop at 64, Lbase 256 MiB, 8 MiB L0
 //     files: fewer, larger compactions for an append-mostly, time-ordered
 //     keyspace (stream-first keys make every flushed file overlap all of
 //     Lbase, so each L0 compaction rewrites Lbase; see pebble.go);

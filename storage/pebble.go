@@ -36,17 +36,18 @@ func (s *Store) pebbleOptions() *pebble.Options {
 		// released and the write retried once, so that a full disk does
 		// not make a WAL or MANIFEST write fatal.
 		FS: vfs.OnDiskFull(s.fs, s.onDiskFull),
-		// L0 is compacted into Lbase only once 16 sublevels (flushes)
-		// have piled up, not 4. Keys are stream-first, so every flushed
-		// file spans all streams and overlaps all of Lbase: each L0->Lbase
-		// compaction rewrites Lbase whole, and waiting for 16 flushes does
-		// that a quarter as often. Compactions were over half of the CPU
-		// a small record costs (docs/benchmarks/storage.md); this cut
-		// their share by about 40% and the CPU per record by ~20%. Reads
-		// merge up to 16 L0 sublevels more, which BenchmarkMergeSmall does
-		// not show as slower. Writes stop only at 64 sublevels (a write
-		// stall is a commit-tail event; see BenchmarkCommitTail).
-		L0CompactionThreshold: 16,
+		// L0 is compacted into Lbase only once 32 sublevels (flushes)
+		// have piled up, not Pebble's 4. Keys are stream-first, so every
+		// flushed file spans all streams and overlaps all of Lbase: each
+		// L0->Lbase compaction rewrites Lbase whole, and waiting for 32
+		// flushes does that an eighth as often. Compactions were over
+		// half of the CPU a small record costs (docs/benchmarks/storage.md):
+		// 16 sublevels (wave 4) cut the CPU per record by ~20%, 32
+		// (wave 5) by another ~13% at 7.5M records. Reads merge up to 32
+		// L0 sublevels more, which BenchmarkMergeSmall does not show as
+		// slower. Writes stop only at 64 sublevels (a write stall is a
+		// commit-tail event; see BenchmarkCommitTail).
+		L0CompactionThreshold: 32,
 		L0StopWritesThreshold: 64,
 		// Larger L0 files and a larger Lbase keep compaction write
 		// amplification down for an append-mostly, time-ordered keyspace.

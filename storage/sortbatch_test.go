@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/episoded/episoded/sample"
 )
 
 // TestSortBatch: a batch in Append order (streams interleaved, one stream
@@ -91,5 +93,87 @@ func TestSortBatch(t *testing.T) {
 	_ = mixed.Delete(appendSampleKey(nil, "cell/a", 1, 1), nil)
 	if s.sortBatch(mixed) != mixed {
 		t.Fatal("a batch with a delete was rebuilt")
+	}
+}
+
+// TestBatchesKeepWhatCommitsNeed: a batch is cut before an Append would
+// take it past batchBytes, so a recycled batch keeps its buffer (within
+// what newBatch retains) instead of being dropped and allocated afresh
+// every commit; and a store whose commits hold a few KiB keeps a few KiB
+// per spare batch, not batchBytes each (issue 20: four preallocated
+// 2 MiB batches were a quarter of the daemon's live heap).
+func TestBatchesKeepWhatCommitsNeed(t *testing.T) {
+	s, err := Open(Options{Dir: t.TempDir(), MinFree: -1, Logger: testLogger(t)}) // not running: this test commits
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.batchBytes = 64 << 10
+	commit := func() {
+		t.Helper()
+		s.commitMu.Lock()
+		defer s.commitMu.Unlock()
+		if err := s.commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendN := func(n, size int) {
+		t.Helper()
+		for i := range n {
+			seq := uint64(i + 1)
+			st := fmt.Sprintf("cell/s%d", i%3)
+			if err := s.Append([]sample.Sample{{Stream: st, Seq: seq, T: int64(seq), Payload: payloadFor(st, seq, size)}}, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	spares := func() (caps []int) {
+		s.spare.Lock()
+		defer s.spare.Unlock()
+		for _, b := range s.spare.batches {
+			caps = append(caps, cap(b.Repr()))
+		}
+		return caps
+	}
+
+	// A commit of a few small records.
+	appendN(10, 100)
+	commit()
+	caps := spares()
+	if len(caps) == 0 {
+		t.Fatal("no batch kept for reuse after a commit")
+	}
+	for _, c := range caps {
+		if c > 16<<10 {
+			t.Errorf("after a commit of 10 records of 100 B, a spare batch holds %d bytes; want at most 16 KiB", c)
+		}
+	}
+
+	// A commit of 400 KiB in 1 KiB records: several batches, each within
+	// batchBytes, all kept.
+	appendN(400, 1024)
+	s.mu.Lock()
+	var lens []int
+	for _, b := range s.mu.p.batches {
+		lens = append(lens, b.Len())
+	}
+	s.mu.Unlock()
+	if len(lens) < 6 {
+		t.Fatalf("400 KiB queued in %d batches of at most %d bytes", len(lens), s.batchBytes)
+	}
+	for i, l := range lens {
+		if l > s.batchBytes {
+			t.Errorf("batch %d holds %d bytes, more than batchBytes %d", i, l, s.batchBytes)
+		}
+	}
+	commit()
+	caps = spares()
+	if len(caps) != spareBatches {
+		t.Errorf("%d spare batches after a commit of %d batches; want %d", len(caps), len(lens), spareBatches)
+	}
+	for _, c := range caps {
+		if c > s.batchBytes {
+			t.Errorf("a spare batch holds %d bytes, more than batchBytes %d", c, s.batchBytes)
+		}
 	}
 }
