@@ -223,7 +223,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	scrub := redact.NewScrubber(cfg.Secrets()...)
 	log := newLogger(cfg.Log, scrub, stderr)
 	setMemoryLimit(log)
-	limitMallocArenas(log)
+	logMallocArenas(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	d := daemon.New(cfg, log, nil)

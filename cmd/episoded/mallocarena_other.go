@@ -2,6 +2,13 @@
 
 package main
 
-// setArenaMax: without cgo no C allocator is linked (Pebble then allocates
-// its memtables and cache in Go), so there are no arenas to cap.
-func setArenaMax(int) bool { return false }
+// Without cgo no C allocator is linked (Pebble then allocates its
+// memtables and cache in Go), so there are no arenas to cap.
+
+const cArenaCap = defaultMallocArenas
+
+func arenasCapped() bool { return false }
+
+func mallocArenas() int { return -1 }
+
+func mallocHere() {}

@@ -13,10 +13,13 @@ import (
 // (~33 MB), Pebble's memtables (up to two of 8 MiB) and block cache (8 MiB)
 // are outside it. Below the limit the collector paces itself as usual
 // (GOGC=100); near it, it collects more often instead of letting the heap
-// double. It is soft: a live heap above it (a saturating MQTT burst filling
+// double. 32 MiB since wave 5, when the live heap at that load fell from
+// ~25 MB to ~10 MB (smaller store batches and export zstd window): the
+// collector has more room below the limit than it had under 40 MiB. It
+// is soft: a live heap above it (a saturating MQTT burst filling
 // storage.MaxPending) is not refused, the collector just runs more (Go caps
 // its CPU at half). GOMEMLIMIT (e.g. 256MiB, or off) overrides it.
-const defaultMemoryLimit = 40 << 20
+const defaultMemoryLimit = 32 << 20
 
 // setMemoryLimit applies defaultMemoryLimit unless GOMEMLIMIT is set.
 func setMemoryLimit(log *slog.Logger) {
@@ -28,23 +31,25 @@ func setMemoryLimit(log *slog.Logger) {
 	log.Info("Go memory limit (set GOMEMLIMIT to change)", "limit_bytes", defaultMemoryLimit)
 }
 
-// defaultMallocArenas caps glibc's malloc arenas for `episoded run` when
-// the MALLOC_ARENA_MAX environment variable is not set. Pebble's memtables
+// defaultMallocArenas caps glibc's malloc arenas when the
+// MALLOC_ARENA_MAX environment variable is not set. Pebble's memtables
 // and block cache are C memory, allocated and freed from many threads;
 // with glibc's default (an arena per thread, up to 8 per core) the freed
 // memory stayed in ~12 arenas and the resident set crept up by about
 // 1.3 MB/min, not levelled off after 10 minutes; with two it was flat and
-// about 10 MB lower (docs/BENCHMARKS.md, "What bounds memory").
+// about 10 MB lower (docs/BENCHMARKS.md, "What bounds memory"). The cap is
+// set by a C constructor (mallocarena_cgo.go) when the binary is loaded,
+// before the Go runtime starts its threads, so it holds for every
+// subcommand; from main it came too late.
 const defaultMallocArenas = 2
 
-// limitMallocArenas applies defaultMallocArenas unless MALLOC_ARENA_MAX is
-// set (glibc has then read it). It must run before the store opens.
-func limitMallocArenas(log *slog.Logger) {
+// logMallocArenas says how glibc's malloc arenas are bounded.
+func logMallocArenas(log *slog.Logger) {
 	if v, ok := os.LookupEnv("MALLOC_ARENA_MAX"); ok && v != "" {
 		log.Info("malloc arenas from MALLOC_ARENA_MAX", "arenas", v)
 		return
 	}
-	if setArenaMax(defaultMallocArenas) {
+	if arenasCapped() {
 		log.Info("malloc arenas capped (set MALLOC_ARENA_MAX to change)", "arenas", defaultMallocArenas)
 	}
 }
