@@ -12,6 +12,11 @@ package main
 // checks they agree).
 #define EPISODED_MALLOC_ARENAS 2
 
+static void *volatile episoded_malloc_sink;
+
+// EPISODED_MMAP_THRESHOLD is mmapThreshold (TestMmapThresholdFixed).
+#define EPISODED_MMAP_THRESHOLD (128 * 1024)
+
 // 1 if the constructor capped the arenas, 0 if glibc refused, -1 if it
 // left them to MALLOC_ARENA_MAX.
 static int episoded_arenas_capped = -1;
@@ -35,6 +40,34 @@ __attribute__((constructor)) static void episoded_cap_arenas(void) {
 #endif
 }
 
+// Also at load: a fixed mmap threshold (which fixes the trim threshold at
+// glibc's 128 KiB too), unless MALLOC_MMAP_THRESHOLD_ says otherwise.
+// glibc raises both each time an mmapped block is freed, up to the size
+// of that block: once Pebble had freed an 8 MiB memtable, every C
+// allocation under 8 MiB came from an arena, and an arena gave nothing
+// back until 16 MiB were free at its top. In the daemon the arenas then
+// held 6 MB of which 84 KB were in use, and grew all run.
+__attribute__((constructor)) static void episoded_fix_mmap_threshold(void) {
+	const char *v = getenv("MALLOC_MMAP_THRESHOLD_");
+	if (v != NULL && v[0] != '\0') {
+		return;
+	}
+	mallopt(M_MMAP_THRESHOLD, EPISODED_MMAP_THRESHOLD);
+}
+
+// episoded_mmapped_after_large_free frees an mmapped 1 MiB block (which
+// makes glibc raise a dynamic threshold to 1 MiB) and reports whether a
+// 512 KiB block is then still mmapped (mallinfo2's hblkhd grows by it).
+static int episoded_mmapped_after_large_free(void) {
+	episoded_malloc_sink = malloc(1 << 20);
+	free(episoded_malloc_sink);
+	size_t before = mallinfo2().hblkhd;
+	episoded_malloc_sink = malloc(512 << 10);
+	size_t after = mallinfo2().hblkhd;
+	free(episoded_malloc_sink);
+	return after >= before + (512 << 10);
+}
+
 // episoded_malloc_arenas counts glibc's arenas: malloc_info writes one
 // <heap nr="N"> element per arena. -1 if it cannot tell.
 static int episoded_malloc_arenas(void) {
@@ -53,8 +86,6 @@ static int episoded_malloc_arenas(void) {
 	free(buf);
 	return rc == 0 ? n : -1;
 }
-
-static void *volatile episoded_malloc_sink;
 
 // episoded_malloc_here allocates on the calling thread, which gives the
 // thread an arena as Pebble's allocations do.
@@ -75,6 +106,14 @@ func arenasCapped() bool { return C.episoded_arenas_capped_get() == 1 }
 
 // mallocArenas is how many malloc arenas glibc has made; -1 if unknown.
 func mallocArenas() int { return int(C.episoded_malloc_arenas()) }
+
+// cMmapThreshold is the mmap threshold the C constructor fixes.
+const cMmapThreshold = C.EPISODED_MMAP_THRESHOLD
+
+// largeStaysMmapped reports whether, after an mmapped 1 MiB block was
+// freed, a 512 KiB block is still mmapped: true under the fixed
+// threshold, false under glibc's dynamic one.
+func largeStaysMmapped() bool { return C.episoded_mmapped_after_large_free() == 1 }
 
 // mallocHere allocates and frees a little C memory on the calling thread.
 func mallocHere() { C.episoded_malloc_here() }

@@ -57,3 +57,24 @@ func TestMallocArenasCapped(t *testing.T) {
 	}
 	t.Logf("%d malloc arenas after %d threads allocated (cap %d)", got, threads, want)
 }
+
+// TestMmapThresholdFixed: the constructor fixes glibc's mmap threshold,
+// so a 512 KiB block is mmapped (and so unmapped when freed) even after a
+// 1 MiB mmapped block was freed, which under glibc's dynamic threshold
+// moves every block under 1 MiB into the arenas.
+func TestMmapThresholdFixed(t *testing.T) {
+	if cMmapThreshold != mmapThreshold {
+		t.Fatalf("the C constructor fixes the mmap threshold at %d, mmapThreshold is %d", cMmapThreshold, mmapThreshold)
+	}
+	want := true
+	if v := os.Getenv("MALLOC_MMAP_THRESHOLD_"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			t.Fatalf("MALLOC_MMAP_THRESHOLD_=%q", v)
+		}
+		want = n <= 512<<10
+	}
+	if got := largeStaysMmapped(); got != want {
+		t.Errorf("after a 1 MiB block was freed, a 512 KiB block mmapped: %v, want %v", got, want)
+	}
+}

@@ -12,3 +12,7 @@ func arenasCapped() bool { return false }
 func mallocArenas() int { return -1 }
 
 func mallocHere() {}
+
+const cMmapThreshold = mmapThreshold
+
+func largeStaysMmapped() bool { return false }

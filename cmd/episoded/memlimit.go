@@ -43,6 +43,15 @@ func setMemoryLimit(log *slog.Logger) {
 // subcommand; from main it came too late.
 const defaultMallocArenas = 2
 
+// mmapThreshold is glibc's mmap threshold, fixed when the binary is
+// loaded (unless MALLOC_MMAP_THRESHOLD_ is set): C blocks of 128 KiB and
+// more (Pebble's memtables) are mapped and unmapped on their own, and an
+// arena returns free memory at its top past 128 KiB. glibc's default
+// raises both thresholds to the largest block freed so far, so after the
+// first 8 MiB memtable was freed the arenas kept everything below 16 MiB
+// (docs/BENCHMARKS.md, "What bounds memory").
+const mmapThreshold = 128 << 10
+
 // logMallocArenas says how glibc's malloc arenas are bounded.
 func logMallocArenas(log *slog.Logger) {
 	if v, ok := os.LookupEnv("MALLOC_ARENA_MAX"); ok && v != "" {

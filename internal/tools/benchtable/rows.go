@@ -53,8 +53,14 @@ var Rows = []Row{
 		Unit: "growth-ex-pebble-last-third-MB", Goal: ValueAtMost(2)},
 
 	// MQTT (docs/benchmarks/mqtt.md)
-	{Figure: "MQTT: stored rate vs mosquitto_sub -q 1", Pkg: "devices/mqtt", Bench: "BenchmarkMQTTRecordVsMosquittoSub",
-		Unit: "stored_msg/s", Peer: "sub_msg/s", Ratio: "stored/sub", Goal: RatioAtLeast(1.0)},
+	// Both consume at once here too, so both run at the publishers' rate
+	// (46k msg/s in wave 4, each 1.00x of it): the ratio is reported, not
+	// judged, as for the built daemon below; the rate goal is judged with
+	// each consumer alone (BenchmarkDaemonMQTT).
+	{Figure: "MQTT (in process, both subscribed): stored rate vs mosquitto_sub -q 1", Pkg: "devices/mqtt", Bench: "BenchmarkMQTTRecordVsMosquittoSub",
+		Unit: "stored_msg/s", Peer: "sub_msg/s", Ratio: "stored/sub"},
+	{Figure: "MQTT (in process, both subscribed): stored rate vs the publishers' rate", Pkg: "devices/mqtt", Bench: "BenchmarkMQTTRecordVsMosquittoSub",
+		Unit: "stored_msg/s", Peer: "pub_msg/s"},
 	{Figure: "MQTT: CPU for the same messages vs mosquitto_sub", Pkg: "devices/mqtt", Bench: "BenchmarkMQTTRecordVsMosquittoSub",
 		Unit: "cpu_ours_s", Peer: "cpu_sub_s", Ratio: "cpu_ours/sub", Goal: RatioAtMost(1.0)},
 
