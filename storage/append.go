@@ -28,10 +28,15 @@ const keyOverhead = 64
 // pending is everything queued for the next commit.
 type pending struct {
 	// batches hold inline samples, already encoded, in Append order. A new
-	// batch starts once the current one reaches maxBatchBytes: Pebble turns
-	// a batch bigger than half a memtable into its own flushable, forcing a
-	// memtable rotation and flush on every commit.
+	// batch starts before an Append would take the current one past
+	// cutBytes (see Append): Pebble turns a batch bigger than half a
+	// memtable into its own flushable, forcing a memtable rotation and
+	// flush on every commit, and a batch whose buffer outgrew what
+	// newBatch retains is reallocated on its next use.
 	batches []*pebble.Batch
+	// reserve[i] is what the commit will add to batches[i]: the index
+	// entries of the large samples queued in it.
+	reserve []int
 	large   []largeEntry // samples whose payload goes to a segment file
 	dones   []func(error)
 	bytes   int64
@@ -159,13 +164,18 @@ func (s *Store) Append(samples []sample.Sample, done func(error)) error {
 	// Every sample of one Append goes into one batch (inline records now,
 	// index entries of large payloads at commit), in Append order, so a
 	// crash keeps a prefix of the Appends: never a hole in a stream.
-	// A batch is cut before this Append would take it past batchBytes
+	// A batch is cut before this Append, with the index entries its
+	// large samples will add at commit, would take it past cutBytes
 	// (unless it is empty), so that its buffer stays within what
 	// newBatch retains for reuse.
-	if n := len(p.batches); n == 0 || (p.batches[n-1].Count() > 0 && p.batches[n-1].Len()+batchSize(len(enc), len(kvs)) > s.batchBytes) {
+	need, reserve := batchSize(len(enc), len(kvs)), indexReserve(large)
+	if n := len(p.batches); n == 0 || ((p.batches[n-1].Count() > 0 || p.reserve[n-1] > 0) &&
+		p.batches[n-1].Len()+p.reserve[n-1]+need+reserve > cutBytes(s.batchBytes)) {
 		p.batches = append(p.batches, s.newBatch())
+		p.reserve = append(p.reserve, 0)
 	}
 	bi := len(p.batches) - 1
+	p.reserve[bi] += reserve
 	b := p.batches[bi]
 	for _, e := range kvs {
 		// Batch.Set copies key and value into the batch.
@@ -201,6 +211,24 @@ const spareBatches = 4
 // Pebble batch: each entry adds a kind byte and two uvarint lengths.
 func batchSize(enc, n int) int { return enc + n*(1+2*binary.MaxVarintLen32) }
 
+// maxIndexRec bounds an index entry's encoded record (a sampleRec with
+// its segment reference; TestIndexRecordFits).
+const maxIndexRec = 128
+
+// indexReserve is what the index entries of large take in a batch.
+func indexReserve(large []largeEntry) int {
+	n := 0
+	for i := range large {
+		n += batchSize(len(large[i].key)+maxIndexRec, 1)
+	}
+	return n
+}
+
+// cutBytes is how full Append lets a batch get: batchBytes less a
+// sixteenth, the room the first batch of a commit keeps for the records
+// of the segments the commit touched (writeSegmentsLocked).
+func cutBytes(batchBytes int) int { return batchBytes - batchBytes/16 }
+
 // newBatch returns an empty batch, reused across commits: allocating a
 // fresh 4 MiB batch for every 100 ms commit was half of all the bytes the
 // MQTT path allocated. A new batch starts small and grows (by doubling)
@@ -208,7 +236,8 @@ func batchSize(enc, n int) int { return enc + n*(1+2*binary.MaxVarintLen32) }
 // batchBytes rounded up to a power of two, so a daemon whose commits
 // hold a few KiB of index entries and telemetry keeps a few KiB per
 // batch, not batchBytes each (issue 20: four preallocated 2 MiB batches
-// were a quarter of the daemon's live heap).
+// were a quarter of the daemon's live heap). After a burst of big commits
+// (an MQTT flood) the spares keep up to spareBatches x batchBytes.
 func (s *Store) newBatch() *pebble.Batch {
 	s.spare.Lock()
 	if n := len(s.spare.batches); n > 0 {

@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -167,13 +168,50 @@ func TestBatchesKeepWhatCommitsNeed(t *testing.T) {
 		}
 	}
 	commit()
-	caps = spares()
-	if len(caps) != spareBatches {
-		t.Errorf("%d spare batches after a commit of %d batches; want %d", len(caps), len(lens), spareBatches)
-	}
-	for _, c := range caps {
-		if c > s.batchBytes {
-			t.Errorf("a spare batch holds %d bytes, more than batchBytes %d", c, s.batchBytes)
+	checkKept := func(what string) {
+		t.Helper()
+		caps := spares()
+		if len(caps) != spareBatches {
+			t.Errorf("%s: %d spare batches; want %d", what, len(caps), spareBatches)
 		}
+		for _, c := range caps {
+			// A batch whose buffer outgrew what newBatch retains comes
+			// back empty (1 KiB when first used): kept, it holds about
+			// what the commit put in it.
+			if c > s.batchBytes || c < s.batchBytes/2 {
+				t.Errorf("%s: a spare batch keeps %d bytes; want the buffer it filled, within batchBytes %d", what, c, s.batchBytes)
+			}
+		}
+	}
+	checkKept("after 400 KiB of inline records")
+
+	// Inline records and large ones (to segment files) interleaved: the
+	// index entries that the commit adds to each Append's batch were
+	// counted when the batch was cut.
+	for i := range 2000 {
+		seq := uint64(1000 + i)
+		size := 8 << 10
+		if i%5 == 0 {
+			size = 1024
+		}
+		if err := s.Append([]sample.Sample{{Stream: "cell/mixed", Seq: seq, T: int64(seq), Payload: payloadFor("cell/mixed", seq, size)}}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	commit()
+	checkKept("after inline and large records")
+}
+
+// TestIndexRecordFits: an index entry's record with every field at its
+// widest fits maxIndexRec, what Append reserves for it in a batch.
+func TestIndexRecordFits(t *testing.T) {
+	rec := sampleRec{V: formatVersion, SrcT: math.MinInt64, RecvT: math.MinInt64, Flags: math.MaxUint8, Lost: math.MaxUint32, Dropped: math.MaxUint32,
+		Seg: math.MaxUint64, Off: math.MinInt64, Len: math.MaxUint32, Sum: math.MaxUint32, PTSOffset: math.MinInt64}
+	b, err := appendRecord(nil, &rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > maxIndexRec {
+		t.Errorf("an index record takes %d bytes, more than maxIndexRec %d", len(b), maxIndexRec)
 	}
 }

@@ -226,6 +226,7 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	logMallocArenas(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	go trimMallocEvery(ctx, mallocTrimInterval)
 	d := daemon.New(cfg, log, nil)
 	// SIGHUP reloads the API's TLS certificate (rotation without restart).
 	hup := make(chan os.Signal, 1)

@@ -8,7 +8,24 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+
+	"github.com/episoded/episoded/internal/procstat"
 )
+
+// envInt is the integer value of an environment variable; ok is false
+// when it is not set.
+func envInt(t *testing.T, name string) (n int, ok bool) {
+	t.Helper()
+	v := os.Getenv(name)
+	if v == "" {
+		return 0, false
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		t.Fatalf("%s=%q", name, v)
+	}
+	return n, true
+}
 
 // TestMallocArenasCapped: with the binary's constructor (it runs in this
 // test binary too), 24 threads allocating C memory at once leave glibc
@@ -19,15 +36,12 @@ func TestMallocArenasCapped(t *testing.T) {
 	if cArenaCap != defaultMallocArenas {
 		t.Fatalf("the C constructor caps at %d arenas, defaultMallocArenas is %d", cArenaCap, defaultMallocArenas)
 	}
-	want := defaultMallocArenas
-	if v := os.Getenv("MALLOC_ARENA_MAX"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			t.Fatalf("MALLOC_ARENA_MAX=%q", v)
+	want, set := envInt(t, "MALLOC_ARENA_MAX")
+	if !set {
+		want = defaultMallocArenas
+		if !arenasCapped() {
+			t.Fatal("the constructor did not cap the arenas (glibc refused mallopt, or it did not run)")
 		}
-		want = n
-	} else if !arenasCapped() {
-		t.Fatal("the constructor did not cap the arenas (glibc refused mallopt, or it did not run)")
 	}
 	const threads = 24
 	var started, allocated sync.WaitGroup
@@ -67,14 +81,44 @@ func TestMmapThresholdFixed(t *testing.T) {
 		t.Fatalf("the C constructor fixes the mmap threshold at %d, mmapThreshold is %d", cMmapThreshold, mmapThreshold)
 	}
 	want := true
-	if v := os.Getenv("MALLOC_MMAP_THRESHOLD_"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			t.Fatalf("MALLOC_MMAP_THRESHOLD_=%q", v)
-		}
+	if n, set := envInt(t, "MALLOC_MMAP_THRESHOLD_"); set {
 		want = n <= 512<<10
+	} else if !mmapThresholdFixed() {
+		t.Fatal("the constructor did not fix the mmap threshold")
 	}
 	if got := largeStaysMmapped(); got != want {
 		t.Errorf("after a 1 MiB block was freed, a 512 KiB block mmapped: %v, want %v", got, want)
 	}
+}
+
+// TestTrimMallocReturnsFreePages: 32 MiB of small C blocks freed below
+// one still in use stay resident (the top of the heap is not free, so no
+// threshold returns them) until trimMalloc, which `episoded run` calls
+// every mallocTrimInterval, gives their pages back.
+func TestTrimMallocReturnsFreePages(t *testing.T) {
+	runtime.LockOSThread() // the blocks in this thread's arena
+	defer runtime.UnlockOSThread()
+	rss := func() float64 {
+		kb, err := procstat.StatusKB(os.Getpid(), "VmRSS")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return float64(kb) / 1024
+	}
+	trimMalloc() // start from trimmed arenas
+	before := rss()
+	fragmentMalloc(32<<10, 1<<10) // 32 MiB in 1 KiB blocks
+	defer releaseFragment()
+	held := rss()
+	if held-before < 24 {
+		t.Fatalf("RSS %.1f -> %.1f MiB after 32 MiB of blocks were written and freed: the arena returned them by itself", before, held)
+	}
+	if !trimMalloc() {
+		t.Error("malloc_trim released nothing")
+	}
+	after := rss()
+	if held-after < 24 {
+		t.Errorf("RSS %.1f MiB with 32 MiB free in the arena, %.1f MiB after trimMalloc: want at least 24 MiB back", held, after)
+	}
+	t.Logf("RSS %.1f MiB, %.1f with 32 MiB freed below a live block, %.1f after trimMalloc", before, held, after)
 }

@@ -3,16 +3,11 @@
 package main
 
 // Without cgo no C allocator is linked (Pebble then allocates its
-// memtables and cache in Go), so there are no arenas to cap.
-
-const cArenaCap = defaultMallocArenas
+// memtables and cache in Go); other systems' C libraries are left at
+// their defaults.
 
 func arenasCapped() bool { return false }
 
-func mallocArenas() int { return -1 }
+func mmapThresholdFixed() bool { return false }
 
-func mallocHere() {}
-
-const cMmapThreshold = mmapThreshold
-
-func largeStaysMmapped() bool { return false }
+func trimMalloc() bool { return false }

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"time"
 )
 
 // defaultMemoryLimit is the Go runtime's soft memory limit for `episoded
@@ -15,7 +17,9 @@ import (
 // (GOGC=100); near it, it collects more often instead of letting the heap
 // double. 32 MiB since wave 5, when the live heap at that load fell from
 // ~25 MB to ~10 MB (smaller store batches and export zstd window): the
-// collector has more room below the limit than it had under 40 MiB. It
+// collector has more room below the limit than it had under 40 MiB
+// (after an MQTT burst the store's spare batches may keep up to 8 MiB
+// more until the daemon restarts; the collector then runs more often). It
 // is soft: a live heap above it (a saturating MQTT burst filling
 // storage.MaxPending) is not refused, the collector just runs more (Go caps
 // its CPU at half). GOMEMLIMIT (e.g. 256MiB, or off) overrides it.
@@ -31,34 +35,58 @@ func setMemoryLimit(log *slog.Logger) {
 	log.Info("Go memory limit (set GOMEMLIMIT to change)", "limit_bytes", defaultMemoryLimit)
 }
 
-// defaultMallocArenas caps glibc's malloc arenas when the
-// MALLOC_ARENA_MAX environment variable is not set. Pebble's memtables
-// and block cache are C memory, allocated and freed from many threads;
-// with glibc's default (an arena per thread, up to 8 per core) the freed
-// memory stayed in ~12 arenas and the resident set crept up by about
-// 1.3 MB/min, not levelled off after 10 minutes; with two it was flat and
-// about 10 MB lower (docs/BENCHMARKS.md, "What bounds memory"). The cap is
-// set by a C constructor (mallocarena_cgo.go) when the binary is loaded,
+// defaultMallocArenas caps glibc's malloc arenas unless the environment
+// sets them (MALLOC_ARENA_MAX, or glibc.malloc.arena_max in
+// GLIBC_TUNABLES). Pebble's memtables and block cache are C memory,
+// allocated and freed from many threads; with glibc's default (an arena
+// per thread, up to 8 per core) the freed memory stayed in ~12 arenas and
+// the resident set crept up by about 1.3 MB/min, not levelled off after
+// 10 minutes (docs/BENCHMARKS.md, "What bounds memory"). The cap is set
+// by a C constructor (mallocarena_cgo.go) when the binary is loaded,
 // before the Go runtime starts its threads, so it holds for every
-// subcommand; from main it came too late.
+// subcommand; set from main, it came too late.
 const defaultMallocArenas = 2
 
-// mmapThreshold is glibc's mmap threshold, fixed when the binary is
-// loaded (unless MALLOC_MMAP_THRESHOLD_ is set): C blocks of 128 KiB and
-// more (Pebble's memtables) are mapped and unmapped on their own, and an
-// arena returns free memory at its top past 128 KiB. glibc's default
-// raises both thresholds to the largest block freed so far, so after the
-// first 8 MiB memtable was freed the arenas kept everything below 16 MiB
-// (docs/BENCHMARKS.md, "What bounds memory").
+// mmapThreshold is glibc's mmap threshold, fixed by the same constructor
+// unless the environment sets it (MALLOC_MMAP_THRESHOLD_, or
+// glibc.malloc.mmap_threshold): C blocks of 128 KiB and more (Pebble's
+// memtables) are mapped and unmapped on their own, and an arena returns
+// free memory at its top past 128 KiB. glibc's default raises both
+// thresholds to the largest block freed so far, so after the first 8 MiB
+// memtable was freed the arenas kept everything below 16 MiB.
 const mmapThreshold = 128 << 10
 
-// logMallocArenas says how glibc's malloc arenas are bounded.
+// mallocTrimInterval is how often `episoded run` returns the free memory
+// inside glibc's arenas to the kernel (malloc_trim). Short-lived C
+// buffers (Pebble's block reads for compactions and exports) leave free
+// pages between blocks still in use, which the thresholds above cannot
+// return; without it the arenas still grew by about 2 MB in steps over a
+// 10-minute run with everything else flat. A trim of two small arenas
+// takes well under a millisecond.
+const mallocTrimInterval = 30 * time.Second
+
+// logMallocArenas says how glibc's malloc is bounded.
 func logMallocArenas(log *slog.Logger) {
 	if v, ok := os.LookupEnv("MALLOC_ARENA_MAX"); ok && v != "" {
 		log.Info("malloc arenas from MALLOC_ARENA_MAX", "arenas", v)
-		return
-	}
-	if arenasCapped() {
+	} else if arenasCapped() {
 		log.Info("malloc arenas capped (set MALLOC_ARENA_MAX to change)", "arenas", defaultMallocArenas)
+	}
+	if mmapThresholdFixed() {
+		log.Info("malloc mmap threshold fixed (set MALLOC_MMAP_THRESHOLD_ to change)", "bytes", mmapThreshold)
+	}
+}
+
+// trimMallocEvery calls trimMalloc every interval until ctx ends.
+func trimMallocEvery(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			trimMalloc()
+		}
 	}
 }
