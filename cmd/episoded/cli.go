@@ -220,10 +220,18 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "episoded: %s\n", oneLine(err))
 		return exitUsage
 	}
+	// Returns only when not re-executing (see tcacheTunable).
+	execErr := execWithTunables()
+	tcacheOff := restoreTunables()
 	scrub := redact.NewScrubber(cfg.Secrets()...)
 	log := newLogger(cfg.Log, scrub, stderr)
 	setMemoryLimit(log)
 	logMallocArenas(log)
+	if tcacheOff {
+		log.Info("malloc per-thread caches off (set glibc.malloc.tcache_count in GLIBC_TUNABLES to change)", "tunable", tcacheTunable)
+	} else if execErr != nil {
+		log.Warn("could not re-execute with glibc's per-thread malloc caches off; memory may creep by a few MB", "err", execErr)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	go trimMallocEvery(ctx, mallocTrimInterval)

@@ -143,6 +143,10 @@ static void episoded_fragment_release(void) {
 */
 import "C"
 
+// mallocTunable: glibc is linked, whose tunables `episoded run` sets
+// (execWithTunables).
+const mallocTunable = true
+
 // The caps the C constructor applies.
 const (
 	cArenaCap      = C.EPISODED_MALLOC_ARENAS

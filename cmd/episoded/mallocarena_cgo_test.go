@@ -3,9 +3,12 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 
@@ -121,4 +124,67 @@ func TestTrimMallocReturnsFreePages(t *testing.T) {
 		t.Errorf("RSS %.1f MiB with 32 MiB free in the arena, %.1f MiB after trimMalloc: want at least 24 MiB back", held, after)
 	}
 	t.Logf("RSS %.1f MiB, %.1f with 32 MiB freed below a live block, %.1f after trimMalloc", before, held, after)
+}
+
+// TestRunTurnsTcacheOff: `episoded run` re-executes itself (same process)
+// with glibc's per-thread malloc caches off, added to any GLIBC_TUNABLES
+// it was given, and leaves an operator's own tcache setting alone. What
+// the process was last executed with is in /proc/PID/environ: the
+// marker carrying the original value, and GLIBC_TUNABLES as glibc left
+// it (glibc ends each tunable it parsed with a NUL in place, so of
+// several only the first shows).
+func TestRunTurnsTcacheOff(t *testing.T) {
+	const logLine = "malloc per-thread caches off"
+	for _, c := range []struct {
+		env     string
+		environ []string // what /proc/PID/environ must hold
+		off     bool
+	}{
+		{"", []string{"GLIBC_TUNABLES=" + tcacheTunable, tunablesOrigEnv + "=-"}, true},
+		{"GLIBC_TUNABLES=glibc.malloc.arena_max=3", []string{"GLIBC_TUNABLES=glibc.malloc.arena_max=3", tunablesOrigEnv + "==glibc.malloc.arena_max=3"}, true},
+		{"GLIBC_TUNABLES=glibc.malloc.tcache_count=5", []string{"GLIBC_TUNABLES=glibc.malloc.tcache_count=5"}, false},
+	} {
+		t.Run(c.env, func(t *testing.T) {
+			pid, _, stderr := startRun(t, c.env)
+			raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			environ := strings.Split(string(raw), "\x00")
+			for _, kv := range c.environ {
+				if !slices.Contains(environ, kv) {
+					t.Errorf("the daemon runs without %q in its environment", kv)
+				}
+			}
+			reexecuted := slices.ContainsFunc(environ, func(kv string) bool { return strings.HasPrefix(kv, tunablesOrigEnv+"=") })
+			if reexecuted != c.off {
+				t.Errorf("re-executed: %v, want %v", reexecuted, c.off)
+			}
+			if got := strings.Contains(stderr.String(), logLine); got != c.off {
+				t.Errorf("log says %q: %v, want %v\n%s", logLine, got, c.off, stderr.String())
+			}
+		})
+	}
+}
+
+// TestRestoreTunables: after the re-execution the daemon's own
+// environment, which its children inherit, is what it was before.
+func TestRestoreTunables(t *testing.T) {
+	t.Setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=3:"+tcacheTunable)
+	t.Setenv(tunablesOrigEnv, "=glibc.malloc.arena_max=3")
+	if !restoreTunables() {
+		t.Fatal("not seen as re-executed")
+	}
+	if v := os.Getenv("GLIBC_TUNABLES"); v != "glibc.malloc.arena_max=3" {
+		t.Errorf("GLIBC_TUNABLES=%q after restoring, want the original", v)
+	}
+	t.Setenv("GLIBC_TUNABLES", tcacheTunable)
+	t.Setenv(tunablesOrigEnv, "-")
+	restoreTunables()
+	if v, ok := os.LookupEnv("GLIBC_TUNABLES"); ok {
+		t.Errorf("GLIBC_TUNABLES=%q after restoring, want it unset as before", v)
+	}
+	if _, ok := os.LookupEnv(tunablesOrigEnv); ok {
+		t.Errorf("%s left in the environment", tunablesOrigEnv)
+	}
 }

@@ -6,6 +6,8 @@ package main
 // memtables and cache in Go); other systems' C libraries are left at
 // their defaults.
 
+const mallocTunable = false
+
 func arenasCapped() bool { return false }
 
 func mmapThresholdFixed() bool { return false }

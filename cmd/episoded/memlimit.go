@@ -5,6 +5,9 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"slices"
+	"strings"
+	"syscall"
 	"time"
 )
 
@@ -89,4 +92,68 @@ func trimMallocEvery(ctx context.Context, interval time.Duration) {
 			trimMalloc()
 		}
 	}
+}
+
+// tcacheTunable turns off glibc's per-thread malloc caches. Each thread
+// keeps up to 7 freed blocks of each small size (up to 1 KiB) for
+// itself; they count as in use, so they pin arena pages that neither
+// malloc_trim nor any threshold can return, and fill as the daemon's
+// threads pass through Pebble's C code: with everything above in place
+// the resident set still grew 3.4 MB over the last third of a 10-minute
+// run, and 0.4 MB with the caches off (docs/BENCHMARKS.md, "What bounds
+// memory"). The daemon's C allocations are few (memtables, cache blocks),
+// so the caches buy nothing measurable. glibc reads tunables only when a
+// process starts, so `episoded run` re-executes itself with this added
+// to GLIBC_TUNABLES, unless that already names glibc.malloc.tcache_count.
+const tcacheTunable = "glibc.malloc.tcache_count=0"
+
+// tunablesOrigEnv carries GLIBC_TUNABLES as it was ("-" if unset) across
+// the re-execution, so that children (ffmpeg) get the original back.
+const tunablesOrigEnv = "EPISODED_GLIBC_TUNABLES_ORIG"
+
+// execWithTunables re-executes the binary with tcacheTunable added to
+// GLIBC_TUNABLES; it returns only if there is nothing to do (no glibc,
+// the tunable already set, or already re-executed) or exec failed.
+func execWithTunables() error {
+	if !mallocTunable {
+		return nil
+	}
+	cur, set := os.LookupEnv("GLIBC_TUNABLES")
+	if strings.Contains(cur, "glibc.malloc.tcache_count") {
+		return nil
+	}
+	if _, again := os.LookupEnv(tunablesOrigEnv); again {
+		return nil // glibc did not take it: do not loop
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	orig, tun := "-", tcacheTunable
+	if set {
+		orig = "=" + cur
+		if cur != "" {
+			tun = cur + ":" + tcacheTunable
+		}
+	}
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GLIBC_TUNABLES=") })
+	env = append(env, "GLIBC_TUNABLES="+tun, tunablesOrigEnv+"="+orig)
+	return syscall.Exec(exe, os.Args, env)
+}
+
+// restoreTunables gives GLIBC_TUNABLES back its value from before the
+// re-execution (for the daemon's children) and reports whether this
+// process was re-executed with tcacheTunable.
+func restoreTunables() bool {
+	orig, ok := os.LookupEnv(tunablesOrigEnv)
+	if !ok {
+		return false
+	}
+	os.Unsetenv(tunablesOrigEnv)
+	if v, isSet := strings.CutPrefix(orig, "="); isSet {
+		os.Setenv("GLIBC_TUNABLES", v)
+	} else {
+		os.Unsetenv("GLIBC_TUNABLES")
+	}
+	return true
 }

@@ -27,27 +27,7 @@ func TestRunSetsMemoryLimit(t *testing.T) {
 		{"MALLOC_ARENA_MAX=4", defaultMemoryLimit, "malloc arenas from MALLOC_ARENA_MAX\" arenas=4"},
 	} {
 		t.Run(c.env, func(t *testing.T) {
-			dir := t.TempDir()
-			addr := freeAddr(t)
-			cfg := writeFile(t, filepath.Join(dir, "c.yaml"), fmt.Sprintf("gateway: {id: gw, site: s}\napi: {listen: %q}\nstorage: {dir: %q}\n", addr, filepath.Join(dir, "d")))
-			cmd := exec.Command(bin, "run", "--config", cfg)
-			cmd.Env = os.Environ()
-			for i, kv := range cmd.Env {
-				if strings.HasPrefix(kv, "GOMEMLIMIT=") || strings.HasPrefix(kv, "MALLOC_ARENA_MAX=") {
-					cmd.Env[i] = "EPISODED_UNSET=" // the test's own environment must not decide
-				}
-			}
-			if c.env != "" {
-				cmd.Env = append(cmd.Env, c.env)
-			}
-			stderr := &lockedBuffer{}
-			cmd.Stderr = stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-			base := "http://" + addr
-			waitUntil(t, 30*time.Second, "the daemon's /metrics", func() bool { return metric(base, "go_gc_gomemlimit_bytes") >= 0 }, stderr)
+			_, base, stderr := startRun(t, c.env)
 			if got := metric(base, "go_gc_gomemlimit_bytes"); got != c.want {
 				t.Errorf("go_gc_gomemlimit_bytes = %v, want %v", got, c.want)
 			}
@@ -56,4 +36,34 @@ func TestRunSetsMemoryLimit(t *testing.T) {
 			}
 		})
 	}
+}
+
+// startRun starts the built `episoded run` on an empty store with env
+// (space-separated NAME=value) added to an environment cleared of the
+// settings it tests, and waits for its /metrics. It returns the
+// process id, the API's base URL and its stderr.
+func startRun(t *testing.T, env string) (pid int, base string, stderr *lockedBuffer) {
+	t.Helper()
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	cfg := writeFile(t, filepath.Join(dir, "c.yaml"), fmt.Sprintf("gateway: {id: gw, site: s}\napi: {listen: %q}\nstorage: {dir: %q}\n", addr, filepath.Join(dir, "d")))
+	cmd := exec.Command(bin, "run", "--config", cfg)
+	cmd.Env = os.Environ()
+	for i, kv := range cmd.Env {
+		for _, name := range []string{"GOMEMLIMIT=", "MALLOC_ARENA_MAX=", "MALLOC_MMAP_THRESHOLD_=", "GLIBC_TUNABLES=", tunablesOrigEnv + "="} {
+			if strings.HasPrefix(kv, name) {
+				cmd.Env[i] = "EPISODED_UNSET=" // the test's own environment must not decide
+			}
+		}
+	}
+	cmd.Env = append(cmd.Env, strings.Fields(env)...)
+	stderr = &lockedBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	base = "http://" + addr
+	waitUntil(t, 30*time.Second, "the daemon's /metrics", func() bool { return metric(base, "go_gc_gomemlimit_bytes") >= 0 }, stderr)
+	return cmd.Process.Pid, base, stderr
 }
