@@ -43,10 +43,12 @@ func (s *Store) pebbleOptions() *pebble.Options {
 		// flushes does that an eighth as often. Compactions were over
 		// half of the CPU a small record costs (docs/benchmarks/storage.md):
 		// 16 sublevels (wave 4) cut the CPU per record by ~20%, 32
-		// (wave 5) by another ~13% at 7.5M records. Reads merge up to 32
-		// L0 sublevels more, which BenchmarkMergeSmall does not show as
-		// slower. Writes stop only at 64 sublevels (a write stall is a
-		// commit-tail event; see BenchmarkCommitTail).
+		// (wave 5) by another 15-18% at 7.5M records. Reads merge up to
+		// 32 L0 sublevels: BenchmarkMergeSmall read 602k records/s in
+		// wave 5's table run against 687k in wave 4's (16), a cost paid
+		// by exports and reports, not by recording. Writes stop only at
+		// 64 sublevels (a write stall is a commit-tail event; see
+		// BenchmarkCommitTail).
 		L0CompactionThreshold: 32,
 		L0StopWritesThreshold: 64,
 		// Larger L0 files and a larger Lbase keep compaction write
