@@ -215,23 +215,19 @@ func cmdRun(args []string, stdout, stderr io.Writer) int {
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
+	// Before anything else is done: it would be done again. Returns only
+	// when not re-executing (see tcacheTunable).
+	execErr := execWithTunables()
+	tcacheOff := restoreTunables()
 	cfg, err := config.Load(*path)
 	if err != nil {
 		fmt.Fprintf(stderr, "episoded: %s\n", oneLine(err))
 		return exitUsage
 	}
-	// Returns only when not re-executing (see tcacheTunable).
-	execErr := execWithTunables()
-	tcacheOff := restoreTunables()
 	scrub := redact.NewScrubber(cfg.Secrets()...)
 	log := newLogger(cfg.Log, scrub, stderr)
 	setMemoryLimit(log)
-	logMallocArenas(log)
-	if tcacheOff {
-		log.Info("malloc per-thread caches off (set glibc.malloc.tcache_count in GLIBC_TUNABLES to change)", "tunable", tcacheTunable)
-	} else if execErr != nil {
-		log.Warn("could not re-execute with glibc's per-thread malloc caches off; memory may creep by a few MB", "err", execErr)
-	}
+	logMalloc(log, tcacheOff, execErr)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	go trimMallocEvery(ctx, mallocTrimInterval)

@@ -68,8 +68,10 @@ const mmapThreshold = 128 << 10
 // takes well under a millisecond.
 const mallocTrimInterval = 30 * time.Second
 
-// logMallocArenas says how glibc's malloc is bounded.
-func logMallocArenas(log *slog.Logger) {
+// logMalloc says how glibc's malloc is bounded: the constructor's caps,
+// and whether this process runs with the per-thread caches off
+// (tcacheOff, from restoreTunables) or could not be re-executed so.
+func logMalloc(log *slog.Logger, tcacheOff bool, execErr error) {
 	if v, ok := os.LookupEnv("MALLOC_ARENA_MAX"); ok && v != "" {
 		log.Info("malloc arenas from MALLOC_ARENA_MAX", "arenas", v)
 	} else if arenasCapped() {
@@ -77,6 +79,11 @@ func logMallocArenas(log *slog.Logger) {
 	}
 	if mmapThresholdFixed() {
 		log.Info("malloc mmap threshold fixed (set MALLOC_MMAP_THRESHOLD_ to change)", "bytes", mmapThreshold)
+	}
+	if tcacheOff {
+		log.Info("malloc per-thread caches off (set glibc.malloc.tcache_count in GLIBC_TUNABLES to change)", "tunable", tcacheTunable)
+	} else if execErr != nil {
+		log.Warn("could not re-execute with glibc's per-thread malloc caches off; memory may creep by a few MB", "err", execErr)
 	}
 }
 
