@@ -253,14 +253,8 @@ func benchRead(b *testing.B, n, size, streams int) {
 		for j := i; j < min(n, i+per); j++ {
 			batch = append(batch, sample.Sample{Stream: names[j%streams], Seq: uint64(j + 1), T: base + int64(j)*1000, Payload: payload})
 		}
-		for {
-			err := s.Append(batch, nil)
-			if err == nil {
-				break
-			}
-			if err != ErrOverloaded {
-				b.Fatal(err)
-			}
+		if err := appendRetry(s, batch, nil); err != nil {
+			b.Fatal(err)
 		}
 	}
 	// Make the last samples durable and visible.
